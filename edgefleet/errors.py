@@ -1,0 +1,49 @@
+"""Exceptions of the shared core.
+
+::
+
+    EdgeFleetError
+    ├── PlanError                 a plan or its manifest is unusable
+    │   ├── PlanFormatError       truncated/corrupt flatbuffer, missing signature, bad manifest
+    │   ├── PlanMismatchError     manifest and plan (or weights and plan) do not belong together
+    │   └── WeightsError          wrong weight names, shapes or dtypes; unreadable weights file
+    ├── InputError                an input tensor of the wrong shape, dtype or content
+    ├── InterpreterUnavailable    no TFLite interpreter is installed
+    └── SummaryError              a drift summary that is malformed or cannot be merged
+
+The server translates these into HTTP status codes; nothing below it knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class EdgeFleetError(Exception):
+    """Root of every error raised by the shared core."""
+
+
+class PlanError(EdgeFleetError):
+    """A model plan, its manifest or its weights cannot be used."""
+
+
+class PlanFormatError(PlanError):
+    """The plan file or manifest is malformed (truncated, corrupt, missing a signature)."""
+
+
+class PlanMismatchError(PlanError):
+    """Two artifacts that must belong together do not (manifest vs plan, weights vs plan)."""
+
+
+class WeightsError(PlanError):
+    """Weights with the wrong names, shapes or dtypes, or an unreadable weights file."""
+
+
+class InputError(EdgeFleetError):
+    """An input of the wrong shape, dtype or content."""
+
+
+class InterpreterUnavailable(EdgeFleetError):
+    """Neither ``ai-edge-litert`` nor ``tflite-runtime`` is installed."""
+
+
+class SummaryError(EdgeFleetError):
+    """A drift summary is malformed, of another schema version, or cannot be merged."""
