@@ -107,7 +107,9 @@ class PlanManifest(_Strict):
     signatures: list[str] = Field(default_factory=lambda: list(SIGNATURES))
     plan_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     plan_size: int = Field(gt=0)
-    built_with: dict[str, str] = Field(description="versions that built it: tensorflow, python, ...")
+    built_with: dict[str, str] = Field(
+        description="versions that built it: tensorflow, python, ..."
+    )
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     reference: ReferenceProfile | None = None
 

@@ -1,0 +1,74 @@
+"""Shared session fixtures: the digits data split and a built, briefly trained digits MLP plan.
+
+``digits_plan_dir`` is built once per session. The TensorFlow conversion runs in a child process
+(so test modules that never author models do not load TensorFlow), then the plan is trained for
+a few epochs on the device runtime and its weights written back: test accuracy is about 0.9.
+Copy it (``shutil.copytree``) before modifying it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# tflite-runtime's native library clashes with TensorFlow's when TensorFlow loads first in a
+# process; loading it first makes both work in one test session (see edgefleet.interpreters).
+with contextlib.suppress(ImportError):  # tflite-runtime is optional (dev extra, Python <= 3.11)
+    import tflite_runtime.interpreter  # noqa: F401
+
+from simulation.datasets import Dataset, load_dataset
+
+DIGITS_SEED = 0
+DIGITS_PLAN_EPOCHS = 10
+DIGITS_PLAN_LR = 0.1
+
+_BUILD = textwrap.dedent(
+    """
+    import sys
+    from authoring.plans import build_dataset_plan
+    build_dataset_plan(sys.argv[1], dataset="digits", arch="mlp", hidden=(64,), seed=0,
+                       split_seed=int(sys.argv[2]))
+    """
+)
+
+
+def build_plan_in_subprocess(out: Path, split_seed: int = DIGITS_SEED) -> None:
+    """Build the (untrained) digits MLP plan into ``out`` in a child Python process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUILD, str(out), str(split_seed)],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the digits plan failed:\n{proc.stderr[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def digits_data() -> Dataset:
+    """The digits data set, stratified 80/20 split with seed 0 (raw pixel values 0..16)."""
+    return load_dataset("digits", seed=DIGITS_SEED)
+
+
+@pytest.fixture(scope="session")
+def digits_plan_dir(tmp_path_factory: pytest.TempPathFactory, digits_data: Dataset) -> Path:
+    """A digits MLP (64 → 64 ReLU → 10) plan directory, trained 10 epochs on the device runtime.
+
+    Session-scoped and shared: do not modify it in place (copy it first).
+    """
+    from edgefleet.plan import save_weights
+    from edgefleet.runtime import WEIGHTS_FILE, PlanRuntime
+
+    out = tmp_path_factory.mktemp("digits-plan")
+    build_plan_in_subprocess(out)
+    runtime = PlanRuntime.from_dir(out)
+    runtime.fit(digits_data.x_train, digits_data.y_train, epochs=DIGITS_PLAN_EPOCHS,
+                lr=DIGITS_PLAN_LR, seed=0)
+    save_weights(out / WEIGHTS_FILE, runtime.get_weights(),
+                 plan_sha256=runtime.manifest.plan_sha256)
+    return out
