@@ -1,0 +1,39 @@
+"""Drift summaries: compact, mergeable statistics of what a device has seen (never raw data).
+
+``reference``    the training data's statistics kept in the plan manifest, and its fingerprint.
+``summary``      :class:`DriftSummary`, the versioned, bounded wire format, and its associative,
+                 commutative merge.
+``accumulator``  :class:`DriftAccumulator`, the mutable hot-path form a device updates per batch.
+``state``        the numpy form both share, and Chan's merge of means and squared deviations.
+``compare``      numpy-only PSI of a summary against its reference (shared with the server).
+
+Imports nothing heavier than numpy and pydantic. Refusals raise
+:class:`edgefleet.errors.SummaryError` (summaries) or :class:`edgefleet.errors.InputError` (rows).
+"""
+
+from edgefleet.drift.accumulator import DriftAccumulator
+from edgefleet.drift.compare import feature_psi, psi
+from edgefleet.drift.reference import (
+    FeatureReference,
+    ReferenceProfile,
+    build_reference,
+    prediction_histograms,
+    quantile_edges,
+    with_predictions,
+)
+from edgefleet.drift.summary import SCHEMA_VERSION, DriftSummary, fold_counts
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DriftAccumulator",
+    "DriftSummary",
+    "FeatureReference",
+    "ReferenceProfile",
+    "build_reference",
+    "feature_psi",
+    "fold_counts",
+    "prediction_histograms",
+    "psi",
+    "quantile_edges",
+    "with_predictions",
+]
