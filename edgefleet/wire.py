@@ -27,7 +27,13 @@ Registry routes for admin clients (the operator's tools, the aggregation's regis
     PUT  /api/v1/models/{m}/aliases/{a}              AliasMove -> AliasInfo
     POST /api/v1/models/{m}/aliases/{a}/rollback     AliasRollback -> AliasInfo
     GET  /api/v1/models/{m}/aliases/{a}/history      -> Page[AliasEventInfo]
+    GET  /api/v1/versions?model=&federated_run=&metric=accuracy>=0.9&sort=accuracy
+                                                     -> Page[VersionInfo]
+    GET  /api/v1/models/{m}/versions/{v}/drift       fleet drift over time (also /summary,
+                                                     /devices, /features)
 
+Errors carry ``{"detail": "..."}`` under ``/api/v1`` and ``{"error": "..."}`` under ``/v2``. An
+assignment poll answers 404 while no version is assigned (no model chosen, none in production).
 Devices authenticate with ``Authorization: Bearer <device token>``; registry writes need
 ``X-Admin-Key`` (or a bearer admin key). Entity tags are quoted (RFC 9110): an artifact's ``ETag``
 is ``"<sha256>"``; send it back verbatim in ``If-None-Match``.

@@ -1,0 +1,88 @@
+"""`edgefleet fl` commands: the drift-triggered controller and the Flower run-config template.
+
+The federated run itself is a Flower app: ``flwr run <app dir> <superlink>`` loads the ServerApp
+``aggregation.server_app:app`` (see :mod:`aggregation.server_app`). Only typer and the standard
+library are imported here; the rest is imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("run-config")
+def run_config() -> None:
+    """Print the ``[tool.flwr.app.config]`` table with every ServerApp key and its default.
+
+    ``flwr run --run-config`` may only override keys the app's pyproject.toml declares.
+    """
+    import dataclasses
+
+    from aggregation.settings import RunSettings
+
+    typer.echo("[tool.flwr.app.config]")
+    for f in dataclasses.fields(RunSettings):
+        if f.name == "strategy_params":
+            continue
+        default = "" if f.default is dataclasses.MISSING else f.default
+        if isinstance(default, bool):
+            value = "true" if default else "false"
+        elif isinstance(default, str):
+            value = f'"{default}"'
+        else:
+            value = repr(default)
+        typer.echo(f"{f.name.replace('_', '-')} = {value}")
+
+
+@app.command()
+def controller(
+    model: str = typer.Option(..., help="The model to watch."),
+    server_url: str = typer.Option("http://127.0.0.1:8000", help="The EdgeFleet server."),
+    admin_key: str = typer.Option("", envvar="EDGEFLEET_ADMIN_KEY", help="Registry admin key."),
+    app_dir: str = typer.Option(".", help="The Flower app to run."),
+    superlink: str = typer.Option("local", help="Flower SuperLink connection name."),
+    schedule_hours: float = typer.Option(24.0, help="Run at least this often; 0 disables."),
+    cooldown_minutes: float = typer.Option(60.0, help="No two runs closer than this."),
+    interval_s: float = typer.Option(60.0, help="Seconds between two drift checks."),
+    max_iterations: int = typer.Option(1, min=1, help="Drift checks before exiting."),
+    run_config: list[str] = typer.Option([], help="Extra run-config key=value for each run."),
+) -> None:
+    """Start federated runs when the fleet drifts (or on schedule), with a cooldown."""
+    from datetime import timedelta
+
+    from aggregation.controller import ControllerPolicy, DriftController, FlwrRunLauncher
+    from aggregation.registry_client import RegistryClient
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    extra: dict[str, str | int | float | bool] = {}
+    for item in run_config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="run-config")
+        extra[key.strip()] = _scalar(value.strip())
+    extra.setdefault("server-url", server_url)
+    policy = ControllerPolicy(
+        schedule_every=timedelta(hours=schedule_hours) if schedule_hours > 0 else None,
+        cooldown=timedelta(minutes=cooldown_minutes),
+    )
+    with RegistryClient(server_url, admin_key or None) as client:
+        ctl = DriftController(model, client, FlwrRunLauncher(app_dir, superlink, extra), policy)
+        for decision in ctl.run(max_iterations=max_iterations, interval_s=interval_s):
+            typer.echo(f"{'start' if decision.start else 'wait '} {decision.reason}: "
+                       f"{decision.detail}")
+
+
+def _scalar(text: str) -> str | int | float | bool:
+    """A run-config value typed like TOML would: bool, int, float, else the string."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip('"')

@@ -1,0 +1,274 @@
+"""The drift-triggered controller: decides when a new federated run should start.
+
+A run starts when
+
+* the fleet's drift for the model **crosses** its threshold: the server decides "drifted" with
+  its own thresholds and hysteresis (``server.drift``), and the controller is edge-triggered on
+  it — after a drift start it re-arms only once a reading says the fleet is no longer drifted
+  (a weights-only new version keeps the same reference, so the fleet may stay "drifted" for a
+  while after a run; one crossing starts one run);
+* or the **schedule** is due (``schedule_every`` after the last start, or after the controller
+  started when nothing ran yet);
+
+and never within ``cooldown`` of the previous start. :func:`decide` is the pure decision;
+:class:`DriftController` polls a :class:`FleetDriftSource` (the server's fleet drift over HTTP,
+:meth:`aggregation.registry_client.RegistryClient.fleet_drift`) and calls a
+:class:`RunLauncher`, for a bounded number of iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+from aggregation.errors import FederationError, RunLaunchError, SettingsError
+
+log = logging.getLogger(__name__)
+
+Reason = Literal["drift", "schedule", "cooldown", "idle", "no-data"]
+
+
+@dataclass(frozen=True)
+class FleetDrift:
+    """The fleet-level drift of one model version, as the server reports it.
+
+    Parameters
+    ----------
+    model : str
+        Model name.
+    drifted : bool
+        The server's verdict: the fleet crossed the model's drift threshold (with hysteresis).
+    score : float (default: 0.0)
+        Informational: the share of drifted features in the latest window.
+    version : int or None (default: None)
+        The model version the verdict is about.
+    observed_at : datetime or None (default: None)
+        End of the latest window behind the verdict.
+    """
+
+    model: str
+    drifted: bool
+    score: float = 0.0
+    version: int | None = None
+    observed_at: datetime | None = None
+
+    @classmethod
+    def from_score(
+        cls, model: str, score: float, threshold: float, *, version: int | None = None,
+        observed_at: datetime | None = None,
+    ) -> FleetDrift:
+        """A verdict from a plain score and threshold (``drifted = score >= threshold``)."""
+        return cls(model, score >= threshold, score, version, observed_at)
+
+
+class FleetDriftSource(Protocol):
+    """Where the controller reads fleet drift from (the registry client, or a test double)."""
+
+    def fleet_drift(self, model: str) -> FleetDrift | None:
+        """The model's current fleet drift; ``None`` when the server has none yet."""
+        ...
+
+
+class RunLauncher(Protocol):
+    """Starts a federated run for ``model``; returns an identifier of the run."""
+
+    def __call__(self, model: str, reason: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class ControllerPolicy:
+    """When to start runs.
+
+    Parameters
+    ----------
+    schedule_every : timedelta or None (default: 1 day)
+        Start a run this long after the previous start; ``None`` disables the schedule.
+    cooldown : timedelta (default: 1 hour)
+        No run starts within this long of the previous start, whatever the trigger.
+    """
+
+    schedule_every: timedelta | None = timedelta(days=1)
+    cooldown: timedelta = timedelta(hours=1)
+
+    def __post_init__(self) -> None:
+        if self.schedule_every is not None and self.schedule_every <= timedelta(0):
+            raise SettingsError("schedule_every must be positive")
+        if self.cooldown < timedelta(0):
+            raise SettingsError("cooldown must be >= 0")
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    """What the controller remembers between decisions."""
+
+    since: datetime
+    last_start: datetime | None = None
+    armed: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision: start a run or not, and why."""
+
+    start: bool
+    reason: Reason
+    detail: str = ""
+
+
+def decide(
+    policy: ControllerPolicy, state: ControllerState, now: datetime, drift: FleetDrift | None
+) -> tuple[Decision, ControllerState]:
+    """Decide whether to start a run now; return the decision and the next state (pure)."""
+    armed = state.armed or (drift is not None and not drift.drifted)
+    drift_due = drift is not None and drift.drifted and armed
+    reference = state.last_start or state.since
+    schedule_due = policy.schedule_every is not None and now - reference >= policy.schedule_every
+    state = replace(state, armed=armed)
+    if not (drift_due or schedule_due):
+        if drift is None:
+            return Decision(False, "no-data", "no fleet drift reported"), state
+        why = "still drifted, not re-armed" if drift.drifted else f"score {drift.score:.4g}"
+        return Decision(False, "idle", why), state
+    if state.last_start is not None and now - state.last_start < policy.cooldown:
+        wait = policy.cooldown - (now - state.last_start)
+        return Decision(False, "cooldown", f"{wait.total_seconds():.0f}s left"), state
+    reason: Reason = "drift" if drift_due else "schedule"
+    detail = (
+        f"fleet drifted (score {drift.score:.4g})"
+        if drift_due and drift is not None
+        else f"schedule ({policy.schedule_every})"
+    )
+    # Any start consumes the drift trigger while the fleet is still drifted.
+    still_drifted = drift is not None and drift.drifted
+    return Decision(True, reason, detail), replace(
+        state, last_start=now, armed=armed and not still_drifted
+    )
+
+
+@dataclass
+class DriftController:
+    """Poll fleet drift and start runs when :func:`decide` says so.
+
+    Parameters
+    ----------
+    model : str
+        The model to watch.
+    source : FleetDriftSource
+        Where fleet drift comes from.
+    launcher : RunLauncher
+        What starts a run.
+    policy : ControllerPolicy (default: ControllerPolicy())
+        Schedule, cooldown and re-arming.
+    clock : Callable[[], datetime] (default: now in UTC)
+        Injected for tests.
+    sleep : Callable[[float], None] (default: time.sleep)
+        Injected for tests.
+    """
+
+    model: str
+    source: FleetDriftSource
+    launcher: RunLauncher
+    policy: ControllerPolicy = field(default_factory=ControllerPolicy)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    sleep: Callable[[float], None] = time.sleep
+    state: ControllerState | None = None
+    runs: list[str] = field(default_factory=list)
+
+    def step(self) -> Decision:
+        """Read the drift once, decide, and launch when due."""
+        now = self.clock()
+        state = self.state or ControllerState(since=now)
+        try:
+            drift = self.source.fleet_drift(self.model)
+        except FederationError as exc:
+            log.warning("fleet drift of %s unavailable: %s", self.model, exc)
+            drift = None
+        decision, next_state = decide(self.policy, state, now, drift)
+        if decision.start:
+            try:
+                run = self.launcher(self.model, decision.reason)
+            except FederationError as exc:
+                log.error("starting a run of %s failed: %s", self.model, exc)
+                self.state = state  # not started: keep the old state, retry next step
+                return Decision(False, decision.reason, f"launch failed: {exc}")
+            self.runs.append(run)
+            log.info("started run %s of %s: %s", run, self.model, decision.detail)
+        self.state = next_state
+        return decision
+
+    def run(self, *, max_iterations: int, interval_s: float = 60.0) -> list[Decision]:
+        """Step ``max_iterations`` times, sleeping ``interval_s`` in between."""
+        if max_iterations < 1:
+            raise SettingsError("max_iterations must be >= 1")
+        decisions = []
+        for i in range(max_iterations):
+            decisions.append(self.step())
+            if i + 1 < max_iterations:
+                self.sleep(interval_s)
+        return decisions
+
+
+@dataclass
+class FlwrRunLauncher:
+    """Start a run with ``flwr run <app> <superlink> --run-config ... --format json``.
+
+    Each run gets a fresh ``run-name`` (``<model>-<reason>-<UTC timestamp>``), so its versions
+    are told apart in the registry and a restart of *that* run resumes it.
+
+    Parameters
+    ----------
+    app_dir : str
+        The Flower app (the project with ``[tool.flwr.app]`` in its ``pyproject.toml``).
+    superlink : str
+        The SuperLink connection name (from ``$FLWR_HOME/config.toml``).
+    run_config : Mapping[str, str | int | float | bool] (default: {})
+        Extra run-config overrides (each key must exist in the app's run config).
+    flwr : Sequence[str] (default: ("flwr",))
+        The command that is Flower's CLI.
+    timeout_s : float (default: 120.0)
+        How long ``flwr run`` may take to *submit* the run.
+    clock : Callable[[], datetime] (default: now in UTC)
+        For the run name.
+    """
+
+    app_dir: str
+    superlink: str
+    run_config: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    flwr: Sequence[str] = ("flwr",)
+    timeout_s: float = 120.0
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def __call__(self, model: str, reason: str) -> str:
+        name = f"{model}-{reason}-{self.clock():%Y%m%dT%H%M%S}"
+        config = {**self.run_config, "model": model, "run-name": name}
+        pairs = " ".join(f"{k}={_toml(v)}" for k, v in config.items())
+        argv = [*self.flwr, "run", self.app_dir, self.superlink, "--run-config", pairs,
+                "--format", "json"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RunLaunchError(f"flwr run failed to start: {exc}") from exc
+        try:
+            out = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+        except json.JSONDecodeError:
+            out = {}
+        if proc.returncode != 0 or not out.get("success"):
+            detail = (proc.stderr or proc.stdout).strip()[-500:]
+            raise RunLaunchError(f"flwr run exited {proc.returncode}: {detail}")
+        return f"{name} (flower run {out.get('run-id')})"
+
+
+def _toml(value: str | int | float | bool) -> str:
+    """A run-config value in TOML syntax."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)  # a basic TOML string

@@ -1,0 +1,192 @@
+"""The shapes of the messages the ServerApp exchanges with the edge ClientApp.
+
+=========  ============================================  ==========================================
+type       server -> node (``RecordDict``)               node -> server
+=========  ============================================  ==========================================
+query      ``config``: server-round, model, version      ``ConfigRecord``: ``eligible`` (bool),
+                                                         ``reasons`` (JSON list) or ``reason``,
+                                                         ``drift`` (DriftSummary JSON or ``""``),
+                                                         ``plan-sha256``, optional ``drift-score``;
+                                                         ``num-examples`` in a ``MetricRecord`` (or
+                                                         the ``ConfigRecord``)
+train      ``arrays``: global weights by weight name;    one ``ArrayRecord`` (weights by name), one
+           ``config``: server-round, model, version,     ``MetricRecord`` with ``num-examples``
+           plan-sha256, epochs, lr, seed, drift-score    (+ train metrics), a ``ConfigRecord``
+           [, proximal-mu]                               (``status``). A *decline* has no arrays,
+                                                         ``status="declined"`` and a ``reason``
+evaluate   ``arrays`` + ``config`` as for train          one ``MetricRecord``: ``num-examples``
+                                                         and scalar metrics (``eval-acc``...)
+=========  ============================================  ==========================================
+
+This is what :mod:`edge_client.flower_client` (the device's ClientApp) speaks. Parsing never
+raises on what a node sent: a malformed query reply makes the node ineligible for the round,
+with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Message, RecordDict
+
+from aggregation.selection.base import Candidate
+from aggregation.selection.drift import DriftScorer
+from aggregation.steering import ARRAYS_KEY, CONFIG_KEY
+from aggregation.validation import NUM_EXAMPLES_KEY
+from edgefleet.drift import DriftSummary
+from edgefleet.errors import SummaryError
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    """A node's answer to the query step.
+
+    Attributes
+    ----------
+    node_id : int
+        The node.
+    eligible : bool
+        Whether it may train now.
+    reason : str
+        Why it may not (empty when eligible).
+    num_examples : int
+        Local training examples it declares (bounds its train reply's ``num-examples``).
+    drift : DriftSummary or None
+        Its drift summary, when it sent a valid one.
+    drift_score : float or None
+        Its drift score in ``[0, 1]`` (computed from ``drift``, or as sent).
+    """
+
+    node_id: int
+    eligible: bool
+    reason: str = ""
+    num_examples: int = 0
+    drift: DriftSummary | None = None
+    drift_score: float | None = None
+
+    def candidate(self) -> Candidate:
+        return Candidate(self.node_id, self.num_examples, self.drift_score)
+
+
+def query_content(server_round: int, model: str, version: int | None) -> RecordDict:
+    """The query message's content."""
+    config: dict[str, ConfigRecordValues] = {"server-round": server_round, "model": model}
+    if version is not None:
+        config["version"] = version
+    return RecordDict({CONFIG_KEY: ConfigRecord(config)})
+
+
+def parse_query_reply(
+    message: Message, scorer: DriftScorer | None, plan_sha256: str | None = None
+) -> QueryAnswer:
+    """Turn a query reply into a :class:`QueryAnswer` (ineligible, with a reason, if malformed).
+
+    A node that reports another plan than ``plan_sha256`` cannot train this run's weights and is
+    ineligible.
+    """
+    node = int(message.metadata.src_node_id)
+    if message.has_error():
+        return QueryAnswer(node, False, f"error reply: {message.error.reason}")
+    configs = list(message.content.config_records.values())
+    if not configs:
+        return QueryAnswer(node, False, "query reply without a ConfigRecord")
+    cfg = configs[0]
+    eligible = cfg.get("eligible")
+    if not isinstance(eligible, bool):
+        return QueryAnswer(node, False, f"'eligible' must be a bool, got {eligible!r}")
+    metrics = list(message.content.metric_records.values())
+    n = metrics[0].get(NUM_EXAMPLES_KEY) if metrics else cfg.get(NUM_EXAMPLES_KEY, 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return QueryAnswer(node, False, f"'{NUM_EXAMPLES_KEY}' must be an int >= 0, got {n!r}")
+    if not eligible:
+        return QueryAnswer(node, False, _reasons(cfg) or "not eligible", n)
+    plan = cfg.get("plan-sha256")
+    if plan_sha256 and isinstance(plan, str) and plan and plan != plan_sha256:
+        return QueryAnswer(node, False, f"runs another plan ({plan[:12]}…)", n)
+    if n == 0:
+        return QueryAnswer(node, False, "no local training examples", 0)
+    drift = _parse_drift(cfg.get("drift"))
+    score = scorer.score(drift) if scorer is not None else None
+    if score is None:
+        sent = cfg.get("drift-score")
+        if isinstance(sent, int | float) and not isinstance(sent, bool) and math.isfinite(sent):
+            score = min(1.0, max(0.0, float(sent)))
+    return QueryAnswer(node, True, "", n, drift, score)
+
+
+def _reasons(cfg: ConfigRecord) -> str:
+    """``reasons`` (a JSON list, as the edge ClientApp sends) or ``reason``, as one string."""
+    raw = cfg.get("reasons")
+    if isinstance(raw, str) and raw:
+        try:
+            items = json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+        if isinstance(items, list):
+            return "; ".join(str(i) for i in items)
+        return str(items)
+    return str(cfg.get("reason", "") or "")
+
+
+def declined(message: Message) -> str | None:
+    """The reason of a train reply that *declines* to train (``status="declined"``), else None."""
+    if message.has_error():
+        return None
+    for cfg in message.content.config_records.values():
+        if cfg.get("status") == "declined":
+            return str(cfg.get("reason", "") or "declined")
+    return None
+
+
+def _parse_drift(raw: object) -> DriftSummary | None:
+    if not isinstance(raw, str | bytes) or not raw:
+        return None
+    try:
+        return DriftSummary.parse(raw)
+    except SummaryError:
+        return None
+
+
+def to_arrayrecord(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Weights by name as an ``ArrayRecord`` (arrays made contiguous)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def train_content(arrays: ArrayRecord, config: Mapping[str, ConfigRecordValues]) -> RecordDict:
+    """A train (or evaluate) message's content: the global weights and the node's config."""
+    return RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(dict(config))})
+
+
+def evaluation_metrics(replies: Sequence[Message]) -> dict[str, float]:
+    """Weighted mean (by ``num-examples``) of the scalar metrics every evaluate reply reported.
+
+    Error replies and replies without a positive ``num-examples`` are skipped. Keys are prefixed
+    ``clients.``; ``clients.num-examples`` is the total and ``clients.nodes`` the count.
+    """
+    rows: list[tuple[float, dict[str, float]]] = []
+    for msg in replies:
+        if msg.has_error():
+            continue
+        records = list(msg.content.metric_records.values())
+        if len(records) != 1:
+            continue
+        metrics = {
+            k: float(v)
+            for k, v in records[0].items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        n = metrics.pop(NUM_EXAMPLES_KEY, 0.0)
+        if n > 0:
+            rows.append((n, metrics))
+    if not rows:
+        return {}
+    total = sum(n for n, _ in rows)
+    common = set.intersection(*(set(m) for _, m in rows))
+    out = {f"clients.{k}": sum(n * m[k] for n, m in rows) / total for k in sorted(common)}
+    out["clients.num-examples"] = total
+    out["clients.nodes"] = float(len(rows))
+    return out

@@ -1,0 +1,393 @@
+"""The round loop: query -> select -> train -> validate -> aggregate -> evaluate -> publish.
+
+:class:`RoundRunner` drives any object with Flower's ``Grid`` methods ``get_node_ids``,
+``push_messages`` and ``pull_messages`` (the deployment engine's grid, the simulation engine's
+``InMemoryGrid``), so the same loop runs on both. Unlike ``Strategy.start()``, a round closes
+as soon as ``target_clients`` train replies are in or its deadline passes; late replies
+(stragglers) are ignored. A round with fewer than ``min_reports`` valid updates fails and the
+global weights stay.
+Flower's strategy only does the maths (:func:`aggregation.strategies.aggregate`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from flwr.app import ConfigRecordValues, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp.strategy import Strategy
+
+from aggregation.errors import RoundFailed, SettingsError
+from aggregation.messages import (
+    QueryAnswer,
+    declined,
+    evaluation_metrics,
+    parse_query_reply,
+    query_content,
+    to_arrayrecord,
+    train_content,
+)
+from aggregation.report import RoundReport
+from aggregation.selection import DriftScorer, SelectionPolicy, over_selection_count
+from aggregation.steering import (
+    SteeringConfig,
+    aggregation_weights,
+    node_train_config,
+    strategy_contents,
+)
+from aggregation.strategies import aggregate, strategy_train_config
+from aggregation.validation import UpdateValidator, ValidationBounds
+from edgefleet.drift import DriftSummary
+from edgefleet.errors import EdgeFleetError, SummaryError
+from edgefleet.plan import PlanManifest
+
+log = logging.getLogger(__name__)
+
+# Error replies the SuperLink makes up when the instruction's TTL expired or the node left.
+_DROPOUT_CODES = frozenset({ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+                            ErrorCode.NODE_UNAVAILABLE})
+
+Weights = dict[str, np.ndarray]
+EvaluateFn = Callable[[int, Mapping[str, np.ndarray]], Mapping[str, float]]
+
+
+class GridLike(Protocol):
+    """The part of :class:`flwr.serverapp.Grid` the round loop uses."""
+
+    def get_node_ids(self) -> Iterable[int]: ...
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]: ...
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]: ...
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """How a round runs.
+
+    Parameters
+    ----------
+    model : str (default: "model")
+        Model name, sent in query and train configs.
+    target_clients : int (default: 3)
+        Train replies that close the round.
+    min_reports : int (default: 2)
+        Valid updates below which the round fails.
+    over_selection : float (default: 1.3)
+        Select ``ceil(over_selection * target_clients)`` nodes.
+    min_nodes : int (default: 1)
+        Connected nodes to wait for before querying (at most ``wait_for_nodes_s``).
+    wait_for_nodes_s, query_timeout_s, train_timeout_s, eval_timeout_s : float
+        Deadlines in seconds (defaults 30, 10, 120, 30).
+    eval_clients : int (default: 0)
+        Eligible nodes asked to evaluate the new global model after the round; 0 disables.
+    poll_interval_s : float (default: 0.2)
+        Pause between two pulls.
+    seed : int (default: 0)
+        Seed of the selection randomness (rounds draw ``seed + round``).
+    """
+
+    model: str = "model"
+    target_clients: int = 3
+    min_reports: int = 2
+    over_selection: float = 1.3
+    min_nodes: int = 1
+    wait_for_nodes_s: float = 30.0
+    query_timeout_s: float = 10.0
+    train_timeout_s: float = 120.0
+    eval_clients: int = 0
+    eval_timeout_s: float = 30.0
+    poll_interval_s: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_reports <= self.target_clients:
+            raise SettingsError("need 1 <= min_reports <= target_clients")
+        over_selection_count(self.target_clients, self.over_selection)
+        times = (self.wait_for_nodes_s, self.query_timeout_s, self.train_timeout_s,
+                 self.eval_timeout_s, self.poll_interval_s)
+        if min(times) < 0 or self.query_timeout_s <= 0 or self.train_timeout_s <= 0:
+            raise SettingsError("timeouts must be >= 0, query and train timeouts > 0")
+
+
+@dataclass
+class RoundOutcome:
+    """A finished round: its report, the global weights after it, and its drift."""
+
+    report: RoundReport
+    weights: Weights
+    drift_scores: dict[int, float | None] = field(default_factory=dict)
+    drift: DriftSummary | None = None
+
+
+@dataclass
+class RunResult:
+    """All rounds of one :meth:`RoundRunner.run`."""
+
+    weights: Weights
+    outcomes: list[RoundOutcome]
+
+    @property
+    def reports(self) -> list[RoundReport]:
+        return [o.report for o in self.outcomes]
+
+
+class RoundRunner:
+    """Run federated rounds on a grid.
+
+    Parameters
+    ----------
+    grid : GridLike
+        Flower's grid (or anything with its three messaging methods).
+    manifest : PlanManifest
+        The plan being trained: weight spec, reference profile for drift scores.
+    strategy : flwr.serverapp.strategy.Strategy
+        Built by :func:`aggregation.strategies.build_strategy`.
+    policy : SelectionPolicy
+        Which eligible nodes train.
+    settings, steering, bounds
+        :class:`RoundSettings`, :class:`~aggregation.steering.SteeringConfig`,
+        :class:`~aggregation.validation.ValidationBounds`.
+    evaluate_fn : callable or None (default: None)
+        ``evaluate_fn(round, weights) -> metrics`` on a server-side holdout set.
+    on_round : callable or None (default: None)
+        Called with every *successful* :class:`RoundOutcome`; returns the published version.
+        Its exceptions stop the run (a restart resumes from the last published version).
+    version : int or None (default: None)
+        The registry version the first round starts from (sent to nodes in configs).
+    clock, sleep : callables (default: time.monotonic, time.sleep)
+        Injected for tests.
+    """
+
+    def __init__(
+        self,
+        grid: GridLike,
+        manifest: PlanManifest,
+        strategy: Strategy,
+        policy: SelectionPolicy,
+        *,
+        settings: RoundSettings | None = None,
+        steering: SteeringConfig | None = None,
+        bounds: ValidationBounds | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        on_round: Callable[[RoundOutcome], int | None] | None = None,
+        version: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.grid = grid
+        self.manifest = manifest
+        self.strategy = strategy
+        self.policy = policy
+        self.settings = settings or RoundSettings(model=manifest.name)
+        self.steering = steering or SteeringConfig()
+        self.bounds = bounds or ValidationBounds()
+        self.evaluate_fn = evaluate_fn
+        self.on_round = on_round
+        self.version = version
+        self.clock = clock
+        self.sleep = sleep
+        ref = manifest.reference
+        self.scorer = DriftScorer(ref) if ref is not None and ref.features else None
+
+    # --- the run ---------------------------------------------------------------------------
+    def run(self, weights: Mapping[str, np.ndarray], *, num_rounds: int, first_round: int = 1
+            ) -> RunResult:
+        """Run rounds ``first_round .. first_round + num_rounds - 1``."""
+        self.manifest.check_weights(weights)
+        current: Weights = dict(weights)
+        outcomes = []
+        for r in range(first_round, first_round + num_rounds):
+            outcome = self.run_round(r, current)
+            log.info(outcome.report.summary_line())
+            current = outcome.weights
+            outcomes.append(outcome)
+        return RunResult(current, outcomes)
+
+    def run_round(self, server_round: int, weights: Mapping[str, np.ndarray]) -> RoundOutcome:
+        """One round; a failed round returns ``weights`` unchanged with a failed report."""
+        report = RoundReport(server_round)
+        outcome = RoundOutcome(report, dict(weights))
+        try:
+            self._round(report, outcome, weights)
+        except RoundFailed as exc:
+            report.fail(exc.reason)
+            outcome.weights = dict(weights)
+            return outcome
+        report.status = "ok"
+        if self.on_round is not None:
+            t = self.clock()
+            report.published_version = self.on_round(outcome)
+            report.timings["publish"] = self.clock() - t
+            if report.published_version is not None:
+                self.version = report.published_version
+        return outcome
+
+    def _round(self, report: RoundReport, outcome: RoundOutcome, weights: Mapping[str, np.ndarray]
+               ) -> None:
+        r, s = report.server_round, self.settings
+        t = self.clock()
+        nodes = self._wait_for_nodes()
+        report.connected = len(nodes)
+        answers = self._query(r, nodes)
+        report.timings["query"] = self.clock() - t
+        eligible = [a for a in answers.values() if a.eligible]
+        report.eligible = [a.node_id for a in eligible]
+        report.ineligible = {a.node_id: a.reason for a in answers.values() if not a.eligible}
+        if len(eligible) < s.min_reports:
+            raise RoundFailed(r, f"{len(eligible)} eligible nodes < min_reports={s.min_reports}")
+        rng = np.random.default_rng(s.seed + r)
+        k = over_selection_count(s.target_clients, s.over_selection)
+        picked = self.policy.select([a.candidate() for a in eligible], k, r, rng)
+        allowed = {a.node_id for a in eligible}
+        report.selected = list(dict.fromkeys(n for n in picked if n in allowed))[:k]
+        if len(report.selected) < s.min_reports:
+            raise RoundFailed(r, f"{len(report.selected)} selected < min_reports={s.min_reports}")
+
+        t = self.clock()
+        arrays = to_arrayrecord(weights)
+        base: dict[str, ConfigRecordValues] = {
+            "server-round": r, "model": s.model, "plan-sha256": self.manifest.plan_sha256,
+            "seed": s.seed + r,
+        }
+        base.update(strategy_train_config(self.strategy))
+        if self.version is not None:
+            base["version"] = self.version
+        contents = {
+            n: train_content(arrays, {**base, **node_train_config(answers[n].candidate(),
+                                                                   self.steering)})
+            for n in report.selected
+        }
+        replies, stragglers = self._exchange(r, MessageType.TRAIN, contents,
+                                             s.train_timeout_s, until=s.target_clients)
+        report.stragglers = sorted(stragglers + [n for n, m in replies.items() if _dropped(m)])
+        report.error_replies = {n: str(m.error.reason) for n, m in replies.items()
+                                if m.has_error() and not _dropped(m)}
+        report.declined = {n: why for n, m in replies.items() if (why := declined(m)) is not None}
+        good = {n: m for n, m in replies.items()
+                if not m.has_error() and n not in report.declined}
+        report.replied = sorted(good)
+        report.timings["train"] = self.clock() - t
+
+        t = self.clock()
+        validator = UpdateValidator(self.manifest.weights, weights, self.bounds)
+        verdicts = [
+            validator.validate(n, m.content, declared_examples=answers[n].num_examples)
+            for n, m in good.items()
+        ]
+        report.norm_median = validator.apply_relative_bound(verdicts)
+        report.record(verdicts)
+        report.timings["validate"] = self.clock() - t
+        if len(report.accepted) < s.min_reports:
+            raise RoundFailed(r, f"{len(report.accepted)} valid reports < min_reports="
+                                 f"{s.min_reports}")
+
+        t = self.clock()
+        accepted = [v for v in verdicts if v.accepted]
+        scores = {v.node_id: answers[v.node_id].drift_score for v in accepted}
+        agg_w = aggregation_weights({v.node_id: int(v.num_examples or 0) for v in accepted},
+                                    scores, self.steering)
+        msgs = [good[v.node_id] for v in accepted]
+        for msg, content in zip(msgs, strategy_contents([m.content for m in msgs],
+                                                        [agg_w[v.node_id] for v in accepted]),
+                                strict=True):
+            msg.content = content
+        new, train_metrics = aggregate(self.strategy, r, weights, msgs, self.manifest.weights)
+        report.metrics.update({f"train.{k}": v for k, v in train_metrics.items()})
+        report.timings["aggregate"] = self.clock() - t
+
+        t = self.clock()
+        if self.evaluate_fn is not None:
+            try:
+                holdout = self.evaluate_fn(r, new)
+            except EdgeFleetError as exc:
+                raise RoundFailed(r, f"holdout evaluation failed: {exc}") from exc
+            report.metrics.update({f"holdout.{k}": float(v) for k, v in holdout.items()})
+        if s.eval_clients > 0:
+            report.metrics.update(self._client_evaluation(r, new, eligible, rng))
+        report.timings["evaluate"] = self.clock() - t
+        outcome.weights = new
+        outcome.drift_scores = scores
+        outcome.drift = _merge([answers[v.node_id].drift for v in accepted])
+
+    # --- messaging ---------------------------------------------------------------------------
+    def _wait_for_nodes(self) -> list[int]:
+        deadline = self.clock() + self.settings.wait_for_nodes_s
+        while True:
+            nodes = sorted(int(n) for n in self.grid.get_node_ids())
+            if len(nodes) >= self.settings.min_nodes or self.clock() >= deadline:
+                return nodes
+            self.sleep(self.settings.poll_interval_s)
+
+    def _query(self, server_round: int, nodes: list[int]) -> dict[int, QueryAnswer]:
+        content = query_content(server_round, self.settings.model, self.version)
+        replies, silent = self._exchange(server_round, MessageType.QUERY,
+                                         dict.fromkeys(nodes, content),
+                                         self.settings.query_timeout_s, until=None)
+        plan = self.manifest.plan_sha256
+        answers = {n: parse_query_reply(m, self.scorer, plan) for n, m in replies.items()}
+        for n in silent:
+            answers[n] = QueryAnswer(n, False, "no query reply before the deadline")
+        return answers
+
+    def _exchange(
+        self, server_round: int, message_type: str, contents: Mapping[int, RecordDict],
+        timeout: float, *, until: int | None,
+    ) -> tuple[dict[int, Message], list[int]]:
+        """Push one message per node; pull until ``until`` content replies, all, or timeout.
+
+        Returns the replies by node (error replies included) and the nodes that did not answer.
+        """
+        group = f"{server_round}"
+        messages = [Message(c, n, message_type, ttl=timeout, group_id=group)
+                    for n, c in contents.items()]
+        ids = list(self.grid.push_messages(messages))
+        pending = {mid: int(m.metadata.dst_node_id) for mid, m in zip(ids, messages, strict=True)}
+        replies: dict[int, Message] = {}
+        deadline = self.clock() + timeout
+        while pending:
+            for msg in self.grid.pull_messages(list(pending)):
+                node = pending.pop(msg.metadata.reply_to_message_id, None)
+                if node is not None:
+                    replies[node] = msg
+            ok = sum(1 for m in replies.values() if not m.has_error() and declined(m) is None)
+            if (until is not None and ok >= until) or self.clock() >= deadline:
+                break
+            if pending:
+                self.sleep(self.settings.poll_interval_s)
+        return replies, sorted(pending.values())
+
+    def _client_evaluation(self, server_round: int, weights: Weights,
+                           eligible: list[QueryAnswer], rng: np.random.Generator
+                           ) -> dict[str, float]:
+        n = min(self.settings.eval_clients, len(eligible))
+        idx = rng.choice(len(eligible), size=n, replace=False)
+        arrays = to_arrayrecord(weights)
+        config: dict[str, ConfigRecordValues] = {
+            "server-round": server_round, "model": self.settings.model,
+        }
+        contents = {eligible[int(i)].node_id: train_content(arrays, config) for i in idx}
+        replies, _ = self._exchange(server_round, MessageType.EVALUATE, contents,
+                                    self.settings.eval_timeout_s, until=None)
+        return evaluation_metrics(list(replies.values()))
+
+
+def _dropped(message: Message) -> bool:
+    """An error reply that only says the message expired or the node went away (a drop-out)."""
+    return message.has_error() and message.error.code in _DROPOUT_CODES
+
+
+def _merge(summaries: list[DriftSummary | None]) -> DriftSummary | None:
+    """The merged drift summary of the round's accepted nodes (``None`` if none or unmergeable)."""
+    present = [s for s in summaries if s is not None]
+    if not present:
+        return None
+    try:
+        return DriftSummary.merge_all(present)
+    except SummaryError:
+        return None

@@ -1,0 +1,144 @@
+"""Drift-prioritised selection: nodes whose data moved away from the reference are picked more.
+
+A node's *drift score* in ``[0, 1]`` is computed from the :class:`~edgefleet.drift.DriftSummary`
+it sent in its query reply, against the plan's :class:`~edgefleet.drift.ReferenceProfile`, with a
+light numpy computation (no scipy on the aggregation path): the population stability index (PSI)
+of every feature's histogram against the reference's, and the score is the share of features
+whose PSI is at least ``psi_threshold`` (0.2 is the customary "significant shift"). Non-finite
+values count as an extra bin that the reference never had, so a node sending NaNs looks drifted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from aggregation.errors import SettingsError
+from aggregation.selection.base import Candidate, weighted_sample
+from edgefleet.drift import DriftSummary, ReferenceProfile, fold_counts
+from edgefleet.errors import SummaryError
+
+DEFAULT_PSI_THRESHOLD = 0.2
+
+
+class DriftScorer:
+    """Score drift summaries against one reference profile.
+
+    Parameters
+    ----------
+    reference : ReferenceProfile
+        The plan's reference statistics (``manifest.reference``).
+    psi_threshold : float (default: 0.2)
+        A feature whose PSI is at least this counts as drifted.
+    min_rows : int (default: 30)
+        Summaries of fewer rows get no score (``None``): too little data to tell.
+    smoothing : float (default: 0.5)
+        Added to every bin count (both sides) before computing proportions, so empty bins are
+        finite.
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceProfile,
+        psi_threshold: float = DEFAULT_PSI_THRESHOLD,
+        min_rows: int = 30,
+        smoothing: float = 0.5,
+    ) -> None:
+        if not psi_threshold > 0 or min_rows < 1 or not smoothing > 0:
+            raise SettingsError("psi_threshold and smoothing must be > 0, min_rows >= 1")
+        self.reference = reference
+        self.psi_threshold = psi_threshold
+        self.min_rows = min_rows
+        self.smoothing = smoothing
+        widths = [len(f.bin_counts) for f in reference.features]
+        self._width = max(widths, default=1) + 1  # + the non-finite bin
+        ref = np.zeros((len(widths), self._width))
+        self._mask = np.zeros_like(ref, dtype=bool)
+        for j, f in enumerate(reference.features):
+            ref[j, : len(f.bin_counts)] = f.bin_counts
+            self._mask[j, : len(f.bin_counts)] = True
+            self._mask[j, -1] = True
+        self._ref = _proportions(ref, self._mask, smoothing)
+
+    def psi(self, summary: DriftSummary) -> np.ndarray:
+        """PSI per feature of ``summary`` against the reference (raises ``SummaryError``)."""
+        summary.check_reference(self.reference)
+        obs = np.zeros_like(self._ref)
+        for j, row in enumerate(summary.bin_counts):
+            folded = fold_counts(row)  # under/overflow into the reference's open end bins
+            obs[j, : len(folded)] = folded
+            obs[j, -1] = summary.nan_counts[j]
+        p = _proportions(obs, self._mask, self.smoothing)
+        terms = np.where(self._mask, (p - self._ref) * np.log(p / self._ref), 0.0)
+        return np.asarray(terms.sum(axis=1))
+
+    def score(self, summary: DriftSummary | None) -> float | None:
+        """Share of drifted features in ``[0, 1]``; ``None`` without a usable summary."""
+        if summary is None or summary.n < self.min_rows or not self.reference.features:
+            return None
+        try:
+            psi = self.psi(summary)
+        except SummaryError:
+            return None
+        return float(np.mean(psi >= self.psi_threshold))
+
+
+def _proportions(counts: np.ndarray, mask: np.ndarray, smoothing: float) -> np.ndarray:
+    c = np.where(mask, counts + smoothing, 0.0)
+    return np.where(mask, c / c.sum(axis=1, keepdims=True), 1.0)
+
+
+class DriftPrioritisedSelection:
+    """Pick nodes with probability increasing with their drift score.
+
+    Node ``i`` is drawn (without replacement) with probability proportional to
+    ``floor + score_i ** sharpness``, where ``score_i`` in ``[0, 1]`` is its
+    :attr:`Candidate.drift_score`. ``floor > 0`` keeps undrifted nodes in play, so the global
+    model does not forget the undrifted part of the fleet.
+
+    Parameters
+    ----------
+    floor : float (default: 0.1)
+        Selection weight of a node with score 0; a fully drifted node weighs ``floor + 1``.
+    sharpness : float (default: 1.0)
+        Exponent on the score; larger concentrates selection on the most drifted nodes.
+    missing_score : float (default: 0.0)
+        Score of a candidate without one (no summary, too few rows).
+    """
+
+    name = "drift"
+
+    def __init__(self, floor: float = 0.1, sharpness: float = 1.0, missing_score: float = 0.0):
+        if not floor > 0 or not sharpness > 0 or not 0 <= missing_score <= 1:
+            raise SettingsError("floor and sharpness must be > 0, missing_score in [0, 1]")
+        self.floor = floor
+        self.sharpness = sharpness
+        self.missing_score = missing_score
+
+    def weights(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """The unnormalised selection weight of every candidate."""
+        scores = np.asarray(
+            [self.missing_score if c.drift_score is None else c.drift_score for c in candidates],
+            dtype=np.float64,
+        )
+        scores = np.clip(np.nan_to_num(scores, nan=self.missing_score), 0.0, 1.0)
+        return np.asarray(self.floor + scores**self.sharpness)
+
+    def select(
+        self,
+        candidates: Sequence[Candidate],
+        k: int,
+        server_round: int,
+        rng: np.random.Generator,
+    ) -> list[int]:
+        """Draw ``min(k, len(candidates))`` distinct nodes weighted by :meth:`weights`."""
+        if not candidates:
+            return []
+        return weighted_sample(candidates, self.weights(candidates), k, rng)
+
+    def __repr__(self) -> str:
+        return (
+            f"DriftPrioritisedSelection(floor={self.floor}, sharpness={self.sharpness}, "
+            f"missing_score={self.missing_score})"
+        )

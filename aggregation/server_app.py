@@ -1,0 +1,150 @@
+"""The Flower ServerApp: a thin wrapper around :class:`aggregation.rounds.RoundRunner`.
+
+``flwr run`` loads ``aggregation.server_app:app``; its ``main(grid, context)`` reads
+:class:`~aggregation.settings.RunSettings` from ``context.run_config`` and calls
+:func:`run_federation`, which
+
+1. fetches the base version (``production`` unless ``base-version`` is set): manifest, plan and
+   weights, from the registry over HTTP;
+2. **resumes**: when the registry already holds versions of this ``run-name``, continues from
+   the newest one (its weights, round + 1) instead of the base;
+3. evaluates production on the holdout set once (the canary gate's reference);
+4. runs the remaining rounds (query → select → train → validate → aggregate → evaluate →
+   publish → gate), each successful round published as a new version.
+
+What a resumed run does not recover: the adaptive strategies' moments (FedAdam/FedYogi restart
+them) and the fairness bound's memory of past picks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from aggregation.errors import SettingsError
+from aggregation.evaluation import Holdout, HoldoutEvaluator
+from aggregation.publishing import GateSettings, Publisher
+from aggregation.registry_client import RegistryClient
+from aggregation.rounds import GridLike, RoundRunner, RoundSettings, RunResult
+from aggregation.selection import make_policy
+from aggregation.settings import RunSettings
+from aggregation.steering import SteeringConfig
+from aggregation.strategies import build_strategy, strategy_name
+from aggregation.validation import ValidationBounds
+from edgefleet.errors import PlanMismatchError
+
+log = logging.getLogger(__name__)
+
+
+def run_federation(
+    grid: GridLike,
+    settings: RunSettings,
+    *,
+    flower_run_id: int = 0,
+    client: RegistryClient | None = None,
+) -> RunResult:
+    """Run (or resume) a federated run on ``grid``; see the module notes.
+
+    Raises
+    ------
+    aggregation.errors.SettingsError
+        Unknown strategy or selection policy, inconsistent round sizes.
+    aggregation.errors.RegistryClientError
+        The registry is unreachable, refuses the admin key, or lacks the base version.
+    """
+    owns_client = client is None
+    client = client or RegistryClient(settings.server_url, settings.admin_key or None)
+    try:
+        return _run(grid, settings, client, settings.resolved_run_name(flower_run_id))
+    finally:
+        if owns_client:
+            client.close()
+
+
+def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) -> RunResult:
+    production = client.production_version(s.model)
+    base = s.base_version or production
+    if base is None:
+        raise SettingsError(f"{s.model} has no production version and no base-version is set")
+    manifest = client.manifest(s.model, base)
+    plan = client.plan(s.model, base, manifest)
+    weights = client.weights(s.model, base, manifest)
+    parent, first_round = base, 1
+    latest = client.latest_run_version(s.model, run_name)
+    if latest is not None:
+        parent = latest.version
+        first_round = (latest.lineage.federated_round or 0) + 1
+        if latest.plan.sha256 != manifest.plan_sha256:
+            raise PlanMismatchError(f"run {run_name} trained another plan than v{base}")
+        weights = client.weights(s.model, parent, manifest)
+        log.info("resuming run %s from v%d (round %d done)", run_name, parent, first_round - 1)
+    remaining = s.num_rounds - first_round + 1
+    if remaining <= 0:
+        log.info("run %s already finished its %d rounds", run_name, s.num_rounds)
+        return RunResult(weights, [])
+
+    evaluator = None
+    production_metrics = None
+    if s.holdout_path:
+        evaluator = HoldoutEvaluator(plan, manifest, Holdout.load(s.holdout_path))
+        if production is not None:
+            production_metrics = evaluator.evaluate(client.weights(s.model, production, manifest))
+
+    strategy = build_strategy(s.strategy, s.strategy_params)
+    policy = make_policy(s.selection, fair_max_picks=s.fair_max_picks or None,
+                         fair_window=s.fair_window, fair_cooldown=s.fair_cooldown,
+                         drift_floor=s.drift_floor)
+    publisher = Publisher(
+        client, s.model, manifest, run_name, parent, strategy_name(strategy),
+        production_metrics=production_metrics,
+        gate=GateSettings(metric=s.gate_metric, max_drop=s.gate_max_drop,
+                          rollout_percent=(None if s.canary_rollout_percent < 0
+                                           else s.canary_rollout_percent)),
+        hyperparameters={"strategy": strategy_name(strategy), "strategy_params": s.strategy_params,
+                         "selection": getattr(policy, "name", s.selection),
+                         "target_clients": s.target_clients, "min_reports": s.min_reports,
+                         "over_selection": s.over_selection, "base_version": base},
+    )
+    runner = RoundRunner(
+        grid, manifest, strategy, policy,
+        settings=RoundSettings(
+            model=s.model, target_clients=s.target_clients, min_reports=s.min_reports,
+            over_selection=s.over_selection, min_nodes=s.min_nodes or s.min_reports,
+            wait_for_nodes_s=s.wait_for_nodes_s, query_timeout_s=s.query_timeout_s,
+            train_timeout_s=s.train_timeout_s, eval_clients=s.eval_clients,
+            eval_timeout_s=s.eval_timeout_s, poll_interval_s=s.poll_interval_s, seed=s.seed),
+        steering=SteeringConfig(base_epochs=s.base_epochs, max_extra_epochs=s.max_extra_epochs,
+                                lr=s.lr, drift_boost=s.drift_boost,
+                                max_drift_boost=s.max_drift_boost),
+        bounds=ValidationBounds(max_update_norm=s.max_update_norm or None,
+                                max_norm_ratio=s.max_norm_ratio or None,
+                                max_num_examples=s.max_num_examples),
+        evaluate_fn=evaluator, on_round=publisher, version=parent,
+    )
+    log.info("run %s: %s rounds %d..%d from v%d (%s, %s)", run_name, s.model, first_round,
+             s.num_rounds, parent, strategy_name(strategy), getattr(policy, "name", ""))
+    return runner.run(weights, num_rounds=remaining, first_round=first_round)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: settings from ``context.run_config``, then :func:`run_federation`."""
+    _log_through_flower()
+    settings = RunSettings.from_run_config(context.run_config)
+    run_federation(grid, settings, flower_run_id=context.run_id)
+
+
+def _log_through_flower() -> None:
+    """Send this package's log records to Flower's handlers, so ``flwr log`` shows the rounds."""
+    ours, flower = logging.getLogger("aggregation"), logging.getLogger("flwr")
+    if ours.handlers or not flower.handlers:
+        return
+    for handler in flower.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False

@@ -1,0 +1,292 @@
+"""Validation of client updates before anything reaches a Flower strategy.
+
+A train reply is checked against the plan's weight spec
+(:attr:`edgefleet.plan.PlanManifest.weights`) and the current global weights:
+
+1. *structure*: exactly one ``ArrayRecord`` and one ``MetricRecord`` (what Flower's strategies
+   require), every array decodable;
+2. *names, shapes, dtypes*: exactly the spec's weight names, each with the spec's shape and dtype
+   (both the declared and the decoded ones);
+3. *finite*: no NaN or infinity anywhere;
+4. *update norm*: ``||w_client - w_global||_2`` over all weights together must be finite and
+   within an **absolute** bound (``max_update_norm``, off when ``None``) and, once the round's
+   replies are in, within a **relative** bound: ``max_norm_ratio`` times the median norm of the
+   round's otherwise-valid updates. The relative bound needs at least
+   ``min_updates_for_median`` such updates and a positive median; below that it is not applied
+   (a median of two is one of the two). Both bounds may be combined;
+5. *number of examples*: ``num-examples`` is a positive integer (an integral float is accepted),
+   at most ``max_num_examples`` and at most what the node declared in its query reply, with a
+   slack (``declared_slack``) because a device keeps collecting labels between the query and
+   the end of its training.
+
+A refused update is never aggregated: its :class:`Verdict` lists every reason, and the round's
+:class:`RoundReport` counts refusals per reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from edgefleet.plan import WeightSpec
+
+NUM_EXAMPLES_KEY = "num-examples"
+_DECODE_ERRORS = (ValueError, TypeError, OSError, EOFError)
+
+
+class RefusalReason(StrEnum):
+    """Why an update was refused (one update may have several)."""
+
+    MALFORMED = "malformed"
+    NAMES = "names"
+    SHAPE = "shape"
+    DTYPE = "dtype"
+    NOT_FINITE = "not-finite"
+    NORM = "norm"
+    NUM_EXAMPLES = "num-examples"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reason to refuse an update, with a human-readable detail."""
+
+    reason: RefusalReason
+    detail: str
+
+
+@dataclass
+class Verdict:
+    """The outcome of validating one node's update.
+
+    Attributes
+    ----------
+    node_id : int
+        The node that sent the update.
+    refusals : list[Refusal]
+        Every reason found; empty when the update is accepted.
+    num_examples : int or None
+        The validated number of examples (``None`` when missing or implausible).
+    update_norm : float or None
+        ``||w_client - w_global||_2`` (``None`` when it could not be computed).
+    """
+
+    node_id: int
+    refusals: list[Refusal] = field(default_factory=list)
+    num_examples: int | None = None
+    update_norm: float | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return not self.refusals
+
+    @property
+    def reasons(self) -> list[RefusalReason]:
+        return sorted({r.reason for r in self.refusals})
+
+    def refuse(self, reason: RefusalReason, detail: str) -> None:
+        self.refusals.append(Refusal(reason, detail))
+
+
+@dataclass(frozen=True)
+class ValidationBounds:
+    """Bounds an update must respect.
+
+    Parameters
+    ----------
+    max_update_norm : float or None (default: None)
+        Absolute bound on ``||w_client - w_global||_2``; ``None`` disables it.
+    max_norm_ratio : float or None (default: 10.0)
+        Relative bound: an update whose norm exceeds ``max_norm_ratio`` times the median norm of
+        the round's otherwise-valid updates is refused; ``None`` disables it.
+    min_updates_for_median : int (default: 3)
+        The relative bound is applied only with at least this many otherwise-valid updates.
+    max_num_examples : int (default: 1_000_000)
+        The largest ``num-examples`` any node may report.
+    declared_slack : float (default: 0.25)
+        A train reply may report up to ``ceil(declared * (1 + declared_slack))`` examples, where
+        ``declared`` is the count of the node's query reply.
+    """
+
+    max_update_norm: float | None = None
+    max_norm_ratio: float | None = 10.0
+    min_updates_for_median: int = 3
+    max_num_examples: int = 1_000_000
+    declared_slack: float = 0.25
+
+    def __post_init__(self) -> None:
+        from aggregation.errors import SettingsError
+
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise SettingsError(f"max_update_norm must be > 0, got {self.max_update_norm}")
+        if self.max_norm_ratio is not None and not self.max_norm_ratio >= 1:
+            raise SettingsError(f"max_norm_ratio must be >= 1, got {self.max_norm_ratio}")
+        if self.min_updates_for_median < 2:
+            raise SettingsError("min_updates_for_median must be >= 2")
+        if self.max_num_examples < 1:
+            raise SettingsError("max_num_examples must be >= 1")
+        if not self.declared_slack >= 0:
+            raise SettingsError("declared_slack must be >= 0")
+
+
+class UpdateValidator:
+    """Validate train replies against a weight spec and the current global weights.
+
+    Parameters
+    ----------
+    spec : Sequence[WeightSpec]
+        The plan's weight spec (names, shapes, dtypes).
+    global_weights : Mapping[str, np.ndarray]
+        The weights the round's train messages carried.
+    bounds : ValidationBounds (default: ValidationBounds())
+        Norm and num-examples bounds.
+    """
+
+    def __init__(
+        self,
+        spec: Sequence[WeightSpec],
+        global_weights: Mapping[str, np.ndarray],
+        bounds: ValidationBounds | None = None,
+    ) -> None:
+        self.spec = {w.name: w for w in spec}
+        self.bounds = bounds or ValidationBounds()
+        self._global = {
+            k: np.asarray(global_weights[k], dtype=_norm_dtype(np.dtype(w.dtype)))
+            for k, w in self.spec.items()
+        }
+
+    # --- one update ------------------------------------------------------------------------
+    def validate(
+        self, node_id: int, content: RecordDict, *, declared_examples: int | None = None
+    ) -> Verdict:
+        """Check one reply's content; ``declared_examples`` is the node's query-reply count."""
+        verdict = Verdict(node_id)
+        array_records = list(content.array_records.values())  # each access builds a new view
+        metric_records = list(content.metric_records.values())
+        self._check_num_examples(verdict, metric_records, declared_examples)
+        arrays = self._check_structure(verdict, array_records, metric_records)
+        if arrays is None:
+            return verdict
+        sq_norm = 0.0
+        for name, spec in self.spec.items():
+            arr = _decode(verdict, name, arrays[name], spec)
+            if arr is None:
+                continue
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                verdict.refuse(RefusalReason.NOT_FINITE, f"{name}: {bad} non-finite values")
+                continue
+            g = self._global[name]
+            if arr.dtype == g.dtype and arr.flags.writeable:
+                diff = np.subtract(arr, g, out=arr)  # arr is our private decoded copy
+            else:
+                diff = arr.astype(g.dtype) - g
+            flat = diff.ravel()
+            sq_norm += float(np.dot(flat, flat))
+        if verdict.accepted:
+            norm = math.sqrt(sq_norm) if math.isfinite(sq_norm) else math.inf
+            verdict.update_norm = norm
+            limit = self.bounds.max_update_norm
+            if not math.isfinite(norm):
+                verdict.refuse(RefusalReason.NORM, "update norm overflows")
+            elif limit is not None and norm > limit:
+                verdict.refuse(RefusalReason.NORM, f"update norm {norm:.4g} > {limit:.4g}")
+        return verdict
+
+    def _check_structure(
+        self, verdict: Verdict, array_records: list[ArrayRecord],
+        metric_records: list[MetricRecord],
+    ) -> dict[str, Array] | None:
+        if len(array_records) != 1 or len(metric_records) != 1:
+            verdict.refuse(
+                RefusalReason.MALFORMED,
+                f"expected 1 ArrayRecord and 1 MetricRecord, got {len(array_records)} and "
+                f"{len(metric_records)}",
+            )
+            return None
+        arrays = dict(array_records[0].items())
+        missing = sorted(set(self.spec) - set(arrays))
+        extra = sorted(set(arrays) - set(self.spec))
+        if missing or extra:
+            verdict.refuse(RefusalReason.NAMES, f"missing {missing}, unexpected {extra}")
+            return None
+        return arrays
+
+    def _check_num_examples(
+        self, verdict: Verdict, metric_records: list[MetricRecord], declared: int | None
+    ) -> None:
+        raw = metric_records[0].get(NUM_EXAMPLES_KEY) if metric_records else None
+        n = _as_count(raw)
+        cap = self.bounds.max_num_examples
+        if declared is not None and declared > 0:
+            cap = min(cap, math.ceil(declared * (1.0 + self.bounds.declared_slack)))
+        if n is None or n <= 0:
+            verdict.refuse(RefusalReason.NUM_EXAMPLES, f"{NUM_EXAMPLES_KEY}={raw!r}")
+        elif n > cap:
+            verdict.refuse(RefusalReason.NUM_EXAMPLES, f"{NUM_EXAMPLES_KEY}={n} > {cap}")
+        else:
+            verdict.num_examples = n
+
+    # --- the whole round -------------------------------------------------------------------
+    def apply_relative_bound(self, verdicts: Sequence[Verdict]) -> float | None:
+        """Refuse accepted updates whose norm exceeds ``max_norm_ratio`` x the round's median.
+
+        Returns the median used, or ``None`` when the relative bound was not applied.
+        """
+        ratio = self.bounds.max_norm_ratio
+        norms = [v.update_norm for v in verdicts if v.accepted and v.update_norm is not None]
+        if ratio is None or len(norms) < self.bounds.min_updates_for_median:
+            return None
+        median = float(np.median(norms))
+        if median <= 0:
+            return None
+        for v in verdicts:
+            if v.accepted and v.update_norm is not None and v.update_norm > ratio * median:
+                v.refuse(
+                    RefusalReason.NORM,
+                    f"update norm {v.update_norm:.4g} > {ratio:g} x round median {median:.4g}",
+                )
+        return median
+
+
+def _norm_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype norms are computed in: floats stay, integers go to float64 (no wrap-around)."""
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+def _decode(verdict: Verdict, name: str, array: Array, spec: WeightSpec) -> np.ndarray | None:
+    """Check the declared then the decoded shape/dtype of one array; ``None`` if refused."""
+    want_shape, want_dtype = tuple(spec.shape), np.dtype(spec.dtype)
+    if tuple(array.shape) != want_shape:
+        verdict.refuse(RefusalReason.SHAPE, f"{name}: shape {list(array.shape)}, want {spec.shape}")
+        return None
+    if array.dtype != want_dtype.name:
+        verdict.refuse(RefusalReason.DTYPE, f"{name}: dtype {array.dtype}, want {spec.dtype}")
+        return None
+    try:
+        arr = array.numpy()
+    except _DECODE_ERRORS as exc:
+        verdict.refuse(RefusalReason.MALFORMED, f"{name}: undecodable array ({exc})")
+        return None
+    if arr.shape != want_shape:
+        verdict.refuse(RefusalReason.SHAPE, f"{name}: decoded shape {list(arr.shape)}")
+        return None
+    if arr.dtype != want_dtype:
+        verdict.refuse(RefusalReason.DTYPE, f"{name}: decoded dtype {arr.dtype}")
+        return None
+    return arr
+
+
+def _as_count(value: object) -> int | None:
+    """An integer count from a metric value, or ``None`` (bools, fractions, NaN, lists)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return None

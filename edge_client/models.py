@@ -1,0 +1,341 @@
+"""Installed model versions, the ``active`` pointer, safe switching and rollback.
+
+Layout under ``<data_dir>/models``::
+
+    active.json                     {"current": {...}, "history": [{...}, ...]}   (atomic replace)
+    <model>/<version>/plan.tflite   a complete, verified plan directory per installed version
+    <model>/<version>/manifest.json
+    <model>/<version>/weights.safetensors
+    .staging-<uuid>/                a version being downloaded (deleted on failure or at start)
+
+Installing (:meth:`ModelManager.install`) never touches the active model until the very end:
+
+1. download the manifest, the plan and the weights into a staging directory, each streamed to a
+   temporary file and verified (size, sha256; see :mod:`edge_client.download`); a plan or weights
+   file already installed with the same sha256 is copied instead of downloaded;
+2. check the manifest belongs to the plan, load the staged directory with
+   :class:`~edgefleet.runtime.PlanRuntime` and smoke-test it (:func:`smoke_test`);
+3. rename the staging directory to ``<model>/<version>`` (atomic), rewrite ``active.json``
+   (temporary file, fsync, ``os.replace``) and only then swap the in-memory runtime.
+
+A crash or an error at any step leaves ``active.json`` naming the old, complete version. The
+previous versions stay on disk (``keep_versions``) so :meth:`ModelManager.rollback` can return to
+one; :meth:`ModelManager.load_active` rolls back by itself when the current version no longer
+loads or answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_client.client import ServerClient
+from edge_client.download import download_artifact, reuse_local
+from edge_client.errors import ModelRejectedError
+from edge_client.storage import atomic_write, fsync_dir
+from edgefleet.errors import EdgeFleetError
+from edgefleet.plan import sha256_file
+from edgefleet.runtime import MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE, PlanRuntime
+from edgefleet.wire import Assignment
+
+POINTER_FILE = "active.json"
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class InstalledVersion:
+    """One installed model version (an entry of ``active.json``)."""
+
+    model: str
+    version: int
+    plan_sha256: str
+    weights_sha256: str
+    installed_at: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InstalledVersion:
+        return cls(str(d["model"]), int(d["version"]), str(d["plan_sha256"]),
+                   str(d["weights_sha256"]), float(d["installed_at"]))
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The version answering local inferences and its loaded runtime."""
+
+    info: InstalledVersion
+    runtime: PlanRuntime
+    path: Path
+
+
+def smoke_test(runtime: PlanRuntime) -> None:
+    """Ask the plan about an all-zeros input and the reference means; demand probabilities.
+
+    Raises
+    ------
+    ModelRejectedError
+        The plan raised, or answered something that is not ``[n, n_classes]`` finite
+        probabilities summing to 1.
+    """
+    m = runtime.manifest
+    probes = [np.zeros((1, *m.input.sample_shape), dtype=np.float32)]
+    if m.reference is not None and m.reference.features:
+        means = np.asarray([f.mean for f in m.reference.features], dtype=np.float32)
+        if means.size == int(np.prod(m.input.sample_shape)):
+            probes.append(means.reshape(1, *m.input.sample_shape))
+    x = np.concatenate(probes)
+    try:
+        probs = runtime.predict(x)
+    except EdgeFleetError as exc:
+        raise ModelRejectedError(f"smoke test: the model failed to answer: {exc}") from exc
+    want = (x.shape[0], m.output.n_classes)
+    if probs.shape != want:
+        raise ModelRejectedError(f"smoke test: output shape {probs.shape}, expected {want}")
+    if not np.all(np.isfinite(probs)) or np.any(probs < 0):
+        raise ModelRejectedError("smoke test: the model answered NaN/inf/negative probabilities")
+    if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        raise ModelRejectedError(f"smoke test: probabilities sum to {probs.sum(axis=1)}, not 1")
+
+
+class ModelManager:
+    """Installs, activates and rolls back model versions under ``models_dir``.
+
+    Parameters
+    ----------
+    models_dir : Path
+        ``<data_dir>/models``.
+    interpreter : str
+        Passed to :class:`PlanRuntime` (default ``"auto"``).
+    keep_versions : int
+        Versions kept on disk including the active one (default 2).
+    min_free_bytes : int
+        Free space each download must leave (default 0).
+    on_event : callable or None
+        Called as ``on_event(kind, details)`` for ``installed``, ``rejected`` and ``rolled_back``.
+    """
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        interpreter: str = "auto",
+        keep_versions: int = 2,
+        min_free_bytes: int = 0,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.interpreter = interpreter
+        self.keep_versions = keep_versions
+        self.min_free_bytes = min_free_bytes
+        self._on_event = on_event or (lambda kind, details: None)
+        self._lock = threading.RLock()
+        self.active: ActiveModel | None = None
+
+    # --- the pointer ---------------------------------------------------------------------------
+    def version_dir(self, model: str, version: int) -> Path:
+        return self.models_dir / model / str(version)
+
+    def read_pointer(self) -> tuple[InstalledVersion | None, list[InstalledVersion]]:
+        """``(current, history newest first)`` from ``active.json`` (``(None, [])`` if none)."""
+        path = self.models_dir / POINTER_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None, []
+        current = InstalledVersion.from_dict(data["current"]) if data.get("current") else None
+        return current, [InstalledVersion.from_dict(h) for h in data.get("history", [])]
+
+    def _write_pointer(
+        self, current: InstalledVersion | None, history: list[InstalledVersion]
+    ) -> None:
+        body = {"current": asdict(current) if current else None,
+                "history": [asdict(h) for h in history[: self.keep_versions - 1]]}
+        atomic_write(self.models_dir / POINTER_FILE, json.dumps(body, indent=2).encode())
+
+    # --- loading -------------------------------------------------------------------------------
+    def _load(self, info: InstalledVersion) -> ActiveModel:
+        path = self.version_dir(info.model, info.version)
+        try:
+            runtime = PlanRuntime.from_dir(path, interpreter=self.interpreter)
+        except (EdgeFleetError, OSError) as exc:
+            raise ModelRejectedError(
+                f"{info.model} v{info.version} does not load: {exc}"
+            ) from exc
+        smoke_test(runtime)
+        return ActiveModel(info, runtime, path)
+
+    def load_active(self) -> ActiveModel | None:
+        """Load the current version at start; roll back (and report) while it fails."""
+        with self._lock:
+            self._clean_staging()
+            current, _ = self.read_pointer()
+            if current is None:
+                self.active = None
+                return None
+            try:
+                self.active = self._load(current)
+            except ModelRejectedError as exc:
+                return self.rollback(str(exc))
+            return self.active
+
+    def rollback(self, reason: str) -> ActiveModel | None:
+        """Make the newest loadable previous version current; ``None`` if none is left."""
+        with self._lock:
+            current, history = self.read_pointer()
+            failed = current
+            while history:
+                candidate, history = history[0], history[1:]
+                try:
+                    loaded = self._load(candidate)
+                except ModelRejectedError as exc:
+                    reason = f"{reason}; previous {candidate.model} v{candidate.version}: {exc}"
+                    continue
+                self._write_pointer(candidate, history)
+                self.active = loaded
+                self._prune()
+                self._on_event("rolled_back", {
+                    "from": asdict(failed) if failed else None,
+                    "to": asdict(candidate), "reason": reason})
+                return loaded
+            self._write_pointer(None, [])
+            self.active = None
+            self._on_event("rolled_back", {
+                "from": asdict(failed) if failed else None, "to": None, "reason": reason})
+            return None
+
+    # --- installing ----------------------------------------------------------------------------
+    def is_current(self, assignment: Assignment) -> bool:
+        current = self.active.info if self.active else None
+        return current is not None and (
+            current.model, current.version, current.plan_sha256, current.weights_sha256
+        ) == (assignment.model, assignment.version, assignment.plan.sha256,
+              assignment.weights.sha256)
+
+    def install(self, client: ServerClient, assignment: Assignment) -> ActiveModel:
+        """Download, verify, load, smoke-test and activate ``assignment`` (see module doc).
+
+        Raises
+        ------
+        ArtifactError
+            A download was refused (integrity, interruption, full disk); nothing changed.
+        ModelRejectedError
+            The new version does not load or answer; nothing changed (reported as an event).
+        ServerError
+            The server could not be reached or refused a request; nothing changed.
+        """
+        a = assignment
+        info = InstalledVersion(a.model, a.version, a.plan.sha256, a.weights.sha256, time.time())
+        return self._install(info, lambda staging: self._stage(client, a, staging))
+
+    def install_dir(self, plan_dir: Path, model: str, version: int) -> ActiveModel:
+        """Activate a plan directory already on the device (provisioning without a network:
+        a factory image, ``edgefleet agent install``), with the same checks and atomicity."""
+        plan_dir = Path(plan_dir)
+        info = InstalledVersion(model, version, sha256_file(plan_dir / PLAN_FILE),
+                                sha256_file(plan_dir / WEIGHTS_FILE), time.time())
+
+        def copy(staging: Path) -> None:
+            for name in (PLAN_FILE, WEIGHTS_FILE, MANIFEST_FILE):
+                try:
+                    data = (plan_dir / name).read_bytes()
+                except OSError as exc:
+                    raise ModelRejectedError(f"cannot read {plan_dir / name}: {exc}") from exc
+                atomic_write(staging / name, data)
+
+        return self._install(info, copy)
+
+    def _install(self, info: InstalledVersion, stage: Callable[[Path], None]) -> ActiveModel:
+        with self._lock:
+            staging = self.models_dir / f".staging-{uuid.uuid4().hex}"
+            staging.mkdir()
+            try:
+                stage(staging)
+                try:
+                    loaded = self._load_staged(info, staging)
+                except ModelRejectedError as exc:
+                    self._on_event("rejected", {"model": info.model, "version": info.version,
+                                                "reason": str(exc)})
+                    raise
+                return self._commit(staging, loaded)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _stage(self, client: ServerClient, a: Assignment, staging: Path) -> None:
+        manifest = client.manifest(a.manifest_url)
+        if manifest.plan_sha256 != a.plan.sha256:
+            raise ModelRejectedError(
+                f"manifest of {a.model} v{a.version} describes plan {manifest.plan_sha256[:12]}…, "
+                f"the assignment promises {a.plan.sha256[:12]}…"
+            )
+        installed = [self.version_dir(h.model, h.version) for h in self._installed()]
+        for ref, name in ((a.plan, PLAN_FILE), (a.weights, WEIGHTS_FILE)):
+            tmp = None
+            for source in installed:
+                tmp = reuse_local(source / name, ref, staging, name)
+                if tmp is not None:
+                    break
+            if tmp is None:
+                tmp = download_artifact(client, ref, staging, name,
+                                        min_free_bytes=self.min_free_bytes)
+            tmp.rename(staging / name)
+        atomic_write(staging / MANIFEST_FILE, manifest.to_json().encode())
+
+    def _load_staged(self, info: InstalledVersion, staging: Path) -> ActiveModel:
+        try:
+            runtime = PlanRuntime.from_dir(staging, interpreter=self.interpreter)
+        except (EdgeFleetError, OSError) as exc:
+            raise ModelRejectedError(
+                f"{info.model} v{info.version} does not load: {exc}") from exc
+        smoke_test(runtime)
+        return ActiveModel(info, runtime, self.version_dir(info.model, info.version))
+
+    def _commit(self, staging: Path, loaded: ActiveModel) -> ActiveModel:
+        info, target = loaded.info, loaded.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # an older copy of this version (e.g. rolled back from): replace
+            trash = self.models_dir / f".staging-old-{uuid.uuid4().hex}"
+            target.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        staging.rename(target)
+        fsync_dir(target.parent)
+        key = (info.model, info.version)
+        current, history = self.read_pointer()
+        if current is not None and (current.model, current.version) != key:
+            history = [current, *history]
+        history = [h for h in history if (h.model, h.version) != key]
+        self._write_pointer(info, history)
+        self.active = loaded
+        self._prune()
+        self._on_event("installed", {"model": info.model, "version": info.version,
+                                     "interpreter": loaded.runtime.interpreter_name})
+        return loaded
+
+    # --- housekeeping --------------------------------------------------------------------------
+    def _installed(self) -> list[InstalledVersion]:
+        current, history = self.read_pointer()
+        return ([current] if current else []) + history
+
+    def _prune(self) -> None:
+        keep = {self.version_dir(v.model, v.version) for v in self._installed()}
+        for model_dir in self.models_dir.iterdir():
+            if not model_dir.is_dir() or model_dir.name.startswith("."):
+                continue
+            for version_dir in model_dir.iterdir():
+                if version_dir.is_dir() and version_dir not in keep:
+                    shutil.rmtree(version_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                model_dir.rmdir()  # only when empty
+
+    def _clean_staging(self) -> None:
+        for leftover in self.models_dir.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)

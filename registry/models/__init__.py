@@ -1,0 +1,58 @@
+"""The registry's SQLModel tables and their request/response families.
+
+Importing this package registers every table on :data:`metadata` (the one Alembic migrates), with
+the naming convention that keeps constraint names identical on SQLite and PostgreSQL.
+"""
+
+from sqlmodel import SQLModel
+
+from registry.models.columns import NAMING_CONVENTION, JSONType, UTCDateTime, utcnow
+
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
+
+from registry.models.alias import CANARY, PRODUCTION, SHADOW, Alias, AliasEvent  # noqa: E402
+from registry.models.catalog import (  # noqa: E402
+    Model,
+    ModelCreate,
+    ModelPublic,
+    ModelTag,
+    ModelUpdate,
+)
+from registry.models.device import Device, DevicePublic, DeviceUpdate  # noqa: E402
+from registry.models.telemetry import TelemetryPublic, TelemetryRecord  # noqa: E402
+from registry.models.version import (  # noqa: E402
+    TRANSITIONS,
+    ModelVersion,
+    VersionMetric,
+    VersionStatus,
+    VersionStatusUpdate,
+)
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "CANARY",
+    "PRODUCTION",
+    "SHADOW",
+    "TRANSITIONS",
+    "Alias",
+    "AliasEvent",
+    "Device",
+    "DevicePublic",
+    "DeviceUpdate",
+    "JSONType",
+    "Model",
+    "ModelCreate",
+    "ModelPublic",
+    "ModelTag",
+    "ModelUpdate",
+    "ModelVersion",
+    "TelemetryPublic",
+    "TelemetryRecord",
+    "UTCDateTime",
+    "VersionMetric",
+    "VersionStatus",
+    "VersionStatusUpdate",
+    "metadata",
+    "utcnow",
+]

@@ -1,0 +1,281 @@
+"""Telemetry intake (idempotent) and the queries that feed the drift analysis.
+
+:func:`record_report` stores a device's report once per ``(device, idempotency_key)``: a retry
+with the same body gets the first report's id back with ``duplicate=True``; the same key with a
+different body is an :class:`IdempotencyConflict`. The unique constraint, not a read-then-write,
+is what guarantees it under concurrent retries (the insert runs in a savepoint).
+
+:func:`list_reports` returns reports by model, version, device and time range, each with its
+drift summary JSON, ready to be parsed into :class:`edgefleet.drift.DriftSummary` and merged.
+
+A report's drift summary must describe the report's model and version and be binned by that
+version's reference profile (:meth:`DriftSummary.check_reference`), so everything stored can be
+merged with the rest of its version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from edgefleet.wire import Page, TelemetryAck, TelemetryReport
+from registry.catalog import get_model
+from registry.devices import touch
+from registry.errors import IdempotencyConflict, InvalidQueryError
+from registry.models import Device, Model, ModelVersion, TelemetryPublic, TelemetryRecord
+from registry.versions import get_version, reference_of
+
+__all__ = [
+    "DriftRow",
+    "body_digest",
+    "drift_rows",
+    "list_reports",
+    "prepare_report",
+    "record_report",
+    "store_report",
+]
+
+MAX_PAGE = 5000
+#: Most drift summaries one analysis query returns (newest first when there are more).
+MAX_DRIFT_ROWS = 50_000
+
+
+class DriftRow(NamedTuple):
+    """A stored drift summary with what it describes (the summary as stored JSON)."""
+
+    device_id: str
+    model: str
+    version: int
+    window_start: datetime
+    window_end: datetime
+    drift: dict[str, Any]
+
+
+def body_digest(report: TelemetryReport | dict[str, Any]) -> str:
+    """sha256 of the report's canonical JSON (sorted keys): equal for equal reports."""
+    body = report.model_dump(mode="json") if isinstance(report, TelemetryReport) else report
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _existing(session: Session, device_id: str, key: str, digest: str) -> TelemetryAck | None:
+    row = session.exec(
+        select(TelemetryRecord.id, TelemetryRecord.body_sha256).where(
+            TelemetryRecord.device_id == device_id,
+            TelemetryRecord.idempotency_key == key,
+        )
+    ).first()
+    if row is None:
+        return None
+    report_id, stored = row
+    if stored != digest:
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was already used for a different report"
+        )
+    return TelemetryAck(report_id=int(report_id or 0), duplicate=True)
+
+
+def prepare_report(
+    session: Session, device: Device, report: TelemetryReport
+) -> TelemetryRecord | TelemetryAck:
+    """Everything that only reads: validate ``report`` and build its row.
+
+    Returns the acknowledgement when the report is a retry of a stored one (or raises
+    :class:`IdempotencyConflict`), and otherwise the unsaved :class:`TelemetryRecord` for
+    :func:`store_report`. Callers on SQLite can run this before taking the write lock.
+    """
+    if report.window_start.tzinfo is None or report.window_end.tzinfo is None:
+        raise InvalidQueryError("window_start and window_end must carry a time zone (UTC)")
+    if report.window_end < report.window_start:
+        raise InvalidQueryError("window_end is before window_start")
+    body = report.model_dump(mode="json")
+    digest = body_digest(body)
+    ack = _existing(session, device.id, report.idempotency_key, digest)
+    if ack is not None:
+        return ack
+    model = get_model(session, report.model)
+    version = get_version(session, model, report.version)
+    if report.drift is not None:
+        _check_drift(report, version)
+    inf, ev = report.inference, report.local_eval
+    return TelemetryRecord(
+        device_id=device.id,
+        idempotency_key=report.idempotency_key,
+        body_sha256=digest,
+        model_id=model.id or 0,
+        version_id=version.id or 0,
+        window_start=report.window_start,
+        window_end=report.window_end,
+        inference_local=inf.local,
+        inference_fallback=inf.fallback,
+        inference_errors=inf.errors,
+        latency_ms_p50=inf.latency_ms_p50,
+        latency_ms_p99=inf.latency_ms_p99,
+        eval_n=ev.n_examples if ev else None,
+        eval_accuracy=ev.accuracy if ev else None,
+        eval_loss=ev.loss if ev else None,
+        dropped_reports=report.dropped_reports,
+        drift=body["drift"],
+    )
+
+
+def store_report(session: Session, device: Device, record: TelemetryRecord) -> TelemetryAck:
+    """Insert a prepared report once; a concurrent twin that got there first wins."""
+    try:
+        with session.begin_nested():
+            session.add(record)
+            session.flush()
+    except IntegrityError:  # a concurrent retry of the same report got there first
+        ack = _existing(session, record.device_id, record.idempotency_key, record.body_sha256)
+        if ack is None:
+            raise
+        return ack
+    touch(session, device, running_version_id=record.version_id)
+    return TelemetryAck(report_id=record.id or 0, duplicate=False)
+
+
+def record_report(session: Session, device: Device, report: TelemetryReport) -> TelemetryAck:
+    """Store ``report`` from ``device`` once (see the module notes) and note what it runs."""
+    prepared = prepare_report(session, device, report)
+    if isinstance(prepared, TelemetryAck):
+        return prepared
+    return store_report(session, device, prepared)
+
+
+def _check_drift(report: TelemetryReport, version: ModelVersion) -> None:
+    """The summary must describe the report's model version, binned by its reference."""
+    drift = report.drift
+    assert drift is not None
+    if (drift.model, drift.version) != (report.model, report.version):
+        raise InvalidQueryError(
+            f"the drift summary describes {drift.model!r} v{drift.version}, the report "
+            f"{report.model!r} v{report.version}"
+        )
+    reference = reference_of(version)
+    if reference is not None:
+        drift.check_reference(reference)  # SummaryError when the bins do not fit
+
+
+def list_reports(
+    session: Session,
+    *,
+    model: str | None = None,
+    version: int | None = None,
+    device: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> Page[TelemetryPublic]:
+    """Stored reports, oldest window first.
+
+    ``since``/``until`` select the reports whose window *overlaps* ``[since, until]``
+    (``window_end >= since`` and ``window_start <= until``). ``version`` needs ``model``.
+    """
+    if version is not None and model is None:
+        raise InvalidQueryError("filtering by version needs the model")
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidQueryError(f"{name} must carry a time zone (e.g. ...T12:00:00Z)")
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidQueryError(f"limit must be between 1 and {MAX_PAGE}")
+    where: list[sa.ColumnElement[bool]] = []
+    if model is not None:
+        m = get_model(session, model)
+        where.append(col(TelemetryRecord.model_id) == m.id)
+        if version is not None:
+            where.append(col(TelemetryRecord.version_id) == get_version(session, m, version).id)
+    if device is not None:
+        where.append(col(TelemetryRecord.device_id) == device)
+    if since is not None:
+        where.append(col(TelemetryRecord.window_end) >= since)
+    if until is not None:
+        where.append(col(TelemetryRecord.window_start) <= until)
+    total = session.exec(select(sa.func.count()).select_from(TelemetryRecord).where(*where)).one()
+    rows = session.exec(
+        select(TelemetryRecord, Model.name, ModelVersion.number)
+        .join(Model, col(Model.id) == col(TelemetryRecord.model_id))
+        .join(ModelVersion, col(ModelVersion.id) == col(TelemetryRecord.version_id))
+        .where(*where)
+        .order_by(col(TelemetryRecord.window_end), col(TelemetryRecord.id))
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return Page[TelemetryPublic](items=_public(rows), total=total, limit=limit, offset=offset)
+
+
+def _public(rows: Sequence[tuple[TelemetryRecord, str, int]]) -> list[TelemetryPublic]:
+    return [
+        TelemetryPublic(
+            id=r.id or 0,
+            device_id=r.device_id,
+            model=name,
+            version=number,
+            idempotency_key=r.idempotency_key,
+            window_start=r.window_start,
+            window_end=r.window_end,
+            received_at=r.received_at,
+            inference_local=r.inference_local,
+            inference_fallback=r.inference_fallback,
+            inference_errors=r.inference_errors,
+            latency_ms_p50=r.latency_ms_p50,
+            latency_ms_p99=r.latency_ms_p99,
+            eval_n=r.eval_n,
+            eval_accuracy=r.eval_accuracy,
+            eval_loss=r.eval_loss,
+            dropped_reports=r.dropped_reports,
+            drift=r.drift,
+        )
+        for r, name, number in rows
+    ]
+
+
+def drift_rows(
+    session: Session,
+    model: str,
+    version: int,
+    *,
+    device: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = MAX_DRIFT_ROWS,
+) -> list[DriftRow]:
+    """The drift summaries of a model version (windows overlapping ``[since, until]``),
+    oldest window first; at most ``limit`` (the newest ones when there are more)."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidQueryError(f"{name} must carry a time zone (e.g. ...T12:00:00Z)")
+    m = get_model(session, model)
+    v = get_version(session, m, version)
+    where: list[sa.ColumnElement[bool]] = [
+        col(TelemetryRecord.version_id) == v.id,
+        col(TelemetryRecord.drift).is_not(None),
+    ]
+    if device is not None:
+        where.append(col(TelemetryRecord.device_id) == device)
+    if since is not None:
+        where.append(col(TelemetryRecord.window_end) >= since)
+    if until is not None:
+        where.append(col(TelemetryRecord.window_start) <= until)
+    rows = session.exec(
+        select(
+            TelemetryRecord.device_id,
+            TelemetryRecord.window_start,
+            TelemetryRecord.window_end,
+            TelemetryRecord.drift,
+        )
+        .where(*where)
+        .order_by(col(TelemetryRecord.window_end).desc(), col(TelemetryRecord.id).desc())
+        .limit(limit)
+    ).all()
+    return [
+        DriftRow(device_id, m.name, v.number, start, end, drift or {})
+        for device_id, start, end, drift in reversed(rows)
+    ]

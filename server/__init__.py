@@ -1,0 +1,18 @@
+"""The central server: FastAPI routes for the registry, devices, telemetry, drift and V2 inference.
+
+May import: ``registry``, the shared ``edgefleet`` core, fastapi, uvicorn, scipy. It is the only
+package that translates exceptions into HTTP status codes (:mod:`server.errors`).
+
+Modules
+-------
+``main``        :func:`create_app` (the application factory; ``uvicorn server.main:create_app
+                --factory``)
+``settings``    :class:`ServerSettings` (``EDGEFLEET_SERVER_*`` environment variables or a file)
+``deps``        sessions, settings and callers as FastAPI dependencies
+``security``    named keys, constant-time comparison, :class:`Caller`
+``api``         one router per resource under ``api/routes``
+``inference``   Open Inference Protocol (V2) codec and :class:`InferenceService`
+``drift``       drift statistics and fleet reports (pure functions)
+``middleware``  request ids, access log, body limits    ``errors``  exceptions → HTTP
+``cli``         ``edgefleet server``                     ``bootstrap``  publish without HTTP
+"""

@@ -1,0 +1,121 @@
+"""Aliases: read (now or at any past time), move, remove, roll back, history (admin)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from edgefleet.wire import AliasEventInfo, AliasInfo, AliasMove, AliasRollback, Page
+from registry import aliases, search
+from server.deps import AdminDep, SessionDep, SettingsDep, WriteSessionDep
+
+router = APIRouter(prefix="/models/{model}", tags=["aliases"])
+
+
+@router.get("/aliases", response_model=list[AliasInfo], summary="A model's aliases")
+def list_aliases(model: str, _: AdminDep, session: SessionDep) -> list[AliasInfo]:
+    return aliases.list_aliases(session, model)
+
+
+@router.get("/aliases/{alias}", response_model=AliasInfo, summary="Where an alias points")
+def get_alias(
+    model: str,
+    alias: str,
+    _: AdminDep,
+    session: SessionDep,
+    at: Annotated[
+        datetime | None, Query(description="answer for this moment instead (ISO 8601 with zone)")
+    ] = None,
+) -> AliasInfo:
+    if at is None:
+        return aliases.alias_info(session, aliases.get_alias(session, model, alias))
+    event = aliases.alias_at(session, model, alias, at)
+    assert event.to_version is not None
+    return AliasInfo(
+        model=event.model,
+        alias=event.alias,
+        version=event.to_version,
+        rollout_percent=event.rollout_percent,
+        updated_at=event.at,
+        updated_by=event.actor,
+    )
+
+
+@router.put("/aliases/{alias}", response_model=AliasInfo, summary="Point an alias at a version")
+def move_alias(
+    model: str,
+    alias: str,
+    body: AliasMove,
+    caller: AdminDep,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+) -> AliasInfo:
+    row = aliases.set_alias(
+        session,
+        model,
+        alias,
+        body,
+        actor=caller.label,
+        default_rollout_percent=settings.canary_rollout_percent,
+    )
+    session.commit()
+    return aliases.alias_info(session, row)
+
+
+@router.delete("/aliases/{alias}", status_code=204, summary="Remove an alias")
+def delete_alias(
+    model: str,
+    alias: str,
+    caller: AdminDep,
+    session: WriteSessionDep,
+    reason: Annotated[str, Query(max_length=1000)] = "",
+) -> Response:
+    aliases.delete_alias(session, model, alias, actor=caller.label, reason=reason)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.post(
+    "/aliases/{alias}/rollback",
+    response_model=AliasInfo,
+    summary="Move an alias back to where its latest move took it from",
+)
+def rollback_alias(
+    model: str, alias: str, body: AliasRollback, caller: AdminDep, session: WriteSessionDep
+) -> AliasInfo:
+    row = aliases.rollback_alias(session, model, alias, actor=caller.label, reason=body.reason)
+    session.commit()
+    return aliases.alias_info(session, row)
+
+
+@router.get(
+    "/aliases/{alias}/history",
+    response_model=Page[AliasEventInfo],
+    summary="Every move of an alias, newest first",
+)
+def alias_history(
+    model: str,
+    alias: str,
+    _: AdminDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[AliasEventInfo]:
+    return aliases.alias_history(session, model, alias, limit=limit, offset=offset)
+
+
+@router.get(
+    "/alias-history",
+    response_model=Page[AliasEventInfo],
+    summary="Every move of every alias of a model, newest first",
+)
+def model_alias_history(
+    model: str,
+    _: AdminDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[AliasEventInfo]:
+    return aliases.alias_history(session, model, None, limit=limit, offset=offset)

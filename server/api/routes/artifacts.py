@@ -1,0 +1,124 @@
+"""Artifact downloads: a version's plan, weights and manifest (devices and the operator).
+
+Responses stream from the content-addressed store with ``ETag: "<sha256>"``; a request whose
+``If-None-Match`` names that tag (or ``*``) gets 304 without a body. Artifacts never change, so
+they may be cached for good (``Cache-Control: private, max-age=31536000, immutable``); range
+requests are honoured, so an interrupted download can resume. A device may read only the version
+it is assigned (403 otherwise); an admin key reads any version.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import FileResponse
+from sqlmodel import Session
+
+from registry.assignment import check_download
+from registry.catalog import get_model
+from registry.errors import AuthenticationError, PermissionDeniedError
+from registry.versions import get_version
+from server.deps import CallerDep, SessionDep, StateDep
+from server.errors import ModelUnavailableError
+from server.security import Caller
+from server.state import AppState
+
+router = APIRouter(prefix="/models/{model}/versions/{version}", tags=["artifacts"])
+
+Kind = Literal["plan", "weights", "manifest"]
+MEDIA_TYPES: dict[str, str] = {
+    "plan": "application/octet-stream",
+    "weights": "application/octet-stream",
+    "manifest": "application/json",
+}
+FILENAMES = {"plan": "plan.tflite", "weights": "weights.safetensors", "manifest": "manifest.json"}
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+
+
+def etag_matches(if_none_match: str | None, tag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``tag`` (weak comparison, RFC 9110 13.1.2)."""
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*":
+            return True
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate.strip('"') == tag.strip('"'):
+            return True
+    return False
+
+
+def serve(
+    kind: Kind,
+    model: str,
+    version: int,
+    caller: Caller,
+    session: Session,
+    state: AppState,
+    if_none_match: str | None,
+) -> Response:
+    if caller.kind == "anonymous":
+        raise AuthenticationError("a device token or an admin key is required")
+    if caller.kind not in ("admin", "device"):
+        raise PermissionDeniedError("artifacts are for devices and the operator")
+    m = get_model(session, model)
+    v = get_version(session, m, version)
+    if caller.device is not None:
+        check_download(session, caller.device, m, v)
+    session.commit()  # release the connection before streaming
+    sha = {"plan": v.plan_sha256, "weights": v.weights_sha256, "manifest": v.manifest_sha256}[kind]
+    etag = f'"{sha}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    path = state.store.path(sha)
+    if not path.is_file():
+        raise ModelUnavailableError(f"the {kind} of version {version} of {model!r} is missing")
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES[kind],
+        headers=headers,
+        filename=f"{model}-v{version}-{FILENAMES[kind]}",
+    )
+
+
+IfNoneMatch = Annotated[str | None, Header()]
+
+
+@router.get("/plan", summary="Download the plan (.tflite)", response_class=FileResponse)
+def download_plan(
+    model: str,
+    version: int,
+    caller: CallerDep,
+    session: SessionDep,
+    state: StateDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    return serve("plan", model, version, caller, session, state, if_none_match)
+
+
+@router.get("/weights", summary="Download the weights (safetensors)", response_class=FileResponse)
+def download_weights(
+    model: str,
+    version: int,
+    caller: CallerDep,
+    session: SessionDep,
+    state: StateDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    return serve("weights", model, version, caller, session, state, if_none_match)
+
+
+@router.get("/manifest", summary="Download the plan manifest (JSON)", response_class=FileResponse)
+def download_manifest(
+    model: str,
+    version: int,
+    caller: CallerDep,
+    session: SessionDep,
+    state: StateDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    return serve("manifest", model, version, caller, session, state, if_none_match)

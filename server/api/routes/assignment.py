@@ -1,0 +1,77 @@
+"""The assignment poll: which version a device should run now (conditional, cheap to repeat).
+
+The response's ``ETag`` is a digest of the assignment itself, so a device that sends it back in
+``If-None-Match`` gets 304 until an alias moves (or its canary membership changes). Polls record
+``last_seen`` (at most every ``last_seen_interval_s``) and the version handed out, which is
+what the device may then download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from edgefleet.wire import ArtifactRef, Assignment, artifact_url
+from registry.assignment import assign
+from registry.devices import get_device, touch
+from registry.errors import AuthenticationError
+from server.api.routes.artifacts import etag_matches
+from server.deps import CallerDep, SessionDep, SettingsDep, require_self
+
+router = APIRouter(prefix="/devices", tags=["assignment"])
+
+
+@router.get(
+    "/{device_id}/assignment",
+    response_model=Assignment,
+    summary="The version this device should run",
+    responses={304: {"description": "unchanged since the ETag sent in If-None-Match"}},
+)
+def get_assignment(
+    device_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    model: str | None = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    if caller.kind == "anonymous":
+        raise AuthenticationError("a device token is required (Authorization: Bearer efd_…)")
+    require_self(caller, device_id)
+    device = caller.device if caller.device is not None else get_device(session, device_id)
+    choice = assign(session, device, model)
+    v, name = choice.version, choice.model.name
+    body = Assignment(
+        device_id=device.id,
+        model=name,
+        version=v.number,
+        alias=choice.alias,
+        plan=ArtifactRef(
+            url=artifact_url(name, v.number, "plan"), sha256=v.plan_sha256, size=v.plan_size
+        ),
+        weights=ArtifactRef(
+            url=artifact_url(name, v.number, "weights"),
+            sha256=v.weights_sha256,
+            size=v.weights_size,
+        ),
+        manifest_url=artifact_url(name, v.number, "manifest"),
+        poll_interval_s=settings.poll_interval_s,
+    )
+    content = body.model_dump_json()
+    etag = f'"{hashlib.sha256(content.encode()).hexdigest()[:32]}"'
+    session.commit()  # end the read; the write below starts a fresh transaction
+    if caller.kind == "device":
+        touch(
+            session,
+            device,
+            assigned_version_id=v.id,
+            min_interval=timedelta(seconds=settings.last_seen_interval_s),
+        )
+        session.commit()
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(content, media_type="application/json", headers=headers)

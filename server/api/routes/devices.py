@@ -1,0 +1,81 @@
+"""Devices: enrolment (with an enrolment token), listing, reading, labelling, revoking."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from edgefleet.wire import EnrollRequest, EnrollResponse, Page
+from registry import devices, search
+from registry.errors import AuthenticationError, PermissionDeniedError
+from registry.models import DevicePublic, DeviceUpdate
+from server.deps import AdminDep, CallerDep, SessionDep, StateDep, WriteSessionDep, require_self
+from server.security import Caller, match_key
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+@router.post("/enroll", status_code=201, response_model=EnrollResponse, summary="Enrol a device")
+def enroll(body: EnrollRequest, state: StateDep, session: WriteSessionDep) -> EnrollResponse:
+    """Trade an enrolment token for a device token (shown once; only its hash is stored).
+
+    Enrolling an id that exists replaces its token: a re-imaged device recovers this way.
+    """
+    if not state.enrollment_tokens:
+        raise PermissionDeniedError("enrolment is disabled: no enrolment token is configured")
+    key = match_key(body.enrollment_token, state.enrollment_tokens)
+    if key is None:
+        raise AuthenticationError("invalid enrolment token")
+    device, token = devices.enroll(session, body)
+    session.commit()
+    return EnrollResponse(device_id=device.id, device_token=token)
+
+
+@router.get("", response_model=Page[DevicePublic], summary="List devices")
+def list_devices(
+    _: AdminDep,
+    session: SessionDep,
+    model: str | None = None,
+    seen_since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[DevicePublic]:
+    return devices.list_devices(
+        session, model=model, seen_since=seen_since, limit=limit, offset=offset
+    )
+
+
+def _public(session: SessionDep, device_id: str) -> DevicePublic:
+    return devices.devices_public(session, [devices.get_device(session, device_id)])[0]
+
+
+@router.get("/{device_id}", response_model=DevicePublic, summary="Read a device")
+def get_device(device_id: str, caller: CallerDep, session: SessionDep) -> DevicePublic:
+    _self_or_admin(caller, device_id)
+    return _public(session, device_id)
+
+
+@router.patch(
+    "/{device_id}", response_model=DevicePublic, summary="Label a device or set its model"
+)
+def update_device(
+    device_id: str, body: DeviceUpdate, _: AdminDep, session: WriteSessionDep
+) -> DevicePublic:
+    devices.update_device(session, device_id, body)
+    session.commit()
+    return _public(session, device_id)
+
+
+@router.delete("/{device_id}", response_model=DevicePublic, summary="Revoke a device's token")
+def revoke_device(device_id: str, _: AdminDep, session: WriteSessionDep) -> DevicePublic:
+    devices.revoke_device(session, device_id)
+    session.commit()
+    return _public(session, device_id)
+
+
+def _self_or_admin(caller: Caller, device_id: str) -> None:
+    if caller.kind == "anonymous":
+        raise AuthenticationError("a device token or an admin key is required")
+    require_self(caller, device_id)

@@ -1,0 +1,51 @@
+"""Models: register, list/search, read, describe (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from edgefleet.wire import Page
+from registry import catalog, search
+from registry.models import ModelCreate, ModelPublic, ModelUpdate
+from server.deps import AdminDep, SessionDep, WriteSessionDep
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.post("", status_code=201, response_model=ModelPublic, summary="Register a model")
+def create_model(body: ModelCreate, _: AdminDep, session: WriteSessionDep) -> ModelPublic:
+    model = catalog.create_model(session, body)
+    session.commit()
+    return catalog.model_public(session, model)
+
+
+@router.get("", response_model=Page[ModelPublic], summary="Search models")
+def list_models(
+    _: AdminDep,
+    session: SessionDep,
+    task: str | None = None,
+    tag: str | None = None,
+    name: Annotated[str | None, Query(description="case-insensitive substring")] = None,
+    alias: Annotated[str | None, Query(description="models that have this alias")] = None,
+    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[ModelPublic]:
+    return search.search_models(
+        session, task=task, tag=tag, name=name, alias=alias, limit=limit, offset=offset
+    )
+
+
+@router.get("/{model}", response_model=ModelPublic, summary="Read a model")
+def get_model(model: str, _: AdminDep, session: SessionDep) -> ModelPublic:
+    return catalog.model_public(session, catalog.get_model(session, model))
+
+
+@router.patch("/{model}", response_model=ModelPublic, summary="Describe or tag a model")
+def update_model(
+    model: str, body: ModelUpdate, _: AdminDep, session: WriteSessionDep
+) -> ModelPublic:
+    row = catalog.update_model(session, model, body)
+    session.commit()
+    return catalog.model_public(session, row)

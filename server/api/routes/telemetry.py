@@ -1,0 +1,75 @@
+"""Telemetry: devices post reports (idempotent); the operator queries them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from edgefleet.wire import Page, TelemetryAck, TelemetryReport
+from registry import telemetry
+from registry.db import write_session
+from registry.models import TelemetryPublic
+from server.deps import AdminDep, DeviceDep, SessionDep, require_self
+
+router = APIRouter(tags=["telemetry"])
+
+
+@router.post(
+    "/devices/{device_id}/telemetry",
+    status_code=201,
+    response_model=TelemetryAck,
+    summary="Post a telemetry report (stored once per idempotency key)",
+    responses={
+        200: {"model": TelemetryAck, "description": "a retry: the report was already stored"},
+        409: {"description": "the idempotency key was used for a different report"},
+    },
+)
+def post_report(
+    device_id: str,
+    body: TelemetryReport,
+    caller: DeviceDep,
+    session: SessionDep,
+    response: Response,
+) -> TelemetryAck:
+    """Validation and the duplicate check read outside the write transaction, which then only
+    inserts (and notes the device's running version): on SQLite the write lock is held briefly."""
+    require_self(caller, device_id)
+    device = caller.device
+    assert device is not None
+    prepared = telemetry.prepare_report(session, device, body)
+    if isinstance(prepared, TelemetryAck):
+        ack = prepared
+    else:
+        session.commit()
+        write_session(session)
+        ack = telemetry.store_report(session, device, prepared)
+        session.commit()
+    if ack.duplicate:
+        response.status_code = 200
+    return ack
+
+
+@router.get("/telemetry", response_model=Page[TelemetryPublic], summary="Query telemetry")
+def list_reports(
+    _: AdminDep,
+    session: SessionDep,
+    model: str | None = None,
+    version: int | None = None,
+    device: str | None = None,
+    since: Annotated[datetime | None, Query(description="windows ending at or after")] = None,
+    until: Annotated[datetime | None, Query(description="windows starting at or before")] = None,
+    limit: Annotated[int, Query(ge=1, le=telemetry.MAX_PAGE)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[TelemetryPublic]:
+    return telemetry.list_reports(
+        session,
+        model=model,
+        version=version,
+        device=device,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )

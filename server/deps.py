@@ -1,0 +1,202 @@
+"""FastAPI dependencies: settings, database sessions, the artifact store, and the callers.
+
+One request, one :class:`~sqlmodel.Session` (so one pooled connection at a time: a request never
+waits for a second connection while holding a first). ``SessionDep`` reads; ``WriteSessionDep``
+is the same session, its authentication read ended, starting a writing transaction
+(``BEGIN IMMEDIATE`` on SQLite, see :mod:`registry.db`). Routes commit explicitly.
+``AdminDep``, ``DeviceDep`` and ``CallerDep`` authenticate; a refusal raises
+:class:`registry.errors.AuthenticationError` (401) or
+:class:`registry.errors.PermissionDeniedError` (403), which :mod:`server.errors` renders.
+
+Dependencies that do no blocking I/O are ``async`` so they run on the event loop instead of
+costing a worker-thread hop each; only a device-token check (a database read) goes to a thread.
+
+Credentials travel as ``X-Admin-Key: <key>`` or ``Authorization: Bearer <secret>``; a bearer
+secret may be an admin key, a device token (``efd_…``) or an inference key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from registry.db import write_session
+from registry.devices import TOKEN_PREFIX, authenticate
+from registry.errors import AuthenticationError, PermissionDeniedError
+from registry.store import ArtifactStore
+from server.security import ANONYMOUS, Caller, NamedKey, match_key
+from server.settings import ServerSettings
+from server.state import AppState
+
+__all__ = [
+    "AdminDep",
+    "CallerDep",
+    "DeviceDep",
+    "SessionDep",
+    "SettingsDep",
+    "StateDep",
+    "StoreDep",
+    "WriteSessionDep",
+    "require_device",
+]
+
+
+async def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.edgefleet
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_settings(state: StateDep) -> ServerSettings:
+    return state.settings
+
+
+async def get_store(state: StateDep) -> ArtifactStore:
+    return state.store
+
+
+SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+
+
+async def get_session(state: StateDep) -> AsyncIterator[Session]:
+    session = Session(state.engine, expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        if session.in_transaction():  # an error path: roll back in a worker thread
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _begin_write(session: Session) -> None:
+    session.commit()  # end whatever authentication read
+    write_session(session)
+
+
+async def get_write_session(session: SessionDep) -> Session:
+    await run_in_threadpool(_begin_write, session)
+    return session
+
+
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthenticationError("malformed Authorization header: expected 'Bearer <token>'")
+    return value.strip()
+
+
+def _device(session: Session, secret: str) -> Caller:
+    try:
+        device = authenticate(session, secret)
+    finally:
+        session.commit()  # release the connection; the route starts its own transaction
+    return Caller("device", device.id, device)
+
+
+async def _identify(
+    request: Request,
+    state: AppState,
+    session: Session,
+    admin_key: str | None,
+    authorization: str | None,
+) -> Caller:
+    """Whoever the credentials name (ANONYMOUS without credentials); 401 for bad ones."""
+    caller = ANONYMOUS
+    if admin_key is not None:
+        key = match_key(admin_key, state.admin_keys)
+        if key is None:
+            raise AuthenticationError("invalid admin key")
+        caller = Caller("admin", key.name)
+    else:
+        secret = _bearer(authorization)
+        if secret is not None and secret.startswith(TOKEN_PREFIX):
+            caller = await run_in_threadpool(_device, session, secret)
+        elif secret is not None:
+            caller = _from_keys(secret, state)
+    request.state.caller = caller
+    return caller
+
+
+def _from_keys(secret: str, state: AppState) -> Caller:
+    keys: list[tuple[Literal["admin", "app"], list[NamedKey]]] = [
+        ("admin", state.admin_keys),
+        ("app", state.inference_keys),
+    ]
+    for kind, pool in keys:
+        key = match_key(secret, pool)
+        if key is not None:
+            return Caller(kind, key.name)
+    raise AuthenticationError("invalid bearer token")
+
+
+# Declared for the OpenAPI document (the "Authorize" button of /docs); the headers themselves
+# are parsed by _identify, which gives clearer refusals than these schemes would.
+ADMIN_KEY_SCHEME = APIKeyHeader(
+    name="X-Admin-Key", auto_error=False, description="an admin key (registry API)"
+)
+BEARER_SCHEME = HTTPBearer(
+    auto_error=False, description="a device token (efd_…), an admin key or an inference key"
+)
+
+
+async def get_caller(
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    _admin_scheme: Annotated[str | None, Security(ADMIN_KEY_SCHEME)] = None,
+    _bearer_scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
+) -> Caller:
+    headers = request.headers
+    return await _identify(
+        request, state, session, headers.get("x-admin-key"), headers.get("authorization")
+    )
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def require_admin(caller: CallerDep, state: StateDep) -> Caller:
+    if caller.kind == "admin":
+        return caller
+    if not state.admin_keys:
+        raise PermissionDeniedError("the registry API is disabled: no admin key is configured")
+    if caller.kind == "anonymous":
+        raise AuthenticationError("an admin key is required (X-Admin-Key or Bearer)")
+    raise PermissionDeniedError(f"{caller.kind} credentials cannot use the registry API")
+
+
+async def require_device(caller: CallerDep) -> Caller:
+    if caller.kind == "device":
+        return caller
+    if caller.kind == "anonymous":
+        raise AuthenticationError("a device token is required (Authorization: Bearer efd_…)")
+    raise PermissionDeniedError("this route is for devices: present a device token")
+
+
+AdminDep = Annotated[Caller, Depends(require_admin)]
+DeviceDep = Annotated[Caller, Depends(require_device)]
+
+
+def require_self(caller: Caller, device_id: str) -> None:
+    """Let a device act only as itself (the operator may act for any device)."""
+    if caller.kind == "admin":
+        return
+    if caller.kind != "device" or caller.name != device_id:
+        raise PermissionDeniedError(f"this token does not belong to device {device_id!r}")

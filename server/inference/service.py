@@ -1,0 +1,215 @@
+"""The inference path: resolve a model (and version or alias), load its plan, run it.
+
+:class:`InferenceService` is deliberately small and free of HTTP: routes hand it a session, a
+model name, an optional version and a V2 request, and get a V2 response back. Later rollout
+strategies (shadow traffic, server-side canaries) and micro-batching slot in here: resolution
+returns a :class:`Target`, and :meth:`InferenceService.predict` is the one call that touches an
+interpreter.
+
+Loaded runtimes are cached by the content they run — ``(plan sha256, weights sha256)`` — in a
+least-recently-used map of ``cache_size`` entries. Content never changes under a digest, so the
+cache never serves stale weights; moving an alias simply resolves to another key. Concurrent
+first requests for one version load it once (a lock per key). Each :class:`PlanRuntime`
+serialises its own interpreter calls; requests run in the server's worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from edgefleet import __version__
+from edgefleet.errors import EdgeFleetError
+from edgefleet.plan import PlanManifest, weights_from_bytes
+from edgefleet.runtime import PlanRuntime
+from edgefleet.wire import InferenceRequest, InferenceResponse
+from registry.catalog import get_model
+from registry.errors import NotFoundError, VersionNotReadyError
+from registry.models import PRODUCTION, Alias, Model, ModelVersion, VersionStatus
+from registry.store import ArtifactStore
+from registry.versions import get_version
+from server.errors import ModelUnavailableError
+from server.inference.codec import decode_input, encode_outputs, output_metadata
+
+__all__ = ["InferenceService", "Target"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved, READY version: what to load and how to name it in the response."""
+
+    model: str
+    version: int
+    alias: str | None
+    plan_sha256: str
+    weights_sha256: str
+    manifest_sha256: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.plan_sha256, self.weights_sha256)
+
+
+class InferenceService:
+    """Resolve, load (cached) and run model versions for V2 inference.
+
+    Parameters
+    ----------
+    store
+        The artifact store holding plans and weights.
+    cache_size
+        Loaded runtimes kept (default 8).
+    max_batch
+        Most rows per request (default 1024).
+    interpreter
+        ``auto``, ``ai-edge-litert`` or ``tflite-runtime``.
+    """
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        *,
+        cache_size: int = 8,
+        max_batch: int = 1024,
+        interpreter: str = "auto",
+    ) -> None:
+        self.store = store
+        self.cache_size = cache_size
+        self.max_batch = max_batch
+        self.interpreter = interpreter
+        self._cache: OrderedDict[tuple[str, str], PlanRuntime] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._load_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    # --- resolution --------------------------------------------------------------------------
+    def resolve(self, session: Session, model: str, version: int | None = None) -> Target:
+        """The READY version to serve: ``version``, or the model's ``production`` alias."""
+        stmt = (
+            sa.select(
+                col(ModelVersion.number),
+                col(ModelVersion.status),
+                col(ModelVersion.plan_sha256),
+                col(ModelVersion.weights_sha256),
+                col(ModelVersion.manifest_sha256),
+            )
+            .join(Model, col(Model.id) == col(ModelVersion.model_id))
+            .where(col(Model.name) == model)
+        )
+        if version is None:
+            stmt = stmt.join(Alias, col(Alias.version_id) == col(ModelVersion.id)).where(
+                col(Alias.name) == PRODUCTION
+            )
+        else:
+            stmt = stmt.where(col(ModelVersion.number) == version)
+        row = session.execute(stmt).first()
+        if row is None:
+            m = get_model(session, model)  # NotFoundError for an unknown model
+            if version is not None:
+                get_version(session, m, version)
+            raise NotFoundError(f"model {model!r} has no production version; name a version")
+        number, status, plan_sha256, weights_sha256, manifest_sha256 = row
+        if status != VersionStatus.READY:
+            raise VersionNotReadyError(
+                f"version {number} of {model!r} is {status.value}, not READY"
+            )
+        return Target(
+            model=model,
+            version=number,
+            alias=PRODUCTION if version is None else None,
+            plan_sha256=plan_sha256,
+            weights_sha256=weights_sha256,
+            manifest_sha256=manifest_sha256,
+        )
+
+    def ready_versions(self, session: Session, model: str) -> list[int]:
+        m = get_model(session, model)
+        return list(
+            session.exec(
+                select(ModelVersion.number)
+                .where(ModelVersion.model_id == m.id, ModelVersion.status == VersionStatus.READY)
+                .order_by(sa.asc(col(ModelVersion.number)))
+            ).all()
+        )
+
+    # --- loading -----------------------------------------------------------------------------
+    def runtime(self, target: Target) -> PlanRuntime:
+        """The loaded runtime of ``target`` (from the cache, or loaded once and cached)."""
+        with self._cache_lock:
+            cached = self._cache.get(target.key)
+            if cached is not None:
+                self._cache.move_to_end(target.key)
+                return cached
+            lock = self._load_locks.setdefault(target.key, threading.Lock())
+        with lock:
+            with self._cache_lock:
+                cached = self._cache.get(target.key)
+            if cached is not None:
+                return cached
+            runtime = self._load(target)
+            with self._cache_lock:
+                self._cache[target.key] = runtime
+                self._cache.move_to_end(target.key)
+                while len(self._cache) > self.cache_size:
+                    evicted, _ = self._cache.popitem(last=False)
+                    self._load_locks.pop(evicted, None)
+            return runtime
+
+    def _load(self, target: Target) -> PlanRuntime:
+        try:
+            manifest = PlanManifest.from_json(self.store.read_bytes(target.manifest_sha256))
+            plan = self.store.read_bytes(target.plan_sha256)
+            weights = weights_from_bytes(
+                self.store.read_bytes(target.weights_sha256), manifest=manifest
+            )
+            return PlanRuntime.from_bytes(plan, manifest, weights, interpreter=self.interpreter)
+        except (NotFoundError, EdgeFleetError, ValueError) as exc:
+            raise ModelUnavailableError(
+                f"version {target.version} of {target.model!r} cannot be loaded: {exc}"
+            ) from exc
+
+    def cached_keys(self) -> list[tuple[str, str]]:
+        with self._cache_lock:
+            return list(self._cache)
+
+    # --- inference ---------------------------------------------------------------------------
+    def predict(self, target: Target, request: InferenceRequest) -> InferenceResponse:
+        """Run ``request`` on ``target`` (blocking: call it from a worker thread)."""
+        runtime = self.runtime(target)
+        x = decode_input(request.inputs, runtime.manifest, max_batch=self.max_batch)
+        outputs = encode_outputs(runtime.predict(x), runtime.manifest, request.outputs)
+        parameters = {"alias": target.alias} if target.alias else None
+        return InferenceResponse(
+            model_name=target.model,
+            model_version=str(target.version),
+            id=request.id,
+            parameters=parameters,
+            outputs=outputs,
+        )
+
+    # --- metadata ------------------------------------------------------------------------------
+    def metadata(self, session: Session, target: Target) -> dict[str, Any]:
+        """V2 model metadata of ``target`` (and the model's READY versions); loads it."""
+        manifest = self.runtime(target).manifest
+        spec = manifest.input
+        return {
+            "name": target.model,
+            "versions": [str(v) for v in self.ready_versions(session, target.model)],
+            "platform": "tflite",
+            "inputs": [{"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.sample_shape]}],
+            "outputs": output_metadata(manifest),
+            "parameters": {
+                "version": str(target.version),
+                "alias": target.alias,
+                "feature_names": list(spec.feature_names),
+                "class_labels": list(manifest.output.class_labels),
+            },
+        }
+
+    @staticmethod
+    def server_metadata() -> dict[str, Any]:
+        return {"name": "edgefleet", "version": __version__, "extensions": []}

@@ -1,0 +1,77 @@
+"""The application factory: :func:`create_app` builds the FastAPI app from settings.
+
+Start-up (lifespan) migrates the database when ``auto_migrate`` is on and clears stale partial
+uploads from the artifact store; shutdown disposes of the connection pool. Middleware, from the
+outside in: request ids and the access log, then request body limits (uploads get
+``max_upload_bytes``, everything else ``max_request_bytes``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
+
+from edgefleet import __version__
+from registry import migrate
+from registry.db import make_engine
+from server.api.router import api_router, v2_health_router, v2_router
+from server.errors import install_error_handlers
+from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from server.settings import ServerSettings, load_settings
+from server.state import AppState
+
+__all__ = ["create_app"]
+
+#: Connections per process: at least the worker threads that may hold one (anyio's default 40).
+POOL_SIZE = 20
+_UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
+
+DESCRIPTION = """\
+EdgeFleet's registry and server: versioned models with lineage and aliases, device enrolment,
+assignment and artifact downloads, telemetry intake, and fallback inference in the Open
+Inference Protocol (V2).
+
+Credentials: `X-Admin-Key` (registry), `Authorization: Bearer <device token>` (devices),
+`Authorization: Bearer <inference key>` (applications).
+"""
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """Build the application (nothing connects until it starts or serves a request)."""
+    settings = settings or load_settings()
+    engine = make_engine(settings.database_url, pool_size=POOL_SIZE)
+    state = AppState.build(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            await run_in_threadpool(migrate.upgrade, engine)
+        await run_in_threadpool(state.store.cleanup_tmp)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="EdgeFleet",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.edgefleet = state
+    install_error_handlers(app)
+
+    def limit_for(scope: Scope) -> int:
+        if scope.get("method") == "POST" and _UPLOAD.match(scope.get("path", "")):
+            return settings.max_upload_bytes
+        return settings.max_request_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(api_router)
+    app.include_router(v2_health_router)
+    app.include_router(v2_router)
+    return app

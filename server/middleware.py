@@ -1,0 +1,133 @@
+"""ASGI middleware: request ids, the access log, and request body limits.
+
+:class:`RequestContextMiddleware` gives every request an id (the client's ``X-Request-ID`` when it
+is sane, a fresh one otherwise), returns it in ``X-Request-ID``, and writes one structured record
+per request to the ``edgefleet.server.access`` logger: request id, method, path, status, latency,
+caller, and — for inference — model and version. Routes add fields through ``request.state``
+(``caller``, ``model``, ``model_version``).
+
+:class:`BodyLimitMiddleware` answers 413 before reading a body whose ``Content-Length`` exceeds
+the limit, and stops reading a body without one (chunked) as soon as it passes the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ACCESS_LOG", "BodyLimitMiddleware", "RequestContextMiddleware"]
+
+ACCESS_LOG = logging.getLogger("edgefleet.server.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    """Request ids and one access-log record per request (see the module notes)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            caller = state.get("caller")
+            ACCESS_LOG.info(
+                "%s %s %s",
+                scope.get("method"),
+                scope.get("path"),
+                status,
+                extra={
+                    "request_id": request_id,
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status,
+                    "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
+                    "caller": getattr(caller, "label", "anonymous:-"),
+                    "model": state.get("model"),
+                    "model_version": state.get("model_version"),
+                },
+            )
+
+
+class BodyLimitMiddleware:
+    """413 for bodies above ``limit_for(scope)`` bytes (see the module notes)."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope)
+        for name, value in scope.get("headers") or []:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > limit:
+                    await _reject(scope, send, limit)
+                    return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, f"request body exceeds {limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _reject(scope: Scope, send: Send, limit: int) -> None:
+    message = f"request body exceeds {limit} bytes"
+    key = "error" if str(scope.get("path", "")).startswith("/v2") else "detail"
+    body = json.dumps({key: message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,117 @@
+"""Server settings: environment variables prefixed ``EDGEFLEET_SERVER_``, or a dotenv file.
+
+Every field below can be set as ``EDGEFLEET_SERVER_<FIELD>`` (for example
+``EDGEFLEET_SERVER_DATABASE_URL=postgresql+psycopg://edgefleet@db/edgefleet``); a file with the
+same keys is read when passed to :func:`load_settings` (``edgefleet server run --env-file``) or
+named by ``EDGEFLEET_SERVER_ENV_FILE``. Environment variables win over the file.
+
+Key lists (``ADMIN_KEYS``, ``ENROLLMENT_TOKENS``, ``INFERENCE_KEYS``) take a comma-separated list
+or a JSON array. An entry ``name:secret`` names the key (the name is what audit trails and logs
+show, e.g. ``alice:3f9a…``); a bare secret is named after its hash. With no admin key configured
+the registry's write API refuses every request: there is no default key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ServerSettings", "load_settings"]
+
+KeyList = Annotated[list[SecretStr], NoDecode]
+
+
+class ServerSettings(BaseSettings):
+    """Configuration of one server process.
+
+    Parameters
+    ----------
+    database_url
+        SQLAlchemy URL; SQLite (default ``sqlite:///./var/edgefleet.db``) or PostgreSQL
+        (``postgresql+psycopg://user@host:5432/db``).
+    artifact_dir
+        Root of the content-addressed artifact store (default ``./var/artifacts``).
+    admin_keys, enrollment_tokens, inference_keys
+        Secrets for registry writes, device enrolment and applications' fallback inference.
+    public_inference
+        Serve V2 inference without credentials (default ``False``: a device token, an admin
+        key or an inference key is required).
+    max_upload_bytes, max_request_bytes
+        Body limits of version uploads (default 256 MiB) and of every other request (4 MiB);
+        larger bodies get 413.
+    max_batch
+        Most rows one inference request may carry (default 1024).
+    canary_rollout_percent
+        Share of the fleet a new ``canary`` alias takes when none is given (default 10).
+    poll_interval_s
+        Assignment poll interval suggested to devices (default 60).
+    last_seen_interval_s
+        ``last_seen`` is written at most this often per device (default 30).
+    inference_cache_size
+        Loaded plan runtimes kept (least recently used evicted; default 8).
+    interpreter
+        TFLite interpreter: ``auto``, ``ai-edge-litert`` or ``tflite-runtime``.
+    auto_migrate
+        Migrate the database to the newest schema at start-up (default ``True``).
+    log_level, log_format
+        Logging of the server (``json`` lines by default, or ``text``).
+    drift_thresholds
+        Drift thresholds as :class:`server.drift.ThresholdPolicy` JSON (``{"default": {...},
+        "per_model": {"digits": {...}}}``); empty for the defaults.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEFLEET_SERVER_", extra="ignore", env_file_encoding="utf-8"
+    )
+
+    database_url: str = "sqlite:///./var/edgefleet.db"
+    artifact_dir: Path = Path("./var/artifacts")
+    admin_keys: KeyList = Field(default_factory=list)
+    enrollment_tokens: KeyList = Field(default_factory=list)
+    inference_keys: KeyList = Field(default_factory=list)
+    public_inference: bool = False
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_batch: int = Field(default=1024, gt=0)
+    canary_rollout_percent: float = Field(default=10.0, ge=0, le=100)
+    poll_interval_s: float = Field(default=60.0, gt=0)
+    last_seen_interval_s: float = Field(default=30.0, ge=0)
+    inference_cache_size: int = Field(default=8, gt=0)
+    interpreter: Literal["auto", "ai-edge-litert", "tflite-runtime"] = "auto"
+    auto_migrate: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    drift_thresholds: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("admin_keys", "enrollment_tokens", "inference_keys", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("admin_keys", "enrollment_tokens", "inference_keys")
+    @classmethod
+    def _non_empty(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            secret = key.get_secret_value().split(":", 1)[-1]
+            if len(secret) < 8:
+                raise ValueError("every key must have at least 8 characters of secret")
+        return keys
+
+
+def load_settings(env_file: str | Path | None = None, **overrides: Any) -> ServerSettings:
+    """Settings from the environment, ``env_file`` (or ``$EDGEFLEET_SERVER_ENV_FILE``) and
+    keyword overrides (which win)."""
+    path = env_file or os.environ.get("EDGEFLEET_SERVER_ENV_FILE")
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"settings file {path} does not exist")
+    return ServerSettings(_env_file=path, **overrides)  # type: ignore[call-arg]

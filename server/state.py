@@ -1,0 +1,48 @@
+"""What one application instance holds: settings, engine, store, keys, inference service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from registry.store import ArtifactStore
+from server.drift import ThresholdPolicy
+from server.inference.service import InferenceService
+from server.security import NamedKey, parse_keys
+from server.settings import ServerSettings
+
+__all__ = ["AppState"]
+
+
+@dataclass
+class AppState:
+    """Per-application resources, created by :func:`server.main.create_app`."""
+
+    settings: ServerSettings
+    engine: Engine
+    store: ArtifactStore
+    inference: InferenceService
+    admin_keys: list[NamedKey] = field(default_factory=list)
+    enrollment_tokens: list[NamedKey] = field(default_factory=list)
+    inference_keys: list[NamedKey] = field(default_factory=list)
+    drift_policy: ThresholdPolicy = field(default_factory=ThresholdPolicy)
+
+    @classmethod
+    def build(cls, settings: ServerSettings, engine: Engine) -> AppState:
+        store = ArtifactStore(settings.artifact_dir)
+        return cls(
+            settings=settings,
+            engine=engine,
+            store=store,
+            inference=InferenceService(
+                store,
+                cache_size=settings.inference_cache_size,
+                max_batch=settings.max_batch,
+                interpreter=settings.interpreter,
+            ),
+            admin_keys=parse_keys(settings.admin_keys, "admin"),
+            enrollment_tokens=parse_keys(settings.enrollment_tokens, "enrol"),
+            inference_keys=parse_keys(settings.inference_keys, "app"),
+            drift_policy=ThresholdPolicy.model_validate(settings.drift_thresholds),
+        )

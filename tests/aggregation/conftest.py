@@ -1,0 +1,94 @@
+"""A real EdgeFleet server (uvicorn on 127.0.0.1, SQLite) with the digits plan registered."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgefleet.plan import sha256_bytes
+
+ADMIN_KEY = "agg-tests:0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    admin_key: str
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-Admin-Key": self.admin_key},
+                            timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve(asgi_app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread on a free loopback port; yield its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(asgi_app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The EdgeFleet server (SQLite) on a free loopback port; stopped after the module."""
+    from server.main import create_app
+    from server.settings import ServerSettings
+
+    root = tmp_path_factory.mktemp("server")
+    settings = ServerSettings(
+        database_url=f"sqlite:///{root / 'db.sqlite3'}", artifact_dir=root / "artifacts",
+        admin_keys=[ADMIN_KEY], log_level="WARNING",
+    )
+    with serve(create_app(settings)) as url:
+        yield Server(url, ADMIN_KEY.split(":", 1)[1])
+
+
+def register_plan(server: Server, model: str, plan_dir: Path, *, alias: str = "production") -> int:
+    """Create ``model`` and upload the plan directory as its first version; point ``alias``."""
+    plan = (plan_dir / "plan.tflite").read_bytes()
+    manifest = (plan_dir / "manifest.json").read_bytes()
+    weights = (plan_dir / "weights.safetensors").read_bytes()
+    with server.http() as http:
+        http.post("/api/v1/models", json={"name": model}).raise_for_status()
+        resp = http.post(
+            f"/api/v1/models/{model}/versions",
+            data={"metadata": '{"description": "initial"}', "plan_sha256": sha256_bytes(plan),
+                  "manifest_sha256": sha256_bytes(manifest),
+                  "weights_sha256": sha256_bytes(weights)},
+            files={"plan": ("plan.tflite", plan), "manifest": ("manifest.json", manifest),
+                   "weights": ("weights.safetensors", weights)},
+        )
+        resp.raise_for_status()
+        version = int(resp.json()["version"])
+        http.put(f"/api/v1/models/{model}/aliases/{alias}",
+                 json={"version": version}).raise_for_status()
+    return version

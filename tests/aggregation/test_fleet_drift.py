@@ -1,0 +1,78 @@
+"""``RegistryClient.fleet_drift`` against the fleet drift report the server's drift code makes.
+
+The server does not mount its fleet-drift route yet (``server/drift/fleet.py`` sketches it as
+``GET /api/v1/models/{m}/versions/{v}/drift`` -> ``FleetDriftReport``). This test serves that
+sketch — the real ``server.drift.fleet_over_time`` on real device summaries, over real HTTP —
+beside the production alias, so the client is held to the report's actual JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from fastapi import FastAPI, HTTPException
+
+from aggregation.controller import ControllerPolicy, DriftController
+from aggregation.registry_client import RegistryClient
+from edgefleet.drift import DriftAccumulator, build_reference
+from server.drift import DriftRecord, fleet_over_time
+from tests.aggregation.conftest import serve
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+NAMES = [f"f{i}" for i in range(6)]
+
+
+def drift_app(shift_after: int | None) -> FastAPI:
+    """Production is v3; devices report hourly windows, shifted from window ``shift_after``."""
+    rng = np.random.default_rng(0)
+    reference = build_reference(rng.normal(size=(3000, 6)), np.zeros(3000, int), NAMES, 2)
+    records = []
+    for w in range(4):
+        for device in ("a", "b", "c"):
+            acc = DriftAccumulator(reference, model="digits", version=3)
+            loc = 1.5 if shift_after is not None and w >= shift_after else 0.0
+            acc.update(rng.normal(loc=loc, size=(400, 6)))
+            start = T0 + timedelta(hours=w)
+            records.append(DriftRecord(device, "digits", 3, start, start + timedelta(minutes=50),
+                                       acc.to_summary()))
+    app = FastAPI()
+
+    @app.get("/api/v1/models/{model}/aliases/{alias}")
+    def alias(model: str, alias: str) -> dict[str, object]:
+        if model != "digits" or alias != "production":
+            raise HTTPException(404, f"no alias {alias!r}")
+        return {"model": model, "alias": alias, "version": 3, "updated_at": T0.isoformat(),
+                "updated_by": "test"}
+
+    @app.get("/api/v1/models/{model}/versions/{version}/drift")
+    def drift(model: str, version: int) -> dict[str, object]:
+        report = fleet_over_time(records, reference, model=model, version=version)
+        return report.model_dump(mode="json")
+
+    return app
+
+
+def test_fleet_drift_reads_the_servers_verdict() -> None:
+    with serve(drift_app(shift_after=2)) as url, RegistryClient(url, retries=0) as client:
+        drifted = client.fleet_drift("digits")
+        assert drifted is not None and drifted.drifted and drifted.version == 3
+        assert drifted.score > 0.5
+        assert client.fleet_drift("other-model") is None
+    with serve(drift_app(shift_after=None)) as url, RegistryClient(url, retries=0) as client:
+        calm = client.fleet_drift("digits")
+        assert calm is not None and not calm.drifted
+
+
+def test_controller_starts_one_run_on_the_servers_drift() -> None:
+    launched: list[str] = []
+    with serve(drift_app(shift_after=1)) as url, RegistryClient(url, retries=0) as client:
+        def launch(model: str, reason: str) -> str:
+            launched.append(reason)
+            return "run-1"
+
+        ctl = DriftController("digits", client, launch, ControllerPolicy(schedule_every=None),
+                              sleep=lambda s: None)
+        decisions = ctl.run(max_iterations=3, interval_s=0)
+    assert [d.start for d in decisions] == [True, False, False]
+    assert launched == ["drift"]

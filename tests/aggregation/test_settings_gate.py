@@ -1,0 +1,87 @@
+"""Run settings from Flower's run config, the canary gate, and server-side holdout evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregation.errors import SettingsError
+from aggregation.evaluation import Holdout, HoldoutEvaluator, canary_gate
+from aggregation.settings import RunSettings
+from edgefleet.errors import InputError, WeightsError
+from edgefleet.plan import PlanManifest, load_weights
+
+
+def test_run_settings_from_a_flower_run_config() -> None:
+    config = {
+        "server-url": "http://127.0.0.1:8000", "model": "digits", "num-rounds": 5,
+        "strategy": "fedprox", "strategy-params.proximal-mu": 0.1, "target-clients": 4,
+        "over-selection": 1.5, "max-update-norm": 10, "local-epochs": 3,  # a ClientApp key
+        "selection": "drift", "fair-max-picks": 2.0,
+    }
+    s = RunSettings.from_run_config(config, env={"EDGEFLEET_ADMIN_KEY": "secret"})
+    assert (s.model, s.num_rounds, s.strategy, s.target_clients) == ("digits", 5, "fedprox", 4)
+    assert s.strategy_params == {"proximal_mu": 0.1}
+    assert s.over_selection == 1.5 and s.max_update_norm == 10.0 and s.fair_max_picks == 2
+    assert s.admin_key == "secret"
+    assert s.resolved_run_name(77) == "digits-fl-77"
+    explicit = RunSettings.from_run_config({**config, "admin-key": "k", "run-name": "r1"},
+                                           env={"EDGEFLEET_ADMIN_KEY": "secret"})
+    assert explicit.admin_key == "k" and explicit.resolved_run_name(77) == "r1"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"model": "digits"}, {"server-url": "http://x", "model": "m", "num-rounds": "three"},
+     {"server-url": "http://x", "model": "m", "num-rounds": 1.5},
+     {"server-url": "http://x", "model": "m", "num-rounds": 0},
+     {"server-url": "http://x", "model": "m", "lr": True}, {"server-url": 3, "model": "m"}],
+)
+def test_bad_run_configs_are_refused(config: dict[str, object]) -> None:
+    with pytest.raises(SettingsError):
+        RunSettings.from_run_config(config, env={})
+
+
+def test_gate_moves_canary_only_within_the_tolerance() -> None:
+    prod = {"accuracy": 0.90, "loss": 0.30}
+    assert canary_gate({"accuracy": 0.92}, prod).promote
+    assert canary_gate({"accuracy": 0.895}, prod, max_drop=0.01).promote
+    refused = canary_gate({"accuracy": 0.85}, prod, max_drop=0.01)
+    assert not refused.promote and "worse than production" in refused.reason
+    assert not canary_gate({"loss": 0.5}, prod, metric="loss", higher_is_better=False).promote
+    assert canary_gate({"loss": 0.305}, prod, metric="loss", higher_is_better=False).promote
+    assert canary_gate({"accuracy": 0.5}, None).promote  # nothing to compare with
+    assert not canary_gate({"accuracy": float("nan")}, prod).promote
+    assert not canary_gate({}, prod).promote
+    with pytest.raises(SettingsError):
+        canary_gate({"accuracy": 0.9}, prod, max_drop=-1)
+
+
+def test_holdout_evaluator_runs_the_plan_in_tflite(digits_plan_dir: Path, digits_data,
+                                                   tmp_path: Path) -> None:
+    manifest = PlanManifest.load(digits_plan_dir / "manifest.json")
+    plan = (digits_plan_dir / "plan.tflite").read_bytes()
+    weights = load_weights(digits_plan_dir / "weights.safetensors", manifest=manifest)
+    path = tmp_path / "holdout.npz"
+    Holdout(digits_data.x_test, digits_data.y_test).save(path)
+    evaluator = HoldoutEvaluator(plan, manifest, Holdout.load(path))
+    trained = evaluator(1, weights)
+    assert trained["n"] == len(digits_data.y_test) and trained["accuracy"] > 0.8
+    zeroed = evaluator.evaluate({k: np.zeros_like(v) for k, v in weights.items()})
+    assert zeroed["accuracy"] < 0.3
+    with pytest.raises(WeightsError):
+        evaluator.evaluate({k: v.astype(np.float64) for k, v in weights.items()})
+
+
+def test_unreadable_holdout_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "h.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="unreadable holdout"):
+        Holdout.load(bad)
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 64)))
+    with pytest.raises(InputError):
+        Holdout.load(tmp_path / "nolabels.npz")
+    with pytest.raises(InputError):
+        Holdout(np.zeros((3, 64)), np.zeros(2))
