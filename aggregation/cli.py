@@ -16,7 +16,7 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("run-config")
 def run_config() -> None:
-    """Print the ``[tool.flwr.app.config]`` table with every ServerApp key and its default.
+    """Print the Flower app config table (tool.flwr.app.config): every ServerApp key, its default.
 
     ``flwr run --run-config`` may only override keys the app's pyproject.toml declares.
     """

@@ -16,7 +16,6 @@ STAMP="$VENV/.edgefleet-installed"
 WANT="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-$EXTRAS"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     echo "[setup] installing edgefleet[$EXTRAS] (pinned by constraints.txt)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     LOG="$VENV/install.log"
     if ! "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[$EXTRAS]" >"$LOG" 2>&1; then
         grep -v "^WARNING: Location" "$LOG" >&2; echo "[setup] install failed (log: $LOG)" >&2; exit 1
