@@ -25,15 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import Column, median_p99, plan_dir_or_build, print_table
 
 
 def memory_kib() -> dict[str, int]:
@@ -46,33 +42,6 @@ def memory_kib() -> dict[str, int]:
     return out
 
 
-def latency(fn: Callable[[], Any], seconds: float, min_calls: int = 200) -> tuple[float, float]:
-    """Median and p99 seconds per call of ``fn`` over about ``seconds`` (after a warm-up)."""
-    import numpy as np
-
-    for _ in range(20):
-        fn()
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(samples) < min_calls or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-        if len(samples) >= 500_000:
-            break
-    arr = np.asarray(samples)
-    return float(np.median(arr)), float(np.percentile(arr, 99))
-
-
-def build_plan(out: Path) -> None:
-    """Author the digits MLP plan in a child process (the only place TensorFlow runs)."""
-    code = ("import sys; from authoring.plans import build_dataset_plan; "
-            "build_dataset_plan(sys.argv[1], dataset='digits', arch='mlp', hidden=(64,))")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env,
-                   cwd=Path(__file__).resolve().parents[1], capture_output=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan-dir", type=Path, default=None)
@@ -82,10 +51,7 @@ def main() -> None:
 
     memory: list[tuple[str, dict[str, int]]] = [("bare interpreter", memory_kib())]
     with tempfile.TemporaryDirectory() as tmp:
-        plan_dir = args.plan_dir
-        if plan_dir is None:
-            plan_dir = Path(tmp) / "plan"
-            build_plan(plan_dir)
+        plan_dir = plan_dir_or_build(args.plan_dir, Path(tmp))
 
         import httpx
         import numpy as np
@@ -124,7 +90,7 @@ def main() -> None:
             ("Agent.predict", lambda: agent.predict(x1)),
             ("local HTTP (V2 JSON)", lambda: client.post(url, json=body)),
         ]
-        results = [(label, *latency(fn, args.seconds)) for label, fn in rows]
+        results = [(label, *median_p99(fn, args.seconds)) for label, fn in rows]
         memory.append(("after serving", memory_kib()))
         client.close()
         server.stop()
@@ -132,15 +98,25 @@ def main() -> None:
 
     print(f"edge agent benchmark — digits MLP plan, interpreter {name}, "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} cores\n")
-    print(f"{'stage':<24}{'RSS (MiB)':>11}{'peak (MiB)':>12}")
-    for label, m in memory:
-        print(f"{label:<24}{m['VmRSS'] / 1024:>11.1f}{m['VmHWM'] / 1024:>12.1f}")
     loaded = memory[3][1]["VmRSS"] - memory[2][1]["VmRSS"]
-    print(f"{'(model load adds)':<24}{loaded / 1024:>11.1f}\n")
+    print_table(
+        [Column("stage", 24), Column("RSS (MiB)", 10, ".1f"), Column("peak (MiB)", 11, ".1f")],
+        [
+            *((label, m["VmRSS"] / 1024, m["VmHWM"] / 1024) for label, m in memory),
+            ("(model load adds)", loaded / 1024, ""),
+        ],
+    )
+    print()
     base = results[0][1]
-    print(f"{'single-sample predict':<24}{'median (µs)':>13}{'p99 (µs)':>11}{'× raw':>8}")
-    for label, med, p99 in results:
-        print(f"{label:<24}{med * 1e6:>13.1f}{p99 * 1e6:>11.1f}{med / base:>8.1f}")
+    print_table(
+        [
+            Column("single-sample predict", 24),
+            Column("median (µs)", 12, ".1f"),
+            Column("p99 (µs)", 10, ".1f"),
+            Column("× raw", 7, ".1f"),
+        ],
+        [(label, med * 1e6, p99 * 1e6, med / base) for label, med, p99 in results],
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from _common import Column, print_table
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
@@ -142,9 +143,15 @@ def main() -> None:
                  timed(big.flower, big.prepare, args.repeat)))
 
     print(f"\nserver-side time per round, median of {args.repeat} (message construction excluded)")
-    print(f"{'case':<38} {'ours (s)':>10} {'FedAvg (s)':>11} {'ratio':>7}")
-    for name, ours, flower in rows:
-        print(f"{name:<38} {ours:>10.4f} {flower:>11.4f} {ours / flower:>6.2f}x")
+    print_table(
+        [
+            Column("case", 38),
+            Column("ours (s)", 10, ".4f"),
+            Column("FedAvg (s)", 11, ".4f"),
+            Column("ratio", 7, ".2f", suffix="x"),
+        ],
+        [(name, ours, flower, ours / flower) for name, ours, flower in rows],
+    )
     print("\nours = drift scores + selection (part 1 only) + validation + steering + FedAvg;"
           "\nFedAvg = flwr.serverapp.strategy.FedAvg.aggregate_train on the same replies.")
 

@@ -19,55 +19,12 @@ Run: ``.venv/bin/python bench/bench_drift.py [--plan-dir DIR] [--batch 256] [--s
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-_BUILD = (
-    "import sys\n"
-    "from authoring.plans import build_dataset_plan\n"
-    "build_dataset_plan(sys.argv[1], dataset='digits', arch='mlp', hidden=(64,))\n"
-)
-
-
-def timeit(fn: Callable[[], Any], seconds: float, min_calls: int = 20) -> float:
-    """Median seconds per call of ``fn`` over about ``seconds`` (after a warm-up)."""
-    for _ in range(5):
-        fn()
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(samples) < min_calls or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-        if len(samples) >= 200_000:
-            break
-    return statistics.median(samples)
-
-
-def build_plan(out: Path) -> None:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _BUILD, str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        sys.exit(f"building the digits plan failed:\n{proc.stderr[-3000:]}")
+from _common import Column, plan_dir_or_build, print_table, timeit
 
 
 def run(plan_dir: Path, batch: int, seconds: float) -> None:
@@ -120,9 +77,10 @@ def run(plan_dir: Path, batch: int, seconds: float) -> None:
         f"digits MLP plan, {ref.n_features} features, {ref.n_classes} classes, "
         f"interpreter {runtime.interpreter_name}, numpy {np.__version__}"
     )
-    print(f"{'operation':<52}{'µs':>10}{'× one infer':>14}")
-    for name, sec in rows:
-        print(f"{name:<52}{sec * 1e6:>10.2f}{sec / infer_one:>14.2f}")
+    print_table(
+        [Column("operation", 52), Column("µs", 9, ".2f"), Column("× one infer", 13, ".2f")],
+        [(name, sec * 1e6, sec / infer_one) for name, sec in rows],
+    )
 
     summary = acc.to_summary()
     other = DriftAccumulator(ref, model=manifest.name, version=1)
@@ -136,10 +94,14 @@ def run(plan_dir: Path, batch: int, seconds: float) -> None:
             timeit(lambda: compute_drift(summary, ref), seconds),
         ),
     ]
-    print(f"\n{'per window':<52}{'µs':>10}")
-    for name, sec in extra:
-        print(f"{name:<52}{sec * 1e6:>10.1f}")
-    print(f"{'summary JSON size (bytes)':<52}{len(summary.model_dump_json()):>10,}")
+    print()
+    print_table(
+        [Column("per window", 52), Column("µs", 9, ".1f")],
+        [
+            *((name, sec * 1e6) for name, sec in extra),
+            ("summary JSON size (bytes)", f"{len(summary.model_dump_json()):,}"),
+        ],
+    )
 
 
 def main() -> None:
@@ -148,13 +110,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=0.5, help="time budget per row")
     args = parser.parse_args()
-    if args.plan_dir is not None:
-        run(args.plan_dir, args.batch, args.seconds)
-        return
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
-        plan_dir = Path(tmp) / "digits-mlp"
-        build_plan(plan_dir)
-        run(plan_dir, args.batch, args.seconds)
+        run(plan_dir_or_build(args.plan_dir, Path(tmp)), args.batch, args.seconds)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -41,23 +38,7 @@ with contextlib.suppress(ImportError):
     import tflite_runtime.interpreter  # noqa: F401
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def timeit(fn: Callable[[], Any], seconds: float, min_calls: int = 20) -> float:
-    """Median seconds per call of ``fn`` over about ``seconds`` (after a warm-up)."""
-    for _ in range(5):
-        fn()
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(samples) < min_calls or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-        if len(samples) >= 200_000:
-            break
-    return statistics.median(samples)
+from _common import Column, build_digits_plan, print_table, timeit
 
 
 def keras_model(weights: dict[str, np.ndarray], n_layers: int, n_features: int) -> Any:
@@ -106,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import tensorflow as tf
 
-    from authoring.plans import build_dataset_plan
     from edgefleet.interpreters import available_interpreters
+    from edgefleet.plan import PlanManifest
     from edgefleet.runtime import PlanRuntime
     from simulation.datasets import load_dataset
 
@@ -117,13 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     lr = 0.05
 
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = build_dataset_plan(tmp, dataset="digits", arch="mlp", hidden=hidden)
+        plan_dir = build_digits_plan(Path(tmp) / "plan", hidden)
+        manifest = PlanManifest.load(plan_dir / "manifest.json")
         b = manifest.train_batch_size
         xt, yt = ds.x_train[:b], ds.y_train[:b]
         rows: list[tuple[str, float, float, float | None]] = []
         weights = None
         for name in available_interpreters():
-            rt = PlanRuntime.from_dir(tmp, interpreter=name)
+            rt = PlanRuntime.from_dir(plan_dir, interpreter=name)
             weights = rt.get_weights()
             single = timeit(partial(rt.predict, x1), args.seconds)
             batched = timeit(partial(rt.predict, xb), args.seconds)
@@ -152,17 +134,30 @@ def main(argv: list[str] | None = None) -> None:
     print("ratios (×) are against the first row: latency ratio > 1 = slower, "
           "throughput ratio < 1 = slower")
     base_single, base_batched, base_train = rows[0][1], rows[0][2], rows[0][3] or 1.0
-    header = (f"{'path':<34} {'infer 1 (µs)':>12} {'×':>6} "
-              f"{f'infer {args.batch} (samples/s)':>24} {'×':>6} {'train steps/s':>14} {'×':>6}")
-    print(header)
-    print("-" * len(header))
-    for label, single, batched, step_s in rows:
-        thr = args.batch / batched
-        train_txt = f"{'—':>14} {'':>6}"
-        if step_s:
-            train_txt = f"{1 / step_s:>14,.0f} {base_train / step_s:>6.2f}"
-        print(f"{label:<34} {single * 1e6:>12.1f} {single / base_single:>6.2f} "
-              f"{thr:>24,.0f} {base_batched / batched:>6.2f} {train_txt}")
+    columns = [
+        Column("path", 34),
+        Column("infer 1 (µs)", 12, ".1f"),
+        Column("×", 6, ".2f"),
+        Column(f"infer {args.batch} (samples/s)", 24, ",.0f"),
+        Column("×", 6, ".2f"),
+        Column("train steps/s", 14, ",.0f"),
+        Column("×", 6, ".2f"),
+    ]
+    print_table(
+        columns,
+        (
+            (
+                label,
+                single * 1e6,
+                single / base_single,
+                args.batch / batched,
+                base_batched / batched,
+                1 / step_s if step_s else None,
+                base_train / step_s if step_s else "",
+            )
+            for label, single, batched, step_s in rows
+        ),
+    )
 
 
 if __name__ == "__main__":

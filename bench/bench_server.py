@@ -28,14 +28,11 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,69 +40,16 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _common import Column, cpu_seconds, free_port, plan_dir_or_build, print_table, process
 from fastapi import FastAPI, Header, Request, Response
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 ADMIN = {"X-Admin-Key": "bench-admin-key"}
 ENROL = "bench-enrol-token"
 
 
-# --- processes -----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def process(
-    args: list[str], env: dict[str, str], ready_url: str, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        try:
-            wait_ready(ready_url, proc, log)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def build_plan(out: Path) -> None:
-    """Author the digits MLP plan in a child process (the only place TensorFlow runs)."""
-    code = (
-        "import sys; from authoring.plans import build_dataset_plan; "
-        "build_dataset_plan(sys.argv[1], dataset='digits', arch='mlp', hidden=(64,))"
-    )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run(
-        [sys.executable, "-c", code, str(out)], check=True, env=env, cwd=ROOT, capture_output=True
-    )
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header that presents ``token``."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 # --- the bare app (run in its own process by --serve-bare) ---------------------------------------
@@ -227,9 +171,7 @@ def arrange(base: str, plan_dir: Path, devices: int) -> dict[str, Any]:
             )
             r.raise_for_status()
             tokens.append(r.json()["device_token"])
-        first = http.get(
-            "/api/v1/devices/bench-000/assignment", headers={"Authorization": f"Bearer {tokens[0]}"}
-        )
+        first = http.get("/api/v1/devices/bench-000/assignment", headers=bearer(tokens[0]))
         manifest = PlanManifest.from_json(files["manifest"])
         assert manifest.reference is not None
         drift = DriftSummary.empty(manifest.reference, model="digits", version=1)
@@ -243,9 +185,7 @@ def arrange(base: str, plan_dir: Path, devices: int) -> dict[str, Any]:
                 }
             ]
         }
-        inferred = http.post(
-            "/v2/models/digits/infer", json=sample, headers={"Authorization": f"Bearer {tokens[0]}"}
-        )
+        inferred = http.post("/v2/models/digits/infer", json=sample, headers=bearer(tokens[0]))
         t0 = datetime.now(UTC)
         report = {
             "idempotency_key": "x" * 16,
@@ -259,7 +199,7 @@ def arrange(base: str, plan_dir: Path, devices: int) -> dict[str, Any]:
         ack = http.post(
             "/api/v1/devices/bench-000/telemetry",
             json=report,
-            headers={"Authorization": f"Bearer {tokens[0]}"},
+            headers=bearer(tokens[0]),
         )
         ack.raise_for_status()
     return {
@@ -280,7 +220,7 @@ def workloads(ctx: dict[str, Any]) -> list[tuple[str, int, RequestFn, RequestFn]
     run = uuid.uuid4().hex[:8]
 
     def auth(w: int) -> dict[str, str]:
-        return {"Authorization": f"Bearer {tokens[w % len(tokens)]}"}
+        return bearer(tokens[w % len(tokens)])
 
     def poll(c: httpx.AsyncClient, w: int, i: int) -> Any:
         return c.get(f"/api/v1/devices/bench-{w % len(tokens):03d}/assignment", headers=auth(w))
@@ -292,13 +232,11 @@ def workloads(ctx: dict[str, Any]) -> list[tuple[str, int, RequestFn, RequestFn]
         # every device of the default model sees the same assignment apart from its id
         return c.get(
             "/api/v1/devices/bench-000/assignment",
-            headers={"Authorization": f"Bearer {tokens[0]}", "If-None-Match": etag},
+            headers={**bearer(tokens[0]), "If-None-Match": etag},
         )
 
     def cond_bare(c: httpx.AsyncClient, w: int, i: int) -> Any:
-        return c.get(
-            "/assignment", headers={"Authorization": f"Bearer {tokens[0]}", "If-None-Match": etag}
-        )
+        return c.get("/assignment", headers={**bearer(tokens[0]), "If-None-Match": etag})
 
     def report(w: int, i: int) -> dict[str, Any]:
         return {**ctx["report"], "idempotency_key": f"{run}-{w:03d}-{i:08d}"}
@@ -308,7 +246,7 @@ def workloads(ctx: dict[str, Any]) -> list[tuple[str, int, RequestFn, RequestFn]
         return c.post(
             f"/api/v1/devices/bench-{device:03d}/telemetry",
             json=report(w, i),
-            headers={"Authorization": f"Bearer {tokens[device]}"},
+            headers=bearer(tokens[device]),
         )
 
     def post_bare(c: httpx.AsyncClient, w: int, i: int) -> Any:
@@ -345,11 +283,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        plan_dir = args.plan_dir
-        if plan_dir is None:
-            plan_dir = tmp / "plan"
-            print("building the digits plan (TensorFlow, in a child process)…", flush=True)
-            build_plan(plan_dir)
+        plan_dir = plan_dir_or_build(args.plan_dir, tmp)
         db_url = args.database_url or f"sqlite:///{tmp / 'registry.db'}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_SERVER_")}
         env.update(
@@ -396,32 +330,39 @@ def main() -> None:
                     a = measure(mine_p.pid, ours, mine, status, n, c)
                     b = measure(bare_p.pid, bare, theirs, status, n, c)
                     rows.append((name, a, b))
-        print_table(rows, args, db_url)
+        print_results(rows, args, db_url)
 
 
-def print_table(rows: list[tuple[str, Result, Result]], args: argparse.Namespace, db: str) -> None:
+def print_results(
+    rows: list[tuple[str, Result, Result]], args: argparse.Namespace, db: str
+) -> None:
     backend = db.split(":", 1)[0]
     print(
         f"\nconcurrency {args.concurrency}, {args.requests} requests per row, "
         f"database {backend}, {os.cpu_count()} CPUs, httpx client on the same machine\n"
     )
-    head = (
-        f"{'path':<18} {'server':<9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-        f" {'CPU ms/req':>10}   {'req/s bare/ours':>15} {'CPU ours/bare':>13}"
+    columns = [
+        Column("path", 18),
+        Column("server", 9, align="<"),
+        Column("req/s", 8, ",.0f"),
+        Column("p50 ms", 8, ".2f"),
+        Column("p99 ms", 8, ".2f"),
+        Column("errors", 6),
+        Column("CPU ms/req", 10, ".2f"),
+        Column("req/s bare/ours", 17, ".2f"),
+        Column("CPU ours/bare", 13, ".2f"),
+    ]
+    print_table(
+        columns,
+        [
+            (label, server, r.rps, r.pct(50), r.pct(99), r.errors, r.cpu_ms, *ratios)
+            for name, ours, bare in rows
+            for label, server, r, ratios in (
+                (name, "edgefleet", ours, (bare.rps / ours.rps, ours.cpu_ms / bare.cpu_ms)),
+                ("", "bare", bare, ("", "")),
+            )
+        ],
     )
-    print(head)
-    print("-" * len(head))
-    for name, ours, bare in rows:
-        for label, r in (("edgefleet", ours), ("bare", bare)):
-            ratios = (
-                f"{bare.rps / ours.rps:>15.2f} {ours.cpu_ms / bare.cpu_ms:>13.2f}"
-                if label == "edgefleet"
-                else ""
-            )
-            print(
-                f"{name if label == 'edgefleet' else '':<18} {label:<9} {r.rps:>8,.0f} "
-                f"{r.pct(50):>8.2f} {r.pct(99):>8.2f} {r.errors:>6} {r.cpu_ms:>10.2f}   {ratios}"
-            )
     print(
         "\nreq/s and latency share two cores with the client (and whatever else runs); the "
         "server's CPU time per request is the steadier figure."

@@ -181,23 +181,14 @@ def list_reports(
     """
     if version is not None and model is None:
         raise InvalidQueryError("filtering by version needs the model")
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise InvalidQueryError(f"{name} must carry a time zone (e.g. ...T12:00:00Z)")
+    where = _device_and_time(device, since, until)
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidQueryError(f"limit must be between 1 and {MAX_PAGE}")
-    where: list[sa.ColumnElement[bool]] = []
     if model is not None:
         m = get_model(session, model)
         where.append(col(TelemetryRecord.model_id) == m.id)
         if version is not None:
             where.append(col(TelemetryRecord.version_id) == get_version(session, m, version).id)
-    if device is not None:
-        where.append(col(TelemetryRecord.device_id) == device)
-    if since is not None:
-        where.append(col(TelemetryRecord.window_end) >= since)
-    if until is not None:
-        where.append(col(TelemetryRecord.window_start) <= until)
     total = session.exec(select(sa.func.count()).select_from(TelemetryRecord).where(*where)).one()
     rows = session.exec(
         select(TelemetryRecord, Model.name, ModelVersion.number)
@@ -211,27 +202,28 @@ def list_reports(
     return Page[TelemetryPublic](items=_public(rows), total=total, limit=limit, offset=offset)
 
 
+def _device_and_time(
+    device: str | None, since: datetime | None, until: datetime | None
+) -> list[sa.ColumnElement[bool]]:
+    """Conditions on the reporting device and on windows overlapping ``[since, until]``."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidQueryError(f"{name} must carry a time zone (e.g. ...T12:00:00Z)")
+    where: list[sa.ColumnElement[bool]] = []
+    if device is not None:
+        where.append(col(TelemetryRecord.device_id) == device)
+    if since is not None:
+        where.append(col(TelemetryRecord.window_end) >= since)
+    if until is not None:
+        where.append(col(TelemetryRecord.window_start) <= until)
+    return where
+
+
 def _public(rows: Sequence[tuple[TelemetryRecord, str, int]]) -> list[TelemetryPublic]:
+    """Stored reports with the names of their model and version instead of the ids."""
     return [
-        TelemetryPublic(
-            id=r.id or 0,
-            device_id=r.device_id,
-            model=name,
-            version=number,
-            idempotency_key=r.idempotency_key,
-            window_start=r.window_start,
-            window_end=r.window_end,
-            received_at=r.received_at,
-            inference_local=r.inference_local,
-            inference_fallback=r.inference_fallback,
-            inference_errors=r.inference_errors,
-            latency_ms_p50=r.latency_ms_p50,
-            latency_ms_p99=r.latency_ms_p99,
-            eval_n=r.eval_n,
-            eval_accuracy=r.eval_accuracy,
-            eval_loss=r.eval_loss,
-            dropped_reports=r.dropped_reports,
-            drift=r.drift,
+        TelemetryPublic.model_validate(
+            r, update={"id": r.id or 0, "model": name, "version": number}
         )
         for r, name, number in rows
     ]
@@ -249,21 +241,10 @@ def drift_rows(
 ) -> list[DriftRow]:
     """The drift summaries of a model version (windows overlapping ``[since, until]``),
     oldest window first; at most ``limit`` (the newest ones when there are more)."""
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise InvalidQueryError(f"{name} must carry a time zone (e.g. ...T12:00:00Z)")
+    where = _device_and_time(device, since, until)
     m = get_model(session, model)
     v = get_version(session, m, version)
-    where: list[sa.ColumnElement[bool]] = [
-        col(TelemetryRecord.version_id) == v.id,
-        col(TelemetryRecord.drift).is_not(None),
-    ]
-    if device is not None:
-        where.append(col(TelemetryRecord.device_id) == device)
-    if since is not None:
-        where.append(col(TelemetryRecord.window_end) >= since)
-    if until is not None:
-        where.append(col(TelemetryRecord.window_start) <= until)
+    where += [col(TelemetryRecord.version_id) == v.id, col(TelemetryRecord.drift).is_not(None)]
     rows = session.exec(
         select(
             TelemetryRecord.device_id,

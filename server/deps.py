@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.db import write_session
 from registry.devices import TOKEN_PREFIX, authenticate
 from registry.errors import AuthenticationError, PermissionDeniedError
+from registry.search import MAX_LIMIT
 from registry.store import ArtifactStore
 from server.security import ANONYMOUS, Caller, NamedKey, match_key
 from server.settings import ServerSettings
@@ -37,6 +38,8 @@ __all__ = [
     "AdminDep",
     "CallerDep",
     "DeviceDep",
+    "Limit",
+    "Offset",
     "SessionDep",
     "SettingsDep",
     "StateDep",
@@ -91,6 +94,10 @@ async def get_write_session(session: SessionDep) -> Session:
 
 
 WriteSessionDep = Annotated[Session, Depends(get_write_session)]
+
+#: The ``limit`` and ``offset`` query parameters of a paginated listing (a ``Page``).
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Offset = Annotated[int, Query(ge=0)]
 
 
 def _bearer(authorization: str | None) -> str | None:

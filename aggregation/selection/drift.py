@@ -1,11 +1,13 @@
 """Drift-prioritised selection: nodes whose data moved away from the reference are picked more.
 
 A node's *drift score* in ``[0, 1]`` is computed from the :class:`~edgefleet.drift.DriftSummary`
-it sent in its query reply, against the plan's :class:`~edgefleet.drift.ReferenceProfile`, with a
-light numpy computation (no scipy on the aggregation path): the population stability index (PSI)
-of every feature's histogram against the reference's, and the score is the share of features
-whose PSI is at least ``psi_threshold`` (0.2 is the customary "significant shift"). Non-finite
-values count as an extra bin that the reference never had, so a node sending NaNs looks drifted.
+it sent in its query reply, against the plan's :class:`~edgefleet.drift.ReferenceProfile`, with
+the numpy-only population stability index the whole code base shares
+(:func:`edgefleet.drift.feature_psi`: the reference's own bins, the same smoothing as the
+server's drift tests; no scipy on the aggregation path). The score is the share of features
+whose PSI is at least ``psi_threshold`` (0.2 is the customary "significant shift"). A feature
+without a single finite value has no PSI and does not count as drifted; non-finite inputs are
+the server's ``nan_rate`` statistic, not a shift of the distribution.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 
 from aggregation.errors import SettingsError
 from aggregation.selection.base import Candidate, weighted_sample
-from edgefleet.drift import DriftSummary, ReferenceProfile, fold_counts
+from edgefleet.drift import DriftSummary, ReferenceProfile, feature_psi
+from edgefleet.drift.compare import DEFAULT_EPSILON
 from edgefleet.errors import SummaryError
 
 DEFAULT_PSI_THRESHOLD = 0.2
@@ -33,9 +36,9 @@ class DriftScorer:
         A feature whose PSI is at least this counts as drifted.
     min_rows : int (default: 30)
         Summaries of fewer rows get no score (``None``): too little data to tell.
-    smoothing : float (default: 0.5)
-        Added to every bin count (both sides) before computing proportions, so empty bins are
-        finite.
+    epsilon : float (default: 1e-4)
+        PSI smoothing of the proportions (see :func:`edgefleet.drift.psi`), so that empty bins
+        are finite.
     """
 
     def __init__(
@@ -43,35 +46,21 @@ class DriftScorer:
         reference: ReferenceProfile,
         psi_threshold: float = DEFAULT_PSI_THRESHOLD,
         min_rows: int = 30,
-        smoothing: float = 0.5,
+        epsilon: float = DEFAULT_EPSILON,
     ) -> None:
-        if not psi_threshold > 0 or min_rows < 1 or not smoothing > 0:
-            raise SettingsError("psi_threshold and smoothing must be > 0, min_rows >= 1")
+        if not psi_threshold > 0 or min_rows < 1 or not epsilon > 0:
+            raise SettingsError("psi_threshold and epsilon must be > 0, min_rows >= 1")
         self.reference = reference
         self.psi_threshold = psi_threshold
         self.min_rows = min_rows
-        self.smoothing = smoothing
-        widths = [len(f.bin_counts) for f in reference.features]
-        self._width = max(widths, default=1) + 1  # + the non-finite bin
-        ref = np.zeros((len(widths), self._width))
-        self._mask = np.zeros_like(ref, dtype=bool)
-        for j, f in enumerate(reference.features):
-            ref[j, : len(f.bin_counts)] = f.bin_counts
-            self._mask[j, : len(f.bin_counts)] = True
-            self._mask[j, -1] = True
-        self._ref = _proportions(ref, self._mask, smoothing)
+        self.epsilon = epsilon
 
     def psi(self, summary: DriftSummary) -> np.ndarray:
-        """PSI per feature of ``summary`` against the reference (raises ``SummaryError``)."""
-        summary.check_reference(self.reference)
-        obs = np.zeros_like(self._ref)
-        for j, row in enumerate(summary.bin_counts):
-            folded = fold_counts(row)  # under/overflow into the reference's open end bins
-            obs[j, : len(folded)] = folded
-            obs[j, -1] = summary.nan_counts[j]
-        p = _proportions(obs, self._mask, self.smoothing)
-        terms = np.where(self._mask, (p - self._ref) * np.log(p / self._ref), 0.0)
-        return np.asarray(terms.sum(axis=1))
+        """PSI per feature of ``summary`` against the reference (``nan``: no finite value).
+
+        Raises :class:`~edgefleet.errors.SummaryError` when the summary does not fit it.
+        """
+        return feature_psi(summary, self.reference, epsilon=self.epsilon)
 
     def score(self, summary: DriftSummary | None) -> float | None:
         """Share of drifted features in ``[0, 1]``; ``None`` without a usable summary."""
@@ -81,12 +70,7 @@ class DriftScorer:
             psi = self.psi(summary)
         except SummaryError:
             return None
-        return float(np.mean(psi >= self.psi_threshold))
-
-
-def _proportions(counts: np.ndarray, mask: np.ndarray, smoothing: float) -> np.ndarray:
-    c = np.where(mask, counts + smoothing, 0.0)
-    return np.where(mask, c / c.sum(axis=1, keepdims=True), 1.0)
+        return float(np.mean(np.nan_to_num(psi, nan=0.0) >= self.psi_threshold))
 
 
 class DriftPrioritisedSelection:

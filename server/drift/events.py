@@ -21,16 +21,16 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from server.drift.report import DriftReport, Verdict
+from server.drift.report import ReportModel, Verdict
 from server.drift.thresholds import DriftThresholds
 
 
-class WindowDrift(BaseModel):
-    """The fleet's verdict in one time window (all devices' summaries merged)."""
+class WindowDrift(ReportModel):
+    """The fleet's verdict in one time window (all devices' summaries merged).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Built with ``WindowDrift.project(report, window_start=…, window_end=…, n_devices=…,
+    n_reports=…)`` from the window's :class:`~server.drift.DriftReport`.
+    """
 
     window_start: datetime
     window_end: datetime
@@ -44,35 +44,9 @@ class WindowDrift(BaseModel):
     holding: bool
     drifted_features: list[str]
 
-    @classmethod
-    def from_report(
-        cls,
-        report: DriftReport,
-        *,
-        window_start: datetime,
-        window_end: datetime,
-        n_devices: int,
-        n_reports: int,
-    ) -> WindowDrift:
-        return cls(
-            window_start=window_start,
-            window_end=window_end,
-            n_devices=n_devices,
-            n_reports=n_reports,
-            n_samples=report.n_samples,
-            verdict=report.verdict,
-            reason=report.reason,
-            share_drifted=report.share_drifted,
-            max_psi=report.max_psi,
-            holding=report.holding,
-            drifted_features=report.drifted_features,
-        )
 
-
-class DriftEvent(BaseModel):
+class DriftEvent(ReportModel):
     """A model version's fleet drift crossed its threshold (consumed by rounds and rollouts)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["drift_started", "drift_cleared"]
     model: str
@@ -84,10 +58,8 @@ class DriftEvent(BaseModel):
     drifted_features: list[str]
 
 
-class MonitorState(BaseModel):
+class MonitorState(ReportModel):
     """Hysteresis state of one model version (persist it between calls to :func:`step`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     drifted: bool = False
     enter_streak: int = 0
@@ -108,16 +80,7 @@ def step(
         return state, None
 
     def event(kind: Literal["drift_started", "drift_cleared"]) -> DriftEvent:
-        return DriftEvent(
-            kind=kind,
-            model=model,
-            version=version,
-            window_start=window.window_start,
-            window_end=window.window_end,
-            share_drifted=window.share_drifted,
-            max_psi=window.max_psi,
-            drifted_features=window.drifted_features,
-        )
+        return DriftEvent.project(window, kind=kind, model=model, version=version)
 
     if not state.drifted:
         streak = state.enter_streak + 1 if window.verdict == "drift" else 0

@@ -37,12 +37,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from pydantic import BaseModel, ConfigDict
-
 from edgefleet.drift import DriftSummary, ReferenceProfile
 from edgefleet.errors import SummaryError
 from server.drift.events import DriftEvent, MonitorState, WindowDrift, detect_crossings
-from server.drift.report import DriftReport, FeatureStatus, Verdict, compute_drift
+from server.drift.report import DriftReport, FeatureStatus, ReportModel, Verdict, compute_drift
 from server.drift.thresholds import DriftThresholds
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -59,18 +57,14 @@ class DriftRecord(NamedTuple):
     summary: DriftSummary
 
 
-class _Report(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RejectedRecord(_Report):
+class RejectedRecord(ReportModel):
     device_id: str
     window_start: datetime
     window_end: datetime
     reason: str
 
 
-class FleetDriftReport(_Report):
+class FleetDriftReport(ReportModel):
     """Fleet drift over time: one entry per non-empty window, and the crossings among them."""
 
     model: str
@@ -82,7 +76,7 @@ class FleetDriftReport(_Report):
     rejected: list[RejectedRecord]
 
 
-class DeviceDrift(_Report):
+class DeviceDrift(ReportModel):
     """One device's summaries over the whole period, merged."""
 
     device_id: str
@@ -96,14 +90,14 @@ class DeviceDrift(_Report):
     drifted_features: list[str]
 
 
-class DeviceDriftReport(_Report):
+class DeviceDriftReport(ReportModel):
     model: str
     version: int
     devices: list[DeviceDrift]
     rejected: list[RejectedRecord]
 
 
-class FeaturePoint(_Report):
+class FeaturePoint(ReportModel):
     window_start: datetime
     window_end: datetime
     n: int
@@ -115,13 +109,13 @@ class FeaturePoint(_Report):
     mean_shift_std: float | None
 
 
-class FeatureSeries(_Report):
+class FeatureSeries(ReportModel):
     index: int
     name: str
     points: list[FeaturePoint]
 
 
-class FeatureDriftReport(_Report):
+class FeatureDriftReport(ReportModel):
     """Per-feature drift statistics over time (the fleet merged per window)."""
 
     model: str
@@ -163,14 +157,7 @@ def _select(
         if problem is None:
             good.append(rec)
         else:
-            rejected.append(
-                RejectedRecord(
-                    device_id=rec.device_id,
-                    window_start=rec.window_start,
-                    window_end=rec.window_end,
-                    reason=problem,
-                )
-            )
+            rejected.append(RejectedRecord.project(rec, reason=problem))
     return good, rejected
 
 
@@ -242,7 +229,7 @@ def fleet_over_time(
     th = thresholds or DriftThresholds()
     reports, rejected = _window_reports(records, reference, model, version, bucket, th, origin)
     windows = [
-        WindowDrift.from_report(
+        WindowDrift.project(
             rep,
             window_start=s,
             window_end=e,
@@ -281,16 +268,12 @@ def drift_by_device(
         group = per[device_id]
         rep = compute_drift(DriftSummary.merge_all(r.summary for r in group), reference, thresholds)
         devices.append(
-            DeviceDrift(
+            DeviceDrift.project(
+                rep,
                 device_id=device_id,
                 n_reports=len(group),
                 first_window_start=min(_utc(r.window_start) for r in group),
                 last_window_end=max(_utc(r.window_end) for r in group),
-                n_samples=rep.n_samples,
-                verdict=rep.verdict,
-                share_drifted=rep.share_drifted,
-                max_psi=rep.max_psi,
-                drifted_features=rep.drifted_features,
             )
         )
     return DeviceDriftReport(model=model, version=version, devices=devices, rejected=rejected)
@@ -319,19 +302,8 @@ def drift_by_feature(
     series = []
     for j in keep:
         points = [
-            FeaturePoint(
-                window_start=s,
-                window_end=e,
-                n=fd.n,
-                status=fd.status,
-                psi=fd.psi,
-                ks_pvalue=fd.ks_pvalue,
-                js_distance=fd.js_distance,
-                wasserstein_std=fd.wasserstein_std,
-                mean_shift_std=fd.mean_shift_std,
-            )
+            FeaturePoint.project(rep.features[j], window_start=s, window_end=e)
             for s, e, _, rep in reports
-            for fd in (rep.features[j],)
         ]
         series.append(FeatureSeries(index=j, name=names[j], points=points))
     return FeatureDriftReport(

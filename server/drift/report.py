@@ -17,7 +17,7 @@ lower bound ``|mean − reference mean|``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -31,15 +31,27 @@ Verdict = Literal["insufficient", "no_drift", "drift"]
 FeatureStatus = Literal["insufficient", "ok", "drift"]
 
 
-class _Report(BaseModel):
+class ReportModel(BaseModel):
+    """Base of the drift reports: immutable, and no field that is not declared."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def project(cls, source: object, **fields: Any) -> Self:
+        """An instance of ``fields``, every other field read from ``source``'s same-named attribute.
+
+        Builds the narrower views of a larger report (a window, a device, a feature, an event)
+        without copying its fields one by one; validation is the constructor's, as ever.
+        """
+        taken = {name: getattr(source, name) for name in cls.model_fields if name not in fields}
+        return cls(**taken, **fields)
 
 
 def _num(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
 
 
-class FeatureDrift(_Report):
+class FeatureDrift(ReportModel):
     """Statistics of one input feature in one window (``None``: not computable)."""
 
     index: int
@@ -63,7 +75,7 @@ class FeatureDrift(_Report):
     out_of_range_rate: float | None
 
 
-class PredictionDrift(_Report):
+class PredictionDrift(ReportModel):
     """The predicted-class histogram against the reference's, and label-based accuracy.
 
     ``basis`` is ``"predictions"`` when the reference has the model's own predictions (then the
@@ -87,7 +99,7 @@ class PredictionDrift(_Report):
     class_accuracy: list[float | None]
 
 
-class DriftReport(_Report):
+class DriftReport(ReportModel):
     """The verdict of one window (or any merged set of summaries) for one model version."""
 
     model: str

@@ -20,7 +20,8 @@ from aggregation.selection import (
     make_policy,
     over_selection_count,
 )
-from edgefleet.drift import DriftAccumulator, build_reference
+from edgefleet.drift import DriftAccumulator, build_reference, feature_psi
+from server.drift import compute_drift
 
 
 @pytest.mark.parametrize(
@@ -167,11 +168,25 @@ def test_drift_score_separates_shifted_from_reference_like_data(reference) -> No
     assert all_shifted == 1.0
 
 
-def test_non_finite_inputs_count_as_drift(reference) -> None:
+def test_scores_use_the_one_shared_psi(reference) -> None:
+    x = np.random.default_rng(4).normal(size=(400, 8))
+    x[:, :3] += np.array([0.3, 1.0, 3.0])
+    summary = summarise(reference, x)
+    psi = DriftScorer(reference).psi(summary)
+    np.testing.assert_allclose(psi, feature_psi(summary, reference))
+    server_psi = [f.psi for f in compute_drift(summary, reference).features]
+    np.testing.assert_allclose(psi, np.asarray(server_psi, dtype=float))
+    assert psi[2] > psi[1] > psi[0] and np.all(psi[3:] < 0.2)
+
+
+def test_non_finite_inputs_are_not_a_distribution_shift(reference) -> None:
     x = np.random.default_rng(2).normal(size=(400, 8))
-    x[:200, 0] = np.nan
-    psi = DriftScorer(reference).psi(summarise(reference, x))
-    assert psi[0] > 1.0 and np.all(psi[1:] < 0.2)
+    x[:200, 0] = np.nan  # half missing: the finite half is still reference-like
+    x[:, 1] = np.nan  # nothing finite: no PSI at all
+    scorer = DriftScorer(reference)
+    psi = scorer.psi(summarise(reference, x))
+    assert np.isnan(psi[1]) and psi[0] < 0.2 and np.all(psi[2:] < 0.2)
+    assert scorer.score(summarise(reference, x)) == 0.0
 
 
 def test_no_score_without_a_usable_summary(reference) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,6 +234,57 @@ def publish_plan(
         weights=files.weights,
         meta=dict(meta) if meta else None,
     )
+
+
+def publish_retrained(
+    engine: Engine,
+    store: ArtifactStore,
+    files: PlanFiles,
+    seed: int,
+    model: str = "digits",
+    **meta: object,
+) -> ModelVersion:
+    """Publish perturbed weights (a "new round") on the plan of version 1 of ``model``."""
+    return publish(
+        engine,
+        store,
+        model,
+        weights=files.perturbed_weights(seed),
+        meta={"plan_from_version": 1, **meta},
+    )
+
+
+def model_with_versions(
+    engine: Engine,
+    store: ArtifactStore,
+    files: PlanFiles,
+    seeds: tuple[int, ...] = (1,),
+    model: str = "digits",
+) -> Engine:
+    """Register ``model``: its full plan as version 1, then one retrained version per seed."""
+    create_model(engine, model)
+    publish_plan(engine, store, files, model)
+    for seed in seeds:
+        publish_retrained(engine, store, files, seed, model)
+    return engine
+
+
+def run_in_threads(fn: Callable[[], object], n: int) -> list[BaseException]:
+    """Call ``fn`` from ``n`` threads at once; the exceptions they raised (none: ``[]``)."""
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # pragma: no cover - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def dumps(obj: object) -> str:

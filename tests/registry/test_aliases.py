@@ -22,22 +22,12 @@ from registry.errors import ConflictError, InvalidQueryError, NotFoundError, Ver
 from registry.models import VersionStatus, VersionStatusUpdate
 from registry.store import ArtifactStore
 from registry.versions import change_status
-from tests.registry.support import PlanFiles, create_model, publish, publish_plan
+from tests.registry.support import PlanFiles, model_with_versions
 
 
 @pytest.fixture
 def three_versions(engine: Engine, store: ArtifactStore, plan_files: PlanFiles) -> Engine:
-    create_model(engine, "digits")
-    publish_plan(engine, store, plan_files)
-    for seed in (2, 3):
-        publish(
-            engine,
-            store,
-            "digits",
-            weights=plan_files.perturbed_weights(seed),
-            meta={"plan_from_version": 1},
-        )
-    return engine
+    return model_with_versions(engine, store, plan_files, seeds=(2, 3))
 
 
 def move(engine: Engine, alias: str, version: int, **kw: object):  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ from registry.errors import AuthenticationError, NotFoundError, PermissionDenied
 from registry.models import Device, DeviceUpdate
 from registry.store import ArtifactStore
 from registry.versions import get_version
-from tests.registry.support import PlanFiles, create_model, publish, publish_plan
+from tests.registry.support import PlanFiles, create_model, model_with_versions
 
 
 def enrol(engine: Engine, device_id: str | None = None, **kw: object) -> tuple[str, str]:
@@ -67,16 +67,7 @@ def test_re_enrol_rotates_and_revoke_invalidates(engine: Engine) -> None:
 
 @pytest.fixture
 def fleet(engine: Engine, store: ArtifactStore, plan_files: PlanFiles) -> Engine:
-    create_model(engine, "digits")
-    publish_plan(engine, store, plan_files)
-    publish(
-        engine,
-        store,
-        "digits",
-        weights=plan_files.perturbed_weights(5),
-        meta={"plan_from_version": 1},
-    )
-    return engine
+    return model_with_versions(engine, store, plan_files, seeds=(5,))
 
 
 def test_assignment_follows_production_then_a_sticky_canary(fleet: Engine) -> None:

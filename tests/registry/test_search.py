@@ -12,7 +12,7 @@ from registry.errors import InvalidQueryError
 from registry.models import VersionStatus
 from registry.search import MetricFilter, parse_metric_filter, search_models, search_versions
 from registry.store import ArtifactStore
-from tests.registry.support import PlanFiles, create_model, publish, publish_plan
+from tests.registry.support import PlanFiles, create_model, publish_plan, publish_retrained
 
 
 @pytest.fixture
@@ -22,16 +22,14 @@ def catalog(engine: Engine, store: ArtifactStore, plan_files: PlanFiles) -> Engi
     create_model(engine, "wine", task="regression", tags=["tabular"])
     publish_plan(engine, store, plan_files, "digits-mlp", metrics={"accuracy": 0.85, "f1": 0.8})
     for seed, acc in ((1, 0.92), (2, 0.95)):
-        publish(
+        publish_retrained(
             engine,
             store,
+            plan_files,
+            seed,
             "digits-mlp",
-            weights=plan_files.perturbed_weights(seed),
-            meta={
-                "plan_from_version": 1,
-                "metrics": {"accuracy": acc},
-                "lineage": {"federated_run": "run-1", "parent_version": 1},
-            },
+            metrics={"accuracy": acc},
+            lineage={"federated_run": "run-1", "parent_version": 1},
         )
     publish_plan(engine, store, plan_files, "digits_small", metrics={"accuracy": 0.91})
     with session_scope(engine, write=True) as s:

@@ -6,13 +6,13 @@ import hashlib
 import io
 import os
 import stat
-import threading
 from pathlib import Path
 
 import pytest
 
 from registry.errors import ArtifactTooLargeError, DigestMismatchError, NotFoundError
 from registry.store import ArtifactStore, is_sha256
+from tests.registry.support import run_in_threads
 
 
 def sha(data: bytes) -> str:
@@ -75,20 +75,7 @@ def test_commit_never_overwrites(tmp_path: Path) -> None:
 def test_concurrent_identical_commits(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     data = os.urandom(1 << 16)
-    errors: list[BaseException] = []
-
-    def put() -> None:
-        try:
-            store.put_bytes(data, expected_sha256=sha(data))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_in_threads(lambda: store.put_bytes(data, expected_sha256=sha(data)), 8) == []
     assert store.read_bytes(sha(data)) == data
     assert tmp_files(store) == []
 

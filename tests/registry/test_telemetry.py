@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +13,7 @@ from registry.devices import enroll, get_device
 from registry.errors import IdempotencyConflict, InvalidQueryError, NotFoundError
 from registry.store import ArtifactStore
 from registry.telemetry import list_reports, record_report
-from tests.registry.support import PlanFiles, create_model, publish, publish_plan
+from tests.registry.support import PlanFiles, model_with_versions, run_in_threads
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -33,15 +32,7 @@ def report(key: str, *, start: int = 0, version: int = 1, local: int = 10) -> Te
 
 @pytest.fixture
 def devices(engine: Engine, store: ArtifactStore, plan_files: PlanFiles) -> Engine:
-    create_model(engine, "digits")
-    publish_plan(engine, store, plan_files)
-    publish(
-        engine,
-        store,
-        "digits",
-        weights=plan_files.perturbed_weights(1),
-        meta={"plan_from_version": 1},
-    )
+    model_with_versions(engine, store, plan_files, seeds=(1,))
     with session_scope(engine, write=True) as s:
         for d in ("a", "b"):
             enroll(s, EnrollRequest(enrollment_token="t", device_id=d, model="digits"))
@@ -68,19 +59,7 @@ def test_retries_are_stored_once(devices: Engine) -> None:
 
 def test_concurrent_retries_store_once(devices: Engine) -> None:
     acks = []
-    errors: list[BaseException] = []
-
-    def post() -> None:
-        try:
-            acks.append(send(devices, "a", report("key-concurrent")))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=post) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(lambda: acks.append(send(devices, "a", report("key-concurrent"))), 6)
     assert errors == []
     assert len({a.report_id for a in acks}) == 1
     assert sum(not a.duplicate for a in acks) == 1

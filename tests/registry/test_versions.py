@@ -27,7 +27,13 @@ from registry.models import (
 )
 from registry.store import ArtifactStore
 from registry.versions import change_status, get_version, list_versions, version_info
-from tests.registry.support import PlanFiles, create_model, publish, publish_plan
+from tests.registry.support import (
+    PlanFiles,
+    create_model,
+    model_with_versions,
+    publish,
+    publish_plan,
+)
 
 
 def count_versions(engine: Engine) -> int:
@@ -214,15 +220,7 @@ def test_status_life_cycle(engine: Engine, store: ArtifactStore, plan_files: Pla
     from edgefleet.wire import AliasMove
     from registry.aliases import set_alias
 
-    create_model(engine, "digits")
-    publish_plan(engine, store, plan_files)
-    publish(
-        engine,
-        store,
-        "digits",
-        weights=plan_files.perturbed_weights(2),
-        meta={"plan_from_version": 1},
-    )
+    model_with_versions(engine, store, plan_files, seeds=(2,))
     with session_scope(engine, write=True) as s:
         set_alias(s, "digits", "production", AliasMove(version=1), actor="t")
     with session_scope(engine, write=True) as s:

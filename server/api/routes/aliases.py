@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from edgefleet.wire import AliasEventInfo, AliasInfo, AliasMove, AliasRollback, Page
-from registry import aliases, search
-from server.deps import AdminDep, SessionDep, SettingsDep, WriteSessionDep
+from registry import aliases
+from server.deps import AdminDep, Limit, Offset, SessionDep, SettingsDep, WriteSessionDep
 
 router = APIRouter(prefix="/models/{model}", tags=["aliases"])
 
@@ -100,8 +100,8 @@ def alias_history(
     alias: str,
     _: AdminDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[AliasEventInfo]:
     return aliases.alias_history(session, model, alias, limit=limit, offset=offset)
 
@@ -115,7 +115,7 @@ def model_alias_history(
     model: str,
     _: AdminDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[AliasEventInfo]:
     return aliases.alias_history(session, model, None, limit=limit, offset=offset)

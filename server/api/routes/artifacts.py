@@ -88,37 +88,29 @@ def serve(
 IfNoneMatch = Annotated[str | None, Header()]
 
 
-@router.get("/plan", summary="Download the plan (.tflite)", response_class=FileResponse)
-def download_plan(
-    model: str,
-    version: int,
-    caller: CallerDep,
-    session: SessionDep,
-    state: StateDep,
-    if_none_match: IfNoneMatch = None,
-) -> Response:
-    return serve("plan", model, version, caller, session, state, if_none_match)
+def _download_route(kind: Kind, summary: str) -> None:
+    """Mount ``GET .../{kind}``: :func:`serve` that kind of artifact."""
+
+    def download(
+        model: str,
+        version: int,
+        caller: CallerDep,
+        session: SessionDep,
+        state: StateDep,
+        if_none_match: IfNoneMatch = None,
+    ) -> Response:
+        return serve(kind, model, version, caller, session, state, if_none_match)
+
+    router.add_api_route(
+        f"/{kind}",
+        download,
+        methods=["GET"],
+        name=f"download_{kind}",
+        summary=summary,
+        response_class=FileResponse,
+    )
 
 
-@router.get("/weights", summary="Download the weights (safetensors)", response_class=FileResponse)
-def download_weights(
-    model: str,
-    version: int,
-    caller: CallerDep,
-    session: SessionDep,
-    state: StateDep,
-    if_none_match: IfNoneMatch = None,
-) -> Response:
-    return serve("weights", model, version, caller, session, state, if_none_match)
-
-
-@router.get("/manifest", summary="Download the plan manifest (JSON)", response_class=FileResponse)
-def download_manifest(
-    model: str,
-    version: int,
-    caller: CallerDep,
-    session: SessionDep,
-    state: StateDep,
-    if_none_match: IfNoneMatch = None,
-) -> Response:
-    return serve("manifest", model, version, caller, session, state, if_none_match)
+_download_route("plan", "Download the plan (.tflite)")
+_download_route("weights", "Download the weights (safetensors)")
+_download_route("manifest", "Download the plan manifest (JSON)")

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from edgefleet.wire import EnrollRequest, EnrollResponse, Page
-from registry import devices, search
+from registry import devices
 from registry.errors import AuthenticationError, PermissionDeniedError
 from registry.models import DevicePublic, DeviceUpdate
-from server.deps import AdminDep, CallerDep, SessionDep, StateDep, WriteSessionDep, require_self
+from server.deps import (
+    AdminDep,
+    CallerDep,
+    Limit,
+    Offset,
+    SessionDep,
+    StateDep,
+    WriteSessionDep,
+    require_self,
+)
 from server.security import Caller, match_key
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -39,8 +47,8 @@ def list_devices(
     session: SessionDep,
     model: str | None = None,
     seen_since: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[DevicePublic]:
     return devices.list_devices(
         session, model=model, seen_since=seen_since, limit=limit, offset=offset

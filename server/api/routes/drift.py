@@ -15,10 +15,11 @@ the ``drift_thresholds`` setting. Summaries that cannot be merged are listed as 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
 from edgefleet.drift import DriftSummary, ReferenceProfile
@@ -46,38 +47,55 @@ Until = Annotated[datetime | None, Query(description="windows starting at or bef
 Bucket = Annotated[int, Query(ge=1, le=7 * 24 * 60, description="window length in minutes")]
 
 
-def _records(
-    session: Session,
-    model: str,
-    version: int,
-    since: datetime | None,
-    until: datetime | None,
-    device: str | None = None,
-) -> tuple[list[DriftRecord], ReferenceProfile]:
-    reference = reference_of(get_version(session, model, version))
-    if reference is None:
-        raise ConflictError(f"version {version} of {model!r} has no reference profile")
-    rows = drift_rows(session, model, version, device=device, since=since, until=until)
-    records = [
-        DriftRecord(
-            r.device_id,
-            r.model,
-            r.version,
-            r.window_start,
-            r.window_end,
-            DriftSummary.parse(r.drift),
+@dataclass(frozen=True)
+class DriftScope:
+    """What every drift route asks for: a model version and a time range (admin only)."""
+
+    session: Session
+    state: AppState
+    model: str
+    version: int
+    since: datetime | None
+    until: datetime | None
+
+    def records(self, device: str | None = None) -> tuple[list[DriftRecord], ReferenceProfile]:
+        """The stored drift summaries in range (of ``device``), and the version's reference."""
+        reference = reference_of(get_version(self.session, self.model, self.version))
+        if reference is None:
+            raise ConflictError(
+                f"version {self.version} of {self.model!r} has no reference profile"
+            )
+        rows = drift_rows(
+            self.session,
+            self.model,
+            self.version,
+            device=device,
+            since=self.since,
+            until=self.until,
         )
-        for r in rows
-    ]
-    return records, reference
+        records = [
+            DriftRecord(
+                r.device_id,
+                r.model,
+                r.version,
+                r.window_start,
+                r.window_end,
+                DriftSummary.parse(r.drift),
+            )
+            for r in rows
+        ]
+        return records, reference
+
+    def common(self) -> dict[str, Any]:
+        """The keyword arguments every :mod:`server.drift` report takes."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "thresholds": self.state.drift_policy.for_model(self.model),
+        }
 
 
-def _common(state: AppState, model: str, version: int) -> dict[str, Any]:
-    return {"model": model, "version": version, "thresholds": state.drift_policy.for_model(model)}
-
-
-@router.get("", response_model=FleetDriftReport, summary="Fleet drift over time")
-def fleet_over_time_route(
+async def drift_scope(
     model: str,
     version: int,
     _: AdminDep,
@@ -85,63 +103,45 @@ def fleet_over_time_route(
     state: StateDep,
     since: Since = None,
     until: Until = None,
-    bucket_minutes: Bucket = 60,
-) -> FleetDriftReport:
-    records, reference = _records(session, model, version, since, until)
+) -> DriftScope:
+    """The :class:`DriftScope` of a request (no I/O: runs on the event loop)."""
+    return DriftScope(session, state, model, version, since, until)
+
+
+ScopeDep = Annotated[DriftScope, Depends(drift_scope)]
+
+
+@router.get("", response_model=FleetDriftReport, summary="Fleet drift over time")
+def fleet_over_time_route(scope: ScopeDep, bucket_minutes: Bucket = 60) -> FleetDriftReport:
+    records, reference = scope.records()
     return fleet_over_time(
-        records,
-        reference,
-        bucket=timedelta(minutes=bucket_minutes),
-        **_common(state, model, version),
+        records, reference, bucket=timedelta(minutes=bucket_minutes), **scope.common()
     )
 
 
 @router.get("/summary", response_model=DriftReport, summary="Fleet drift over the whole range")
-def fleet_summary_route(
-    model: str,
-    version: int,
-    _: AdminDep,
-    session: SessionDep,
-    state: StateDep,
-    since: Since = None,
-    until: Until = None,
-    device: str | None = None,
-) -> DriftReport:
-    records, reference = _records(session, model, version, since, until, device)
-    return fleet_drift(records, reference, **_common(state, model, version))
+def fleet_summary_route(scope: ScopeDep, device: str | None = None) -> DriftReport:
+    records, reference = scope.records(device)
+    return fleet_drift(records, reference, **scope.common())
 
 
 @router.get("/devices", response_model=DeviceDriftReport, summary="Drift per device")
-def devices_route(
-    model: str,
-    version: int,
-    _: AdminDep,
-    session: SessionDep,
-    state: StateDep,
-    since: Since = None,
-    until: Until = None,
-) -> DeviceDriftReport:
-    records, reference = _records(session, model, version, since, until)
-    return drift_by_device(records, reference, **_common(state, model, version))
+def devices_route(scope: ScopeDep) -> DeviceDriftReport:
+    records, reference = scope.records()
+    return drift_by_device(records, reference, **scope.common())
 
 
 @router.get("/features", response_model=FeatureDriftReport, summary="Drift per feature over time")
 def features_route(
-    model: str,
-    version: int,
-    _: AdminDep,
-    session: SessionDep,
-    state: StateDep,
-    since: Since = None,
-    until: Until = None,
+    scope: ScopeDep,
     bucket_minutes: Bucket = 60,
     feature: Annotated[list[str] | None, Query(description="feature names (repeatable)")] = None,
 ) -> FeatureDriftReport:
-    records, reference = _records(session, model, version, since, until)
+    records, reference = scope.records()
     return drift_by_feature(
         records,
         reference,
         bucket=timedelta(minutes=bucket_minutes),
         features=feature,
-        **_common(state, model, version),
+        **scope.common(),
     )

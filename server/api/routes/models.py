@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from edgefleet.wire import Page
 from registry import catalog, search
 from registry.models import ModelCreate, ModelPublic, ModelUpdate
-from server.deps import AdminDep, SessionDep, WriteSessionDep
+from server.deps import AdminDep, Limit, Offset, SessionDep, WriteSessionDep
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -29,8 +29,8 @@ def list_models(
     tag: str | None = None,
     name: Annotated[str | None, Query(description="case-insensitive substring")] = None,
     alias: Annotated[str | None, Query(description="models that have this alias")] = None,
-    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[ModelPublic]:
     return search.search_models(
         session, task=task, tag=tag, name=name, alias=alias, limit=limit, offset=offset

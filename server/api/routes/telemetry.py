@@ -11,7 +11,7 @@ from edgefleet.wire import Page, TelemetryAck, TelemetryReport
 from registry import telemetry
 from registry.db import write_session
 from registry.models import TelemetryPublic
-from server.deps import AdminDep, DeviceDep, SessionDep, require_self
+from server.deps import AdminDep, DeviceDep, Offset, SessionDep, require_self
 
 router = APIRouter(tags=["telemetry"])
 
@@ -61,7 +61,7 @@ def list_reports(
     since: Annotated[datetime | None, Query(description="windows ending at or after")] = None,
     until: Annotated[datetime | None, Query(description="windows starting at or before")] = None,
     limit: Annotated[int, Query(ge=1, le=telemetry.MAX_PAGE)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[TelemetryPublic]:
     return telemetry.list_reports(
         session,

@@ -30,7 +30,7 @@ from registry.db import write_session
 from registry.errors import InvalidQueryError
 from registry.models import VersionStatus, VersionStatusUpdate
 from registry.publish import UploadedArtifacts, publish_version
-from server.deps import AdminDep, SessionDep, StateDep, WriteSessionDep
+from server.deps import AdminDep, Limit, Offset, SessionDep, StateDep, WriteSessionDep
 from server.security import Caller
 from server.state import AppState
 
@@ -157,8 +157,8 @@ def list_versions(
     _: AdminDep,
     session: SessionDep,
     status: VersionStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[VersionInfo]:
     return versions.list_versions(session, model, status=status, limit=limit, offset=offset)
 
@@ -195,8 +195,8 @@ def search_versions(
     ] = [],  # noqa: B006 - FastAPI copies defaults
     federated_run: str | None = None,
     sort: Annotated[str | None, Query(description="a metric: best first")] = None,
-    limit: Annotated[int, Query(ge=1, le=search.MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[VersionInfo]:
     return search.search_versions(
         session,
