@@ -89,6 +89,7 @@ class _Node:
     runtime: PlanRuntime | None
     version: int | None
     error: str = "no active model on this device"
+    model: str = ""  # the registry model of the active version (the plan's name may differ)
 
     @classmethod
     def open(cls, context: Context) -> _Node:
@@ -102,7 +103,7 @@ class _Node:
             runtime = PlanRuntime.from_dir(path, interpreter=settings.interpreter)
         except (EdgeFleetError, OSError) as exc:  # e.g. pruned by a concurrent switch
             return cls(settings, None, None, f"the active model does not load: {exc}")
-        return cls(settings, runtime, current.version)
+        return cls(settings, runtime, current.version, model=current.model)
 
     def examples(self) -> tuple[np.ndarray, np.ndarray]:
         assert self.runtime is not None
@@ -120,7 +121,8 @@ class _Node:
             return ""
         state = StateStore(self.settings.state_db)
         try:
-            return state.load_drift(self.runtime.manifest.name, self.version) or ""
+            # the agent keeps it under the registry model name (see Telemetry.record_local)
+            return state.load_drift(self.model or self.runtime.manifest.name, self.version) or ""
         finally:
             state.close()
 

@@ -146,7 +146,7 @@ class InferenceRouter:
                 latency = (time.perf_counter() - start) * 1000.0
                 self.failures = 0
                 self.agent.telemetry.record_local(manifest, active.info.version, feats, probs,
-                                                  latency)
+                                                  latency, model=active.info.model)
                 labels = manifest.output.class_labels
                 return Prediction(probs, [labels[i] for i in np.argmax(probs, axis=1)],
                                   "local", active.info.model, active.info.version, latency)

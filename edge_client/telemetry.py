@@ -135,10 +135,14 @@ class Telemetry:
 
     # --- observations ---------------------------------------------------------------------------
     def record_local(self, manifest: PlanManifest, version: int, x: np.ndarray,
-                     probs: np.ndarray, latency_ms: float) -> None:
-        """A local inference: counts, latency and the drift accumulator."""
+                     probs: np.ndarray, latency_ms: float, *, model: str | None = None) -> None:
+        """A local inference: counts, latency and the drift accumulator.
+
+        ``model`` is the registry model the version belongs to (default: the plan's name); the
+        server knows the report by that name, which need not be the plan's.
+        """
         with self._lock:
-            window = self._window((manifest.name, version), manifest)
+            window = self._window((model or manifest.name, version), manifest)
             window.local += int(x.shape[0])
             window.add_latency(latency_ms)
             if window.accumulator is not None:

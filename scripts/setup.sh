@@ -4,7 +4,7 @@
 #   EXTRAS   which extras to install (default: all,dev)
 #   PYTHON   the interpreter to build the venv from (default: python3.11 or python3)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 EXTRAS="${EXTRAS:-all,dev}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 VENV=.venv

@@ -1,6 +1,11 @@
-"""Experiments: data sets and partitions, drift scenarios, device availability traces, reports.
+"""Experiments: data sets and partitions, drift scenarios, and the whole fleet on one machine.
 
-Runs the same aggregation and ClientApp code on Flower's simulation engine. May import:
-``aggregation``, ``edge_client``, the shared ``edgefleet`` core, numpy, scikit-learn (for the data
-sets it ships).
+* :mod:`simulation.datasets` — the data sets scikit-learn ships, with deterministic splits;
+* :mod:`simulation.partition` — Dirichlet label-skewed shares and input shifts (drift);
+* :mod:`simulation.fleet` — ``run_fleet(config) -> FleetReport`` (``edgefleet sim fleet``): the
+  server, an initial plan, real edge agents with their Flower SuperNodes, a federated run and
+  its summary, all as processes on 127.0.0.1 (:mod:`simulation.processes` cleans them up).
+
+May import: ``aggregation``, ``edge_client``, the shared ``edgefleet`` core, numpy, httpx,
+scikit-learn (for the data sets it ships). TensorFlow only ever runs in a child process.
 """

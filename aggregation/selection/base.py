@@ -32,7 +32,7 @@ class Candidate:
         Local training examples the node declared.
     drift_score : float or None (default: None)
         How far the node's data moved from the plan's reference, in ``[0, 1]``
-        (see :func:`aggregation.selection.drift.drift_score`); ``None`` when it sent no summary.
+        (see :class:`aggregation.selection.drift.DriftScorer`); ``None`` when it sent no summary.
     """
 
     node_id: int

@@ -1,0 +1,45 @@
+"""Exceptions of the simulation package.
+
+::
+
+    SimulationError              root of every error raised by ``simulation``
+    ├── FleetError               a step of the fleet failed (a process did not start or exited,
+    │   │                        a deadline passed, the federated run failed or published
+    │   │                        nothing); its message names the step and the log to read
+    │   └── Interrupted          SIGTERM/SIGINT/SIGHUP arrived: the fleet stops and cleans up
+    └── PartitionError           a data partition cannot be made as asked (more parts than
+                                 examples, a minimum size no draw reaches)
+
+Errors of the shared core (:class:`edgefleet.errors.EdgeFleetError`) and of the packages the
+fleet drives (``aggregation``, ``edge_client``) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class SimulationError(Exception):
+    """Root of every error raised by the simulation package."""
+
+
+class FleetError(SimulationError):
+    """A step of the fleet failed; the message says which and where its log is."""
+
+
+class Interrupted(FleetError):
+    """A termination signal arrived; the fleet stops and cleans up.
+
+    Parameters
+    ----------
+    signum : int
+        The signal received.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class PartitionError(SimulationError, ValueError):
+    """A partition cannot be made with the given sizes or parameters."""

@@ -1,0 +1,155 @@
+"""What a fleet run reports: versions and their lineage, rounds, drift per device, aliases.
+
+:class:`FleetReport` is what :func:`simulation.fleet.run_fleet` returns; :meth:`FleetReport.render`
+is the summary ``edgefleet sim fleet`` prints. Everything in it was read back from the running
+system (the registry's versions and aliases, the server's drift routes, the agents' status,
+``flwr ls`` and the ServerApp's log), not from what the fleet meant to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.wire import VersionInfo
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One registry version as the summary shows it."""
+
+    version: int
+    parent: int | None
+    run: str | None
+    round: int | None
+    clients: int | None
+    strategy: str | None
+    accuracy: float | None
+    refused: int
+    refused_reasons: dict[str, int]
+    aliases: list[str]
+
+    @classmethod
+    def from_info(cls, v: VersionInfo) -> VersionRow:
+        lineage = v.lineage
+        report = v.hyperparameters.get("round") if isinstance(v.hyperparameters, dict) else None
+        reasons = report.get("refused_reasons", {}) if isinstance(report, dict) else {}
+        return cls(
+            version=v.version, parent=lineage.parent_version, run=lineage.federated_run,
+            round=lineage.federated_round, clients=lineage.num_clients,
+            strategy=lineage.strategy, accuracy=v.metrics.get("holdout.accuracy"),
+            refused=int(v.metrics.get("round.refused", 0)),
+            refused_reasons={str(k): int(n) for k, n in dict(reasons).items()},
+            aliases=sorted(v.aliases))
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """One device: its data, where its traffic was answered, its drift, what it runs now."""
+
+    device_id: str
+    data_dir: Path
+    shift: str
+    examples: int
+    class_counts: list[int]
+    answered: dict[str, int]
+    drift: dict[str, Any] | None
+    active_version: int | None
+
+
+@dataclass
+class FleetReport:
+    """The outcome of one fleet run (see :func:`simulation.fleet.run_fleet`).
+
+    Attributes
+    ----------
+    workdir, logs : Path
+        The fleet's work dir and the directory of every process's log.
+    model : str
+        The registry model trained.
+    ok : bool
+        The run finished ``completed`` and published at least one new version.
+    failure : str or None
+        Why not, when not ``ok``.
+    run_status : str
+        The Flower run's status from ``flwr ls`` (``finished:completed``...).
+    initial_accuracy : float or None
+        Holdout accuracy of version 1 (trained centrally on a small share).
+    versions : list of VersionRow
+        Every version in the registry after the run.
+    rounds : list of str
+        The ServerApp's round summaries.
+    devices : list of DeviceRow
+        Every device of the fleet.
+    aliases : dict
+        Alias name → version.
+    timings : dict
+        Wall seconds per phase and ``total``.
+    pids : list of int
+        Every process the fleet started or saw spawned (all stopped by the end).
+    survivors : list of int
+        Processes still running after the clean-up (empty unless something went wrong).
+    """
+
+    workdir: Path
+    logs: Path
+    model: str
+    ok: bool = False
+    failure: str | None = None
+    run_status: str = "not started"
+    initial_accuracy: float | None = None
+    versions: list[VersionRow] = field(default_factory=list)
+    rounds: list[str] = field(default_factory=list)
+    devices: list[DeviceRow] = field(default_factory=list)
+    aliases: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+    survivors: list[int] = field(default_factory=list)
+
+    @property
+    def new_versions(self) -> list[VersionRow]:
+        """Versions published by federated rounds."""
+        return [v for v in self.versions if v.round is not None]
+
+    def render(self) -> str:
+        """The human summary (plain text, fixed-width tables)."""
+        out = [f"fleet of {len(self.devices)} devices, model {self.model}: "
+               f"{'OK' if self.ok else 'FAILED'} (flower run {self.run_status})"]
+        if self.failure:
+            out.append(f"  failure: {self.failure}")
+        out += ["", "versions (registry):",
+                f"  {'ver':>3} {'parent':>6} {'round':>5} {'clients':>7} {'strategy':<10} "
+                f"{'accuracy':>8} {'refused':<16} aliases"]
+        for v in self.versions:
+            refused = (", ".join(f"{k}:{n}" for k, n in sorted(v.refused_reasons.items()))
+                       or str(v.refused))
+            out.append(f"  {v.version:>3} {_s(v.parent):>6} {_s(v.round):>5} {_s(v.clients):>7} "
+                       f"{v.strategy or '-':<10} {_f(v.accuracy):>8} {refused:<16} "
+                       f"{', '.join(v.aliases) or '-'}")
+        out += ["", "rounds (ServerApp):"] + [f"  {line}" for line in self.rounds or ["(none)"]]
+        out += ["", "devices (drift of version 1, from the server's drift routes):",
+                f"  {'device':<16} {'shift':<10} {'labels':>6} {'traffic':<18} {'verdict':<12} "
+                f"{'drifted':>7} {'max PSI':>8} {'runs':>5}"]
+        for d in self.devices:
+            drift = d.drift or {}
+            answered = ", ".join(f"{k} {n}" for k, n in sorted(d.answered.items())) or "-"
+            out.append(
+                f"  {d.device_id:<16} {d.shift:<10} {d.examples:>6} {answered:<18} "
+                f"{drift.get('verdict', '-'):<12} {_f(drift.get('share_drifted')):>7} "
+                f"{_f(drift.get('max_psi')):>8} {'v' + _s(d.active_version):>5}")
+        aliases = ", ".join(f"{k} -> v{v}" for k, v in sorted(self.aliases.items()))
+        out += ["", f"aliases: {aliases or '(none)'}"]
+        out.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+        out.append(f"logs:    {self.logs}")
+        if self.survivors:
+            out.append(f"WARNING: processes still running: {self.survivors}")
+        return "\n".join(out)
+
+
+def _s(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
+def _f(v: object) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
