@@ -3,7 +3,9 @@
 ``aggregation.server_app:app`` runs under ``flwr run`` against a SuperLink and four SuperNodes on
 127.0.0.1 (one of them sends NaN weights), talks to a real EdgeFleet server over HTTP, and must
 publish a new version that beats the initial model, refuse the NaN update, and — run again
-with a larger budget under the same run name — resume after the last published round.
+with a larger budget under the same run name — resume after the last published round. A run
+asking for more valid reports than there are nodes fails its rounds cleanly: the run completes,
+nothing is published, and the SuperLink and SuperNodes serve the next run.
 
 The nodes run the test ClientApp of ``digits_app.py`` (the real plan in TFLite, message shapes of
 ``edge_client.flower_client``); the whole fleet with edge agents is the lead's end-to-end test.
@@ -198,6 +200,41 @@ def wait_finished(deployment: Deployment, run_id: str, timeout: float) -> str:
     logs = deployment.logs
     tail = (logs / "superlink.log").read_text(errors="replace")[-3000:]
     raise AssertionError(f"run {run_id} did not finish in {timeout} s; superlink log:\n{tail}")
+
+
+@pytest.mark.slow
+def test_too_few_nodes_fail_the_round_and_publish_nothing(
+    deployment: Deployment, registry_server: Server, untrained: Path,  # noqa: F811
+) -> None:
+    """Five valid reports asked of four SuperNodes: the round fails, the run still completes.
+
+    ``min-nodes`` 5 is waited for only 2 s, then the four connected nodes are queried and the
+    round fails before any training (4 eligible < ``min-reports`` 5). Nothing is published and
+    the aliases stay. Defined first on purpose: the next test needs the same SuperLink and all
+    four SuperNodes to train, so it proves this failed run left them healthy.
+    """
+    model = "digits-too-few"
+    base = register_plan(registry_server, model, untrained)
+    config = {"server-url": registry_server.url, "model": model,
+              "admin-key": registry_server.admin_key, "run-name": "too-few", "num-rounds": 2,
+              "target-clients": 5, "min-reports": 5, "min-nodes": 5, "wait-for-nodes-s": 2.0,
+              "poll-interval-s": 0.5,
+              # upper bounds only: the nodes answer the query as soon as their apps started
+              "query-timeout-s": 90.0, "train-timeout-s": 10.0}
+    run_id = flwr_run(deployment, config)
+    status = wait_finished(deployment, run_id, timeout=300)
+    log_text = run_log(deployment, run_id)
+    assert status.startswith("finished:completed"), status + log_text
+    for r in (1, 2):
+        assert f"round {r} failed (4 eligible nodes < min_reports=5)" in log_text, log_text
+
+    with RegistryClient(registry_server.url, registry_server.admin_key) as client:
+        assert client.latest_run_version(model, "too-few") is None
+        assert client.production_version(model) == base
+        assert client.alias(model, "canary") is None
+    with registry_server.http() as http:
+        page = http.get(f"/api/v1/models/{model}/versions").raise_for_status().json()
+    assert [v["version"] for v in page["items"]] == [base]
 
 
 @pytest.mark.slow
