@@ -20,6 +20,8 @@ app = typer.Typer(
     help="EdgeFleet: federated hybrid serving for fleets of edge devices.",
     no_args_is_help=True,
     add_completion=False,
+    # Never print local variables in a traceback: they may hold keys, tokens or database URLs.
+    pretty_exceptions_show_locals=False,
 )
 app.add_typer(model_app, name="model", help="Author, convert, inspect and try model plans.")
 app.add_typer(server_app, name="server", help="Run the registry and inference server.")
