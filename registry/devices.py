@@ -19,7 +19,12 @@ from sqlmodel import Session, col, select
 
 from edgefleet.wire import EnrollRequest, Page
 from registry.catalog import get_model
-from registry.errors import AuthenticationError, InvalidQueryError, NotFoundError
+from registry.errors import (
+    AlreadyExistsError,
+    AuthenticationError,
+    InvalidQueryError,
+    NotFoundError,
+)
 from registry.models import Device, DevicePublic, DeviceUpdate, Model, ModelVersion, utcnow
 
 __all__ = [
@@ -47,12 +52,18 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def enroll(session: Session, request: EnrollRequest) -> tuple[Device, str]:
-    """Create a device (or re-enrol an existing id) and return it with its new token.
+def enroll(
+    session: Session, request: EnrollRequest, *, replace: bool = False
+) -> tuple[Device, str]:
+    """Create a device and return it with its new token.
 
-    Re-enrolling an id replaces its token (the old one stops working) and its labels and
-    hardware; it is how a re-imaged device recovers. The caller has already checked the
-    enrolment token. The token is returned once and never stored.
+    An id that is already enrolled is refused (:class:`AlreadyExistsError`) unless ``replace``
+    is set: then the device gets a new token (the old one stops working, a revocation is
+    lifted), keeps its labels and model unless the request gives new ones, and takes the
+    request's hardware facts when there are any. Replacing is how the operator recovers a
+    re-imaged device; the server allows it only with an admin key, since anyone holding the
+    fleet's enrolment token could otherwise take over any device. The caller has already
+    checked the enrolment token. The token is returned once and never stored.
     """
     device_id = request.device_id or f"dev-{secrets.token_hex(8)}"
     model_id = get_model(session, request.model).id if request.model else None
@@ -61,16 +72,29 @@ def enroll(session: Session, request: EnrollRequest) -> tuple[Device, str]:
     device = session.get(Device, device_id, with_for_update=True)
     if device is None:
         device = Device(id=device_id, enrolled_at=now)
+        device.labels = dict(request.labels)
+        device.hardware = dict(request.hardware)
+    elif not replace:
+        raise AlreadyExistsError(
+            f"device {device_id!r} is already enrolled; re-enrolling it (e.g. after "
+            "re-imaging) needs an admin key, and a new device needs an id of its own"
+        )
+    else:
+        if request.labels:
+            device.labels = dict(request.labels)
+        if request.hardware:
+            device.hardware = dict(request.hardware)
     device.token_hash = hash_token(token)
     device.token_issued_at = now
     device.revoked_at = None
-    device.labels = dict(request.labels)
-    device.hardware = dict(request.hardware)
     if model_id is not None:
         device.model_id = model_id
     device.last_seen_at = now
     session.add(device)
-    session.flush()
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:  # a concurrent enrolment of the same new id won the race
+        raise AlreadyExistsError(f"device {device_id!r} is already enrolled") from None
     return device, token
 
 

@@ -150,6 +150,9 @@ def search_versions(
 ) -> Page[VersionInfo]:
     """Versions across models, newest first (or best first by the metric named in ``sort``).
 
+    Sorting by a metric keeps the versions that lack it: they come last (newest first among
+    them), so sorting never changes which versions match, only their order.
+
     ``alias`` keeps the versions an alias of that name points at; ``model`` matches the name
     exactly; ``task`` and ``tag`` are the model's.
     """
@@ -179,14 +182,8 @@ def search_versions(
     if sort:
         if not re.match(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$", sort):
             raise InvalidQueryError(f"invalid sort metric {sort!r}")
-        base = base.join(
-            VersionMetric,
-            sa.and_(
-                col(VersionMetric.version_id) == col(ModelVersion.id),
-                col(VersionMetric.name) == sort,
-            ),
-        )
-        count = count.join(
+        # An outer join: versions without the metric stay in the results, after the others.
+        base = base.outerjoin(
             VersionMetric,
             sa.and_(
                 col(VersionMetric.version_id) == col(ModelVersion.id),
@@ -194,7 +191,7 @@ def search_versions(
             ),
         )
         order: list[sa.UnaryExpression[Any]] = [
-            col(VersionMetric.value).desc(),
+            col(VersionMetric.value).desc().nulls_last(),
             col(ModelVersion.id).desc(),
         ]
     else:

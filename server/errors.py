@@ -8,7 +8,8 @@
 :data:`STATUS` maps the registry's, the shared core's and the server's exceptions onto status
 codes (the first matching class wins). Responses under ``/v2`` (Open Inference Protocol) carry
 ``{"error": "..."}``; everything else carries FastAPI's ``{"detail": ...}``. Request validation
-failures are 422 on the registry API (with FastAPI's detail list) and 400 on ``/v2``, where the
+failures are 422 on the registry API (FastAPI's detail list, without the offending ``input``,
+which may be the whole request body) and 400 on ``/v2``, where the
 protocol expects a plain error message. Unexpected exceptions are logged with the request id and
 answered 500 without internals; the process keeps serving.
 """
@@ -19,10 +20,8 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -110,8 +109,26 @@ async def _known(request: Request, exc: Exception) -> JSONResponse:
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     if not is_v2(request):
-        return await request_validation_exception_handler(request, exc)
+        return JSONResponse(
+            {"detail": jsonable_encoder(redact_validation(exc.errors()))}, status_code=422
+        )
     return error_response(request, 400, summarize_validation(exc.errors()))
+
+
+#: Most validation errors one 422 lists (a huge malformed body must not make a huge answer).
+MAX_VALIDATION_ERRORS = 20
+
+
+def redact_validation(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's validation errors without the ``input`` each one carries.
+
+    The input may be the whole request body (secrets such as an enrolment token included) or
+    megabytes of it; the location and message say what is wrong without echoing it back.
+    """
+    return [
+        {key: value for key, value in err.items() if key not in ("input", "url")}
+        for err in list(errors)[:MAX_VALIDATION_ERRORS]
+    ]
 
 
 async def _http(request: Request, exc: Exception) -> Any:

@@ -17,8 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from edgefleet import __version__
+from edgefleet.wire import VersionPublish
 from registry import migrate
 from registry.db import make_engine
+from server.api.responses import add_component_schemas
 from server.api.router import api_router, v2_health_router, v2_router
 from server.errors import install_error_handlers
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -63,6 +65,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     )
     app.state.edgefleet = state
     install_error_handlers(app)
+    add_component_schemas(app, VersionPublish)  # the upload's ``metadata`` JSON field
 
     def limit_for(scope: Scope) -> int:
         if scope.get("method") == "POST" and _UPLOAD.match(scope.get("path", "")):

@@ -3,9 +3,10 @@
 Requests carry tensors as ``{"name", "shape", "datatype", "data"}`` with ``data`` the row-major
 flattening of the tensor (nested lists of the same shape are accepted too). The plan takes one
 ``float32 [n, *sample_shape]`` input: any numeric V2 datatype is accepted and cast to float32
-(``BYTES`` and ``BOOL`` are refused), the shape must be ``[n, *sample_shape]`` with
-``1 <= n <= max_batch``, the element count must match the shape, and every value must be a
-finite number. Anything else is an :class:`edgefleet.errors.InputError` naming the problem.
+(``BYTES`` and ``BOOL`` are refused, and so are booleans in the data of a numeric tensor), the
+shape must be ``[n, *sample_shape]`` with ``1 <= n <= max_batch``, the element count must match
+the shape, and every value must be a finite number. Anything else is an
+:class:`edgefleet.errors.InputError` naming the problem.
 
 Responses carry the class probabilities (``FP32 [n, n_classes]``, named as the manifest's output)
 and the most probable class label (``BYTES [n]``, named ``label``).
@@ -76,7 +77,22 @@ def decode_input(
     return out
 
 
+def _contains_bool(data: list[Any]) -> bool:
+    """Whether any element of ``data`` (nested lists included) is a JSON boolean."""
+    stack: list[Any] = [data]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, bool):
+                return True
+            if isinstance(item, list):
+                stack.append(item)
+    return False
+
+
 def _numeric_array(data: list[Any]) -> np.ndarray:
+    # numpy would silently turn [true, 0.5] into [1.0, 0.5]: a boolean is never a number here
+    if _contains_bool(data):
+        raise InputError("data contains booleans; the model takes numbers")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError) as exc:  # ragged nesting

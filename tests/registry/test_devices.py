@@ -20,7 +20,12 @@ from registry.devices import (
     touch,
     update_device,
 )
-from registry.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from registry.errors import (
+    AlreadyExistsError,
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from registry.models import Device, DeviceUpdate
 from registry.store import ArtifactStore
 from registry.versions import get_version
@@ -50,17 +55,36 @@ def test_enrol_stores_only_the_token_hash(engine: Engine) -> None:
     assert generated.startswith("dev-")
 
 
-def test_re_enrol_rotates_and_revoke_invalidates(engine: Engine) -> None:
-    _, old = enrol(engine, "pi-1")
-    _, new = enrol(engine, "pi-1", labels={"site": "b"})
+def test_enrolling_a_taken_id_is_refused_and_changes_nothing(engine: Engine) -> None:
+    _, token = enrol(engine, "pi-1", labels={"site": "a"})
+    with pytest.raises(AlreadyExistsError, match="already enrolled"):
+        enrol(engine, "pi-1", labels={"site": "evil"})
+    with session_scope(engine) as s:
+        device = authenticate(s, token)
+        assert device.id == "pi-1" and device.labels == {"site": "a"}
+
+
+def enrol_again(engine: Engine, device_id: str, **kw: object) -> str:
+    with session_scope(engine, write=True) as s:
+        request = EnrollRequest(enrollment_token="x", device_id=device_id, **kw)  # type: ignore[arg-type]
+        return enroll(s, request, replace=True)[1]
+
+
+def test_replacing_rotates_keeps_labels_and_revoke_invalidates(engine: Engine) -> None:
+    _, old = enrol(engine, "pi-1", labels={"site": "a"}, hardware={"cpu": "arm64"})
+    new = enrol_again(engine, "pi-1")
     with session_scope(engine, write=True) as s:
         with pytest.raises(AuthenticationError):
             authenticate(s, old)
-        assert authenticate(s, new).labels == {"site": "b"}
+        device = authenticate(s, new)
+        assert device.labels == {"site": "a"} and device.hardware == {"cpu": "arm64"}
+    newer = enrol_again(engine, "pi-1", labels={"site": "b"})
+    with session_scope(engine, write=True) as s:
+        assert authenticate(s, newer).labels == {"site": "b"}
         revoke_device(s, "pi-1")
     with session_scope(engine) as s:
         with pytest.raises(AuthenticationError):
-            authenticate(s, new)
+            authenticate(s, newer)
         page = list_devices(s)
         assert page.total == 1 and page.items[0].revoked
 

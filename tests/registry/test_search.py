@@ -82,6 +82,17 @@ def test_search_versions_by_metric_thresholds(catalog: Engine) -> None:
         assert search_versions(s, task="regression").total == 0
 
 
+def test_sorting_by_a_metric_keeps_versions_without_it_last(catalog: Engine) -> None:
+    with session_scope(catalog) as s:
+        page = search_versions(s, model="digits-mlp", sort="f1")
+        assert page.total == 3
+        assert pairs(page) == [("digits-mlp", 1), ("digits-mlp", 3), ("digits-mlp", 2)]
+        tail = search_versions(s, model="digits-mlp", sort="f1", limit=2, offset=1)
+        assert tail.total == 3 and pairs(tail) == [("digits-mlp", 3), ("digits-mlp", 2)]
+        nobody = search_versions(s, sort="no_such_metric")
+        assert nobody.total == 4 and len(nobody.items) == 4
+
+
 @pytest.mark.parametrize("text", ["accuracy", "accuracy>=x", ">=0.9", "acc uracy>=1", "a>=nan"])
 def test_malformed_metric_filters(text: str) -> None:
     with pytest.raises(InvalidQueryError):

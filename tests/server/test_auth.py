@@ -87,3 +87,55 @@ def test_admin_may_act_for_a_device(api: Api, client: TestClient, path: str) -> 
     api.production()
     api.enrol("dev-a")
     assert client.get(path, headers=ADMIN).status_code == 200
+
+
+ENROL = "/api/v1/devices/enroll"
+
+
+def test_the_enrolment_token_cannot_take_over_an_enrolled_device(
+    api: Api, client: TestClient
+) -> None:
+    api.production()
+    running = api.enrol("press-7")
+    assert client.patch(
+        "/api/v1/devices/press-7", json={"labels": {"site": "berlin"}}, headers=ADMIN
+    ).status_code == 200
+    body = {"enrollment_token": ENROL_TOKEN, "device_id": "press-7", "labels": {"site": "x"}}
+    r = client.post(ENROL, json=body)
+    assert r.status_code == 409
+    assert "already enrolled" in r.json()["detail"] and "admin key" in r.json()["detail"]
+    assert "device_token" not in r.text
+    # the running device is untouched: its token works and its labels stay
+    assert client.get("/api/v1/devices/press-7/assignment", headers=running).status_code == 200
+    assert client.get("/api/v1/devices/press-7", headers=running).json()["labels"] == {
+        "site": "berlin"
+    }
+    # a device token is no admin key: it cannot re-enrol (itself or another device) either
+    assert client.post(ENROL, json=body, headers=running).status_code == 409
+    # a revoked id stays revoked for the enrolment token too
+    client.delete("/api/v1/devices/press-7", headers=ADMIN)
+    assert client.post(ENROL, json=body).status_code == 409
+
+
+def test_the_operator_re_enrols_a_re_imaged_device(api: Api, client: TestClient) -> None:
+    api.production()
+    old = api.enrol("press-7")
+    client.patch("/api/v1/devices/press-7", json={"labels": {"site": "berlin"}}, headers=ADMIN)
+    body = {"enrollment_token": ENROL_TOKEN, "device_id": "press-7"}
+    r = client.post(ENROL, json=body, headers={"X-Admin-Key": "wrong-key-123"})
+    assert r.status_code == 401
+    r = client.post(ENROL, json={**body, "enrollment_token": "guess-guess"}, headers=ADMIN)
+    assert r.status_code == 401  # the admin key adds the right to replace, not to skip the token
+    r = client.post(ENROL, json=body, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    new = {"Authorization": f"Bearer {r.json()['device_token']}"}
+    assert r.json()["device_id"] == "press-7"
+    assert client.get("/api/v1/devices/press-7/assignment", headers=old).status_code == 401
+    assert client.get("/api/v1/devices/press-7/assignment", headers=new).status_code == 200
+    device = client.get("/api/v1/devices/press-7", headers=ADMIN).json()
+    assert device["labels"] == {"site": "berlin"} and device["model"] == "digits"
+    r = client.post(ENROL, json={**body, "labels": {"site": "hamburg"}}, headers=ADMIN)
+    assert r.status_code == 201
+    assert client.get("/api/v1/devices/press-7", headers=ADMIN).json()["labels"] == {
+        "site": "hamburg"
+    }

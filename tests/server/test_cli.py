@@ -58,3 +58,33 @@ def test_migrate_create_and_publish(env: str, digits_plan_dir: Path) -> None:
 def test_bad_env_file_is_a_clear_error(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["server", "migrate", "--env-file", str(tmp_path / "nope.env")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def _one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: ") and "Traceback" not in output
+    return lines[0]
+
+
+def test_unreachable_database_is_one_line_without_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # port 1 on the loopback: nothing listens there, the connection is refused at once
+    url = "postgresql+psycopg://edgefleet:hunter2-secret@127.0.0.1:1/edgefleet?connect_timeout=2"
+    monkeypatch.setenv("EDGEFLEET_SERVER_DATABASE_URL", url)
+    monkeypatch.setenv("EDGEFLEET_SERVER_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    runner = CliRunner()
+    for args in (["server", "migrate"], ["server", "run", "--port", "1"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1, r.output
+        line = _one_error_line(r.output)
+        assert "hunter2-secret" not in r.output
+        assert "edgefleet:***@127.0.0.1:1" in line, line
+
+
+def test_unknown_revision_is_one_line(env: str) -> None:
+    r = CliRunner().invoke(app, ["server", "migrate", "--revision", "bogus"])
+    assert r.exit_code == 1, r.output
+    line = _one_error_line(r.output)
+    assert "bogus" in line and "migrate" in line

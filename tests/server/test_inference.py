@@ -98,6 +98,8 @@ def test_versions_and_aliases_choose_who_answers(served: Api, client: TestClient
         ("strings", 400, "non-numeric"),
         ("numeric_strings", 400, "non-numeric"),
         ("booleans", 400, "booleans"),
+        ("fp32_with_some_booleans", 400, "booleans"),
+        ("nested_booleans", 400, "booleans"),
         ("bytes_type", 400, "not supported"),
         ("bad_datatype", 400, "datatype"),
         ("nan", 400, "NaN"),
@@ -135,6 +137,10 @@ def test_bad_requests_get_protocol_errors(
         body = tensor(["1.5"] * 64, [1, 64])
     elif case == "booleans":
         body = tensor([True] * 64, [1, 64])
+    elif case == "fp32_with_some_booleans":
+        body = tensor([True, False] + [0.5] * 62, [1, 64])
+    elif case == "nested_booleans":
+        body = tensor([[0.5] * 63 + [True]], [1, 64])
     elif case == "bytes_type":
         body = tensor([0] * 64, [1, 64], "BYTES")
     elif case == "bad_datatype":

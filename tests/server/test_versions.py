@@ -90,13 +90,15 @@ def test_upload_full_then_weights_only(
 def _bad_upload(api: Api, case: str):  # type: ignore[no-untyped-def]
     files = api.files
     if case == "wrong_plan_sha256":
-        return api.upload(declared={"plan_sha256": sha256_bytes(b"other")}), 400, "sha256 mismatch"
+        r = api.upload(declared={"plan_sha256": sha256_bytes(b"other")})
+        return r, 400, "plan file: sha256 mismatch"
     if case == "wrong_weights_sha256":
-        return api.upload(declared={"weights_sha256": "0" * 64}), 400, "sha256 mismatch"
+        r = api.upload(declared={"weights_sha256": "0" * 64})
+        return r, 400, "weights file: sha256 mismatch"
     if case == "wrong_manifest_sha256":
-        return api.upload(declared={"manifest_sha256": "f" * 64}), 400, "sha256 mismatch"
+        return api.upload(declared={"manifest_sha256": "f" * 64}), 400, "manifest file: sha256"
     if case == "malformed_sha256":
-        return api.upload(declared={"plan_sha256": "abc"}), 400, "64 lowercase hex"
+        return api.upload(declared={"plan_sha256": "abc"}), 400, "plan file: the declared"
     if case == "corrupt_plan":
         half = len(files.plan) // 2
         plan = files.plan[:half] + b"\xff" * 300 + files.plan[half + 300 :]

@@ -9,9 +9,14 @@ from fastapi import APIRouter, Query, Response
 
 from edgefleet.wire import AliasEventInfo, AliasInfo, AliasMove, AliasRollback, Page
 from registry import aliases
+from server.api.responses import ADMIN_ERRORS, error_responses
 from server.deps import AdminDep, Limit, Offset, SessionDep, SettingsDep, WriteSessionDep
 
-router = APIRouter(prefix="/models/{model}", tags=["aliases"])
+router = APIRouter(
+    prefix="/models/{model}",
+    tags=["aliases"],
+    responses={**ADMIN_ERRORS, **error_responses(404)},
+)
 
 
 @router.get("/aliases", response_model=list[AliasInfo], summary="A model's aliases")
@@ -43,7 +48,12 @@ def get_alias(
     )
 
 
-@router.put("/aliases/{alias}", response_model=AliasInfo, summary="Point an alias at a version")
+@router.put(
+    "/aliases/{alias}",
+    response_model=AliasInfo,
+    summary="Point an alias at a version",
+    responses=error_responses(409),
+)
 def move_alias(
     model: str,
     alias: str,
@@ -81,6 +91,7 @@ def delete_alias(
     "/aliases/{alias}/rollback",
     response_model=AliasInfo,
     summary="Move an alias back to where its latest move took it from",
+    responses=error_responses(409),
 )
 def rollback_alias(
     model: str, alias: str, body: AliasRollback, caller: AdminDep, session: WriteSessionDep

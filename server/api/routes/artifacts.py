@@ -19,12 +19,17 @@ from registry.assignment import check_download
 from registry.catalog import get_model
 from registry.errors import AuthenticationError, PermissionDeniedError
 from registry.versions import get_version
+from server.api.responses import ADMIN_ERRORS, error_responses
 from server.deps import CallerDep, SessionDep, StateDep
 from server.errors import ModelUnavailableError
 from server.security import Caller
 from server.state import AppState
 
-router = APIRouter(prefix="/models/{model}/versions/{version}", tags=["artifacts"])
+router = APIRouter(
+    prefix="/models/{model}/versions/{version}",
+    tags=["artifacts"],
+    responses={**ADMIN_ERRORS, **error_responses(404, 503)},
+)
 
 Kind = Literal["plan", "weights", "manifest"]
 MEDIA_TYPES: dict[str, str] = {

@@ -18,10 +18,15 @@ from edgefleet.wire import ArtifactRef, Assignment, artifact_url
 from registry.assignment import assign
 from registry.devices import get_device, touch
 from registry.errors import AuthenticationError
+from server.api.responses import CALLER_ERRORS, error_responses
 from server.api.routes.artifacts import etag_matches
 from server.deps import CallerDep, SessionDep, SettingsDep, require_self
 
-router = APIRouter(prefix="/devices", tags=["assignment"])
+router = APIRouter(
+    prefix="/devices",
+    tags=["assignment"],
+    responses={**CALLER_ERRORS, **error_responses(404)},
+)
 
 
 @router.get(

@@ -10,6 +10,7 @@ from edgefleet.wire import EnrollRequest, EnrollResponse, Page
 from registry import devices
 from registry.errors import AuthenticationError, PermissionDeniedError
 from registry.models import DevicePublic, DeviceUpdate
+from server.api.responses import ADMIN_ERRORS, error_responses
 from server.deps import (
     AdminDep,
     CallerDep,
@@ -25,23 +26,36 @@ from server.security import Caller, match_key
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 
-@router.post("/enroll", status_code=201, response_model=EnrollResponse, summary="Enrol a device")
-def enroll(body: EnrollRequest, state: StateDep, session: WriteSessionDep) -> EnrollResponse:
+@router.post(
+    "/enroll",
+    status_code=201,
+    response_model=EnrollResponse,
+    summary="Enrol a device",
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+def enroll(
+    body: EnrollRequest, caller: CallerDep, state: StateDep, session: WriteSessionDep
+) -> EnrollResponse:
     """Trade an enrolment token for a device token (shown once; only its hash is stored).
 
-    Enrolling an id that exists replaces its token: a re-imaged device recovers this way.
+    A device id that is already enrolled is refused (409): the fleet's enrolment token must not
+    let anyone take over a running device. To recover a re-imaged device, the operator
+    re-enrols its id with an admin key (``X-Admin-Key``) *and* the enrolment token: the device
+    gets a new token (the old one stops working) and keeps its labels unless new ones are given.
     """
     if not state.enrollment_tokens:
         raise PermissionDeniedError("enrolment is disabled: no enrolment token is configured")
     key = match_key(body.enrollment_token, state.enrollment_tokens)
     if key is None:
         raise AuthenticationError("invalid enrolment token")
-    device, token = devices.enroll(session, body)
+    device, token = devices.enroll(session, body, replace=caller.kind == "admin")
     session.commit()
     return EnrollResponse(device_id=device.id, device_token=token)
 
 
-@router.get("", response_model=Page[DevicePublic], summary="List devices")
+@router.get(
+    "", response_model=Page[DevicePublic], summary="List devices", responses=ADMIN_ERRORS
+)
 def list_devices(
     _: AdminDep,
     session: SessionDep,
@@ -59,14 +73,22 @@ def _public(session: SessionDep, device_id: str) -> DevicePublic:
     return devices.devices_public(session, [devices.get_device(session, device_id)])[0]
 
 
-@router.get("/{device_id}", response_model=DevicePublic, summary="Read a device")
+@router.get(
+    "/{device_id}",
+    response_model=DevicePublic,
+    summary="Read a device",
+    responses={**ADMIN_ERRORS, **error_responses(404)},
+)
 def get_device(device_id: str, caller: CallerDep, session: SessionDep) -> DevicePublic:
     _self_or_admin(caller, device_id)
     return _public(session, device_id)
 
 
 @router.patch(
-    "/{device_id}", response_model=DevicePublic, summary="Label a device or set its model"
+    "/{device_id}",
+    response_model=DevicePublic,
+    summary="Label a device or set its model",
+    responses={**ADMIN_ERRORS, **error_responses(404)},
 )
 def update_device(
     device_id: str, body: DeviceUpdate, _: AdminDep, session: WriteSessionDep
@@ -76,7 +98,12 @@ def update_device(
     return _public(session, device_id)
 
 
-@router.delete("/{device_id}", response_model=DevicePublic, summary="Revoke a device's token")
+@router.delete(
+    "/{device_id}",
+    response_model=DevicePublic,
+    summary="Revoke a device's token",
+    responses={**ADMIN_ERRORS, **error_responses(404)},
+)
 def revoke_device(device_id: str, _: AdminDep, session: WriteSessionDep) -> DevicePublic:
     devices.revoke_device(session, device_id)
     session.commit()

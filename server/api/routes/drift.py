@@ -26,6 +26,7 @@ from edgefleet.drift import DriftSummary, ReferenceProfile
 from registry.errors import ConflictError
 from registry.telemetry import drift_rows
 from registry.versions import get_version, reference_of
+from server.api.responses import ADMIN_ERRORS, error_responses
 from server.deps import AdminDep, SessionDep, StateDep
 from server.drift import (
     DeviceDriftReport,
@@ -40,7 +41,11 @@ from server.drift import (
 )
 from server.state import AppState
 
-router = APIRouter(prefix="/models/{model}/versions/{version}/drift", tags=["drift"])
+router = APIRouter(
+    prefix="/models/{model}/versions/{version}/drift",
+    tags=["drift"],
+    responses={**ADMIN_ERRORS, **error_responses(404, 409)},
+)
 
 Since = Annotated[datetime | None, Query(description="windows ending at or after (with zone)")]
 Until = Annotated[datetime | None, Query(description="windows starting at or before")]

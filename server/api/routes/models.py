@@ -9,19 +9,28 @@ from fastapi import APIRouter, Query
 from edgefleet.wire import Page
 from registry import catalog, search
 from registry.models import ModelCreate, ModelPublic, ModelUpdate
+from server.api.responses import ADMIN_ERRORS, error_responses
 from server.deps import AdminDep, Limit, Offset, SessionDep, WriteSessionDep
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=ADMIN_ERRORS)
 
 
-@router.post("", status_code=201, response_model=ModelPublic, summary="Register a model")
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelPublic,
+    summary="Register a model",
+    responses=error_responses(409),
+)
 def create_model(body: ModelCreate, _: AdminDep, session: WriteSessionDep) -> ModelPublic:
     model = catalog.create_model(session, body)
     session.commit()
     return catalog.model_public(session, model)
 
 
-@router.get("", response_model=Page[ModelPublic], summary="Search models")
+@router.get(
+    "", response_model=Page[ModelPublic], summary="Search models", responses=error_responses(422)
+)
 def list_models(
     _: AdminDep,
     session: SessionDep,
@@ -37,12 +46,19 @@ def list_models(
     )
 
 
-@router.get("/{model}", response_model=ModelPublic, summary="Read a model")
+@router.get(
+    "/{model}", response_model=ModelPublic, summary="Read a model", responses=error_responses(404)
+)
 def get_model(model: str, _: AdminDep, session: SessionDep) -> ModelPublic:
     return catalog.model_public(session, catalog.get_model(session, model))
 
 
-@router.patch("/{model}", response_model=ModelPublic, summary="Describe or tag a model")
+@router.patch(
+    "/{model}",
+    response_model=ModelPublic,
+    summary="Describe or tag a model",
+    responses=error_responses(404),
+)
 def update_model(
     model: str, body: ModelUpdate, _: AdminDep, session: WriteSessionDep
 ) -> ModelPublic:

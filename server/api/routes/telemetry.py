@@ -11,9 +11,10 @@ from edgefleet.wire import Page, TelemetryAck, TelemetryReport
 from registry import telemetry
 from registry.db import write_session
 from registry.models import TelemetryPublic
+from server.api.responses import ADMIN_ERRORS, error_responses
 from server.deps import AdminDep, DeviceDep, Offset, SessionDep, require_self
 
-router = APIRouter(tags=["telemetry"])
+router = APIRouter(tags=["telemetry"], responses=ADMIN_ERRORS)
 
 
 @router.post(
@@ -23,7 +24,7 @@ router = APIRouter(tags=["telemetry"])
     summary="Post a telemetry report (stored once per idempotency key)",
     responses={
         200: {"model": TelemetryAck, "description": "a retry: the report was already stored"},
-        409: {"description": "the idempotency key was used for a different report"},
+        **error_responses(404, 409),
     },
 )
 def post_report(

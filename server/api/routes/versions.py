@@ -27,14 +27,15 @@ from starlette.datastructures import FormData, UploadFile
 from edgefleet.wire import Page, VersionInfo, VersionPublish
 from registry import search, versions
 from registry.db import write_session
-from registry.errors import InvalidQueryError
+from registry.errors import ArtifactTooLargeError, DigestMismatchError, InvalidQueryError
 from registry.models import VersionStatus, VersionStatusUpdate
 from registry.publish import UploadedArtifacts, publish_version
+from server.api.responses import ADMIN_ERRORS, error_responses
 from server.deps import AdminDep, Limit, Offset, SessionDep, StateDep, WriteSessionDep
 from server.security import Caller
 from server.state import AppState
 
-router = APIRouter(tags=["versions"])
+router = APIRouter(tags=["versions"], responses=ADMIN_ERRORS)
 
 _FILE = {"type": "string", "format": "binary"}
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -47,7 +48,12 @@ UPLOAD_SCHEMA: dict[str, Any] = {
                     "type": "object",
                     "required": ["weights", "weights_sha256"],
                     "properties": {
-                        "metadata": {"type": "string", "description": "VersionPublish JSON"},
+                        "metadata": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/VersionPublish"},
+                            "description": "a VersionPublish object as JSON (default {})",
+                        },
                         "weights": _FILE,
                         "weights_sha256": _SHA,
                         "plan": _FILE,
@@ -79,10 +85,20 @@ _FIELDS = {
     response_model=VersionInfo,
     summary="Upload a new version (verified before it becomes READY)",
     openapi_extra=UPLOAD_SCHEMA,
+    responses=error_responses(400, 404, 409, 413, 422),
 )
 async def upload_version(
     model: str, request: Request, caller: AdminDep, state: StateDep
 ) -> VersionInfo:
+    """Upload a version as ``multipart/form-data`` and publish it once verified.
+
+    Fields: ``metadata``, a [VersionPublish](#/components/schemas/VersionPublish) object as JSON
+    (description, metrics, lineage such as ``parent_version`` or ``plan_from_version``,
+    aliases to move; default ``{}``); ``weights`` (safetensors) with ``weights_sha256``;
+    optionally ``plan`` (.tflite) with ``plan_sha256`` and ``manifest`` (JSON) with
+    ``manifest_sha256``. Each file must hash to its declared sha256 (400 naming the file),
+    fit the upload limit (413) and belong with the others (422).
+    """
     async with request.form(
         max_files=3, max_fields=len(_FIELDS), max_part_size=MAX_METADATA_BYTES
     ) as form:
@@ -130,7 +146,12 @@ def _publish(state: AppState, model: str, form: FormData, caller: Caller) -> Ver
             declared = _text(form, f"{name}_sha256")
             if declared is None and name != "manifest":
                 raise InvalidQueryError(f"declare the {name} file's digest in {name}_sha256")
-            staged[name] = staging.stage(upload.file, expected_sha256=declared, max_bytes=limit)
+            try:
+                staged[name] = staging.stage(
+                    upload.file, expected_sha256=declared, max_bytes=limit
+                )
+            except (DigestMismatchError, ArtifactTooLargeError) as exc:
+                raise type(exc)(f"{name} file: {exc}") from None
         artifacts = UploadedArtifacts(
             weights=staged["weights"], plan=staged.get("plan"), manifest=staged.get("manifest")
         )
@@ -150,7 +171,10 @@ def _publish(state: AppState, model: str, form: FormData, caller: Caller) -> Ver
 
 
 @router.get(
-    "/models/{model}/versions", response_model=Page[VersionInfo], summary="List a model's versions"
+    "/models/{model}/versions",
+    response_model=Page[VersionInfo],
+    summary="List a model's versions",
+    responses=error_responses(404),
 )
 def list_versions(
     model: str,
@@ -163,7 +187,12 @@ def list_versions(
     return versions.list_versions(session, model, status=status, limit=limit, offset=offset)
 
 
-@router.get("/models/{model}/versions/{version}", response_model=VersionInfo, summary="Read")
+@router.get(
+    "/models/{model}/versions/{version}",
+    response_model=VersionInfo,
+    summary="Read",
+    responses=error_responses(404),
+)
 def get_version(model: str, version: int, _: AdminDep, session: SessionDep) -> VersionInfo:
     return versions.version_info(session, versions.get_version(session, model, version))
 
@@ -172,6 +201,7 @@ def get_version(model: str, version: int, _: AdminDep, session: SessionDep) -> V
     "/models/{model}/versions/{version}",
     response_model=VersionInfo,
     summary="Archive a version (or bring it back)",
+    responses=error_responses(404, 409),
 )
 def change_status(
     model: str, version: int, body: VersionStatusUpdate, _: AdminDep, session: WriteSessionDep
@@ -181,7 +211,12 @@ def change_status(
     return versions.version_info(session, row)
 
 
-@router.get("/versions", response_model=Page[VersionInfo], summary="Search versions")
+@router.get(
+    "/versions",
+    response_model=Page[VersionInfo],
+    summary="Search versions",
+    responses=error_responses(422),
+)
 def search_versions(
     _: AdminDep,
     session: SessionDep,
