@@ -32,7 +32,7 @@ from edge_client.errors import (
 from edge_client.inference import InferenceRouter, Prediction
 from edge_client.models import InstalledVersion, ModelManager
 from edge_client.outbox import Outbox
-from edge_client.settings import AgentSettings
+from edge_client.settings import DEFAULT_POLL_INTERVAL_S, AgentSettings
 from edge_client.storage import StateStore
 from edge_client.store import LabelStore
 from edge_client.telemetry import DrainResult, Telemetry, merge_report_bodies
@@ -83,11 +83,13 @@ class Agent:
                              backoff_max_s=s.outbox_backoff_max_s, merge=merge_report_bodies)
         self.telemetry = Telemetry(self.outbox, self.state)
         self.eligibility = eligibility or DeviceEligibility.from_settings(s)
+        self._stop = threading.Event()  # replaced by run()'s: it cuts retry waits short
         if client is None and credentials is not None:
             client = ServerClient(
                 s.server_url or credentials.server_url, token=credentials.device_token,
                 connect_timeout_s=s.connect_timeout_s, read_timeout_s=s.read_timeout_s,
-                retries=s.retries, backoff_s=s.retry_backoff_s,
+                retries=s.retries, backoff_s=s.retry_backoff_s, sleep=self._pause,
+                cancelled=self._stop_requested,
             )
         self.client = client
         self.models = ModelManager(s.models_dir, interpreter=s.interpreter,
@@ -205,12 +207,20 @@ class Agent:
             log.error("could not record %s: %s", key, exc)
 
     def poll_interval(self) -> float:
-        """Seconds until the next poll: the server's suggestion (bounded) with jitter."""
+        """Seconds until the next poll, with jitter.
+
+        An explicit ``poll_interval_s`` setting wins; without one the server's suggestion
+        (bounded by ``min_poll_interval_s``/``max_poll_interval_s``) is used, and
+        ``DEFAULT_POLL_INTERVAL_S`` until the server has suggested one.
+        """
         s = self.settings
-        base = s.poll_interval_s
-        if self.assignment is not None:
+        if s.poll_interval_s is not None:
+            base = s.poll_interval_s
+        elif self.assignment is not None:
             base = min(max(self.assignment.poll_interval_s, s.min_poll_interval_s),
                        s.max_poll_interval_s)
+        else:
+            base = DEFAULT_POLL_INTERVAL_S
         return base * random.uniform(1 - s.poll_jitter, 1 + s.poll_jitter)
 
     def _on_event(self, kind: str, details: dict[str, Any]) -> None:
@@ -245,10 +255,29 @@ class Agent:
         out["consecutive_local_failures"] = self.router.failures
         return out
 
+    def _pause(self, seconds: float) -> None:
+        """The client's wait between retries, cut short once the agent is asked to stop."""
+        self._stop.wait(seconds)
+
+    def _stop_requested(self) -> bool:
+        return self._stop.is_set()
+
     def run(self, stop: threading.Event, *, serve_http: bool = True) -> None:
-        """Poll, report and serve until ``stop`` is set; flush telemetry on the way out."""
+        """Poll, report and serve until ``stop`` is set; flush telemetry on the way out.
+
+        Shutdown is prompt: setting ``stop`` wakes the loop and any retry wait at once; the
+        local endpoint stops within a fraction of a second; telemetry windows are flushed into
+        the on-disk outbox, and one last drain tries each due report once with a short timeout
+        (what it cannot send is sent after the next start).
+
+        Raises
+        ------
+        ConfigurationError
+            The local endpoint's port is in use or cannot be bound.
+        """
         from edge_client.http_api import LocalServer
 
+        self._stop = stop
         server = None
         if serve_http and self.settings.http_port >= 0:
             server = LocalServer(self, port=self.settings.http_port).start()
@@ -271,6 +300,8 @@ class Agent:
                     next_drain = now + min(10.0, self.settings.telemetry_interval_s)
                 stop.wait(max(0.05, min(next_poll, next_flush, next_drain) - time.monotonic()))
         finally:
+            if self.client is not None:
+                self.client.hurry()
             if server is not None:
                 server.stop()
             self._guarded("final telemetry flush", self.flush_telemetry)

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,18 @@ if TYPE_CHECKING:
     from edge_client.settings import AgentSettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+
+class LogLevel(StrEnum):
+    """The ``--log-level`` choices (case-insensitive)."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
 
 DataDir = typer.Option(None, "--data-dir", help="agent data directory", show_default=False)
 
@@ -74,10 +87,11 @@ def run(
     data_dir: Path | None = DataDir,
     http_port: int | None = typer.Option(
         None, "--http-port", help="local endpoint port on 127.0.0.1 (0 = any, -1 = off)"),
-    log_level: str = typer.Option("INFO", "--log-level"),
+    log_level: LogLevel = typer.Option(
+        LogLevel.INFO, "--log-level", case_sensitive=False, help="logging threshold"),
 ) -> None:
     """Run the agent until SIGTERM/SIGINT: poll, update models, serve, report."""
-    logging.basicConfig(level=log_level.upper(),
+    logging.basicConfig(level=log_level.value,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edge_client.agent import Agent
     from edge_client.errors import AgentError
@@ -176,8 +190,16 @@ def _read_rows(json_text: str | None, csv_text: str | None, file: Path | None) -
     rows = [r for r in csv.reader(io.StringIO(csv_text)) if r]
     try:
         return [[float(v) for v in r] for r in rows]
-    except ValueError:  # a header row
-        return [[float(v) for v in r] for r in rows[1:]]
+    except ValueError:  # a header row?
+        pass
+    try:
+        numbers = [[float(v) for v in r] for r in rows[1:]]
+    except ValueError as exc:
+        raise ValueError(f"CSV values are non-numeric ({exc})") from None
+    if not numbers:
+        raise ValueError("CSV values are non-numeric: "
+                         f"{','.join(rows[0]) if rows else '(empty)'}")
+    return numbers
 
 
 @app.command()

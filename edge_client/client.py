@@ -93,6 +93,9 @@ class ServerClient:
         Replaces the network (httpx's transport seam).
     sleep : callable
         How to wait between retries (default ``time.sleep``).
+    cancelled : callable or None
+        Asked before each retry; ``True`` gives up at once with
+        :class:`ServerUnavailableError` (the agent is shutting down).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class ServerClient:
         backoff_s: float = 0.5,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         timeout = (
             httpx.Timeout(timeout_s)
@@ -119,6 +123,7 @@ class ServerClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self._sleep = sleep
+        self._cancelled = cancelled or (lambda: False)
         self.http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
@@ -133,6 +138,12 @@ class ServerClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def hurry(self, timeout_s: float = 2.0) -> None:
+        """No more retries and at most ``timeout_s`` per request: the process is shutting down
+        and whatever is not sent now waits on disk for the next start."""
+        self.retries = 0
+        self.http.timeout = httpx.Timeout(timeout_s)
+
     def backoff(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (0-based), jittered."""
         return self.backoff_s * (2**attempt) * random.uniform(0.5, 1.5)
@@ -145,6 +156,8 @@ class ServerClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 self._sleep(self.backoff(attempt - 1))
+                if self._cancelled():
+                    raise ServerUnavailableError(f"{last} (no more retries: shutting down)")
             try:
                 response = self.http.request(method, url, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

@@ -19,6 +19,7 @@ root. Input errors are also :class:`edgefleet.errors.InputError`, the core's own
         │   └── DiskFullError            no space (ENOSPC/EDQUOT/EFBIG or the free-space reserve)
         ├── ModelRejectedError           a model that would not load or answer its smoke test
         ├── ModelUnavailableError        neither a local model nor the server could answer
+        ├── UnknownModelError            the named model/version is neither local nor on the server
         ├── InvalidInputError            wrong shape/dtype/content (also an ``InputError``)
         ├── StoreError                   the label store, outbox or state database failed
         └── NotEligibleError             the device may not train now (``reasons``)
@@ -101,6 +102,11 @@ class ModelRejectedError(AgentError):
 
 class ModelUnavailableError(AgentError):
     """No local model could answer and the server's fallback inference failed too."""
+
+
+class UnknownModelError(AgentError):
+    """A request named a model or version this device does not run and the server does not
+    know (or, offline, that this device does not run): the local endpoint answers 404."""
 
 
 class InvalidInputError(AgentError, InputError):

@@ -16,9 +16,22 @@ endpoint both call it):
 4. Any other local failure (interpreter error, non-finite output) falls back, and after
    ``failures_before_rollback`` consecutive failures the active model is rolled back.
 5. The fallback is ``POST /v2/models/{m}[/versions/{v}]/infer`` with the inference timeout and
-   the client's retries. A 400/422 from the server is an :class:`InvalidInputError`; an
-   unreachable server raises :class:`~edge_client.errors.ModelUnavailableError` and opens a short
-   cool-down (``fallback_cooldown_s``) during which predictions needing the fallback fail at once.
+   the client's retries. A 400/413/422 from the server is an :class:`InvalidInputError`; a 404
+   (and, offline, a named model or version this device does not run) is an
+   :class:`~edge_client.errors.UnknownModelError`; an unreachable server raises
+   :class:`~edge_client.errors.ModelUnavailableError` and opens a short cool-down
+   (``fallback_cooldown_s``) during which predictions needing the fallback fail at once.
+
+Telemetry describes this device's own model only, so the server never gets a report about a
+version it did not give the device:
+
+* local answers count (rows, latency, drift) in the window of the active version that served;
+* fallback answers for the device's own model (no model named, or the active/assigned one, any
+  version) count as ``fallback`` rows of the device's own version — the active one, or the
+  assigned one before anything is installed. Fallback answers for *other* models are proxying
+  and are not counted;
+* ``errors`` counts failures of the local model only; a failed or refused fallback is the
+  server's business and is not reported as an error of any version.
 
 Counts are in rows (examples), not requests.
 """
@@ -36,6 +49,7 @@ from edge_client.errors import (
     ModelUnavailableError,
     ServerError,
     ServerRejectedError,
+    UnknownModelError,
 )
 from edge_client.models import ActiveModel
 from edge_client.v2 import labels_from_response, probs_from_response, request_from_array
@@ -124,7 +138,8 @@ class InferenceRouter:
         active = self.agent.models.active
         reason = "no local model is active"
         if active is not None and not self._serves(active, model, version):
-            reason = f"{model} v{version} is not the local model"
+            reason = (f"{_describe(model or active.info.model, version)} is not the local model "
+                      f"({active.info.model!r} version {active.info.version})")
         elif active is not None:
             manifest = active.runtime.manifest
             feats = arr[None] if arr.shape == manifest.input.sample_shape else arr
@@ -165,7 +180,11 @@ class InferenceRouter:
     def _fallback(self, arr: np.ndarray, reason: str, model: str | None, version: int | None
                   ) -> Prediction:
         client = self.agent.client
+        active = self.agent.models.active
         if client is None:
+            if active is not None:  # it runs a model, and not the one named
+                raise UnknownModelError(
+                    f"{reason}, and without enrolment there is no server to ask")
             raise ModelUnavailableError(f"{reason}, and without enrolment there is no fallback")
         target, target_version = self._fallback_target(model, version)
         if target is None:
@@ -174,7 +193,6 @@ class InferenceRouter:
         if wait > 0:
             raise ModelUnavailableError(
                 f"{reason}; the server's fallback was unreachable, next try in {wait:.1f} s")
-        active = self.agent.models.active
         input_name = active.runtime.manifest.input.name if active is not None else "x"
         rows = arr[None] if arr.ndim == 1 else arr
         settings = self.agent.settings
@@ -186,11 +204,13 @@ class InferenceRouter:
         except ServerRejectedError as exc:
             if exc.status_code in (400, 413, 422):
                 raise InvalidInputError(f"the server refused the input too: {exc.detail}") from exc
-            self._count_error(target, target_version)
+            if exc.status_code == 404:
+                raise UnknownModelError(
+                    f"{_describe(target, target_version)} is neither on this device nor on "
+                    f"the server: {exc.detail}") from exc
             raise ModelUnavailableError(f"{reason}; the server's fallback refused: {exc}") from exc
         except ServerError as exc:
             self._cooldown_until = time.monotonic() + settings.fallback_cooldown_s
-            self._count_error(target, target_version)
             raise ModelUnavailableError(f"{reason}; the server's fallback failed: {exc}") from exc
         latency = (time.perf_counter() - start) * 1000.0
         answered = response.model_version
@@ -200,14 +220,19 @@ class InferenceRouter:
             names = active.runtime.manifest.output.class_labels if active is not None else None
             idx = np.argmax(probs, axis=1)
             classes = [names[i] if names and i < len(names) else str(i) for i in idx]
-        if answered_version is not None:
-            self.agent.telemetry.record_fallback(target, answered_version, int(rows.shape[0]))
+        own = self._own_version()
+        if own is not None and target == own[0]:
+            self.agent.telemetry.record_fallback(own[0], own[1], int(rows.shape[0]))
         return Prediction(probs, classes, "fallback", response.model_name or target,
                           answered_version, latency)
 
-    def _count_error(self, model: str, version: int | None) -> None:
-        if version is not None:
-            self.agent.telemetry.record_error(model, version)
+    def _own_version(self) -> tuple[str, int] | None:
+        """The version this device reports on: the active one, else the assigned one."""
+        active = self.agent.models.active
+        if active is not None:
+            return active.info.model, active.info.version
+        a = self.agent.assignment
+        return (a.model, a.version) if a is not None else None
 
     # --- labels ---------------------------------------------------------------------------------
     def record_label(self, x: Any, y: Any) -> int:
@@ -234,6 +259,11 @@ class InferenceRouter:
         classes = manifest.output.class_labels if manifest else None
         idx = np.asarray([_class_index(v, classes) for v in ys], dtype=np.int64)
         return self.agent.labels.add(model, arr, idx)
+
+
+def _describe(model: str, version: int | None) -> str:
+    """``model 'm'`` or ``version 3 of 'm'`` (never a ``vNone``)."""
+    return f"model {model!r}" if version is None else f"version {version} of {model!r}"
 
 
 def _class_index(value: Any, classes: list[str] | None) -> int:

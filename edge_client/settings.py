@@ -18,6 +18,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 InterpreterChoice = Literal["auto", "ai-edge-litert", "tflite-runtime"]
+DEFAULT_POLL_INTERVAL_S = 60.0
 
 
 def default_data_dir() -> Path:
@@ -38,13 +39,19 @@ class AgentSettings(BaseSettings):
         (default ``~/.local/state/edgefleet-agent``). Shared with the Flower SuperNode.
     server_url : str or None
         Overrides the server URL recorded at enrolment (default ``None``: use the recorded one).
-    poll_interval_s : float
-        Seconds between assignment polls before the server suggests its own (default 60).
+    poll_interval_s : float or None
+        Seconds between assignment polls. The rule (see ``Agent.poll_interval``): when set
+        explicitly (keyword or ``EDGEFLEET_AGENT_POLL_INTERVAL_S``) the agent's value is used and
+        the server's suggested ``poll_interval_s`` is ignored — an operator's explicit choice is
+        never overridden silently. When unset (default ``None``) the agent follows the server's
+        suggestion, bounded by ``min_poll_interval_s``/``max_poll_interval_s``, and polls every
+        ``DEFAULT_POLL_INTERVAL_S`` (60) seconds until it has one.
     poll_jitter : float
         Each wait is multiplied by a uniform factor in ``[1 - jitter, 1 + jitter]`` (default 0.2)
         so that a fleet restarted together does not poll in lockstep.
     min_poll_interval_s, max_poll_interval_s : float
-        Bounds applied to the interval the server suggests (defaults 5 and 3600).
+        Bounds applied to the interval the server suggests (defaults 5 and 3600); an explicit
+        ``poll_interval_s`` is not bounded by them.
     connect_timeout_s, read_timeout_s : float
         httpx timeouts for every request (defaults 5 and 30).
     retries : int
@@ -65,6 +72,12 @@ class AgentSettings(BaseSettings):
     http_port : int
         Port of the local inference endpoint on 127.0.0.1; 0 picks a free port, -1 disables it
         (default 8765).
+    max_request_bytes : int
+        Largest request body the local endpoint reads (default 4 MiB, as the server); larger
+        bodies get 413, checked on ``Content-Length`` before reading and while reading chunked
+        bodies.
+    max_batch : int
+        Most rows in one local V2 inference request (default 1024, as the server); more get 400.
     label_store_max : int
         Most labelled examples kept; the oldest are evicted first (default 10000).
     interpreter : {"auto", "ai-edge-litert", "tflite-runtime"}
@@ -98,7 +111,7 @@ class AgentSettings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     server_url: str | None = None
-    poll_interval_s: float = Field(default=60.0, gt=0)
+    poll_interval_s: float | None = Field(default=None, gt=0)
     poll_jitter: float = Field(default=0.2, ge=0, lt=1)
     min_poll_interval_s: float = Field(default=5.0, gt=0)
     max_poll_interval_s: float = Field(default=3600.0, gt=0)
@@ -113,6 +126,8 @@ class AgentSettings(BaseSettings):
     outbox_backoff_base_s: float = Field(default=5.0, ge=0)
     outbox_backoff_max_s: float = Field(default=3600.0, ge=0)
     http_port: int = Field(default=8765, ge=-1, le=65535)
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_batch: int = Field(default=1024, gt=0)
     label_store_max: int = Field(default=10_000, ge=1)
     interpreter: InterpreterChoice = "auto"
     keep_versions: int = Field(default=2, ge=2)

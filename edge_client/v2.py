@@ -70,6 +70,26 @@ def array_from_request(request: InferenceRequest, input_name: str | None = None)
     return flat.reshape(tensor.shape)
 
 
+def requested_outputs(request: InferenceRequest, output_name: str = PROBABILITIES) -> list[str]:
+    """The names of the outputs to send, in order: the request's ``outputs`` (when given) or
+    both, as the server does.
+
+    Raises
+    ------
+    InvalidInputError
+        The request asks for an output the model does not offer.
+    """
+    available = [output_name, LABEL]
+    if not request.outputs:
+        return available
+    names = [r.name for r in request.outputs]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown output(s) {unknown}: the model offers {sorted(available)}")
+    return names
+
+
 def response_from_probs(
     model: str,
     version: int | None,
@@ -78,19 +98,23 @@ def response_from_probs(
     *,
     path: str,
     id: str | None = None,
+    output_name: str = PROBABILITIES,
+    outputs: Sequence[str] | None = None,
 ) -> InferenceResponse:
-    """A V2 response with ``probabilities`` and ``label`` (one predicted label per row)."""
+    """A V2 response with the probabilities (named ``output_name``) and ``label`` (one
+    predicted label per row), or only the ``outputs`` named (see :func:`requested_outputs`)."""
     probs = np.asarray(probs, dtype=np.float32)
+    tensors = {
+        output_name: InferTensor(name=output_name, shape=list(probs.shape), datatype="FP32",
+                                 data=probs.reshape(-1).tolist()),
+        LABEL: InferTensor(name=LABEL, shape=[len(labels)], datatype="BYTES", data=list(labels)),
+    }
     return InferenceResponse(
         model_name=model,
         model_version=None if version is None else str(version),
         id=id,
         parameters={"path": path},
-        outputs=[
-            InferTensor(name=PROBABILITIES, shape=list(probs.shape), datatype="FP32",
-                        data=probs.reshape(-1).tolist()),
-            InferTensor(name=LABEL, shape=[len(labels)], datatype="BYTES", data=list(labels)),
-        ],
+        outputs=[tensors[n] for n in (outputs or [output_name, LABEL])],
     )
 
 

@@ -134,8 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = self.path.strip("/").split("/")
         model = parts[2]
         version = int(parts[4]) if len(parts) > 4 and parts[3] == "versions" else None
-        key = (model, version) if version is not None else max(
-            k for k in st.versions if k[0] == model)
+        known = [k for k in st.versions if k[0] == model]
+        key = (model, version) if version is not None else max(known, default=(model, 0))
         v = st.versions.get(key)
         if v is None:
             return self._send(404, {"error": f"unknown model {model}"})

@@ -159,3 +159,23 @@ def test_install_offline_then_predict_without_enrolment(tmp_path: Path,
     assert code == 1 and "does not load" in out
     code, out = _agent(data, "status")
     assert f"active:      {MODEL} v5" in out
+
+
+def test_run_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out = _agent(tmp_path / "agent", "run", "--http-port", str(port))
+    assert code == 1
+    assert out.strip().splitlines()[-1] == f"error: 127.0.0.1:{port} is already in use"
+    assert "Traceback" not in out
+
+
+def test_predict_rejects_non_numeric_csv_and_run_lists_log_levels(tmp_path: Path) -> None:
+    code, out = _agent(tmp_path / "agent", "predict", "--csv", "a,b,c")
+    assert code == 1 and "non-numeric" in out
+    result = runner.invoke(app, ["agent", "run", "--help"], env={"COLUMNS": "200"})
+    assert "debug|info|warning|error|critical" in result.output
+    code, out = _agent(tmp_path / "agent", "run", "--log-level", "loud")
+    assert code == 2 and "loud" in out

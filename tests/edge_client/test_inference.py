@@ -15,7 +15,7 @@ import pytest
 from edge_client.agent import Agent
 from edge_client.credentials import Credentials
 from edge_client.errors import InvalidInputError, ModelUnavailableError
-from edge_client.http_api import MAX_BODY, LocalServer
+from edge_client.http_api import LocalServer
 from edge_client.settings import AgentSettings
 from simulation.datasets import Dataset
 from tests.edge_client.conftest import MODEL, active
@@ -163,7 +163,7 @@ def test_http_errors_are_v2_error_bodies(local: httpx.Client) -> None:
     # announce a body over the limit: refused before a byte of it is read
     conn = http.client.HTTPConnection("127.0.0.1", local.base_url.port, timeout=10)
     conn.request("POST", f"/v2/models/{MODEL}/infer", body=b"x",
-                 headers={"Content-Length": str(MAX_BODY + 1)})
+                 headers={"Content-Length": str(4 * 1024 * 1024 + 1)})
     too_big = conn.getresponse()
     assert too_big.status == 413 and "exceeds" in json.loads(too_big.read())["error"]
     conn.close()
