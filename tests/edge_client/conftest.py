@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from edge_client.agent import Agent
 from edge_client.credentials import Credentials
+from edge_client.http_api import LocalServer
 from edge_client.models import ActiveModel
 from edge_client.settings import AgentSettings
 from edgefleet.plan import PlanManifest, load_weights, weights_to_bytes
@@ -79,3 +81,14 @@ def published(stub: StubServer, digits_plan_dir: Path) -> StubServer:
     stub.publish(MODEL, 2, digits_plan_dir, weights=scaled_weights(digits_plan_dir, 0.9))
     stub.assign(MODEL, 1)
     return stub
+
+
+@pytest.fixture
+def local(agent: Agent) -> Iterator[httpx.Client]:
+    """A client of the agent's local V2 endpoint (the test module provides ``agent``)."""
+    server = LocalServer(agent, port=0).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            yield client
+    finally:
+        server.stop()

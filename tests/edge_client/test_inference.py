@@ -30,16 +30,6 @@ def agent(settings: AgentSettings, published: StubServer, stub_credentials: Cred
         yield a
 
 
-@pytest.fixture
-def local(agent: Agent) -> Iterator[httpx.Client]:
-    server = LocalServer(agent, port=0).start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            yield client
-    finally:
-        server.stop()
-
-
 def test_local_prediction_matches_the_runtime(agent: Agent, digits_data: Dataset) -> None:
     x = digits_data.x_test[:20]
     pred = agent.predict(x)

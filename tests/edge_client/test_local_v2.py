@@ -43,16 +43,6 @@ def agent(tmp_path: Path, published: StubServer, stub_credentials: Credentials
         yield a
 
 
-@pytest.fixture
-def local(agent: Agent) -> Iterator[httpx.Client]:
-    server = LocalServer(agent, port=0).start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            yield client
-    finally:
-        server.stop()
-
-
 def _raw_post(port: int, head: dict[str, str], payload: bytes) -> tuple[int, dict[str, Any]]:
     """One request written in a single ``sendall`` (the server may answer and close before
     reading all of it), then its response."""
