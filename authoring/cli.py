@@ -183,9 +183,9 @@ def train(
     interpreter: str = typer.Option("auto", help="auto | litert | tflite-runtime"),
 ) -> None:
     """Train a plan on the device runtime (no TensorFlow) and write its weights back."""
+    from edgefleet.datasets import load_dataset
     from edgefleet.errors import EdgeFleetError
     from edgefleet.runtime import PlanRuntime
-    from simulation.datasets import load_dataset
 
     try:
         rt = PlanRuntime.from_dir(path, interpreter=interpreter)
@@ -210,8 +210,8 @@ def demo(
     target: float = typer.Option(0.90, help="exit 1 if the final test accuracy is lower"),
 ) -> None:
     """Author a digits MLP plan, train it on the device runtime, print its test accuracy."""
+    from edgefleet.datasets import load_dataset
     from edgefleet.runtime import PlanRuntime
-    from simulation.datasets import load_dataset
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-demo-") as tmp:
         plan_dir = out or Path(tmp) / "digits-mlp"

@@ -2,7 +2,7 @@
 
 :func:`build_plan` turns any :class:`~authoring.models.PlanModule` plus a description of its data
 into a plan directory; :func:`build_dataset_plan` does it for one of the data sets scikit-learn
-ships (see :mod:`simulation.datasets`), choosing the in-graph preprocessing for it.
+ships (see :mod:`edgefleet.datasets`), choosing the in-graph preprocessing for it.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def build_dataset_plan(
 
     ``arch="convnet"`` needs an image data set (``digits``): the plan then takes ``[n, 8, 8, 1]``.
     """
-    from simulation.datasets import load_dataset
+    from edgefleet.datasets import load_dataset
 
     ds = load_dataset(dataset, seed=split_seed)
     shift, scale = ds.suggested_preprocessing()

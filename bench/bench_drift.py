@@ -28,10 +28,10 @@ from _common import Column, plan_dir_or_build, print_table, timeit
 
 
 def run(plan_dir: Path, batch: int, seconds: float) -> None:
+    from edgefleet.datasets import load_dataset
     from edgefleet.drift import DriftAccumulator
     from edgefleet.runtime import PlanRuntime
     from server.drift import compute_drift
-    from simulation.datasets import load_dataset
 
     runtime = PlanRuntime.from_dir(plan_dir)
     manifest = runtime.manifest

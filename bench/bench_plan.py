@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import tensorflow as tf
 
+    from edgefleet.datasets import load_dataset
     from edgefleet.interpreters import available_interpreters
     from edgefleet.plan import PlanManifest
     from edgefleet.runtime import PlanRuntime
-    from simulation.datasets import load_dataset
 
     ds = load_dataset("digits")
     x1 = ds.x_test[:1]

@@ -8,11 +8,15 @@ Owns
     * ``edgefleet.drift``    the mergeable drift summary that devices report;
     * ``edgefleet.wire``     the pydantic schemas that travel over REST between devices, the server
                              and the aggregation;
-    * ``edgefleet.errors``   the root of this package's exceptions;
-    * ``edgefleet.cli``      the ``edgefleet`` command, which only dispatches to each deployable.
+    * ``edgefleet.datasets`` the data sets scikit-learn ships, with deterministic splits (used by
+                             authoring, the simulation, the benchmarks and the tests);
+    * ``edgefleet.errors``   ``EdgeFleetError``, the root of every EdgeFleet exception.
 
-May import: numpy, pydantic, safetensors and (lazily, in ``runtime``) a TFLite interpreter. It must
-never import TensorFlow, FastAPI, SQLModel or scipy: the edge agent depends on it.
+May import: numpy, pydantic, safetensors and, lazily, a TFLite interpreter (``runtime``) and
+scikit-learn (``datasets``). It must
+never import TensorFlow, FastAPI, SQLModel or scipy, nor any deployable package: every
+deployable, and the edge agent in particular, depends on it. The ``edgefleet`` command itself
+lives above the deployables, in ``edgefleet_cli``.
 """
 
 __version__ = "0.1.0"

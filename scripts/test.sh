@@ -14,5 +14,5 @@ if [ -z "${EDGEFLEET_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
 fi
 echo "[test] ruff"; .venv/bin/ruff check .
-echo "[test] mypy"; .venv/bin/mypy edgefleet authoring server registry aggregation simulation edge_client
+echo "[test] mypy"; .venv/bin/mypy edgefleet edgefleet_cli authoring server registry aggregation simulation edge_client
 echo "[test] pytest"; .venv/bin/python -m pytest "$@"

@@ -1,6 +1,5 @@
-"""Experiments: data sets and partitions, drift scenarios, and the whole fleet on one machine.
+"""Experiments: partitions, drift scenarios, and the whole fleet on one machine.
 
-* :mod:`simulation.datasets` — the data sets scikit-learn ships, with deterministic splits;
 * :mod:`simulation.partition` — Dirichlet label-skewed shares and input shifts (drift);
 * :mod:`simulation.fleet` — ``run_fleet(config) -> FleetReport`` (``edgefleet sim fleet``): the
   server, an initial plan, real edge agents with their Flower SuperNodes, a federated run and

@@ -173,7 +173,7 @@ def run_fleet(config: FleetConfig) -> FleetReport:
 
 def _run(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, report: FleetReport) -> None:
     from aggregation.evaluation import Holdout
-    from simulation.datasets import load_dataset
+    from edgefleet.datasets import load_dataset
 
     ds = load_dataset("digits", seed=config.seed)
     workdir = report.workdir
@@ -244,7 +244,7 @@ def _initial_plan(sup: ProcessSupervisor, clock: _Clock, config: FleetConfig, pl
     from edgefleet.runtime import WEIGHTS_FILE, PlanRuntime
 
     code, tail = sup.run("build-plan", [
-        sys.executable, "-m", "edgefleet", "model", "build", "--out", str(plan_dir),
+        sys.executable, "-m", "edgefleet_cli", "model", "build", "--out", str(plan_dir),
         "--dataset", "digits", "--arch", "mlp", "--seed", str(config.seed),
         "--split-seed", str(config.seed)], timeout_s=clock.left(300))
     if code != 0:

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from edge_client.v2 import request_from_array
-from simulation.datasets import Dataset
+from edgefleet.datasets import Dataset
 from simulation.errors import FleetError
 from simulation.fleet_server import ServerHandle, wait_http
 from simulation.partition import Shift, apply_shift, dirichlet_partition, resample
@@ -85,13 +85,13 @@ class AgentProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def enroll_argv(self, server: ServerHandle, model: str) -> list[str]:
-        return [sys.executable, "-m", "edgefleet", "agent", "enroll", "--server", server.url,
+        return [sys.executable, "-m", "edgefleet_cli", "agent", "enroll", "--server", server.url,
                 "--token", server.enrollment_token, "--device-id", self.share.device_id,
                 "--model", model, "--label", f"shift={self.share.shift}", "--label",
                 "fleet=local", "--data-dir", str(self.data_dir)]
 
     def run_argv(self) -> list[str]:
-        return [sys.executable, "-m", "edgefleet", "agent", "run", "--data-dir",
+        return [sys.executable, "-m", "edgefleet_cli", "agent", "run", "--data-dir",
                 str(self.data_dir), "--http-port", str(self.http_port)]
 
     # --- what an application on the device does ---------------------------------------------

@@ -53,7 +53,7 @@ def start_server(sup: ProcessSupervisor, root: Path, *, timeout_s: float = 60.0,
         "EDGEFLEET_SERVER_LAST_SEEN_INTERVAL_S": "0",
         "EDGEFLEET_SERVER_LOG_FORMAT": "text",
     }
-    child = sup.start("server", [sys.executable, "-m", "edgefleet", "server", "run",
+    child = sup.start("server", [sys.executable, "-m", "edgefleet_cli", "server", "run",
                                  "--host", "127.0.0.1", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/v2/health/ready", child, timeout_s, what="the server")

@@ -22,7 +22,7 @@ import pytest
 with contextlib.suppress(ImportError):  # tflite-runtime is optional (dev extra, Python <= 3.11)
     import tflite_runtime.interpreter  # noqa: F401
 
-from simulation.datasets import Dataset, load_dataset
+from edgefleet.datasets import Dataset, load_dataset
 
 DIGITS_SEED = 0
 DIGITS_PLAN_EPOCHS = 10

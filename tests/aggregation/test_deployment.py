@@ -121,7 +121,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, untrained: Path  # noqa
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
         from edgefleet.plan import PlanManifest
-        from simulation.datasets import load_dataset
+        from edgefleet.datasets import load_dataset
         from tests.aggregation.digits_app import digits_client_app
 
         _dir = Path({str(untrained)!r})

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgefleet.cli import app
 from edgefleet.plan import PlanManifest, load_weights
 from edgefleet.runtime import MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE
+from edgefleet_cli.main import app
 
 runner = CliRunner()
 
@@ -50,7 +50,7 @@ def test_train_runs_without_tensorflow_and_writes_weights(plan_copy: Path) -> No
         f"""
         import sys
         from typer.testing import CliRunner
-        from edgefleet.cli import app
+        from edgefleet_cli.main import app
         r = CliRunner().invoke(app, ["model", "train", {str(plan_copy)!r}, "--epochs", "2"])
         print(r.output)
         assert r.exit_code == 0, r.output

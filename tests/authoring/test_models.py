@@ -13,9 +13,9 @@ from authoring.convert import unsupported_ops  # noqa: E402
 from authoring.errors import FlexOpsRequiredError, ModelDefinitionError  # noqa: E402
 from authoring.models import MLP, FrozenConvNet  # noqa: E402
 from authoring.plans import build_dataset_plan, build_plan  # noqa: E402
+from edgefleet.datasets import Dataset  # noqa: E402
 from edgefleet.plan import PlanManifest, load_weights, read_weights_metadata, sha256_file  # noqa: E402
 from edgefleet.runtime import MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE, PlanRuntime  # noqa: E402
-from simulation.datasets import Dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

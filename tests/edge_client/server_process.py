@@ -57,7 +57,7 @@ class ServerProcess:
         }
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet", "server", "run", "--host", "127.0.0.1",
+                [sys.executable, "-m", "edgefleet_cli", "server", "run", "--host", "127.0.0.1",
                  "--port", str(self.port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from edge_client.credentials import Credentials
 from edge_client.outbox import Outbox
-from edgefleet.cli import app
-from simulation.datasets import Dataset
+from edgefleet.datasets import Dataset
+from edgefleet_cli.main import app
 from tests.edge_client.conftest import MODEL
 from tests.edge_client.stub_server import StubServer
 
@@ -114,7 +114,7 @@ def test_run_serves_and_shuts_down_cleanly_on_sigterm(tmp_path: Path, published:
     env = {**os.environ, "EDGEFLEET_AGENT_DATA_DIR": str(data),
            "EDGEFLEET_AGENT_HTTP_PORT": str(port), "EDGEFLEET_AGENT_RETRY_BACKOFF_S": "0",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "agent", "run"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet_cli", "agent", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ready = False

@@ -17,8 +17,8 @@ from edge_client.credentials import Credentials
 from edge_client.eligibility import DeviceConditions, SimulatedEligibility
 from edge_client.flower_client import app, make_client_app
 from edge_client.settings import AgentSettings
+from edgefleet.datasets import Dataset
 from edgefleet.drift import DriftSummary
-from simulation.datasets import Dataset
 from tests.edge_client.conftest import MODEL, active
 from tests.edge_client.stub_server import StubServer
 

@@ -17,7 +17,7 @@ from edge_client.credentials import Credentials
 from edge_client.errors import InvalidInputError, ModelUnavailableError
 from edge_client.http_api import LocalServer
 from edge_client.settings import AgentSettings
-from simulation.datasets import Dataset
+from edgefleet.datasets import Dataset
 from tests.edge_client.conftest import MODEL, active
 from tests.edge_client.stub_server import StubServer
 

@@ -25,8 +25,8 @@ from edge_client.errors import (
     ServerUnavailableError,
     UnauthorizedError,
 )
-from edgefleet.cli import app as cli
-from simulation.datasets import Dataset
+from edgefleet.datasets import Dataset
+from edgefleet_cli.main import app as cli
 from tests.edge_client.conftest import (
     MODEL,
     active,

@@ -20,8 +20,8 @@ from edge_client.agent import Agent
 from edge_client.credentials import Credentials
 from edge_client.errors import UnknownModelError
 from edge_client.http_api import LocalServer
-from edgefleet.cli import app
-from simulation.datasets import Dataset
+from edgefleet.datasets import Dataset
+from edgefleet_cli.main import app
 from tests.edge_client.conftest import MODEL, fast_settings
 from tests.edge_client.stub_server import StubServer
 

@@ -14,8 +14,8 @@ from edge_client.client import ServerClient
 from edge_client.credentials import Credentials
 from edge_client.settings import AgentSettings
 from edge_client.telemetry import merge_report_bodies
+from edgefleet.datasets import Dataset
 from edgefleet.wire import TelemetryReport
-from simulation.datasets import Dataset
 from tests.edge_client.conftest import fast_settings
 from tests.edge_client.stub_server import StubServer
 

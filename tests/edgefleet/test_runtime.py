@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgefleet.datasets import Dataset
 from edgefleet.errors import (
     InputError,
     InterpreterUnavailable,
@@ -26,7 +27,6 @@ from edgefleet.runtime import (
     WEIGHTS_FILE,
     PlanRuntime,
 )
-from simulation.datasets import Dataset
 
 
 @pytest.fixture

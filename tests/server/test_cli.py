@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgefleet.cli import app
+from edgefleet_cli.main import app
 from registry.db import make_engine, session_scope
 from registry.versions import get_version
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from edgefleet.datasets import stratified_split
 from edgefleet.drift import ReferenceProfile, build_reference
 from server.drift import compute_drift
-from simulation.datasets import stratified_split
 from tests.server.drift.support import gaussian_reference, summarise
 
 TRIALS = 200

@@ -6,7 +6,7 @@ No download ever happens: ``digits`` (1,797 8×8 handwritten digits, 10 classes,
 
 Example
 -------
->>> from simulation.datasets import load_dataset
+>>> from edgefleet.datasets import load_dataset
 >>> ds = load_dataset("digits", seed=0)
 >>> ds.x_train.shape, ds.n_classes
 ((1438, 64), 10)

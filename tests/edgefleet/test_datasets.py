@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulation.datasets import DATASETS, load_dataset, stratified_split
+from edgefleet.datasets import DATASETS, load_dataset, stratified_split
 
 
 @pytest.mark.parametrize(

@@ -1,3 +1,0 @@
-from edgefleet.cli import app
-
-app()

@@ -1,0 +1,3 @@
+from edgefleet_cli.main import app
+
+app()
