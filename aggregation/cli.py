@@ -8,6 +8,7 @@ library are imported here; the rest is imported inside the commands.
 from __future__ import annotations
 
 import logging
+import time
 
 import typer
 
@@ -18,24 +19,18 @@ app = typer.Typer(no_args_is_help=True)
 def run_config() -> None:
     """Print the Flower app config table (tool.flwr.app.config): every ServerApp key, its default.
 
-    ``flwr run --run-config`` may only override keys the app's pyproject.toml declares.
+    The table is :func:`edgefleet.run_settings.app_config_table`: the Flower app's
+    ``pyproject.toml`` holds the same one, and ``flwr run --run-config`` may only override keys
+    it declares.
     """
-    import dataclasses
+    import json
 
-    from aggregation.settings import RunSettings
+    from edgefleet.run_settings import app_config_table
 
     typer.echo("[tool.flwr.app.config]")
-    for f in dataclasses.fields(RunSettings):
-        if f.name == "strategy_params":
-            continue
-        default = "" if f.default is dataclasses.MISSING else f.default
-        if isinstance(default, bool):
-            value = "true" if default else "false"
-        elif isinstance(default, str):
-            value = f'"{default}"'
-        else:
-            value = repr(default)
-        typer.echo(f"{f.name.replace('_', '-')} = {value}")
+    for key, value in app_config_table().items():
+        # JSON spells str, int, float and bool as TOML does
+        typer.echo(f"{key} = {json.dumps(value)}")
 
 
 @app.command()
@@ -50,6 +45,7 @@ def controller(
     interval_s: float = typer.Option(60.0, help="Seconds between two drift checks."),
     max_iterations: int = typer.Option(1, min=1, help="Drift checks before exiting."),
     run_config: list[str] = typer.Option([], help="Extra run-config key=value for each run."),
+    metrics_port: int = typer.Option(0, help="Serve Prometheus /metrics on this port; 0: off."),
 ) -> None:
     """Start federated runs when the fleet drifts (or on schedule), with a cooldown."""
     from datetime import timedelta
@@ -69,11 +65,21 @@ def controller(
         schedule_every=timedelta(hours=schedule_hours) if schedule_hours > 0 else None,
         cooldown=timedelta(minutes=cooldown_minutes),
     )
+    if metrics_port:
+        from aggregation.metrics import serve
+
+        serve(metrics_port)
+    from aggregation.metrics import observe_decision
+
     with RegistryClient(server_url, admin_key or None) as client:
         ctl = DriftController(model, client, FlwrRunLauncher(app_dir, superlink, extra), policy)
-        for decision in ctl.run(max_iterations=max_iterations, interval_s=interval_s):
+        for i in range(max_iterations):  # DriftController.run's loop, reporting each check
+            decision = ctl.step()
+            observe_decision(decision.reason, decision.start)
             typer.echo(f"{'start' if decision.start else 'wait '} {decision.reason}: "
                        f"{decision.detail}")
+            if i + 1 < max_iterations:
+                time.sleep(interval_s)
 
 
 def _scalar(text: str) -> str | int | float | bool:

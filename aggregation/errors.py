@@ -23,8 +23,10 @@ through unchanged.
 
 from __future__ import annotations
 
+from edgefleet.errors import EdgeFleetError
 
-class FederationError(Exception):
+
+class FederationError(EdgeFleetError):
     """Root of every error raised by the aggregation package."""
 
 

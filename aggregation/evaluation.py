@@ -18,6 +18,7 @@ import numpy as np
 from aggregation.errors import SettingsError
 from edgefleet.errors import InputError
 from edgefleet.plan import PlanManifest
+from edgefleet.run_settings import DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ def canary_gate(
     candidate: Mapping[str, float],
     production: Mapping[str, float] | None,
     *,
-    metric: str = "accuracy",
-    max_drop: float = 0.01,
+    metric: str = DEFAULTS.gate_metric,
+    max_drop: float = DEFAULTS.gate_max_drop,
     higher_is_better: bool = True,
 ) -> GateDecision:
     """Promote when the candidate is not worse than production by more than ``max_drop``.

@@ -18,7 +18,8 @@ evaluate   ``arrays`` + ``config`` as for train          one ``MetricRecord``: `
                                                          and scalar metrics (``eval-acc``...)
 =========  ============================================  ==========================================
 
-This is what :mod:`edge_client.flower_client` (the device's ClientApp) speaks. Parsing never
+This is what :mod:`edge_client.flower_client` (the device's ClientApp) speaks; every name is a
+constant of :mod:`edgefleet.flower_keys`, which both sides import. Parsing never
 raises on what a node sent: a malformed query reply makes the node ineligible for the round,
 with the reason recorded.
 """
@@ -35,8 +36,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Messa
 
 from aggregation.selection.base import Candidate
 from aggregation.selection.drift import DriftScorer
-from aggregation.steering import ARRAYS_KEY, CONFIG_KEY
-from aggregation.validation import NUM_EXAMPLES_KEY
+from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftSummary
 from edgefleet.errors import SummaryError
 
@@ -74,10 +74,10 @@ class QueryAnswer:
 
 def query_content(server_round: int, model: str, version: int | None) -> RecordDict:
     """The query message's content."""
-    config: dict[str, ConfigRecordValues] = {"server-round": server_round, "model": model}
+    config: dict[str, ConfigRecordValues] = {fk.SERVER_ROUND: server_round, fk.MODEL: model}
     if version is not None:
-        config["version"] = version
-    return RecordDict({CONFIG_KEY: ConfigRecord(config)})
+        config[fk.VERSION] = version
+    return RecordDict({fk.CONFIG: ConfigRecord(config)})
 
 
 def parse_query_reply(
@@ -95,24 +95,24 @@ def parse_query_reply(
     if not configs:
         return QueryAnswer(node, False, "query reply without a ConfigRecord")
     cfg = configs[0]
-    eligible = cfg.get("eligible")
+    eligible = cfg.get(fk.ELIGIBLE)
     if not isinstance(eligible, bool):
-        return QueryAnswer(node, False, f"'eligible' must be a bool, got {eligible!r}")
+        return QueryAnswer(node, False, f"{fk.ELIGIBLE!r} must be a bool, got {eligible!r}")
     metrics = list(message.content.metric_records.values())
-    n = metrics[0].get(NUM_EXAMPLES_KEY) if metrics else cfg.get(NUM_EXAMPLES_KEY, 0)
+    n = metrics[0].get(fk.NUM_EXAMPLES) if metrics else cfg.get(fk.NUM_EXAMPLES, 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        return QueryAnswer(node, False, f"'{NUM_EXAMPLES_KEY}' must be an int >= 0, got {n!r}")
+        return QueryAnswer(node, False, f"'{fk.NUM_EXAMPLES}' must be an int >= 0, got {n!r}")
     if not eligible:
         return QueryAnswer(node, False, _reasons(cfg) or "not eligible", n)
-    plan = cfg.get("plan-sha256")
+    plan = cfg.get(fk.PLAN_SHA256)
     if plan_sha256 and isinstance(plan, str) and plan and plan != plan_sha256:
         return QueryAnswer(node, False, f"runs another plan ({plan[:12]}…)", n)
     if n == 0:
         return QueryAnswer(node, False, "no local training examples", 0)
-    drift = _parse_drift(cfg.get("drift"))
+    drift = _parse_drift(cfg.get(fk.DRIFT))
     score = scorer.score(drift) if scorer is not None else None
     if score is None:
-        sent = cfg.get("drift-score")
+        sent = cfg.get(fk.DRIFT_SCORE)
         if isinstance(sent, int | float) and not isinstance(sent, bool) and math.isfinite(sent):
             score = min(1.0, max(0.0, float(sent)))
     return QueryAnswer(node, True, "", n, drift, score)
@@ -120,7 +120,7 @@ def parse_query_reply(
 
 def _reasons(cfg: ConfigRecord) -> str:
     """``reasons`` (a JSON list, as the edge ClientApp sends) or ``reason``, as one string."""
-    raw = cfg.get("reasons")
+    raw = cfg.get(fk.REASONS)
     if isinstance(raw, str) and raw:
         try:
             items = json.loads(raw)
@@ -129,7 +129,7 @@ def _reasons(cfg: ConfigRecord) -> str:
         if isinstance(items, list):
             return "; ".join(str(i) for i in items)
         return str(items)
-    return str(cfg.get("reason", "") or "")
+    return str(cfg.get(fk.REASON, "") or "")
 
 
 def declined(message: Message) -> str | None:
@@ -137,8 +137,8 @@ def declined(message: Message) -> str | None:
     if message.has_error():
         return None
     for cfg in message.content.config_records.values():
-        if cfg.get("status") == "declined":
-            return str(cfg.get("reason", "") or "declined")
+        if cfg.get(fk.STATUS) == fk.STATUS_DECLINED:
+            return str(cfg.get(fk.REASON, "") or fk.STATUS_DECLINED)
     return None
 
 
@@ -158,7 +158,7 @@ def to_arrayrecord(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 def train_content(arrays: ArrayRecord, config: Mapping[str, ConfigRecordValues]) -> RecordDict:
     """A train (or evaluate) message's content: the global weights and the node's config."""
-    return RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(dict(config))})
+    return RecordDict({fk.ARRAYS: arrays, fk.CONFIG: ConfigRecord(dict(config))})
 
 
 def evaluation_metrics(replies: Sequence[Message]) -> dict[str, float]:
@@ -179,7 +179,7 @@ def evaluation_metrics(replies: Sequence[Message]) -> dict[str, float]:
             for k, v in records[0].items()
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         }
-        n = metrics.pop(NUM_EXAMPLES_KEY, 0.0)
+        n = metrics.pop(fk.NUM_EXAMPLES, 0.0)
         if n > 0:
             rows.append((n, metrics))
     if not rows:
@@ -187,6 +187,6 @@ def evaluation_metrics(replies: Sequence[Message]) -> dict[str, float]:
     total = sum(n for n, _ in rows)
     common = set.intersection(*(set(m) for _, m in rows))
     out = {f"clients.{k}": sum(n * m[k] for n, m in rows) / total for k in sorted(common)}
-    out["clients.num-examples"] = total
+    out[f"clients.{fk.NUM_EXAMPLES}"] = total
     out["clients.nodes"] = float(len(rows))
     return out

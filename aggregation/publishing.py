@@ -27,6 +27,7 @@ from aggregation.evaluation import GateDecision, canary_gate
 from aggregation.registry_client import RegistryClient
 from aggregation.rounds import RoundOutcome
 from edgefleet.plan import PlanManifest
+from edgefleet.run_settings import DEFAULTS
 from edgefleet.wire import METRIC_NAME_PATTERN, VersionLineage, VersionPublish
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class GateSettings:
         Share of the fleet following the canary; ``None`` keeps the server's default.
     """
 
-    metric: str = "accuracy"
-    max_drop: float = 0.01
+    metric: str = DEFAULTS.gate_metric
+    max_drop: float = DEFAULTS.gate_max_drop
     higher_is_better: bool = True
     alias: str = "canary"
     rollout_percent: float | None = None

@@ -32,6 +32,7 @@ from aggregation.messages import (
     to_arrayrecord,
     train_content,
 )
+from aggregation.metrics import observe_round
 from aggregation.report import RoundReport
 from aggregation.selection import DriftScorer, SelectionPolicy, over_selection_count
 from aggregation.steering import (
@@ -42,9 +43,11 @@ from aggregation.steering import (
 )
 from aggregation.strategies import aggregate, strategy_train_config
 from aggregation.validation import UpdateValidator, ValidationBounds
+from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftSummary
 from edgefleet.errors import EdgeFleetError, SummaryError
 from edgefleet.plan import PlanManifest
+from edgefleet.run_settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -68,46 +71,45 @@ class GridLike(Protocol):
 
 @dataclass(frozen=True)
 class RoundSettings:
-    """How a round runs.
+    """How a round runs: the round knobs of :class:`edgefleet.run_settings.RunKnobs`, which
+    documents each one; the defaults are its :data:`~edgefleet.run_settings.DEFAULTS`.
 
     Parameters
     ----------
     model : str (default: "model")
         Model name, sent in query and train configs.
-    target_clients : int (default: 3)
-        Train replies that close the round.
-    min_reports : int (default: 2)
-        Valid updates below which the round fails.
-    over_selection : float (default: 1.3)
-        Select ``ceil(over_selection * target_clients)`` nodes.
-    min_nodes : int (default: 1)
-        Connected nodes to wait for before querying (at most ``wait_for_nodes_s``).
-    wait_for_nodes_s, query_timeout_s, train_timeout_s, eval_timeout_s : float
-        Deadlines in seconds (defaults 30, 10, 120, 30).
-    eval_clients : int (default: 0)
+    target_clients, min_reports, over_selection, min_nodes : int, int, float, int
+        Round size; ``min_nodes`` 0 means ``min_reports`` (it is resolved on construction).
+    wait_for_nodes_s, query_timeout_s, train_timeout_s, eval_timeout_s, poll_interval_s : float
+        Deadlines and the pause between two pulls, in seconds.
+    eval_clients : int
         Eligible nodes asked to evaluate the new global model after the round; 0 disables.
-    poll_interval_s : float (default: 0.2)
-        Pause between two pulls.
-    seed : int (default: 0)
+    seed : int
         Seed of the selection randomness (rounds draw ``seed + round``).
+    batch_rule, weighting : str
+        The devices' training semantics, sent in every train config.
     """
 
     model: str = "model"
-    target_clients: int = 3
-    min_reports: int = 2
-    over_selection: float = 1.3
-    min_nodes: int = 1
-    wait_for_nodes_s: float = 30.0
-    query_timeout_s: float = 10.0
-    train_timeout_s: float = 120.0
-    eval_clients: int = 0
-    eval_timeout_s: float = 30.0
-    poll_interval_s: float = 0.2
-    seed: int = 0
+    target_clients: int = DEFAULTS.target_clients
+    min_reports: int = DEFAULTS.min_reports
+    over_selection: float = DEFAULTS.over_selection
+    min_nodes: int = DEFAULTS.min_nodes
+    wait_for_nodes_s: float = DEFAULTS.wait_for_nodes_s
+    query_timeout_s: float = DEFAULTS.query_timeout_s
+    train_timeout_s: float = DEFAULTS.train_timeout_s
+    eval_clients: int = DEFAULTS.eval_clients
+    eval_timeout_s: float = DEFAULTS.eval_timeout_s
+    poll_interval_s: float = DEFAULTS.poll_interval_s
+    seed: int = DEFAULTS.seed
+    batch_rule: str = DEFAULTS.batch_rule
+    weighting: str = DEFAULTS.weighting
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_reports <= self.target_clients:
             raise SettingsError("need 1 <= min_reports <= target_clients")
+        if self.min_nodes == 0:
+            object.__setattr__(self, "min_nodes", self.min_reports)
         over_selection_count(self.target_clients, self.over_selection)
         times = (self.wait_for_nodes_s, self.query_timeout_s, self.train_timeout_s,
                  self.eval_timeout_s, self.poll_interval_s)
@@ -213,11 +215,13 @@ class RoundRunner:
         """One round; a failed round returns ``weights`` unchanged with a failed report."""
         report = RoundReport(server_round)
         outcome = RoundOutcome(report, dict(weights))
+        started = self.clock()
         try:
             self._round(report, outcome, weights)
         except RoundFailed as exc:
             report.fail(exc.reason)
             outcome.weights = dict(weights)
+            observe_round(report, self.clock() - started)
             return outcome
         report.status = "ok"
         if self.on_round is not None:
@@ -226,6 +230,7 @@ class RoundRunner:
             report.timings["publish"] = self.clock() - t
             if report.published_version is not None:
                 self.version = report.published_version
+        observe_round(report, self.clock() - started)
         return outcome
 
     def _round(self, report: RoundReport, outcome: RoundOutcome, weights: Mapping[str, np.ndarray]
@@ -252,12 +257,12 @@ class RoundRunner:
         t = self.clock()
         arrays = to_arrayrecord(weights)
         base: dict[str, ConfigRecordValues] = {
-            "server-round": r, "model": s.model, "plan-sha256": self.manifest.plan_sha256,
-            "seed": s.seed + r,
+            fk.SERVER_ROUND: r, fk.MODEL: s.model, fk.PLAN_SHA256: self.manifest.plan_sha256,
+            fk.SEED: s.seed + r, fk.BATCH_RULE: s.batch_rule, fk.WEIGHTING: s.weighting,
         }
         base.update(strategy_train_config(self.strategy))
         if self.version is not None:
-            base["version"] = self.version
+            base[fk.VERSION] = self.version
         contents = {
             n: train_content(arrays, {**base, **node_train_config(answers[n].candidate(),
                                                                    self.steering)})
@@ -369,7 +374,7 @@ class RoundRunner:
         idx = rng.choice(len(eligible), size=n, replace=False)
         arrays = to_arrayrecord(weights)
         config: dict[str, ConfigRecordValues] = {
-            "server-round": server_round, "model": self.settings.model,
+            fk.SERVER_ROUND: server_round, fk.MODEL: self.settings.model,
         }
         contents = {eligible[int(i)].node_id: train_content(arrays, config) for i in idx}
         replies, _ = self._exchange(server_round, MessageType.EVALUATE, contents,

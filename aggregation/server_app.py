@@ -29,7 +29,7 @@ from aggregation.publishing import GateSettings, Publisher
 from aggregation.registry_client import RegistryClient
 from aggregation.rounds import GridLike, RoundRunner, RoundSettings, RunResult
 from aggregation.selection import make_policy
-from aggregation.settings import RunSettings
+from aggregation.settings import RunSettings, knobs_for
 from aggregation.steering import SteeringConfig
 from aggregation.strategies import build_strategy, strategy_name
 from aggregation.validation import ValidationBounds
@@ -109,15 +109,8 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
     )
     runner = RoundRunner(
         grid, manifest, strategy, policy,
-        settings=RoundSettings(
-            model=s.model, target_clients=s.target_clients, min_reports=s.min_reports,
-            over_selection=s.over_selection, min_nodes=s.min_nodes or s.min_reports,
-            wait_for_nodes_s=s.wait_for_nodes_s, query_timeout_s=s.query_timeout_s,
-            train_timeout_s=s.train_timeout_s, eval_clients=s.eval_clients,
-            eval_timeout_s=s.eval_timeout_s, poll_interval_s=s.poll_interval_s, seed=s.seed),
-        steering=SteeringConfig(base_epochs=s.base_epochs, max_extra_epochs=s.max_extra_epochs,
-                                lr=s.lr, drift_boost=s.drift_boost,
-                                max_drift_boost=s.max_drift_boost),
+        settings=RoundSettings(**knobs_for(RoundSettings, s)),
+        steering=SteeringConfig(**knobs_for(SteeringConfig, s)),
         bounds=ValidationBounds(max_update_norm=s.max_update_norm or None,
                                 max_norm_ratio=s.max_norm_ratio or None,
                                 max_num_examples=s.max_num_examples),

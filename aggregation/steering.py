@@ -6,8 +6,9 @@ Both effects are bounded so that a node cannot buy itself influence by reporting
   ``base_epochs + round(s * max_extra_epochs)`` local epochs;
 * **aggregation weight** — ``num_examples * (1 + min(drift_boost * s, max_drift_boost))``,
   normalised to sum to 1 over the round's accepted updates. It is written into each update's
-  ``MetricRecord`` under :data:`AGG_WEIGHT_KEY`, and the Flower strategy is built with
-  ``weighted_by_key=AGG_WEIGHT_KEY``, so Flower's own weighted averaging applies it.
+  ``MetricRecord`` under ``agg-weight`` (:data:`edgefleet.flower_keys.AGG_WEIGHT`), and the
+  Flower strategy is built with that key as ``weighted_by_key``, so Flower's own weighted
+  averaging applies it.
 
 The drift score comes from the node's *query* reply (before it trained), not from its train reply.
 """
@@ -22,17 +23,14 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from aggregation.errors import SettingsError
 from aggregation.selection.base import Candidate
-from aggregation.validation import NUM_EXAMPLES_KEY
-
-AGG_WEIGHT_KEY = "agg-weight"
-ARRAYS_KEY = "arrays"
-METRICS_KEY = "metrics"
-CONFIG_KEY = "config"
+from edgefleet import flower_keys as fk
+from edgefleet.run_settings import DEFAULTS
 
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    """How drift changes the training config and the aggregation weight.
+    """How drift changes the training config and the aggregation weight (the defaults of the
+    run settings' knobs of the same names, :data:`edgefleet.run_settings.DEFAULTS`).
 
     Parameters
     ----------
@@ -50,11 +48,11 @@ class SteeringConfig:
         The score of a node that reported no drift summary.
     """
 
-    base_epochs: int = 1
-    max_extra_epochs: int = 2
-    lr: float = 0.05
-    drift_boost: float = 1.0
-    max_drift_boost: float = 0.5
+    base_epochs: int = DEFAULTS.base_epochs
+    max_extra_epochs: int = DEFAULTS.max_extra_epochs
+    lr: float = DEFAULTS.lr
+    drift_boost: float = DEFAULTS.drift_boost
+    max_drift_boost: float = DEFAULTS.max_drift_boost
     missing_score: float = 0.0
 
     def __post_init__(self) -> None:
@@ -85,9 +83,9 @@ class SteeringConfig:
 def node_train_config(candidate: Candidate, cfg: SteeringConfig) -> dict[str, int | float]:
     """The per-node part of a train message's ConfigRecord."""
     return {
-        "epochs": cfg.local_epochs(candidate.drift_score),
-        "lr": cfg.lr,
-        "drift-score": cfg.score(candidate.drift_score),
+        fk.EPOCHS: cfg.local_epochs(candidate.drift_score),
+        fk.LR: cfg.lr,
+        fk.DRIFT_SCORE: cfg.score(candidate.drift_score),
     }
 
 
@@ -112,7 +110,7 @@ def strategy_contents(
     """Rebuild validated replies into the exact shape Flower's strategies expect.
 
     Each result holds the reply's (already validated) ``ArrayRecord`` under ``"arrays"`` and a
-    fresh ``MetricRecord`` under ``"metrics"`` with :data:`AGG_WEIGHT_KEY`, ``num-examples`` and
+    fresh ``MetricRecord`` under ``"metrics"`` with ``agg-weight``, ``num-examples`` and
     the numeric scalar metrics *every* reply reported, so that Flower's consistency checks pass
     even when nodes report different extra metrics. Config records are dropped.
     """
@@ -122,15 +120,15 @@ def strategy_contents(
     common = set.intersection(*(set(m.keys()) for m in metric_records)) if contents else set()
     keys = sorted(
         k
-        for k in common - {AGG_WEIGHT_KEY}
+        for k in common - {fk.AGG_WEIGHT}
         if all(_is_scalar(m[k]) for m in metric_records)
     )
     out = []
     for content, metrics, weight in zip(contents, metric_records, weights, strict=True):
         arrays: ArrayRecord = next(iter(content.array_records.values()))
         record = MetricRecord({k: metrics[k] for k in keys})
-        record[AGG_WEIGHT_KEY] = float(weight)
-        out.append(RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: record}))
+        record[fk.AGG_WEIGHT] = float(weight)
+        out.append(RecordDict({fk.ARRAYS: arrays, fk.METRICS: record}))
     return out
 
 
@@ -143,11 +141,6 @@ def _is_scalar(value: object) -> bool:
 
 
 __all__ = [
-    "AGG_WEIGHT_KEY",
-    "ARRAYS_KEY",
-    "CONFIG_KEY",
-    "METRICS_KEY",
-    "NUM_EXAMPLES_KEY",
     "SteeringConfig",
     "aggregation_weights",
     "node_train_config",

@@ -32,8 +32,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from aggregation.errors import RoundFailed, SettingsError
-from aggregation.steering import AGG_WEIGHT_KEY, ARRAYS_KEY, CONFIG_KEY
-from aggregation.validation import NUM_EXAMPLES_KEY
+from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
 
 STRATEGIES: dict[str, type[FedAvg]] = {
@@ -76,9 +75,9 @@ def build_strategy(name: str, params: Mapping[str, Any] | None = None) -> FedAvg
         raise SettingsError(f"{cls.__name__} takes no {unknown}; it takes {sorted(allowed)}")
     try:
         return cls(
-            weighted_by_key=AGG_WEIGHT_KEY,
-            arrayrecord_key=ARRAYS_KEY,
-            configrecord_key=CONFIG_KEY,
+            weighted_by_key=fk.AGG_WEIGHT,
+            arrayrecord_key=fk.ARRAYS,
+            configrecord_key=fk.CONFIG,
             train_metrics_aggr_fn=aggregate_train_metrics,
             **params,
         )
@@ -97,7 +96,7 @@ def strategy_name(strategy: Strategy) -> str:
 def strategy_train_config(strategy: Strategy) -> dict[str, float]:
     """What the strategy's own ``configure_train`` would add to the train config."""
     if isinstance(strategy, FedProx):
-        return {"proximal-mu": float(strategy.proximal_mu)}
+        return {fk.PROXIMAL_MU: float(strategy.proximal_mu)}
     return {}
 
 
@@ -106,9 +105,9 @@ def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> Me
     metrics = aggregate_metricrecords(records, weighting_key)
     total = 0
     for record in records:
-        value = next(iter(record.metric_records.values())).get(NUM_EXAMPLES_KEY, 0)
+        value = next(iter(record.metric_records.values())).get(fk.NUM_EXAMPLES, 0)
         total += int(value) if isinstance(value, int | float) else 0
-    metrics[NUM_EXAMPLES_KEY] = total
+    metrics[fk.NUM_EXAMPLES] = total
     return metrics
 
 

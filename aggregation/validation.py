@@ -33,9 +33,10 @@ from enum import StrEnum
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
+from edgefleet.run_settings import DEFAULTS
 
-NUM_EXAMPLES_KEY = "num-examples"
 _DECODE_ERRORS = (ValueError, TypeError, OSError, EOFError)
 
 
@@ -48,7 +49,7 @@ class RefusalReason(StrEnum):
     DTYPE = "dtype"
     NOT_FINITE = "not-finite"
     NORM = "norm"
-    NUM_EXAMPLES = "num-examples"
+    NUM_EXAMPLES = fk.NUM_EXAMPLES
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,9 @@ class ValidationBounds:
     """
 
     max_update_norm: float | None = None
-    max_norm_ratio: float | None = 10.0
+    max_norm_ratio: float | None = DEFAULTS.max_norm_ratio
     min_updates_for_median: int = 3
-    max_num_examples: int = 1_000_000
+    max_num_examples: int = DEFAULTS.max_num_examples
     declared_slack: float = 0.25
 
     def __post_init__(self) -> None:
@@ -219,15 +220,15 @@ class UpdateValidator:
     def _check_num_examples(
         self, verdict: Verdict, metric_records: list[MetricRecord], declared: int | None
     ) -> None:
-        raw = metric_records[0].get(NUM_EXAMPLES_KEY) if metric_records else None
+        raw = metric_records[0].get(fk.NUM_EXAMPLES) if metric_records else None
         n = _as_count(raw)
         cap = self.bounds.max_num_examples
         if declared is not None and declared > 0:
             cap = min(cap, math.ceil(declared * (1.0 + self.bounds.declared_slack)))
         if n is None or n <= 0:
-            verdict.refuse(RefusalReason.NUM_EXAMPLES, f"{NUM_EXAMPLES_KEY}={raw!r}")
+            verdict.refuse(RefusalReason.NUM_EXAMPLES, f"{fk.NUM_EXAMPLES}={raw!r}")
         elif n > cap:
-            verdict.refuse(RefusalReason.NUM_EXAMPLES, f"{NUM_EXAMPLES_KEY}={n} > {cap}")
+            verdict.refuse(RefusalReason.NUM_EXAMPLES, f"{fk.NUM_EXAMPLES}={n} > {cap}")
         else:
             verdict.num_examples = n
 

@@ -12,8 +12,10 @@ These never reach a device: authoring runs once, on a machine with TensorFlow.
 
 from __future__ import annotations
 
+from edgefleet.errors import EdgeFleetError
 
-class AuthoringError(Exception):
+
+class AuthoringError(EdgeFleetError):
     """Root of every error raised while authoring or converting a model."""
 
 

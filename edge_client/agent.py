@@ -26,10 +26,13 @@ from edge_client.credentials import Credentials
 from edge_client.eligibility import DeviceEligibility, EligibilityProvider
 from edge_client.errors import (
     AgentError,
+    IntegrityError,
     ModelRejectedError,
     NotEnrolledError,
 )
+from edge_client.http_api import LocalServer
 from edge_client.inference import InferenceRouter, Prediction
+from edge_client.metrics import AgentMetrics
 from edge_client.models import InstalledVersion, ModelManager
 from edge_client.outbox import Outbox
 from edge_client.settings import DEFAULT_POLL_INTERVAL_S, AgentSettings
@@ -101,7 +104,13 @@ class Agent:
             self.assignment = Assignment.model_validate(cached) if cached else None
         except ValueError as exc:  # written by another release: the next poll replaces it
             log.warning("ignoring the cached assignment: %s", exc)
-        self.router = InferenceRouter(self)
+        degraded = {k: v for k, v in self.storage_condition().items() if v != "ok"}
+        if degraded:
+            log.warning("storage degraded, serving anyway: %s", degraded)
+        self.router = InferenceRouter(self.models, self.telemetry, self.labels, s,
+                                      assignment=lambda: self.assignment,
+                                      client=lambda: self.client, reject=self.reject)
+        self.metrics = AgentMetrics(self)
         self.models.load_active()
 
     # --- identity -------------------------------------------------------------------------------
@@ -119,7 +128,7 @@ class Agent:
                 ) -> Prediction:
         """Class probabilities for ``x`` (``[n, *sample_shape]`` or one example), from the
         local model or the server's fallback (see the module docstring)."""
-        return self.router.predict(x, model=model, version=version)
+        return self.metrics.timed(self.router.predict, x, model=model, version=version)
 
     def record_label(self, x: Any, y: Any) -> int:
         """Store labelled examples (``y`` class indices or class labels) for local training and
@@ -148,8 +157,9 @@ class Agent:
     def poll(self) -> str:
         """Poll the assignment once and install it when it changed.
 
-        Returns ``"none"`` (nothing assigned), ``"current"`` (already running it), ``"installed"``
-        or ``"rejected"`` (it failed to load or answer before; not retried until it changes).
+        Returns ``"none"`` (nothing assigned), ``"current"`` (already running it), ``"installed"``,
+        ``"rejected"`` (refused now or before; not fetched again until it changes) or
+        ``"backoff"`` (an earlier attempt failed; the retry is not due yet).
 
         Raises
         ------
@@ -174,17 +184,44 @@ class Agent:
             return "none"
         if self.models.is_current(a):
             return "current"
-        if self.state.get("rejected") == _fingerprint(a):
+        return self._install(client, a)
+
+    def _install(self, client: ServerClient, a: Assignment) -> str:
+        """Install ``a`` unless it was refused before or its retry is not due yet.
+
+        A refusal (integrity, signature, manifest, smoke test) is remembered by the
+        assignment's fingerprint (digests and signature) until the assignment changes; other
+        failures are retried with exponential backoff and jitter (``install_backoff_*``).
+        """
+        fp = _fingerprint(a)
+        rejected = self.state.get("rejected")
+        if rejected and list(rejected) == fp[: len(rejected)]:
             return "rejected"
+        retry = self.state.get("install_retry") or {}
+        if retry.get("fingerprint") == fp and time.time() < float(retry.get("due", 0)):
+            return "backoff"
+        pinned = [self.credentials.signing_key] if self.credentials and \
+            self.credentials.signing_key else []
         try:
-            self.models.install(client, a)
-        except ModelRejectedError as exc:
-            self._note("rejected", _fingerprint(a))
-            log.error("assignment %s v%s rejected: %s", a.model, a.version, exc)
+            self.models.install(client, a, pinned=pinned)
+        except (ModelRejectedError, IntegrityError) as exc:
+            self._note("rejected", fp)
+            self._note("last_install_error", {"at": time.time(), "error": str(exc),
+                                              "refused": True})
+            log.error("assignment %s v%s refused (not fetched again until it changes): %s",
+                      a.model, a.version, exc)
             return "rejected"
         except AgentError as exc:
-            self._note("last_install_error", {"at": time.time(), "error": str(exc)})
+            failures = int(retry.get("failures", 0)) + 1 if retry.get("fingerprint") == fp else 1
+            s = self.settings
+            delay = min(s.install_backoff_max_s, s.install_backoff_base_s * 2 ** (failures - 1))
+            due = time.time() + delay * random.uniform(0.5, 1.5)
+            self._note("install_retry", {"fingerprint": fp, "failures": failures, "due": due})
+            self._note("last_install_error", {"at": time.time(), "error": str(exc),
+                                              "retry_in_s": round(due - time.time(), 1)})
             raise
+        self._note("install_retry", None)
+        self._note("last_install_error", None)
         self.router.reset_failures()
         return "installed"
 
@@ -253,7 +290,14 @@ class Agent:
         active = self.models.active
         out["interpreter"] = active.runtime.interpreter_name if active else None
         out["consecutive_local_failures"] = self.router.failures
+        out["storage"] = self.storage_condition()
         return out
+
+    def storage_condition(self) -> dict[str, str]:
+        """``{"state": "ok" | why it is degraded, ...}`` for the agent's three databases (a
+        read-only or full data folder: see :mod:`edge_client.storage`)."""
+        return {name: db.degraded or "ok" for name, db in
+                (("state", self.state), ("labels", self.labels), ("outbox", self.outbox))}
 
     def _pause(self, seconds: float) -> None:
         """The client's wait between retries, cut short once the agent is asked to stop."""
@@ -275,8 +319,6 @@ class Agent:
         ConfigurationError
             The local endpoint's port is in use or cannot be bound.
         """
-        from edge_client.http_api import LocalServer
-
         self._stop = stop
         server = None
         if serve_http and self.settings.http_port >= 0:
@@ -328,7 +370,11 @@ class Agent:
 
 
 def _fingerprint(a: Assignment) -> list[Any]:
-    return [a.model, a.version, a.plan.sha256, a.weights.sha256]
+    """What identifies an assignment's content: its digests and its signature (a refusal of
+    ``[model, version, plan, weights]`` by :meth:`Agent.reject` matches as a prefix)."""
+    return [a.model, a.version, a.plan.sha256, a.weights.sha256,
+            a.manifest.sha256 if a.manifest else None,
+            a.signature.signature if a.signature else None]
 
 
 def collect_status(

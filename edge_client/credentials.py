@@ -8,6 +8,11 @@ and a device token (:func:`enroll`), and stores them in ``<data_dir>/credentials
   for an instant, and a crash leaves either the old file or the new one;
 * refused on load when group or others can read it (like ``ssh`` refuses a private key), because
   then the token must be considered leaked.
+
+Enrolment also **pins** the registry's version-signing public key (``signing_key``): from then
+on the agent installs only versions whose signature verifies against it, or against a newer key
+it endorsed (:mod:`edgefleet.signature`). The key is trusted on first use, at enrolment — the
+moment the operator hands the device its enrolment token; re-enrolling pins the key again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_client.errors import ConfigurationError, CredentialsError, NotEnrolledError
 from edge_client.storage import atomic_write
+from edgefleet.wire import SigningKeyInfo
 
 CREDENTIALS_MODE = 0o600
 
@@ -42,6 +48,9 @@ class Credentials(BaseModel):
         When enrolment happened (UTC).
     labels : dict of str to str
         The labels sent at enrolment (the server keeps the authoritative copy).
+    signing_key : SigningKeyInfo or None
+        The registry's version-signing key pinned at enrolment; without one no downloaded
+        version is installed (re-enrol to pin it).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,6 +60,7 @@ class Credentials(BaseModel):
     device_token: str = Field(repr=False)
     enrolled_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     labels: dict[str, str] = Field(default_factory=dict)
+    signing_key: SigningKeyInfo | None = None
 
     def save(self, path: str | Path) -> None:
         """Write the credentials atomically with mode 0600."""
@@ -153,6 +163,7 @@ def enroll(
         device_id=answer.device_id,
         device_token=answer.device_token,
         labels=labels or {},
+        signing_key=answer.signing_key,
     )
     creds.save(path)
     return creds

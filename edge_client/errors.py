@@ -22,6 +22,7 @@ root. Input errors are also :class:`edgefleet.errors.InputError`, the core's own
         ├── UnknownModelError            the named model/version is neither local nor on the server
         ├── InvalidInputError            wrong shape/dtype/content (also an ``InputError``)
         ├── StoreError                   the label store, outbox or state database failed
+        │   └── StorageUnavailableError  the data folder cannot be written (read-only, degraded)
         └── NotEligibleError             the device may not train now (``reasons``)
 
 Nothing here knows about HTTP status codes except :class:`ServerRejectedError`, which carries
@@ -116,6 +117,11 @@ class InvalidInputError(AgentError, InputError):
 
 class StoreError(AgentError):
     """A local SQLite database (label store, outbox, state) could not be used."""
+
+
+class StorageUnavailableError(StoreError):
+    """The data folder cannot be written (read-only): nothing was stored; the local endpoint
+    answers 503."""
 
 
 class NotEligibleError(AgentError):

@@ -19,15 +19,23 @@ arrives the agent's way, from the registry. The global weights arrive in the ``t
 
 Messages
 --------
+The names below are the constants of :mod:`edgefleet.flower_keys` (``num-examples`` is
+``NUM_EXAMPLES`` and so on), which the ServerApp imports too.
+
 ``query``
     Replies ``ConfigRecord "config"``: ``eligible`` (bool), ``reasons`` (JSON list), ``model``,
     ``version``, ``plan-sha256``, ``drift`` (the cumulative :class:`DriftSummary` JSON, ``""``
     when none), and ``MetricRecord "metrics"``: ``num-examples``.
 ``train``
     Takes ``ArrayRecord`` (the global weights, keyed by the manifest's weight names) and
-    ``ConfigRecord "config"`` (``epochs`` default 1, ``lr`` default 0.05, ``seed`` default 0,
-    optional ``plan-sha256`` that must be the local plan's). Replies ``ArrayRecord "arrays"``
-    (new weights), ``MetricRecord "metrics"`` (``num-examples``, ``train-loss``, ``steps``) and
+    ``ConfigRecord "config"`` (``epochs`` default 1, ``lr`` default the run settings' ``lr``,
+    ``seed`` default 0, ``batch-rule`` default ``wrap``, ``weighting`` default ``local-size``,
+    optional ``plan-sha256`` that must be the local plan's). The example order is seeded by
+    (``seed``, ``server-round``, node id), so no two devices share it
+    (:func:`edgefleet.runtime.order_seed`). Replies ``ArrayRecord "arrays"`` (new weights),
+    ``MetricRecord "metrics"`` (``num-examples`` — the local size, or with ``weighting =
+    "examples-trained"`` the examples one epoch trained —, ``train-loss``, ``steps``,
+    ``examples-trained``) and
     ``ConfigRecord "config"`` (``status`` ``"ok"`` or ``"stopped"``, ``drift``, ``model``,
     ``version``). It *declines* — no arrays, ``num-examples`` 0, ``status`` ``"declined"`` and a
     ``reason`` — when the device is not eligible, has no active model or no labelled examples,
@@ -75,8 +83,10 @@ from edge_client.models import ModelManager
 from edge_client.settings import AgentSettings
 from edge_client.storage import StateStore
 from edge_client.store import LabelStore
+from edgefleet import flower_keys as fk
 from edgefleet.errors import EdgeFleetError, InputError
-from edgefleet.runtime import PlanRuntime
+from edgefleet.run_settings import DEFAULTS
+from edgefleet.runtime import PlanRuntime, order_seed, reported_examples
 
 EligibilityFactory = Callable[[Context, AgentSettings], EligibilityProvider]
 
@@ -93,7 +103,7 @@ class _Node:
 
     @classmethod
     def open(cls, context: Context) -> _Node:
-        data_dir = context.node_config.get("data-dir")
+        data_dir = context.node_config.get(fk.DATA_DIR)
         settings = AgentSettings(data_dir=Path(str(data_dir))) if data_dir else AgentSettings()
         current, _ = ModelManager(settings.models_dir).read_pointer()
         if current is None:
@@ -128,17 +138,17 @@ class _Node:
 
     def identity(self) -> dict[str, ConfigRecordValues]:
         if self.runtime is None or self.version is None:
-            return {"model": "", "version": -1, "plan-sha256": ""}
+            return {fk.MODEL: "", fk.VERSION: -1, fk.PLAN_SHA256: ""}
         m = self.runtime.manifest
-        return {"model": m.name, "version": self.version, "plan-sha256": m.plan_sha256}
+        return {fk.MODEL: m.name, fk.VERSION: self.version, fk.PLAN_SHA256: m.plan_sha256}
 
 
 def default_eligibility(context: Context, settings: AgentSettings) -> EligibilityProvider:
     """``node_config["eligibility"]``: ``"device"`` (default), ``"always"`` or ``"never"``."""
-    kind = str(context.node_config.get("eligibility", "device"))
-    if kind == "always":
+    kind = str(context.node_config.get(fk.ELIGIBILITY, fk.ELIGIBILITY_DEVICE))
+    if kind == fk.ELIGIBILITY_ALWAYS:
         return SimulatedEligibility(DeviceConditions())
-    if kind == "never":
+    if kind == fk.ELIGIBILITY_NEVER:
         return SimulatedEligibility(DeviceConditions(load_per_core=float("inf")),
                                     EligibilityPolicy(max_load_per_core=1.0))
     return DeviceEligibility.from_settings(settings)
@@ -167,10 +177,10 @@ def _number(cfg: ConfigRecord, key: str, default: float) -> float:
 
 
 def _decline(message: Message, reason: str, node: _Node | None = None) -> Message:
-    config = ConfigRecord({"status": "declined", "reason": reason,
+    config = ConfigRecord({fk.STATUS: fk.STATUS_DECLINED, fk.REASON: reason,
                            **(node.identity() if node else {})})
-    metrics = MetricRecord({"num-examples": 0})
-    return Message(RecordDict({"metrics": metrics, "config": config}), reply_to=message)
+    metrics = MetricRecord({fk.NUM_EXAMPLES: 0})
+    return Message(RecordDict({fk.METRICS: metrics, fk.CONFIG: config}), reply_to=message)
 
 
 def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
@@ -183,10 +193,11 @@ def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
         node = _Node.open(context)
         verdict = pick(context, node.settings).check()
         n = len(node.examples()[1]) if node.runtime is not None else 0
-        config = ConfigRecord({"eligible": verdict.eligible, "reasons": json.dumps(verdict.reasons),
-                               "drift": node.drift_json(), **node.identity()})
-        return Message(RecordDict({"config": config,
-                                   "metrics": MetricRecord({"num-examples": n})}),
+        config = ConfigRecord({fk.ELIGIBLE: verdict.eligible,
+                               fk.REASONS: json.dumps(verdict.reasons),
+                               fk.DRIFT: node.drift_json(), **node.identity()})
+        return Message(RecordDict({fk.CONFIG: config,
+                                   fk.METRICS: MetricRecord({fk.NUM_EXAMPLES: n})}),
                        reply_to=message)
 
     @app.train()
@@ -200,7 +211,7 @@ def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
             return _decline(message, node.error)
         runtime = node.runtime
         cfg = _config(message)
-        wanted = str(cfg.get("plan-sha256", "") or "")
+        wanted = str(cfg.get(fk.PLAN_SHA256, "") or "")
         if wanted and wanted != runtime.manifest.plan_sha256:
             return _decline(message, "the global model's plan is not this device's plan", node)
         x, y = node.examples()
@@ -212,20 +223,26 @@ def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
                 runtime.set_weights(weights)
             recheck = 1.0 if isinstance(provider, DeviceEligibility) else 0.0
             result = runtime.fit(
-                x, y, epochs=int(_number(cfg, "epochs", 1)), lr=_number(cfg, "lr", 0.05),
-                seed=int(_number(cfg, "seed", 0)),
+                x, y, epochs=int(_number(cfg, fk.EPOCHS, fk.DEFAULT_EPOCHS)),
+                lr=_number(cfg, fk.LR, DEFAULTS.lr),
+                seed=order_seed(int(_number(cfg, fk.SEED, fk.DEFAULT_SEED)),
+                                int(_number(cfg, fk.SERVER_ROUND, 0)), int(context.node_id)),
+                batch_rule=str(cfg.get(fk.BATCH_RULE, fk.DEFAULT_BATCH_RULE)),
                 should_continue=should_continue(provider, min_interval_s=recheck))
+            n_reported = reported_examples(result, len(y),
+                                           str(cfg.get(fk.WEIGHTING, fk.DEFAULT_WEIGHTING)))
         except EdgeFleetError as exc:
             return _decline(message, f"cannot train: {exc}", node)
         if result.steps == 0:
             return _decline(message, "conditions stopped holding before the first step", node)
         loss = result.loss if result.epoch_losses else float("nan")
-        metrics = MetricRecord({"num-examples": int(min(len(y), result.examples)),
-                                "train-loss": float(loss), "steps": result.steps})
-        config = ConfigRecord({"status": "stopped" if result.stopped else "ok",
-                               "drift": node.drift_json(), **node.identity()})
+        metrics = MetricRecord({fk.NUM_EXAMPLES: n_reported, fk.TRAIN_LOSS: float(loss),
+                                fk.STEPS: result.steps,
+                                fk.EXAMPLES_TRAINED: result.examples_trained})
+        config = ConfigRecord({fk.STATUS: fk.STATUS_STOPPED if result.stopped else fk.STATUS_OK,
+                               fk.DRIFT: node.drift_json(), **node.identity()})
         arrays = ArrayRecord({k: Array(v) for k, v in runtime.get_weights().items()})
-        return Message(RecordDict({"arrays": arrays, "metrics": metrics, "config": config}),
+        return Message(RecordDict({fk.ARRAYS: arrays, fk.METRICS: metrics, fk.CONFIG: config}),
                        reply_to=message)
 
     @app.evaluate()
@@ -235,7 +252,7 @@ def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
             return _decline(message, node.error)
         x, y = node.examples()
         if len(y) == 0:
-            return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0})}),
+            return Message(RecordDict({fk.METRICS: MetricRecord({fk.NUM_EXAMPLES: 0})}),
                            reply_to=message)
         try:
             weights = _weights_from(message)
@@ -244,10 +261,10 @@ def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
             result = node.runtime.evaluate(x, y)
         except EdgeFleetError as exc:
             return _decline(message, f"cannot evaluate: {exc}", node)
-        metrics = MetricRecord({"num-examples": result.n, "eval-loss": result.loss,
-                                "eval-acc": result.accuracy})
-        return Message(RecordDict({"metrics": metrics,
-                                   "config": ConfigRecord(node.identity())}), reply_to=message)
+        metrics = MetricRecord({fk.NUM_EXAMPLES: result.n, fk.EVAL_LOSS: result.loss,
+                                fk.EVAL_ACC: result.accuracy})
+        return Message(RecordDict({fk.METRICS: metrics,
+                                   fk.CONFIG: ConfigRecord(node.identity())}), reply_to=message)
 
     return app
 

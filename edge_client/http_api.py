@@ -13,15 +13,18 @@ Routes (JSON), the same as the server's V2 routes where they overlap::
     POST /v2/models/{m}[/versions/{v}]/infer    V2 InferenceRequest -> InferenceResponse
     POST /v1/labels                             {"inputs": [[...], ...], "labels": [...]} -> 201
     GET  /v1/status                             what ``edgefleet agent status`` shows
+    GET  /metrics                               Prometheus metrics (:mod:`edge_client.metrics`)
 
-Inference speaks the server's V2 JSON (:mod:`edge_client.v2`), honours the request's ``outputs``
-and says in ``parameters.path`` which path answered. Errors are V2 error bodies
-``{"error": "..."}`` with the server's codes: 400 bad input (also a batch over ``max_batch``
-rows or an unknown output), 404 unknown route, model or version, 413 body over
+Inference speaks the server's V2 JSON with the server's own codec (:mod:`edgefleet.v2`): a body
+the server refuses for the active model, the endpoint refuses too, with the same message. It
+honours the request's ``outputs`` and says in ``parameters.path`` which path answered. Errors are
+V2 error bodies ``{"error": "..."}`` with the server's codes: 400 bad input (also a batch over
+``max_batch`` rows or an unknown output), 404 unknown route, model or version, 413 body over
 ``max_request_bytes`` (from ``Content-Length`` before reading, or while reading a chunked body),
 503 only when neither the local model nor the server could answer.
 
-It binds to 127.0.0.1 only: applications on the device talk to it; nothing else can.
+It binds to 127.0.0.1 only: applications on the device talk to it; nothing else can. It serves
+a :class:`LocalService` (what :class:`~edge_client.agent.Agent` offers), not the agent itself.
 """
 
 from __future__ import annotations
@@ -34,34 +37,50 @@ import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from pydantic import ValidationError
 
 from edge_client.errors import (
     AgentError,
     ConfigurationError,
+    DiskFullError,
     InvalidInputError,
     ModelUnavailableError,
+    StorageUnavailableError,
     UnknownModelError,
 )
-from edge_client.v2 import (
-    PROBABILITIES,
-    array_from_request,
-    error_body,
-    requested_outputs,
-    response_from_probs,
-)
-from edgefleet import __version__
-from edgefleet.wire import InferenceRequest
+from edgefleet import v2
+from edgefleet.errors import InputError
 
 if TYPE_CHECKING:
-    from edge_client.agent import Agent
+    from edge_client.inference import Prediction
+    from edge_client.metrics import AgentMetrics
+    from edge_client.models import ActiveModel, ModelManager
+    from edge_client.settings import AgentSettings
+    from edgefleet.wire import Assignment
 
 log = logging.getLogger(__name__)
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?$")
 _READY = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/ready$")
+
+
+class LocalService(Protocol):
+    """What the endpoint serves (an :class:`~edge_client.agent.Agent` is one)."""
+
+    settings: AgentSettings
+    models: ModelManager
+    assignment: Assignment | None
+    metrics: AgentMetrics
+
+    def predict(self, x: Any, *, model: str | None = None, version: int | None = None
+                ) -> Prediction: ...
+
+    def record_label(self, x: Any, y: Any) -> int: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 class _HTTPError(Exception):
@@ -87,10 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("local http: " + format, *args)
 
-    def _send(self, status: HTTPStatus, body: Any) -> None:
+    def _send(self, status: HTTPStatus, body: Any, content_type: str = "application/json"
+              ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -99,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _too_large(self, what: str) -> _HTTPError:
         self.close_connection = True  # the rest of the body is never read
-        limit = self.server.agent.settings.max_request_bytes
+        limit = self.server.service.settings.max_request_bytes
         return _HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                           f"{what} exceeds the limit of {limit} bytes")
 
@@ -116,12 +136,12 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0:
             self.close_connection = True
             raise _HTTPError(HTTPStatus.BAD_REQUEST, "invalid Content-Length")
-        if length > self.server.agent.settings.max_request_bytes:
+        if length > self.server.service.settings.max_request_bytes:
             raise self._too_large(f"body of {length} bytes")
         return self.rfile.read(length) if length > 0 else b""
 
     def _chunked_body(self) -> bytes:
-        limit = self.server.agent.settings.max_request_bytes
+        limit = self.server.service.settings.max_request_bytes
         parts: list[bytes] = []
         total = 0
         while True:
@@ -148,21 +168,29 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         self._body_read = False
+        if method == "GET" and path == "/metrics":  # Prometheus text (edge_client.metrics)
+            self._send(HTTPStatus.OK, *self.server.service.metrics.exposition())
+            return
         try:
             status, body = self._route(method, path)
         except _HTTPError as exc:
-            status, body = exc.status, error_body(str(exc))
-        except InvalidInputError as exc:
-            status, body = HTTPStatus.BAD_REQUEST, error_body(str(exc))
+            status, body = exc.status, v2.error_body(str(exc))
+        except InputError as exc:  # the codec's TensorError, the agent's InvalidInputError
+            status, body = HTTPStatus.BAD_REQUEST, v2.error_body(str(exc))
         except UnknownModelError as exc:
-            status, body = HTTPStatus.NOT_FOUND, error_body(str(exc))
+            status, body = HTTPStatus.NOT_FOUND, v2.error_body(str(exc))
         except ModelUnavailableError as exc:
-            status, body = HTTPStatus.SERVICE_UNAVAILABLE, error_body(str(exc))
+            status, body = HTTPStatus.SERVICE_UNAVAILABLE, v2.error_body(str(exc))
+        except DiskFullError as exc:  # nothing was stored: say so, the client may retry later
+            status, body = HTTPStatus.INSUFFICIENT_STORAGE, v2.error_body(str(exc))
+        except StorageUnavailableError as exc:  # a read-only data folder
+            status, body = HTTPStatus.SERVICE_UNAVAILABLE, v2.error_body(str(exc))
         except AgentError as exc:
-            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, error_body(str(exc))
+            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, v2.error_body(str(exc))
         except Exception as exc:  # the endpoint must survive anything a request triggers
             log.exception("local http: %s %s failed", method, path)
-            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, error_body(f"internal error: {exc}")
+            status, body = (HTTPStatus.INTERNAL_SERVER_ERROR,
+                            v2.error_body(f"internal error: {exc}"))
         if not self._body_read and (self.headers.get("Content-Length", "0") != "0"
                                     or "Transfer-Encoding" in self.headers):
             self.close_connection = True  # an unread body would be parsed as the next request
@@ -176,16 +204,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- routes ------------------------------------------------------------------------------
     def _route(self, method: str, path: str) -> tuple[HTTPStatus, Any]:
-        agent = self.server.agent
+        service = self.server.service
         if method == "GET" and path == "/v2":
-            return HTTPStatus.OK, {"name": "edgefleet", "version": __version__, "extensions": []}
+            return HTTPStatus.OK, v2.server_metadata()
         if method == "GET" and path == "/v2/health/live":
             return HTTPStatus.OK, {"live": True}
         if method == "GET" and path == "/v2/health/ready":
-            ready = agent.models.active is not None
+            ready = service.models.active is not None
             return (HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE), {"ready": ready}
         if method == "GET" and path == "/v1/status":
-            return HTTPStatus.OK, agent.status()
+            return HTTPStatus.OK, service.status()
         if method == "GET" and (m := _MODEL.match(path)):
             return HTTPStatus.OK, self._metadata(m.group(1), _version(m.group(2)))
         if method == "GET" and (m := _READY.match(path)):
@@ -204,29 +232,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _infer(self, model: str, version: int | None) -> dict[str, Any]:
         try:
-            request = InferenceRequest.model_validate(self._json())
+            request = v2.InferenceRequest.model_validate(self._json())
         except ValidationError as exc:
-            raise InvalidInputError(f"not a V2 inference request: {exc}") from exc
-        agent = self.server.agent
-        active = agent.models.active
-        manifest = active.runtime.manifest if active is not None else None
-        output_name = manifest.output.name if manifest is not None else PROBABILITIES
-        outputs = requested_outputs(request, output_name)  # refused before any inference
-        x = array_from_request(request, manifest.input.name if manifest else None)
-        single = manifest is not None and x.shape == manifest.input.sample_shape
-        rows = 1 if single or x.ndim == 1 else x.shape[0]
-        limit = agent.settings.max_batch
-        if not 1 <= rows <= limit:
-            raise InvalidInputError(f"batch size {rows} is outside 1..{limit}")
-        pred = agent.predict(x, model=model, version=version)
-        response = response_from_probs(pred.model, pred.version, pred.probs, pred.classes,
-                                       path=pred.path, id=request.id, output_name=output_name,
-                                       outputs=outputs)
+            raise v2.TensorError(f"not a V2 inference request: {exc}") from exc
+        service = self.server.service
+        active = service.models.active
+        limit = service.settings.max_batch
+        if active is not None and _names(active, model, version):  # decoded as the server does
+            manifest = active.runtime.manifest
+            output_name = manifest.output.name
+            names = v2.requested_outputs(request.outputs, output_name)
+            x = v2.decode_input(request.inputs, manifest, max_batch=limit)
+        else:  # for the server's fallback, which checks it against its own manifest
+            output_name = v2.PROBABILITIES
+            names = v2.requested_outputs(request.outputs, output_name)
+            x = _fallback_input(request, limit)
+        pred = service.predict(x, model=model, version=version)
+        response = v2.InferenceResponse(
+            model_name=pred.model,
+            model_version=None if pred.version is None else str(pred.version),
+            id=request.id, parameters={"path": pred.path},
+            outputs=v2.encode_outputs(pred.probs, pred.classes, output_name, names))
         return response.model_dump(mode="json", exclude_none=True)
 
-    def _served(self, model: str, version: int | None) -> Any:
+    def _served(self, model: str, version: int | None) -> ActiveModel:
         """The active model when it is the one (and version) named, else 404."""
-        active = self.server.agent.models.active
+        active = self.server.service.models.active
         if active is None or active.info.model != model:
             raise UnknownModelError(f"model {model!r} is not active on this device")
         if version is not None and version != active.info.version:
@@ -238,23 +269,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _metadata(self, model: str, version: int | None) -> dict[str, Any]:
         active = self._served(model, version)
         m = active.runtime.manifest
-        return {
-            "name": active.info.model, "versions": [str(active.info.version)],
-            "platform": "tflite",
-            "inputs": [{"name": m.input.name, "datatype": "FP32",
-                        "shape": [-1, *m.input.sample_shape]}],
-            "outputs": [{"name": m.output.name, "datatype": "FP32",
-                         "shape": [-1, m.output.n_classes]},
-                        {"name": "label", "datatype": "BYTES", "shape": [-1]}],
-            "parameters": {"version": str(active.info.version), "plan_name": m.name,
-                           "feature_names": list(m.input.feature_names),
-                           "class_labels": list(m.output.class_labels)},
-        }
+        return v2.model_metadata(active.info.model, [active.info.version], m,
+                                 version=str(active.info.version), plan_name=m.name)
 
     def _ready(self, model: str, version: int | None) -> tuple[HTTPStatus, Any]:
-        agent = self.server.agent
-        a = agent.assignment
-        if agent.models.active is None and a is not None and a.model == model and (
+        service = self.server.service
+        a = service.assignment
+        if service.models.active is None and a is not None and a.model == model and (
                 version in (None, a.version)):
             raise ModelUnavailableError(f"version {a.version} of {model!r} is assigned but not "
                                         "installed yet")
@@ -266,8 +287,24 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._json()
         if not isinstance(body, dict) or "inputs" not in body or "labels" not in body:
             raise InvalidInputError('expected {"inputs": [[...], ...], "labels": [...]}')
-        stored = self.server.agent.record_label(body["inputs"], body["labels"])
+        stored = self.server.service.record_label(body["inputs"], body["labels"])
         return {"stored": stored}
+
+
+def _names(active: ActiveModel, model: str, version: int | None) -> bool:
+    """Whether the route names the active model (and version, when one is named)."""
+    return active.info.model == model and version in (None, active.info.version)
+
+
+def _fallback_input(request: v2.InferenceRequest, max_batch: int) -> np.ndarray:
+    """The one input tensor of a request the local model does not serve (``[n, ...]``)."""
+    if len(request.inputs) != 1:
+        raise v2.TensorError(f"expected exactly one input tensor, got {len(request.inputs)}")
+    x = v2.decode_tensor(request.inputs[0])
+    if x.ndim == 0:
+        raise v2.TensorError("the input tensor must have a batch dimension")
+    v2.check_batch(x.shape[0], max_batch)
+    return x
 
 
 def _version(text: str | None) -> int | None:
@@ -283,8 +320,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, agent: Agent, port: int) -> None:
-        self.agent = agent
+    def __init__(self, service: LocalService, port: int) -> None:
+        self.service = service
         super().__init__(("127.0.0.1", port), _Handler)
 
 
@@ -293,15 +330,15 @@ class LocalServer:
 
     Parameters
     ----------
-    agent : Agent
-        Answers the requests.
+    service : LocalService
+        Answers the requests (an :class:`~edge_client.agent.Agent`).
     port : int
         Port on 127.0.0.1 (0 picks a free one; see ``port`` after ``start()``).
     """
 
-    def __init__(self, agent: Agent, port: int = 0) -> None:
+    def __init__(self, service: LocalService, port: int = 0) -> None:
         try:
-            self._server = _Server(agent, port)
+            self._server = _Server(service, port)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigurationError(f"127.0.0.1:{port} is already in use") from None

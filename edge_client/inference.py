@@ -39,11 +39,13 @@ Counts are in rows (examples), not requests.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from edge_client.client import ServerClient
 from edge_client.errors import (
     InvalidInputError,
     ModelUnavailableError,
@@ -51,12 +53,19 @@ from edge_client.errors import (
     ServerRejectedError,
     UnknownModelError,
 )
-from edge_client.models import ActiveModel
-from edge_client.v2 import labels_from_response, probs_from_response, request_from_array
+from edge_client.models import ActiveModel, InstalledVersion, ModelManager
+from edge_client.settings import AgentSettings
+from edge_client.store import LabelStore
+from edge_client.telemetry import Telemetry
 from edgefleet.errors import EdgeFleetError, InputError
-
-if TYPE_CHECKING:
-    from edge_client.agent import Agent
+from edgefleet.v2 import (
+    TensorError,
+    labels_from_response,
+    predicted_labels,
+    probs_from_response,
+    request_from_array,
+)
+from edgefleet.wire import Assignment
 
 
 @dataclass(frozen=True)
@@ -103,10 +112,47 @@ def as_features(x: Any) -> np.ndarray:
 
 
 class InferenceRouter:
-    """Local inference with fallback to the server (see the module docstring)."""
+    """Local inference with fallback to the server (see the module docstring).
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    It is given what it uses, not the agent that owns it.
+
+    Parameters
+    ----------
+    models : ModelManager
+        The installed models (the active one answers; a failing one is rolled back).
+    telemetry : Telemetry
+        Counts, latencies and drift of what the device's own model served.
+    labels : LabelStore
+        Where :meth:`record_label` stores labelled examples.
+    settings : AgentSettings
+        ``failures_before_rollback``, ``inference_timeout_s``, ``fallback_cooldown_s``.
+    assignment : callable
+        The device's current assignment (``None`` before the first poll).
+    client : callable
+        The server's client (``None`` when the device is not enrolled).
+    reject : callable
+        Called with a version rolled back after failing to answer, so that it is not
+        reinstalled.
+    """
+
+    def __init__(
+        self,
+        models: ModelManager,
+        telemetry: Telemetry,
+        labels: LabelStore,
+        settings: AgentSettings,
+        *,
+        assignment: Callable[[], Assignment | None],
+        client: Callable[[], ServerClient | None],
+        reject: Callable[[InstalledVersion], None],
+    ) -> None:
+        self.models = models
+        self.telemetry = telemetry
+        self.labels = labels
+        self.settings = settings
+        self._assignment = assignment
+        self._client = client
+        self._reject = reject
         self.failures = 0
         self._cooldown_until = 0.0
 
@@ -120,8 +166,8 @@ class InferenceRouter:
 
     def _fallback_target(self, model: str | None, version: int | None
                          ) -> tuple[str | None, int | None]:
-        a = self.agent.assignment
-        active = self.agent.models.active
+        a = self._assignment()
+        active = self.models.active
         if model is None:
             if a is not None:
                 return a.model, version if version is not None else a.version
@@ -135,7 +181,7 @@ class InferenceRouter:
     def predict(self, x: Any, *, model: str | None = None, version: int | None = None
                 ) -> Prediction:
         arr = as_features(x)
-        active = self.agent.models.active
+        active = self.models.active
         reason = "no local model is active"
         if active is not None and not self._serves(active, model, version):
             reason = (f"{_describe(model or active.info.model, version)} is not the local model "
@@ -160,27 +206,26 @@ class InferenceRouter:
             else:
                 latency = (time.perf_counter() - start) * 1000.0
                 self.failures = 0
-                self.agent.telemetry.record_local(manifest, active.info.version, feats, probs,
-                                                  latency, model=active.info.model)
-                labels = manifest.output.class_labels
-                return Prediction(probs, [labels[i] for i in np.argmax(probs, axis=1)],
+                self.telemetry.record_local(manifest, active.info.version, feats, probs,
+                                            latency, model=active.info.model)
+                return Prediction(probs, predicted_labels(probs, manifest.output.class_labels),
                                   "local", active.info.model, active.info.version, latency)
         return self._fallback(arr, reason, model, version)
 
     def _local_failure(self, active: ActiveModel, reason: str) -> None:
         self.failures += 1
-        self.agent.telemetry.record_error(active.info.model, active.info.version)
-        if self.failures >= self.agent.settings.failures_before_rollback:
+        self.telemetry.record_error(active.info.model, active.info.version)
+        if self.failures >= self.settings.failures_before_rollback:
             self.failures = 0
-            self.agent.reject(active.info)
-            self.agent.models.rollback(
+            self._reject(active.info)
+            self.models.rollback(
                 f"{active.info.model} v{active.info.version} failed to answer "
-                f"{self.agent.settings.failures_before_rollback} times in a row: {reason}")
+                f"{self.settings.failures_before_rollback} times in a row: {reason}")
 
     def _fallback(self, arr: np.ndarray, reason: str, model: str | None, version: int | None
                   ) -> Prediction:
-        client = self.agent.client
-        active = self.agent.models.active
+        client = self._client()
+        active = self.models.active
         if client is None:
             if active is not None:  # it runs a model, and not the one named
                 raise UnknownModelError(
@@ -195,12 +240,15 @@ class InferenceRouter:
                 f"{reason}; the server's fallback was unreachable, next try in {wait:.1f} s")
         input_name = active.runtime.manifest.input.name if active is not None else "x"
         rows = arr[None] if arr.ndim == 1 else arr
-        settings = self.agent.settings
+        settings = self.settings
         start = time.perf_counter()
         try:
             response = client.infer(target, target_version, request_from_array(rows, input_name),
                                     timeout_s=settings.inference_timeout_s)
             probs = probs_from_response(response, rows.shape[0])
+        except TensorError as exc:  # the server's answer, not the caller's input
+            raise ModelUnavailableError(f"{reason}; the server's answer is unusable: {exc}"
+                                        ) from exc
         except ServerRejectedError as exc:
             if exc.status_code in (400, 413, 422):
                 raise InvalidInputError(f"the server refused the input too: {exc.detail}") from exc
@@ -222,23 +270,23 @@ class InferenceRouter:
             classes = [names[i] if names and i < len(names) else str(i) for i in idx]
         own = self._own_version()
         if own is not None and target == own[0]:
-            self.agent.telemetry.record_fallback(own[0], own[1], int(rows.shape[0]))
+            self.telemetry.record_fallback(own[0], own[1], int(rows.shape[0]))
         return Prediction(probs, classes, "fallback", response.model_name or target,
                           answered_version, latency)
 
     def _own_version(self) -> tuple[str, int] | None:
         """The version this device reports on: the active one, else the assigned one."""
-        active = self.agent.models.active
+        active = self.models.active
         if active is not None:
             return active.info.model, active.info.version
-        a = self.agent.assignment
+        a = self._assignment()
         return (a.model, a.version) if a is not None else None
 
     # --- labels ---------------------------------------------------------------------------------
     def record_label(self, x: Any, y: Any) -> int:
-        active = self.agent.models.active
+        active = self.models.active
         manifest = active.runtime.manifest if active is not None else None
-        a = self.agent.assignment
+        a = self._assignment()
         model = manifest.name if manifest else (a.model if a else None)
         if model is None:
             raise ModelUnavailableError("no model yet: labelled examples are stored per model")
@@ -258,7 +306,7 @@ class InferenceRouter:
             raise InvalidInputError(f"{arr.shape[0]} examples but {ys.size} labels")
         classes = manifest.output.class_labels if manifest else None
         idx = np.asarray([_class_index(v, classes) for v in ys], dtype=np.int64)
-        return self.agent.labels.add(model, arr, idx)
+        return self.labels.add(model, arr, idx)
 
 
 def _describe(model: str, version: int | None) -> str:

@@ -10,15 +10,21 @@ Layout under ``<data_dir>/models``::
 
 Installing (:meth:`ModelManager.install`) never touches the active model until the very end:
 
-1. download the manifest, the plan and the weights into a staging directory, each streamed to a
-   temporary file and verified (size, sha256; see :mod:`edge_client.download`); a plan or weights
-   file already installed with the same sha256 is copied instead of downloaded;
+1. download the manifest into a staging directory (streamed, size and sha256 checked against the
+   assignment's digest; see :mod:`edge_client.download`), rebuild the version statement from the
+   assignment and the manifest and check the registry's signature against the pinned key
+   (:mod:`edgefleet.signature`) — an unsigned version, a bad signature or an unknown key is
+   refused before anything else is fetched; then the plan and the weights, each verified the
+   same way (a file already installed with the same sha256 is copied instead of downloaded);
 2. check the manifest belongs to the plan, load the staged directory with
    :class:`~edgefleet.runtime.PlanRuntime` and smoke-test it (:func:`smoke_test`);
 3. rename the staging directory to ``<model>/<version>`` (atomic), rewrite ``active.json``
    (temporary file, fsync, ``os.replace``) and only then swap the in-memory runtime.
 
-A crash or an error at any step leaves ``active.json`` naming the old, complete version. The
+A crash or an error at any step leaves ``active.json`` naming the old, complete version. Every
+refusal (integrity, signature, manifest, smoke test) emits exactly one ``rejected`` event with
+its reason. Loading an installed version re-checks its files against the digests recorded in
+``active.json``, so a file altered on the device's disk is not served either. The
 previous versions stay on disk (``keep_versions``) so :meth:`ModelManager.rollback` can return to
 one; :meth:`ModelManager.load_active` rolls back by itself when the current version no longer
 loads or answers.
@@ -32,7 +38,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +47,12 @@ import numpy as np
 
 from edge_client.client import ServerClient
 from edge_client.download import download_artifact, reuse_local
-from edge_client.errors import ModelRejectedError
+from edge_client.errors import IntegrityError, ModelRejectedError
 from edge_client.storage import atomic_write, fsync_dir
-from edgefleet.errors import EdgeFleetError
-from edgefleet.plan import sha256_file
+from edgefleet.errors import EdgeFleetError, SignatureError
+from edgefleet.plan import PlanManifest, sha256_file
 from edgefleet.runtime import MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE, PlanRuntime
+from edgefleet.signature import KeyLink, verify_version, version_statement
 from edgefleet.wire import Assignment
 
 POINTER_FILE = "active.json"
@@ -61,11 +68,30 @@ class InstalledVersion:
     plan_sha256: str
     weights_sha256: str
     installed_at: float
+    manifest_sha256: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InstalledVersion:
+        manifest = d.get("manifest_sha256")
         return cls(str(d["model"]), int(d["version"]), str(d["plan_sha256"]),
-                   str(d["weights_sha256"]), float(d["installed_at"]))
+                   str(d["weights_sha256"]), float(d["installed_at"]),
+                   str(manifest) if manifest else None)
+
+    def check_files(self, path: Path) -> None:
+        """Refuse a version directory whose files no longer hash to the recorded digests."""
+        wanted = [(PLAN_FILE, self.plan_sha256), (WEIGHTS_FILE, self.weights_sha256)]
+        if self.manifest_sha256:
+            wanted.append((MANIFEST_FILE, self.manifest_sha256))
+        for name, sha in wanted:
+            try:
+                actual = sha256_file(path / name)
+            except OSError as exc:
+                raise ModelRejectedError(f"{self.model} v{self.version}: {name}: {exc}") from exc
+            if actual != sha:
+                raise ModelRejectedError(
+                    f"{self.model} v{self.version}: {name} on disk hashes to {actual[:12]}…, "
+                    f"installed as {sha[:12]}…"
+                )
 
 
 @dataclass(frozen=True)
@@ -165,6 +191,7 @@ class ModelManager:
     # --- loading -------------------------------------------------------------------------------
     def _load(self, info: InstalledVersion) -> ActiveModel:
         path = self.version_dir(info.model, info.version)
+        info.check_files(path)
         try:
             runtime = PlanRuntime.from_dir(path, interpreter=self.interpreter)
         except (EdgeFleetError, OSError) as exc:
@@ -221,28 +248,40 @@ class ModelManager:
         ) == (assignment.model, assignment.version, assignment.plan.sha256,
               assignment.weights.sha256)
 
-    def install(self, client: ServerClient, assignment: Assignment) -> ActiveModel:
+    def install(self, client: ServerClient, assignment: Assignment, *,
+                pinned: Sequence[KeyLink] = ()) -> ActiveModel:
         """Download, verify, load, smoke-test and activate ``assignment`` (see module doc).
+
+        ``pinned`` are the signing keys the device trusts (from enrolment); with none, every
+        downloaded version is refused.
 
         Raises
         ------
+        IntegrityError
+            A download did not match its digest or size; nothing changed (a ``rejected`` event).
         ArtifactError
-            A download was refused (integrity, interruption, full disk); nothing changed.
+            A download was interrupted or the disk is full; nothing changed.
         ModelRejectedError
-            The new version does not load or answer; nothing changed (reported as an event).
+            Unsigned, a bad signature, a manifest that does not belong, or a version that does
+            not load or answer; nothing changed (reported as a ``rejected`` event).
         ServerError
             The server could not be reached or refused a request; nothing changed.
         """
         a = assignment
-        info = InstalledVersion(a.model, a.version, a.plan.sha256, a.weights.sha256, time.time())
-        return self._install(info, lambda staging: self._stage(client, a, staging))
+        info = InstalledVersion(a.model, a.version, a.plan.sha256, a.weights.sha256, time.time(),
+                                a.manifest.sha256 if a.manifest else None)
+        return self._install(info, lambda staging: self._stage(client, a, staging, pinned))
 
     def install_dir(self, plan_dir: Path, model: str, version: int) -> ActiveModel:
         """Activate a plan directory already on the device (provisioning without a network:
         a factory image, ``edgefleet agent install``), with the same checks and atomicity."""
         plan_dir = Path(plan_dir)
-        info = InstalledVersion(model, version, sha256_file(plan_dir / PLAN_FILE),
-                                sha256_file(plan_dir / WEIGHTS_FILE), time.time())
+        try:
+            info = InstalledVersion(model, version, sha256_file(plan_dir / PLAN_FILE),
+                                    sha256_file(plan_dir / WEIGHTS_FILE), time.time(),
+                                    sha256_file(plan_dir / MANIFEST_FILE))
+        except OSError as exc:
+            raise ModelRejectedError(f"cannot read {plan_dir}: {exc}") from exc
 
         def copy(staging: Path) -> None:
             for name in (PLAN_FILE, WEIGHTS_FILE, MANIFEST_FILE):
@@ -259,10 +298,10 @@ class ModelManager:
             staging = self.models_dir / f".staging-{uuid.uuid4().hex}"
             staging.mkdir()
             try:
-                stage(staging)
                 try:
+                    stage(staging)
                     loaded = self._load_staged(info, staging)
-                except ModelRejectedError as exc:
+                except (ModelRejectedError, IntegrityError) as exc:
                     self._on_event("rejected", {"model": info.model, "version": info.version,
                                                 "reason": str(exc)})
                     raise
@@ -270,8 +309,9 @@ class ModelManager:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def _stage(self, client: ServerClient, a: Assignment, staging: Path) -> None:
-        manifest = client.manifest(a.manifest_url)
+    def _stage(self, client: ServerClient, a: Assignment, staging: Path,
+               pinned: Sequence[KeyLink]) -> None:
+        manifest = self._stage_signed_manifest(client, a, staging, pinned)
         if manifest.plan_sha256 != a.plan.sha256:
             raise ModelRejectedError(
                 f"manifest of {a.model} v{a.version} describes plan {manifest.plan_sha256[:12]}…, "
@@ -288,7 +328,36 @@ class ModelManager:
                 tmp = download_artifact(client, ref, staging, name,
                                         min_free_bytes=self.min_free_bytes)
             tmp.rename(staging / name)
-        atomic_write(staging / MANIFEST_FILE, manifest.to_json().encode())
+
+    def _stage_signed_manifest(self, client: ServerClient, a: Assignment, staging: Path,
+                               pinned: Sequence[KeyLink]) -> PlanManifest:
+        """Download the manifest (digest-checked), check the version's signature, keep the
+        manifest's exact bytes in ``staging``; :class:`ModelRejectedError` when refused."""
+        what = f"{a.model} v{a.version}"
+        if a.manifest is None:
+            raise ModelRejectedError(f"{what}: the assignment carries no manifest digest")
+        if a.signature is None:
+            raise ModelRejectedError(f"{what}: the version is not signed — refused")
+        if not pinned:
+            raise ModelRejectedError(f"{what}: no signing key is pinned (re-enrol the device)")
+        tmp = download_artifact(client, a.manifest, staging, MANIFEST_FILE,
+                                min_free_bytes=self.min_free_bytes)
+        try:
+            manifest = PlanManifest.from_json(tmp.read_bytes())
+        except EdgeFleetError as exc:
+            raise ModelRejectedError(f"{what}: unusable manifest: {exc}") from exc
+        statement = version_statement(
+            model=a.model, version=a.version, plan=a.plan, weights=a.weights,
+            manifest=a.manifest, plan_name=manifest.name, plan_format=manifest.format,
+            class_labels=manifest.output.class_labels)
+        try:
+            verify_version(statement, signer_id=a.signature.key_id,
+                           signature=a.signature.signature, pinned=pinned,
+                           chain=a.signature.key_chain)
+        except SignatureError as exc:
+            raise ModelRejectedError(f"{what}: signature refused: {exc}") from exc
+        tmp.rename(staging / MANIFEST_FILE)
+        return manifest
 
     def _load_staged(self, info: InstalledVersion, staging: Path) -> ActiveModel:
         try:

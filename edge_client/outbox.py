@@ -17,6 +17,10 @@ server, so merging it could count it twice), with the ``merge`` function given (
 merge associatively); when no such pair exists it *drops* the oldest entry and counts it. The
 count is handed to the next report (``dropped_reports``) through :meth:`Outbox.pending_dropped`
 and ``put(..., consumes_dropped=n)``, in the same transaction that stores that report.
+
+On a read-only data folder, or once the disk is full, the outbox goes on **in memory** (a copy
+of what the file held) with the same bound, merging and dropping (:attr:`Outbox.degraded`
+says why): telemetry is still sent while the process runs and is lost at exit.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_client.storage import Database
+from edge_client.errors import DiskFullError, StoreError
+from edge_client.storage import Database, cannot_write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -64,7 +69,7 @@ class OutboxEntry:
 
 
 class Outbox(Database):
-    """A bounded, durable queue of reports with retry scheduling.
+    """A bounded, durable queue of reports with retry scheduling (in memory when degraded).
 
     Parameters
     ----------
@@ -78,6 +83,8 @@ class Outbox(Database):
         ``merge(older_body, newer_body) -> body`` for entries of the same kind and model version;
         ``None`` means entries are only ever dropped.
     """
+
+    DEGRADED = "memory"
 
     def __init__(
         self,
@@ -104,6 +111,16 @@ class Outbox(Database):
         """Queue a report (making room first), and subtract ``consumes_dropped`` from the
         pending dropped count (the number this report carries as ``dropped_reports``)."""
         now = time.time() if now is None else now
+        try:
+            self._put(key, kind, model, version, body, consumes_dropped, now)
+        except (DiskFullError, StoreError) as exc:
+            if self.degraded is not None or not cannot_write(exc):
+                raise
+            self.to_memory(str(exc))
+            self._put(key, kind, model, version, body, consumes_dropped, now)
+
+    def _put(self, key: str, kind: str, model: str, version: int, body: str,
+             consumes_dropped: int, now: float) -> None:
         with self.transaction() as db:
             while db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] >= self.max_entries:
                 if not self._merge_oldest_pair(db):

@@ -88,6 +88,11 @@ class AgentSettings(BaseSettings):
     min_free_bytes : int
         Free disk space that must remain after a download; below it the download is refused
         before a byte is written (default 16 MiB).
+    install_backoff_base_s, install_backoff_max_s : float
+        After a failed install (interrupted download, full disk, server error) the same
+        assignment is retried after ``min(max, base * 2**(failures - 1))`` seconds times a
+        uniform jitter in [0.5, 1.5] (defaults 10 s and 1 h). A *refused* version (integrity,
+        signature, smoke test) is not retried at all until the assignment changes.
     failures_before_rollback : int
         Consecutive unexpected local-inference failures after which the active model is rolled
         back to the previous version (default 3).
@@ -132,6 +137,8 @@ class AgentSettings(BaseSettings):
     interpreter: InterpreterChoice = "auto"
     keep_versions: int = Field(default=2, ge=2)
     min_free_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    install_backoff_base_s: float = Field(default=10.0, ge=0)
+    install_backoff_max_s: float = Field(default=3600.0, ge=0)
     failures_before_rollback: int = Field(default=3, ge=1)
     max_load_per_core: float = Field(default=0.5, gt=0)
     require_charging: bool = True

@@ -7,6 +7,15 @@
   Flower ClientApp in the SuperNode's process (reader, occasionally writer) can share a file.
 * :class:`StateStore` is a small key/value table plus the latest drift summary per model version,
   which the agent writes and ``edgefleet agent status`` and the ClientApp read.
+
+**Degraded but serving.** When a database cannot be opened for writing (a read-only data folder,
+a full disk), :class:`Database` does not fail: it copies what the file holds (if it can read it)
+into an in-memory database and says so in :attr:`Database.degraded`. What happens next is the
+class's ``DEGRADED`` mode: ``"memory"`` (the state and the outbox) keeps working in memory
+within the same bounds, lost at exit; ``"readonly"`` (the label store) answers reads and
+refuses every write with :class:`~edge_client.errors.StorageUnavailableError`. A ``"memory"``
+database whose disk fills up while running moves to memory the same way
+(:meth:`Database.to_memory`).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -23,9 +33,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edge_client.errors import DiskFullError, StoreError
+from edge_client.errors import DiskFullError, StorageUnavailableError, StoreError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+log = logging.getLogger(__name__)
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -33,6 +44,12 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
         return True
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
+def cannot_write(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk refuses writes (full, or a read-only file system)."""
+    text = str(exc).lower()
+    return isinstance(exc, DiskFullError) or "readonly" in text or "read-only" in text
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -95,17 +112,73 @@ def open_db(path: str | Path, schema: str) -> sqlite3.Connection:
     return conn
 
 
+def _memory_copy(path: Path, schema: str, source: sqlite3.Connection | None = None
+                 ) -> sqlite3.Connection:
+    """An in-memory database holding what ``source`` (or the file, read as immutable) holds."""
+    mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    try:
+        if source is not None:
+            source.backup(mem)
+        elif path.is_file():
+            src = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+            try:
+                src.backup(mem)
+            finally:
+                src.close()
+    except sqlite3.Error:  # unreadable too: start empty
+        mem.close()
+        mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    mem.executescript(schema)
+    return mem
+
+
 class Database:
-    """A SQLite connection guarded by a lock, with ``transaction()`` mapping errors to ours."""
+    """A SQLite connection guarded by a lock, with ``transaction()`` mapping errors to ours.
+
+    ``DEGRADED`` says what happens when the file cannot be written (see the module notes):
+    ``"memory"`` or ``"readonly"``; :attr:`degraded` is ``None`` or why it is degraded.
+    """
+
+    DEGRADED = "readonly"
 
     def __init__(self, path: str | Path, schema: str) -> None:
         self.path = Path(path)
-        self._conn = open_db(self.path, schema)
+        self._schema = schema
         self._lock = threading.RLock()
+        self.degraded: str | None = None
+        self.read_only = False
+        try:
+            self._conn = open_db(self.path, schema)
+        except StoreError as exc:
+            self._conn = _memory_copy(self.path, schema)
+            self._set_degraded(str(exc))
+
+    def _set_degraded(self, why: str) -> None:
+        self.read_only = self.DEGRADED == "readonly"
+        kind = "read-only copy" if self.read_only else "in memory"
+        self.degraded = f"{kind}: {why}"
+        log.warning("%s is degraded (%s)", self.path.name, self.degraded)
+
+    def to_memory(self, why: str) -> None:
+        """Go on in memory (copying the current content) after the disk refused a write."""
+        with self._lock:
+            if self.degraded is not None:
+                return
+            old, self._conn = self._conn, _memory_copy(self.path, self._schema, self._conn)
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+            self._set_degraded(why)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error) under the lock."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error) under the lock.
+
+        Raises :class:`StorageUnavailableError` at once on a read-only degraded database.
+        """
+        if self.read_only:
+            raise StorageUnavailableError(
+                f"{self.path.name} cannot be written ({self.degraded}); nothing was stored"
+            )
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -143,18 +216,28 @@ CREATE TABLE IF NOT EXISTS drift_snapshot (
 
 
 class StateStore(Database):
-    """Small durable facts: last poll, last error, and the latest drift summary per version."""
+    """Small durable facts: last poll, last error, and the latest drift summary per version.
+
+    Degraded (read-only or full disk), it goes on in memory.
+    """
+
+    DEGRADED = "memory"
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, _STATE_SCHEMA)
 
     def set(self, key: str, value: Any) -> None:
         """Store ``value`` (anything JSON can encode) under ``key``."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO kv (key, value, updated) VALUES (?, ?, ?)",
-                (key, json.dumps(value), time.time()),
-            )
+        row = (key, json.dumps(value), time.time())
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT OR REPLACE INTO kv (key, value, updated) VALUES (?, ?, ?)", row)
+        except (DiskFullError, StoreError) as exc:
+            if self.degraded is not None or not cannot_write(exc):
+                raise
+            self.to_memory(str(exc))
+            with self.transaction() as db:
+                db.execute("INSERT OR REPLACE INTO kv (key, value, updated) VALUES (?, ?, ?)", row)
 
     def get(self, key: str, default: Any = None) -> Any:
         rows = self.query("SELECT value FROM kv WHERE key = ?", (key,))

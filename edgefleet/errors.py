@@ -9,16 +9,25 @@
     │   └── WeightsError          wrong weight names, shapes or dtypes; unreadable weights file
     ├── InputError                an input tensor of the wrong shape, dtype or content
     ├── InterpreterUnavailable    no TFLite interpreter is installed
-    └── SummaryError              a drift summary that is malformed or cannot be merged
+    ├── SignatureError            a version signature (or a key endorsement) does not verify
+    ├── SummaryError              a drift summary that is malformed or cannot be merged
+    ├── RegistryError             registry.errors
+    ├── ServerError               server.errors
+    ├── AgentError                edge_client.errors
+    ├── FederationError           aggregation.errors
+    ├── AuthoringError            authoring.errors
+    └── SimulationError           simulation.errors
 
-The server translates these into HTTP status codes; nothing below it knows about HTTP.
+Each package's root error derives from :class:`EdgeFleetError`, so one ``except EdgeFleetError``
+catches every error EdgeFleet raises. The server translates these into HTTP status codes; nothing
+below it knows about HTTP.
 """
 
 from __future__ import annotations
 
 
 class EdgeFleetError(Exception):
-    """Root of every error raised by the shared core."""
+    """Root of every error raised by EdgeFleet (the shared core and every package)."""
 
 
 class PlanError(EdgeFleetError):
@@ -47,3 +56,7 @@ class InterpreterUnavailable(EdgeFleetError):
 
 class SummaryError(EdgeFleetError):
     """A drift summary is malformed, of another schema version, or cannot be merged."""
+
+
+class SignatureError(EdgeFleetError):
+    """A version's signature, or a signing key's endorsement, does not verify."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,10 @@ MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 #: ``predict`` runs at most this many rows per interpreter call (bounded memory, stable shapes).
 MAX_PREDICT_CHUNK = 1024
+#: What ``fit`` does with an epoch's last partial batch (see :meth:`PlanRuntime.fit`).
+BATCH_RULES = ("wrap", "drop", "short")
+#: What a device reports as its update's weight (see :func:`reported_examples`).
+WEIGHTINGS = ("local-size", "examples-trained")
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,18 @@ class FitResult:
     steps
         ``train`` steps run.
     examples
-        Rows fed to ``train`` (``steps * train_batch_size``; includes wrapped-around rows).
+        Rows fed to ``train`` (``steps * train_batch_size``; includes wrapped-around and
+        padding rows).
     epoch_losses
         Mean training loss of each completed epoch.
     stopped
         ``True`` when ``should_continue`` returned ``False``.
     partial_loss
         Mean loss of the steps of an epoch interrupted by ``should_continue`` (else ``None``).
+    examples_trained
+        Distinct examples one epoch trained on: ``n`` for ``wrap`` and ``short``,
+        ``floor(n / batch) * batch`` for ``drop`` (what TensorFlow Federated's
+        ``ClientWeighting.NUM_EXAMPLES`` counts per epoch).
     """
 
     epochs: int
@@ -58,6 +67,7 @@ class FitResult:
     epoch_losses: list[float] = field(default_factory=list)
     stopped: bool = False
     partial_loss: float | None = None
+    examples_trained: int = 0
 
     @property
     def loss(self) -> float:
@@ -91,10 +101,11 @@ class PlanRuntime:
 
     Notes
     -----
-    ``fit`` shuffles the data every epoch and runs ``ceil(n / train_batch_size)`` steps; the last
-    batch, when partial, is filled by wrapping around to the start of that epoch's permutation,
-    so every example is seen at least once per epoch and a few twice (a data set smaller than one
-    batch is repeated to fill it).
+    ``fit`` shuffles the data every epoch. By default (``batch_rule="wrap"``) it runs
+    ``ceil(n / train_batch_size)`` steps; the last batch, when partial, is filled by wrapping
+    around to the start of that epoch's permutation, so every example is seen at least once per
+    epoch and a few twice (a data set smaller than one batch is repeated to fill it).
+    ``"drop"`` and ``"short"`` are the other rules (see :meth:`fit`).
     """
 
     manifest: PlanManifest
@@ -241,39 +252,65 @@ class PlanRuntime:
         lr: float = 0.05,
         seed: int = 0,
         should_continue: Callable[[], bool] | None = None,
+        batch_rule: str = "wrap",
+        orders: Sequence[np.ndarray] | None = None,
     ) -> FitResult:
-        """Train for ``epochs`` epochs of shuffled mini-batches (see the class notes).
+        """Train for ``epochs`` epochs of mini-batches (see the class notes).
 
-        ``should_continue`` is asked before every step; when it returns ``False`` training stops
-        after the current step and the result says ``stopped=True``.
+        ``batch_rule`` says what happens to the last partial batch of an epoch (:data:`BATCH_RULES`):
+        ``"wrap"`` fills it from the start of the epoch's order, ``"drop"`` leaves it out (as
+        ``tf.data``'s ``drop_remainder=True``), ``"short"`` trains it as a smaller batch (padded
+        rows get an out-of-range label, which the plan's one-hot loss ignores, and the step's
+        learning rate is scaled by ``batch / rows`` so the update is the short batch's mean).
+        ``orders`` replaces the seeded shuffle: one index array per epoch (a permutation of a
+        subset of ``range(n)``, used as given). ``should_continue`` is asked before every step;
+        when it returns ``False`` training stops after the current step (``stopped=True``).
         """
         if epochs < 0:
             raise InputError(f"epochs must be >= 0, got {epochs}")
+        if batch_rule not in BATCH_RULES:
+            raise InputError(f"batch_rule must be one of {BATCH_RULES}, got {batch_rule!r}")
         feats = self._features(x)
         n = feats.shape[0]
         if n == 0:
             raise InputError("cannot fit on an empty data set")
         labels = self._labels(y, n)
         lr_arr = self._lr(lr)
-        b = self.manifest.train_batch_size
-        steps_per_epoch = math.ceil(n / b)
         rng = np.random.default_rng(seed)
         steps = 0
         losses: list[float] = []
-        for _ in range(epochs):
-            order = rng.permutation(n)
-            order = np.resize(order, steps_per_epoch * b)  # wrap around to fill the last batch
+        trained = 0
+        for e in range(epochs):
+            order = rng.permutation(n) if orders is None else _given_order(orders, e, n)
+            batches = _batches(order, self.manifest.train_batch_size, batch_rule)
+            trained = sum(len(b) for b in batches) if batch_rule != "wrap" else len(order)
             epoch_loss = 0.0
-            for s in range(steps_per_epoch):
+            for s, idx in enumerate(batches):
                 if should_continue is not None and not should_continue():
                     partial = epoch_loss / s if s else None
-                    return FitResult(len(losses), steps, steps * b, losses, stopped=True,
-                                     partial_loss=partial)
-                idx = order[s * b : (s + 1) * b]
-                epoch_loss += self._step(feats[idx], labels[idx], lr_arr)
+                    return FitResult(len(losses), steps, steps * self.manifest.train_batch_size,
+                                     losses, stopped=True, partial_loss=partial,
+                                     examples_trained=trained)
+                epoch_loss += self._batch_step(feats, labels, idx, lr_arr)
                 steps += 1
-            losses.append(epoch_loss / steps_per_epoch)
-        return FitResult(len(losses), steps, steps * b, losses, stopped=False)
+            losses.append(epoch_loss / len(batches) if batches else float("nan"))
+        return FitResult(len(losses), steps, steps * self.manifest.train_batch_size, losses,
+                         stopped=False, examples_trained=trained if epochs else 0)
+
+    def _batch_step(self, feats: np.ndarray, labels: np.ndarray, idx: np.ndarray,
+                    lr: np.ndarray) -> float:
+        """One ``train`` call on rows ``idx``; fewer rows than the batch: a short batch."""
+        b = self.manifest.train_batch_size
+        m = len(idx)
+        if m == b:
+            return self._step(feats[idx], labels[idx], lr)
+        x = np.empty((b, *feats.shape[1:]), dtype=np.float32)
+        x[:m] = feats[idx]
+        x[m:] = feats[idx[0]]
+        y = np.full(b, self.manifest.output.n_classes, dtype=np.int32)  # ignored by the loss
+        y[:m] = labels[idx]
+        scale = np.float32(b / m)
+        return self._step(x, y, np.asarray(lr * scale, dtype=np.float32)) * float(scale)
 
     # --- weights ------------------------------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -301,3 +338,46 @@ class PlanRuntime:
         m = self.manifest
         return (f"PlanRuntime({m.name!r}, sha256={m.plan_sha256[:12]}…, "
                 f"interpreter={self.interpreter_name!r}, params={m.n_parameters})")
+
+
+def _given_order(orders: Sequence[np.ndarray], epoch: int, n: int) -> np.ndarray:
+    if epoch >= len(orders):
+        raise InputError(f"orders has {len(orders)} epochs, fit needs epoch {epoch}")
+    order = np.asarray(orders[epoch])
+    if order.ndim != 1 or not np.issubdtype(order.dtype, np.integer) or (
+            order.size and (order.min() < 0 or order.max() >= n)):
+        raise InputError(f"orders[{epoch}] must be integer indices in [0, {n})")
+    return order.astype(np.int64)
+
+
+def _batches(order: np.ndarray, b: int, rule: str) -> list[np.ndarray]:
+    """The epoch's batches of row indices under ``rule`` (see :meth:`PlanRuntime.fit`)."""
+    n = len(order)
+    if rule == "wrap":
+        steps = math.ceil(n / b)
+        full = np.resize(order, steps * b)  # wrap around to fill the last batch
+        return [full[s * b:(s + 1) * b] for s in range(steps)]
+    cut = n // b * b
+    out = [order[s:s + b] for s in range(0, cut, b)]
+    if rule == "short" and cut < n:
+        out.append(order[cut:])
+    return out
+
+
+def order_seed(seed: int, server_round: int, device: int) -> int:
+    """The seed of a device's example order in a round: distinct per (run seed, round, device).
+
+    Two devices of the same round (even with equally many examples) shuffle differently, and a
+    device shuffles differently every round.
+    """
+    seq = np.random.SeedSequence([abs(int(seed)), abs(int(server_round)), abs(int(device))])
+    return int(seq.generate_state(1, np.uint64)[0])
+
+
+def reported_examples(result: FitResult, n: int, weighting: str) -> int:
+    """The ``num-examples`` a device reports: ``n`` (``local-size``) or the examples trained."""
+    if weighting not in WEIGHTINGS:
+        raise InputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting == "local-size":
+        return int(n)
+    return int(min(n, result.examples_trained))

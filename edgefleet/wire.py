@@ -48,11 +48,30 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgefleet.bounds import ALIAS_PATTERN as ALIAS_PATTERN  # re-exported
+from edgefleet.bounds import (
+    NAME_PATTERN,
+    CleanLine,
+    CleanText,
+    Count,
+    FiniteFloat,
+    JsonObject,
+    Labels,
+    NonNegativeFinite,
+    Timestamp,
+    VersionNumber,
+)
 from edgefleet.drift import DriftSummary
+from edgefleet.v2 import (  # the V2 schemas live with their codec; re-exported
+    InferenceRequest as InferenceRequest,
+)
+from edgefleet.v2 import InferenceResponse as InferenceResponse
+from edgefleet.v2 import InferTensor as InferTensor
+from edgefleet.v2 import RequestedOutput as RequestedOutput
+from edgefleet.v2 import V2DataType as V2DataType
+from edgefleet.v2 import V2Error as V2Error
 
 API_PREFIX = "/api/v1"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 T = TypeVar("T")
 
@@ -69,22 +88,49 @@ class _Reply(BaseModel):
 
 # --- devices ---------------------------------------------------------------------------------
 class EnrollRequest(_Wire):
-    enrollment_token: str = Field(min_length=1, max_length=512)
+    enrollment_token: CleanLine = Field(min_length=1, max_length=512)
     device_id: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
         description="stable id chosen by the operator; generated when absent",
     )
-    labels: dict[str, str] = Field(default_factory=dict)
-    hardware: dict[str, Any] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
+    hardware: JsonObject = Field(default_factory=dict)
     model: str | None = Field(
         default=None, pattern=NAME_PATTERN,
         description="the model this device runs; the operator can also set it later",
     )
 
 
+class SigningKeyInfo(_Reply):
+    """A public key the registry signs versions with (see :mod:`edgefleet.signature`).
+
+    ``endorsed_by``/``endorsement``: the previous key's id and its signature over this key's
+    rotation statement (absent for the first key).
+    """
+
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    algorithm: Literal["ed25519"] = "ed25519"
+    public_key: str = Field(description="the 32 raw public key bytes, base64")
+    endorsed_by: str | None = None
+    endorsement: str | None = None
+
+
+class VersionSignature(_Reply):
+    """The registry's signature over a version statement (:mod:`edgefleet.signature`)."""
+
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature: str = Field(description="Ed25519 signature, base64")
+    key_chain: list[SigningKeyInfo] = Field(
+        default_factory=list, description="keys from the first to the signer, each endorsed"
+    )
+
+
 class EnrollResponse(_Wire):
     device_id: str
     device_token: str = Field(description="shown once; the server stores only its hash")
+    signing_key: SigningKeyInfo | None = Field(
+        default=None, description="the registry's current version-signing key: pin it"
+    )
 
 
 class ArtifactRef(_Wire):
@@ -103,36 +149,42 @@ class Assignment(_Wire):
     plan: ArtifactRef
     weights: ArtifactRef
     manifest_url: str
+    manifest: ArtifactRef | None = Field(default=None, description="the manifest's digest")
+    signature: VersionSignature | None = Field(
+        default=None, description="the registry's signature over the version statement"
+    )
     poll_interval_s: float = 60.0
 
 
 # --- telemetry -------------------------------------------------------------------------------
 class InferenceStats(_Wire):
-    local: int = 0
-    fallback: int = 0
-    errors: int = 0
-    latency_ms_p50: float | None = None
-    latency_ms_p99: float | None = None
+    """Counters of one window (each 0 to 2³¹ − 1) and finite latencies."""
+
+    local: Count = 0
+    fallback: Count = 0
+    errors: Count = 0
+    latency_ms_p50: NonNegativeFinite | None = None
+    latency_ms_p99: NonNegativeFinite | None = None
 
 
 class LocalEvaluation(_Wire):
-    n_examples: int = Field(ge=0)
-    accuracy: float | None = Field(default=None, ge=0, le=1)
-    loss: float | None = None
+    n_examples: Count
+    accuracy: FiniteFloat | None = Field(default=None, ge=0, le=1)
+    loss: FiniteFloat | None = None
 
 
 class TelemetryReport(_Wire):
     """One window of a device's observations. Retried reports carry the same idempotency key."""
 
-    idempotency_key: str = Field(min_length=8, max_length=128)
-    model: str
-    version: int
-    window_start: datetime
-    window_end: datetime
+    idempotency_key: CleanLine = Field(min_length=8, max_length=128)
+    model: str = Field(pattern=NAME_PATTERN)
+    version: VersionNumber
+    window_start: Timestamp
+    window_end: Timestamp
     drift: DriftSummary | None = None
     inference: InferenceStats = Field(default_factory=InferenceStats)
     local_eval: LocalEvaluation | None = None
-    dropped_reports: int = Field(default=0, ge=0, description="reports the outbox had to drop")
+    dropped_reports: Count = Field(default=0, description="reports the outbox had to drop")
 
 
 class TelemetryAck(_Wire):
@@ -141,33 +193,33 @@ class TelemetryAck(_Wire):
 
 
 # --- registry: versions, lineage, aliases ---------------------------------------------------
-VersionStatus = Literal["PENDING", "READY", "FAILED", "ARCHIVED"]
+VersionStatus = Literal["PENDING", "READY", "FAILED", "ARCHIVED", "DAMAGED"]
 METRIC_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$"
 
 
 class VersionLineage(_Wire):
     """Where a version came from. Every field is optional: a hand-trained plan has none."""
 
-    parent_version: int | None = Field(default=None, ge=1)
-    federated_run: str | None = Field(default=None, max_length=128)
-    federated_round: int | None = Field(default=None, ge=0)
-    num_clients: int | None = Field(default=None, ge=0)
-    strategy: str | None = Field(default=None, max_length=128)
-    drift_summary: dict[str, Any] | None = Field(
+    parent_version: VersionNumber | None = None
+    federated_run: CleanLine | None = Field(default=None, max_length=128)
+    federated_round: Count | None = None
+    num_clients: Count | None = None
+    strategy: CleanLine | None = Field(default=None, max_length=128)
+    drift_summary: JsonObject | None = Field(
         default=None, description="the (fleet-merged) drift summary JSON behind this version"
     )
-    training_data_ref: str | None = Field(default=None, max_length=1024)
+    training_data_ref: CleanLine | None = Field(default=None, max_length=1024)
 
 
 class VersionPublish(_Wire):
     """Metadata of a new version: the ``metadata`` form field of the upload."""
 
-    description: str = Field(default="", max_length=4000)
+    description: CleanText = Field(default="", max_length=4000)
     metrics: dict[str, float] = Field(default_factory=dict, description="e.g. accuracy, f1")
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: JsonObject = Field(default_factory=dict)
     lineage: VersionLineage = Field(default_factory=VersionLineage)
-    plan_from_version: int | None = Field(
-        default=None, ge=1,
+    plan_from_version: VersionNumber | None = Field(
+        default=None,
         description="weights-only publish: reuse this version's plan and manifest",
     )
 
@@ -204,21 +256,23 @@ class VersionInfo(_Reply):
     aliases: list[str] = Field(default_factory=list)
     created_at: datetime
     created_by: str
+    status_reason: str = ""
+    signature: VersionSignature | None = None
 
 
 class AliasMove(_Wire):
     """Point an alias at a READY version (creating the alias when new)."""
 
-    version: int = Field(ge=1)
-    rollout_percent: float | None = Field(
+    version: VersionNumber
+    rollout_percent: FiniteFloat | None = Field(
         default=None, ge=0, le=100,
         description="share of the fleet that follows a canary alias; the default for new canaries",
     )
-    reason: str = Field(default="", max_length=1000)
+    reason: CleanText = Field(default="", max_length=1000)
 
 
 class AliasRollback(_Wire):
-    reason: str = Field(default="rollback", max_length=1000)
+    reason: CleanText = Field(default="rollback", max_length=1000)
 
 
 class AliasInfo(_Reply):
@@ -251,51 +305,6 @@ class Page(_Reply, Generic[T]):
     total: int
     limit: int
     offset: int
-
-
-# --- Open Inference Protocol (V2) ------------------------------------------------------------
-V2DataType = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
-]
-
-
-class InferTensor(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    shape: list[int]
-    datatype: V2DataType
-    parameters: dict[str, Any] | None = None
-    data: list[Any]
-
-
-class RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[InferTensor]
-    outputs: list[RequestedOutput] | None = None
-
-
-class InferenceResponse(BaseModel):
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    outputs: list[InferTensor]
-
-
-class V2Error(BaseModel):
-    error: str
 
 
 def artifact_url(model: str, version: int, kind: Literal["plan", "weights", "manifest"]) -> str:

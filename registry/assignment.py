@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from registry.catalog import get_model
-from registry.errors import NotFoundError, PermissionDeniedError
-from registry.models import CANARY, PRODUCTION, Alias, Device, Model, ModelVersion
+from registry.errors import DamagedArtifactError, NotFoundError, PermissionDeniedError
+from registry.models import CANARY, PRODUCTION, Alias, Device, Model, ModelVersion, VersionStatus
 from registry.versions import LIGHT
 
 __all__ = ["Choice", "assign", "bucket", "check_download", "in_canary"]
@@ -68,7 +68,9 @@ def _model_for(session: Session, device: Device, model: str | None) -> Model:
 def assign(session: Session, device: Device, model: str | None = None) -> Choice:
     """The version ``device`` should run for ``model`` (default: the device's model).
 
-    :class:`NotFoundError` when the model has no ``production`` alias yet.
+    :class:`NotFoundError` when the model has no ``production`` alias yet;
+    :class:`DamagedArtifactError` when the version it names is DAMAGED (a damaged canary
+    falls back to production).
     """
     m = _model_for(session, device, model)
     rows = session.exec(
@@ -81,9 +83,16 @@ def assign(session: Session, device: Device, model: str | None = None) -> Choice
     if PRODUCTION not in found:
         raise NotFoundError(f"model {m.name!r} has no production version yet")
     alias_name = PRODUCTION
-    if CANARY in found and in_canary(device.id, m.name, m.rollout_salt, found[CANARY][0]):
-        alias_name = CANARY
-    return Choice(model=m, version=found[alias_name][1], alias=alias_name)
+    if (CANARY in found and found[CANARY][1].status == VersionStatus.READY
+            and in_canary(device.id, m.name, m.rollout_salt, found[CANARY][0])):
+        alias_name = CANARY  # a damaged canary falls back to production
+    version = found[alias_name][1]
+    if version.status == VersionStatus.DAMAGED:
+        raise DamagedArtifactError(
+            f"version {version.number} of {m.name!r} ({alias_name}) is DAMAGED and is not "
+            f"handed out: {version.status_reason}"
+        )
+    return Choice(model=m, version=version, alias=alias_name)
 
 
 def check_download(session: Session, device: Device, model: Model, version: ModelVersion) -> None:
@@ -92,11 +101,15 @@ def check_download(session: Session, device: Device, model: Model, version: Mode
     "Assigned" is the version its last poll was handed or the one a poll would hand it now
     (the alias may have moved between the poll and the download).
     """
+    if version.status == VersionStatus.DAMAGED:
+        raise DamagedArtifactError(
+            f"version {version.number} of {model.name!r} is DAMAGED: {version.status_reason}"
+        )
     if version.id is not None and version.id == device.assigned_version_id:
         return
     try:
         current = assign(session, device, model.name)
-    except NotFoundError:
+    except (NotFoundError, DamagedArtifactError):
         current = None
     if current is None or current.version.id != version.id:
         raise PermissionDeniedError(

@@ -13,7 +13,8 @@
     ├── ArtifactError               an uploaded or stored artifact is unusable
     │   ├── DigestMismatchError     the bytes do not hash to the declared sha256
     │   ├── ArtifactTooLargeError   more bytes than the configured limit
-    │   └── ArtifactRejectedError   the plan does not load, the manifest or weights do not match it
+    │   ├── ArtifactRejectedError   the plan does not load, the manifest or weights do not match it
+    │   └── DamagedArtifactError    a stored artifact no longer matches its digest or signature
     ├── InvalidQueryError           a malformed filter, threshold or argument
     ├── AuthenticationError         an unknown enrolment token or device token
     └── PermissionDeniedError       a device reaching for what it was not assigned
@@ -23,8 +24,10 @@ The registry knows nothing about HTTP; ``server.errors`` maps each class to a st
 
 from __future__ import annotations
 
+from edgefleet.errors import EdgeFleetError
 
-class RegistryError(Exception):
+
+class RegistryError(EdgeFleetError):
     """Root of every error raised by the registry."""
 
 
@@ -70,6 +73,11 @@ class ArtifactTooLargeError(ArtifactError):
 
 class ArtifactRejectedError(ArtifactError):
     """The plan does not load, or the manifest or the weights do not belong to it."""
+
+
+class DamagedArtifactError(ArtifactError):
+    """A stored artifact no longer hashes to its digest (or its version's signature fails):
+    the version is marked DAMAGED and never served."""
 
 
 class InvalidQueryError(RegistryError):

@@ -14,7 +14,10 @@ database as they were):
    under running applications, so they must be interchangeable).
 
 A *weights-only* version (a new federated round) uploads only weights; its plan and manifest are
-those of ``plan_from_version`` (or, by default, of its lineage parent), already in the store.
+those of ``plan_from_version`` (or, by default, of its lineage parent), already in the store and
+re-hashed before they are reused (a damaged base is refused).
+
+Every new version is signed (:func:`registry.signing.sign_version`) before it is inserted.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from edgefleet.wire import VersionPublish
 from registry.catalog import get_model
 from registry.errors import (
     ArtifactRejectedError,
+    DamagedArtifactError,
     IncompatibleSchemaError,
     InvalidQueryError,
     NotFoundError,
 )
 from registry.models import Model, ModelVersion, VersionMetric, VersionStatus, utcnow
+from registry.signing import Signer, sign_version
 from registry.store import ArtifactStore, StagedBlob
 from registry.versions import get_version, manifest_of
 
@@ -70,8 +75,10 @@ def publish_version(
     *,
     actor: str,
     interpreter: str = "auto",
+    signer: Signer | None = None,
 ) -> ModelVersion:
-    """Verify ``artifacts`` (see the module notes), commit them and add a READY version.
+    """Verify ``artifacts`` (see the module notes), commit them and add a READY version,
+    signed by ``signer`` (:mod:`registry.signing`; unsigned without one).
 
     Raises
     ------
@@ -121,6 +128,8 @@ def publish_version(
         drift_summary=lineage.drift_summary,
         created_by=actor,
     )
+    if signer is not None:
+        sign_version(version, model.name, signer, source.manifest)
     session.add(version)
     session.flush()
     for name, value in meta.metrics.items():
@@ -164,12 +173,15 @@ def _resolve_plan(
         base = get_version(session, model, number)
     except NotFoundError as exc:
         raise InvalidQueryError(f"cannot reuse a plan: {exc}") from exc
-    if base.status not in (VersionStatus.READY, VersionStatus.ARCHIVED):
+    if base.status not in (VersionStatus.READY, VersionStatus.ARCHIVED):  # not DAMAGED
         raise ArtifactRejectedError(f"version {number} is {base.status.value}; no usable plan")
     try:
-        plan = store.read_bytes(base.plan_sha256)
-    except NotFoundError as exc:
-        raise ArtifactRejectedError(f"the plan of version {number} is missing: {exc}") from exc
+        plan = store.read_verified(base.plan_sha256, base.plan_size)
+        store.read_verified(base.manifest_sha256, base.manifest_size)
+    except (NotFoundError, DamagedArtifactError) as exc:
+        raise ArtifactRejectedError(
+            f"the plan of version {number} is unusable (damaged or missing): {exc}"
+        ) from exc
     return _Plan(manifest_of(base), plan, base.manifest_sha256, base.manifest_size)
 
 

@@ -16,6 +16,10 @@ Guarantees
   hashed while streaming, ``fsync``-ed, verified against the declared digest and size limit, and
   only then linked into place (followed by an ``fsync`` of the directory).
 
+At rest, a blob is checked again whenever it is read for serving (:meth:`ArtifactStore.problem`,
+:meth:`ArtifactStore.read_verified`) and by the scrub (:mod:`registry.integrity`): whoever can
+write the store can change bytes, never what they hash to.
+
 A blob that exists but is referenced by no version (an upload whose database commit failed) is
 harmless; the opposite, a version whose blob is missing, cannot happen because the blob is
 committed first.
@@ -34,7 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.errors import ArtifactTooLargeError, DigestMismatchError, NotFoundError
+from registry.errors import (
+    ArtifactTooLargeError,
+    DamagedArtifactError,
+    DigestMismatchError,
+    NotFoundError,
+)
 
 __all__ = ["ArtifactStore", "StagedBlob", "Staging", "is_sha256"]
 
@@ -75,6 +84,7 @@ class ArtifactStore:
         self.tmp = self.root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._verified: dict[str, tuple[int, int, int, int]] = {}
 
     # --- reading -------------------------------------------------------------------------------
     def path(self, sha256: str) -> Path:
@@ -99,11 +109,59 @@ class ArtifactStore:
 
     def verify(self, sha256: str) -> bool:
         """Re-hash a stored blob: whether it still has the content its name promises."""
+        return self.problem(sha256) is None
+
+    def problem(self, sha256: str, size: int | None = None, *, cached: bool = False
+                ) -> str | None:
+        """What is wrong with the stored blob ``sha256`` (``None`` when it is intact).
+
+        Missing, of another ``size`` than recorded, or hashing to another digest. With
+        ``cached``, a blob whose file identity (inode, size, mtime, ctime) has not changed since
+        it last hashed right is not re-hashed: any write to a file moves its ctime, which no
+        unprivileged process can set back. The scrub never uses the cache.
+        """
+        path = self.path(sha256)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "missing from the store"
+        except OSError as exc:
+            return f"unreadable: {exc}"
+        if size is not None and st.st_size != size:
+            return f"{st.st_size} bytes, recorded {size}"
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if cached and self._verified.get(sha256) == stamp:
+            return None
         h = hashlib.sha256()
-        with self.open(sha256) as f:
-            while block := f.read(CHUNK):
-                h.update(block)
-        return h.hexdigest() == sha256
+        try:
+            with path.open("rb") as f:
+                while block := f.read(CHUNK):
+                    h.update(block)
+        except OSError as exc:
+            return f"unreadable: {exc}"
+        if h.hexdigest() != sha256:
+            self._verified.pop(sha256, None)
+            return f"hashes to {h.hexdigest()[:12]}…"
+        self._verified[sha256] = stamp
+        return None
+
+    def read_verified(self, sha256: str, size: int | None = None) -> bytes:
+        """The blob's bytes, hashed as read; :class:`DamagedArtifactError` when they are not
+        the bytes its name promises (or not ``size`` long), :class:`NotFoundError` if absent."""
+        data = self.read_bytes(sha256)
+        if size is not None and len(data) != size:
+            raise DamagedArtifactError(f"artifact {sha256[:12]}… has {len(data)} bytes, "
+                                       f"recorded {size}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise DamagedArtifactError(f"artifact {sha256[:12]}… hashes to {digest[:12]}…")
+        return data
+
+    def digests(self) -> Iterator[str]:
+        """Every blob's sha256 in the store (by file name)."""
+        for path in self.blobs.glob("*/*/*"):
+            if path.is_file() and is_sha256(path.name):
+                yield path.name
 
     def healthy(self) -> bool:
         """Whether the store's directories exist and a temporary file can be written."""

@@ -11,30 +11,61 @@ drift summary JSON, ready to be parsed into :class:`edgefleet.drift.DriftSummary
 A report's drift summary must describe the report's model and version and be binned by that
 version's reference profile (:meth:`DriftSummary.check_reference`), so everything stored can be
 merged with the rest of its version.
+
+Plausibility (:func:`check_plausible`): a device reports only for what it was assigned — its
+model (when it has one), and a version that its last assignment poll handed out, that it last
+reported running, that a poll would hand it now, or that ``production`` or ``canary`` of the
+model named within :data:`RECENTLY_ASSIGNED` (a device may still flush reports of the version
+it ran before an alias moved). Counters are 0 to 2³¹ − 1, latencies and losses finite, and the
+window ends no later than :data:`MAX_CLOCK_SKEW` from now. A refused report raises
+:class:`~registry.errors.PermissionDeniedError` (not assigned) or
+:class:`~registry.errors.InvalidQueryError` (implausible values), says why, and stores nothing.
+A retry of a report already stored is acknowledged whatever has moved since.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from edgefleet.bounds import DB_INT_MAX
 from edgefleet.wire import Page, TelemetryAck, TelemetryReport
+from registry.assignment import assign
 from registry.catalog import get_model
 from registry.devices import touch
-from registry.errors import IdempotencyConflict, InvalidQueryError
-from registry.models import Device, Model, ModelVersion, TelemetryPublic, TelemetryRecord
+from registry.errors import (
+    IdempotencyConflict,
+    InvalidQueryError,
+    PermissionDeniedError,
+    RegistryError,
+)
+from registry.models import (
+    CANARY,
+    PRODUCTION,
+    AliasEvent,
+    Device,
+    Model,
+    ModelVersion,
+    TelemetryPublic,
+    TelemetryRecord,
+    utcnow,
+)
 from registry.versions import get_version, reference_of
 
 __all__ = [
+    "MAX_CLOCK_SKEW",
+    "RECENTLY_ASSIGNED",
     "DriftRow",
     "body_digest",
+    "check_plausible",
     "drift_rows",
     "list_reports",
     "prepare_report",
@@ -43,6 +74,10 @@ __all__ = [
 ]
 
 MAX_PAGE = 5000
+#: How long a version that ``production`` or ``canary`` left may still be reported.
+RECENTLY_ASSIGNED = timedelta(days=7)
+#: How far in the future (by the server's clock) a report's window may end.
+MAX_CLOCK_SKEW = timedelta(days=1)
 #: Most drift summaries one analysis query returns (newest first when there are more).
 MAX_DRIFT_ROWS = 50_000
 
@@ -95,6 +130,7 @@ def prepare_report(
         raise InvalidQueryError("window_start and window_end must carry a time zone (UTC)")
     if report.window_end < report.window_start:
         raise InvalidQueryError("window_end is before window_start")
+    _check_values(report)
     body = report.model_dump(mode="json")
     digest = body_digest(body)
     ack = _existing(session, device.id, report.idempotency_key, digest)
@@ -102,6 +138,7 @@ def prepare_report(
         return ack
     model = get_model(session, report.model)
     version = get_version(session, model, report.version)
+    check_plausible(session, device, model, version)
     if report.drift is not None:
         _check_drift(report, version)
     inf, ev = report.inference, report.local_eval
@@ -124,6 +161,75 @@ def prepare_report(
         dropped_reports=report.dropped_reports,
         drift=body["drift"],
     )
+
+
+def _check_values(report: TelemetryReport) -> None:
+    """Counters in 0..2³¹ − 1, finite latencies and losses, a window not in the future.
+
+    The wire schema already refuses these; this holds for reports built in Python as well
+    (``model_copy(update=...)`` does not validate).
+    """
+    inf, ev = report.inference, report.local_eval
+    counters = {
+        "inference.local": inf.local,
+        "inference.fallback": inf.fallback,
+        "inference.errors": inf.errors,
+        "dropped_reports": report.dropped_reports,
+        "local_eval.n_examples": ev.n_examples if ev else 0,
+    }
+    for name, value in counters.items():
+        if not 0 <= value <= DB_INT_MAX:
+            raise InvalidQueryError(f"{name} must be between 0 and {DB_INT_MAX}, got {value}")
+    floats = {
+        "inference.latency_ms_p50": inf.latency_ms_p50,
+        "inference.latency_ms_p99": inf.latency_ms_p99,
+        "local_eval.accuracy": ev.accuracy if ev else None,
+        "local_eval.loss": ev.loss if ev else None,
+    }
+    for name, number in floats.items():
+        if number is not None and not math.isfinite(number):
+            raise InvalidQueryError(f"{name} must be a finite number")
+    if report.window_end > utcnow() + MAX_CLOCK_SKEW:
+        raise InvalidQueryError(
+            f"the window ends in the future ({report.window_end.isoformat()}): check the "
+            "device's clock"
+        )
+
+
+def check_plausible(
+    session: Session, device: Device, model: Model, version: ModelVersion
+) -> None:
+    """Refuse a report for a model or version ``device`` was not assigned (module notes)."""
+    if device.model_id is not None and device.model_id != model.id:
+        raise PermissionDeniedError(
+            f"device {device.id!r} is assigned another model, not {model.name!r}: its reports "
+            "must name the model it runs"
+        )
+    if version.id in (device.assigned_version_id, device.running_version_id):
+        return
+    try:
+        if assign(session, device, model.name).version.id == version.id:
+            return
+    except RegistryError:  # nothing to hand out now (no production, a damaged version)
+        pass
+    since = utcnow() - RECENTLY_ASSIGNED
+    recent = session.exec(
+        select(AliasEvent.id).where(
+            AliasEvent.model_id == model.id,
+            col(AliasEvent.alias).in_((PRODUCTION, CANARY)),
+            col(AliasEvent.at) >= since,
+            sa.or_(
+                col(AliasEvent.from_version_id) == version.id,
+                col(AliasEvent.to_version_id) == version.id,
+            ),
+        )
+    ).first()
+    if recent is None:
+        raise PermissionDeniedError(
+            f"version {version.number} of {model.name!r} is not assigned to device "
+            f"{device.id!r} (neither now, nor by its last poll, nor recently): the report is "
+            "not stored"
+        )
 
 
 def store_report(session: Session, device: Device, record: TelemetryRecord) -> TelemetryAck:

@@ -33,6 +33,7 @@ from registry.models import (
     VersionStatusUpdate,
     utcnow,
 )
+from registry.signing import signature_of
 
 __all__ = [
     "LIGHT",
@@ -222,6 +223,8 @@ def versions_info(session: Session, versions: Sequence[ModelVersion]) -> list[Ve
                 aliases=aliases.get(v.id or -1, []),
                 created_at=v.created_at,
                 created_by=v.created_by,
+                status_reason=v.status_reason,
+                signature=signature_of(session, v),
             )
         )
     return out

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Set up .venv and run the whole test suite: ruff, mypy, pytest (SQLite and PostgreSQL).
+# Set up both environments and run the whole test suite: ruff, mypy, pytest in .venv (numpy 2,
+# ai-edge-litert; SQLite and PostgreSQL), then the device tests in .venv-tflite (numpy < 2,
+# tflite-runtime; see tests/environments.py). Arguments go to the first pytest run only.
 #   EDGEFLEET_TEST_POSTGRES_URL  PostgreSQL server for the database tests
 #                                (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres)
+#   TFLITE=0                     leave out .venv-tflite and its tests (says so at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONDONTWRITEBYTECODE=1
+# The device tests: the runtime on each interpreter, the plan format, the agent. In .venv-tflite
+# they use the main environment's Python for what that environment lacks (TensorFlow to build
+# plans, the real server), and compare its LiteRT with tflite-runtime on the same plan.
+TFLITE_TESTS=(tests/edgefleet/test_runtime.py tests/edgefleet/test_plan.py tests/edge_client)
 # The database tests need PostgreSQL. Machines of this project start it before a session; if it is
 # installed here but stopped, start it (the tests fail with a clear message if it is still missing).
 if [ -z "${EDGEFLEET_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null \
@@ -15,4 +22,14 @@ if [ -z "${EDGEFLEET_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null
 fi
 echo "[test] ruff"; .venv/bin/ruff check .
 echo "[test] mypy"; .venv/bin/mypy edgefleet edgefleet_cli authoring server registry aggregation simulation edge_client
-echo "[test] pytest"; .venv/bin/python -m pytest "$@"
+echo "[test] pytest in .venv ($(.venv/bin/python -c 'import numpy; print("numpy", numpy.__version__)'))"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+if [ "${TFLITE:-1}" = 0 ]; then
+    echo "[test] TFLITE=0: the tflite-runtime tests in .venv-tflite were NOT run"
+else
+    echo "[test] pytest in .venv-tflite (numpy < 2, tflite-runtime): ${TFLITE_TESTS[*]}"
+    EDGEFLEET_TEST_MAIN_PYTHON="$PWD/.venv/bin/python" \
+        .venv-tflite/bin/python -m pytest -p no:cacheprovider "${TFLITE_TESTS[@]}" || status=$?
+fi
+exit "$status"

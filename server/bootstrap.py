@@ -18,6 +18,7 @@ from registry.db import make_engine, session_scope
 from registry.errors import InvalidQueryError, NotFoundError
 from registry.models import ModelCreate
 from registry.publish import UploadedArtifacts, publish_version
+from registry.signing import check_apart, open_signer
 from registry.store import ArtifactStore
 from server.settings import ServerSettings
 
@@ -68,6 +69,8 @@ def publish_plan_dir(
                 get_model(session, model)
             except NotFoundError:
                 create_model(session, ModelCreate(name=model))
+            check_apart(settings.signing_key_path, settings.artifact_dir)
+            signer = open_signer(session, settings.signing_key_path)
             version = publish_version(
                 session,
                 store,
@@ -80,6 +83,7 @@ def publish_plan_dir(
                 ),
                 actor=actor,
                 interpreter=settings.interpreter,
+                signer=signer,
             )
             for alias in aliases:
                 set_alias(

@@ -4,8 +4,10 @@
 uvicorn; settings come from ``EDGEFLEET_SERVER_*`` environment variables and ``--env-file`` (see
 :mod:`server.settings`). ``migrate`` brings the database to the newest schema; ``create-model``
 and ``publish`` work on the database and store directly (for bootstrapping a fresh server
-before any admin client exists). Only Typer and the standard library are imported at module
-level.
+before any admin client exists). ``scrub`` re-hashes the artifact store and checks every
+signature (what fails becomes DAMAGED); ``keys list|rotate`` shows and rotates the
+version-signing key (:mod:`registry.signing`). Only Typer and the standard library are imported
+at module level.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def _serve(host: str, port: int, env_file: Path | None, workers: int) -> None:
         typer.echo("warning: no admin key configured: the registry API refuses writes", err=True)
     if not settings.enrollment_tokens:
         typer.echo("warning: no enrolment token configured: devices cannot enrol", err=True)
+    if workers > 1:
+        _metrics_dir()
     uvicorn.run(
         "server.main:create_app",
         factory=True,
@@ -133,7 +137,43 @@ def _serve(host: str, port: int, env_file: Path | None, workers: int) -> None:
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        **_tls(settings),
     )
+
+
+def _metrics_dir() -> None:
+    """Several workers share their Prometheus samples through files (see :mod:`server.metrics`):
+    a directory emptied at start, or a fresh one when ``PROMETHEUS_MULTIPROC_DIR`` is unset."""
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="edgefleet-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
+def _tls(settings: Any) -> dict[str, Any]:
+    """uvicorn's TLS options from the ``ssl_*`` settings (none: plain HTTP)."""
+    import ssl
+
+    if settings.ssl_certfile is None:
+        if settings.ssl_keyfile is not None or settings.ssl_ca_certs is not None:
+            typer.echo("error: ssl_keyfile/ssl_ca_certs need ssl_certfile", err=True)
+            raise typer.Exit(2)
+        return {}
+    for path in (settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs):
+        if path is not None and not Path(path).is_file():
+            typer.echo(f"error: TLS file {path} does not exist", err=True)
+            raise typer.Exit(2)
+    options: dict[str, Any] = {"ssl_certfile": str(settings.ssl_certfile)}
+    if settings.ssl_keyfile is not None:
+        options["ssl_keyfile"] = str(settings.ssl_keyfile)
+    if settings.ssl_ca_certs is not None:
+        options["ssl_ca_certs"] = str(settings.ssl_ca_certs)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 @app.callback()
@@ -245,3 +285,199 @@ def publish(
         typer.echo(f"error: {describe_failure(exc, settings.database_url)}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"published {model} version {number}" + (f" as {', '.join(alias)}" if alias else ""))
+
+
+@app.command()
+def scrub(
+    env_file: EnvFileOpt = None,
+    no_blobs: Annotated[
+        bool, typer.Option("--no-blobs", help="skip blobs that no version references")
+    ] = False,
+) -> None:
+    """Re-hash every stored artifact and check every signature; mark what fails DAMAGED.
+
+    Exits 1 when anything is damaged (listed one per line), 0 when the store is intact.
+    """
+    from registry.db import make_engine, session_scope
+    from registry.integrity import scrub as run
+    from registry.store import ArtifactStore
+
+    settings = _settings(env_file)
+    with expected_failures(settings.database_url, "scrub the store"):
+        engine = make_engine(settings.database_url)
+        try:
+            with session_scope(engine, write=True) as session:
+                report = run(session, ArtifactStore(settings.artifact_dir), blobs=not no_blobs)
+        finally:
+            engine.dispose()
+    for model, number, reason in report.damaged:
+        typer.echo(f"DAMAGED {model} v{number}: {reason}")
+    for model, number in report.restored:
+        typer.echo(f"restored {model} v{number}: intact again, READY")
+    for sha in report.corrupt_blobs:
+        typer.echo(f"corrupt unreferenced blob {sha}")
+    typer.echo(f"{report.checked} versions and {report.blobs_checked} blobs checked: "
+               f"{len(report.damaged)} damaged, {len(report.unsigned)} unsigned")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="The registry's version-signing keys.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("list")
+def keys_list(env_file: EnvFileOpt = None) -> None:
+    """Every public key the registry signed with (current first), with its endorsement."""
+    from sqlmodel import col, select
+
+    from registry.db import make_engine, session_scope
+    from registry.models import SigningKey
+
+    settings = _settings(env_file)
+    with expected_failures(settings.database_url, "list the signing keys"):
+        engine = make_engine(settings.database_url)
+        try:
+            with session_scope(engine) as session:
+                rows = session.exec(
+                    select(SigningKey).order_by(col(SigningKey.created_at).desc())
+                ).all()
+                for k in rows:
+                    state = "current" if k.retired_at is None else f"retired {k.retired_at:%F}"
+                    endorsed = f" endorsed by {k.endorsed_by}" if k.endorsed_by else ""
+                    typer.echo(f"{k.key_id}  {state}  {k.public_key}{endorsed}")
+        finally:
+            engine.dispose()
+
+
+@keys_app.command("rotate")
+def keys_rotate(env_file: EnvFileOpt = None) -> None:
+    """Replace the signing key: the current key endorses a new one, which signs from now on.
+
+    Old public keys stay recorded (old signatures verify); devices that pinned an old key
+    follow the endorsement chain. Restart running servers afterwards so they load the new key.
+    """
+    from registry.db import make_engine, session_scope
+    from registry.signing import check_apart, commit_rotation, open_signer, rotate
+
+    settings = _settings(env_file)
+    with expected_failures(settings.database_url, "rotate the signing key"):
+        check_apart(settings.signing_key_path, settings.artifact_dir)
+        engine = make_engine(settings.database_url)
+        try:
+            with session_scope(engine, write=True) as session:
+                old = open_signer(session, settings.signing_key_path)
+            with session_scope(engine, write=True) as session:
+                new = rotate(session, old)
+            commit_rotation(new)
+        finally:
+            engine.dispose()
+    typer.echo(f"signing key rotated: {old.key_id} -> {new.key_id} (endorsed by {old.key_id})")
+
+
+@app.command("precompute")
+def precompute_cmd(
+    model: Annotated[str, typer.Option(help="model name")],
+    input_path: Annotated[Path, typer.Option("--input", help="CSV, NPZ or Parquet file")],
+    key_column: Annotated[str, typer.Option("--key-column", help="the entity key column")],
+    version: Annotated[int | None, typer.Option(min=1, help="score with this version")] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="score with the version this alias names (production)")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="rows scored and committed together")]
+    = 1000,
+    restart: Annotated[bool, typer.Option(help="score a finished input again")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    env_file: EnvFileOpt = None,
+) -> None:
+    """Score every row of an input file into the prediction store (resumable; see
+    ``server.precompute``)."""
+    from edgefleet.errors import EdgeFleetError
+    from registry.db import make_engine
+    from server.precompute import make_service, precompute
+
+    settings = _settings(env_file)
+    with contextlib.ExitStack() as stack, expected_failures(settings.database_url, "precompute"):
+        engine = make_engine(settings.database_url)
+        stack.callback(engine.dispose)
+        bars: list[Any] = []
+
+        def on_start(total: int, done: int) -> None:
+            if progress:
+                bar = stack.enter_context(typer.progressbar(length=total, label="scoring"))
+                bar.update(done)
+                bars.append(bar)
+
+        try:
+            report = precompute(
+                engine, make_service(settings), model, input_path, key_column,
+                version=version, alias=alias, chunk_size=chunk_size, restart=restart,
+                on_start=on_start, on_chunk=lambda n: bars[0].update(n) if bars else None,
+            )
+        except EdgeFleetError as exc:
+            typer.echo(f"error: cannot precompute: {exc}", err=True)
+            raise typer.Exit(1) from None
+    via = f" ({report.alias})" if report.alias else ""
+    typer.echo(
+        f"run {report.run_id}: {model} version {report.version}{via} scored {report.rows_scored} "
+        f"of {report.rows_total} rows ({report.rows_resumed} committed before) "
+        f"at {report.rows_per_s:.0f} rows/s"
+    )
+
+
+@app.command("worker")
+def worker_cmd(
+    model: Annotated[str, typer.Option(help="model served")],
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="redis://host:6379/0 (default) or nats://…")
+    ] = None,
+    version: Annotated[int | None, typer.Option(min=1, help="serve this version only")] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="follow this alias (default production)")
+    ] = None,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="requests per batch (32)")] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(min=0, help="longest wait to fill a batch (5)")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="consumer group")] = None,
+    consumer: Annotated[str | None, typer.Option(help="this worker's name (host-pid)")] = None,
+    stream_prefix: Annotated[str | None, typer.Option(help="stream names' prefix")] = None,
+    claim_idle_s: Annotated[
+        float | None, typer.Option(help="take over requests unacknowledged this long (30)")
+    ] = None,
+    refresh_s: Annotated[float | None, typer.Option(help="re-resolve the alias this often")]
+    = None,
+    env_file: EnvFileOpt = None,
+) -> None:
+    """Serve prediction requests from a broker stream in batches (see ``server.worker``)."""
+    from pydantic import ValidationError
+
+    from edgefleet.errors import EdgeFleetError
+    from server.logs import configure_logging
+    from server.worker.run import serve
+    from server.worker.settings import load_worker_settings
+
+    settings = _settings(env_file)
+    if version is not None and alias is not None:
+        typer.echo("error: name --version or --alias, not both", err=True)
+        raise typer.Exit(2)
+    try:
+        wsettings = load_worker_settings(
+            env_file, broker_url=broker, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            group=group, consumer=consumer, stream_prefix=stream_prefix,
+            claim_idle_s=claim_idle_s, refresh_s=refresh_s,
+        )
+    except ValidationError as exc:
+        typer.echo(f"error: invalid worker settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    with expected_failures(settings.database_url, "run the worker"):
+        try:
+            stats = serve(settings, wsettings, model, version=version, alias=alias)
+        except (EdgeFleetError, ConnectionError) as exc:
+            typer.echo(f"error: cannot run the worker: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(
+        f"worker {wsettings.consumer}: {stats.requests} requests in {stats.batches} batches, "
+        f"{stats.dead_letters} dead letters, {stats.duplicates} duplicates dropped"
+    )

@@ -20,11 +20,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import Depends, Query, Request, Security
+from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.bounds import (
+    ALIAS_PATTERN,
+    DB_INT_MAX,
+    NAME_PATTERN,
+    canonical_number,
+)
 from registry.db import write_session
 from registry.devices import TOKEN_PREFIX, authenticate
 from registry.errors import AuthenticationError, PermissionDeniedError
@@ -36,14 +43,21 @@ from server.state import AppState
 
 __all__ = [
     "AdminDep",
+    "AliasPath",
     "CallerDep",
     "DeviceDep",
+    "DevicePath",
+    "DeviceQuery",
     "Limit",
+    "ModelPath",
+    "ModelQuery",
     "Offset",
     "SessionDep",
     "SettingsDep",
     "StateDep",
     "StoreDep",
+    "VersionPath",
+    "VersionQuery",
     "WriteSessionDep",
     "require_device",
 ]
@@ -97,7 +111,36 @@ WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 
 #: The ``limit`` and ``offset`` query parameters of a paginated listing (a ``Page``).
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=DB_INT_MAX)]
+
+# Path and query parameters, bounded as :mod:`edgefleet.bounds` bounds the bodies: a value no
+# column can hold (an integer above 2³¹ − 1, a NUL in a name, ``01`` for 1) is a 422 before any
+# query runs; a well-formed name that does not exist is a 404.
+ModelPath = Annotated[
+    str, Path(pattern=NAME_PATTERN, description="a model name", examples=["digits"])
+]
+DevicePath = Annotated[
+    str, Path(pattern=NAME_PATTERN, description="a device id", examples=["pi-17"])
+]
+AliasPath = Annotated[
+    str, Path(pattern=ALIAS_PATTERN, description="an alias", examples=["production"])
+]
+VersionPath = Annotated[
+    int,
+    Path(ge=1, le=DB_INT_MAX, description="a version number (canonical: 3, not 03 or 3.0)"),
+    BeforeValidator(canonical_number),
+]
+ModelQuery = Annotated[
+    str | None, Query(pattern=NAME_PATTERN, description="a model name", examples=["digits"])
+]
+DeviceQuery = Annotated[
+    str | None, Query(pattern=NAME_PATTERN, description="a device id", examples=["pi-17"])
+]
+VersionQuery = Annotated[
+    int | None,
+    Query(ge=1, le=DB_INT_MAX, description="a version number (needs the model)"),
+    BeforeValidator(canonical_number),
+]
 
 
 def _bearer(authorization: str | None) -> str | None:

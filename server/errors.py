@@ -6,22 +6,23 @@
     └── ModelUnavailableError    a READY version whose artifacts cannot be loaded (503)
 
 :data:`STATUS` maps the registry's, the shared core's and the server's exceptions onto status
-codes (the first matching class wins). Responses under ``/v2`` (Open Inference Protocol) carry
-``{"error": "..."}``; everything else carries FastAPI's ``{"detail": ...}``. Request validation
-failures are 422 on the registry API (FastAPI's detail list, without the offending ``input``,
-which may be the whole request body) and 400 on ``/v2``, where the
-protocol expects a plain error message. Unexpected exceptions are logged with the request id and
-answered 500 without internals; the process keeps serving.
+codes (the first matching class wins). Each API family has one error shape
+(:func:`error_body`): ``{"error": "..."}`` under ``/v2`` (Open Inference Protocol) and
+``{"detail": "...", "errors": [...]}`` everywhere else, where ``detail`` is always one sentence
+and ``errors`` (only for a request that did not validate) lists each issue's ``loc``, ``msg``
+and ``type`` without the offending ``input``, which may be the whole request body. A body that
+is not JSON is 400; other validation failures are 422 on the registry API and 400 on ``/v2``,
+where the protocol expects a plain error message. Unexpected exceptions are logged with the
+request id and answered 500 without internals; the process and the connection keep serving.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +40,7 @@ from registry.errors import (
     ArtifactTooLargeError,
     AuthenticationError,
     ConflictError,
+    DamagedArtifactError,
     DigestMismatchError,
     InvalidQueryError,
     NotFoundError,
@@ -46,12 +48,20 @@ from registry.errors import (
     RegistryError,
 )
 
-__all__ = ["STATUS", "ModelUnavailableError", "ServerError", "install_error_handlers", "status_of"]
+__all__ = [
+    "STATUS",
+    "ModelUnavailableError",
+    "ServerError",
+    "error_body",
+    "install_error_handlers",
+    "internal_error",
+    "status_of",
+]
 
 log = logging.getLogger("edgefleet.server")
 
 
-class ServerError(Exception):
+class ServerError(EdgeFleetError):
     """Root of the server's own errors."""
 
 
@@ -64,6 +74,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (DigestMismatchError, 400),
     (ArtifactTooLargeError, 413),
     (ArtifactRejectedError, 422),
+    (DamagedArtifactError, 503),
     (ArtifactError, 422),
     (ConflictError, 409),
     (InvalidQueryError, 422),
@@ -74,9 +85,9 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (PlanError, 422),
     (SummaryError, 422),
     (InterpreterUnavailable, 503),
-    (EdgeFleetError, 400),
     (ModelUnavailableError, 503),
     (ServerError, 500),
+    (EdgeFleetError, 400),  # last: every root above derives from it
 ]
 
 
@@ -88,17 +99,42 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
+def is_v2_path(path: str) -> bool:
+    """Whether ``path`` belongs to the Open Inference Protocol family (``/v2``)."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def is_v2(request: Request) -> bool:
-    return request.url.path.startswith("/v2")
+    return is_v2_path(request.url.path)
+
+
+def error_body(
+    path: str, message: str, errors: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The one error shape of ``path``'s family.
+
+    ``{"error": message}`` under ``/v2``; ``{"detail": message}`` elsewhere, with ``errors``
+    (the validation issues, each ``loc``, ``msg``, ``type``) when the request did not validate.
+    """
+    if is_v2_path(path):
+        return {"error": message}
+    body: dict[str, Any] = {"detail": message}
+    if errors:
+        body["errors"] = errors
+    return body
 
 
 def error_response(
-    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+    request: Request,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
-    """An error in the shape the route family expects (``error`` on /v2, ``detail`` elsewhere)."""
-    body: dict[str, Any] = {"error": message} if is_v2(request) else {"detail": message}
+    """An error in the shape of the request's family (see :func:`error_body`)."""
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+    body = error_body(request.url.path, message, errors)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -107,12 +143,14 @@ async def _known(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    """400 for a body that is not JSON (and for anything on /v2), 422 for the rest."""
     assert isinstance(exc, RequestValidationError)
-    if not is_v2(request):
-        return JSONResponse(
-            {"detail": jsonable_encoder(redact_validation(exc.errors()))}, status_code=422
-        )
-    return error_response(request, 400, summarize_validation(exc.errors()))
+    errors = list(exc.errors())
+    malformed = any(err.get("type") == "json_invalid" for err in errors)
+    status = 400 if malformed or is_v2(request) else 422
+    return error_response(
+        request, status, summarize_validation(errors), errors=redact_validation(errors)
+    )
 
 
 #: Most validation errors one 422 lists (a huge malformed body must not make a huge answer).
@@ -120,28 +158,31 @@ MAX_VALIDATION_ERRORS = 20
 
 
 def redact_validation(errors: Any) -> list[dict[str, Any]]:
-    """FastAPI's validation errors without the ``input`` each one carries.
+    """FastAPI's validation errors as ``loc``, ``msg`` and ``type`` only.
 
-    The input may be the whole request body (secrets such as an enrolment token included) or
-    megabytes of it; the location and message say what is wrong without echoing it back.
+    The ``input`` may be the whole request body (secrets such as an enrolment token included)
+    or megabytes of it; the location and message say what is wrong without echoing it back.
     """
     return [
-        {key: value for key, value in err.items() if key not in ("input", "url")}
+        {
+            "loc": [p if isinstance(p, int) else str(p) for p in err.get("loc", ())],
+            "msg": str(err.get("msg", "invalid")),
+            "type": str(err.get("type", "value_error")),
+        }
         for err in list(errors)[:MAX_VALIDATION_ERRORS]
     ]
 
 
-async def _http(request: Request, exc: Exception) -> Any:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    if not is_v2(request):
-        return await http_exception_handler(request, exc)
     return error_response(request, exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", "-")
-    log.exception("unhandled error (request %s)", request_id, exc_info=exc)
-    return error_response(request, 500, f"internal server error (request id {request_id})")
+def internal_error(path: str, request_id: str, exc: BaseException) -> bytes:
+    """Log an unexpected exception; the body of the 500 that answers it (no internals)."""
+    log.error("unhandled error (request %s)", request_id, exc_info=exc)
+    message = f"internal server error (request id {request_id})"
+    return json.dumps(error_body(path, message)).encode()
 
 
 def summarize_validation(errors: Any) -> str:
@@ -158,9 +199,14 @@ def summarize_validation(errors: Any) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register every handler above on ``app``."""
+    """Register every handler above on ``app``.
+
+    Unexpected exceptions are not handled here but by
+    :class:`server.middleware.RequestContextMiddleware`, which answers a complete 500 and keeps
+    the connection usable (Starlette's own last-resort handler re-raises after answering, and
+    the server then drops the keep-alive connection without a ``Connection: close``).
+    """
     for cls in (RegistryError, EdgeFleetError, ServerError):
         app.add_exception_handler(cls, _known)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)

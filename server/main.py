@@ -1,8 +1,9 @@
 """The application factory: :func:`create_app` builds the FastAPI app from settings.
 
 Start-up (lifespan) migrates the database when ``auto_migrate`` is on and clears stale partial
-uploads from the artifact store; shutdown disposes of the connection pool. Middleware, from the
-outside in: request ids and the access log, then request body limits (uploads get
+uploads from the artifact store, loads the version-signing key and starts the background scrub
+(:mod:`server.scrubber`); shutdown stops it and disposes of the connection pool. Middleware,
+from the outside in: request ids and the access log, then request body limits (uploads get
 ``max_upload_bytes``, everything else ``max_request_bytes``).
 """
 
@@ -20,10 +21,12 @@ from edgefleet import __version__
 from edgefleet.wire import VersionPublish
 from registry import migrate
 from registry.db import make_engine
-from server.api.responses import add_component_schemas
+from server.api.responses import add_component_schemas, document_errors
 from server.api.router import api_router, v2_health_router, v2_router
 from server.errors import install_error_handlers
+from server.metrics import install as install_metrics
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from server.scrubber import Scrubber, prepare_integrity
 from server.settings import ServerSettings, load_settings
 from server.state import AppState
 
@@ -54,7 +57,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if settings.auto_migrate:
             await run_in_threadpool(migrate.upgrade, engine)
         await run_in_threadpool(state.store.cleanup_tmp)
+        await run_in_threadpool(prepare_integrity, state)
+        scrubber = Scrubber(state, settings.scrub_interval_s).start()
         yield
+        scrubber.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -62,10 +68,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # No trailing-slash redirects: a redirect's Location is built from the request's Host
+        # header, which a client (or a proxy that forwards it) can steer anywhere.
+        redirect_slashes=False,
     )
     app.state.edgefleet = state
     install_error_handlers(app)
     add_component_schemas(app, VersionPublish)  # the upload's ``metadata`` JSON field
+    document_errors(app)  # every status a route can answer, with its family's error body
 
     def limit_for(scope: Scope) -> int:
         if scope.get("method") == "POST" and _UPLOAD.match(scope.get("path", "")):
@@ -74,6 +84,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     app.add_middleware(RequestContextMiddleware)
+    if settings.metrics_enabled:
+        install_metrics(app, engine, state.drift_policy)
     app.include_router(api_router)
     app.include_router(v2_health_router)
     app.include_router(v2_router)

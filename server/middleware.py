@@ -4,7 +4,9 @@
 is sane, a fresh one otherwise), returns it in ``X-Request-ID``, and writes one structured record
 per request to the ``edgefleet.server.access`` logger: request id, method, path, status, latency,
 caller, and — for inference — model and version. Routes add fields through ``request.state``
-(``caller``, ``model``, ``model_version``).
+(``caller``, ``model``, ``model_version``). An exception nothing else handled becomes a complete
+500 in the route family's error shape (:func:`server.errors.error_body`), so the keep-alive
+connection stays usable; only when the response had already started is the connection dropped.
 
 :class:`BodyLimitMiddleware` answers 413 before reading a body whose ``Content-Length`` exceeds
 the limit, and stops reading a body without one (chunked) as soon as it passes the limit.
@@ -22,6 +24,8 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import error_body, internal_error
 
 __all__ = ["ACCESS_LOG", "BodyLimitMiddleware", "RequestContextMiddleware"]
 
@@ -46,10 +50,12 @@ class RequestContextMiddleware:
         state["request_id"] = request_id
         status = 500
         started = time.perf_counter()
+        responded = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
+                responded = True
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [
@@ -60,6 +66,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if responded:  # too late for a 500: the server drops the connection
+                raise
+            body = internal_error(str(scope.get("path", "")), request_id, exc)
+            await send_with_id(_start(500, body))
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             caller = state.get("caller")
             ACCESS_LOG.info(
@@ -115,19 +127,22 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
+def _start(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Message:
+    """The ``http.response.start`` message of a JSON error response."""
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *extra,
+        ],
+    }
+
+
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
+    """413 before reading the body; the connection closes (the body was never read)."""
     message = f"request body exceeds {limit} bytes"
-    key = "error" if str(scope.get("path", "")).startswith("/v2") else "detail"
-    body = json.dumps({key: message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    body = json.dumps(error_body(str(scope.get("path", "")), message)).encode()
+    await send(_start(413, body, (b"connection", b"close")))
     await send({"type": "http.response.body", "body": body})

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edgefleet.log_level import LogLevel
+
 __all__ = ["ServerSettings", "load_settings"]
 
 KeyList = Annotated[list[SecretStr], NoDecode]
@@ -59,10 +61,23 @@ class ServerSettings(BaseSettings):
     auto_migrate
         Migrate the database to the newest schema at start-up (default ``True``).
     log_level, log_format
-        Logging of the server (``json`` lines by default, or ``text``).
+        Logging of the server: a level name in any case (default ``INFO``), and ``json`` lines
+        (default) or ``text``.
     drift_thresholds
         Drift thresholds as :class:`server.drift.ThresholdPolicy` JSON (``{"default": {...},
         "per_model": {"digits": {...}}}``); empty for the defaults.
+    metrics_enabled
+        Serve Prometheus metrics at ``/metrics`` (default ``True``; see :mod:`server.metrics`).
+    ssl_certfile, ssl_keyfile, ssl_ca_certs
+        Serve HTTPS with this certificate (chain) and key (``edgefleet server run``); with
+        ``ssl_ca_certs`` as well, clients must present a certificate signed by that CA.
+    signing_key_path
+        The registry's Ed25519 version-signing key (PEM, created on first start with mode 0600;
+        default ``./var/keys/signing-ed25519.pem``). It must lie outside ``artifact_dir``; see
+        :mod:`registry.signing` and ``edgefleet server keys rotate``.
+    scrub_interval_s
+        Seconds between background scrubs of the artifact store (default 3600; 0 disables;
+        see :mod:`registry.integrity` and ``edgefleet server scrub``).
     """
 
     model_config = SettingsConfigDict(
@@ -84,9 +99,15 @@ class ServerSettings(BaseSettings):
     inference_cache_size: int = Field(default=8, gt=0)
     interpreter: Literal["auto", "ai-edge-litert", "tflite-runtime"] = "auto"
     auto_migrate: bool = True
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: LogLevel = "INFO"
     log_format: Literal["json", "text"] = "json"
     drift_thresholds: dict[str, Any] = Field(default_factory=dict)
+    metrics_enabled: bool = True
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_ca_certs: Path | None = None
+    signing_key_path: Path = Path("./var/keys/signing-ed25519.pem")
+    scrub_interval_s: float = Field(default=3600.0, ge=0)
 
     @field_validator("admin_keys", "enrollment_tokens", "inference_keys", mode="before")
     @classmethod

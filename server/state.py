@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from registry.integrity import report_damage
+from registry.signing import Signer
 from registry.store import ArtifactStore
 from server.drift import ThresholdPolicy
 from server.inference.service import InferenceService
@@ -27,6 +29,7 @@ class AppState:
     enrollment_tokens: list[NamedKey] = field(default_factory=list)
     inference_keys: list[NamedKey] = field(default_factory=list)
     drift_policy: ThresholdPolicy = field(default_factory=ThresholdPolicy)
+    signer: Signer | None = None  # loaded at start-up, after migrations (server.scrubber)
 
     @classmethod
     def build(cls, settings: ServerSettings, engine: Engine) -> AppState:
@@ -40,6 +43,9 @@ class AppState:
                 cache_size=settings.inference_cache_size,
                 max_batch=settings.max_batch,
                 interpreter=settings.interpreter,
+                on_damaged=lambda model, version, reason: report_damage(
+                    engine, model, version, reason
+                ),
             ),
             admin_keys=parse_keys(settings.admin_keys, "admin"),
             enrollment_tokens=parse_keys(settings.enrollment_tokens, "enrol"),

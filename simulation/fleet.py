@@ -37,6 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from edgefleet.run_settings import DEFAULTS, RunSettings
 from simulation.errors import FleetError, Interrupted
 from simulation.fleet_devices import AgentProcess, make_shares, start_agents
 from simulation.fleet_flower import flwr_run, round_lines, run_status, start_federation
@@ -47,6 +48,7 @@ from simulation.processes import ProcessSupervisor
 
 DEFAULT_APP = Path(__file__).resolve().parents[1] / "aggregation" / "flower_app"
 RUN_NAME = "fleet"
+FIRST_CONTACT_S = 90.0  # deadline to wait for the nodes and for their first query replies
 
 
 def default_shifts(n_devices: int) -> dict[int, Shift]:
@@ -79,12 +81,13 @@ class FleetConfig:
         The initial model: share of the training split trained on centrally, and how.
     traffic : int [300]
         Inference requests' rows per device (the drift tests need >= 200).
-    strategy, selection : ["fedavg", "drift"]
+    strategy, selection : [the run settings' default, "drift"]
         Aggregation strategy and selection policy of the run.
-    base_epochs, lr, min_reports : [2, 0.1, 2]
-        Local epochs, learning rate, fewest valid updates per round.
-    gate_max_drop, canary_rollout_percent : [0.01, -1 = server default]
-        The canary gate.
+    base_epochs, lr, min_reports : [2, 0.1, the run settings' default]
+        Local epochs, learning rate, fewest valid updates per round (the fleet trains longer
+        and faster than a run's defaults: a few rounds must show progress).
+    gate_max_drop, canary_rollout_percent : [the run settings' defaults]
+        The canary gate (see :class:`edgefleet.run_settings.RunKnobs`).
     eligibility : str ["always"]
         The agents' ClientApp eligibility (``"always"``: every simulated device may train —
         on one machine the load average is the fleet's own; ``"device"``: the real probes).
@@ -108,13 +111,13 @@ class FleetConfig:
     initial_epochs: int = 6
     initial_lr: float = 0.1
     traffic: int = 300
-    strategy: str = "fedavg"
+    strategy: str = DEFAULTS.strategy
     selection: str = "drift"
     base_epochs: int = 2
     lr: float = 0.1
-    min_reports: int = 2
-    gate_max_drop: float = 0.01
-    canary_rollout_percent: float = -1.0
+    min_reports: int = DEFAULTS.min_reports
+    gate_max_drop: float = DEFAULTS.gate_max_drop
+    canary_rollout_percent: float = DEFAULTS.canary_rollout_percent
     eligibility: str = "always"
     extra_nodes: list[dict[str, str]] = field(default_factory=list)
     app_dir: Path = DEFAULT_APP
@@ -126,6 +129,9 @@ class FleetConfig:
             raise FleetError("need at least one agent and one round")
         if self.min_reports > self.n_agents + len(self.extra_nodes):
             raise FleetError(f"min_reports={self.min_reports} exceeds the number of nodes")
+        # refuse bad run settings now, not after the server and the agents started
+        fleet_run_settings(self, "http://127.0.0.1", self.n_agents + len(self.extra_nodes),
+                           Path("holdout.npz"))
 
 
 class _Clock:
@@ -205,17 +211,7 @@ def _run(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, report: Fle
     nodes += config.extra_nodes
     fed = start_federation(sup, workdir / "flower", nodes, admin_key=server.admin_key,
                            timeout_s=clock.left(60))
-    run_cfg: dict[str, str | int | float | bool] = {
-        "server-url": server.url, "model": config.model, "run-name": RUN_NAME,
-        "num-rounds": config.rounds, "strategy": config.strategy,
-        "selection": config.selection, "target-clients": len(nodes),
-        "min-reports": config.min_reports, "min-nodes": len(nodes),
-        "holdout-path": str(holdout), "base-epochs": config.base_epochs, "lr": config.lr,
-        "gate-max-drop": config.gate_max_drop,
-        "canary-rollout-percent": config.canary_rollout_percent, "seed": config.seed,
-        # upper bounds: the first message of a run starts a ClientApp process on every node
-        "wait-for-nodes-s": 90.0, "query-timeout-s": 90.0, "train-timeout-s": 120.0,
-    }
+    run_cfg = fleet_run_settings(config, server.url, len(nodes), holdout).run_config()
     try:
         log = flwr_run(sup, fed, config.app_dir, run_cfg, timeout_s=clock.left(600))
     except Interrupted:
@@ -233,6 +229,27 @@ def _run(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, report: Fle
     if not report.new_versions:
         raise FleetError(f"the run published no new version (log {log})")
     report.ok = True
+
+
+def fleet_run_settings(config: FleetConfig, server_url: str, n_nodes: int, holdout: Path
+                       ) -> RunSettings:
+    """The federated run's settings: the fleet's choices over the run settings' defaults.
+
+    Every node trains each round; the deadlines to wait for the nodes and their query replies
+    are raised to upper bounds, since the first message of a run starts a ClientApp process on
+    every node.
+    """
+    try:
+        return RunSettings(
+            server_url=server_url, model=config.model, run_name=RUN_NAME,
+            num_rounds=config.rounds, strategy=config.strategy, selection=config.selection,
+            target_clients=n_nodes, min_reports=config.min_reports, min_nodes=n_nodes,
+            holdout_path=str(holdout), base_epochs=config.base_epochs, lr=config.lr,
+            gate_max_drop=config.gate_max_drop,
+            canary_rollout_percent=config.canary_rollout_percent, seed=config.seed,
+            wait_for_nodes_s=FIRST_CONTACT_S, query_timeout_s=FIRST_CONTACT_S)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise FleetError(f"the fleet's run settings are invalid: {exc}") from exc
 
 
 def _initial_plan(sup: ProcessSupervisor, clock: _Clock, config: FleetConfig, plan_dir: Path,

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from edge_client.v2 import request_from_array
 from edgefleet.datasets import Dataset
+from edgefleet.v2 import request_from_array
 from simulation.errors import FleetError
 from simulation.fleet_server import ServerHandle, wait_http
 from simulation.partition import Shift, apply_shift, dirichlet_partition, resample

@@ -2,27 +2,22 @@
 
 ``digits_plan_dir`` is built once per session. The TensorFlow conversion runs in a child process
 (so test modules that never author models do not load TensorFlow), then the plan is trained for
-a few epochs on the device runtime and its weights written back: test accuracy is about 0.9.
+a few epochs on the device runtime (this environment's interpreter, see :mod:`tests.environments`)
+and its weights written back: test accuracy is about 0.9.
 Copy it (``shutil.copytree``) before modifying it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-# tflite-runtime's native library clashes with TensorFlow's when TensorFlow loads first in a
-# process; loading it first makes both work in one test session (see edgefleet.interpreters).
-with contextlib.suppress(ImportError):  # tflite-runtime is optional (dev extra, Python <= 3.11)
-    import tflite_runtime.interpreter  # noqa: F401
-
 from edgefleet.datasets import Dataset, load_dataset
+from tests.environments import main_env_python
 
 DIGITS_SEED = 0
 DIGITS_PLAN_EPOCHS = 10
@@ -39,10 +34,14 @@ _BUILD = textwrap.dedent(
 
 
 def build_plan_in_subprocess(out: Path, split_seed: int = DIGITS_SEED) -> None:
-    """Build the (untrained) digits MLP plan into ``out`` in a child Python process."""
+    """Build the (untrained) digits MLP plan into ``out`` in a child Python process.
+
+    The child is the main environment's Python (:func:`tests.environments.main_env_python`):
+    TensorFlow, which converts the plan, is not installed in ``.venv-tflite``.
+    """
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
-        [sys.executable, "-c", _BUILD, str(out), str(split_seed)],
+        [main_env_python(), "-c", _BUILD, str(out), str(split_seed)],
         capture_output=True, text=True, timeout=300, env=env, check=False,
     )
     if proc.returncode != 0:

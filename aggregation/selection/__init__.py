@@ -19,6 +19,7 @@ from aggregation.selection.base import (
 from aggregation.selection.drift import DriftPrioritisedSelection, DriftScorer
 from aggregation.selection.fairness import FairnessBound
 from aggregation.selection.uniform import UniformSelection
+from edgefleet.run_settings import DEFAULTS
 
 POLICIES = ("uniform", "drift")
 
@@ -27,9 +28,9 @@ def make_policy(
     name: str,
     *,
     fair_max_picks: int | None = None,
-    fair_window: int = 5,
-    fair_cooldown: int = 0,
-    drift_floor: float = 0.1,
+    fair_window: int = DEFAULTS.fair_window,
+    fair_cooldown: int = DEFAULTS.fair_cooldown,
+    drift_floor: float = DEFAULTS.drift_floor,
 ) -> SelectionPolicy:
     """Build a policy by name; a ``fair_max_picks`` wraps it in a :class:`FairnessBound`.
 

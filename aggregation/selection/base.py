@@ -16,8 +16,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from aggregation.errors import SettingsError
+from edgefleet.run_settings import DEFAULTS
 
-DEFAULT_OVER_SELECTION = 1.3
+DEFAULT_OVER_SELECTION = DEFAULTS.over_selection
 
 
 @dataclass(frozen=True)

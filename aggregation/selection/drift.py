@@ -21,6 +21,7 @@ from aggregation.selection.base import Candidate, weighted_sample
 from edgefleet.drift import DriftSummary, ReferenceProfile, feature_psi
 from edgefleet.drift.compare import DEFAULT_EPSILON
 from edgefleet.errors import SummaryError
+from edgefleet.run_settings import DEFAULTS
 
 DEFAULT_PSI_THRESHOLD = 0.2
 
@@ -93,7 +94,8 @@ class DriftPrioritisedSelection:
 
     name = "drift"
 
-    def __init__(self, floor: float = 0.1, sharpness: float = 1.0, missing_score: float = 0.0):
+    def __init__(self, floor: float = DEFAULTS.drift_floor, sharpness: float = 1.0,
+                 missing_score: float = 0.0):
         if not floor > 0 or not sharpness > 0 or not 0 <= missing_score <= 1:
             raise SettingsError("floor and sharpness must be > 0, missing_score in [0, 1]")
         self.floor = floor

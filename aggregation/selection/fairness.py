@@ -17,6 +17,7 @@ import numpy as np
 
 from aggregation.errors import SettingsError
 from aggregation.selection.base import Candidate, SelectionPolicy
+from edgefleet.run_settings import DEFAULTS
 
 
 class FairnessBound:
@@ -42,7 +43,8 @@ class FairnessBound:
     """
 
     def __init__(
-        self, policy: SelectionPolicy, max_picks: int = 3, window: int = 5, cooldown: int = 0
+        self, policy: SelectionPolicy, max_picks: int = 3, window: int = DEFAULTS.fair_window,
+        cooldown: int = DEFAULTS.fair_cooldown,
     ) -> None:
         if window < 1:
             raise SettingsError(f"window must be >= 1, got {window}")

@@ -270,7 +270,7 @@ class DriftAccumulator:
         """An accumulator that continues ``summary`` (which must match ``reference``)."""
         summary.check_reference(reference)
         acc = cls(reference, model=summary.model, version=summary.version, buffer_size=buffer_size)
-        acc._state = SummaryState.from_summary(summary)
+        acc._state = summary.to_state()
         return acc
 
     def merge(self, other: DriftSummary | DriftAccumulator) -> None:
@@ -282,4 +282,4 @@ class DriftAccumulator:
                 f"{self.model!r} v{self.version}"
             )
         theirs.check_reference(self.reference)
-        self._state = self._state.merged(SummaryState.from_summary(theirs))
+        self._state = self._state.merged(theirs.to_state())

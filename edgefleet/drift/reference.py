@@ -20,6 +20,8 @@ from functools import cached_property
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgefleet.drift.scores import correlation_traces, score_matrix
+
 DEFAULT_N_BINS = 10
 DEFAULT_CONFIDENCE_EDGES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 FINGERPRINT_VERSION = 1
@@ -95,6 +97,11 @@ class ReferenceProfile(BaseModel):
         Optional: the model's predicted classes and confidences on reference data
         (see :func:`with_predictions`). When present, the server tests the fleet's prediction
         histogram against them; otherwise against ``class_counts``, for information only.
+    score_traces
+        Optional: ``[tr R, tr R², tr R³]`` of the correlation ``R`` of the features' smooth
+        scores on the training data (:mod:`edgefleet.drift.scores`), which calibrates the
+        fleet-level combined drift test for correlated features. Without it the server
+        assumes the worst case (every feature perfectly correlated): valid, less powerful.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -107,6 +114,7 @@ class ReferenceProfile(BaseModel):
     )
     prediction_counts: list[int] | None = None
     confidence_counts: list[int] | None = None
+    score_traces: list[float] | None = Field(default=None, min_length=3, max_length=3)
 
     @field_validator("confidence_bin_edges")
     @classmethod
@@ -222,12 +230,17 @@ def build_reference(
     if flat.shape[1] != len(feature_names):
         raise ValueError(f"{flat.shape[1]} features but {len(feature_names)} feature names")
     feats = []
+    bin_indices = []
     for j, name in enumerate(feature_names):
         col = flat[:, j]
-        finite = col[np.isfinite(col)]
+        ok = np.isfinite(col)
+        finite = col[ok]
         edges = quantile_edges(finite, n_bins)
         idx = np.searchsorted(edges, finite, side="right")
         counts = np.bincount(idx, minlength=edges.size + 1)
+        rows = np.full(col.size, -1, dtype=np.int64)
+        rows[ok] = idx
+        bin_indices.append(rows)
         feats.append(
             FeatureReference(
                 name=name,
@@ -241,8 +254,10 @@ def build_reference(
             )
         )
     class_counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
+    scores = score_matrix(bin_indices, [f.bin_counts for f in feats])
     return ReferenceProfile(
         n_samples=int(flat.shape[0]),
         features=feats,
         class_counts=[int(c) for c in class_counts],
+        score_traces=correlation_traces(scores),
     )

@@ -1,20 +1,20 @@
 """The numbers of a drift summary as numpy arrays, and their merge (Chan et al.).
 
 Shared by :class:`~edgefleet.drift.summary.DriftSummary` (merging validated summaries) and
-:class:`~edgefleet.drift.accumulator.DriftAccumulator` (which updates one in place).
+:class:`~edgefleet.drift.accumulator.DriftAccumulator` (which updates one in place). This module
+sits below both: it knows the reference layout but not the wire model, which builds a state with
+:meth:`DriftSummary.to_state <edgefleet.drift.summary.DriftSummary.to_state>` and reads one back
+with :meth:`DriftSummary.from_state <edgefleet.drift.summary.DriftSummary.from_state>`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgefleet.drift.reference import ReferenceProfile
-
-if TYPE_CHECKING:
-    from edgefleet.drift.summary import DriftSummary
 
 SCHEMA_VERSION = 1  # of the wire format, DriftSummary
 
@@ -22,11 +22,6 @@ SCHEMA_VERSION = 1  # of the wire format, DriftSummary
 def layout(reference: ReferenceProfile) -> np.ndarray:
     """Summary row length (``k + 3``) of each reference feature."""
     return np.asarray([len(f.bin_edges) + 3 for f in reference.features], dtype=np.int64)
-
-
-def row_lengths(s: DriftSummary) -> list[int]:
-    """Bins per feature row of a summary."""
-    return [len(r) for r in s.bin_counts]
 
 
 @dataclass
@@ -69,29 +64,6 @@ class SummaryState:
             np.zeros(n_conf, dtype=np.int64),
             zc.copy(),
             zc.copy(),
-        )
-
-    @classmethod
-    def from_summary(cls, s: DriftSummary) -> SummaryState:
-        lengths = np.asarray(row_lengths(s), dtype=np.int64)
-        bins = np.zeros((lengths.size, int(lengths.max())), dtype=np.int64)
-        for j, row in enumerate(s.bin_counts):
-            bins[j, : len(row)] = row
-        lo = np.asarray([np.inf if v is None else v for v in s.min], dtype=np.float64)
-        hi = np.asarray([-np.inf if v is None else v for v in s.max], dtype=np.float64)
-        return cls(
-            lengths,
-            s.n,
-            bins,
-            np.asarray(s.nan_counts, dtype=np.int64),
-            np.asarray(s.mean, dtype=np.float64),
-            np.asarray(s.m2, dtype=np.float64),
-            lo,
-            hi,
-            np.asarray(s.class_counts, dtype=np.int64),
-            np.asarray(s.confidence_counts, dtype=np.int64),
-            np.asarray(s.label_total, dtype=np.int64),
-            np.asarray(s.label_correct, dtype=np.int64),
         )
 
     def counts(self) -> np.ndarray:

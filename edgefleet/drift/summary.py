@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from edgefleet.drift.reference import ReferenceProfile
-from edgefleet.drift.state import SCHEMA_VERSION, SummaryState, layout, row_lengths
+from edgefleet.drift.state import SCHEMA_VERSION, SummaryState, layout
 from edgefleet.errors import SummaryError
 
 MAX_FEATURES = 4096
@@ -152,6 +152,29 @@ class DriftSummary(BaseModel):
         """A validated summary of ``state``'s numbers."""
         return cls(**state.fields(model, version, fingerprint))
 
+    def to_state(self) -> SummaryState:
+        """This summary's numbers as a :class:`~edgefleet.drift.state.SummaryState`."""
+        lengths = np.asarray(row_lengths(self), dtype=np.int64)
+        bins = np.zeros((lengths.size, int(lengths.max())), dtype=np.int64)
+        for j, row in enumerate(self.bin_counts):
+            bins[j, : len(row)] = row
+        lo = np.asarray([np.inf if v is None else v for v in self.min], dtype=np.float64)
+        hi = np.asarray([-np.inf if v is None else v for v in self.max], dtype=np.float64)
+        return SummaryState(
+            lengths,
+            self.n,
+            bins,
+            np.asarray(self.nan_counts, dtype=np.int64),
+            np.asarray(self.mean, dtype=np.float64),
+            np.asarray(self.m2, dtype=np.float64),
+            lo,
+            hi,
+            np.asarray(self.class_counts, dtype=np.int64),
+            np.asarray(self.confidence_counts, dtype=np.int64),
+            np.asarray(self.label_total, dtype=np.int64),
+            np.asarray(self.label_correct, dtype=np.int64),
+        )
+
     # --- derived ----------------------------------------------------------------------------
     @property
     def n_features(self) -> int:
@@ -208,7 +231,7 @@ class DriftSummary(BaseModel):
     def merge(self, other: DriftSummary) -> DriftSummary:
         """The summary of both inputs' rows (a new object; both inputs are left as they were)."""
         self.check_compatible(other)
-        merged = SummaryState.from_summary(self).merged(SummaryState.from_summary(other))
+        merged = self.to_state().merged(other.to_state())
         return self.from_state(merged, self.model, self.version, self.reference_fingerprint)
 
     @classmethod
@@ -218,10 +241,10 @@ class DriftSummary(BaseModel):
         if not items:
             raise SummaryError("nothing to merge: no summaries given")
         head = items[0]
-        state = SummaryState.from_summary(head)
+        state = head.to_state()
         for s in items[1:]:
             head.check_compatible(s)
-            state = state.merged(SummaryState.from_summary(s))
+            state = state.merged(s.to_state())
         return cls.from_state(state, head.model, head.version, head.reference_fingerprint)
 
 
@@ -242,6 +265,11 @@ def _summary_error(exc: ValidationError) -> SummaryError:
         loc = ".".join(str(p) for p in err["loc"])
         parts.append(f"{loc}: {msg}" if loc else msg)
     return SummaryValidationError("invalid drift summary: " + ("; ".join(parts) or str(exc)))
+
+
+def row_lengths(s: DriftSummary) -> list[int]:
+    """Bins per feature row of a summary."""
+    return [len(r) for r in s.bin_counts]
 
 
 def fold_counts(bin_counts: list[int]) -> list[int]:

@@ -19,10 +19,17 @@ from registry.models.catalog import (  # noqa: E402
     ModelUpdate,
 )
 from registry.models.device import Device, DevicePublic, DeviceUpdate  # noqa: E402
+from registry.models.prediction import (  # noqa: E402
+    PrecomputeRun,
+    PrecomputeStatus,
+    Prediction,
+    PredictionPublic,
+)
 from registry.models.telemetry import TelemetryPublic, TelemetryRecord  # noqa: E402
 from registry.models.version import (  # noqa: E402
     TRANSITIONS,
     ModelVersion,
+    SigningKey,
     VersionMetric,
     VersionStatus,
     VersionStatusUpdate,
@@ -47,6 +54,11 @@ __all__ = [
     "ModelTag",
     "ModelUpdate",
     "ModelVersion",
+    "PrecomputeRun",
+    "PrecomputeStatus",
+    "Prediction",
+    "PredictionPublic",
+    "SigningKey",
     "TelemetryPublic",
     "TelemetryRecord",
     "UTCDateTime",

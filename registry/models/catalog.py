@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
+from edgefleet.bounds import check_line, check_text
 from edgefleet.wire import NAME_PATTERN
 from registry.models.columns import JSONType, UTCDateTime, utcnow
 
@@ -54,6 +55,16 @@ class ModelCreate(ModelBase):
     def _tags(cls, tags: list[str]) -> list[str]:
         return _clean_tags(tags) or []
 
+    @field_validator("task")
+    @classmethod
+    def _task(cls, task: str) -> str:
+        return check_line(task)
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, description: str) -> str:
+        return check_text(description)
+
 
 class ModelUpdate(SQLModel):
     """Change a model's description, task or tags; absent fields stay as they are."""
@@ -66,6 +77,16 @@ class ModelUpdate(SQLModel):
     @classmethod
     def _tags(cls, tags: list[str] | None) -> list[str] | None:
         return _clean_tags(tags)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, task: str | None) -> str | None:
+        return None if task is None else check_line(task)
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, description: str | None) -> str | None:
+        return None if description is None else check_text(description)
 
 
 class Model(ModelBase, table=True):

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from edgefleet.bounds import Labels
 from edgefleet.wire import NAME_PATTERN
 from registry.models.columns import JSONType, UTCDateTime, utcnow
 
@@ -25,7 +26,7 @@ __all__ = ["Device", "DevicePublic", "DeviceUpdate"]
 class DeviceUpdate(SQLModel):
     """What the operator may change about a device; absent fields stay as they are."""
 
-    labels: dict[str, str] | None = None
+    labels: Labels | None = None
     model: str | None = Field(default=None, schema_extra={"pattern": NAME_PATTERN})
 
 

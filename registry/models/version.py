@@ -8,7 +8,17 @@ is a status change (:class:`VersionStatusUpdate`).
 Life cycle (see :data:`TRANSITIONS`)::
 
     PENDING ──▶ READY ◀──▶ ARCHIVED
-       └──────▶ FAILED
+       └──────▶ FAILED       │
+                   READY/ARCHIVED ──▶ DAMAGED ──▶ READY   (integrity checks only)
+
+DAMAGED is set by the integrity checks, never by a client: a stored artifact of the version no
+longer hashes to its digest, or its signature does not verify (:mod:`registry.integrity`). A
+damaged version is never served, downloaded or assigned; when a later scrub finds every artifact
+intact again (an operator restored the blobs) it becomes READY.
+
+Each version carries the registry's Ed25519 signature over its version statement
+(:mod:`edgefleet.signature`) and the id of the key that made it (a :class:`SigningKey` row, kept
+after the key is rotated so old signatures stay verifiable).
 
 A version becomes READY only after its artifacts were verified and committed to the store; once
 READY its artifacts, metrics and lineage never change. :mod:`registry.publish` verifies before it
@@ -26,11 +36,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from edgefleet.bounds import CleanText
 from registry.models.columns import JSONType, UTCDateTime, utcnow
 
 __all__ = [
     "TRANSITIONS",
     "ModelVersion",
+    "SigningKey",
     "VersionMetric",
     "VersionStatus",
     "VersionStatusUpdate",
@@ -42,14 +54,16 @@ class VersionStatus(StrEnum):
     READY = "READY"
     FAILED = "FAILED"
     ARCHIVED = "ARCHIVED"
+    DAMAGED = "DAMAGED"
 
 
-#: Allowed status changes.
+#: Status changes a client may ask for (the integrity checks alone set and clear DAMAGED).
 TRANSITIONS: dict[VersionStatus, frozenset[VersionStatus]] = {
     VersionStatus.PENDING: frozenset({VersionStatus.READY, VersionStatus.FAILED}),
     VersionStatus.READY: frozenset({VersionStatus.ARCHIVED}),
     VersionStatus.ARCHIVED: frozenset({VersionStatus.READY}),
     VersionStatus.FAILED: frozenset(),
+    VersionStatus.DAMAGED: frozenset(),
 }
 
 
@@ -57,7 +71,7 @@ class VersionStatusUpdate(SQLModel):
     """Archive a READY version or bring an archived one back."""
 
     status: VersionStatus
-    reason: str = Field(default="", max_length=1000)
+    reason: CleanText = Field(default="", max_length=1000)
 
 
 class ModelVersion(SQLModel, table=True):
@@ -90,6 +104,13 @@ class ModelVersion(SQLModel, table=True):
     manifest_sha256: str = Field(max_length=64)
     manifest_size: int
     manifest: dict[str, Any] = Field(sa_type=JSONType)
+    # integrity: the registry's signature over the version statement, and the last checks
+    signature: str | None = Field(default=None, max_length=128)
+    signing_key_id: str | None = Field(
+        default=None, max_length=16, foreign_key="signing_key.key_id"
+    )
+    verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    damaged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # description, evaluation, training
     description: str = Field(default="", max_length=4000)
     metrics: dict[str, float] = Field(default_factory=dict, sa_type=JSONType)
@@ -117,3 +138,22 @@ class VersionMetric(SQLModel, table=True):
     )
     name: str = Field(max_length=64, primary_key=True)
     value: float
+
+
+class SigningKey(SQLModel, table=True):
+    """A public key the registry signs (or signed) versions with; rows are never deleted.
+
+    ``endorsed_by``/``endorsement``: the previous key and its signature over this key's rotation
+    statement (:func:`edgefleet.signature.rotation_statement`); ``retired_at`` is set when a
+    newer key replaces it (its signatures stay verifiable).
+    """
+
+    __tablename__ = "signing_key"
+
+    key_id: str = Field(primary_key=True, max_length=16)
+    algorithm: str = Field(default="ed25519", max_length=16)
+    public_key: str = Field(max_length=64)
+    endorsed_by: str | None = Field(default=None, max_length=16)
+    endorsement: str | None = Field(default=None, max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    retired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

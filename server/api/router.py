@@ -14,6 +14,7 @@ from server.api.routes import (
     health,
     inference,
     models,
+    predictions,
     telemetry,
     versions,
 )
@@ -29,6 +30,7 @@ for module in (
     assignment,
     telemetry,
     drift,
+    predictions,
 ):
     api_router.include_router(module.router)
 

@@ -1,11 +1,15 @@
 """Drift tests on the server: statistics, verdicts and fleet reports from device drift summaries.
 
 Modules
-    ``stats``       pure, vectorised two-sample statistics on binned counts (PSI, KS, JS, W1, χ²).
+    ``stats``       pure, vectorised two-sample statistics on binned counts (PSI and its
+                    bias-corrected form, KS with exact p-values, JS, W1, χ²).
     ``thresholds``  :class:`DriftThresholds` (defaults and the decision rule) and per-model
                     :class:`ThresholdPolicy`.
+    ``combined``    the fleet-level combined test over all features (correlation accounted for).
+    ``labels``      prediction histogram, performance drift, label-prior shift.
+    ``verdicts``    :class:`DriftVerdicts`: the three verdicts every consumer reads.
     ``report``      :func:`compute_drift`: one merged summary against the reference → a
-                    :class:`DriftReport` (per-feature statistics, verdict, prediction test).
+                    :class:`DriftReport` (per-feature statistics, combined test, verdicts).
     ``fleet``       merging by device, model version and time window; fleet-over-time,
                     per-device and per-feature reports.
     ``events``      threshold crossings with hysteresis (:class:`DriftEvent`).
@@ -17,7 +21,16 @@ call these functions and return their pydantic reports. Errors are
 May import scipy; nothing on the device imports this package.
 """
 
-from server.drift.events import DriftEvent, MonitorState, WindowDrift, detect_crossings, step
+from server.drift.base import Verdict
+from server.drift.combined import CombinedDrift, FeatureContribution
+from server.drift.events import (
+    DriftEvent,
+    MonitorState,
+    TrackState,
+    WindowDrift,
+    detect_crossings,
+    step,
+)
 from server.drift.fleet import (
     DeviceDrift,
     DeviceDriftReport,
@@ -33,25 +46,36 @@ from server.drift.fleet import (
     fleet_over_time,
     merge_records,
 )
-from server.drift.report import DriftReport, FeatureDrift, PredictionDrift, compute_drift
+from server.drift.labels import LabelPriorDrift, PerformanceDrift, PredictionDrift
+from server.drift.report import DriftReport, FeatureDrift, compute_drift
 from server.drift.thresholds import DriftThresholds, ThresholdPolicy
+from server.drift.verdicts import SIGNALS, DriftVerdicts, Signal
 
 __all__ = [
+    "SIGNALS",
+    "CombinedDrift",
     "DeviceDrift",
     "DeviceDriftReport",
     "DriftEvent",
     "DriftRecord",
     "DriftReport",
     "DriftThresholds",
+    "DriftVerdicts",
+    "FeatureContribution",
     "FeatureDrift",
     "FeatureDriftReport",
     "FeaturePoint",
     "FeatureSeries",
     "FleetDriftReport",
+    "LabelPriorDrift",
     "MonitorState",
+    "PerformanceDrift",
     "PredictionDrift",
     "RejectedRecord",
+    "Signal",
     "ThresholdPolicy",
+    "TrackState",
+    "Verdict",
     "WindowDrift",
     "compute_drift",
     "detect_crossings",

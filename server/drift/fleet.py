@@ -39,9 +39,11 @@ from typing import NamedTuple
 
 from edgefleet.drift import DriftSummary, ReferenceProfile
 from edgefleet.errors import SummaryError
+from server.drift.base import FeatureStatus, ReportModel, Verdict
 from server.drift.events import DriftEvent, MonitorState, WindowDrift, detect_crossings
-from server.drift.report import DriftReport, FeatureStatus, ReportModel, Verdict, compute_drift
+from server.drift.report import DriftReport, compute_drift
 from server.drift.thresholds import DriftThresholds
+from server.drift.verdicts import DriftVerdicts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -88,6 +90,7 @@ class DeviceDrift(ReportModel):
     share_drifted: float
     max_psi: float | None
     drifted_features: list[str]
+    verdicts: DriftVerdicts
 
 
 class DeviceDriftReport(ReportModel):
@@ -103,6 +106,7 @@ class FeaturePoint(ReportModel):
     n: int
     status: FeatureStatus
     psi: float | None
+    psi_corrected: float | None
     ks_pvalue: float | None
     js_distance: float | None
     wasserstein_std: float | None
@@ -179,10 +183,11 @@ def fleet_drift(
     model: str,
     version: int,
     thresholds: DriftThresholds | None = None,
+    validation_accuracy: float | None = None,
 ) -> DriftReport:
     """The full drift report of every usable record passed, merged into one window."""
     merged, _ = merge_records(records, reference, model=model, version=version)
-    return compute_drift(merged, reference, thresholds)
+    return compute_drift(merged, reference, thresholds, validation_accuracy=validation_accuracy)
 
 
 def _by_window(
@@ -205,12 +210,14 @@ def _window_reports(
     bucket: timedelta,
     thresholds: DriftThresholds,
     origin: datetime,
+    validation_accuracy: float | None = None,
 ) -> tuple[list[tuple[datetime, datetime, list[DriftRecord], DriftReport]], list[RejectedRecord]]:
     good, rejected = _select(records, reference, model, version)
     out = []
     for start, end, group in _by_window(good, bucket, origin):
         merged = DriftSummary.merge_all(r.summary for r in group)
-        out.append((start, end, group, compute_drift(merged, reference, thresholds)))
+        rep = compute_drift(merged, reference, thresholds, validation_accuracy=validation_accuracy)
+        out.append((start, end, group, rep))
     return out, rejected
 
 
@@ -224,10 +231,13 @@ def fleet_over_time(
     thresholds: DriftThresholds | None = None,
     origin: datetime = EPOCH,
     state: MonitorState | None = None,
+    validation_accuracy: float | None = None,
 ) -> FleetDriftReport:
-    """The fleet's verdict per time window, and the threshold crossings (from ``state``)."""
+    """The fleet's verdicts per time window, and the threshold crossings (from ``state``)."""
     th = thresholds or DriftThresholds()
-    reports, rejected = _window_reports(records, reference, model, version, bucket, th, origin)
+    reports, rejected = _window_reports(
+        records, reference, model, version, bucket, th, origin, validation_accuracy
+    )
     windows = [
         WindowDrift.project(
             rep,
@@ -257,8 +267,9 @@ def drift_by_device(
     model: str,
     version: int,
     thresholds: DriftThresholds | None = None,
+    validation_accuracy: float | None = None,
 ) -> DeviceDriftReport:
-    """Each device's records merged over the whole period, with its verdict."""
+    """Each device's records merged over the whole period, with its verdicts."""
     good, rejected = _select(records, reference, model, version)
     per: dict[str, list[DriftRecord]] = defaultdict(list)
     for r in good:
@@ -266,7 +277,8 @@ def drift_by_device(
     devices = []
     for device_id in sorted(per):
         group = per[device_id]
-        rep = compute_drift(DriftSummary.merge_all(r.summary for r in group), reference, thresholds)
+        merged = DriftSummary.merge_all(r.summary for r in group)
+        rep = compute_drift(merged, reference, thresholds, validation_accuracy=validation_accuracy)
         devices.append(
             DeviceDrift.project(
                 rep,
@@ -289,6 +301,7 @@ def drift_by_feature(
     thresholds: DriftThresholds | None = None,
     features: Sequence[str] | None = None,
     origin: datetime = EPOCH,
+    validation_accuracy: float | None = None,
 ) -> FeatureDriftReport:
     """Per-feature statistics per time window (``features``: names to keep, default all)."""
     names = reference.feature_names
@@ -298,7 +311,9 @@ def drift_by_feature(
             raise ValueError(f"unknown features: {unknown}")
     keep = [j for j, nm in enumerate(names) if features is None or nm in set(features)]
     th = thresholds or DriftThresholds()
-    reports, rejected = _window_reports(records, reference, model, version, bucket, th, origin)
+    reports, rejected = _window_reports(
+        records, reference, model, version, bucket, th, origin, validation_accuracy
+    )
     series = []
     for j in keep:
         points = [

@@ -13,42 +13,42 @@ out-of-range share is reported separately. Wasserstein uses the reference bins w
 end bins (:func:`server.drift.stats.wasserstein_tails`; uniform bins bounded by the observed
 ``min``/``max`` for features with fewer than two edges), and never reports less than the exact
 lower bound ``|mean − reference mean|``.
+
+The floor applies to the bias-corrected PSI (``psi_corrected``), the raw PSI is reported beside
+it; the combined test is :mod:`server.drift.combined`, the label-based verdicts
+:mod:`server.drift.labels`, and the report's ``verdicts`` (:mod:`server.drift.verdicts`) is what
+the controller and rollout guards read.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
-
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from edgefleet.drift import DriftSummary, ReferenceProfile
 from edgefleet.drift.compare import folded_matrices
 from server.drift import stats
+from server.drift.base import FeatureStatus, ReportModel, Verdict, num
+from server.drift.combined import CombinedDrift, combined_test
+from server.drift.labels import (
+    LabelPriorDrift,
+    PerformanceDrift,
+    PredictionDrift,
+    label_prior_test,
+    performance_test,
+    prediction_test,
+)
 from server.drift.thresholds import DriftThresholds
+from server.drift.verdicts import DriftVerdicts
 
-Verdict = Literal["insufficient", "no_drift", "drift"]
-FeatureStatus = Literal["insufficient", "ok", "drift"]
-
-
-class ReportModel(BaseModel):
-    """Base of the drift reports: immutable, and no field that is not declared."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def project(cls, source: object, **fields: Any) -> Self:
-        """An instance of ``fields``, every other field read from ``source``'s same-named attribute.
-
-        Builds the narrower views of a larger report (a window, a device, a feature, an event)
-        without copying its fields one by one; validation is the constructor's, as ever.
-        """
-        taken = {name: getattr(source, name) for name in cls.model_fields if name not in fields}
-        return cls(**taken, **fields)
-
-
-def _num(v: float) -> float | None:
-    return float(v) if np.isfinite(v) else None
+__all__ = [
+    "DriftReport",
+    "FeatureDrift",
+    "FeatureStatus",
+    "PredictionDrift",
+    "ReportModel",
+    "Verdict",
+    "compute_drift",
+]
 
 
 class FeatureDrift(ReportModel):
@@ -59,7 +59,8 @@ class FeatureDrift(ReportModel):
     n: int
     status: FeatureStatus
     strong: bool
-    psi: float | None
+    psi: float | None  # raw (smoothed) PSI, biased upwards by about (bins - 1)(1/n + 1/m)
+    psi_corrected: float | None  # bias-corrected PSI: the effect size the floor applies to
     ks_statistic: float | None
     ks_pvalue: float | None
     js_distance: float | None
@@ -75,32 +76,14 @@ class FeatureDrift(ReportModel):
     out_of_range_rate: float | None
 
 
-class PredictionDrift(ReportModel):
-    """The predicted-class histogram against the reference's, and label-based accuracy.
-
-    ``basis`` is ``"predictions"`` when the reference has the model's own predictions (then the
-    test is part of the verdict, ``drifted`` is set) and ``"labels"`` when it only has training
-    labels (information only: a model's predictions differ from labels by its errors).
-    """
-
-    basis: Literal["predictions", "labels"]
-    n_predicted: int
-    chi2: float | None
-    dof: int
-    pvalue: float | None
-    psi: float | None
-    drifted: bool | None
-    class_shares: list[float]
-    reference_class_shares: list[float]
-    confidence_shares: list[float]
-    confidence_psi: float | None
-    n_labelled: int
-    accuracy: float | None
-    class_accuracy: list[float | None]
-
-
 class DriftReport(ReportModel):
-    """The verdict of one window (or any merged set of summaries) for one model version."""
+    """The verdicts of one window (or any merged set of summaries) for one model version.
+
+    ``verdict``/``reason`` are the input-drift verdict (``verdicts.input``); ``performance``
+    and ``label_prior`` hold the two label-based verdicts; ``verdicts`` has all three.
+    ``max_psi`` is the largest raw PSI of a tested feature (a magnitude to rank devices by),
+    ``test_alpha`` the level of each per-feature test.
+    """
 
     model: str
     version: int
@@ -115,7 +98,11 @@ class DriftReport(ReportModel):
     test_alpha: float
     drifted_features: list[str]
     features: list[FeatureDrift]
+    combined: CombinedDrift | None
     prediction: PredictionDrift | None
+    performance: PerformanceDrift
+    label_prior: LabelPriorDrift
+    verdicts: DriftVerdicts
     thresholds: DriftThresholds
 
 
@@ -175,86 +162,141 @@ def _wasserstein(
     return np.asarray(np.maximum(estimate, np.abs(np.asarray(summary.mean) - ref_mean)))
 
 
-def compute_drift(
+def _feature_stats(
     summary: DriftSummary,
     reference: ReferenceProfile,
-    thresholds: DriftThresholds | None = None,
-) -> DriftReport:
-    """Drift statistics and verdict of ``summary`` against ``reference``.
-
-    Raises :class:`~edgefleet.errors.SummaryError` when the summary was made against other bins.
-    """
-    th = thresholds or DriftThresholds()
-    summary.check_reference(reference)
+    th: DriftThresholds,
+    levels: tuple[float, float],
+) -> dict[str, np.ndarray]:
+    """Every per-feature statistic, vectorised over the features."""
     lay = _layout(summary, reference)
     n = np.asarray(summary.counts, dtype=np.float64)
     m = np.asarray([fr.count for fr in reference.features], dtype=np.float64)
-    eps = th.psi_epsilon
-    psi = stats.psi(lay["folded"], lay["folded_ref"], lay["folded_valid"], epsilon=eps)
-    js = stats.js_distance(lay["folded"], lay["folded_ref"], lay["folded_valid"])
     ks = stats.ks_statistic(lay["sample"], lay["ref"], lay["valid"])
-    ks_p = stats.ks_pvalue(ks, n, m)
     ref_std = np.asarray([fr.std for fr in reference.features])
     ref_mean = np.asarray([fr.mean for fr in reference.features])
     w1 = _wasserstein(summary, reference, lay, ref_mean)
     with np.errstate(invalid="ignore", divide="ignore"):
         w1_std = np.where(ref_std > 0, w1 / ref_std, np.nan)
-        std = np.sqrt(summary.variance())
         shift = np.where(ref_std > 0, (np.asarray(summary.mean) - ref_mean) / ref_std, np.nan)
         oor = (lay["sample"][:, 0] + lay["sample"][np.arange(n.size), lay["lengths"] - 1]) / n
-    tested = (n >= th.min_samples) & (m > 0)
+    folded, folded_ref, folded_valid = lay["folded"], lay["folded_ref"], lay["folded_valid"]
+    return {
+        "n": n,
+        "m": m,
+        "psi": stats.psi(folded, folded_ref, folded_valid, epsilon=th.psi_epsilon),
+        "effect": stats.chi2_divergence(folded, folded_ref, folded_valid),
+        "js": stats.js_distance(folded, folded_ref, folded_valid),
+        "ks": ks,
+        "ks_p": stats.ks_pvalue(ks, n, m, exact_band=(min(levels) / 4, 4 * max(levels))),
+        "w1": w1,
+        "w1_std": w1_std,
+        "std": np.sqrt(summary.variance()),
+        "shift": shift,
+        "oor": oor,
+    }
 
-    prediction, pred_test = _prediction(summary, reference, th)
-    n_tests = int(tested.sum()) + int(pred_test)
-    test_alpha = th.alpha / max(n_tests, 1)
-    exit_alpha = th.exit_alpha / max(n_tests, 1)
-    drifted = tested & (ks_p < test_alpha) & (psi >= th.psi_min)
-    strong = drifted & (psi >= th.psi_strong)
-    holding = bool(np.any(tested & (ks_p < exit_alpha) & (psi >= th.psi_exit)))
-    pred_drift = False
-    if pred_test and prediction is not None and prediction.pvalue is not None:
-        pred_psi = prediction.psi or 0.0
-        pred_drift = prediction.pvalue < test_alpha and pred_psi >= th.psi_min
-        holding |= prediction.pvalue < exit_alpha and pred_psi >= th.psi_exit
-        prediction = prediction.model_copy(update={"drifted": pred_drift})
 
-    features = []
+def _features(
+    summary: DriftSummary,
+    reference: ReferenceProfile,
+    st: dict[str, np.ndarray],
+    tested: np.ndarray,
+    drifted: np.ndarray,
+    strong: np.ndarray,
+) -> list[FeatureDrift]:
+    n = st["n"]
+    out = []
     for j, fr in enumerate(reference.features):
         status: FeatureStatus = "drift" if drifted[j] else "ok" if tested[j] else "insufficient"
         has = n[j] > 0
-        features.append(
+        out.append(
             FeatureDrift(
                 index=j,
                 name=fr.name,
                 n=int(n[j]),
                 status=status,
                 strong=bool(strong[j]),
-                psi=_num(psi[j]),
-                ks_statistic=_num(ks[j]) if has else None,
-                ks_pvalue=_num(ks_p[j]),
-                js_distance=_num(js[j]),
-                wasserstein=_num(w1[j]) if has else None,
-                wasserstein_std=_num(w1_std[j]) if has else None,
+                psi=num(st["psi"][j]),
+                psi_corrected=num(st["effect"][j]),
+                ks_statistic=num(st["ks"][j]) if has else None,
+                ks_pvalue=num(st["ks_p"][j]),
+                js_distance=num(st["js"][j]),
+                wasserstein=num(st["w1"][j]) if has else None,
+                wasserstein_std=num(st["w1_std"][j]) if has else None,
                 mean=float(summary.mean[j]) if has else None,
                 reference_mean=fr.mean,
-                std=float(std[j]) if has else None,
+                std=float(st["std"][j]) if has else None,
                 reference_std=fr.std,
-                mean_shift_std=_num(shift[j]) if has else None,
+                mean_shift_std=num(st["shift"][j]) if has else None,
                 nan_rate=summary.nan_counts[j] / summary.n if summary.n else None,
                 reference_nan_rate=1.0 - fr.count / reference.n_samples
                 if reference.n_samples
                 else 0.0,
-                out_of_range_rate=_num(oor[j]) if has else None,
+                out_of_range_rate=num(st["oor"][j]) if has else None,
             )
         )
+    return out
+
+
+def compute_drift(
+    summary: DriftSummary,
+    reference: ReferenceProfile,
+    thresholds: DriftThresholds | None = None,
+    *,
+    validation_accuracy: float | None = None,
+) -> DriftReport:
+    """Drift statistics and the three verdicts of ``summary`` against ``reference``.
+
+    ``validation_accuracy`` is the version's accuracy on validation data (the
+    ``thresholds.accuracy_metric`` version metric); without it the performance verdict is
+    ``insufficient``. Raises :class:`~edgefleet.errors.SummaryError` when the summary was made
+    against other bins.
+    """
+    th = thresholds or DriftThresholds()
+    summary.check_reference(reference)
+    n = np.asarray(summary.counts, dtype=np.float64)
+    m = np.asarray([fr.count for fr in reference.features], dtype=np.float64)
+    tested = (n >= th.min_samples) & (m > 0)
+    prediction, pred_test = prediction_test(summary, reference, th)
+    n_tests = int(tested.sum()) + int(pred_test)
+    share = 1.0 - th.combined_share
+    test_alpha = th.alpha * share / max(n_tests, 1)
+    exit_alpha = th.exit_alpha * share / max(n_tests, 1)
+    st = _feature_stats(summary, reference, th, (test_alpha, exit_alpha))
+    effect, ks_p = st["effect"], st["ks_p"]
+    drifted = tested & (ks_p < test_alpha) & (effect >= th.psi_min)
+    strong = drifted & (effect >= th.psi_strong)
+    holding = bool(np.any(tested & (ks_p < exit_alpha) & (effect >= th.psi_exit)))
+    pred_drift = False
+    if pred_test and prediction is not None and prediction.pvalue is not None:
+        pred_effect = prediction.psi or 0.0
+        pred_drift = prediction.pvalue < test_alpha and pred_effect >= th.psi_min
+        holding |= prediction.pvalue < exit_alpha and pred_effect >= th.psi_exit
+        prediction = prediction.model_copy(update={"drifted": pred_drift})
+    combined = None
+    if th.combined_share > 0 and summary.n >= th.min_samples:
+        combined = combined_test(
+            summary,
+            reference,
+            tested,
+            test_alpha=th.alpha * th.combined_share,
+            exit_alpha=th.exit_alpha * th.combined_share,
+            effect_min=th.psi_min,
+            effect_exit=th.psi_exit,
+            alpha=th.alpha,
+        )
+        holding |= combined is not None and combined.holding
+
     n_tested = int(tested.sum())
     n_drifted = int(drifted.sum())
-    share = n_drifted / n_tested if n_tested else 0.0
     verdict, reason = _verdict(
-        summary.n, n_tested, n_drifted, bool(strong.any()), pred_drift, pred_test, th
+        summary.n, n_tested, n_drifted, bool(strong.any()), pred_drift, pred_test, combined, th
     )
-    order = np.argsort(-np.nan_to_num(psi, nan=-1.0))
-    tested_psi = psi[tested]
+    performance = performance_test(summary, validation_accuracy, th)
+    label_prior = label_prior_test(summary, reference, th)
+    order = np.argsort(-np.nan_to_num(effect, nan=-np.inf))
+    tested_psi = st["psi"][tested]
     return DriftReport(
         model=summary.model,
         version=summary.version,
@@ -263,13 +305,19 @@ def compute_drift(
         reason=reason,
         n_tests=n_tests,
         n_drifted=n_drifted + int(pred_drift),
-        share_drifted=share,
-        max_psi=_num(tested_psi.max()) if tested_psi.size else None,
+        share_drifted=n_drifted / n_tested if n_tested else 0.0,
+        max_psi=num(tested_psi.max()) if tested_psi.size else None,
         holding=holding if verdict != "insufficient" else False,
         test_alpha=test_alpha,
         drifted_features=[reference.features[j].name for j in order if drifted[j]],
-        features=features,
+        features=_features(summary, reference, st, tested, drifted, strong),
+        combined=combined,
         prediction=prediction,
+        performance=performance,
+        label_prior=label_prior,
+        verdicts=DriftVerdicts(
+            input=verdict, performance=performance.verdict, label_prior=label_prior.verdict
+        ),
         thresholds=th,
     )
 
@@ -281,62 +329,22 @@ def _verdict(
     any_strong: bool,
     pred_drift: bool,
     pred_test: bool,
+    combined: CombinedDrift | None,
     th: DriftThresholds,
 ) -> tuple[Verdict, str]:
-    """The window's verdict and a one-line reason (see :mod:`server.drift.thresholds`)."""
+    """The window's input verdict and a one-line reason (see :mod:`server.drift.thresholds`)."""
     if n < th.min_samples:
         return "insufficient", f"too few samples: {n} < {th.min_samples}"
     if n_tested == 0 and not pred_test:
         return "insufficient", f"too few samples: no feature has {th.min_samples} finite values"
     share = n_drifted / n_tested if n_tested else 0.0
-    pred = ", predicted classes drifted" if pred_drift else ""
-    if pred_drift or any_strong or (n_drifted and share >= th.min_drifted_share):
-        return "drift", f"{n_drifted} of {n_tested} features drifted{pred}"
+    extra = ", predicted classes drifted" if pred_drift else ""
+    together = combined is not None and combined.drifted
+    if together:
+        carriers = ", ".join(c.name for c in combined.carriers[:5]) if combined else ""
+        extra += f", features shifted together ({carriers or 'spread thinly'})"
+    if pred_drift or any_strong or together or (n_drifted and share >= th.min_drifted_share):
+        return "drift", f"{n_drifted} of {n_tested} features drifted{extra}"
     if n_drifted:
         return "no_drift", f"{n_drifted} of {n_tested} features drifted (below the share threshold)"
     return "no_drift", f"no feature of {n_tested} drifted"
-
-
-def _prediction(
-    summary: DriftSummary, ref: ReferenceProfile, th: DriftThresholds
-) -> tuple[PredictionDrift | None, bool]:
-    """The prediction-histogram test, and whether it belongs to the verdict's test family."""
-    n_pred = summary.n_predicted
-    if n_pred == 0:
-        return None, False
-    own = ref.prediction_counts is not None
-    base = np.asarray(ref.prediction_counts if own else ref.class_counts, dtype=np.float64)
-    cls = np.asarray(summary.class_counts, dtype=np.float64)
-    chi2, dof, p = stats.chi2_two_sample(cls, base)
-    cls_psi = float(stats.psi(cls, base, epsilon=th.psi_epsilon))
-    in_family = own and th.use_predictions and n_pred >= th.min_samples
-    conf = np.asarray(summary.confidence_counts, dtype=np.float64)
-    conf_psi = None
-    if ref.confidence_counts is not None and sum(ref.confidence_counts) > 0:
-        conf_psi = _num(
-            float(
-                stats.psi(
-                    conf, np.asarray(ref.confidence_counts, dtype=float), epsilon=th.psi_epsilon
-                )
-            )
-        )
-    total = np.asarray(summary.label_total, dtype=np.float64)
-    correct = np.asarray(summary.label_correct, dtype=np.float64)
-    labelled = int(total.sum())
-    pred = PredictionDrift(
-        basis="predictions" if own else "labels",
-        n_predicted=n_pred,
-        chi2=_num(chi2),
-        dof=dof,
-        pvalue=_num(p),
-        psi=_num(cls_psi),
-        drifted=None,
-        class_shares=(cls / n_pred).tolist(),
-        reference_class_shares=(base / max(base.sum(), 1.0)).tolist(),
-        confidence_shares=(conf / n_pred).tolist(),
-        confidence_psi=conf_psi,
-        n_labelled=labelled,
-        accuracy=float(correct.sum() / labelled) if labelled else None,
-        class_accuracy=[float(c / t) if t else None for c, t in zip(correct, total, strict=True)],
-    )
-    return pred, in_family

@@ -1,6 +1,6 @@
-"""Fallback inference in the Open Inference Protocol (V2): tensor codec and inference service."""
+"""Fallback inference in the Open Inference Protocol (V2): the inference service (the tensor
+codec is the shared core's :mod:`edgefleet.v2`, which the edge agent's local endpoint uses too)."""
 
-from server.inference.codec import decode_input, encode_outputs
 from server.inference.service import InferenceService, Target
 
-__all__ = ["InferenceService", "Target", "decode_input", "encode_outputs"]
+__all__ = ["InferenceService", "Target"]

@@ -11,30 +11,36 @@ least-recently-used map of ``cache_size`` entries. Content never changes under a
 cache never serves stale weights; moving an alias simply resolves to another key. Concurrent
 first requests for one version load it once (a lock per key). Each :class:`PlanRuntime`
 serialises its own interpreter calls; requests run in the server's worker threads.
+
+Loading re-hashes every blob it reads (:meth:`registry.store.ArtifactStore.read_verified`) and
+checks that the manifest describes the plan. A mismatch is never served: the load fails with
+:class:`~registry.errors.DamagedArtifactError` (503) and ``on_damaged(model, version, reason)``
+is called, which the application wires to :func:`registry.integrity.report_damage` (the
+version becomes DAMAGED, which :meth:`InferenceService.resolve` refuses from then on).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from edgefleet import __version__
+from edgefleet import v2
 from edgefleet.errors import EdgeFleetError
 from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.runtime import PlanRuntime
 from edgefleet.wire import InferenceRequest, InferenceResponse
 from registry.catalog import get_model
-from registry.errors import NotFoundError, VersionNotReadyError
+from registry.errors import DamagedArtifactError, NotFoundError, VersionNotReadyError
 from registry.models import PRODUCTION, Alias, Model, ModelVersion, VersionStatus
 from registry.store import ArtifactStore
 from registry.versions import get_version
 from server.errors import ModelUnavailableError
-from server.inference.codec import decode_input, encode_outputs, output_metadata
 
 __all__ = ["InferenceService", "Target"]
 
@@ -68,6 +74,9 @@ class InferenceService:
         Most rows per request (default 1024).
     interpreter
         ``auto``, ``ai-edge-litert`` or ``tflite-runtime``.
+    on_damaged
+        Called as ``on_damaged(model, version, reason)`` when a load finds an artifact that
+        does not match its digest (default: nothing besides refusing it).
     """
 
     def __init__(
@@ -77,8 +86,10 @@ class InferenceService:
         cache_size: int = 8,
         max_batch: int = 1024,
         interpreter: str = "auto",
+        on_damaged: Callable[[str, int, str], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_damaged = on_damaged
         self.cache_size = cache_size
         self.max_batch = max_batch
         self.interpreter = interpreter
@@ -113,6 +124,11 @@ class InferenceService:
                 get_version(session, m, version)
             raise NotFoundError(f"model {model!r} has no production version; name a version")
         number, status, plan_sha256, weights_sha256, manifest_sha256 = row
+        if status == VersionStatus.DAMAGED:
+            raise DamagedArtifactError(
+                f"version {number} of {model!r} is DAMAGED (its stored artifacts do not match "
+                "their digests) and is not served"
+            )
         if status != VersionStatus.READY:
             raise VersionNotReadyError(
                 f"version {number} of {model!r} is {status.value}, not READY"
@@ -161,16 +177,30 @@ class InferenceService:
 
     def _load(self, target: Target) -> PlanRuntime:
         try:
-            manifest = PlanManifest.from_json(self.store.read_bytes(target.manifest_sha256))
-            plan = self.store.read_bytes(target.plan_sha256)
-            weights = weights_from_bytes(
-                self.store.read_bytes(target.weights_sha256), manifest=manifest
-            )
+            manifest_bytes, plan, weights_bytes = self._verified_blobs(target)
+            manifest = PlanManifest.from_json(manifest_bytes)
+            if manifest.plan_sha256 != target.plan_sha256:
+                raise DamagedArtifactError("the stored manifest describes another plan")
+            weights = weights_from_bytes(weights_bytes, manifest=manifest)
             return PlanRuntime.from_bytes(plan, manifest, weights, interpreter=self.interpreter)
+        except DamagedArtifactError as exc:
+            reason = str(exc)
+            if self.on_damaged is not None:
+                self.on_damaged(target.model, target.version, reason)
+            raise DamagedArtifactError(
+                f"version {target.version} of {target.model!r} is damaged and is not served: "
+                f"{reason}"
+            ) from exc
         except (NotFoundError, EdgeFleetError, ValueError) as exc:
             raise ModelUnavailableError(
                 f"version {target.version} of {target.model!r} cannot be loaded: {exc}"
             ) from exc
+
+    def _verified_blobs(self, target: Target) -> tuple[bytes, bytes, bytes]:
+        """The manifest, plan and weights bytes, each re-hashed against its digest."""
+        return (self.store.read_verified(target.manifest_sha256),
+                self.store.read_verified(target.plan_sha256),
+                self.store.read_verified(target.weights_sha256))
 
     def cached_keys(self) -> list[tuple[str, str]]:
         with self._cache_lock:
@@ -180,8 +210,12 @@ class InferenceService:
     def predict(self, target: Target, request: InferenceRequest) -> InferenceResponse:
         """Run ``request`` on ``target`` (blocking: call it from a worker thread)."""
         runtime = self.runtime(target)
-        x = decode_input(request.inputs, runtime.manifest, max_batch=self.max_batch)
-        outputs = encode_outputs(runtime.predict(x), runtime.manifest, request.outputs)
+        manifest = runtime.manifest
+        names = v2.requested_outputs(request.outputs, manifest.output.name)
+        x = v2.decode_input(request.inputs, manifest, max_batch=self.max_batch)
+        probs = runtime.predict(x)
+        outputs = v2.encode_outputs(probs, v2.predicted_labels(probs, manifest.output.class_labels),
+                                    manifest.output.name, names)
         parameters = {"alias": target.alias} if target.alias else None
         return InferenceResponse(
             model_name=target.model,
@@ -195,21 +229,9 @@ class InferenceService:
     def metadata(self, session: Session, target: Target) -> dict[str, Any]:
         """V2 model metadata of ``target`` (and the model's READY versions); loads it."""
         manifest = self.runtime(target).manifest
-        spec = manifest.input
-        return {
-            "name": target.model,
-            "versions": [str(v) for v in self.ready_versions(session, target.model)],
-            "platform": "tflite",
-            "inputs": [{"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.sample_shape]}],
-            "outputs": output_metadata(manifest),
-            "parameters": {
-                "version": str(target.version),
-                "alias": target.alias,
-                "feature_names": list(spec.feature_names),
-                "class_labels": list(manifest.output.class_labels),
-            },
-        }
+        return v2.model_metadata(target.model, self.ready_versions(session, target.model),
+                                 manifest, version=str(target.version), alias=target.alias)
 
     @staticmethod
     def server_metadata() -> dict[str, Any]:
-        return {"name": "edgefleet", "version": __version__, "extensions": []}
+        return v2.server_metadata()

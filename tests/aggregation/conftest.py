@@ -66,6 +66,7 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     root = tmp_path_factory.mktemp("server")
     settings = ServerSettings(
         database_url=f"sqlite:///{root / 'db.sqlite3'}", artifact_dir=root / "artifacts",
+        signing_key_path=root / "keys" / "signing-ed25519.pem",
         admin_keys=[ADMIN_KEY], log_level="WARNING",
     )
     with serve(create_app(settings)) as url:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from aggregation.registry_client import RegistryClient
-from aggregation.settings import RunSettings
+from edgefleet.run_settings import app_config_table
 from tests.aggregation.conftest import Server, free_port, register_plan
 from tests.aggregation.test_federation import untrained  # noqa: F401  (fixture)
 
@@ -96,9 +96,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, untrained: Path  # noqa
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "test"\n[superlink.test]\naddress = "127.0.0.1:{port}"\n'
         "insecure = true\n")
-    keys = RunSettings.__dataclass_fields__
-    config = "\n".join(f"{k.replace('_', '-')} = {json.dumps(_default(k))}" for k in keys
-                       if k != "strategy_params")
+    config = "\n".join(f"{k} = {json.dumps(v)}" for k, v in app_config_table().items())
     (app / "pyproject.toml").write_text(textwrap.dedent("""\
         [project]
         name = "aggdeploy"
@@ -161,11 +159,6 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.
                 return
         time.sleep(0.2)
     raise RuntimeError(f"the SuperLink did not open port {port}")
-
-
-def _default(key: str) -> object:
-    value = RunSettings.__dataclass_fields__[key].default
-    return "" if not isinstance(value, str | int | float | bool) else value
 
 
 def flwr_run(deployment: Deployment, config: dict[str, object]) -> str:

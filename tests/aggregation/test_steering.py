@@ -10,12 +10,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from aggregation.errors import SettingsError
 from aggregation.selection import Candidate
 from aggregation.steering import (
-    AGG_WEIGHT_KEY,
     SteeringConfig,
     aggregation_weights,
     node_train_config,
     strategy_contents,
 )
+from edgefleet.flower_keys import AGG_WEIGHT as AGG_WEIGHT_KEY
 
 
 @pytest.mark.parametrize("score", [None, -3.0, 0.0, 0.3, 0.5, 1.0, 42.0, float("nan")])

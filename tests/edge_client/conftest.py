@@ -51,7 +51,8 @@ def stub() -> Iterator[StubServer]:
 
 @pytest.fixture
 def stub_credentials(stub: StubServer) -> Credentials:
-    return Credentials(server_url=stub.url, device_id="dev-1", device_token=stub.state.token)
+    return Credentials(server_url=stub.url, device_id="dev-1", device_token=stub.state.token,
+                       signing_key=stub.signing_key)
 
 
 def scaled_weights(plan_dir: Path, factor: float) -> bytes:

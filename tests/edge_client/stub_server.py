@@ -9,7 +9,12 @@ idempotency keys, V2 inference through a real :class:`PlanRuntime`); the full se
 * ``truncate[kind] = n``  — the next download of ``kind`` (``"plan"``/``"weights"``) announces the
   full ``Content-Length`` and closes the connection after ``n`` bytes;
 * ``tamper[kind] = True`` — serve bytes other than the ones the assignment's sha256 promises;
-* ``down = True``         — answer every request with 503.
+* ``down = True``         — answer every request with 503;
+* ``signing = "ok"``      — sign assignments with the stub's key (``"none"``: unsigned,
+  ``"bad"``: a signature over another statement, ``"stranger"``: signed by an unknown key).
+
+The stub signs like the registry (:mod:`edgefleet.signature`); its key is ``signing_key`` (hand
+it to the agent's credentials, as enrolment does).
 
 Enrolment accepts ``state.enrollment_token`` and hands out ``state.token``.
 """
@@ -25,9 +30,33 @@ from typing import Any
 
 import numpy as np
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from edgefleet.plan import PlanManifest, sha256_bytes
 from edgefleet.runtime import PlanRuntime
-from edgefleet.wire import API_PREFIX, ArtifactRef, Assignment, TelemetryReport, artifact_url
+from edgefleet.signature import encode_b64, key_id_of, version_statement
+from edgefleet.wire import (
+    API_PREFIX,
+    ArtifactRef,
+    Assignment,
+    SigningKeyInfo,
+    TelemetryReport,
+    VersionSignature,
+    artifact_url,
+)
+
+
+class StubKey:
+    """An Ed25519 key signing version statements, as the registry's."""
+
+    def __init__(self) -> None:
+        self.private = Ed25519PrivateKey.generate()
+        public = encode_b64(self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        self.info = SigningKeyInfo(key_id=key_id_of(public), public_key=public)
+
+    def sign(self, message: bytes) -> str:
+        return encode_b64(self.private.sign(message))
 
 
 @dataclass
@@ -50,6 +79,7 @@ class StubState:
     infer_calls: int = 0
     token: str = "device-token"
     enrollment_token: str = "enrol-me"
+    signing: str = "ok"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -114,7 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
             if req["enrollment_token"] != st.enrollment_token:
                 return self._send(401, {"detail": "invalid enrolment token"})
             return self._send(200, {"device_id": req.get("device_id") or "dev-1",
-                                    "device_token": st.token})
+                                    "device_token": st.token,
+                                    "signing_key": self.server.key.info.model_dump()})
         if not self._auth():
             return None
         if self.path.endswith("/telemetry"):
@@ -159,19 +190,39 @@ class _Server(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.state = StubState()
+        self.key = StubKey()
+        self._stranger = StubKey()
         self._runtimes: dict[tuple[str, int], PlanRuntime] = {}
 
     def assignment(self) -> Assignment:
         assert self.state.assigned is not None
         model, version = self.state.assigned
         v = self.state.versions[(model, version)]
+        refs = {kind: ArtifactRef(url=artifact_url(model, version, kind),  # type: ignore[arg-type]
+                                  sha256=sha256_bytes(data), size=len(data))
+                for kind, data in (("plan", v.plan), ("weights", v.weights),
+                                   ("manifest", v.manifest))}
         return Assignment(
             device_id="dev-1", model=model, version=version, alias="production",
-            plan=ArtifactRef(url=artifact_url(model, version, "plan"),
-                             sha256=sha256_bytes(v.plan), size=len(v.plan)),
-            weights=ArtifactRef(url=artifact_url(model, version, "weights"),
-                                sha256=sha256_bytes(v.weights), size=len(v.weights)),
-            manifest_url=artifact_url(model, version, "manifest"), poll_interval_s=1.0)
+            plan=refs["plan"], weights=refs["weights"], manifest=refs["manifest"],
+            manifest_url=refs["manifest"].url, poll_interval_s=1.0,
+            signature=self._signature(model, version, v, refs))
+
+    def _signature(self, model: str, version: int, v: _Version,
+                   refs: dict[str, ArtifactRef]) -> VersionSignature | None:
+        mode = self.state.signing
+        if mode == "none":
+            return None
+        manifest = PlanManifest.from_json(v.manifest)
+        labels = list(manifest.output.class_labels)
+        if mode == "bad":
+            labels = labels[::-1]  # a statement about other labels
+        statement = version_statement(
+            model=model, version=version, plan=refs["plan"], weights=refs["weights"],
+            manifest=refs["manifest"], plan_name=manifest.name, plan_format=manifest.format,
+            class_labels=labels)
+        key = self._stranger if mode == "stranger" else self.key
+        return VersionSignature(key_id=key.info.key_id, signature=key.sign(statement))
 
     def runtime(self, key: tuple[str, int]) -> PlanRuntime:
         if key not in self._runtimes:
@@ -194,6 +245,11 @@ class StubServer:
     @property
     def state(self) -> StubState:
         return self._server.state
+
+    @property
+    def signing_key(self) -> SigningKeyInfo:
+        """The public key devices pin (what enrolment hands out)."""
+        return self._server.key.info
 
     @property
     def url(self) -> str:

@@ -1,8 +1,15 @@
-"""PlanRuntime on a real digits plan in the real interpreters (no TensorFlow in these tests)."""
+"""PlanRuntime on a real digits plan in the real interpreters (no TensorFlow in these tests).
+
+They run in both test environments (see :mod:`tests.environments`), each on its own interpreter:
+``ai-edge-litert`` under numpy 2 in ``.venv``, ``tflite-runtime`` under numpy 1 in
+``.venv-tflite``; there the two are also compared on the same plan and data.
+"""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import textwrap
 import threading
 from pathlib import Path
 
@@ -27,6 +34,7 @@ from edgefleet.runtime import (
     WEIGHTS_FILE,
     PlanRuntime,
 )
+from tests.environments import ENV_INTERPRETER, ENV_NAME, TFLITE_ENV, main_env_python
 
 
 @pytest.fixture
@@ -53,29 +61,60 @@ def test_from_dir_predicts_probabilities(runtime: PlanRuntime, digits_data: Data
     probs = runtime.predict(digits_data.x_test[:10])
     assert probs.shape == (10, 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    assert runtime.interpreter_name in ("ai-edge-litert", "tflite-runtime")
+    assert runtime.interpreter_name == ENV_INTERPRETER
 
 
-def test_auto_prefers_litert() -> None:
-    assert interpreter_class("auto")[0] == "ai-edge-litert"
+def test_auto_picks_the_environments_interpreter() -> None:
+    # .venv has only LiteRT (tflite-runtime cannot live with numpy 2); .venv-tflite only
+    # tflite-runtime, so there "auto" falls back to it.
+    assert available_interpreters() == [ENV_INTERPRETER], ENV_NAME
+    assert interpreter_class("auto")[0] == ENV_INTERPRETER
     with pytest.raises(ValueError, match="unknown interpreter"):
         interpreter_class("onnxruntime")
 
 
-def test_both_interpreters_agree(digits_plan_dir: Path, digits_data: Dataset) -> None:
-    if len(available_interpreters()) < 2:
-        pytest.skip(f"needs both interpreters, have {available_interpreters()}")
-    lite = PlanRuntime.from_dir(digits_plan_dir, interpreter="litert")
-    tfl = PlanRuntime.from_dir(digits_plan_dir, interpreter="tflite-runtime")
-    assert (lite.interpreter_name, tfl.interpreter_name) == ("ai-edge-litert", "tflite-runtime")
-    np.testing.assert_allclose(lite.predict(digits_data.x_test), tfl.predict(digits_data.x_test),
+# The main environment's side of the comparison: LiteRT under numpy 2, same plan, same data.
+_LITERT_SIDE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from edgefleet.runtime import PlanRuntime
+    plan_dir, data, out = sys.argv[1:4]
+    d = np.load(data)
+    rt = PlanRuntime.from_dir(plan_dir, interpreter="litert")
+    probs = rt.predict(d["x_test"])
+    fit = rt.fit(d["x_train"], d["y_train"], epochs=2, lr=0.05, seed=3)
+    np.savez(out, probs=probs, losses=np.array(fit.epoch_losses), interpreter=rt.interpreter_name,
+             numpy=np.__version__, **{"w_" + k: v for k, v in rt.get_weights().items()})
+    """
+)
+
+
+@pytest.mark.skipif(not TFLITE_ENV, reason="compares tflite-runtime (in .venv-tflite, where "
+                    "scripts/test.sh runs this test) with LiteRT in the main environment")
+def test_interpreters_agree_across_environments(
+    digits_plan_dir: Path, digits_data: Dataset, tmp_path: Path
+) -> None:
+    data, out = tmp_path / "data.npz", tmp_path / "litert.npz"
+    np.savez(data, x_test=digits_data.x_test, x_train=digits_data.x_train,
+             y_train=digits_data.y_train)
+    proc = subprocess.run(
+        [main_env_python(), "-c", _LITERT_SIDE, str(digits_plan_dir), str(data), str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lite = np.load(out)
+    assert str(lite["interpreter"]) == "ai-edge-litert" and str(lite["numpy"]).startswith("2.")
+    tfl = PlanRuntime.from_dir(digits_plan_dir)
+    assert tfl.interpreter_name == "tflite-runtime" and np.__version__.startswith("1.")
+    np.testing.assert_allclose(tfl.predict(digits_data.x_test), lite["probs"],
                                rtol=1e-5, atol=1e-6)
-    r_lite = lite.fit(digits_data.x_train, digits_data.y_train, epochs=2, lr=0.05, seed=3)
-    r_tfl = tfl.fit(digits_data.x_train, digits_data.y_train, epochs=2, lr=0.05, seed=3)
-    np.testing.assert_allclose(r_lite.epoch_losses, r_tfl.epoch_losses, rtol=1e-4)
-    w_lite, w_tfl = lite.get_weights(), tfl.get_weights()
-    for name in w_lite:
-        np.testing.assert_allclose(w_lite[name], w_tfl[name], rtol=1e-4, atol=1e-5)
+    fit = tfl.fit(digits_data.x_train, digits_data.y_train, epochs=2, lr=0.05, seed=3)
+    np.testing.assert_allclose(fit.epoch_losses, lite["losses"], rtol=1e-4)
+    weights = tfl.get_weights()
+    assert sorted("w_" + k for k in weights) == sorted(k for k in lite.files if k[:2] == "w_")
+    for name, value in weights.items():
+        np.testing.assert_allclose(value, lite["w_" + name], rtol=1e-4, atol=1e-5)
 
 
 def test_training_from_scratch_reaches_090(digits_plan_dir: Path, digits_data: Dataset) -> None:

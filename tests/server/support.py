@@ -41,6 +41,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> ServerSettin
     values: dict[str, Any] = {
         "database_url": db_url,
         "artifact_dir": tmp_path / "artifacts",
+        "signing_key_path": tmp_path / "keys" / "signing-ed25519.pem",
         "admin_keys": [ADMIN_KEY],
         "enrollment_tokens": [ENROL_TOKEN],
         "inference_keys": [f"shop:{APP_KEY}"],

@@ -70,3 +70,13 @@ def test_invalid_settings_are_refused(overrides: dict[str, object]) -> None:
 def test_secrets_stay_secret() -> None:
     s = ServerSettings(admin_keys=[SecretStr("bob:very-secret")])
     assert "very-secret" not in s.model_dump_json()
+
+
+@pytest.mark.parametrize("given", ["warning", "Warning", " WARNING "])
+def test_log_level_in_any_case(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    monkeypatch.setenv("EDGEFLEET_SERVER_LOG_LEVEL", given)
+    assert load_settings().log_level == "WARNING"
+    assert ServerSettings(log_level="debug").log_level == "DEBUG"  # type: ignore[arg-type]
+    monkeypatch.setenv("EDGEFLEET_SERVER_LOG_LEVEL", "loud")
+    with pytest.raises(ValidationError, match="log_level"):
+        load_settings()

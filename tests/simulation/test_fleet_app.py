@@ -8,27 +8,31 @@ from typer.testing import CliRunner
 
 from aggregation.cli import app as fl_cli
 from aggregation.settings import RunSettings
+from edgefleet.run_settings import APP_EXAMPLES, DEFAULTS, app_config_table
 from simulation.fleet import DEFAULT_APP
-
-# required by RunSettings: the app gives usable local defaults instead of ""
-REQUIRED = {"server-url": "http://127.0.0.1:8000", "model": "digits"}
 
 
 def _app() -> dict:  # type: ignore[type-arg]
     return tomllib.loads((DEFAULT_APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
 
 
-def test_app_config_matches_edgefleet_fl_run_config() -> None:
+def test_app_config_table_is_the_run_settings() -> None:
+    """The Flower app's table, ``edgefleet fl run-config`` and the run settings' one definition
+    agree: same keys, same order, same values, same TOML types."""
+    expected = app_config_table()
     result = CliRunner().invoke(fl_cli, ["run-config"])
     assert result.exit_code == 0, result.output
     template = tomllib.loads(result.output)["tool"]["flwr"]["app"]["config"]
     config = _app()["config"]
-    assert list(config) == list(template)  # same keys, same order
-    for key, default in template.items():
-        expected = REQUIRED.get(key, default)
-        assert config[key] == expected and type(config[key]) is type(expected), key
+    for table in (template, config):
+        assert list(table) == list(expected)  # same keys, same order
+        for key, value in expected.items():
+            assert table[key] == value and type(table[key]) is type(value), key
     settings = RunSettings.from_run_config(config, env={})
-    assert (settings.server_url, settings.model) == (REQUIRED["server-url"], REQUIRED["model"])
+    assert (settings.server_url, settings.model) == (APP_EXAMPLES["server_url"],
+                                                     APP_EXAMPLES["model"])
+    knobs = settings.model_dump(exclude={"server_url", "model"})
+    assert knobs == DEFAULTS.model_dump()  # the app changes no default
 
 
 def test_app_runs_the_installed_server_and_client_apps() -> None:

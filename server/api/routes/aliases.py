@@ -2,36 +2,48 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from edgefleet.bounds import CleanText, Timestamp
 from edgefleet.wire import AliasEventInfo, AliasInfo, AliasMove, AliasRollback, Page
 from registry import aliases
 from server.api.responses import ADMIN_ERRORS, error_responses
-from server.deps import AdminDep, Limit, Offset, SessionDep, SettingsDep, WriteSessionDep
+from server.api.routing import AuthFirstRoute
+from server.deps import (
+    AdminDep,
+    AliasPath,
+    Limit,
+    ModelPath,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    WriteSessionDep,
+)
 
 router = APIRouter(
     prefix="/models/{model}",
     tags=["aliases"],
     responses={**ADMIN_ERRORS, **error_responses(404)},
+    route_class=AuthFirstRoute,
 )
 
 
 @router.get("/aliases", response_model=list[AliasInfo], summary="A model's aliases")
-def list_aliases(model: str, _: AdminDep, session: SessionDep) -> list[AliasInfo]:
+def list_aliases(model: ModelPath, _: AdminDep, session: SessionDep) -> list[AliasInfo]:
     return aliases.list_aliases(session, model)
 
 
 @router.get("/aliases/{alias}", response_model=AliasInfo, summary="Where an alias points")
 def get_alias(
-    model: str,
-    alias: str,
+    model: ModelPath,
+    alias: AliasPath,
     _: AdminDep,
     session: SessionDep,
     at: Annotated[
-        datetime | None, Query(description="answer for this moment instead (ISO 8601 with zone)")
+        Timestamp | None,
+        Query(description="answer for this moment instead (ISO 8601 with zone)"),
     ] = None,
 ) -> AliasInfo:
     if at is None:
@@ -55,8 +67,8 @@ def get_alias(
     responses=error_responses(409),
 )
 def move_alias(
-    model: str,
-    alias: str,
+    model: ModelPath,
+    alias: AliasPath,
     body: AliasMove,
     caller: AdminDep,
     session: WriteSessionDep,
@@ -76,11 +88,11 @@ def move_alias(
 
 @router.delete("/aliases/{alias}", status_code=204, summary="Remove an alias")
 def delete_alias(
-    model: str,
-    alias: str,
+    model: ModelPath,
+    alias: AliasPath,
     caller: AdminDep,
     session: WriteSessionDep,
-    reason: Annotated[str, Query(max_length=1000)] = "",
+    reason: Annotated[CleanText, Query(max_length=1000)] = "",
 ) -> Response:
     aliases.delete_alias(session, model, alias, actor=caller.label, reason=reason)
     session.commit()
@@ -94,7 +106,11 @@ def delete_alias(
     responses=error_responses(409),
 )
 def rollback_alias(
-    model: str, alias: str, body: AliasRollback, caller: AdminDep, session: WriteSessionDep
+    model: ModelPath,
+    alias: AliasPath,
+    body: AliasRollback,
+    caller: AdminDep,
+    session: WriteSessionDep,
 ) -> AliasInfo:
     row = aliases.rollback_alias(session, model, alias, actor=caller.label, reason=body.reason)
     session.commit()
@@ -107,8 +123,8 @@ def rollback_alias(
     summary="Every move of an alias, newest first",
 )
 def alias_history(
-    model: str,
-    alias: str,
+    model: ModelPath,
+    alias: AliasPath,
     _: AdminDep,
     session: SessionDep,
     limit: Limit = 50,
@@ -123,7 +139,7 @@ def alias_history(
     summary="Every move of every alias of a model, newest first",
 )
 def model_alias_history(
-    model: str,
+    model: ModelPath,
     _: AdminDep,
     session: SessionDep,
     limit: Limit = 50,

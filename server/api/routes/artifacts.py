@@ -4,7 +4,10 @@ Responses stream from the content-addressed store with ``ETag: "<sha256>"``; a r
 ``If-None-Match`` names that tag (or ``*``) gets 304 without a body. Artifacts never change, so
 they may be cached for good (``Cache-Control: private, max-age=31536000, immutable``); range
 requests are honoured, so an interrupted download can resume. A device may read only the version
-it is assigned (403 otherwise); an admin key reads any version.
+it is assigned (403 otherwise); an admin key reads any version. Before a blob is sent it is
+checked against its digest and size (re-hashed unless its file is unchanged since its last good
+hash); a mismatch is never sent: 503, and the version is marked DAMAGED. Devices get nothing
+of a DAMAGED version (503); an admin key may still read its intact blobs, for inspection.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from sqlmodel import Session
 
 from registry.assignment import check_download
 from registry.catalog import get_model
-from registry.errors import AuthenticationError, PermissionDeniedError
+from registry.errors import AuthenticationError, DamagedArtifactError, PermissionDeniedError
+from registry.integrity import report_damage
 from registry.versions import get_version
 from server.api.responses import ADMIN_ERRORS, error_responses
-from server.deps import CallerDep, SessionDep, StateDep
+from server.deps import CallerDep, ModelPath, SessionDep, StateDep, VersionPath
 from server.errors import ModelUnavailableError
 from server.security import Caller
 from server.state import AppState
@@ -82,6 +86,13 @@ def serve(
     path = state.store.path(sha)
     if not path.is_file():
         raise ModelUnavailableError(f"the {kind} of version {version} of {model!r} is missing")
+    size = {"plan": v.plan_size, "weights": v.weights_size, "manifest": v.manifest_size}[kind]
+    problem = state.store.problem(sha, size, cached=True)
+    if problem is not None:
+        report_damage(state.engine, m.name, v.number, f"{kind} {sha[:12]}…: {problem}")
+        raise DamagedArtifactError(
+            f"the {kind} of version {version} of {model!r} is damaged and is not served"
+        )
     return FileResponse(
         path,
         media_type=MEDIA_TYPES[kind],
@@ -97,8 +108,8 @@ def _download_route(kind: Kind, summary: str) -> None:
     """Mount ``GET .../{kind}``: :func:`serve` that kind of artifact."""
 
     def download(
-        model: str,
-        version: int,
+        model: ModelPath,
+        version: VersionPath,
         caller: CallerDep,
         session: SessionDep,
         state: StateDep,

@@ -18,9 +18,17 @@ from edgefleet.wire import ArtifactRef, Assignment, artifact_url
 from registry.assignment import assign
 from registry.devices import get_device, touch
 from registry.errors import AuthenticationError
+from registry.signing import signature_of
 from server.api.responses import CALLER_ERRORS, error_responses
 from server.api.routes.artifacts import etag_matches
-from server.deps import CallerDep, SessionDep, SettingsDep, require_self
+from server.deps import (
+    CallerDep,
+    DevicePath,
+    ModelQuery,
+    SessionDep,
+    SettingsDep,
+    require_self,
+)
 
 router = APIRouter(
     prefix="/devices",
@@ -36,11 +44,11 @@ router = APIRouter(
     responses={304: {"description": "unchanged since the ETag sent in If-None-Match"}},
 )
 def get_assignment(
-    device_id: str,
+    device_id: DevicePath,
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
-    model: str | None = None,
+    model: ModelQuery = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     if caller.kind == "anonymous":
@@ -63,6 +71,12 @@ def get_assignment(
             size=v.weights_size,
         ),
         manifest_url=artifact_url(name, v.number, "manifest"),
+        manifest=ArtifactRef(
+            url=artifact_url(name, v.number, "manifest"),
+            sha256=v.manifest_sha256,
+            size=v.manifest_size,
+        ),
+        signature=signature_of(session, v),
         poll_interval_s=settings.poll_interval_s,
     )
     content = body.model_dump_json()

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter
 
+from edgefleet.bounds import Timestamp
 from edgefleet.wire import EnrollRequest, EnrollResponse, Page
 from registry import devices
 from registry.errors import AuthenticationError, PermissionDeniedError
 from registry.models import DevicePublic, DeviceUpdate
+from registry.signing import current_key_info
 from server.api.responses import ADMIN_ERRORS, error_responses
+from server.api.routing import AuthFirstRoute
 from server.deps import (
     AdminDep,
     CallerDep,
+    DevicePath,
     Limit,
+    ModelQuery,
     Offset,
     SessionDep,
     StateDep,
@@ -23,7 +26,7 @@ from server.deps import (
 )
 from server.security import Caller, match_key
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+router = APIRouter(prefix="/devices", tags=["devices"], route_class=AuthFirstRoute)
 
 
 @router.post(
@@ -50,7 +53,8 @@ def enroll(
         raise AuthenticationError("invalid enrolment token")
     device, token = devices.enroll(session, body, replace=caller.kind == "admin")
     session.commit()
-    return EnrollResponse(device_id=device.id, device_token=token)
+    return EnrollResponse(device_id=device.id, device_token=token,
+                          signing_key=current_key_info(session, state.signer))
 
 
 @router.get(
@@ -59,8 +63,8 @@ def enroll(
 def list_devices(
     _: AdminDep,
     session: SessionDep,
-    model: str | None = None,
-    seen_since: datetime | None = None,
+    model: ModelQuery = None,
+    seen_since: Timestamp | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[DevicePublic]:
@@ -79,7 +83,7 @@ def _public(session: SessionDep, device_id: str) -> DevicePublic:
     summary="Read a device",
     responses={**ADMIN_ERRORS, **error_responses(404)},
 )
-def get_device(device_id: str, caller: CallerDep, session: SessionDep) -> DevicePublic:
+def get_device(device_id: DevicePath, caller: CallerDep, session: SessionDep) -> DevicePublic:
     _self_or_admin(caller, device_id)
     return _public(session, device_id)
 
@@ -91,7 +95,7 @@ def get_device(device_id: str, caller: CallerDep, session: SessionDep) -> Device
     responses={**ADMIN_ERRORS, **error_responses(404)},
 )
 def update_device(
-    device_id: str, body: DeviceUpdate, _: AdminDep, session: WriteSessionDep
+    device_id: DevicePath, body: DeviceUpdate, _: AdminDep, session: WriteSessionDep
 ) -> DevicePublic:
     devices.update_device(session, device_id, body)
     session.commit()
@@ -104,7 +108,7 @@ def update_device(
     summary="Revoke a device's token",
     responses={**ADMIN_ERRORS, **error_responses(404)},
 )
-def revoke_device(device_id: str, _: AdminDep, session: WriteSessionDep) -> DevicePublic:
+def revoke_device(device_id: DevicePath, _: AdminDep, session: WriteSessionDep) -> DevicePublic:
     devices.revoke_device(session, device_id)
     session.commit()
     return _public(session, device_id)

@@ -22,12 +22,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
+from edgefleet.bounds import QueryText, Timestamp
 from edgefleet.drift import DriftSummary, ReferenceProfile
-from registry.errors import ConflictError
+from registry.errors import ConflictError, InvalidQueryError
 from registry.telemetry import drift_rows
 from registry.versions import get_version, reference_of
 from server.api.responses import ADMIN_ERRORS, error_responses
-from server.deps import AdminDep, SessionDep, StateDep
+from server.deps import (
+    AdminDep,
+    DeviceQuery,
+    ModelPath,
+    SessionDep,
+    StateDep,
+    VersionPath,
+)
 from server.drift import (
     DeviceDriftReport,
     DriftRecord,
@@ -47,8 +55,8 @@ router = APIRouter(
     responses={**ADMIN_ERRORS, **error_responses(404, 409)},
 )
 
-Since = Annotated[datetime | None, Query(description="windows ending at or after (with zone)")]
-Until = Annotated[datetime | None, Query(description="windows starting at or before")]
+Since = Annotated[Timestamp | None, Query(description="windows ending at or after (with zone)")]
+Until = Annotated[Timestamp | None, Query(description="windows starting at or before")]
 Bucket = Annotated[int, Query(ge=1, le=7 * 24 * 60, description="window length in minutes")]
 
 
@@ -101,8 +109,8 @@ class DriftScope:
 
 
 async def drift_scope(
-    model: str,
-    version: int,
+    model: ModelPath,
+    version: VersionPath,
     _: AdminDep,
     session: SessionDep,
     state: StateDep,
@@ -125,7 +133,7 @@ def fleet_over_time_route(scope: ScopeDep, bucket_minutes: Bucket = 60) -> Fleet
 
 
 @router.get("/summary", response_model=DriftReport, summary="Fleet drift over the whole range")
-def fleet_summary_route(scope: ScopeDep, device: str | None = None) -> DriftReport:
+def fleet_summary_route(scope: ScopeDep, device: DeviceQuery = None) -> DriftReport:
     records, reference = scope.records(device)
     return fleet_drift(records, reference, **scope.common())
 
@@ -140,9 +148,15 @@ def devices_route(scope: ScopeDep) -> DeviceDriftReport:
 def features_route(
     scope: ScopeDep,
     bucket_minutes: Bucket = 60,
-    feature: Annotated[list[str] | None, Query(description="feature names (repeatable)")] = None,
+    feature: Annotated[
+        list[QueryText] | None, Query(description="feature names (repeatable)")
+    ] = None,
 ) -> FeatureDriftReport:
     records, reference = scope.records()
+    unknown = sorted(set(feature or ()) - set(reference.feature_names))
+    if unknown:
+        names = len(reference.feature_names)
+        raise InvalidQueryError(f"unknown features {unknown[:5]} (the reference has {names})")
     return drift_by_feature(
         records,
         reference,

@@ -13,14 +13,17 @@ Each request records ``model`` and ``model_version`` on ``request.state`` for th
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlmodel import Session
 
+from edgefleet.bounds import DB_INT_MAX
 from edgefleet.wire import InferenceRequest, InferenceResponse, V2Error
 from registry.errors import AuthenticationError, NotFoundError
-from server.deps import CallerDep, SessionDep, StateDep
+from server.api.routing import AuthFirstRoute
+from server.deps import CallerDep, ModelPath, SessionDep, StateDep
 from server.inference.service import Target
 from server.security import Caller
 from server.state import AppState
@@ -46,12 +49,18 @@ router = APIRouter(
     tags=["inference (V2)"],
     responses=ERRORS,
     dependencies=[Depends(require_inference_caller)],
+    route_class=AuthFirstRoute,
 )
+#: A V2 version is a string; here it names a registry version, spelled canonically.
+_VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
 
 
 def _number(version: str) -> int:
-    if not version.isdigit() or len(version) > 9 or int(version) < 1:
-        raise NotFoundError(f"unknown version {version!r}: versions are positive integers")
+    """The registry version ``version`` names: 404 unless it is canonical (``3``, not ``03``)."""
+    if not _VERSION.match(version) or int(version) > DB_INT_MAX:
+        raise NotFoundError(
+            f"unknown version {version[:20]!r}: versions are positive integers such as 3"
+        )
     return int(version)
 
 
@@ -75,14 +84,14 @@ def server_metadata(state: StateDep) -> dict[str, Any]:
 
 @router.get("/models/{model}", summary="Model metadata (production version)")
 def model_metadata(
-    model: str, request: Request, session: SessionDep, state: StateDep
+    model: ModelPath, request: Request, session: SessionDep, state: StateDep
 ) -> dict[str, Any]:
     return state.inference.metadata(session, _resolve(request, session, state, model, None))
 
 
 @router.get("/models/{model}/versions/{version}", summary="Model version metadata")
 def version_metadata(
-    model: str, version: str, request: Request, session: SessionDep, state: StateDep
+    model: ModelPath, version: str, request: Request, session: SessionDep, state: StateDep
 ) -> dict[str, Any]:
     return state.inference.metadata(session, _resolve(request, session, state, model, version))
 
@@ -98,14 +107,14 @@ def _ready(
 
 @router.get("/models/{model}/ready", summary="Model readiness")
 def model_ready(
-    model: str, request: Request, session: SessionDep, state: StateDep
+    model: ModelPath, request: Request, session: SessionDep, state: StateDep
 ) -> dict[str, Any]:
     return _ready(request, session, state, model, None)
 
 
 @router.get("/models/{model}/versions/{version}/ready", summary="Model version readiness")
 def version_ready(
-    model: str, version: str, request: Request, session: SessionDep, state: StateDep
+    model: ModelPath, version: str, request: Request, session: SessionDep, state: StateDep
 ) -> dict[str, Any]:
     return _ready(request, session, state, model, version)
 
@@ -117,7 +126,7 @@ def version_ready(
     summary="Inference on the production version",
 )
 def infer(
-    model: str, body: InferenceRequest, request: Request, session: SessionDep, state: StateDep
+    model: ModelPath, body: InferenceRequest, request: Request, session: SessionDep, state: StateDep
 ) -> Response:
     target = _resolve(request, session, state, model, None)
     session.commit()  # release the database connection before running the model
@@ -131,7 +140,7 @@ def infer(
     summary="Inference on one version",
 )
 def infer_version(
-    model: str,
+    model: ModelPath,
     version: str,
     body: InferenceRequest,
     request: Request,

@@ -6,13 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from edgefleet.bounds import QueryText
 from edgefleet.wire import Page
 from registry import catalog, search
 from registry.models import ModelCreate, ModelPublic, ModelUpdate
 from server.api.responses import ADMIN_ERRORS, error_responses
-from server.deps import AdminDep, Limit, Offset, SessionDep, WriteSessionDep
+from server.api.routing import AuthFirstRoute
+from server.deps import AdminDep, Limit, ModelPath, Offset, SessionDep, WriteSessionDep
 
-router = APIRouter(prefix="/models", tags=["models"], responses=ADMIN_ERRORS)
+router = APIRouter(
+    prefix="/models", tags=["models"], responses=ADMIN_ERRORS, route_class=AuthFirstRoute
+)
 
 
 @router.post(
@@ -34,10 +38,10 @@ def create_model(body: ModelCreate, _: AdminDep, session: WriteSessionDep) -> Mo
 def list_models(
     _: AdminDep,
     session: SessionDep,
-    task: str | None = None,
-    tag: str | None = None,
-    name: Annotated[str | None, Query(description="case-insensitive substring")] = None,
-    alias: Annotated[str | None, Query(description="models that have this alias")] = None,
+    task: QueryText | None = None,
+    tag: QueryText | None = None,
+    name: Annotated[QueryText | None, Query(description="case-insensitive substring")] = None,
+    alias: Annotated[QueryText | None, Query(description="models that have this alias")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[ModelPublic]:
@@ -49,7 +53,7 @@ def list_models(
 @router.get(
     "/{model}", response_model=ModelPublic, summary="Read a model", responses=error_responses(404)
 )
-def get_model(model: str, _: AdminDep, session: SessionDep) -> ModelPublic:
+def get_model(model: ModelPath, _: AdminDep, session: SessionDep) -> ModelPublic:
     return catalog.model_public(session, catalog.get_model(session, model))
 
 
@@ -60,7 +64,7 @@ def get_model(model: str, _: AdminDep, session: SessionDep) -> ModelPublic:
     responses=error_responses(404),
 )
 def update_model(
-    model: str, body: ModelUpdate, _: AdminDep, session: WriteSessionDep
+    model: ModelPath, body: ModelUpdate, _: AdminDep, session: WriteSessionDep
 ) -> ModelPublic:
     row = catalog.update_model(session, model, body)
     session.commit()

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from edgefleet.bounds import Timestamp
 from edgefleet.wire import Page, TelemetryAck, TelemetryReport
 from registry import telemetry
 from registry.db import write_session
 from registry.models import TelemetryPublic
 from server.api.responses import ADMIN_ERRORS, error_responses
-from server.deps import AdminDep, DeviceDep, Offset, SessionDep, require_self
+from server.api.routing import AuthFirstRoute
+from server.deps import (
+    AdminDep,
+    DeviceDep,
+    DevicePath,
+    DeviceQuery,
+    ModelQuery,
+    Offset,
+    SessionDep,
+    VersionQuery,
+    require_self,
+)
 
-router = APIRouter(tags=["telemetry"], responses=ADMIN_ERRORS)
+router = APIRouter(tags=["telemetry"], responses=ADMIN_ERRORS, route_class=AuthFirstRoute)
 
 
 @router.post(
@@ -28,7 +39,7 @@ router = APIRouter(tags=["telemetry"], responses=ADMIN_ERRORS)
     },
 )
 def post_report(
-    device_id: str,
+    device_id: DevicePath,
     body: TelemetryReport,
     caller: DeviceDep,
     session: SessionDep,
@@ -56,11 +67,11 @@ def post_report(
 def list_reports(
     _: AdminDep,
     session: SessionDep,
-    model: str | None = None,
-    version: int | None = None,
-    device: str | None = None,
-    since: Annotated[datetime | None, Query(description="windows ending at or after")] = None,
-    until: Annotated[datetime | None, Query(description="windows starting at or before")] = None,
+    model: ModelQuery = None,
+    version: VersionQuery = None,
+    device: DeviceQuery = None,
+    since: Annotated[Timestamp | None, Query(description="windows ending at or after")] = None,
+    until: Annotated[Timestamp | None, Query(description="windows starting at or before")] = None,
     limit: Annotated[int, Query(ge=1, le=telemetry.MAX_PAGE)] = 1000,
     offset: Offset = 0,
 ) -> Page[TelemetryPublic]:

@@ -24,6 +24,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
+from edgefleet.bounds import QueryText
 from edgefleet.wire import Page, VersionInfo, VersionPublish
 from registry import search, versions
 from registry.db import write_session
@@ -31,11 +32,22 @@ from registry.errors import ArtifactTooLargeError, DigestMismatchError, InvalidQ
 from registry.models import VersionStatus, VersionStatusUpdate
 from registry.publish import UploadedArtifacts, publish_version
 from server.api.responses import ADMIN_ERRORS, error_responses
-from server.deps import AdminDep, Limit, Offset, SessionDep, StateDep, WriteSessionDep
+from server.api.routing import AuthFirstRoute
+from server.deps import (
+    AdminDep,
+    Limit,
+    ModelPath,
+    ModelQuery,
+    Offset,
+    SessionDep,
+    StateDep,
+    VersionPath,
+    WriteSessionDep,
+)
 from server.security import Caller
 from server.state import AppState
 
-router = APIRouter(tags=["versions"], responses=ADMIN_ERRORS)
+router = APIRouter(tags=["versions"], responses=ADMIN_ERRORS, route_class=AuthFirstRoute)
 
 _FILE = {"type": "string", "format": "binary"}
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -88,7 +100,7 @@ _FIELDS = {
     responses=error_responses(400, 404, 409, 413, 422),
 )
 async def upload_version(
-    model: str, request: Request, caller: AdminDep, state: StateDep
+    model: ModelPath, request: Request, caller: AdminDep, state: StateDep
 ) -> VersionInfo:
     """Upload a version as ``multipart/form-data`` and publish it once verified.
 
@@ -165,6 +177,7 @@ def _publish(state: AppState, model: str, form: FormData, caller: Caller) -> Ver
                 artifacts,
                 actor=caller.label,
                 interpreter=state.settings.interpreter,
+                signer=state.signer,
             )
             session.commit()
             return versions.version_info(session, version)
@@ -177,7 +190,7 @@ def _publish(state: AppState, model: str, form: FormData, caller: Caller) -> Ver
     responses=error_responses(404),
 )
 def list_versions(
-    model: str,
+    model: ModelPath,
     _: AdminDep,
     session: SessionDep,
     status: VersionStatus | None = None,
@@ -193,7 +206,9 @@ def list_versions(
     summary="Read",
     responses=error_responses(404),
 )
-def get_version(model: str, version: int, _: AdminDep, session: SessionDep) -> VersionInfo:
+def get_version(
+    model: ModelPath, version: VersionPath, _: AdminDep, session: SessionDep
+) -> VersionInfo:
     return versions.version_info(session, versions.get_version(session, model, version))
 
 
@@ -204,7 +219,11 @@ def get_version(model: str, version: int, _: AdminDep, session: SessionDep) -> V
     responses=error_responses(404, 409),
 )
 def change_status(
-    model: str, version: int, body: VersionStatusUpdate, _: AdminDep, session: WriteSessionDep
+    model: ModelPath,
+    version: VersionPath,
+    body: VersionStatusUpdate,
+    _: AdminDep,
+    session: WriteSessionDep,
 ) -> VersionInfo:
     row = versions.change_status(session, model, version, body)
     session.commit()
@@ -220,16 +239,16 @@ def change_status(
 def search_versions(
     _: AdminDep,
     session: SessionDep,
-    model: str | None = None,
-    task: str | None = None,
-    tag: str | None = None,
-    alias: str | None = None,
+    model: ModelQuery = None,
+    task: QueryText | None = None,
+    tag: QueryText | None = None,
+    alias: QueryText | None = None,
     status: VersionStatus | None = None,
     metric: Annotated[
-        list[str], Query(description="thresholds such as accuracy>=0.9 (repeatable)")
+        list[QueryText], Query(description="thresholds such as accuracy>=0.9 (repeatable)")
     ] = [],  # noqa: B006 - FastAPI copies defaults
-    federated_run: str | None = None,
-    sort: Annotated[str | None, Query(description="a metric: best first")] = None,
+    federated_run: QueryText | None = None,
+    sort: Annotated[QueryText | None, Query(description="a metric: best first")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[VersionInfo]:

@@ -103,7 +103,7 @@ def test_wasserstein_integrates_the_linearly_interpolated_cdfs() -> None:
     edges = np.concatenate([[-3.0], np.sort(rng.normal(size=7)), [3.0]])
     grid = np.linspace(-3.0, 3.0, 600_001)
     cdf = lambda c: np.interp(grid, edges, np.concatenate([[0.0], np.cumsum(c) / c.sum()]))  # noqa: E731
-    numeric = np.trapz(np.abs(cdf(p) - cdf(q)), grid)
+    numeric = np.trapezoid(np.abs(cdf(p) - cdf(q)), grid)
     assert stats.wasserstein(p, q, edges) == pytest.approx(numeric, rel=1e-6)
 
 
@@ -150,6 +150,6 @@ def test_exponential_tail_area_matches_numeric_integration() -> None:
     ]:
         with np.errstate(divide="ignore", over="ignore"):
             fp = pm * np.exp(t / sp) if sp > 0 else np.zeros_like(t)
-        numeric = np.trapz(np.abs(fp - qm * np.exp(t / sq)), t)
+        numeric = np.trapezoid(np.abs(fp - qm * np.exp(t / sq)), t)
         got = stats.exp_tail_area(np.asarray(pm), np.asarray(sp), np.asarray(qm), np.asarray(sq))
         assert got == pytest.approx(numeric, rel=1e-4, abs=1e-6)

@@ -1,0 +1,138 @@
+"""Prometheus metrics of one agent, served at ``GET /metrics`` on its local endpoint.
+
+Counted as predictions happen (:meth:`AgentMetrics.timed` wraps :meth:`Agent.predict`):
+
+``edgefleet_agent_predictions_total{path}``            answered predictions, ``local`` or
+                                                       ``fallback`` (the server answered)
+``edgefleet_agent_prediction_rows_total{path}``        rows (examples) in them
+``edgefleet_agent_prediction_duration_seconds{path}``  latency histogram
+``edgefleet_agent_prediction_failures_total{kind}``    refused predictions: ``invalid_input``
+                                                       or ``unavailable`` (no local model and
+                                                       the fallback failed), ``error`` otherwise
+
+Read from the agent at scrape time (:class:`AgentCollector`):
+
+``edgefleet_agent_outbox_depth``                  telemetry reports waiting in the outbox
+``edgefleet_agent_outbox_dropped_total``          reports the bounded outbox dropped
+``edgefleet_agent_model_version{model}``          the active model's version (absent: none)
+``edgefleet_agent_model_info{model,version,interpreter}``  1 for the active model
+``edgefleet_agent_eligible``                      1 when the device may train now, else 0
+``edgefleet_agent_consecutive_local_failures``    local inference failures since the last
+                                                  success or install
+``edgefleet_agent_labelled_examples``             examples in the local label store
+
+Each agent has its own registry, so several agents embedded in one process do not mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from edge_client.errors import InvalidInputError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from edge_client.agent import Agent
+    from edge_client.inference import Prediction
+
+__all__ = ["AgentCollector", "AgentMetrics"]
+
+log = logging.getLogger(__name__)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5)
+
+
+class AgentMetrics:
+    """The metrics of one :class:`~edge_client.agent.Agent` (see the module notes)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.predictions = Counter("edgefleet_agent_predictions", "Answered predictions by path.",
+                                   ["path"], registry=self.registry)
+        self.rows = Counter("edgefleet_agent_prediction_rows", "Rows predicted, by path.",
+                            ["path"], registry=self.registry)
+        self.latency = Histogram("edgefleet_agent_prediction_duration_seconds",
+                                 "Prediction latency by path.", ["path"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.failures = Counter("edgefleet_agent_prediction_failures",
+                                "Predictions that got no answer, by kind.", ["kind"],
+                                registry=self.registry)
+        for path in ("local", "fallback"):  # present from the start, at 0
+            self.predictions.labels(path)
+            self.rows.labels(path)
+        self.registry.register(AgentCollector(agent))
+
+    def timed(self, predict: Callable[..., Prediction], *args: Any, **kwargs: Any
+              ) -> Prediction:
+        """Call ``predict`` and count its outcome."""
+        started = time.perf_counter()
+        try:
+            prediction = predict(*args, **kwargs)
+        except InvalidInputError:
+            self.failures.labels("invalid_input").inc()
+            raise
+        except ModelUnavailableError:
+            self.failures.labels("unavailable").inc()
+            raise
+        except Exception:
+            self.failures.labels("error").inc()
+            raise
+        self.predictions.labels(prediction.path).inc()
+        self.rows.labels(prediction.path).inc(int(prediction.probs.shape[0]))
+        self.latency.labels(prediction.path).observe(time.perf_counter() - started)
+        return prediction
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class AgentCollector(Collector):
+    """Gauges read from the agent's stores at scrape time (see the module notes)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # computed per scrape: nothing to check for clashes up front
+
+    def collect(self) -> Iterable[Metric]:
+        a = self.agent
+        yield _gauge("edgefleet_agent_outbox_depth", "Telemetry reports waiting in the outbox.",
+                     a.outbox.depth())
+        yield _gauge("edgefleet_agent_outbox_dropped_total",
+                     "Telemetry reports the bounded outbox dropped.",
+                     a.outbox.counter("dropped_total"))
+        active = a.models.active
+        version = GaugeMetricFamily("edgefleet_agent_model_version",
+                                    "Version of the active model.", labels=["model"])
+        info = GaugeMetricFamily("edgefleet_agent_model_info", "The active model (value 1).",
+                                 labels=["model", "version", "interpreter"])
+        if active is not None:
+            version.add_metric([active.info.model], float(active.info.version))
+            info.add_metric([active.info.model, str(active.info.version),
+                             active.runtime.interpreter_name], 1.0)
+        yield version
+        yield info
+        try:
+            eligible = 1.0 if a.eligibility.check().eligible else 0.0
+        except Exception as exc:  # a probe that fails must not break the scrape
+            log.warning("eligibility check failed during a scrape: %s", exc)
+            eligible = 0.0
+        yield _gauge("edgefleet_agent_eligible", "1 when the device may train now.", eligible)
+        yield _gauge("edgefleet_agent_consecutive_local_failures",
+                     "Local inference failures since the last success or install.",
+                     a.router.failures)
+        yield _gauge("edgefleet_agent_labelled_examples", "Examples in the local label store.",
+                     a.labels.count())
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value))

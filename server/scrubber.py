@@ -1,0 +1,74 @@
+"""Integrity at start-up and in the background: the signing key and the periodic scrub.
+
+:func:`prepare_integrity` runs in the application's start-up, after migrations: it refuses a
+signing key inside the artifact store, loads (or creates) the key and records its public key
+(:func:`registry.signing.open_signer`), and signs versions published before signing existed.
+
+:class:`Scrubber` re-hashes the whole store every ``scrub_interval_s`` seconds in a daemon
+thread (:func:`registry.integrity.scrub`): what it finds damaged becomes DAMAGED and is logged
+as an error; a failed scrub is logged and retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from registry.db import session_scope
+from registry.integrity import ScrubReport, scrub
+from registry.signing import check_apart, open_signer, sign_unsigned
+from server.state import AppState
+
+__all__ = ["Scrubber", "prepare_integrity", "run_scrub"]
+
+log = logging.getLogger(__name__)
+
+
+def prepare_integrity(state: AppState) -> None:
+    """Load the signing key into ``state`` and sign unsigned versions (see the module notes)."""
+    settings = state.settings
+    check_apart(settings.signing_key_path, settings.artifact_dir)
+    with session_scope(state.engine, write=True) as session:
+        state.signer = open_signer(session, settings.signing_key_path)
+        signed = sign_unsigned(session, state.signer)
+    if signed:
+        log.warning("signed %d versions published before version signing existed", signed)
+    log.info("versions are signed with key %s", state.signer.key_id)
+
+
+def run_scrub(state: AppState) -> ScrubReport:
+    """One scrub of the whole store, in its own write transaction."""
+    with session_scope(state.engine, write=True) as session:
+        report = scrub(session, state.store)
+    log.log(logging.INFO if report.ok else logging.ERROR,
+            "scrub: %d versions checked, %d damaged, %d restored, %d corrupt unreferenced blobs",
+            report.checked, len(report.damaged), len(report.restored),
+            len(report.corrupt_blobs))
+    return report
+
+
+class Scrubber:
+    """Run :func:`run_scrub` every ``interval_s`` seconds until :meth:`stop`."""
+
+    def __init__(self, state: AppState, interval_s: float) -> None:
+        self.state = state
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="edgefleet-scrub", daemon=True)
+
+    def start(self) -> Scrubber:
+        if self.interval_s > 0:
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                run_scrub(self.state)
+            except Exception:  # the next interval retries; the server keeps serving
+                log.exception("background scrub failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)

@@ -1,0 +1,379 @@
+"""The experiment: one pydantic object, read from TOML by ``edgefleet sim run EXPERIMENT.toml``.
+
+Every table of the TOML file is a field of :class:`Experiment` (unknown keys are refused, with
+their path, so a typo never silently falls back to a default). The Python API takes the same
+object: ``run_experiment(Experiment(...))`` or ``run_experiment(load_experiment(path))``.
+
+Example (``examples/digits_dirichlet.toml``)::
+
+    name = "digits-dirichlet"
+    rounds = 50
+    seed = 0
+    [data]
+    source = "sklearn"
+    name = "digits"
+    [model]
+    zoo = "mlp"
+    [partition]
+    kind = "dirichlet"
+    alpha = 0.5
+    [clients]
+    count = 100
+    per_round = 20
+
+A ``[sweep]`` table maps dotted keys to lists (``"selection.policy" = ["uniform", "drift"]``,
+``seed = [0, 1, 2]``); :func:`expand_sweep` gives one experiment per combination.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulation.errors import ConfigError
+from simulation.partitioners import PARTITIONS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the examples come from; the train/test split is stratified and seeded.
+
+    ``source``: ``sklearn`` (``name`` one of ``edgefleet.datasets.DATASETS``), ``synthetic``
+    (``sklearn.datasets.make_classification`` with ``n_samples``, ``n_features``, ``n_classes``,
+    ``n_informative``, ``class_sep``), ``npz`` (``path`` with ``x``, ``y`` and optionally
+    ``x_test``, ``y_test``) or ``csv`` (``path``, a header row, integer labels in
+    ``label_column``, every other column a numeric feature).
+    """
+
+    source: Literal["sklearn", "synthetic", "npz", "csv"] = "sklearn"
+    name: str = "digits"
+    path: str = ""
+    label_column: str = "label"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    n_samples: int = Field(20_000, ge=20)
+    n_features: int = Field(20, ge=2)
+    n_classes: int = Field(5, ge=2)
+    n_informative: int = Field(10, ge=2)
+    class_sep: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source in ("npz", "csv") and not self.path:
+            raise ValueError(f"data.source={self.source!r} needs data.path")
+        if self.source == "synthetic" and self.n_informative > self.n_features:
+            raise ValueError("data.n_informative must be <= data.n_features")
+        return self
+
+
+class ModelConfig(_Section):
+    """A zoo plan (built once with TensorFlow in a child process, cached) or a plan directory.
+
+    ``zoo``: ``mlp`` (``hidden`` layers) or ``convnet`` (frozen random conv base with
+    ``filters`` and a trainable dense head of ``hidden``; image data sets only). ``batch_size``
+    is the plan's static train batch. ``plan_dir`` (a directory with ``plan.tflite``,
+    ``manifest.json``, ``weights.safetensors``) overrides the zoo.
+    """
+
+    zoo: Literal["mlp", "convnet"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    filters: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
+    plan_dir: str = ""
+
+
+class PartitionConfig(_Section):
+    """How training examples are split among clients (see :mod:`simulation.partitioners`)."""
+
+    kind: str = "iid"
+    alpha: float = Field(0.5, gt=0)
+    classes_per_client: int = Field(2, ge=1)
+    quantity_alpha: float = Field(1.0, gt=0)
+    min_size: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PartitionConfig:
+        if self.kind not in PARTITIONS:
+            raise ValueError(f"partition.kind must be one of {PARTITIONS}, got {self.kind!r}")
+        return self
+
+
+class ClientsConfig(_Section):
+    """How many virtual clients, and how many train per round (count or fraction)."""
+
+    count: int = Field(100, ge=2, le=100_000)
+    per_round: int = Field(0, ge=0)
+    fraction: float = Field(0.0, ge=0, le=1)
+    over_selection: float = Field(1.3, ge=1.0)
+    min_reports: int = Field(0, ge=0)
+
+    def target(self) -> int:
+        """Train replies that close a round (``per_round``, else ``fraction``, else 10)."""
+        if self.per_round:
+            return min(self.per_round, self.count)
+        if self.fraction:
+            return max(1, min(self.count, math.ceil(self.fraction * self.count)))
+        return min(10, self.count)
+
+
+BatchRule = Literal["wrap", "drop", "short"]
+Weighting = Literal["local-size", "examples-trained"]
+
+
+class TrainingConfig(_Section):
+    """Local training on the device: epochs, learning rate and the device's batch semantics.
+
+    ``batch_rule`` and ``weighting`` are :func:`edgefleet.runtime.PlanRuntime.fit`'s
+    ``batch_rule`` and the ClientApp's reported ``num-examples`` (see the README's "training
+    semantics"); defaults are the edge ClientApp's.
+    """
+
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(0.05, gt=0)
+    batch_rule: BatchRule = "wrap"
+    weighting: Weighting = "local-size"
+
+
+class StrategyConfig(_Section):
+    """The Flower strategy (``aggregation.strategies.build_strategy``) and its parameters."""
+
+    name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SelectionConfig(_Section):
+    """The selection policy and drift steering, as in production (``aggregation``).
+
+    ``steering`` off means no extra epochs and no weight boost (``max_extra_epochs`` and
+    ``drift_boost`` 0). Nodes report drift summaries in either case: the summary of
+    ``traffic_rows`` inference inputs drawn from their current data. ``max_norm_ratio`` and
+    ``max_update_norm`` are the validation bounds (0 = off).
+    """
+
+    policy: Literal["uniform", "drift"] = "uniform"
+    drift_floor: float = Field(0.1, ge=0, le=1)
+    fair_max_picks: int = Field(0, ge=0)
+    fair_window: int = Field(5, ge=1)
+    steering: bool = False
+    max_extra_epochs: int = Field(2, ge=0)
+    drift_boost: float = Field(1.0, ge=0)
+    max_drift_boost: float = Field(0.5, ge=0)
+    max_norm_ratio: float = Field(10.0, ge=0)
+    max_update_norm: float = Field(0.0, ge=0)
+    traffic_rows: int = Field(100, ge=1)
+
+
+class TierConfig(_Section):
+    """A device speed tier: its share of the fleet, seconds per train step, link bandwidth."""
+
+    name: str = "mid"
+    share: float = Field(1.0, gt=0)
+    step_s: float = Field(0.02, ge=0)
+    up_mbps: float = Field(5.0, gt=0)
+    down_mbps: float = Field(20.0, gt=0)
+
+
+class TracesConfig(_Section):
+    """Device traces: availability, drop-out, speed tiers, the simulated wall clock.
+
+    ``availability``: ``always``; ``diurnal`` (available when the device's local hour is in
+    ``[window_start_h, window_end_h)``, time zones drawn uniformly from ``timezones``);
+    ``onoff`` (alternating on/off sessions, exponential with means ``mean_on_s`` and
+    ``mean_off_s``); ``file`` (``path``: CSV ``device,start_s,end_s`` availability intervals,
+    optional ``tier`` column in a second file ``tiers_path``: ``device,tier``).
+    ``dropout``: probability a selected device drops out during training. ``round_deadline_s``:
+    the simulated deadline of a round; ``start_hour``: the simulated clock's start (UTC hour).
+    """
+
+    availability: Literal["always", "diurnal", "onoff", "file"] = "always"
+    window_start_h: float = Field(22.0, ge=0, lt=24)
+    window_end_h: float = Field(6.0, ge=0, le=24)
+    timezones: list[int] = Field(default_factory=lambda: list(range(-8, 10)))
+    mean_on_s: float = Field(1800.0, gt=0)
+    mean_off_s: float = Field(1800.0, gt=0)
+    path: str = ""
+    tiers_path: str = ""
+    dropout: float = Field(0.0, ge=0, le=1)
+    tiers: list[TierConfig] = Field(default_factory=lambda: [TierConfig()])
+    round_deadline_s: float = Field(600.0, gt=0)
+    query_s: float = Field(1.0, ge=0)
+    start_hour: float = Field(0.0, ge=0, lt=24)
+
+    @model_validator(mode="after")
+    def _check(self) -> TracesConfig:
+        if self.availability == "file" and not self.path:
+            raise ValueError("traces.availability='file' needs traces.path")
+        return self
+
+
+DriftKind = Literal["noise", "brightness", "scale", "rotation", "feature_shift", "label_prior",
+                    "label_swap"]
+
+
+class DriftConfig(_Section):
+    """One drift scenario (see :mod:`simulation.scenarios`)."""
+
+    kind: DriftKind = "noise"
+    fraction: float = Field(0.3, ge=0, le=1)
+    start_round: int = Field(1, ge=1)
+    mode: Literal["sudden", "gradual", "recurring"] = "sudden"
+    strength: float = Field(1.0, ge=0)
+    ramp_rounds: int = Field(5, ge=1)
+    period: int = Field(5, ge=1)
+    features: float = Field(0.5, gt=0, le=1)
+    classes: list[int] = Field(default_factory=list)
+
+
+class AdversaryConfig(_Section):
+    """Byzantine clients (see :mod:`simulation.adversaries`)."""
+
+    kind: Literal["none", "sign_flip", "scaled", "noise", "label_flip"] = "none"
+    fraction: float = Field(0.0, ge=0, le=1)
+    scale: float = Field(10.0, ge=0)
+    noise_std: float = Field(1.0, ge=0)
+
+
+class EngineConfig(_Section):
+    """Flower's simulation engine (Ray): cluster address and resources.
+
+    ``ray_address`` empty starts a local Ray instance for the run; ``"auto"`` or
+    ``"HOST:PORT"`` (a head's GCS address, as ``ray start --head`` prints) joins an existing
+    cluster, whose worker nodes must have this project installed. ``num_cpus`` bounds the local
+    instance (0: all cores); ``client_cpus`` is each virtual client's CPU share.
+    """
+
+    ray_address: str = ""
+    num_cpus: int = Field(2, ge=0)
+    client_cpus: float = Field(1.0, gt=0)
+    timeout_s: float = Field(3600.0, gt=0)
+
+
+class OutputConfig(_Section):
+    """Where results go (``dir``; default ``var/sim/<name>``) and what is drawn."""
+
+    dir: str = ""
+    plots: bool = True
+    html: bool = True
+    progress: bool = True
+    recover_within: float = Field(0.02, ge=0)
+
+
+class ReplayConfig(_Section):
+    """Frozen inputs (``path``: NPZ, see :mod:`simulation.replay`); empty = no replay."""
+
+    path: str = ""
+
+
+class Experiment(_Section):
+    """One experiment; every table of the TOML file is one field (see the module notes)."""
+
+    name: str = "experiment"
+    seed: int = 0
+    rounds: int = Field(10, ge=1, le=100_000)
+    backend: Literal["flower", "tff"] = "flower"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    partition: PartitionConfig = PartitionConfig()
+    clients: ClientsConfig = ClientsConfig()
+    training: TrainingConfig = TrainingConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    selection: SelectionConfig = SelectionConfig()
+    traces: TracesConfig = TracesConfig()
+    drift: list[DriftConfig] = Field(default_factory=list)
+    adversary: AdversaryConfig = AdversaryConfig()
+    engine: EngineConfig = EngineConfig()
+    output: OutputConfig = OutputConfig()
+    replay: ReplayConfig = ReplayConfig()
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+    def out_dir(self) -> Path:
+        return Path(self.output.dir or f"var/sim/{self.name}")
+
+    def results_key(self) -> str:
+        """The experiment without its output and engine tables (what determines the results)."""
+        return self.model_dump_json(exclude={"output", "engine", "sweep"})
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_experiment(data: dict[str, Any], *, base: Path | None = None) -> Experiment:
+    """Validate a dict (a parsed TOML file); relative paths are taken from ``base``."""
+    try:
+        exp = Experiment.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid experiment: {_describe(exc)}") from exc
+    return _resolve_paths(exp, base) if base is not None else exp
+
+
+def _resolve_paths(exp: Experiment, base: Path) -> Experiment:
+    def fix(p: str) -> str:
+        return str((base / p).resolve()) if p and not Path(p).is_absolute() else p
+
+    return exp.model_copy(update={
+        "data": exp.data.model_copy(update={"path": fix(exp.data.path)}),
+        "model": exp.model.model_copy(update={"plan_dir": fix(exp.model.plan_dir)}),
+        "traces": exp.traces.model_copy(update={"path": fix(exp.traces.path),
+                                                "tiers_path": fix(exp.traces.tiers_path)}),
+        "replay": exp.replay.model_copy(update={"path": fix(exp.replay.path)}),
+    })
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read an experiment TOML file (:class:`ConfigError` with the key's path when invalid)."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
+    return parse_experiment(data, base=p.parent)
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` (a list index for ``drift.0.fraction``) in a nested dict."""
+    keys = dotted.split(".")
+    node: Any = data
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, {})
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def expand_sweep(exp: Experiment) -> list[tuple[dict[str, Any], Experiment]]:
+    """One ``(point, experiment)`` per combination of the ``sweep`` table (or the one itself)."""
+    if not exp.sweep:
+        return [({}, exp)]
+    keys = list(exp.sweep)
+    out = []
+    for values in itertools.product(*(exp.sweep[k] for k in keys)):
+        data = exp.model_dump(exclude={"sweep"})
+        point = dict(zip(keys, values, strict=True))
+        try:
+            for key, value in point.items():
+                _set(data, key, value)
+        except (IndexError, ValueError, TypeError) as exc:
+            raise ConfigError(f"sweep key {key!r} does not name a setting: {exc}") from exc
+        label = "-".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
+        data["name"] = f"{exp.name}/{label}"
+        data["output"] = {**data["output"], "dir": str(exp.out_dir() / label)}
+        out.append((point, parse_experiment(data)))
+    return out
