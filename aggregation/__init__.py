@@ -1,7 +1,9 @@
 """Federated aggregation: the Flower ServerApp, strategies, selection policies, update validation
 and the drift-triggered controller. Talks to the server over HTTP through a registry client.
 
-May import: the shared ``edgefleet`` core, flwr, numpy, httpx. Never the database.
+May import: the shared ``edgefleet`` core, flwr, numpy, httpx, prometheus_client. Never the
+database. The Flower message keys (:mod:`edgefleet.flower_keys`) and the run settings
+(:mod:`edgefleet.run_settings`) are the core's: the ClientApp and the fleet use them too.
 
 Modules::
 
@@ -17,7 +19,8 @@ Modules::
     publishing      Publisher: new versions with lineage, canary gate
     registry_client RegistryClient: the server's REST API (httpx)
     controller      when to start a run (fleet drift, schedule, cooldown); FlwrRunLauncher
-    settings        RunSettings from Flower's run config
+    settings        RunSettings from Flower's run config (defined in edgefleet.run_settings)
+    metrics         Prometheus metrics of rounds, replies and controller decisions
     server_app      the ServerApp (``aggregation.server_app:app``) and run_federation
 
 The names below are importable from ``aggregation`` directly; they load on first use, so

@@ -3,8 +3,11 @@
 A run starts when
 
 * the fleet's drift for the model **crosses** its threshold: the server decides "drifted" with
-  its own thresholds and hysteresis (``server.drift``), and the controller is edge-triggered on
-  it — after a drift start it re-arms only once a reading says the fleet is no longer drifted
+  its own thresholds and hysteresis (``server.drift``) for each of its three signals — input
+  drift, performance drift (labelled accuracy below the version's validation accuracy) and
+  label-prior shift — and the controller is edge-triggered on any of them
+  (:attr:`FleetDrift.triggered`) — after a drift start it re-arms only once a reading says the
+  fleet is no longer drifted
   (a weights-only new version keeps the same reference, so the fleet may stay "drifted" for a
   while after a run; one crossing starts one run);
 * or the **schedule** is due (``schedule_every`` after the last start, or after the controller
@@ -43,13 +46,19 @@ class FleetDrift:
     model : str
         Model name.
     drifted : bool
-        The server's verdict: the fleet crossed the model's drift threshold (with hysteresis).
+        The server's input-drift verdict: the fleet crossed the model's drift threshold (with
+        hysteresis).
     score : float (default: 0.0)
         Informational: the share of drifted features in the latest window.
     version : int or None (default: None)
         The model version the verdict is about.
     observed_at : datetime or None (default: None)
         End of the latest window behind the verdict.
+    performance_drifted : bool (default: False)
+        The server's performance-drift state: labelled accuracy below the version's validation
+        accuracy (with hysteresis).
+    label_shift : bool (default: False)
+        The server's label-prior-shift state.
     """
 
     model: str
@@ -57,6 +66,23 @@ class FleetDrift:
     score: float = 0.0
     version: int | None = None
     observed_at: datetime | None = None
+    performance_drifted: bool = False
+    label_shift: bool = False
+
+    @property
+    def signals(self) -> list[str]:
+        """The drifted signals, in the server's names (``input``, ``performance``, ...)."""
+        flags = (
+            ("input", self.drifted),
+            ("performance", self.performance_drifted),
+            ("label_prior", self.label_shift),
+        )
+        return [name for name, on in flags if on]
+
+    @property
+    def triggered(self) -> bool:
+        """Any signal drifted: what starts a run."""
+        return bool(self.signals)
 
     @classmethod
     def from_score(
@@ -125,27 +151,27 @@ def decide(
     policy: ControllerPolicy, state: ControllerState, now: datetime, drift: FleetDrift | None
 ) -> tuple[Decision, ControllerState]:
     """Decide whether to start a run now; return the decision and the next state (pure)."""
-    armed = state.armed or (drift is not None and not drift.drifted)
-    drift_due = drift is not None and drift.drifted and armed
+    armed = state.armed or (drift is not None and not drift.triggered)
+    drift_due = drift is not None and drift.triggered and armed
     reference = state.last_start or state.since
     schedule_due = policy.schedule_every is not None and now - reference >= policy.schedule_every
     state = replace(state, armed=armed)
     if not (drift_due or schedule_due):
         if drift is None:
             return Decision(False, "no-data", "no fleet drift reported"), state
-        why = "still drifted, not re-armed" if drift.drifted else f"score {drift.score:.4g}"
+        why = "still drifted, not re-armed" if drift.triggered else f"score {drift.score:.4g}"
         return Decision(False, "idle", why), state
     if state.last_start is not None and now - state.last_start < policy.cooldown:
         wait = policy.cooldown - (now - state.last_start)
         return Decision(False, "cooldown", f"{wait.total_seconds():.0f}s left"), state
     reason: Reason = "drift" if drift_due else "schedule"
     detail = (
-        f"fleet drifted (score {drift.score:.4g})"
+        f"fleet drifted: {', '.join(drift.signals)} (score {drift.score:.4g})"
         if drift_due and drift is not None
         else f"schedule ({policy.schedule_every})"
     )
     # Any start consumes the drift trigger while the fleet is still drifted.
-    still_drifted = drift is not None and drift.drifted
+    still_drifted = drift is not None and drift.triggered
     return Decision(True, reason, detail), replace(
         state, last_start=now, armed=armed and not still_drifted
     )

@@ -141,14 +141,18 @@ class RegistryClient:
             return None
         try:
             windows = body.get("windows") or []
-            drifted = bool(body["state"]["drifted"])
+            state = body["state"]
+            drifted = bool(state["drifted"])
+            performance = bool((state.get("performance") or {}).get("drifted", False))
+            label_shift = bool((state.get("label_prior") or {}).get("drifted", False))
         except (KeyError, TypeError, AttributeError) as exc:
             raise RegistryProtocolError(f"unexpected fleet drift report: {exc}") from exc
         if not windows:
             return None
         last = windows[-1]
         return FleetDrift(model=model, drifted=drifted, score=float(last.get("share_drifted", 0)),
-                          version=version)
+                          version=version, performance_drifted=performance,
+                          label_shift=label_shift)
 
     # --- writes ------------------------------------------------------------------------------
     def publish_weights(

@@ -22,6 +22,8 @@ from flwr.app import ConfigRecordValues, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import Strategy
 
+from aggregation import linear
+from aggregation.answer_book import AnswerBook
 from aggregation.errors import RoundFailed, SettingsError
 from aggregation.messages import (
     QueryAnswer,
@@ -35,6 +37,7 @@ from aggregation.messages import (
 from aggregation.metrics import observe_round
 from aggregation.report import RoundReport
 from aggregation.selection import DriftScorer, SelectionPolicy, over_selection_count
+from aggregation.selection.quarantine import RefusalAware
 from aggregation.steering import (
     SteeringConfig,
     aggregation_weights,
@@ -88,6 +91,10 @@ class RoundSettings:
         Seed of the selection randomness (rounds draw ``seed + round``).
     batch_rule, weighting : str
         The devices' training semantics, sent in every train config.
+    query_max_age : int
+        0: query every node every round. ``K > 0``: query only nodes whose last answer (query
+        reply, or train reply) is more than ``K`` rounds old (see
+        :mod:`aggregation.answer_book`).
     """
 
     model: str = "model"
@@ -104,6 +111,7 @@ class RoundSettings:
     seed: int = DEFAULTS.seed
     batch_rule: str = DEFAULTS.batch_rule
     weighting: str = DEFAULTS.weighting
+    query_max_age: int = DEFAULTS.query_max_age
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_reports <= self.target_clients:
@@ -196,6 +204,7 @@ class RoundRunner:
         self.sleep = sleep
         ref = manifest.reference
         self.scorer = DriftScorer(ref) if ref is not None and ref.features else None
+        self.book = AnswerBook(self.settings.query_max_age, self.scorer)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self, weights: Mapping[str, np.ndarray], *, num_rounds: int, first_round: int = 1
@@ -277,6 +286,7 @@ class RoundRunner:
         good = {n: m for n, m in replies.items()
                 if not m.has_error() and n not in report.declined}
         report.replied = sorted(good)
+        self.book.after_train(r, answers, good, report.declined)
         report.timings["train"] = self.clock() - t
 
         t = self.clock()
@@ -285,8 +295,10 @@ class RoundRunner:
             validator.validate(n, m.content, declared_examples=answers[n].num_examples)
             for n, m in good.items()
         ]
-        report.norm_median = validator.apply_relative_bound(verdicts)
+        report.norm_median = validator.apply_round_bounds(verdicts)
         report.record(verdicts)
+        if isinstance(self.policy, RefusalAware):  # refusals per node, towards quarantine
+            self.policy.record(r, verdicts)
         report.timings["validate"] = self.clock() - t
         if len(report.accepted) < s.min_reports:
             raise RoundFailed(r, f"{len(report.accepted)} valid reports < min_reports="
@@ -298,11 +310,18 @@ class RoundRunner:
         agg_w = aggregation_weights({v.node_id: int(v.num_examples or 0) for v in accepted},
                                     scores, self.steering)
         msgs = [good[v.node_id] for v in accepted]
-        for msg, content in zip(msgs, strategy_contents([m.content for m in msgs],
-                                                        [agg_w[v.node_id] for v in accepted]),
-                                strict=True):
-            msg.content = content
-        new, train_metrics = aggregate(self.strategy, r, weights, msgs, self.manifest.weights)
+        if linear.applies(self.strategy) and all(v.arrays for v in accepted):
+            new, train_metrics = linear.weighted_mean(
+                [v.arrays for v in accepted], [agg_w[v.node_id] for v in accepted],
+                [dict(next(iter(m.content.metric_records.values())).items()) for m in msgs],
+                self.manifest.weights)
+        else:
+            for msg, content in zip(msgs, strategy_contents(
+                    [m.content for m in msgs], [agg_w[v.node_id] for v in accepted]),
+                    strict=True):
+                msg.content = content
+            new, train_metrics = aggregate(self.strategy, r, weights, msgs,
+                                           self.manifest.weights)
         report.metrics.update({f"train.{k}": v for k, v in train_metrics.items()})
         report.timings["aggregate"] = self.clock() - t
 
@@ -330,15 +349,22 @@ class RoundRunner:
             self.sleep(self.settings.poll_interval_s)
 
     def _query(self, server_round: int, nodes: list[int]) -> dict[int, QueryAnswer]:
-        content = query_content(server_round, self.settings.model, self.version)
-        replies, silent = self._exchange(server_round, MessageType.QUERY,
-                                         dict.fromkeys(nodes, content),
-                                         self.settings.query_timeout_s, until=None)
-        plan = self.manifest.plan_sha256
-        answers = {n: parse_query_reply(m, self.scorer, plan) for n, m in replies.items()}
-        for n in silent:
-            answers[n] = QueryAnswer(n, False, "no query reply before the deadline")
-        return answers
+        """Answers of ``nodes``: the answer book's fresh ones, a query for the others."""
+        known = self.book.fresh(server_round, nodes)
+        ask = [n for n in nodes if n not in known]
+        answers: dict[int, QueryAnswer] = {}
+        if ask:
+            content = query_content(server_round, self.settings.model, self.version)
+            replies, silent = self._exchange(server_round, MessageType.QUERY,
+                                             dict.fromkeys(ask, content),
+                                             self.settings.query_timeout_s, until=None)
+            plan = self.manifest.plan_sha256
+            answers = {n: parse_query_reply(m, self.scorer, plan) for n, m in replies.items()}
+            for n in silent:
+                answers[n] = QueryAnswer(n, False, "no query reply before the deadline")
+            self.book.record(server_round, answers)
+        answers.update(known)
+        return {n: answers[n] for n in nodes if n in answers}
 
     def _exchange(
         self, server_round: int, message_type: str, contents: Mapping[int, RecordDict],

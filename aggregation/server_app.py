@@ -29,6 +29,7 @@ from aggregation.publishing import GateSettings, Publisher
 from aggregation.registry_client import RegistryClient
 from aggregation.rounds import GridLike, RoundRunner, RoundSettings, RunResult
 from aggregation.selection import make_policy
+from aggregation.selection.quarantine import Quarantine
 from aggregation.settings import RunSettings, knobs_for
 from aggregation.steering import SteeringConfig
 from aggregation.strategies import build_strategy, strategy_name
@@ -96,6 +97,8 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
     policy = make_policy(s.selection, fair_max_picks=s.fair_max_picks or None,
                          fair_window=s.fair_window, fair_cooldown=s.fair_cooldown,
                          drift_floor=s.drift_floor)
+    if s.quarantine_after > 0:
+        policy = Quarantine(policy, after=s.quarantine_after, path=s.quarantine_path or None)
     publisher = Publisher(
         client, s.model, manifest, run_name, parent, strategy_name(strategy),
         production_metrics=production_metrics,
@@ -113,7 +116,9 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
         steering=SteeringConfig(**knobs_for(SteeringConfig, s)),
         bounds=ValidationBounds(max_update_norm=s.max_update_norm or None,
                                 max_norm_ratio=s.max_norm_ratio or None,
-                                max_num_examples=s.max_num_examples),
+                                max_num_examples=s.max_num_examples,
+                                min_cosine=s.min_cosine,
+                                max_weight_ratio=s.max_weight_ratio or None),
         evaluate_fn=evaluator, on_round=publisher, version=parent,
     )
     log.info("run %s: %s rounds %d..%d from v%d (%s, %s)", run_name, s.model, first_round,

@@ -25,20 +25,12 @@ STRATEGY_PARAMS = core.STRATEGY_PARAMS
 
 
 class RunSettings(core.RunSettings):
-    """:class:`edgefleet.run_settings.RunSettings`, refusing bad run configs with
-    :class:`~aggregation.errors.SettingsError`."""
+    """:class:`edgefleet.run_settings.RunSettings` whose :meth:`from_run_config` refuses a run
+    config that cannot be used with :class:`~aggregation.errors.SettingsError`."""
 
     @classmethod
-    def from_run_config(
-        cls, config: Mapping[str, Any], *, env: Mapping[str, str] | None = None
-    ) -> Self:
-        """Read the settings from a Flower run config (see :mod:`edgefleet.run_settings`).
-
-        Raises
-        ------
-        SettingsError
-            A required key is missing, or a value has the wrong type or is out of its range.
-        """
+    def from_run_config(cls, config: Mapping[str, Any], *,
+                        env: Mapping[str, str] | None = None) -> Self:
         try:
             return super().from_run_config(config, env=env)
         except core.RunConfigError as exc:

@@ -5,9 +5,13 @@ We do not call ``Strategy.start()`` (which waits for every reply and samples nod
 strategy's ``aggregate_train``. Every strategy is built with
 ``weighted_by_key="agg-weight"`` (see :mod:`aggregation.steering`).
 
-Names: ``fedavg``, ``fedprox``, ``fedadam``, ``fedyogi``, ``fedtrimmedavg``, ``krum``.
-Strategy parameters (``proximal_mu``, ``eta``, ``eta_l``, ``beta_1``, ``beta_2``, ``tau``,
-``beta``, ``num_malicious_nodes``) are passed by keyword and checked against the class.
+Names: ``fedavg``, ``fedprox``, ``fedadam``, ``fedyogi``, ``fedtrimmedavg``, ``fedmedian``,
+``krum``, ``multikrum``, ``bulyan``. Strategy parameters (``proximal_mu``, ``eta``, ``eta_l``,
+``beta_1``, ``beta_2``, ``tau``, ``beta``, ``num_malicious_nodes``, ``num_nodes_to_select``,
+``selection_rule``) are passed by keyword and checked against the class. The robust ones
+(trimmed mean, median, Krum, MultiKrum, Bulyan) aggregate after validation, which has already
+refused what it can name (:mod:`aggregation.validation`); Bulyan needs at least
+``4 * num_malicious_nodes + 3`` accepted updates.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import (
+    Bulyan,
     FedAdam,
     FedAvg,
+    FedMedian,
     FedProx,
     FedTrimmedAvg,
     FedYogi,
     Krum,
+    MultiKrum,
     Strategy,
 )
 from flwr.serverapp.strategy.fedopt import FedOpt
@@ -41,7 +48,10 @@ STRATEGIES: dict[str, type[FedAvg]] = {
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
     "fedtrimmedavg": FedTrimmedAvg,
+    "fedmedian": FedMedian,
     "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
 }
 _FIXED = {
     "weighted_by_key", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn",

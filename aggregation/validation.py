@@ -17,7 +17,16 @@ A train reply is checked against the plan's weight spec
 5. *number of examples*: ``num-examples`` is a positive integer (an integral float is accepted),
    at most ``max_num_examples`` and at most what the node declared in its query reply, with a
    slack (``declared_slack``) because a device keeps collecting labels between the query and
-   the end of its training.
+   the end of its training;
+6. *direction* (once the round's replies are in): the cosine between an update and the
+   coordinate-wise median of the round's otherwise-valid updates must be at least
+   ``min_cosine`` (default 0: an update pointing away from the round, such as a sign flip of
+   any size, is refused); computed on at most ``direction_sample`` evenly spaced coordinates;
+7. *weight* (not a refusal): an accepted update's ``num-examples`` is capped at
+   ``max_weight_ratio`` times the round's median, so no count a client declares — in its query
+   and its reply alike — buys it more than that share of the aggregate.
+
+:meth:`UpdateValidator.apply_round_bounds` applies the round-level steps 4 (relative), 6 and 7.
 
 A refused update is never aggregated: its :class:`Verdict` lists every reason, and the round's
 :class:`RoundReport` counts refusals per reason.
@@ -25,6 +34,8 @@ A refused update is never aggregated: its :class:`Verdict` lists every reason, a
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +60,7 @@ class RefusalReason(StrEnum):
     DTYPE = "dtype"
     NOT_FINITE = "not-finite"
     NORM = "norm"
+    DIRECTION = "direction"
     NUM_EXAMPLES = fk.NUM_EXAMPLES
 
 
@@ -74,12 +86,19 @@ class Verdict:
         The validated number of examples (``None`` when missing or implausible).
     update_norm : float or None
         ``||w_client - w_global||_2`` (``None`` when it could not be computed).
+    arrays : dict[str, np.ndarray]
+        The decoded weights when every array decoded as a read-only view of the reply's bytes
+        (the usual case, see ``_fast_numpy``); empty otherwise. :mod:`aggregation.linear`
+        aggregates from them.
     """
 
     node_id: int
     refusals: list[Refusal] = field(default_factory=list)
     num_examples: int | None = None
     update_norm: float | None = None
+    claimed_examples: int | None = None
+    cosine: float | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def accepted(self) -> bool:
@@ -111,6 +130,14 @@ class ValidationBounds:
     declared_slack : float (default: 0.25)
         A train reply may report up to ``ceil(declared * (1 + declared_slack))`` examples, where
         ``declared`` is the count of the node's query reply.
+    min_cosine : float or None (default: 0.0)
+        Direction bound: the least cosine between an update and the round's coordinate-wise
+        median update; ``None`` disables it.
+    max_weight_ratio : float or None (default: 3.0)
+        An accepted update weighs at most this many times the round's median ``num-examples``;
+        ``None`` disables the cap.
+    direction_sample : int (default: 65536)
+        Coordinates (evenly spaced over all weights) the direction bound looks at.
     """
 
     max_update_norm: float | None = None
@@ -118,6 +145,9 @@ class ValidationBounds:
     min_updates_for_median: int = 3
     max_num_examples: int = DEFAULTS.max_num_examples
     declared_slack: float = 0.25
+    min_cosine: float | None = DEFAULTS.min_cosine
+    max_weight_ratio: float | None = DEFAULTS.max_weight_ratio
+    direction_sample: int = 65536
 
     def __post_init__(self) -> None:
         from aggregation.errors import SettingsError
@@ -132,6 +162,12 @@ class ValidationBounds:
             raise SettingsError("max_num_examples must be >= 1")
         if not self.declared_slack >= 0:
             raise SettingsError("declared_slack must be >= 0")
+        if self.min_cosine is not None and not -1 <= self.min_cosine < 1:
+            raise SettingsError(f"min_cosine must be in [-1, 1), got {self.min_cosine}")
+        if self.max_weight_ratio is not None and not self.max_weight_ratio >= 1:
+            raise SettingsError(f"max_weight_ratio must be >= 1, got {self.max_weight_ratio}")
+        if self.direction_sample < 1:
+            raise SettingsError("direction_sample must be >= 1")
 
 
 class UpdateValidator:
@@ -159,6 +195,9 @@ class UpdateValidator:
             k: np.asarray(global_weights[k], dtype=_norm_dtype(np.dtype(w.dtype)))
             for k, w in self.spec.items()
         }
+        total = sum(int(np.prod(w.shape)) for w in self.spec.values())
+        self._stride = max(1, math.ceil(total / self.bounds.direction_sample))
+        self._samples: dict[int, np.ndarray] = {}
 
     # --- one update ------------------------------------------------------------------------
     def validate(
@@ -172,8 +211,10 @@ class UpdateValidator:
         arrays = self._check_structure(verdict, array_records, metric_records)
         if arrays is None:
             return verdict
-        sq_norm = 0.0
+        sq_norm, offset, sample = 0.0, 0, []
         for name, spec in self.spec.items():
+            size = int(np.prod(spec.shape))
+            start, offset = (-offset) % self._stride, offset + size
             arr = _decode(verdict, name, arrays[name], spec)
             if arr is None:
                 continue
@@ -181,6 +222,8 @@ class UpdateValidator:
                 bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
                 verdict.refuse(RefusalReason.NOT_FINITE, f"{name}: {bad} non-finite values")
                 continue
+            if not arr.flags.writeable:
+                verdict.arrays[name] = arr
             g = self._global[name]
             if arr.dtype == g.dtype and arr.flags.writeable:
                 diff = np.subtract(arr, g, out=arr)  # arr is our private decoded copy
@@ -188,7 +231,11 @@ class UpdateValidator:
                 diff = arr.astype(g.dtype) - g
             flat = diff.ravel()
             sq_norm += float(np.dot(flat, flat))
+            sample.append(np.asarray(flat[start :: self._stride], dtype=np.float64))
+        if len(verdict.arrays) != len(self.spec):
+            verdict.arrays.clear()
         if verdict.accepted:
+            self._samples[node_id] = np.concatenate(sample) if sample else np.zeros(0)
             norm = math.sqrt(sq_norm) if math.isfinite(sq_norm) else math.inf
             verdict.update_norm = norm
             limit = self.bounds.max_update_norm
@@ -233,6 +280,48 @@ class UpdateValidator:
             verdict.num_examples = n
 
     # --- the whole round -------------------------------------------------------------------
+    def apply_round_bounds(self, verdicts: Sequence[Verdict]) -> float | None:
+        """The round-level steps: relative norm, direction, weight cap (module notes 4, 6, 7).
+
+        Returns the round's median update norm (``None`` when the relative bound was not
+        applied).
+        """
+        median = self.apply_relative_bound(verdicts)
+        self.apply_direction_bound(verdicts)
+        self.apply_weight_cap(verdicts)
+        return median
+
+    def apply_direction_bound(self, verdicts: Sequence[Verdict]) -> None:
+        """Refuse accepted updates pointing away from the round's coordinate-wise median."""
+        least = self.bounds.min_cosine
+        live = [v for v in verdicts if v.accepted and v.node_id in self._samples]
+        if least is None or len(live) < self.bounds.min_updates_for_median:
+            return
+        stack = np.stack([self._samples[v.node_id] for v in live])
+        reference = np.median(stack, axis=0)
+        ref_norm = float(np.linalg.norm(reference))
+        if ref_norm <= 0 or not math.isfinite(ref_norm):
+            return
+        for v, d in zip(live, stack, strict=True):
+            d_norm = float(np.linalg.norm(d))
+            v.cosine = float(np.dot(d, reference) / (d_norm * ref_norm)) if d_norm > 0 else 0.0
+            if v.cosine < least:
+                v.refuse(RefusalReason.DIRECTION,
+                         f"cosine {v.cosine:.3f} with the round's median update < {least:g}")
+
+    def apply_weight_cap(self, verdicts: Sequence[Verdict]) -> int | None:
+        """Cap accepted updates' ``num-examples`` at ``max_weight_ratio`` x the round median;
+        return the cap (``None`` when not applied)."""
+        ratio = self.bounds.max_weight_ratio
+        counts = [v.num_examples for v in verdicts if v.accepted and v.num_examples]
+        if ratio is None or len(counts) < self.bounds.min_updates_for_median:
+            return None
+        cap = max(1, math.ceil(ratio * float(np.median(counts))))
+        for v in verdicts:
+            if v.accepted and v.num_examples is not None and v.num_examples > cap:
+                v.claimed_examples, v.num_examples = v.num_examples, cap
+        return cap
+
     def apply_relative_bound(self, verdicts: Sequence[Verdict]) -> float | None:
         """Refuse accepted updates whose norm exceeds ``max_norm_ratio`` x the round's median.
 
@@ -269,7 +358,9 @@ def _decode(verdict: Verdict, name: str, array: Array, spec: WeightSpec) -> np.n
         verdict.refuse(RefusalReason.DTYPE, f"{name}: dtype {array.dtype}, want {spec.dtype}")
         return None
     try:
-        arr = array.numpy()
+        arr = _fast_numpy(array, want_shape, want_dtype)
+        if arr is None:
+            arr = array.numpy()
     except _DECODE_ERRORS as exc:
         verdict.refuse(RefusalReason.MALFORMED, f"{name}: undecodable array ({exc})")
         return None
@@ -280,6 +371,33 @@ def _decode(verdict: Verdict, name: str, array: Array, spec: WeightSpec) -> np.n
         verdict.refuse(RefusalReason.DTYPE, f"{name}: decoded dtype {arr.dtype}")
         return None
     return arr
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
+    """The exact ``.npy`` header ``np.save`` writes for a C-ordered array of this spec."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": shape})
+    return buf.getvalue()
+
+
+def _fast_numpy(array: Array, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """A read-only view of the array's bytes when they are exactly ``np.save``'s output for the
+    spec (what Flower's ``Array(ndarray)`` writes); else ``None`` (decode the slow way).
+
+    ``Array.numpy()`` parses the ``.npy`` header with ``ast.literal_eval``, most of the cost of
+    a small array; comparing the header bytes with the one expected is exact and cheaper.
+    """
+    data = array.data
+    if array.stype != "numpy.ndarray" or not isinstance(data, bytes):
+        return None
+    header = _npy_header(shape, dtype.str)
+    if len(data) != len(header) + int(np.prod(shape)) * dtype.itemsize or \
+            not data.startswith(header):
+        return None
+    return np.frombuffer(data, dtype=dtype, offset=len(header)).reshape(shape)
 
 
 def _as_count(value: object) -> int | None:

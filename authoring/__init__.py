@@ -9,5 +9,6 @@
 
 The only package that imports TensorFlow, and only in ``models``/``convert``/``plans``: importing
 this package or its CLI does not. Nothing imports it at run time. May import: tensorflow, numpy,
-the shared ``edgefleet`` core (including ``edgefleet.datasets``, the data sets plans are built for).
+scikit-learn, the shared ``edgefleet`` core (including ``edgefleet.datasets``, the data sets plans
+are built for).
 """

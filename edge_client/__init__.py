@@ -1,8 +1,10 @@
 """The edge agent installed on each device: on-device inference, safe model updates, the local
 store of labelled examples, the telemetry outbox, eligibility to train, and the Flower ClientApp.
 
-May import: the shared ``edgefleet`` core, numpy, httpx, flwr's client side, a TFLite interpreter.
-Never tensorflow, fastapi, sqlmodel or scipy (a test checks this in a fresh interpreter).
+May import: the shared ``edgefleet`` core, numpy, httpx, flwr's client side, prometheus_client, a
+TFLite interpreter (through the core's runtime). Never tensorflow, fastapi, sqlmodel or scipy
+(``tests/test_imports.py`` checks every import statement, and what each entry point loads in a
+fresh interpreter).
 
 Everything public is importable from here::
 
@@ -13,9 +15,12 @@ Everything public is importable from here::
 Modules: ``agent`` (the agent), ``inference`` (local/fallback routing), ``models`` (install,
 switch, rollback), ``download`` (verified downloads), ``client`` (the server's REST API),
 ``credentials`` (enrolment), ``store`` (labelled examples), ``outbox`` and ``telemetry``
-(reports), ``eligibility`` (may it train?), ``http_api`` (the local endpoint), ``v2`` (V2 JSON),
-``settings``, ``storage`` (atomic files, SQLite), ``errors``; ``flower_client`` (the
-Flower ClientApp — imported only on demand, since it loads Flower) and ``cli``.
+(reports), ``eligibility`` (may it train?), ``http_api`` (the local endpoint; its V2 JSON is the
+core's codec, :mod:`edgefleet.v2`), ``metrics`` (Prometheus), ``settings``, ``storage`` (atomic
+files, SQLite), ``errors``; ``flower_client`` (the Flower ClientApp — imported only on demand,
+since it loads Flower) and ``cli``. The imports go one way: ``agent`` builds the ``inference``
+router and the ``http_api`` server and hands them what they use (stores, callables, a
+protocol), so neither imports the agent.
 
 Names are resolved lazily (PEP 562): ``import edge_client`` costs nothing, so ``edgefleet --help``
 (whose CLI imports ``edge_client.cli``) does not load numpy, httpx or a model runtime.

@@ -56,7 +56,6 @@ from edgefleet.errors import InputError
 
 if TYPE_CHECKING:
     from edge_client.inference import Prediction
-    from edge_client.metrics import AgentMetrics
     from edge_client.models import ActiveModel, ModelManager
     from edge_client.settings import AgentSettings
     from edgefleet.wire import Assignment
@@ -67,13 +66,26 @@ _MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?$")
 _READY = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/ready$")
 
 
+class MetricsSource(Protocol):
+    """Prometheus text for ``GET /metrics`` (:class:`edge_client.metrics.AgentMetrics`)."""
+
+    def exposition(self) -> tuple[bytes, str]: ...
+
+
 class LocalService(Protocol):
     """What the endpoint serves (an :class:`~edge_client.agent.Agent` is one)."""
 
-    settings: AgentSettings
-    models: ModelManager
-    assignment: Assignment | None
-    metrics: AgentMetrics
+    @property
+    def settings(self) -> AgentSettings: ...
+
+    @property
+    def models(self) -> ModelManager: ...
+
+    @property
+    def assignment(self) -> Assignment | None: ...
+
+    @property
+    def metrics(self) -> MetricsSource: ...
 
     def predict(self, x: Any, *, model: str | None = None, version: int | None = None
                 ) -> Prediction: ...

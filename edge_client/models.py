@@ -53,7 +53,7 @@ from edgefleet.errors import EdgeFleetError, SignatureError
 from edgefleet.plan import PlanManifest, sha256_file
 from edgefleet.runtime import MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE, PlanRuntime
 from edgefleet.signature import KeyLink, verify_version, version_statement
-from edgefleet.wire import Assignment
+from edgefleet.wire import ArtifactRef, Assignment
 
 POINTER_FILE = "active.json"
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -317,17 +317,20 @@ class ModelManager:
                 f"manifest of {a.model} v{a.version} describes plan {manifest.plan_sha256[:12]}…, "
                 f"the assignment promises {a.plan.sha256[:12]}…"
             )
-        installed = [self.version_dir(h.model, h.version) for h in self._installed()]
         for ref, name in ((a.plan, PLAN_FILE), (a.weights, WEIGHTS_FILE)):
-            tmp = None
-            for source in installed:
-                tmp = reuse_local(source / name, ref, staging, name)
-                if tmp is not None:
-                    break
+            tmp = self._reuse_installed(ref, staging, name)
             if tmp is None:
                 tmp = download_artifact(client, ref, staging, name,
                                         min_free_bytes=self.min_free_bytes)
             tmp.rename(staging / name)
+
+    def _reuse_installed(self, ref: ArtifactRef, staging: Path, name: str) -> Path | None:
+        """A copy of an installed file with ``ref``'s digest, or ``None``."""
+        for h in self._installed():
+            tmp = reuse_local(self.version_dir(h.model, h.version) / name, ref, staging, name)
+            if tmp is not None:
+                return tmp
+        return None
 
     def _stage_signed_manifest(self, client: ServerClient, a: Assignment, staging: Path,
                                pinned: Sequence[KeyLink]) -> PlanManifest:
@@ -340,8 +343,10 @@ class ModelManager:
             raise ModelRejectedError(f"{what}: the version is not signed — refused")
         if not pinned:
             raise ModelRejectedError(f"{what}: no signing key is pinned (re-enrol the device)")
-        tmp = download_artifact(client, a.manifest, staging, MANIFEST_FILE,
-                                min_free_bytes=self.min_free_bytes)
+        tmp = self._reuse_installed(a.manifest, staging, MANIFEST_FILE)
+        if tmp is None:
+            tmp = download_artifact(client, a.manifest, staging, MANIFEST_FILE,
+                                    min_free_bytes=self.min_free_bytes)
         try:
             manifest = PlanManifest.from_json(tmp.read_bytes())
         except EdgeFleetError as exc:

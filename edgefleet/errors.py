@@ -8,6 +8,9 @@
     │   ├── PlanMismatchError     manifest and plan (or weights and plan) do not belong together
     │   └── WeightsError          wrong weight names, shapes or dtypes; unreadable weights file
     ├── InputError                an input tensor of the wrong shape, dtype or content
+    │   └── TensorError           a V2 request the codec refuses (edgefleet.v2)
+    ├── RunConfigError            a federated run's settings that cannot be used
+    │                             (edgefleet.run_settings; also a ValueError)
     ├── InterpreterUnavailable    no TFLite interpreter is installed
     ├── SignatureError            a version signature (or a key endorsement) does not verify
     ├── SummaryError              a drift summary that is malformed or cannot be merged

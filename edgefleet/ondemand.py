@@ -310,12 +310,14 @@ NATS_DUPLICATE_WINDOW_S = 600.0
 async def ensure_nats_streams(
     js: Any, streams: Streams, *, duplicate_window_s: float = NATS_DUPLICATE_WINDOW_S
 ) -> None:
-    """Create the JetStream streams of ``streams`` when missing (idempotent).
+    """Create the JetStream streams of ``streams`` when missing (existing ones are kept).
 
-    Requests and dead letters are work-queue streams (a message is gone once acknowledged);
-    results are a limits stream keeping the newest message per request subject.
+    Requests are a work-queue stream (a message is gone once acknowledged); results a stream
+    keeping the newest message per request subject; dead letters a plain stream. Whoever
+    connects first (client or worker) creates them, with ``duplicate_window_s``.
     """
     from nats.js.api import RetentionPolicy, StreamConfig
+    from nats.js.errors import NotFoundError
 
     configs = [
         StreamConfig(
@@ -335,4 +337,7 @@ async def ensure_nats_streams(
         ),
     ]
     for config in configs:
-        await js.add_stream(config)
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)

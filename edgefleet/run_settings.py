@@ -105,6 +105,14 @@ class RunKnobs(BaseModel):
         rate, aggregation weight ``n * (1 + min(drift_boost * score, max_drift_boost))``.
     max_update_norm, max_norm_ratio, max_num_examples : [0 = off, 10.0, 1_000_000]
         Validation bounds (``max_norm_ratio`` 0 = off).
+    min_cosine, max_weight_ratio : [0.0, 3.0]
+        Round-level defences (``aggregation.validation``): refuse an update whose cosine with
+        the round's median update is below ``min_cosine`` (-1 = off); weigh no update more than
+        ``max_weight_ratio`` times the round's median example count (0 = off).
+    quarantine_after, quarantine_path : [3, ""]
+        A node refused in ``quarantine_after`` of its last 5 updates is left out of selection
+        until an operator releases it (0 = off; ``aggregation.selection.quarantine``); the
+        state is kept in the JSON file ``quarantine_path`` (empty: memory only).
     holdout_path : str [""]
         ``.npz`` (``x``, ``y``) the server evaluates every new model on; empty = no holdout (and
         then the canary alias never moves).
@@ -118,6 +126,10 @@ class RunKnobs(BaseModel):
         :meth:`edgefleet.runtime.PlanRuntime.fit`) and what a device reports as its
         ``num-examples`` (``local-size``: its local examples; ``examples-trained``: the
         examples one epoch actually trained, as TensorFlow Federated weights clients).
+    query_max_age : int [0]
+        0 queries every node every round; ``K > 0`` queries a node only when its last answer
+        (its query reply, or the eligibility and drift its train reply carried) is more than
+        ``K`` rounds old (``aggregation.answer_book``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -151,6 +163,10 @@ class RunKnobs(BaseModel):
     max_update_norm: Float = Field(default=0.0, ge=0)
     max_norm_ratio: Float = Field(default=10.0, ge=0)
     max_num_examples: Int = Field(default=1_000_000, ge=1)
+    min_cosine: Float = Field(default=0.0, ge=-1, lt=1)
+    max_weight_ratio: Float = Field(default=3.0, ge=0)
+    quarantine_after: Int = Field(default=3, ge=0, le=5)
+    quarantine_path: StrictStr = ""
     holdout_path: StrictStr = ""
     gate_metric: StrictStr = "accuracy"
     gate_max_drop: Float = Field(default=0.01, ge=0)
@@ -158,6 +174,7 @@ class RunKnobs(BaseModel):
     seed: Int = 0
     batch_rule: Literal["wrap", "drop", "short"] = "wrap"
     weighting: Literal["local-size", "examples-trained"] = "local-size"
+    query_max_age: Int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _round_sizes(self) -> Self:

@@ -26,6 +26,7 @@ error body is :func:`error_body`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
@@ -189,10 +190,19 @@ def _kind_error(exc: ValidationError, datatype: str, kind: str) -> str:
 
 def _to_dtype(values: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray:
     if dtype.kind not in "iu":
-        return np.asarray(values, dtype=dtype)
+        with np.errstate(over="ignore"):  # too large for FP16/FP32: inf, refused by the caller
+            return np.asarray(values, dtype=dtype)
     info = np.iinfo(dtype)
-    wide = np.asarray(values)  # int64, uint64 or (beyond 64 bits) object
-    if wide.size and (wide.dtype == object or wide.min() < info.min or wide.max() > info.max):
+    try:
+        wide = np.asarray(values, dtype=np.int64)
+    except OverflowError:  # beyond int64: uint64 holds it unless it also has negatives
+        try:
+            with warnings.catch_warnings():  # numpy < 2 wraps negatives with a warning
+                warnings.simplefilter("error", DeprecationWarning)
+                wide = np.asarray(values, dtype=np.uint64)
+        except (OverflowError, DeprecationWarning):
+            raise TensorError(f"data has integers outside the range of {datatype}") from None
+    if wide.size and (int(wide.min()) < info.min or int(wide.max()) > info.max):
         raise TensorError(f"data has integers outside the range of {datatype}")
     return wide.astype(dtype)
 

@@ -1,10 +1,10 @@
 """The model registry: database models, the content-addressed artifact store, and the logic of
 models, versions, aliases, lineage, devices, assignment, telemetry and search.
 
-May import: the shared ``edgefleet`` core, sqlmodel/sqlalchemy, alembic. Knows nothing of HTTP:
-its functions take a :class:`sqlmodel.Session` (and, for artifacts, an :class:`ArtifactStore`),
+May import: the shared ``edgefleet`` core, sqlmodel/sqlalchemy, alembic, cryptography (signing).
+Knows nothing of HTTP: its functions take a :class:`sqlmodel.Session` (and, for artifacts, an :class:`ArtifactStore`),
 flush what they change and leave the commit to the caller; failures are :class:`RegistryError`
-subclasses (see :mod:`registry.errors`).
+subclasses (see :mod:`registry.errors`), itself an :class:`edgefleet.errors.EdgeFleetError`.
 
 Modules
 -------
@@ -15,6 +15,8 @@ Modules
 ``aliases``     aliases, history, rollback    ``assignment``  which version a device runs
 ``devices``     enrolment, tokens, devices    ``telemetry``   idempotent intake and queries
 ``search``      discovery with filters and pagination
+``integrity``   artifacts verified at rest, DAMAGED versions   ``signing``  the Ed25519 version key
+``predictions`` precomputed predictions
 """
 
 from registry.db import make_engine, session_scope, write_session

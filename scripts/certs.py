@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Generate the TLS material of a deployment: a private CA, server certificates signed by it, and
 the ECDSA key pairs Flower's SuperNodes authenticate with.
 

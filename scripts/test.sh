@@ -9,10 +9,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONDONTWRITEBYTECODE=1
-# The device tests: the runtime on each interpreter, the plan format, the agent. In .venv-tflite
-# they use the main environment's Python for what that environment lacks (TensorFlow to build
-# plans, the real server), and compare its LiteRT with tflite-runtime on the same plan.
-TFLITE_TESTS=(tests/edgefleet/test_runtime.py tests/edgefleet/test_plan.py tests/edge_client)
+# The device tests for .venv-tflite: the plan runtime and format, the agent's tests, and of the
+# agent-against-the-real-server tests the one that installs, serves and reports (the others test the
+# server's side, which does not depend on the device's interpreter). They use .venv's Python for
+# what .venv-tflite lacks (TensorFlow to build plans, the server) and compare its LiteRT with
+# tflite-runtime on the same plan (tests/environments.py).
+TFLITE_TESTS=(tests/edgefleet/test_runtime.py tests/edgefleet/test_plan.py)
+for f in tests/edge_client/test_*.py; do
+    [ "$f" = tests/edge_client/test_integration.py ] || TFLITE_TESTS+=("$f")
+done
+TFLITE_TESTS+=(tests/edge_client/test_integration.py::test_update_serve_and_report)
 # The database tests need PostgreSQL. Machines of this project start it before a session; if it is
 # installed here but stopped, start it (the tests fail with a clear message if it is still missing).
 if [ -z "${EDGEFLEET_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null \
@@ -28,7 +34,7 @@ status=0
 if [ "${TFLITE:-1}" = 0 ]; then
     echo "[test] TFLITE=0: the tflite-runtime tests in .venv-tflite were NOT run"
 else
-    echo "[test] pytest in .venv-tflite (numpy < 2, tflite-runtime): ${TFLITE_TESTS[*]}"
+    echo "[test] pytest in .venv-tflite (numpy < 2, tflite-runtime): the device tests"
     EDGEFLEET_TEST_MAIN_PYTHON="$PWD/.venv/bin/python" \
         .venv-tflite/bin/python -m pytest -p no:cacheprovider "${TFLITE_TESTS[@]}" || status=$?
 fi

@@ -1,7 +1,9 @@
 """The central server: FastAPI routes for the registry, devices, telemetry, drift and V2 inference.
 
-May import: ``registry``, the shared ``edgefleet`` core, fastapi, uvicorn, scipy. It is the only
-package that translates exceptions into HTTP status codes (:mod:`server.errors`).
+May import: ``registry``, the shared ``edgefleet`` core, fastapi (starlette, uvicorn), sqlmodel,
+alembic, scipy, prometheus_client, pyarrow, redis, nats (the README's package table lists them;
+``tests/test_imports.py`` checks it). It is the only package that translates exceptions into
+HTTP status codes (:mod:`server.errors`).
 
 Modules
 -------
@@ -11,8 +13,11 @@ Modules
 ``deps``        sessions, settings and callers as FastAPI dependencies
 ``security``    named keys, constant-time comparison, :class:`Caller`
 ``api``         one router per resource under ``api/routes``
-``inference``   Open Inference Protocol (V2) codec and :class:`InferenceService`
+``inference``   :class:`InferenceService` for the Open Inference Protocol (V2); the codec is
+                the core's :mod:`edgefleet.v2`
 ``drift``       drift statistics and fleet reports (pure functions)
 ``middleware``  request ids, access log, body limits    ``errors``  exceptions → HTTP
 ``cli``         ``edgefleet server``                     ``bootstrap``  publish without HTTP
+``metrics``     Prometheus metrics                      ``scrubber``   signing key, artifact scrub
+``precompute``  batch scoring into the prediction store ``worker``     model-on-demand workers
 """

@@ -17,10 +17,15 @@ secret may be an admin key, a device token (``efd_…``) or an inference key.
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Query, Request, Security
+from fastapi.dependencies.utils import get_flat_dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BeforeValidator
 from sqlmodel import Session
@@ -60,6 +65,7 @@ __all__ = [
     "VersionQuery",
     "WriteSessionDep",
     "require_device",
+    "single_valued_query",
 ]
 
 
@@ -143,6 +149,50 @@ VersionQuery = Annotated[
 ]
 
 
+_LIST_PARAMS: dict[int, frozenset[str]] = {}
+
+
+def _list_params(route: APIRoute) -> frozenset[str]:
+    """The query parameters of ``route`` (its dependencies included) that take a list."""
+    cached = _LIST_PARAMS.get(id(route))
+    if cached is not None:
+        return cached
+    names = set()
+    for field in get_flat_dependant(route.dependant).query_params:
+        annotation = field.field_info.annotation
+        options = typing.get_args(annotation) if typing.get_origin(annotation) in (
+            typing.Union, types.UnionType) else (annotation,)
+        if any(typing.get_origin(o) in (list, set, tuple) for o in options):
+            names.add(field.alias)
+    found = _LIST_PARAMS[id(route)] = frozenset(names)
+    return found
+
+
+async def single_valued_query(request: Request) -> None:
+    """422 for a query parameter given twice where the route takes one value.
+
+    Starlette would silently keep the last value, so ``?name=a&name=b`` would be accepted as
+    ``b``; a parameter that takes a list (``?metric=…&metric=…``) may repeat.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    seen: set[str] = set()
+    repeated = []
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    single = [key for key in repeated if key not in _list_params(route)]
+    if single:
+        raise RequestValidationError(
+            [
+                {"type": "repeated", "loc": ("query", key), "msg": "give this parameter once"}
+                for key in sorted(set(single))
+            ]
+        )
+
+
 def _bearer(authorization: str | None) -> str | None:
     if not authorization:
         return None
@@ -169,17 +219,16 @@ async def _identify(
 ) -> Caller:
     """Whoever the credentials name (ANONYMOUS without credentials); 401 for bad ones."""
     caller = ANONYMOUS
+    secret = _bearer(authorization)  # a malformed header is refused even beside an admin key
     if admin_key is not None:
         key = match_key(admin_key, state.admin_keys)
         if key is None:
             raise AuthenticationError("invalid admin key")
         caller = Caller("admin", key.name)
-    else:
-        secret = _bearer(authorization)
-        if secret is not None and secret.startswith(TOKEN_PREFIX):
-            caller = await run_in_threadpool(_device, session, secret)
-        elif secret is not None:
-            caller = _from_keys(secret, state)
+    elif secret is not None and secret.startswith(TOKEN_PREFIX):
+        caller = await run_in_threadpool(_device, session, secret)
+    elif secret is not None:
+        caller = _from_keys(secret, state)
     request.state.caller = caller
     return caller
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
@@ -23,6 +23,7 @@ from registry import migrate
 from registry.db import make_engine
 from server.api.responses import add_component_schemas, document_errors
 from server.api.router import api_router, v2_health_router, v2_router
+from server.deps import single_valued_query
 from server.errors import install_error_handlers
 from server.metrics import install as install_metrics
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -71,6 +72,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         # No trailing-slash redirects: a redirect's Location is built from the request's Host
         # header, which a client (or a proxy that forwards it) can steer anywhere.
         redirect_slashes=False,
+        dependencies=[Depends(single_valued_query)],
     )
     app.state.edgefleet = state
     install_error_handlers(app)

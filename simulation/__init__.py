@@ -5,6 +5,8 @@
   server, an initial plan, real edge agents with their Flower SuperNodes, a federated run and
   its summary, all as processes on 127.0.0.1 (:mod:`simulation.processes` cleans them up).
 
-May import: ``aggregation``, ``edge_client``, the shared ``edgefleet`` core, numpy, httpx,
-scikit-learn (for the data sets it ships). TensorFlow only ever runs in a child process.
+May import: ``aggregation``, ``edge_client``, the shared ``edgefleet`` core, numpy, flwr (its
+simulation engine), flwr-datasets, httpx, scikit-learn (for the data sets it ships), matplotlib,
+tqdm. TensorFlow only ever runs in a child process (TensorFlow Federated in its own virtual
+environment). The fleet's run settings are the core's (:mod:`edgefleet.run_settings`).
 """

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -37,6 +38,7 @@ from simulation.population import Population, load_population
 SIM_TIME = "sim-time"
 SIM_DEVICE = "sim-device"
 TF_LOADED = "sim-tf-loaded"
+_TRAIN_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=2)
@@ -92,7 +94,8 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         cfg = _config(message)
         r = int(cfg.get(fk.SERVER_ROUND, 1))
         t = float(cfg.get(SIM_TIME, 0.0))
-        ok = pop.traces.available(device, t)
+        ok = pop.traces.available(device, t) and (not pop.orders  # a replay: its orders say
+                                                  or pop.order(r, device) is not None)
         _, y = pop.client_data(device, r)
         config = ConfigRecord({
             fk.ELIGIBLE: ok, fk.REASONS: json.dumps([] if ok else ["unavailable (trace)"]),
@@ -119,18 +122,20 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         global_w = {k: a.numpy() for k, a in records[0].items()}
         seed = order_seed(int(cfg.get(fk.SEED, fk.DEFAULT_SEED)), r, device)
         try:
-            rt.set_weights(global_w)
-            result = rt.fit(x, y, epochs=int(cfg.get(fk.EPOCHS, fk.DEFAULT_EPOCHS)),
-                            lr=float(cfg.get(fk.LR, 0.05)), seed=seed,
-                            batch_rule=str(cfg.get(fk.BATCH_RULE, fk.DEFAULT_BATCH_RULE)),
-                            orders=pop.order(r, device))
+            with _TRAIN_LOCK:  # one runtime per worker process: one training at a time
+                rt.set_weights(global_w)
+                result = rt.fit(x, y, epochs=int(cfg.get(fk.EPOCHS, fk.DEFAULT_EPOCHS)),
+                                lr=float(cfg.get(fk.LR, 0.05)), seed=seed,
+                                batch_rule=str(cfg.get(fk.BATCH_RULE, fk.DEFAULT_BATCH_RULE)),
+                                orders=pop.order(r, device))
+                trained = rt.get_weights()
             n = reported_examples(result, len(y), str(cfg.get(fk.WEIGHTING,
                                                               fk.DEFAULT_WEIGHTING)))
         except EdgeFleetError as exc:
             return _decline(message, device, f"cannot train: {exc}")
         if result.steps == 0 or n == 0:
             return _decline(message, device, "nothing to train (fewer examples than a batch)")
-        weights = pop.adversaries.poison(device, r, global_w, rt.get_weights())
+        weights = pop.adversaries.poison(device, r, global_w, trained)
         metrics = MetricRecord({fk.NUM_EXAMPLES: n, fk.TRAIN_LOSS: float(result.loss),
                                 fk.STEPS: result.steps,
                                 fk.EXAMPLES_TRAINED: result.examples_trained})

@@ -28,6 +28,7 @@ A ``[sweep]`` table maps dotted keys to lists (``"selection.policy" = ["uniform"
 from __future__ import annotations
 
 import itertools
+import re
 import math
 import tomllib
 from pathlib import Path
@@ -372,8 +373,20 @@ def expand_sweep(exp: Experiment) -> list[tuple[dict[str, Any], Experiment]]:
                 _set(data, key, value)
         except (IndexError, ValueError, TypeError) as exc:
             raise ConfigError(f"sweep key {key!r} does not name a setting: {exc}") from exc
-        label = "-".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
+        label = _label(point)
         data["name"] = f"{exp.name}/{label}"
         data["output"] = {**data["output"], "dir": str(exp.out_dir() / label)}
         out.append((point, parse_experiment(data)))
     return out
+
+
+def _value_label(v: Any) -> str:
+    if isinstance(v, dict):
+        return "+".join(f"{k}={_value_label(x)}" for k, x in v.items() if k != "params")
+    return str(v)
+
+
+def _label(point: dict[str, Any]) -> str:
+    """A directory-safe name of a sweep point (``policy=drift+steering=True-seed=1``)."""
+    raw = "-".join(f"{k.split('.')[-1]}={_value_label(v)}" for k, v in point.items())
+    return re.sub(r"[^A-Za-z0-9=+._-]", "_", raw)

@@ -102,7 +102,8 @@ class Scenario:
         if s <= 0:
             return x, y
         return self.transform(x, y, s * self.cfg.strength,
-                              np.random.default_rng([self.seed, 2000 + self.index, client]))
+                              np.random.default_rng([self.seed, 2000 + self.index,
+                                                     client if client >= 0 else 1 << 40]))
 
     def transform(self, x: np.ndarray, y: np.ndarray, s: float, rng: np.random.Generator
                   ) -> tuple[np.ndarray, np.ndarray]:

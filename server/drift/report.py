@@ -40,6 +40,8 @@ from server.drift.labels import (
 from server.drift.thresholds import DriftThresholds
 from server.drift.verdicts import DriftVerdicts
 
+EXACT_KS_MAX_N = 1000  # effective sizes up to which the verdict's KS p-values are exact
+
 __all__ = [
     "DriftReport",
     "FeatureDrift",
@@ -188,7 +190,9 @@ def _feature_stats(
         "effect": stats.chi2_divergence(folded, folded_ref, folded_valid),
         "js": stats.js_distance(folded, folded_ref, folded_valid),
         "ks": ks,
-        "ks_p": stats.ks_pvalue(ks, n, m, exact_band=(min(levels) / 4, 4 * max(levels))),
+        "ks_p": stats.ks_pvalue(
+            ks, n, m, near=levels, exact_max_n=EXACT_KS_MAX_N
+        ),
         "w1": w1,
         "w1_std": w1_std,
         "std": np.sqrt(summary.variance()),

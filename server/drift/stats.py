@@ -98,15 +98,17 @@ def ks_pvalue(
     n: npt.ArrayLike,
     m: npt.ArrayLike,
     *,
-    exact_band: tuple[float, float] = (0.0, 1.0),
+    near: tuple[float, ...] | None = None,
+    exact_max_n: float = np.inf,
 ) -> np.ndarray:
     """Two-sided p-value of a two-sample KS statistic ``d`` with sample sizes ``n`` and ``m``.
 
-    Exact (``kstwo`` at ``round(n·m / (n + m))``) wherever Stephens' approximation falls inside
-    ``exact_band``, the approximation elsewhere: exact everywhere by default; a caller that
-    only compares with a level passes a band around it (the approximation is within a few per
-    cent, so outside a wide band it cannot change a decision) and saves the exact law's cost
-    (about a millisecond per value).
+    Exact (``kstwo`` at ``nₑ = round(n·m / (n + m))``) where ``nₑ <= exact_max_n`` and
+    Stephens' approximation is within a factor 2 of one of the levels ``near``; the
+    approximation elsewhere. By default (``near=None``) exact everywhere. A caller that only
+    compares p-values with a few levels passes them: the approximation is within a few per
+    cent, so away from a level (or at large ``nₑ``) it cannot change a decision, and the exact
+    law costs milliseconds per value.
     """
     d_, n_, m_ = np.broadcast_arrays(
         np.clip(np.asarray(d, dtype=np.float64), 0.0, 1.0),
@@ -114,12 +116,17 @@ def ks_pvalue(
         np.asarray(m, dtype=np.float64),
     )
     approx = ks_pvalue_asymptotic(d_, n_, m_)
-    lo, hi = exact_band
-    exact = np.isfinite(approx) & (approx >= lo) & (approx <= hi)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        en = np.maximum(np.round(n_ * m_ / (n_ + m_)), 1.0)
+    exact = np.isfinite(approx) & (en <= exact_max_n)
+    if near is not None:
+        close = np.zeros(approx.shape, dtype=bool)
+        for level in near:
+            close |= (approx >= level / 2.0) & (approx <= level * 2.0)
+        exact &= close
     out = approx.copy()
     if exact.any():
-        en = np.maximum(np.round(n_[exact] * m_[exact] / (n_[exact] + m_[exact])), 1.0)
-        out[exact] = np.clip(stats.kstwo.sf(d_[exact], en), 0.0, 1.0)
+        out[exact] = np.clip(stats.kstwo.sf(d_[exact], en[exact]), 0.0, 1.0)
     return np.asarray(out)
 
 

@@ -24,7 +24,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgefleet.ondemand import Streams, broker_kind
+from edgefleet.ondemand import NATS_DUPLICATE_WINDOW_S, Streams, broker_kind
 from server.errors import ServerError
 
 __all__ = ["Broker", "BrokerError", "DeadLetter", "Delivery", "open_broker"]
@@ -118,5 +118,10 @@ def open_broker(
     from server.worker.nats_broker import NatsBroker
 
     return NatsBroker(
-        url, streams, group, consumer, ack_wait_s=claim_idle_s, duplicate_window_s=result_ttl_s
+        url,
+        streams,
+        group,
+        consumer,
+        ack_wait_s=claim_idle_s,
+        duplicate_window_s=min(result_ttl_s, NATS_DUPLICATE_WINDOW_S),
     )

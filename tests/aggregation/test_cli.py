@@ -30,14 +30,3 @@ def test_controller_waits_when_the_model_has_no_production_version(
     ])
     assert result.exit_code == 0, result.output
     assert "wait  no-data" in result.output
-
-
-def test_the_cli_module_imports_nothing_heavy() -> None:
-    import subprocess
-    import sys
-
-    heavy = "('flwr', 'numpy', 'httpx', 'tensorflow')"
-    code = ("import sys, aggregation, aggregation.cli; "
-            f"print(sorted(m for m in {heavy} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

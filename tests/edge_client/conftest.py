@@ -32,7 +32,7 @@ def fast_settings(data_dir: Path, **overrides: object) -> AgentSettings:
         "data_dir": data_dir, "retries": 1, "retry_backoff_s": 0.0, "connect_timeout_s": 2.0,
         "read_timeout_s": 5.0, "inference_timeout_s": 5.0, "fallback_cooldown_s": 0.0,
         "outbox_backoff_base_s": 0.0, "outbox_backoff_max_s": 0.0, "min_free_bytes": 0,
-        "http_port": -1, "poll_jitter": 0.0,
+        "http_port": -1, "poll_jitter": 0.0, "install_backoff_base_s": 0.0,
     }
     values.update(overrides)
     return AgentSettings(**values)  # type: ignore[arg-type]

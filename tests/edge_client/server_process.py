@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from edgefleet.plan import sha256_file
+from tests.environments import main_env_python  # the server's extras are not in .venv-tflite
 
 ADMIN_KEY = "admin:admin-secret-1"
 ENROLLMENT_TOKEN = "enrol:enrol-secret-1"
@@ -43,11 +43,13 @@ class ServerProcess:
     def artifact_dir(self) -> Path:
         return self.root / "artifacts"
 
-    def start(self, timeout_s: float = 60.0) -> ServerProcess:
-        env = {
+    def env(self) -> dict[str, str]:
+        """The server's environment (also what ``edgefleet server scrub`` needs)."""
+        return {
             **os.environ,
             "EDGEFLEET_SERVER_DATABASE_URL": f"sqlite:///{self.root / 'server.db'}",
             "EDGEFLEET_SERVER_ARTIFACT_DIR": str(self.artifact_dir),
+            "EDGEFLEET_SERVER_SIGNING_KEY_PATH": str(self.root / "keys" / "signing.pem"),
             "EDGEFLEET_SERVER_ADMIN_KEYS": ADMIN_KEY,
             "EDGEFLEET_SERVER_ENROLLMENT_TOKENS": ENROLLMENT_TOKEN,
             "EDGEFLEET_SERVER_POLL_INTERVAL_S": "1",
@@ -55,9 +57,18 @@ class ServerProcess:
             "EDGEFLEET_SERVER_LOG_FORMAT": "text",
             "TF_CPP_MIN_LOG_LEVEL": "3",
         }
+
+    def scrub(self) -> subprocess.CompletedProcess[str]:
+        """Run ``edgefleet server scrub`` on this server's database and store."""
+        return subprocess.run([main_env_python(), "-m", "edgefleet_cli", "server", "scrub"],
+                              env=self.env(), capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    def start(self, timeout_s: float = 60.0) -> ServerProcess:
+        env = self.env()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet_cli", "server", "run", "--host", "127.0.0.1",
+                [main_env_python(), "-m", "edgefleet_cli", "server", "run", "--host", "127.0.0.1",
                  "--port", str(self.port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -23,10 +23,13 @@ from pathlib import Path
 from edge_client.agent import Agent
 from edge_client.credentials import Credentials
 from edge_client.errors import DiskFullError
+from edgefleet.wire import SigningKeyInfo
 from tests.edge_client.conftest import fast_settings
 
 data, url, plan_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-creds = Credentials(server_url=url, device_id="dev-1", device_token="device-token")
+key = SigningKeyInfo.model_validate_json(sys.argv[4])
+creds = Credentials(server_url=url, device_id="dev-1", device_token="device-token",
+                    signing_key=key)
 out = {}
 with Agent(fast_settings(data / "agent"), credentials=creds) as agent:
     agent.models.install_dir(plan_dir, "digits-mlp", 1)
@@ -64,8 +67,10 @@ def test_enospc_while_updating(tmp_path: Path, published: StubServer,
     mount.mkdir()
     repo = Path(__file__).resolve().parents[2]
     script = (f"mount -t tmpfs -o size=1m tmpfs {mount} && "
-              f"exec {sys.executable} -c \"$0\" {mount} {published.url} {digits_plan_dir}")
-    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script, _CHILD], cwd=repo,
+              f"exec {sys.executable} -c \"$0\" {mount} {published.url} {digits_plan_dir} "
+              "\"$1\"")
+    key = published.signing_key.model_dump_json()
+    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script, _CHILD, key], cwd=repo,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -20,7 +20,6 @@ from edge_client.client import ServerClient
 from edge_client.credentials import Credentials, enroll
 from edge_client.errors import (
     DiskFullError,
-    IntegrityError,
     InvalidInputError,
     ServerUnavailableError,
     UnauthorizedError,
@@ -193,14 +192,24 @@ def test_corrupt_artifact_is_refused_and_the_old_model_stays(
     blob.chmod(0o644)
     blob.write_bytes(original[:-8] + bytes(8))  # bit rot in the server's store: same size
     try:
-        with pytest.raises(IntegrityError, match="sha256"):
+        # the server re-hashes before it sends: 503, the version becomes DAMAGED
+        with pytest.raises(ServerUnavailableError, match="damaged"):
             device.poll()
         assert active(device).info.version == 1
         assert device.predict(np.zeros(64)).path == "local"
         assert not list(device.settings.models_dir.rglob("*.part"))
+        with production_v1.admin() as admin:
+            info = admin.get(f"/api/v1/models/{MODEL}/versions/2").json()
+            ready = admin.get("/api/v1/health/ready").json()
+        assert info["status"] == "DAMAGED" and "weights" in info["status_reason"]
+        assert ready["status"] == "degraded" and f"{MODEL} v2" in ready["artifacts"]
+        with pytest.raises(ServerUnavailableError, match="DAMAGED"):  # never assigned
+            device.poll()
     finally:
         blob.write_bytes(original)
         blob.chmod(0o444)
+    scrubbed = production_v1.scrub()  # the blob is restored: the scrub makes it READY again
+    assert scrubbed.returncode == 0 and f"restored {MODEL} v2" in scrubbed.stdout, scrubbed
     assert device.poll() == "installed"
     assert active(device).info.version == 2
 

@@ -18,7 +18,6 @@ from edge_client.credentials import Credentials
 from edge_client.errors import (
     DiskFullError,
     DownloadInterruptedError,
-    IntegrityError,
     ModelRejectedError,
 )
 from edge_client.models import ModelManager
@@ -47,8 +46,8 @@ def test_install_switch_and_keep_previous(agent: Agent, published: StubServer) -
     before = list(published.state.downloads)
     assert agent.poll() == "installed"
     assert active(agent).info.version == 2
-    # v2 has the same plan: it is copied locally, only the manifest and weights are downloaded
-    assert published.state.downloads[len(before):] == ["manifest", "weights"]
+    # v2 has the same plan and manifest: they are copied locally, only the weights downloaded
+    assert published.state.downloads[len(before):] == ["weights"]
     current, history = agent.models.read_pointer()
     assert current is not None and current.version == 2
     assert [h.version for h in history] == [1]
@@ -84,14 +83,23 @@ def test_interrupted_first_install_leaves_nothing(agent: Agent, published: StubS
     assert agent.poll() == "installed"
 
 
-def test_wrong_hash_is_refused(agent: Agent, published: StubServer) -> None:
-    agent.poll()
-    published.assign(MODEL, 2)
-    published.state.tamper["weights"] = True
-    with pytest.raises(IntegrityError, match="sha256"):
+@pytest.mark.parametrize("kind", ["weights", "manifest"])
+def test_wrong_hash_is_refused_once_and_remembered(agent: Agent, published: StubServer,
+                                                   kind: str) -> None:
+    if kind == "weights":  # an update; a manifest is tampered with on the first install
         agent.poll()
-    assert active(agent).info.version == 1
+        published.assign(MODEL, 2)
+    published.state.tamper[kind] = True
+    before = len(published.state.downloads)
+    assert agent.poll() == "rejected"
+    assert (active(agent).info.version if kind == "weights" else agent.models.active) in (1, None)
     assert not list(agent.settings.models_dir.rglob("*.part"))
+    for _ in range(5):  # remembered by digest: never fetched again while the assignment stays
+        assert agent.poll() == "rejected"
+    assert published.state.downloads[before:] == [kind]
+    events = [e for e in agent.state.get("events") if e["kind"] == "rejected"]
+    assert len(events) == 1 and "sha256" in events[0]["reason"]
+    assert "sha256" in agent.status()["last_install_error"]["error"]
 
 
 def test_corrupt_plan_with_matching_hash_is_rejected_and_reported(
@@ -163,7 +171,8 @@ def test_disk_full_during_download(agent: Agent, published: StubServer) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (8192, hard))
     try:
         with pytest.raises(DiskFullError, match="disk full"):
-            agent.models.install(agent.client, published.assignment())  # type: ignore[arg-type]
+            agent.models.install(agent.client, published.assignment(),  # type: ignore[arg-type]
+                                 pinned=[published.signing_key])
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
@@ -182,8 +191,8 @@ def test_free_space_reserve_refuses_before_writing(
     manager = ModelManager(tmp_path / "models", min_free_bytes=free + 1)
     with ServerClient(published.url, token=published.state.token) as client, \
             pytest.raises(DiskFullError, match="not enough disk space"):
-        manager.install(client, published.assignment())
-    assert published.state.downloads == ["manifest"]  # refused before the first artifact byte
+        manager.install(client, published.assignment(), pinned=[published.signing_key])
+    assert published.state.downloads == []  # refused before the first artifact byte
     assert not (tmp_path / "models" / "active.json").exists()
 
 
@@ -195,8 +204,8 @@ def test_manifest_for_another_plan_is_rejected(
                              "plan": a.plan.model_copy(update={"sha256": "0" * 64})})
     manager = ModelManager(tmp_path / "models")
     with ServerClient(published.url, token=published.state.token) as client, \
-            pytest.raises(ModelRejectedError, match="manifest"):
-        manager.install(client, a)
+            pytest.raises(ModelRejectedError, match="signature refused"):
+        manager.install(client, a, pinned=[published.signing_key])  # the statement differs
 
 
 def test_leftover_staging_is_cleaned_at_start(settings: AgentSettings,

@@ -1,18 +1,34 @@
-"""Telemetry: stored once per idempotency key, queryable by model, version, device and time."""
+"""Telemetry: stored once per idempotency key, queryable by model, version, device and time;
+only plausible reports (for what the device was assigned, with sane values) are stored."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from edgefleet.wire import EnrollRequest, InferenceStats, LocalEvaluation, TelemetryReport
+from edgefleet.wire import (
+    AliasMove,
+    EnrollRequest,
+    InferenceStats,
+    LocalEvaluation,
+    TelemetryReport,
+)
+from registry.aliases import set_alias
+from registry.catalog import create_model
 from registry.db import session_scope
 from registry.devices import enroll, get_device
-from registry.errors import IdempotencyConflict, InvalidQueryError, NotFoundError
+from registry.errors import (
+    IdempotencyConflict,
+    InvalidQueryError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from registry.models import AliasEvent, ModelCreate, utcnow
 from registry.store import ArtifactStore
-from registry.telemetry import list_reports, record_report
+from registry.telemetry import RECENTLY_ASSIGNED, list_reports, record_report
 from tests.registry.support import PlanFiles, model_with_versions, run_in_threads
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -36,7 +52,13 @@ def devices(engine: Engine, store: ArtifactStore, plan_files: PlanFiles) -> Engi
     with session_scope(engine, write=True) as s:
         for d in ("a", "b"):
             enroll(s, EnrollRequest(enrollment_token="t", device_id=d, model="digits"))
+    move(engine, "production", 1)
     return engine
+
+
+def move(engine: Engine, alias: str, version: int) -> None:
+    with session_scope(engine, write=True) as s:
+        set_alias(s, "digits", alias, AliasMove(version=version), actor="test")
 
 
 def send(engine: Engine, device: str, rep: TelemetryReport):  # type: ignore[no-untyped-def]
@@ -79,6 +101,8 @@ def test_bad_reports(devices: Engine) -> None:
 
 def test_list_reports_by_model_version_device_and_time(devices: Engine) -> None:
     for hour in range(6):
+        if hour == 3:
+            move(devices, "production", 2)  # b goes on reporting v1, which it runs
         send(devices, "a", report(f"a-{hour:06d}", start=hour, version=1 + hour // 3))
         send(devices, "b", report(f"b-{hour:06d}", start=hour))
     with session_scope(devices) as s:
@@ -98,3 +122,60 @@ def test_list_reports_by_model_version_device_and_time(devices: Engine) -> None:
         assert first.window_start.tzinfo is not None
         with pytest.raises(InvalidQueryError):
             list_reports(s, version=1)
+
+
+def stored(engine: Engine) -> int:
+    with session_scope(engine) as s:
+        return list_reports(s).total
+
+
+def test_only_assigned_versions_are_accepted(devices: Engine) -> None:
+    with pytest.raises(PermissionDeniedError, match="version 2 of 'digits' is not assigned"):
+        send(devices, "a", report("key-v2-early", version=2))  # v2 never assigned to anyone
+    assert stored(devices) == 0
+    send(devices, "a", report("key-v1-00001"))  # production
+    move(devices, "production", 2)
+    send(devices, "a", report("key-v2-00001", version=2))  # production now
+    send(devices, "b", report("key-v1-00002"))  # recently in production
+    ack = send(devices, "a", report("key-v1-00001"))  # a retry is acknowledged whatever moved
+    assert ack.duplicate
+    with session_scope(devices, write=True) as s:  # production left v1 long ago
+        s.execute(sa.update(AliasEvent).values(at=utcnow() - RECENTLY_ASSIGNED * 2))
+        device = get_device(s, "b")
+        device.running_version_id = device.assigned_version_id = None
+    with pytest.raises(PermissionDeniedError, match="not assigned to device 'b'"):
+        send(devices, "b", report("key-v1-00003"))
+    send(devices, "b", report("key-v2-00002", version=2))  # what a poll would hand it now
+    assert stored(devices) == 4
+
+
+def test_reports_for_another_model_are_refused(devices: Engine, store: ArtifactStore,
+                                               plan_files: PlanFiles) -> None:
+    with session_scope(devices, write=True) as s:
+        create_model(s, ModelCreate(name="other"))
+    with pytest.raises(NotFoundError):  # "other" has no version 1 ...
+        send(devices, "a", report("key-other-1").model_copy(update={"model": "other"}))
+    model_with_versions(devices, store, plan_files, seeds=(), model="wine")
+    with pytest.raises(PermissionDeniedError, match="assigned another model"):
+        send(devices, "a", report("key-wine-01").model_copy(update={"model": "wine"}))
+    assert stored(devices) == 0
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"inference": InferenceStats().model_copy(update={"local": -1})}, "inference.local"),
+        ({"dropped_reports": 2**31}, "dropped_reports"),
+        ({"inference": InferenceStats().model_copy(update={"latency_ms_p99": float("nan")})},
+         "latency_ms_p99"),
+        ({"local_eval": LocalEvaluation(n_examples=1).model_copy(update={"loss": float("inf")})},
+         "local_eval.loss"),
+        ({"window_end": utcnow() + timedelta(days=30)}, "future"),
+    ],
+)
+def test_implausible_values_are_refused(
+    devices: Engine, update: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidQueryError, match=message):
+        send(devices, "a", report("key-values1").model_copy(update=update))
+    assert stored(devices) == 0

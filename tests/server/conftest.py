@@ -8,4 +8,5 @@ from tests.registry.support import (  # noqa: F401  (fixtures)
     postgres,
     store,
 )
+from tests.server.broker_support import broker, redis_broker, served_model  # noqa: F401
 from tests.server.support import api, client, settings  # noqa: F401  (fixtures)

@@ -10,7 +10,9 @@
 ``since``/``until`` select the telemetry windows overlapping that range; ``bucket_minutes``
 sizes the time windows. The statistics are :mod:`server.drift`'s pure functions, fed from
 :func:`registry.telemetry.drift_rows` and the version's reference profile; thresholds come from
-the ``drift_thresholds`` setting. Summaries that cannot be merged are listed as ``rejected``.
+the ``drift_thresholds`` setting, and the performance verdict compares labelled accuracy with
+the version's ``accuracy_metric`` metric (its validation accuracy). Summaries that cannot be
+merged are listed as ``rejected``.
 """
 
 from __future__ import annotations
@@ -101,10 +103,14 @@ class DriftScope:
 
     def common(self) -> dict[str, Any]:
         """The keyword arguments every :mod:`server.drift` report takes."""
+        thresholds = self.state.drift_policy.for_model(self.model)
+        metrics = get_version(self.session, self.model, self.version).metrics or {}
+        accuracy = metrics.get(thresholds.accuracy_metric)
         return {
             "model": self.model,
             "version": self.version,
-            "thresholds": self.state.drift_policy.for_model(self.model),
+            "thresholds": thresholds,
+            "validation_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
         }
 
 

@@ -11,6 +11,7 @@ from edgefleet.drift import DriftSummary
 from server.drift import (
     DriftRecord,
     DriftThresholds,
+    DriftVerdicts,
     MonitorState,
     WindowDrift,
     detect_crossings,
@@ -62,8 +63,15 @@ def test_fleet_over_time_and_one_crossing_each_way(fleet: tuple) -> None:
         ("drift_cleared", T0 + 7 * HOUR),
     ]
     assert report.state == MonitorState() and report.rejected == []
-    # each device window alone (150 rows) is too small to judge
+    assert all(w.verdicts.input == w.verdict for w in report.windows)
+    assert {w.verdicts.performance for w in report.windows} == {"insufficient"}  # no labels
+    # one device window alone (150 rows) is judged; below a model's min_samples it is not
     alone = fleet_over_time(records[:1], ref, model=MODEL, version=VERSION, bucket=HOUR)
+    assert alone.windows[0].verdict == "no_drift" and alone.events == []
+    strict = DriftThresholds(min_samples=200)
+    alone = fleet_over_time(
+        records[:1], ref, model=MODEL, version=VERSION, bucket=HOUR, thresholds=strict
+    )
     assert alone.windows[0].verdict == "insufficient" and alone.events == []
 
 
@@ -73,8 +81,8 @@ def test_incremental_steps_equal_the_batch(fleet: tuple) -> None:
     windows = fleet_over_time(records, ref, model=MODEL, version=VERSION, bucket=HOUR).windows
     state, events = MonitorState(), []
     for w in windows:
-        state, ev = step(state, w, th, model=MODEL, version=VERSION)
-        events += [ev] if ev else []
+        state, raised = step(state, w, th, model=MODEL, version=VERSION)
+        events += raised
     assert (events, state) == detect_crossings(windows, th, model=MODEL, version=VERSION)
     first = fleet_over_time(records[:16], ref, model=MODEL, version=VERSION, bucket=HOUR)
     rest = fleet_over_time(
@@ -83,7 +91,9 @@ def test_incremental_steps_equal_the_batch(fleet: tuple) -> None:
     assert first.events + rest.events == events
 
 
-def _window(verdict: str, holding: bool, hour: int) -> WindowDrift:
+def _window(
+    verdict: str, holding: bool, hour: int, performance: str = "insufficient"
+) -> WindowDrift:
     return WindowDrift(
         window_start=T0 + hour * HOUR,
         window_end=T0 + (hour + 1) * HOUR,
@@ -96,6 +106,11 @@ def _window(verdict: str, holding: bool, hour: int) -> WindowDrift:
         max_psi=0.0,
         holding=holding,
         drifted_features=[],
+        verdicts=DriftVerdicts(
+            input=verdict,  # type: ignore[arg-type]
+            performance=performance,  # type: ignore[arg-type]
+            label_prior="insufficient",
+        ),
     )
 
 
@@ -124,6 +139,20 @@ def test_hysteresis_needs_clear_windows_and_ignores_insufficient_ones() -> None:
         ("drift_cleared", 10),
     ]
     assert state == MonitorState(enter_streak=1)
+
+
+def test_performance_drift_has_its_own_crossings() -> None:
+    th = DriftThresholds(enter_windows=1, clear_windows=2)
+    seq = ["no_drift", "drift", "insufficient", "drift", "no_drift", "no_drift", "drift"]
+    windows = [_window("no_drift", False, i, performance=p) for i, p in enumerate(seq)]
+    events, state = detect_crossings(windows, th, model=MODEL, version=VERSION)
+    assert [(e.signal, e.kind, e.window_start.hour - T0.hour) for e in events] == [
+        ("performance", "drift_started", 1),
+        ("performance", "drift_cleared", 5),
+        ("performance", "drift_started", 6),
+    ]
+    assert not state.drifted and state.performance.drifted
+    assert state.drifted_signals == ["performance"]
 
 
 def test_per_device_report_finds_the_faulty_device() -> None:
@@ -208,8 +237,9 @@ def test_bad_records_are_rejected_without_touching_the_rest(fleet: tuple) -> Non
     assert merged == DriftSummary.merge_all(r.summary for r in records)
     whole = fleet_drift(mixed, ref, model=MODEL, version=VERSION)
     assert whole == fleet_drift(records, ref, model=MODEL, version=VERSION)
-    # 3 shifted hours of 8, diluted over the whole period, stay below the PSI floor
-    assert whole.verdict == "no_drift"
+    # 3 shifted hours of 8, diluted over the whole period: a real shift of bias-corrected PSI
+    # about (3/8)² · 0.22 = 0.03, above the floor (0.02), which the 4,800 rows resolve
+    assert whole.verdict == "drift" and whole.drifted_features == ["f0"]
     assert drift_by_device(mixed, ref, model=MODEL, version=VERSION).rejected == report.rejected
 
 

@@ -14,13 +14,13 @@ from tests.server.drift.support import gaussian_reference, summarise
 
 def test_too_few_samples_is_insufficient_not_a_verdict() -> None:
     ref, _ = gaussian_reference(5)
-    x = np.random.default_rng(0).normal(3.0, 1.0, size=(150, 5))  # drifted, but only 150 rows
+    x = np.random.default_rng(0).normal(3.0, 1.0, size=(20, 5))  # drifted, but only 20 rows
     report = compute_drift(summarise(ref, x), ref)
     assert report.verdict == "insufficient"
-    assert report.reason == "too few samples: 150 < 200"
-    assert not report.holding
+    assert report.reason == "too few samples: 20 < 30"
+    assert not report.holding and report.combined is None
     assert {f.status for f in report.features} == {"insufficient"}
-    lax = compute_drift(summarise(ref, x), ref, DriftThresholds(min_samples=100))
+    lax = compute_drift(summarise(ref, x), ref, DriftThresholds(min_samples=10))
     assert lax.verdict == "drift" and lax.n_drifted == 5
     empty = compute_drift(DriftSummary.empty(ref, model="gauss", version=1), ref)
     assert empty.verdict == "insufficient" and empty.max_psi is None
@@ -38,7 +38,7 @@ def test_report_names_the_drifted_feature_and_serialises() -> None:
     f3 = report.features[3]
     assert f3.status == "drift" and f3.strong and f3.mean_shift_std == pytest.approx(1.0, abs=0.1)
     assert report.features[5].nan_rate == pytest.approx(10 / 2000)
-    assert report.test_alpha == pytest.approx(0.05 / 8)
+    assert report.test_alpha == pytest.approx(0.05 * 0.5 / 8)  # half of alpha: combined test
     text = report.model_dump_json()
     assert "NaN" not in text and type(report).model_validate_json(text) == report
 
@@ -53,14 +53,14 @@ def test_feature_without_values_is_left_out_of_the_family() -> None:
     assert report.n_tests == 2 and report.verdict == "no_drift"
     x[:, :] = np.nan  # 600 rows, but no finite value anywhere
     report = compute_drift(summarise(ref, x), ref)
-    assert report.verdict == "insufficient" and "no feature has 200 finite values" in report.reason
+    assert report.verdict == "insufficient" and "no feature has 30 finite values" in report.reason
 
 
 def test_share_threshold_and_strong_override() -> None:
     ref, _ = gaussian_reference(10)
     x = np.random.default_rng(3).normal(size=(3000, 10))
-    x[:, 0] += 0.35  # significant and PSI above 0.1, but not strong
-    strict = DriftThresholds(min_drifted_share=0.3)
+    x[:, 0] += 0.35  # significant and above the floor, but not strong
+    strict = DriftThresholds(min_drifted_share=0.3, combined_share=0.0)  # per-feature rule only
     report = compute_drift(summarise(ref, x), ref, strict)
     assert report.n_drifted == 1 and report.verdict == "no_drift" and report.holding
     x[:, 1] += 1.5  # one strongly drifted feature is enough
@@ -114,8 +114,11 @@ def test_thresholds_are_validated_and_per_model() -> None:
     with pytest.raises(ValidationError):
         DriftThresholds(min_samples=0)
     with pytest.raises(ValidationError, match="psi_strong"):
-        DriftThresholds(psi_strong=0.05)
-    policy = ThresholdPolicy(per_model={"digits-mlp": DriftThresholds(min_samples=50)})
+        DriftThresholds(psi_strong=0.01)
+    policy = ThresholdPolicy(
+        per_model={"digits-mlp": DriftThresholds(min_samples=50, accuracy_drop_min=0.05)}
+    )
     assert policy.for_model("digits-mlp").min_samples == 50
+    assert policy.for_model("digits-mlp").accuracy_drop_min == 0.05
     assert policy.for_model("other") == DriftThresholds()
     assert ThresholdPolicy.model_validate_json(policy.model_dump_json()) == policy

@@ -1,0 +1,78 @@
+"""The one V2 codec (:mod:`edgefleet.v2`): datatypes, refusals, outputs, metadata, the client side.
+(``tests/server/test_v2_parity.py`` checks that the server and the agent answer alike.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgefleet import v2
+from edgefleet.errors import InputError
+from edgefleet.plan import PlanManifest
+
+
+def tensor(data: Any, shape: list[int], datatype: str = "FP32", name: str = "x"
+           ) -> dict[str, Any]:
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
+# --- the codec on its own -----------------------------------------------------------------------
+@pytest.mark.parametrize(("datatype", "data", "dtype"), [
+    ("BOOL", [True, False], np.bool_), ("UINT8", [0, 255], np.uint8),
+    ("INT8", [-128, 127], np.int8), ("INT64", [-(2**63), 2**63 - 1], np.int64),
+    ("UINT64", [0, 2**64 - 1], np.uint64), ("FP16", [0.5, 2], np.float16),
+    ("FP32", [1, 2.5], np.float32), ("FP64", [1e300, -3], np.float64),
+])
+def test_every_numeric_datatype_decodes_to_its_dtype(datatype: str, data: list[Any],
+                                                     dtype: type) -> None:
+    out = v2.decode_tensor(v2.InferTensor.model_validate(tensor(data, [2], datatype)))
+    assert out.dtype == np.dtype(dtype) and out.shape == (2,)
+    assert out.tolist() == np.asarray(data, dtype=dtype).tolist()
+
+
+@pytest.mark.parametrize(("datatype", "data", "message"), [
+    ("FP32", [True, 0.5], "booleans"), ("BOOL", [1, 0], "true/false"),
+    ("INT32", [1.5, 2], "integers"), ("UINT8", [256, 0], "outside the range of UINT8"),
+    ("UINT8", [-1, 0], "outside the range"), ("INT64", [2**64, 0], "outside the range"),
+    ("UINT64", [-1, 2**64 - 1], "outside"),
+    ("FP32", ["1.5", 2], "non-numeric"), ("FP32", [[1.0], [2.0, 3.0]], "regular"),
+    ("FP32", [None, 1], "non-numeric"), ("BYTES", ["a", "b"], "not supported"),
+    ("FP32", [1.0, 2.0, 3.0], "needs 2"),
+])
+def test_data_must_match_the_datatype_and_shape(datatype: str, data: list[Any],
+                                                message: str) -> None:
+    with pytest.raises(v2.TensorError, match=message) as info:
+        v2.decode_tensor(v2.InferTensor.model_validate(tensor(data, [2], datatype)))
+    assert isinstance(info.value, InputError)  # a 400 wherever it is raised
+
+
+def test_nested_data_of_the_declared_shape_equals_flat_data() -> None:
+    flat = v2.decode_tensor(v2.InferTensor.model_validate(tensor([1, 2, 3, 4], [2, 2])))
+    nested = v2.decode_tensor(v2.InferTensor.model_validate(tensor([[1, 2], [3, 4]], [2, 2])))
+    assert np.array_equal(flat, nested) and flat.dtype == np.float32
+    with pytest.raises(v2.TensorError, match="nested data has shape"):
+        v2.decode_tensor(v2.InferTensor.model_validate(tensor([[1, 2], [3, 4]], [4])))
+
+
+def test_outputs_metadata_and_the_client_side_round_trip(digits_plan_dir: Path) -> None:
+    manifest = PlanManifest.load(digits_plan_dir / "manifest.json")
+    probs = np.eye(3, manifest.output.n_classes, dtype=np.float32)
+    labels = v2.predicted_labels(probs, manifest.output.class_labels)
+    assert labels == ["0", "1", "2"]
+    names = v2.requested_outputs(None, manifest.output.name)
+    response = v2.InferenceResponse(model_name="m", outputs=v2.encode_outputs(
+        probs, labels, manifest.output.name, names))
+    assert np.array_equal(v2.probs_from_response(response, 3), probs)
+    assert v2.labels_from_response(response) == labels
+    only = [v2.RequestedOutput(name=v2.LABEL_OUTPUT)]
+    assert v2.requested_outputs(only, manifest.output.name) == [v2.LABEL_OUTPUT]
+    with pytest.raises(v2.TensorError, match="unknown output"):
+        v2.requested_outputs([v2.RequestedOutput(name="logits")], manifest.output.name)
+    meta = v2.model_metadata("m", [2], manifest, version="2")
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]
+    assert meta["parameters"]["version"] == "2" and meta["versions"] == ["2"]
+    request = v2.request_from_array(np.zeros((2, 64), dtype=np.float64))
+    assert request.inputs[0].datatype == "FP32" and request.inputs[0].shape == [2, 64]

@@ -1,0 +1,117 @@
+"""The server's V2 routes and the agent's local endpoint share one codec (:mod:`edgefleet.v2`):
+the same bodies are accepted, with the same answers, or refused, with the same messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from edge_client.agent import Agent
+from edge_client.http_api import LocalServer
+from edge_client.models import ModelManager
+from edge_client.settings import AgentSettings
+from tests.server.support import APP_KEY, Api
+
+APP = {"Authorization": f"Bearer {APP_KEY}"}
+MODEL = "digits"
+
+
+def tensor(data: Any, shape: list[int], datatype: str = "FP32", name: str = "x"
+           ) -> dict[str, Any]:
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
+def body(*tensors: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"inputs": list(tensors), **extra}
+
+
+GOOD = [0.5] * 64
+
+# (case, body or raw bytes, whether the codec decides: then the messages are the same too)
+CASES: list[tuple[str, Any, bool]] = [
+    ("fp32", body(tensor(GOOD, [1, 64])), True),
+    ("nested", body(tensor([GOOD, GOOD], [2, 64])), True),
+    ("int32", body(tensor([3] * 64, [1, 64], "INT32")), True),
+    ("uint8", body(tensor([16] * 64, [1, 64], "UINT8")), True),
+    ("fp16", body(tensor(GOOD, [1, 64], "FP16")), True),
+    ("bool", body(tensor([True, False] * 32, [1, 64], "BOOL")), True),
+    ("label only", body(tensor(GOOD, [1, 64]), outputs=[{"name": "label"}]), True),
+    ("fp32 with booleans", body(tensor([True, False, *GOOD[2:]], [1, 64])), True),
+    ("nested booleans", body(tensor([[*GOOD[1:], True]], [1, 64])), True),
+    ("bool with numbers", body(tensor([1, 0] * 32, [1, 64], "BOOL")), True),
+    ("int32 with floats", body(tensor(GOOD, [1, 64], "INT32")), True),
+    ("uint8 out of range", body(tensor([300] * 64, [1, 64], "UINT8")), True),
+    ("fp16 overflow", body(tensor([1e6] * 64, [1, 64], "FP16")), True),
+    ("strings", body(tensor(["a"] * 64, [1, 64])), True),
+    ("ragged", body(tensor([GOOD, GOOD[1:]], [2, 64])), True),
+    ("single example", body(tensor(GOOD, [64])), True),
+    ("count mismatch", body(tensor(GOOD[4:], [1, 64])), True),
+    ("wrong name", body(tensor(GOOD, [1, 64], name="pixels")), True),
+    ("two inputs", body(tensor(GOOD, [1, 64]), tensor(GOOD, [1, 64])), True),
+    ("zero batch", body(tensor([], [0, 64])), True),
+    ("batch too large", body(tensor([0.0] * 64 * 1025, [1025, 64])), True),
+    ("bytes", body(tensor(["a"] * 64, [1, 64], "BYTES")), True),
+    ("unknown output", body(tensor(GOOD, [1, 64]), outputs=[{"name": "logits"}]), True),
+    ("nan", (b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [NaN'
+             + b", 0" * 63 + b"]}]}"), True),
+    ("bad datatype", body(tensor(GOOD, [1, 64], "FLOAT")), False),
+    ("no inputs", {"id": "x"}, False),
+    ("not an object", [1, 2, 3], False),
+    ("invalid json", b'{"inputs": [}', False),
+]
+
+
+@pytest.fixture
+def endpoints(api: Api, tmp_path: Path, digits_plan_dir: Path,
+              client: TestClient) -> Iterator[tuple[TestClient, httpx.Client]]:
+    """The server (``digits`` v1 in production) and an offline agent running the same plan
+    under the same name."""
+    api.production(MODEL)
+    device_settings = AgentSettings(data_dir=tmp_path / "device", http_port=-1)
+    ModelManager(device_settings.models_dir).install_dir(digits_plan_dir, MODEL, 1)
+    with Agent(device_settings) as agent:
+        local = LocalServer(agent).start()
+        try:
+            with httpx.Client(base_url=local.url, timeout=30) as device:
+                yield client, device
+        finally:
+            local.stop()
+
+
+def _post(http: TestClient | httpx.Client, payload: Any, headers: dict[str, str]
+          ) -> httpx.Response:
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return http.post(f"/v2/models/{MODEL}/infer", content=content,
+                     headers={**headers, "content-type": "application/json"})
+
+
+def test_server_and_agent_accept_and_refuse_the_same_bodies(
+        endpoints: tuple[TestClient, httpx.Client]) -> None:
+    server, device = endpoints
+    accepted = []
+    for case, payload, same_message in CASES:
+        s, d = _post(server, payload, APP), _post(device, payload, {})
+        assert (case, s.status_code) == (case, d.status_code), (s.text, d.text)
+        if s.status_code != 200:
+            assert s.status_code == 400 and set(s.json()) == set(d.json()) == {"error"}, case
+            if same_message:
+                assert s.json() == d.json(), case
+            continue
+        accepted.append(case)
+        sent, got = s.json()["outputs"], d.json()["outputs"]
+        assert [o["name"] for o in sent] == [o["name"] for o in got], case
+        for a, b in zip(sent, got, strict=True):
+            assert (a["shape"], a["datatype"]) == (b["shape"], b["datatype"]), case
+            if a["datatype"] == "FP32":
+                np.testing.assert_allclose(a["data"], b["data"], rtol=1e-5, atol=1e-6)
+            else:
+                assert a["data"] == b["data"], case
+        assert d.json()["parameters"]["path"] == "local"
+    assert accepted == ["fp32", "nested", "int32", "uint8", "fp16", "bool", "label only"]

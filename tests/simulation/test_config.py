@@ -1,0 +1,54 @@
+"""The experiment config: TOML and the pydantic object, errors with paths, sweeps, examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simulation.config import Experiment, expand_sweep, load_experiment, parse_experiment
+from simulation.errors import ConfigError
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.toml"))
+
+
+def test_toml_and_python_are_the_same_object(tmp_path: Path) -> None:
+    f = tmp_path / "e.toml"
+    f.write_text('name = "x"\nrounds = 3\n[clients]\ncount = 20\nfraction = 0.25\n'
+                 '[data]\nsource = "npz"\npath = "d.npz"\n')
+    exp = load_experiment(f)
+    assert exp == Experiment(name="x", rounds=3, clients={"count": 20, "fraction": 0.25},
+                             data={"source": "npz", "path": str(tmp_path / "d.npz")})
+    assert exp.clients.target() == 5
+
+
+def test_unknown_and_bad_keys_are_refused_with_their_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"clients\.cuont"):
+        parse_experiment({"clients": {"cuont": 3}})
+    with pytest.raises(ConfigError, match=r"training\.batch_rule"):
+        parse_experiment({"training": {"batch_rule": "pad"}})
+    with pytest.raises(ConfigError, match="needs data.path"):
+        parse_experiment({"data": {"source": "csv"}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rounds = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_experiment(bad)
+
+
+def test_sweep_expands_every_combination() -> None:
+    exp = parse_experiment({"name": "s", "drift": [{"kind": "noise"}],
+                            "sweep": {"selection.policy": ["uniform", "drift"],
+                                      "drift.0.fraction": [0.1, 0.3], "seed": [0, 1]}})
+    points = expand_sweep(exp)
+    assert len(points) == 8
+    assert {(e.selection.policy, e.drift[0].fraction, e.seed) for _, e in points} == {
+        (p, f, s) for p in ("uniform", "drift") for f in (0.1, 0.3) for s in (0, 1)}
+    assert len({e.out_dir() for _, e in points}) == 8
+    with pytest.raises(ConfigError):
+        expand_sweep(parse_experiment({"sweep": {"clients.count": [1]}}))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_parse(path: Path) -> None:
+    exp = load_experiment(path)
+    assert expand_sweep(exp)

@@ -1,0 +1,408 @@
+"""``docker-compose.yml`` must not rot: its rules checked statically, then every service's own
+command started as a local process on 127.0.0.1, and the loop driven through the load balancer.
+
+No container engine runs on the test machines, so :class:`LocalCompose` plays the engine's part:
+named volumes become directories, bind mounts become translated copies, each ``expose``d port of
+a service gets a free local port (``service:port`` elsewhere becomes ``127.0.0.1:<local>``),
+the files an image ``COPY``s onto its ``PATH`` come from the repository, ``$$`` unescapes to
+``$``, and ``depends_on`` conditions wait for the service's own translated ``healthcheck`` or
+exit status. What stays a substitution: PostgreSQL is the local server on 5432 with a fresh
+database (``db``'s URL is replaced), nginx is Debian's package (installed by the test when
+missing), and agents and servers get short poll and telemetry intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from edgefleet.datasets import Dataset
+from tests.registry.support import PostgresDatabases, postgres  # noqa: F401  (fixture)
+from tests.server.processes import Proc, free_port, publish, scrape, set_alias, spawn, total
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yml"
+BIN = Path(sys.executable).parent
+ONE_SHOT = "service_completed_successfully"
+TEST_ENV = {  # the only settings the test adds: shorter intervals than production
+    "server": {"EDGEFLEET_SERVER_POLL_INTERVAL_S": "1",
+               "EDGEFLEET_SERVER_LAST_SEEN_INTERVAL_S": "0",
+               "EDGEFLEET_SERVER_LOG_LEVEL": "WARNING"},
+    "agent": {"EDGEFLEET_AGENT_POLL_INTERVAL_S": "1", "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "1",
+              "EDGEFLEET_AGENT_OUTBOX_BACKOFF_BASE_S": "0.5"},
+}
+
+
+def load() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())  # resolves anchors and merges
+    return data
+
+
+def dockerfiles(compose: dict[str, Any]) -> dict[str, Path]:
+    """Image name -> the Dockerfile that builds it."""
+    out = {}
+    for svc in compose["services"].values():
+        if "build" in svc:
+            out[svc["image"]] = REPO / svc["build"].get("context", ".") / svc["build"]["dockerfile"]
+    return out
+
+
+def one_shots(compose: dict[str, Any]) -> set[str]:
+    return {dep for svc in compose["services"].values()
+            for dep, cond in (svc.get("depends_on") or {}).items()
+            if cond.get("condition") == ONE_SHOT}
+
+
+# --- the rules ---------------------------------------------------------------------------------
+def test_compose_rules() -> None:
+    compose = load()
+    services = compose["services"]
+    shots = one_shots(compose)
+    servers = [n for n in services if re.fullmatch(r"server-\d+", n)]
+    assert len(servers) >= 2
+    devices = [n for n in services if re.fullmatch(r"device-\d+", n)]
+    assert len(devices) >= 2
+    for d in devices:  # an agent and its SuperNode share the device's own volume
+        vol = f"{d}:/var/lib/edgefleet"
+        assert vol in services[d]["volumes"] and vol in services[f"{d}-supernode"]["volumes"]
+    for name, svc in services.items():
+        if name not in shots:
+            assert "healthcheck" in svc, f"{name} has no healthcheck"
+            assert svc.get("restart") == "unless-stopped", name
+        deps = svc.get("depends_on") or {}
+        assert isinstance(deps, dict), f"{name}: depends_on without conditions"
+        for dep, cond in deps.items():
+            assert dep in services and cond["condition"] in (
+                "service_healthy", ONE_SHOT), (name, dep)
+            if cond["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], (name, dep)
+        for key, value in (svc.get("environment") or {}).items():  # secrets only in env files
+            assert not re.search(r"KEY|TOKEN|PASSWORD|SECRET", key), f"{name}: {key}"
+            assert "change-me" not in str(value)
+        for vol in svc.get("volumes") or []:
+            source = vol.split(":", 1)[0]
+            if not source.startswith("."):
+                assert source in compose["volumes"], f"{name}: undeclared volume {source}"
+            else:
+                assert (REPO / source).exists(), f"{name}: {source} is missing"
+        for env_file in svc.get("env_file") or []:
+            assert (REPO / f"{env_file}.example").is_file(), env_file
+    link = services["superlink"]["command"]
+    assert "--enable-supernode-auth" in link and "--ssl-certfile" in link
+    assert "--insecure" not in " ".join(" ".join(s.get("command") or []) for s in services.values())
+    conf = (REPO / "deploy/nginx/nginx.conf").read_text()
+    assert all(f"server {s}:8000" in conf for s in servers)
+
+
+def test_dockerfiles_are_multi_stage_slim_and_non_root() -> None:
+    import tomllib
+
+    files = dockerfiles(load())
+    assert len(files) == 3
+    for image, path in files.items():
+        text = path.read_text()
+        stages = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
+        assert len(stages) >= 2, f"{path.name} is not multi-stage"
+        assert re.search(r"^ARG PYTHON=\S*-slim", text, flags=re.M), f"{path.name}: not slim"
+        final = text.rsplit("\nFROM ", 1)[1]
+        users = re.findall(r"^USER\s+(\S+)", final, flags=re.M)
+        assert users and users[-1] not in ("root", "0"), f"{image} runs as root"
+        assert "--from=build" in final
+    agent = files["edgefleet/agent:local"].read_text()
+    extras = re.findall(r'"\.\[([a-z,-]+)\]"', agent)
+    assert extras == ["edge"]
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    edge = [*deps["dependencies"], *deps["optional-dependencies"]["edge"]]
+    assert not [d for d in edge if "tensorflow" in d.lower()]
+
+
+# --- running it ----------------------------------------------------------------------------------
+def _ensure_nginx() -> str:
+    found = shutil.which("nginx") or (Path("/usr/sbin/nginx").exists() and "/usr/sbin/nginx")
+    if found:
+        return str(found)
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.fail("nginx is missing and cannot be installed here (apt-get install nginx)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light"], env=env,
+                   capture_output=True, timeout=300, check=False)
+    if not Path("/usr/sbin/nginx").exists():
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300,
+                       check=False)
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx"], env=env,
+                       capture_output=True, timeout=300, check=True)
+    return "/usr/sbin/nginx"
+
+
+class LocalCompose:
+    """Run the services of ``docker-compose.yml`` as local processes (see the module notes)."""
+
+    def __init__(self, root: Path, env_files: Path, db_url: str) -> None:
+        self.compose = load()
+        self.services: dict[str, Any] = self.compose["services"]
+        self.root = root
+        self.env_files = env_files
+        self.db_url = db_url
+        self.procs: dict[str, Proc] = {}
+        self.done: set[str] = {"db"}  # PostgreSQL: the local server (see the module notes)
+        self.ports = {(name, int(p)): free_port() for name, svc in self.services.items()
+                      for p in svc.get("expose") or []}
+        self.bin = root / "bin"
+        self.bin.mkdir(parents=True)
+        self._image_paths = {image: self._copies(path)
+                             for image, path in dockerfiles(self.compose).items()}
+        nginx = _ensure_nginx()
+        (self.bin / "nginx").symlink_to(nginx)
+
+    # --- translation -----------------------------------------------------------------------
+    def _copies(self, dockerfile: Path) -> dict[str, Path]:
+        """Container path -> repository path of the files the final stage ``COPY``s in; those
+        under ``/opt/edgefleet/bin`` become executables on the local ``PATH``."""
+        final = dockerfile.read_text().rsplit("\nFROM ", 1)[1]
+        out = {}
+        for line in final.splitlines():
+            parts = line.split()
+            if parts[:1] != ["COPY"] or any(p.startswith("--from") for p in parts):
+                continue
+            src, dest = [p for p in parts[1:] if not p.startswith("--")]
+            out[dest] = REPO / src
+            if dest.startswith("/opt/edgefleet/bin/") and not (self.bin / Path(dest).name
+                                                                ).exists():
+                (self.bin / Path(dest).name).symlink_to(REPO / src)
+        return out
+
+    def _paths(self, name: str) -> list[tuple[str, str]]:
+        svc = self.services[name]
+        paths = {k: str(v) for k, v in self._image_paths.get(svc.get("image", ""), {}).items()}
+        for vol in svc.get("volumes") or []:
+            source, target = vol.split(":")[:2]
+            if source.startswith("."):
+                local = self._bind(name, REPO / source, target)
+                paths[target] = str(local)
+                paths.setdefault(str(Path(target).parent), str(local.parent))
+            else:
+                local = self.root / "volumes" / source
+                local.mkdir(parents=True, exist_ok=True)
+                paths[target] = str(local)
+        for target in svc.get("tmpfs") or []:
+            local = self.root / "tmpfs" / name / target.strip("/").replace("/", "_")
+            local.mkdir(parents=True, exist_ok=True)
+            paths[target] = str(local)
+        paths["/tmp/"] = f"{self.root / 'tmp'}/"
+        (self.root / "tmp").mkdir(exist_ok=True)
+        return sorted(paths.items(), key=lambda kv: -len(kv[0]))
+
+    def _bind(self, name: str, source: Path, target: str) -> Path:
+        """A bind-mounted file, translated for the local processes (once)."""
+        local = self.root / "binds" / name / target.lstrip("/")
+        if local.exists():
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        text = self._addresses(source.read_text())
+        text = re.sub(r"listen (\d+)", lambda m: "listen 127.0.0.1:"
+                      f"{self.ports[(name, int(m.group(1)))]}", text)
+        local.write_text(_replace_paths(text, self._volume_paths(name)))
+        return local
+
+    def _volume_paths(self, name: str) -> list[tuple[str, str]]:
+        out = [("/tmp/", f"{self.root / 'tmp'}/")]
+        for vol in self.services[name].get("volumes") or []:
+            source, target = vol.split(":")[:2]
+            if not source.startswith("."):
+                out.append((target, str(self.root / "volumes" / source)))
+        return out
+
+    def _addresses(self, text: str) -> str:
+        for (svc, port), local in self.ports.items():
+            text = re.sub(rf"\b{re.escape(svc)}:{port}\b", f"127.0.0.1:{local}", text)
+        return text
+
+    def translate(self, name: str, text: str) -> str:
+        text = self._addresses(text).replace("0.0.0.0", "127.0.0.1").replace("$$", "$")
+        for (svc, port), local in self.ports.items():
+            if svc == name:
+                text = re.sub(rf"(?<![\d.]){port}(?!\d)", str(local), text)
+        return _replace_paths(text, self._paths(name))
+
+    def argv(self, name: str, argv: list[str]) -> list[str]:
+        return [self.translate(name, a) for a in argv]
+
+    def environment(self, name: str) -> dict[str, str]:
+        svc = self.services[name]
+        env: dict[str, str] = {"PATH": f"{self.bin}:{BIN}:{os.environ['PATH']}"}
+        for env_file in svc.get("env_file") or []:
+            for line in (self.env_files / Path(env_file).name).read_text().splitlines():
+                if line and not line.startswith("#"):
+                    key, _, value = line.partition("=")
+                    env[key] = value
+        env.update({k: self.translate(name, str(v)) for k, v in
+                    (svc.get("environment") or {}).items()})
+        if "EDGEFLEET_SERVER_DATABASE_URL" in env:
+            env["EDGEFLEET_SERVER_DATABASE_URL"] = self.db_url
+        image = svc.get("image", "")
+        kind = "server" if "server" in image else "agent" if "agent" in image else ""
+        env.update(TEST_ENV.get(kind, {}))
+        return env
+
+    # --- running ---------------------------------------------------------------------------
+    def healthy(self, name: str) -> bool:
+        test = self.services[name]["healthcheck"]["test"]
+        argv = ["sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]
+        try:
+            return subprocess.run(self.argv(name, argv), env={**os.environ,
+                                  **self.environment(name)}, capture_output=True, timeout=10,
+                                  check=False).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def ready(self, dep: str, condition: str) -> bool:
+        if dep in self.done:
+            return True
+        proc = self.procs.get(dep)
+        if proc is None:
+            return False
+        if condition == ONE_SHOT:
+            code = proc.popen.poll()
+            if code not in (None, 0):
+                raise AssertionError(f"{dep} exited {code}: {proc.tail()}")
+            ok = code == 0
+        else:
+            if not proc.alive():
+                raise AssertionError(f"{dep} exited: {proc.tail()}")
+            ok = self.healthy(dep)
+        if ok:
+            self.done.add(dep)
+        return ok
+
+    def up(self, names: list[str], timeout: float = 150.0) -> None:
+        """Start ``names`` as their dependencies allow; return when all are healthy/done."""
+        deadline = time.monotonic() + timeout
+        todo = [n for n in names if n not in self.procs and n not in self.done]
+        while True:
+            for name in list(todo):
+                deps = self.services[name].get("depends_on") or {}
+                if all(self.ready(d, c["condition"]) for d, c in deps.items()):
+                    todo.remove(name)
+                    self.procs[name] = spawn(name, self.argv(name, self.services[name]["command"]),
+                                             self.root / "logs", self.environment(name),
+                                             cwd=self.root)
+            waiting = [n for n in names if n not in self.done and not self.ready(
+                n, ONE_SHOT if n in one_shots(self.compose) else "service_healthy")]
+            if not todo and not waiting:
+                return
+            if time.monotonic() > deadline:
+                logs = {n: self.procs[n].tail(1500) for n in waiting if n in self.procs}
+                raise AssertionError(f"not up in {timeout} s: {todo or waiting}\n{logs}")
+            time.sleep(0.5)
+
+    def url(self, name: str, port: int, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.ports[(name, port)]}"
+
+    def down(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop(timeout=10)
+
+
+def _replace_paths(text: str, paths: list[tuple[str, str]]) -> str:
+    """Container paths to local ones in one pass (a local path is never translated again)."""
+    if not paths:
+        return text
+    table = dict(paths)
+    pattern = "|".join(re.escape(p) for p in sorted(table, key=len, reverse=True))
+    return re.sub(pattern, lambda m: table[m.group(0)], text)
+
+
+def _infer_body(x: np.ndarray) -> dict[str, object]:
+    return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.astype(np.float32).ravel().tolist()}]}
+
+
+def _until(what: str, check: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out: {what}")
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases  # noqa: F811
+             ) -> Iterator[LocalCompose]:
+    root = tmp_path_factory.mktemp("topology")
+    env_files = root / "env"
+    done = subprocess.run(["sh", str(REPO / "deploy" / "init-env.sh"), str(env_files)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    db_url = postgres.create("topology")
+    local = LocalCompose(root, env_files, db_url)
+    try:
+        yield local
+    finally:
+        local.down()
+        postgres.drop(db_url)
+
+
+@pytest.mark.slow
+def test_the_topology_runs_and_a_device_joins_through_the_balancer(
+    topology: LocalCompose, digits_plan_dir: Path, digits_data: Dataset
+) -> None:
+    t = topology
+    devices = sorted(n for n in t.services if re.fullmatch(r"device-\d+", n))
+    infra = [n for n in t.services if n != "db" and not n.startswith("device-")]
+    t.up(infra)
+    ca = str(t.root / "volumes" / "certs" / "ca.pem")
+    lb = t.url("lb", 8443, "https")
+    server_env = t.environment("server-1")
+    admin_key = server_env["EDGEFLEET_SERVER_ADMIN_KEYS"].split(":", 1)[1]
+    with httpx.Client(base_url=lb, headers={"X-Admin-Key": admin_key}, verify=ca,
+                      timeout=60) as admin:
+        assert publish(admin, "digits", digits_plan_dir) == 1  # the operator's first model
+        set_alias(admin, "digits", "production", 1)
+        t.up(devices + [f"{d}-supernode" for d in devices])
+        x = digits_data.x_test[:4]
+        for d in devices:  # each device pulled its model through the balancer
+            agent = t.url(d, 8765)
+            _until(f"{d} ready", lambda a=agent: httpx.get(f"{a}/v2/health/ready").status_code
+                   == 200)
+            status = httpx.get(f"{agent}/v1/status").json()
+            assert status["device_id"] == d and status["active"]["version"] == 1
+            r = httpx.post(f"{agent}/v2/models/digits/infer", json=_infer_body(x))
+            assert r.status_code == 200 and r.json()["parameters"]["path"] == "local"
+        listed = admin.get("/api/v1/devices").json()
+        assert sorted(dev["id"] for dev in listed["items"]) == devices
+        for d in devices:  # ... and reports telemetry through it
+            _until(f"telemetry of {d}", lambda d=d: admin.get(
+                "/api/v1/telemetry", params={"device": d}).json()["items"])
+        assert httpx.get(f"{lb}/metrics", verify=ca).status_code == 404  # not through the LB
+    for replica in ("server-1", "server-2"):  # the balancer spread the devices' requests
+        m = scrape(f"{t.url(replica, 8000)}/metrics")
+        assert total(m, "edgefleet_http_requests_total",
+                     route="/api/v1/devices/{device_id}/assignment") > 0, replica
+    flwr_env = {**os.environ, **t.environment("register-supernodes")}
+    online = _until("every SuperNode online", lambda: (nodes := [
+        n for n in json.loads(subprocess.run(
+            ["flwr", "supernode", "ls", "fleet", "--format", "json"], env=flwr_env,
+            capture_output=True, text=True, timeout=60, check=True).stdout)["nodes"]
+        if n["status"] == "online"]) and len(nodes) == len(devices) and nodes)
+    assert len(online) == len(devices)
+    controller = scrape(f"{t.url('controller', 9400)}/metrics")
+    assert total(controller, "edgefleet_fl_controller_decisions_total") >= 1
+    logs = " ".join(shlex.quote(p.tail(400)) for p in t.procs.values() if not p.alive()
+                    and p.name not in one_shots(t.compose))
+    assert not logs, f"a long-running service exited: {logs}"
