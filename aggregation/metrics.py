@@ -32,6 +32,9 @@ __all__ = ["observe_decision", "observe_round", "serve"]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROUND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
+if os.environ.get(MULTIPROC_ENV):  # a fresh volume mounted there may not have it yet
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
+
 ROUNDS = Counter("edgefleet_fl_rounds", "Federated rounds finished, by status.", ["status"])
 ROUND_DURATION = Histogram("edgefleet_fl_round_duration_seconds",
                            "Wall time of a federated round (query to publish).", ["status"],

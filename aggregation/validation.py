@@ -20,11 +20,13 @@ A train reply is checked against the plan's weight spec
    the end of its training;
 6. *direction* (once the round's replies are in): the cosine between an update and the
    coordinate-wise median of the round's otherwise-valid updates must be at least
-   ``min_cosine`` (default 0: an update pointing away from the round, such as a sign flip of
-   any size, is refused); computed on at most ``direction_sample`` evenly spaced coordinates;
-7. *weight* (not a refusal): an accepted update's ``num-examples`` is capped at
-   ``max_weight_ratio`` times the round's median, so no count a client declares — in its query
-   and its reply alike — buys it more than that share of the aggregate.
+   ``min_cosine`` (default 0.1: an update pointing away from the round, such as a sign flip of
+   any size, or unrelated to it, such as noise, is refused); computed on at most
+   ``direction_sample`` evenly spaced coordinates;
+7. *weight*: a ``num-examples`` above ``implausible_ratio`` times the round's median is
+   refused as implausible; below that, an accepted update's count is capped at
+   ``max_weight_ratio`` times the median (not a refusal), so no count a client declares — in
+   its query and its reply alike — buys it more than that share of the aggregate.
 
 :meth:`UpdateValidator.apply_round_bounds` applies the round-level steps 4 (relative), 6 and 7.
 
@@ -130,12 +132,15 @@ class ValidationBounds:
     declared_slack : float (default: 0.25)
         A train reply may report up to ``ceil(declared * (1 + declared_slack))`` examples, where
         ``declared`` is the count of the node's query reply.
-    min_cosine : float or None (default: 0.0)
+    min_cosine : float or None (default: 0.1)
         Direction bound: the least cosine between an update and the round's coordinate-wise
         median update; ``None`` disables it.
-    max_weight_ratio : float or None (default: 3.0)
+    max_weight_ratio : float or None (default: 2.0)
         An accepted update weighs at most this many times the round's median ``num-examples``;
         ``None`` disables the cap.
+    implausible_ratio : float or None (default: 100.0)
+        A ``num-examples`` above this many times the round's median is refused; ``None``
+        disables it.
     direction_sample : int (default: 65536)
         Coordinates (evenly spaced over all weights) the direction bound looks at.
     """
@@ -147,6 +152,7 @@ class ValidationBounds:
     declared_slack: float = 0.25
     min_cosine: float | None = DEFAULTS.min_cosine
     max_weight_ratio: float | None = DEFAULTS.max_weight_ratio
+    implausible_ratio: float | None = 100.0
     direction_sample: int = 65536
 
     def __post_init__(self) -> None:
@@ -164,8 +170,10 @@ class ValidationBounds:
             raise SettingsError("declared_slack must be >= 0")
         if self.min_cosine is not None and not -1 <= self.min_cosine < 1:
             raise SettingsError(f"min_cosine must be in [-1, 1), got {self.min_cosine}")
-        if self.max_weight_ratio is not None and not self.max_weight_ratio >= 1:
-            raise SettingsError(f"max_weight_ratio must be >= 1, got {self.max_weight_ratio}")
+        for name in ("max_weight_ratio", "implausible_ratio"):
+            value = getattr(self, name)
+            if value is not None and not value >= 1:
+                raise SettingsError(f"{name} must be >= 1, got {value}")
         if self.direction_sample < 1:
             raise SettingsError("direction_sample must be >= 1")
 
@@ -312,11 +320,21 @@ class UpdateValidator:
     def apply_weight_cap(self, verdicts: Sequence[Verdict]) -> int | None:
         """Cap accepted updates' ``num-examples`` at ``max_weight_ratio`` x the round median;
         return the cap (``None`` when not applied)."""
-        ratio = self.bounds.max_weight_ratio
+        ratio, implausible = self.bounds.max_weight_ratio, self.bounds.implausible_ratio
         counts = [v.num_examples for v in verdicts if v.accepted and v.num_examples]
-        if ratio is None or len(counts) < self.bounds.min_updates_for_median:
+        if len(counts) < self.bounds.min_updates_for_median:
             return None
-        cap = max(1, math.ceil(ratio * float(np.median(counts))))
+        median = float(np.median(counts))
+        if implausible is not None:
+            for v in verdicts:
+                if v.accepted and v.num_examples is not None and v.num_examples > (
+                        implausible * median):
+                    v.refuse(RefusalReason.NUM_EXAMPLES,
+                             f"{fk.NUM_EXAMPLES}={v.num_examples} > {implausible:g} x round "
+                             f"median {median:g}")
+        if ratio is None:
+            return None
+        cap = max(1, math.ceil(ratio * median))
         for v in verdicts:
             if v.accepted and v.num_examples is not None and v.num_examples > cap:
                 v.claimed_examples, v.num_examples = v.num_examples, cap

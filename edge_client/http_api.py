@@ -240,13 +240,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(self._body() or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from exc
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"invalid request: invalid JSON: {exc}") from exc
 
     def _infer(self, model: str, version: int | None) -> dict[str, Any]:
         try:
             request = v2.InferenceRequest.model_validate(self._json())
         except ValidationError as exc:
-            raise v2.TensorError(f"not a V2 inference request: {exc}") from exc
+            raise v2.invalid_request(exc) from None
         service = self.server.service
         active = service.models.active
         limit = service.settings.max_batch
@@ -313,8 +313,8 @@ def _fallback_input(request: v2.InferenceRequest, max_batch: int) -> np.ndarray:
     if len(request.inputs) != 1:
         raise v2.TensorError(f"expected exactly one input tensor, got {len(request.inputs)}")
     x = v2.decode_tensor(request.inputs[0])
-    if x.ndim == 0:
-        raise v2.TensorError("the input tensor must have a batch dimension")
+    if x.ndim < 2:  # as the server, which wants [n, *sample_shape]
+        raise v2.TensorError(f"shape {list(x.shape)} has no batch dimension: send [n, ...]")
     v2.check_batch(x.shape[0], max_batch)
     return x
 

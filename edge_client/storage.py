@@ -46,6 +46,13 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
 
 
+def _mounted_read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def cannot_write(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk refuses writes (full, or a read-only file system)."""
     text = str(exc).lower()
@@ -173,12 +180,15 @@ class Database:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error) under the lock.
 
-        Raises :class:`StorageUnavailableError` at once on a read-only degraded database.
+        Raises, at once, on a read-only degraded database: :class:`StorageUnavailableError`
+        when the file system is mounted read-only, :class:`DiskFullError` otherwise (it could
+        not even be opened for writing: full).
         """
         if self.read_only:
-            raise StorageUnavailableError(
-                f"{self.path.name} cannot be written ({self.degraded}); nothing was stored"
-            )
+            message = f"{self.path.name} cannot be written ({self.degraded}); nothing was stored"
+            if _mounted_read_only(self.path.parent):
+                raise StorageUnavailableError(message)
+            raise DiskFullError(message)
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")

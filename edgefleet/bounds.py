@@ -21,11 +21,12 @@ Only pydantic and the standard library are imported, so every side can use these
 from __future__ import annotations
 
 import math
+import operator
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, Strict
+from pydantic import AfterValidator, BeforeValidator, Field
 
 __all__ = [
     "ALIAS_PATTERN",
@@ -53,6 +54,7 @@ __all__ = [
     "check_json",
     "check_line",
     "check_text",
+    "integer_only",
 ]
 
 #: Largest integer every backend stores in an integer column (PostgreSQL ``INTEGER``).
@@ -107,12 +109,22 @@ def canonical_number(value: Any) -> Any:
     return value
 
 
+def integer_only(value: Any) -> Any:
+    """An integer (a numpy integer too), never a string, a float or a boolean."""
+    if isinstance(value, bool | str | bytes | float):
+        raise ValueError("expected an integer (a JSON number without a fraction or exponent)")
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value  # pydantic refuses it with its own message
+
+
 #: A version number in a JSON body: a JSON integer, 1 to 2³¹ − 1.
-VersionNumber = Annotated[int, Strict(), Field(ge=1, le=DB_INT_MAX)]
+VersionNumber = Annotated[int, BeforeValidator(integer_only), Field(ge=1, le=DB_INT_MAX)]
 #: A version number in a path or query string: canonical decimal, 1 to 2³¹ − 1.
 VersionParam = Annotated[int, BeforeValidator(canonical_number), Field(ge=1, le=DB_INT_MAX)]
 #: A counter in a JSON body: a JSON integer, 0 to 2³¹ − 1.
-Count = Annotated[int, Strict(), Field(ge=0, le=DB_INT_MAX)]
+Count = Annotated[int, BeforeValidator(integer_only), Field(ge=0, le=DB_INT_MAX)]
 #: A listing offset (query string).
 Offset = Annotated[int, Field(ge=0, le=DB_INT_MAX)]
 #: A finite float (NaN, ±Infinity and overflowing literals refused).

@@ -105,7 +105,7 @@ class RunKnobs(BaseModel):
         rate, aggregation weight ``n * (1 + min(drift_boost * score, max_drift_boost))``.
     max_update_norm, max_norm_ratio, max_num_examples : [0 = off, 10.0, 1_000_000]
         Validation bounds (``max_norm_ratio`` 0 = off).
-    min_cosine, max_weight_ratio : [0.0, 3.0]
+    min_cosine, max_weight_ratio : [0.1, 2.0]
         Round-level defences (``aggregation.validation``): refuse an update whose cosine with
         the round's median update is below ``min_cosine`` (-1 = off); weigh no update more than
         ``max_weight_ratio`` times the round's median example count (0 = off).
@@ -163,8 +163,8 @@ class RunKnobs(BaseModel):
     max_update_norm: Float = Field(default=0.0, ge=0)
     max_norm_ratio: Float = Field(default=10.0, ge=0)
     max_num_examples: Int = Field(default=1_000_000, ge=1)
-    min_cosine: Float = Field(default=0.0, ge=-1, lt=1)
-    max_weight_ratio: Float = Field(default=3.0, ge=0)
+    min_cosine: Float = Field(default=0.1, ge=-1, lt=1)
+    max_weight_ratio: Float = Field(default=2.0, ge=0)
     quarantine_after: Int = Field(default=3, ge=0, le=5)
     quarantine_path: StrictStr = ""
     holdout_path: StrictStr = ""

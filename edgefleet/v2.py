@@ -56,10 +56,12 @@ __all__ = [
     "TensorError",
     "V2DataType",
     "V2Error",
+    "check_batch",
     "decode_input",
     "decode_tensor",
     "encode_outputs",
     "error_body",
+    "invalid_request",
     "labels_from_response",
     "model_metadata",
     "predicted_labels",
@@ -309,6 +311,14 @@ def model_metadata(name: str, versions: Sequence[int], manifest: PlanManifest,
         "parameters": {**parameters, "feature_names": list(spec.feature_names),
                        "class_labels": list(manifest.output.class_labels)},
     }
+
+
+def invalid_request(exc: ValidationError) -> TensorError:
+    """The refusal of a body that is not an :class:`InferenceRequest`: where and what, for the
+    first few problems, without echoing the body back."""
+    parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+             for e in exc.errors(include_url=False, include_input=False)[:5]]
+    return TensorError("invalid request: " + "; ".join(parts))
 
 
 def error_body(message: str) -> dict[str, Any]:

@@ -32,7 +32,9 @@ Registry routes for admin clients (the operator's tools, the aggregation's regis
     GET  /api/v1/models/{m}/versions/{v}/drift       fleet drift over time (also /summary,
                                                      /devices, /features)
 
-Errors carry ``{"detail": "..."}`` under ``/api/v1`` and ``{"error": "..."}`` under ``/v2``. An
+Errors carry ``{"detail": "..."}`` under ``/api/v1`` (plus ``errors``, the list of validation
+issues, when a request did not validate) and ``{"error": "..."}`` under ``/v2``. Every number,
+name, text and time that reaches the database is bounded by :mod:`edgefleet.bounds`. An
 assignment poll answers 404 while no version is assigned (no model chosen, none in production).
 Devices authenticate with ``Authorization: Bearer <device token>``; registry writes need
 ``X-Admin-Key`` (or a bearer admin key). Entity tags are quoted (RFC 9110): an artifact's ``ETag``

@@ -126,7 +126,7 @@ def _serve(host: str, port: int, env_file: Path | None, workers: int) -> None:
         typer.echo("warning: no admin key configured: the registry API refuses writes", err=True)
     if not settings.enrollment_tokens:
         typer.echo("warning: no enrolment token configured: devices cannot enrol", err=True)
-    if workers > 1:
+    if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _metrics_dir()
     uvicorn.run(
         "server.main:create_app",

@@ -22,7 +22,7 @@ from edgefleet.wire import VersionPublish
 from registry import migrate
 from registry.db import make_engine
 from server.api.responses import add_component_schemas, document_errors
-from server.api.router import api_router, v2_health_router, v2_router
+from server.api.router import api_router, dashboard_router, v2_health_router, v2_router
 from server.deps import single_valued_query
 from server.errors import install_error_handlers
 from server.metrics import install as install_metrics
@@ -91,4 +91,5 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.include_router(v2_health_router)
     app.include_router(v2_router)
+    app.include_router(dashboard_router)
     return app

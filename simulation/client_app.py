@@ -41,6 +41,11 @@ TF_LOADED = "sim-tf-loaded"
 _TRAIN_LOCK = threading.Lock()
 
 
+def _train_lock() -> threading.Lock:
+    """The worker's training lock (a module function, so Ray pickles the app by reference)."""
+    return _TRAIN_LOCK
+
+
 @lru_cache(maxsize=2)
 def _runtime(plan_dir: str) -> PlanRuntime:
     return PlanRuntime.from_dir(plan_dir)
@@ -122,7 +127,7 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         global_w = {k: a.numpy() for k, a in records[0].items()}
         seed = order_seed(int(cfg.get(fk.SEED, fk.DEFAULT_SEED)), r, device)
         try:
-            with _TRAIN_LOCK:  # one runtime per worker process: one training at a time
+            with _train_lock():  # one runtime per worker process: one training at a time
                 rt.set_weights(global_w)
                 result = rt.fit(x, y, epochs=int(cfg.get(fk.EPOCHS, fk.DEFAULT_EPOCHS)),
                                 lr=float(cfg.get(fk.LR, 0.05)), seed=seed,

@@ -32,7 +32,8 @@ COLUMNS = (
     "client_acc_mean", "client_acc_p10", "client_acc_drifted", "client_acc_other",
     "drift_active", "eligible", "selected", "accepted", "refused", "declined", "stragglers",
     "participants_total", "accepted_drifted", "accepted_adversaries", "drift_score_mean",
-    "drift_score_drifted", "bytes_down", "bytes_up", "train_loss", "refusals", "failure",
+    "drift_score_drifted", "bytes_down", "bytes_up", "train_loss", "refusals",
+    "ineligible_reasons", "failure",
 )
 ACCURACY_TARGETS = (0.8, 0.9, 0.93)
 
@@ -103,7 +104,10 @@ def round_record(report: RoundReport, traffic: RoundTraffic, evaluation: Mapping
         "drift_score_drifted": _mean([s for d, s in by_device.items() if pop.drifted(d)]),
         "bytes_down": traffic.bytes_down, "bytes_up": traffic.bytes_up,
         "train_loss": report.metrics.get("train.train-loss"),
-        "refusals": dict(sorted(refusals.items())), "failure": report.failure,
+        "refusals": dict(sorted(refusals.items())),
+        "ineligible_reasons": dict(sorted(Counter(
+            why[:120] for why in report.ineligible.values()).items())),
+        "failure": report.failure,
     }
     return {k: _clean(row.get(k)) for k in COLUMNS}
 

@@ -5,7 +5,8 @@ TFF cannot share a virtual environment with current Flower or pydantic 2, so it 
 elsewhere) as a child process running :mod:`simulation.tff_worker` on the experiment's frozen
 inputs (:mod:`simulation.replay`; frozen for it with :func:`simulation.replay.freeze` when the
 experiment has none). The child runs in its own session and its whole process group is stopped
-afterwards: TFF's execution context leaves a ``worker_binary`` child behind otherwise.
+afterwards: TFF's execution context leaves a ``worker_binary`` child behind otherwise. A finished
+TFF run is reused when its job (model, hyperparameters, the frozen file's digest) is the same.
 
 :func:`compare_backends` runs the same frozen inputs through the Flower backend (the production
 round loop and plan runtime) and TFF, evaluates both backends' weights of every round with the
@@ -16,6 +17,7 @@ weight difference per round (``comparison.csv``, ``comparison.json``, ``comparis
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -131,6 +133,26 @@ def run_tff(exp: Experiment, *, timeout_s: float = 3600.0) -> BackendRun:
            "scale": pre.scale if pre.kind == "affine" else 1.0,
            "weight_names": manifest.weight_names(), "batch_size": manifest.train_batch_size,
            "lr": exp.training.lr, "rounds": exp.rounds}
+    job["frozen_sha256"] = hashlib.sha256(Path(exp.replay.path).read_bytes()).hexdigest()
+    if not (_same_job(out, job) and (out / "weights.npz").is_file()):
+        _run_worker(py, out, job, timeout_s)
+    with np.load(out / "weights.npz") as f:
+        weights = [{n: f[f"round/{r}/{n}"] for n in manifest.weight_names()}
+                   for r in range(1, exp.rounds + 1)]
+    acc = _accuracies(prepared.plan_dir, weights, pop.x_test, pop.y_test)
+    return BackendRun("tff", weights, acc, out, {"plan_dir": str(prepared.plan_dir)})
+
+
+def _same_job(out: Path, job: Mapping[str, Any]) -> bool:
+    """Whether ``out`` holds the finished TFF run of exactly this job (same frozen inputs)."""
+    try:
+        return bool(json.loads((out / "job.json").read_text()) == job)
+    except (OSError, ValueError):
+        return False
+
+
+def _run_worker(py: Path, out: Path, job: Mapping[str, Any], timeout_s: float) -> None:
+    (out / "weights.npz").unlink(missing_ok=True)
     (out / "job.json").write_text(json.dumps(job))
     log = (out / "tff.log").open("w")
     proc = subprocess.Popen([str(py), str(WORKER), str(out / "job.json")], stdout=log,
@@ -145,13 +167,9 @@ def run_tff(exp: Experiment, *, timeout_s: float = 3600.0) -> BackendRun:
         _stop_group(proc)
         log.close()
     if code != 0:
+        (out / "job.json").unlink(missing_ok=True)
         tail = (out / "tff.log").read_text()[-3000:]
         raise ExperimentError(f"the TFF run failed (exit {code}); {out / 'tff.log'}:\n{tail}")
-    with np.load(out / "weights.npz") as f:
-        weights = [{n: f[f"round/{r}/{n}"] for n in manifest.weight_names()}
-                   for r in range(1, exp.rounds + 1)]
-    acc = _accuracies(prepared.plan_dir, weights, pop.x_test, pop.y_test)
-    return BackendRun("tff", weights, acc, out, {"plan_dir": str(prepared.plan_dir)})
 
 
 @dataclass

@@ -9,6 +9,7 @@ from server.api.routes import (
     aliases,
     artifacts,
     assignment,
+    dashboard,
     devices,
     drift,
     health,
@@ -34,7 +35,8 @@ for module in (
 ):
     api_router.include_router(module.router)
 
+dashboard_router = dashboard.router
 v2_router = inference.router
 v2_health_router = health.v2_router
 
-__all__ = ["api_router", "v2_health_router", "v2_router"]
+__all__ = ["api_router", "dashboard_router", "v2_health_router", "v2_router"]

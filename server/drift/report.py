@@ -22,6 +22,8 @@ the controller and rollout guards read.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edgefleet.drift import DriftSummary, ReferenceProfile
@@ -201,6 +203,14 @@ def _feature_stats(
     }
 
 
+def _column(a: np.ndarray, has: np.ndarray) -> list[float | None]:
+    """``a`` as floats, ``None`` where not finite or where the feature has no values."""
+    return [
+        float(v) if h and math.isfinite(v) else None
+        for v, h in zip(np.asarray(a, dtype=np.float64).tolist(), has.tolist(), strict=True)
+    ]
+
+
 def _features(
     summary: DriftSummary,
     reference: ReferenceProfile,
@@ -210,10 +220,14 @@ def _features(
     strong: np.ndarray,
 ) -> list[FeatureDrift]:
     n = st["n"]
+    has = n > 0
+    every = np.ones_like(has)
+    col = {key: _column(st[key], has) for key in ("ks", "w1", "w1_std", "std", "shift", "oor")}
+    col |= {key: _column(st[key], every) for key in ("psi", "effect", "ks_p", "js")}
+    mean = _column(np.asarray(summary.mean), has)
     out = []
     for j, fr in enumerate(reference.features):
         status: FeatureStatus = "drift" if drifted[j] else "ok" if tested[j] else "insufficient"
-        has = n[j] > 0
         out.append(
             FeatureDrift(
                 index=j,
@@ -221,23 +235,23 @@ def _features(
                 n=int(n[j]),
                 status=status,
                 strong=bool(strong[j]),
-                psi=num(st["psi"][j]),
-                psi_corrected=num(st["effect"][j]),
-                ks_statistic=num(st["ks"][j]) if has else None,
-                ks_pvalue=num(st["ks_p"][j]),
-                js_distance=num(st["js"][j]),
-                wasserstein=num(st["w1"][j]) if has else None,
-                wasserstein_std=num(st["w1_std"][j]) if has else None,
-                mean=float(summary.mean[j]) if has else None,
+                psi=col["psi"][j],
+                psi_corrected=col["effect"][j],
+                ks_statistic=col["ks"][j],
+                ks_pvalue=col["ks_p"][j],
+                js_distance=col["js"][j],
+                wasserstein=col["w1"][j],
+                wasserstein_std=col["w1_std"][j],
+                mean=mean[j],
                 reference_mean=fr.mean,
-                std=float(st["std"][j]) if has else None,
+                std=col["std"][j],
                 reference_std=fr.std,
-                mean_shift_std=num(st["shift"][j]) if has else None,
+                mean_shift_std=col["shift"][j],
                 nan_rate=summary.nan_counts[j] / summary.n if summary.n else None,
                 reference_nan_rate=1.0 - fr.count / reference.n_samples
                 if reference.n_samples
                 else 0.0,
-                out_of_range_rate=num(st["oor"][j]) if has else None,
+                out_of_range_rate=col["oor"][j],
             )
         )
     return out

@@ -34,7 +34,7 @@ from edgefleet import v2
 from edgefleet.errors import EdgeFleetError
 from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.runtime import PlanRuntime
-from edgefleet.wire import InferenceRequest, InferenceResponse
+from edgefleet.v2 import InferenceRequest, InferenceResponse
 from registry.catalog import get_model
 from registry.errors import DamagedArtifactError, NotFoundError, VersionNotReadyError
 from registry.models import PRODUCTION, Alias, Model, ModelVersion, VersionStatus

@@ -19,6 +19,7 @@ after each round. ``python -m tests.aggregation.attacks`` prints the table of th
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -55,7 +56,7 @@ def shares(x: np.ndarray, y: np.ndarray, clients: int = CLIENTS, seed: int = 0
            ) -> list[tuple[np.ndarray, np.ndarray]]:
     order = np.random.default_rng(seed).permutation(len(y))
     bounds = np.cumsum([0, *share_sizes(len(y), clients)])
-    return [(x[order[a:b]], y[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [(x[order[a:b]], y[order[a:b]]) for a, b in itertools.pairwise(bounds)]
 
 
 def attack_client_app(plan: bytes, manifest: PlanManifest, data: Dataset,
@@ -165,9 +166,15 @@ ROBUST = [("fedavg", {}), ("fedtrimmedavg", {"beta": 0.2}), ("fedmedian", {}),
           ("bulyan", {"num_malicious_nodes": 1})]
 
 
+#: The round-level defences switched off (the strategies' own robustness alone).
+NO_DEFENCES = ValidationBounds(min_cosine=None, max_weight_ratio=None, implausible_ratio=None)
+
+
 def two_attacker_table(plan: bytes, manifest: PlanManifest, initial: dict[str, np.ndarray],
-                       data: Dataset, rounds: int = 10) -> list[str]:
-    """Markdown rows: round-``rounds`` accuracy per strategy and attack (2 of 10 attacking)."""
+                       data: Dataset, rounds: int = 10, bounds: ValidationBounds | None = None
+                       ) -> list[str]:
+    """Markdown rows: round-``rounds`` accuracy per strategy and attack (2 of 10 attacking:
+    the smallest and the largest client)."""
     attacks = ["none", "inflate", "flip1", "flip10", "noise"]
     rows = ["| strategy | " + " | ".join(attacks) + " |",
             "|---|" + "---|" * len(attacks)]
@@ -178,7 +185,7 @@ def two_attacker_table(plan: bytes, manifest: PlanManifest, initial: dict[str, n
             if attack != "none":  # the smallest and the largest client attack
                 behaviours[0] = behaviours[-1] = attack
             out = run_experiment(plan, manifest, initial, data, behaviours, strategy=name,
-                                 params=dict(params), rounds=rounds)
+                                 params=dict(params), rounds=rounds, bounds=bounds)
             cells.append(f"{out.final:.3f}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
@@ -198,8 +205,10 @@ def main() -> None:  # pragma: no cover - the README's figures
         plan = (Path(tmp) / "plan.tflite").read_bytes()
     initial = PlanRuntime.from_bytes(plan, manifest).get_weights()
     t = time.monotonic()
-    for row in two_attacker_table(plan, manifest, initial, data):
-        print(row, flush=True)
+    for title, bounds in (("default settings", None), ("round-level defences off", NO_DEFENCES)):
+        print(f"\n{title}:\n", flush=True)
+        for row in two_attacker_table(plan, manifest, initial, data, bounds=bounds):
+            print(row, flush=True)
     print(f"({time.monotonic() - t:.0f} s)", file=sys.stderr)
 
 

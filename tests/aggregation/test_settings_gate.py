@@ -85,3 +85,37 @@ def test_unreadable_holdout_is_a_clear_error(tmp_path: Path) -> None:
         Holdout.load(tmp_path / "nolabels.npz")
     with pytest.raises(InputError):
         Holdout(np.zeros((3, 64)), np.zeros(2))
+
+
+def test_the_aggregation_settings_take_the_run_settings_defaults() -> None:
+    """Round, steering, validation, gate and ClientApp defaults are the run settings' ones."""
+    import dataclasses
+
+    from aggregation.publishing import GateSettings
+    from aggregation.rounds import RoundSettings
+    from aggregation.settings import knobs_for
+    from aggregation.steering import SteeringConfig
+    from aggregation.validation import ValidationBounds
+    from edgefleet.run_settings import DEFAULTS
+
+    bounds = ValidationBounds()  # 0 ("off") in a run config is None here
+    assert (bounds.max_norm_ratio, bounds.max_num_examples) == (DEFAULTS.max_norm_ratio,
+                                                                DEFAULTS.max_num_examples)
+    assert bounds.max_update_norm is None and not DEFAULTS.max_update_norm
+    for cls in (RoundSettings, SteeringConfig):
+        shared = knobs_for(cls, RunSettings(server_url="http://x", model="m"))
+        assert shared, cls
+        for name, default in shared.items():
+            if name == "model":
+                continue
+            field = next(f for f in dataclasses.fields(cls) if f.name == name)
+            assert field.default == default == getattr(DEFAULTS, name), (cls, name)
+    gate = GateSettings()
+    assert (gate.metric, gate.max_drop) == (DEFAULTS.gate_metric, DEFAULTS.gate_max_drop)
+    assert RoundSettings(min_reports=2).min_nodes == 2  # 0 means min_reports, as in a run
+    s = RunSettings(server_url="http://x", model="m", target_clients=5, min_reports=3,
+                    poll_interval_s=0.05, lr=0.2)
+    built = RoundSettings(**knobs_for(RoundSettings, s))
+    assert (built.model, built.target_clients, built.min_nodes, built.poll_interval_s) == (
+        "m", 5, 3, 0.05)
+    assert SteeringConfig(**knobs_for(SteeringConfig, s)).lr == 0.2

@@ -144,8 +144,8 @@ def test_http_errors_are_v2_error_bodies(local: httpx.Client) -> None:
     r = local.post(f"/v2/models/{MODEL}/infer", json=bad_shape)
     assert r.status_code == 400 and "expected [n, 64]" in r.json()["error"]
     mismatch = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [1]}]}
-    assert "needs 64 values" in local.post(f"/v2/models/{MODEL}/infer",
-                                           json=mismatch).json()["error"]
+    assert "shape [1, 64] needs 64" in local.post(f"/v2/models/{MODEL}/infer",
+                                                 json=mismatch).json()["error"]
     assert local.post(f"/v2/models/{MODEL}/infer", content=b"{oops").status_code == 400
     assert local.post(f"/v2/models/{MODEL}/infer", json={"inputs": "no"}).status_code == 400
     assert local.get("/nope").status_code == 404

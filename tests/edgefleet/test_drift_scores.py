@@ -23,8 +23,10 @@ def _imports(module: str) -> set[str]:
     tree = ast.parse((DRIFT / f"{module}.py").read_text())
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
-            "edgefleet.drift."
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("edgefleet.drift.")
         ):
             found.add(node.module.removeprefix("edgefleet.drift."))
     return found

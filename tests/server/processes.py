@@ -135,7 +135,8 @@ def start_server(root: Path, db_url: str, *, workers: int = 1, name: str = "serv
 
 
 def publish(client: httpx.Client, model: str, plan_dir: Path, *,
-            weights: Path | None = None, plan_from: int | None = None) -> int:
+            weights: Path | None = None, plan_from: int | None = None,
+            metadata: Mapping[str, Any] | None = None) -> int:
     """Create ``model`` if needed and upload a version through the HTTP API (admin client)."""
     r = client.post("/api/v1/models", json={"name": model, "task": "classification"})
     assert r.status_code in (201, 409), r.text
@@ -146,8 +147,9 @@ def publish(client: httpx.Client, model: str, plan_dir: Path, *,
         data["plan_sha256"] = sha256_file(plan_dir / "plan.tflite")
         files["plan"] = ("plan.tflite", (plan_dir / "plan.tflite").read_bytes())
         files["manifest"] = ("manifest.json", (plan_dir / "manifest.json").read_bytes())
-    else:
-        data["metadata"] = json.dumps({"plan_from_version": plan_from})
+    meta = {**(metadata or {}), **({"plan_from_version": plan_from} if plan_from else {})}
+    if meta:
+        data["metadata"] = json.dumps(meta)
     r = client.post(f"/api/v1/models/{model}/versions", data=data, files=files)
     assert r.status_code == 201, r.text
     return int(r.json()["version"])

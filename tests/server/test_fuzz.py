@@ -93,7 +93,7 @@ def start(db_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         env=env,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a loaded machine imports slowly
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{base}/api/v1/health/live", timeout=1).status_code == 200:

@@ -164,3 +164,18 @@ def test_local_inference_telemetry_names_the_registry_model(tmp_path: Path,
         assert [(r.model, r.version, r.inference.local) for r in reports] == [
             ("registry-name", 1, 3)]
         assert agent.state.load_drift("registry-name", 1) is not None
+
+
+def test_the_fleets_run_config_is_run_settings_the_app_accepts(tmp_path: Path) -> None:
+    from edgefleet.run_settings import RunSettings, app_config_table
+    from simulation.fleet import FIRST_CONTACT_S, fleet_run_settings
+
+    config = fleet_run_settings(FleetConfig(), "http://127.0.0.1:1", 4,
+                                tmp_path / "holdout.npz").run_config()
+    assert set(config) <= set(app_config_table())  # flwr run may override only declared keys
+    assert config["target-clients"] == config["min-nodes"] == 4
+    assert config["query-timeout-s"] == FIRST_CONTACT_S and "train-timeout-s" not in config
+    settings = RunSettings.from_run_config(config, env={})
+    assert (settings.selection, settings.lr, settings.base_epochs) == ("drift", 0.1, 2)
+    with pytest.raises(FleetError, match="run settings"):
+        FleetConfig(lr=0.0)  # refused before anything starts

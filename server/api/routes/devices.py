@@ -58,7 +58,10 @@ def enroll(
 
 
 @router.get(
-    "", response_model=Page[DevicePublic], summary="List devices", responses=ADMIN_ERRORS
+    "",
+    response_model=Page[DevicePublic],
+    summary="List devices",
+    responses={**ADMIN_ERRORS, **error_responses(404)},
 )
 def list_devices(
     _: AdminDep,

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlmodel import Session
 
 from edgefleet.bounds import DB_INT_MAX
-from edgefleet.wire import InferenceRequest, InferenceResponse, V2Error
+from edgefleet.v2 import InferenceRequest, InferenceResponse, V2Error
 from registry.errors import AuthenticationError, NotFoundError
 from server.api.routing import AuthFirstRoute
 from server.deps import CallerDep, ModelPath, SessionDep, StateDep

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 
+from edgefleet.bounds import CleanLine
 from edgefleet.wire import ALIAS_PATTERN
 from registry.models import PredictionPublic
+from registry.models.prediction import MAX_KEY_LENGTH
 from registry.predictions import get_prediction
 from server.api.responses import CALLER_ERRORS, error_responses
 from server.api.routes.inference import require_inference_caller
-from server.deps import SessionDep
+from server.deps import ModelPath, SessionDep, VersionQuery
 
 router = APIRouter(
     prefix="/models/{model}/predictions",
@@ -33,10 +35,10 @@ router = APIRouter(
 
 @router.get("/{key}", response_model=PredictionPublic, summary="A precomputed prediction")
 def read_prediction(
-    model: str,
-    key: str,
+    model: ModelPath,
+    key: Annotated[CleanLine, Path(max_length=MAX_KEY_LENGTH, description="an entity key")],
     session: SessionDep,
-    version: Annotated[int | None, Query(ge=1, description="this version's prediction")] = None,
+    version: VersionQuery = None,
     alias: Annotated[
         str | None,
         Query(pattern=ALIAS_PATTERN, description="the version this alias names (production)"),

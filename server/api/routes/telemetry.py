@@ -63,7 +63,12 @@ def post_report(
     return ack
 
 
-@router.get("/telemetry", response_model=Page[TelemetryPublic], summary="Query telemetry")
+@router.get(
+    "/telemetry",
+    response_model=Page[TelemetryPublic],
+    summary="Query telemetry",
+    responses=error_responses(404),
+)
 def list_reports(
     _: AdminDep,
     session: SessionDep,

@@ -24,9 +24,12 @@ def test_combined_test_sees_a_thin_shift_and_names_its_carriers() -> None:
     assert combined is not None and combined.drifted and combined.calibrated
     assert combined.n_features == 20 and combined.n_components == 40
     assert combined.effect == pytest.approx(8 * 0.08**2, rel=0.6)
-    carriers = {c.name for c in combined.carriers}
-    assert carriers and carriers <= {f"f{j}" for j in range(8)}
-    assert all(c.z_location is not None and c.z_location > 0 for c in combined.carriers)
+    shifted = {f"f{j}" for j in range(8)}
+    # carriers are significant alone at the unadjusted 5 %: the largest are the shifted ones
+    names = [c.name for c in combined.carriers]
+    assert len(names) >= 4 and set(names[:4]) <= shifted
+    assert sum(c.share for c in combined.carriers if c.name in shifted) >= 0.6
+    assert all(c.z_location is not None and c.z_location > 0 for c in combined.carriers[:4])
     off = compute_drift(summarise(ref, x), ref, DriftThresholds(combined_share=0.0))
     assert off.combined is None and off.verdict == "no_drift"
 
@@ -88,13 +91,17 @@ def test_bias_corrected_psi_means_the_same_at_200_and_50000_rows() -> None:
         se = np.std(corrected) / np.sqrt(trials)
         means[n] = (float(np.mean(corrected)), float(se), float(np.mean(raw)))
     (small, se_small, raw_small), (large, se_large, raw_large) = means[200], means[50_000]
-    print(f"\nbias-corrected PSI, 0.25σ shift: {small:.4f} ± {se_small:.4f} at n=200, "
-          f"{large:.4f} ± {se_large:.4f} at n=50,000; raw PSI {raw_small:.4f} vs {raw_large:.4f}")
+    print(
+        f"\nbias-corrected PSI, 0.25σ shift: {small:.4f} ± {se_small:.4f} at n=200, "
+        f"{large:.4f} ± {se_large:.4f} at n=50,000; raw PSI {raw_small:.4f} vs {raw_large:.4f}"
+    )
     assert abs(small - large) <= 3 * np.hypot(se_small, se_large)
     assert raw_small - raw_large > 0.03  # raw PSI: about (bins - 1) / n = 0.045 higher
     # no shift: the corrected effect is about zero at any n, raw PSI is not
-    nulls = [compute_drift(summarise(ref, rng.normal(size=(200, 1))), ref).features[0]
-             for _ in range(300)]
+    nulls = [
+        compute_drift(summarise(ref, rng.normal(size=(200, 1))), ref).features[0]
+        for _ in range(300)
+    ]
     assert abs(np.mean([f.psi_corrected for f in nulls])) < 0.005
     assert np.mean([f.psi for f in nulls]) > 0.04
 
@@ -106,11 +113,16 @@ def test_small_window_ks_p_values_are_exact_and_valid(n: int) -> None:
     d = np.asarray([0.1, 0.2, 0.3, 0.4])
     en = round(n * 5000 / (n + 5000))
     np.testing.assert_allclose(stats.ks_pvalue(d, n, 5000), sst.kstwo.sf(d, en), rtol=1e-12)
-    p = np.asarray([
-        compute_drift(summarise(ref, rng.normal(size=(n, 1))), ref,
-                      DriftThresholds(min_samples=n)).features[0].ks_pvalue
-        for _ in range(1000)
-    ])
+    p = np.asarray(
+        [
+            compute_drift(
+                summarise(ref, rng.normal(size=(n, 1))), ref, DriftThresholds(min_samples=n)
+            )
+            .features[0]
+            .ks_pvalue
+            for _ in range(1000)
+        ]
+    )
     for level in (0.01, 0.05, 0.1):
         assert np.mean(p < level) <= level  # binned: never more alarms than the level
 
@@ -119,5 +131,16 @@ def test_combined_test_needs_tested_features() -> None:
     ref, _ = gaussian_reference(3)
     summary = summarise(ref, np.zeros((50, 3)))
     none_tested = np.zeros(3, dtype=bool)
-    assert combined_test(summary, ref, none_tested, test_alpha=0.025, exit_alpha=0.1,
-                         effect_min=0.02, effect_exit=0.01, alpha=0.05) is None
+    assert (
+        combined_test(
+            summary,
+            ref,
+            none_tested,
+            test_alpha=0.025,
+            exit_alpha=0.1,
+            effect_min=0.02,
+            effect_exit=0.01,
+            alpha=0.05,
+        )
+        is None
+    )

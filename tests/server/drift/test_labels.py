@@ -48,14 +48,18 @@ def test_performance_false_alarms_and_detection(n: int) -> None:
     rng = np.random.default_rng(n)
     alarms = found = 0
     for _ in range(TRIALS):
-        same = compute_drift(summarise(ref, *_labelled(n, 0.9, rng)), ref, th,
-                             validation_accuracy=0.9)
-        worse = compute_drift(summarise(ref, *_labelled(n, 0.75, rng)), ref, th,
-                              validation_accuracy=0.9)
+        same = compute_drift(
+            summarise(ref, *_labelled(n, 0.9, rng)), ref, th, validation_accuracy=0.9
+        )
+        worse = compute_drift(
+            summarise(ref, *_labelled(n, 0.75, rng)), ref, th, validation_accuracy=0.9
+        )
         alarms += same.performance.verdict == "drift"
         found += worse.performance.verdict == "drift"
-    print(f"\nperformance drift, n={n}: false alarms {alarms / TRIALS:.3f}, "
-          f"0.90 -> 0.75 found {found / TRIALS:.3f}")
+    print(
+        f"\nperformance drift, n={n}: false alarms {alarms / TRIALS:.3f}, "
+        f"0.90 -> 0.75 found {found / TRIALS:.3f}"
+    )
     assert alarms / TRIALS <= 0.05
     assert found / TRIALS >= {30: 0.5, 100: 0.95, 1000: 1.0}[n]
 
