@@ -26,6 +26,7 @@ from typing import Any
 from aggregation.evaluation import GateDecision, canary_gate
 from aggregation.registry_client import RegistryClient
 from aggregation.rounds import RoundOutcome
+from edgefleet.bounds import finite_json
 from edgefleet.plan import PlanManifest
 from edgefleet.run_settings import DEFAULTS
 from edgefleet.wire import METRIC_NAME_PATTERN, VersionLineage, VersionPublish
@@ -139,7 +140,7 @@ class Publisher:
         return VersionPublish(
             description=f"federated run {self.run_name}, round {report.server_round} "
                         f"({len(report.accepted)} clients, {self.strategy})",
-            metrics=metrics, hyperparameters=hyper, lineage=lineage,
+            metrics=metrics, hyperparameters=finite_json(hyper), lineage=lineage,
             plan_from_version=self.parent_version,
         )
 

@@ -106,6 +106,11 @@ class RegistryClient:
         except EdgeFleetError as exc:
             raise RegistryProtocolError(f"unusable manifest of {model} v{version}: {exc}") from exc
 
+    def artifact(self, model: str, version: int, kind: str) -> bytes:
+        """The raw bytes of one artifact (``plan``, ``weights`` or ``manifest``), unchecked:
+        :mod:`aggregation.provenance` checks them against the signed version."""
+        return self._get(f"/models/{model}/versions/{version}/{kind}").content
+
     def plan(self, model: str, version: int, manifest: PlanManifest) -> bytes:
         """The plan bytes, verified against ``manifest`` (sha256 and size)."""
         data = self._get(f"/models/{model}/versions/{version}/plan").content

@@ -5,7 +5,8 @@
 :func:`run_federation`, which
 
 1. fetches the base version (``production`` unless ``base-version`` is set): manifest, plan and
-   weights, from the registry over HTTP;
+   weights, from the registry over HTTP, and verifies them against the version's signature
+   (:mod:`aggregation.provenance`; an unsigned or altered version does not start a run);
 2. **resumes**: when the registry already holds versions of this ``run-name``, continues from
    the newest one (its weights, round + 1) instead of the base;
 3. evaluates production on the holdout set once (the canary gate's reference);
@@ -25,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from aggregation.errors import SettingsError
 from aggregation.evaluation import Holdout, HoldoutEvaluator
+from aggregation.provenance import signed_version
 from aggregation.publishing import GateSettings, Publisher
 from aggregation.registry_client import RegistryClient
 from aggregation.rounds import GridLike, RoundRunner, RoundSettings, RunResult
@@ -69,9 +71,8 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
     base = s.base_version or production
     if base is None:
         raise SettingsError(f"{s.model} has no production version and no base-version is set")
-    manifest = client.manifest(s.model, base)
-    plan = client.plan(s.model, base, manifest)
-    weights = client.weights(s.model, base, manifest)
+    start = signed_version(client, s.model, base, signing_public_key=s.signing_public_key)
+    manifest, plan, weights = start.manifest, start.plan, start.weights
     parent, first_round = base, 1
     latest = client.latest_run_version(s.model, run_name)
     if latest is not None:
@@ -79,7 +80,8 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
         first_round = (latest.lineage.federated_round or 0) + 1
         if latest.plan.sha256 != manifest.plan_sha256:
             raise PlanMismatchError(f"run {run_name} trained another plan than v{base}")
-        weights = client.weights(s.model, parent, manifest)
+        weights = signed_version(client, s.model, parent,
+                                 signing_public_key=s.signing_public_key).weights
         log.info("resuming run %s from v%d (round %d done)", run_name, parent, first_round - 1)
     remaining = s.num_rounds - first_round + 1
     if remaining <= 0:

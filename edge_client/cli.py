@@ -136,6 +136,53 @@ def install(
     typer.echo(f"installed {name} v{version} from {plan_dir}")
 
 
+@app.command("install-service")
+def install_service(
+    superlink: str = typer.Option("", "--superlink", help="SuperLink host:port (empty: no "
+                                  "SuperNode unit)"),
+    root_certificates: Path = typer.Option(Path("/etc/edgefleet/ca.pem"), "--root-certificates",
+                                           help="the deployment CA"),
+    supernode_key: Path = typer.Option(Path("/etc/edgefleet/supernode.key"), "--supernode-key",
+                                       help="this device's SuperNode private key"),
+    user: str = typer.Option("edgefleet", "--user", help="account the services run as"),
+    data_dir: Path = typer.Option(Path("/var/lib/edgefleet"), "--data-dir"),
+    log_dir: Path = typer.Option(Path("/var/log/edgefleet"), "--log-dir"),
+    root: Path = typer.Option(Path("/"), "--root", help="write under this root (packaging)"),
+    systemctl: bool = typer.Option(True, "--systemctl/--no-systemctl",
+                                   help="reload systemd, enable and (re)start the units"),
+) -> None:
+    """Install (or update in place) the systemd units of the agent and its SuperNode, and
+    their log rotation (see edge_client.service)."""
+    from edge_client.errors import AgentError
+    from edge_client.service import ServiceOptions, install
+
+    options = ServiceOptions(user=user, data_dir=data_dir, log_dir=log_dir, superlink=superlink,
+                             root_certificates=root_certificates, supernode_key=supernode_key)
+    try:
+        changes = install(options, root, systemctl=systemctl)
+    except (AgentError, OSError) as exc:
+        raise _fail(exc) from exc
+    for path, what in changes.items():
+        typer.echo(f"{what:9} {path}")
+
+
+@app.command()
+def upgrade(
+    spec: str = typer.Argument("edgefleet[edge]", help="what pip installs (a version, a wheel)"),
+    restart: bool = typer.Option(True, "--restart/--no-restart",
+                                 help="systemctl try-restart the units afterwards"),
+) -> None:
+    """Upgrade the agent in place (pip, in this environment), then restart its services."""
+    from edge_client.errors import AgentError
+    from edge_client.service import upgrade as run_upgrade
+
+    try:
+        for command in run_upgrade(spec, restart=restart):
+            typer.echo("ran: " + " ".join(command))
+    except AgentError as exc:
+        raise _fail(exc) from exc
+
+
 @app.command()
 def status(
     data_dir: Path | None = DataDir,

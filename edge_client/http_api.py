@@ -240,7 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(self._body() or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"invalid request: invalid JSON: {exc}") from exc
+            raise _HTTPError(HTTPStatus.BAD_REQUEST,
+                             f"invalid request: invalid JSON: {exc}") from exc
 
     def _infer(self, model: str, version: int | None) -> dict[str, Any]:
         try:

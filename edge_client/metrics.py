@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -39,8 +39,11 @@ from prometheus_client.registry import Collector
 from edge_client.errors import InvalidInputError, ModelUnavailableError
 
 if TYPE_CHECKING:
-    from edge_client.agent import Agent
-    from edge_client.inference import Prediction
+    from edge_client.eligibility import EligibilityProvider
+    from edge_client.inference import InferenceRouter, Prediction
+    from edge_client.models import ModelManager
+    from edge_client.outbox import Outbox
+    from edge_client.store import LabelStore
 
 __all__ = ["AgentCollector", "AgentMetrics"]
 
@@ -49,10 +52,30 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
                    0.5, 1.0, 2.5)
 
 
+class Observed(Protocol):
+    """What the gauges read: any object with these parts (an :class:`~edge_client.agent.Agent`
+    is one), so this module does not import the agent."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def models(self) -> ModelManager: ...
+
+    @property
+    def eligibility(self) -> EligibilityProvider: ...
+
+    @property
+    def router(self) -> InferenceRouter: ...
+
+    @property
+    def labels(self) -> LabelStore: ...
+
+
 class AgentMetrics:
     """The metrics of one :class:`~edge_client.agent.Agent` (see the module notes)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Observed) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.predictions = Counter("edgefleet_agent_predictions", "Answered predictions by path.",
                                    ["path"], registry=self.registry)
@@ -97,7 +120,7 @@ class AgentMetrics:
 class AgentCollector(Collector):
     """Gauges read from the agent's stores at scrape time (see the module notes)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Observed) -> None:
         self.agent = agent
 
     def describe(self) -> Iterable[Metric]:

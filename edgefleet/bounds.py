@@ -54,6 +54,7 @@ __all__ = [
     "check_json",
     "check_line",
     "check_text",
+    "finite_json",
     "integer_only",
 ]
 
@@ -185,6 +186,21 @@ def check_json(value: Any, depth: int = 0) -> Any:
     elif isinstance(value, list | tuple):
         for item in value:
             check_json(item, depth + 1)
+    return value
+
+
+def finite_json(value: Any) -> Any:
+    """A copy of JSON-like ``value`` with every NaN or ±Infinity replaced by ``None``.
+
+    For producers whose statistics may be undefined (a mean over nothing): JSON has no NaN,
+    and :data:`JsonObject` refuses one.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item) for item in value]
     return value
 
 

@@ -217,9 +217,13 @@ class OnDemandClient:
 class _RedisTransport:
     """Redis Streams: XADD requests; one task XREADs the result stream from connect time."""
 
+    #: Longest block of one XREAD (s): how soon the reader notices :meth:`close`.
+    POLL_S = 0.25
+
     def __init__(self, redis: Any, client: OnDemandClient) -> None:
         self.redis, self.client = redis, client
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     @classmethod
     async def open(cls, url: str, client: OnDemandClient) -> _RedisTransport:
@@ -233,8 +237,9 @@ class _RedisTransport:
 
     async def _read(self, last: bytes) -> None:
         stream = self.client.streams.results
-        while True:
-            batches = await self.redis.xread({stream: last}, count=512, block=1000)
+        block_ms = int(self.POLL_S * 1000)
+        while not self._closing:
+            batches = await self.redis.xread({stream: last}, count=512, block=block_ms)
             for _, entries in batches:
                 for entry_id, fields in entries:
                     last = entry_id
@@ -248,10 +253,11 @@ class _RedisTransport:
         return None if data is None else PredictionResult.model_validate_json(data)
 
     async def close(self) -> None:
+        # a blocked XREAD does not always give way to cancellation: let it return and stop
+        self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5 * self.POLL_S + 1)
         await self.redis.aclose()
 
 

@@ -113,6 +113,9 @@ class RunKnobs(BaseModel):
         A node refused in ``quarantine_after`` of its last 5 updates is left out of selection
         until an operator releases it (0 = off; ``aggregation.selection.quarantine``); the
         state is kept in the JSON file ``quarantine_path`` (empty: memory only).
+    signing_public_key : str [""]
+        The registry's version-signing public key (base64, ``edgefleet server keys list``) the
+        start model's signature must verify against; empty: the first key the registry names.
     holdout_path : str [""]
         ``.npz`` (``x``, ``y``) the server evaluates every new model on; empty = no holdout (and
         then the canary alias never moves).
@@ -167,6 +170,7 @@ class RunKnobs(BaseModel):
     max_weight_ratio: Float = Field(default=2.0, ge=0)
     quarantine_after: Int = Field(default=3, ge=0, le=5)
     quarantine_path: StrictStr = ""
+    signing_public_key: StrictStr = ""
     holdout_path: StrictStr = ""
     gate_metric: StrictStr = "accuracy"
     gate_max_drop: Float = Field(default=0.01, ge=0)

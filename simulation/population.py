@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,8 @@ class Population:
     # --- persistence --------------------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        extra = {f"order/{k}": v for k, v in self.orders.items()}
+        # Any: numpy 2's savez stub would match these arrays against its allow_pickle flag
+        extra: dict[str, Any] = {f"order/{k}": v for k, v in self.orders.items()}
         np.savez(run_dir / INPUTS_FILE, x_train=self.x_train, y_train=self.y_train,
                  x_test=self.x_test, y_test=self.y_test, part_index=self.part_index,
                  part_offsets=self.part_offsets, **extra)

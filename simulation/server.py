@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregation.messages import query_content
 from aggregation.rounds import RoundRunner, RoundSettings
 from aggregation.selection import make_policy
 from aggregation.steering import SteeringConfig
@@ -102,6 +103,7 @@ class SimServer:
         exp, pop = self.exp, self.prepared.population
         rt = PlanRuntime.from_dir(self.prepared.plan_dir)
         sim = SimGrid(grid, pop.traces, exp.clients.target(), exp.engine.timeout_s)
+        sim.discover(query_content(0, rt.manifest.name, 1))
         s = exp.selection
         policy = make_policy(s.policy, fair_max_picks=s.fair_max_picks or None,
                              fair_window=s.fair_window, drift_floor=s.drift_floor)

@@ -14,7 +14,12 @@
   as stragglers), or, when fewer than ``target`` made the deadline, answered with the error
   Flower's SuperLink gives an expired message (``MESSAGE_UNAVAILABLE``), as in a deployment;
 * advances the clock: a query costs ``query_s``, a train exchange lasts until its ``target``-th
-  arrival or its deadline.
+  arrival or its deadline;
+* names each node by its device (``device + 1``): Flower's simulation gives nodes random ids
+  every run, and the round loop orders candidates by node id, so the same seed would otherwise
+  select different devices. :meth:`SimGrid.discover` asks every node its device once, before
+  the first round; messages are re-addressed on the way out and replies re-labelled on the way
+  in.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Error, Message, MessageType
+from flwr.app import Error, Message, MessageType, Metadata, RecordDict
 from flwr.common.constant import ErrorCode
 
 from aggregation.rounds import GridLike
@@ -107,6 +112,22 @@ class SimGrid:
         self._inbox: dict[str, Message] = {}
         self._released: set[str] = set()
         self._batches: list[set[str]] = []
+        self._real: dict[int, int] = {}  # virtual node id (device + 1) -> Flower's node id
+        self._virtual: dict[int, int] = {}  # Flower's node id -> virtual node id
+
+    def discover(self, query: RecordDict) -> None:
+        """Ask every node once which device it is (a query message, ``query`` its content)."""
+        nodes = [int(n) for n in self.grid.get_node_ids()]
+        msgs = [Message(query, n, MessageType.QUERY, ttl=self.timeout_s) for n in nodes]
+        ids = [str(i) for i in self.grid.push_messages(msgs)]
+        self._inbox.clear()
+        self._collect(set(ids))
+        for mid, m in zip(ids, msgs, strict=True):
+            d = _device(self._inbox.pop(mid))
+            if d is None:
+                raise ExperimentError(f"node {m.metadata.dst_node_id} did not say its device")
+            self._real[d + 1] = int(m.metadata.dst_node_id)
+            self.node_device[d + 1] = d
 
     def start_round(self) -> RoundTraffic:
         """Begin a round's bookkeeping; returns the finished round's traffic record."""
@@ -121,13 +142,17 @@ class SimGrid:
 
     # --- Grid ---------------------------------------------------------------------------------
     def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
+        return sorted(self._real) if self._real else self.grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         for m in messages:
             for cfg in m.content.config_records.values():
                 cfg[SIM_TIME] = float(self.clock)
+            virtual = int(m.metadata.dst_node_id)
+            if self._real:
+                m.metadata.dst_node_id = self._real[virtual]
+            self._virtual[int(m.metadata.dst_node_id)] = virtual
         ids = [str(i) for i in self.grid.push_messages(messages)]
         for mid, m in zip(ids, messages, strict=True):
             self._sent[mid] = m
@@ -145,7 +170,19 @@ class SimGrid:
             self._release(batch)
         ready = sorted((i for i in ids if i in self._released and i in self._inbox),
                        key=self._order_key)
-        return [self._inbox.pop(i) for i in ready]
+        return [self._relabel(self._inbox.pop(i)) for i in ready]
+
+    def _relabel(self, reply: Message) -> Message:
+        """The reply as sent by the virtual node (the round loop's name for the device)."""
+        md = reply.metadata
+        virtual = self._virtual.get(int(md.src_node_id), int(md.src_node_id))
+        meta = Metadata(run_id=md.run_id, message_id=md.message_id, src_node_id=virtual,
+                        dst_node_id=md.dst_node_id, reply_to_message_id=md.reply_to_message_id,
+                        group_id=md.group_id, created_at=md.created_at, ttl=md.ttl,
+                        message_type=md.message_type)
+        if reply.has_error():
+            return Message(metadata=meta, error=reply.error)
+        return Message(metadata=meta, content=reply.content)
 
     # --- internals ----------------------------------------------------------------------------
     def _collect(self, batch: set[str]) -> None:
@@ -166,7 +203,7 @@ class SimGrid:
         for i, m in replies.items():
             d = _device(m)
             if d is not None:
-                self.node_device[int(self._sent[i].metadata.dst_node_id)] = d
+                self.node_device[self._virtual_of(i)] = d
             self.traffic.bytes_up += _bytes(m)
             if not m.has_error():
                 self.traffic.tf_loaded |= any(bool(c.get("sim-tf-loaded", False))
@@ -178,9 +215,13 @@ class SimGrid:
             self.clock += self.traces.cfg.query_s
             self._released |= set(replies)
 
+    def _virtual_of(self, message_id: str) -> int:
+        real = int(self._sent[message_id].metadata.dst_node_id)
+        return self._virtual.get(real, real)
+
     def _order_key(self, message_id: str) -> tuple[float, int]:
         """Replies come out by simulated arrival, then device: a fixed order for a seed."""
-        node = int(self._sent[message_id].metadata.dst_node_id)
+        node = self._virtual_of(message_id)
         return (self.traffic.arrivals.get(node, 0.0), self.node_device.get(node, node))
 
     def _release_train(self, replies: dict[str, Message]) -> None:
@@ -188,7 +229,7 @@ class SimGrid:
         deadline = start + self.traces.cfg.round_deadline_s
         arrivals: list[tuple[float, int, str]] = []
         for i, m in replies.items():
-            node = int(self._sent[i].metadata.dst_node_id)
+            node = self._virtual_of(i)
             dev = self.node_device.get(node)
             if m.has_error() or _declined(m) or dev is None:
                 self._released.add(i)  # errors and declines come back as they are
@@ -200,8 +241,7 @@ class SimGrid:
         on_time = [a for a in arrivals if a[0] <= deadline][: self.target]
         self._released |= {i for _, _, i in on_time}
         late = [a for a in arrivals if a not in on_time]
-        self.traffic.late = sorted(self.node_device[int(self._sent[i].metadata.dst_node_id)]
-                                   for _, _, i in late)
+        self.traffic.late = sorted(self.node_device[self._virtual_of(i)] for _, _, i in late)
         if len(on_time) >= self.target:
             self.clock = on_time[-1][0]
             return

@@ -18,6 +18,7 @@ learning rate 1.0, ``ClientWeighting.NUM_EXAMPLES``) on ``tf.data`` batches of `
 import json
 import os
 import sys
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -61,7 +62,7 @@ def main(path):
     initial = [frozen[f"weights/{n}"].astype(np.float32) for n in names]
     state = process.set_model_weights(
         state, tff.learning.models.ModelWeights(trainable=initial, non_trainable=[]))
-    out = {}
+    out: dict[str, Any] = {}  # Any: numpy 2's savez stub would match these against allow_pickle
     for r in range(1, job["rounds"] + 1):
         datasets = []
         for c in clients:

@@ -132,19 +132,21 @@ def test_dockerfiles_are_multi_stage_slim_and_non_root() -> None:
 
 # --- running it ----------------------------------------------------------------------------------
 def _ensure_nginx() -> str:
-    found = shutil.which("nginx") or (Path("/usr/sbin/nginx").exists() and "/usr/sbin/nginx")
+    """Debian's nginx binary, installed once when missing (its service is not started: the test
+    runs its own nginx with the translated configuration)."""
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                      else None)
     if found:
-        return str(found)
+        return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.fail("nginx is missing and cannot be installed here (apt-get install nginx)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light"], env=env,
-                   capture_output=True, timeout=300, check=False)
-    if not Path("/usr/sbin/nginx").exists():
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "nginx"], env=env,
+                      capture_output=True, timeout=600, check=False).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300,
                        check=False)
         subprocess.run(["apt-get", "install", "-y", "-q", "nginx"], env=env,
-                       capture_output=True, timeout=300, check=True)
+                       capture_output=True, timeout=600, check=True)
     return "/usr/sbin/nginx"
 
 

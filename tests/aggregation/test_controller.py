@@ -44,6 +44,18 @@ def test_staying_above_the_threshold_does_not_retrigger_until_rearmed() -> None:
     assert d.start and d.reason == "drift"
 
 
+def test_performance_drift_or_label_shift_alone_starts_a_run() -> None:
+    for flags in ({"performance_drifted": True}, {"label_shift": True}):
+        state = ControllerState(since=T0)
+        verdict = FleetDrift("digits", drifted=False, **flags)  # type: ignore[arg-type]
+        d, state = decide(POLICY, state, T0 + timedelta(minutes=1), verdict)
+        assert d.start and d.reason == "drift" and verdict.signals[0] in d.detail
+        d, state = decide(POLICY, state, T0 + timedelta(hours=2), verdict)
+        assert not d.start and not state.armed  # still drifted: one crossing, one run
+        d, state = decide(POLICY, state, T0 + timedelta(hours=3), FleetDrift("digits", False))
+        assert state.armed
+
+
 def test_cooldown_blocks_any_start_and_keeps_the_trigger() -> None:
     state = ControllerState(since=T0, last_start=T0)
     d, state = decide(POLICY, state, T0 + timedelta(minutes=30), drift(0.9))

@@ -67,9 +67,10 @@ def test_quadratic_form_tail_matches_a_simulation() -> None:
     rng = np.random.default_rng(10)
     draws = (rng.chisquare(1, size=(400_000, lam.size)) * lam).sum(axis=1)
     c = [float((lam**k).sum()) for k in (1, 2, 3)]
-    for q in (0.05, 0.01, 0.001):
+    # the three-moment fit is within 15 % at the levels the verdict uses, 30 % far out
+    for q, rel in ((0.05, 0.15), (0.025, 0.15), (0.01, 0.15), (0.001, 0.3)):
         s = np.quantile(draws, 1 - q)
-        assert float(stats.quadratic_form_sf(s, *c)) == pytest.approx(q, rel=0.15)
+        assert float(stats.quadratic_form_sf(s, *c)) == pytest.approx(q, rel=rel)
     # independent unit terms: exactly chi-square
     assert float(stats.quadratic_form_sf(14.07, 7, 7, 7)) == pytest.approx(
         sst.chi2.sf(14.07, 7), rel=1e-9
@@ -102,8 +103,8 @@ def test_bias_corrected_psi_means_the_same_at_200_and_50000_rows() -> None:
         compute_drift(summarise(ref, rng.normal(size=(200, 1))), ref).features[0]
         for _ in range(300)
     ]
-    assert abs(np.mean([f.psi_corrected for f in nulls])) < 0.005
-    assert np.mean([f.psi for f in nulls]) > 0.04
+    assert abs(np.mean([f.psi_corrected or 0.0 for f in nulls])) < 0.005
+    assert np.mean([f.psi or 0.0 for f in nulls]) > 0.04
 
 
 @pytest.mark.parametrize("n", [20, 50])
