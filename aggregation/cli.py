@@ -1,4 +1,5 @@
-"""`edgefleet fl` commands: the drift-triggered controller and the Flower run-config template.
+"""`edgefleet fl` commands: the drift-triggered controller, the Flower run-config template and
+the quarantine of repeatedly refused nodes (``edgefleet fl quarantine list|release``).
 
 The federated run itself is a Flower app: ``flwr run <app dir> <superlink>`` loads the ServerApp
 ``aggregation.server_app:app`` (see :mod:`aggregation.server_app`). Only typer and the standard
@@ -92,3 +93,25 @@ def _scalar(text: str) -> str | int | float | bool:
         except ValueError:
             pass
     return text.strip('"')
+
+
+@app.command()
+def quarantine(
+    action: str = typer.Argument("list", help="list, or release (with NODE)"),
+    node: int | None = typer.Argument(None, help="the Flower node id to let back"),
+    file: str = typer.Option(..., "--file", help="the run's quarantine-path (JSON)"),
+) -> None:
+    """List the nodes quarantined from selection, or let one back (``release NODE``)."""
+    from aggregation.selection.quarantine import load_entries, release
+
+    if action == "list":
+        for e in load_entries(file):
+            typer.echo(f"{e.node_id}  since round {e.since_round}  {', '.join(e.reasons)}")
+        return
+    if action != "release" or node is None:
+        typer.echo("error: use `list` or `release NODE`", err=True)
+        raise typer.Exit(2)
+    if not release(file, node):
+        typer.echo(f"error: node {node} is not quarantined", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"node {node} may be selected again")

@@ -18,8 +18,9 @@ endpoint both call it):
 5. The fallback is ``POST /v2/models/{m}[/versions/{v}]/infer`` with the inference timeout and
    the client's retries. A 400/413/422 from the server is an :class:`InvalidInputError`; a 404
    (and, offline, a named model or version this device does not run) is an
-   :class:`~edge_client.errors.UnknownModelError`; an unreachable server raises
-   :class:`~edge_client.errors.ModelUnavailableError` and opens a short cool-down
+   :class:`~edge_client.errors.UnknownModelError`; an answer the V2 codec (:mod:`edgefleet.v2`)
+   cannot read is a :class:`~edge_client.errors.ModelUnavailableError`; an unreachable server
+   raises :class:`~edge_client.errors.ModelUnavailableError` too and opens a short cool-down
    (``fallback_cooldown_s``) during which predictions needing the fallback fail at once.
 
 Telemetry describes this device's own model only, so the server never gets a report about a

@@ -2,9 +2,10 @@
 models, versions, aliases, lineage, devices, assignment, telemetry and search.
 
 May import: the shared ``edgefleet`` core, sqlmodel/sqlalchemy, alembic, cryptography (signing).
-Knows nothing of HTTP: its functions take a :class:`sqlmodel.Session` (and, for artifacts, an :class:`ArtifactStore`),
-flush what they change and leave the commit to the caller; failures are :class:`RegistryError`
-subclasses (see :mod:`registry.errors`), itself an :class:`edgefleet.errors.EdgeFleetError`.
+Knows nothing of HTTP: its functions take a :class:`sqlmodel.Session` (and, for artifacts, an
+:class:`ArtifactStore`), flush what they change and leave the commit to the caller; failures are
+:class:`RegistryError` subclasses (see :mod:`registry.errors`), itself an
+:class:`edgefleet.errors.EdgeFleetError`.
 
 Modules
 -------

@@ -15,22 +15,36 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 EXTRAS="${EXTRAS:-all,dev}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
-# A reason to rebuild the venv $1 from scratch ("" when it may be updated in place): the Python
-# code in $2 prints one, given the installed distributions' versions.
-_stale_reason() {
-    [ -x "$1/bin/python" ] || { echo "missing"; return; }
-    "$1/bin/python" - "$2" <<'EOF' 2>/dev/null || echo "its Python does not run"
-import sys
+# What decides whether a venv may be updated in place: "PYTHON_VERSION NUMPY TFLITE_RUNTIME"
+# ("-" for what is not installed), or nothing when its Python does not run.
+_facts() {
+    "$1/bin/python" -c 'import sys
 from importlib import metadata
-have = {(d.metadata["Name"] or "").lower().replace("_", "-"): d.version
-        for d in metadata.distributions()}
-numpy_major = int(have.get("numpy", "0").split(".")[0])
-py = sys.version_info[:2]
-print(eval("(" + sys.argv[1] + ")") or "")
-EOF
+def version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
+print("%d.%d" % sys.version_info[:2], version("numpy"), version("tflite-runtime"))' 2>/dev/null || true
 }
 
-# _venv DIR PYTHON EXTRAS CONSTRAINTS STALE_CHECK
+# Why the venv $1 must be rebuilt from scratch (nothing if it may be updated in place).
+_stale_reason() {
+    local py numpy tflite
+    [ -x "$1/bin/python" ] || { echo missing; return; }
+    read -r py numpy tflite <<<"$(_facts "$1")"
+    if [ -z "$py" ]; then echo "its Python does not run"
+    elif [ "$1" = .venv ] && [ "$tflite" != - ]; then
+        echo "it has tflite-runtime $tflite (numpy 1 only; it lives in .venv-tflite)"
+    elif [ "$1" = .venv ] && [[ "$numpy" == 1.* ]]; then echo "it has numpy $numpy, not 2"
+    elif [ "$1" = .venv-tflite ] && [ "$py" != 3.11 ]; then echo "it runs Python $py, not 3.11"
+    elif [ "$1" = .venv-tflite ] && [[ "$numpy" != 1.* && "$numpy" != - ]]; then
+        echo "it has numpy $numpy, not 1"
+    fi
+}
+
+# _venv DIR PYTHON EXTRAS CONSTRAINTS: install edgefleet[EXTRAS] into DIR unless its stamp says
+# it already has exactly this pyproject.toml and CONSTRAINTS.
 _venv() {
     local venv="$1" python="$2" extras="$3" constraints="$4" reason
     local stamp="$venv/.edgefleet-installed"
@@ -39,7 +53,7 @@ _venv() {
     if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ]; then
         return 0
     fi
-    reason="$(_stale_reason "$venv" "$5")"
+    reason="$(_stale_reason "$venv")"
     if [ -n "$reason" ]; then
         [ "$reason" = missing ] || { echo "[setup] recreating $venv: $reason"; rm -rf "$venv"; }
         echo "[setup] creating $venv with $("$python" --version)"
@@ -55,9 +69,7 @@ _venv() {
     echo "$want" > "$stamp"
 }
 
-_venv .venv "$PYTHON" "$EXTRAS" constraints.txt \
-    "'it has tflite-runtime (numpy 1 only; it lives in .venv-tflite)' if 'tflite-runtime' in have
-     else f'it has numpy {have[\"numpy\"]}, not 2' if 0 < numpy_major < 2 else ''"
+_venv .venv "$PYTHON" "$EXTRAS" constraints.txt
 if [ "${TFLITE:-1}" != 0 ]; then
     PYTHON_TFLITE="${PYTHON_TFLITE:-$(command -v python3.11 || true)}"
     if [ -z "$PYTHON_TFLITE" ]; then
@@ -65,9 +77,7 @@ if [ "${TFLITE:-1}" != 0 ]; then
              "later ones): set PYTHON_TFLITE, or TFLITE=0 to leave it out" >&2
         exit 1
     fi
-    _venv .venv-tflite "$PYTHON_TFLITE" edge-tflite,test constraints-tflite.txt \
-        "f'it runs Python {py[0]}.{py[1]}, not 3.11' if py != (3, 11)
-         else f'it has numpy {have[\"numpy\"]}, not 1' if numpy_major >= 2 else ''"
+    _venv .venv-tflite "$PYTHON_TFLITE" edge-tflite,test constraints-tflite.txt
 fi
 # Offline operation of Flower (see README, "Running offline").
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1 \

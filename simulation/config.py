@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgefleet.run_settings import DEFAULTS
 from simulation.errors import ConfigError
 from simulation.partitioners import PARTITIONS
 
@@ -155,7 +156,10 @@ class SelectionConfig(_Section):
     ``steering`` off means no extra epochs and no weight boost (``max_extra_epochs`` and
     ``drift_boost`` 0). Nodes report drift summaries in either case: the summary of
     ``traffic_rows`` inference inputs drawn from their current data. ``max_norm_ratio`` and
-    ``max_update_norm`` are the validation bounds (0 = off).
+    ``max_update_norm`` are the validation bounds (0 = off); ``min_cosine`` is the direction
+    bound (``-1`` = off) and ``max_weight_ratio`` the weight cap (0 = off); both default to the
+    production ones. ``query_max_age`` is the round loop's
+    (``aggregation.answer_book``: 0 queries every node every round).
     """
 
     policy: Literal["uniform", "drift"] = "uniform"
@@ -169,6 +173,10 @@ class SelectionConfig(_Section):
     max_norm_ratio: float = Field(10.0, ge=0)
     max_update_norm: float = Field(0.0, ge=0)
     traffic_rows: int = Field(100, ge=1)
+    min_cosine: float = Field(DEFAULTS.min_cosine if DEFAULTS.min_cosine is not None else -1.0,
+                              ge=-1.0, le=1.0)
+    max_weight_ratio: float = Field(DEFAULTS.max_weight_ratio or 0.0, ge=0)
+    query_max_age: int = Field(0, ge=0)
 
 
 class TierConfig(_Section):

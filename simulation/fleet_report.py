@@ -130,14 +130,15 @@ class FleetReport:
         out += ["", "rounds (ServerApp):"] + [f"  {line}" for line in self.rounds or ["(none)"]]
         out += ["", "devices (drift of version 1, from the server's drift routes):",
                 f"  {'device':<16} {'shift':<10} {'labels':>6} {'traffic':<18} {'verdict':<12} "
-                f"{'drifted':>7} {'max PSI':>8} {'runs':>5}"]
+                f"{'drifted':>7} {'max PSI':>8} {'joint':>8} {'runs':>5}"]
         for d in self.devices:
             drift = d.drift or {}
             answered = ", ".join(f"{k} {n}" for k, n in sorted(d.answered.items())) or "-"
             out.append(
                 f"  {d.device_id:<16} {d.shift:<10} {d.examples:>6} {answered:<18} "
                 f"{drift.get('verdict', '-'):<12} {_f(drift.get('share_drifted')):>7} "
-                f"{_f(drift.get('max_psi')):>8} {'v' + _s(d.active_version):>5}")
+                f"{_f(drift.get('max_psi')):>8} {_f(drift.get('joint_effect')):>8} "
+                f"{'v' + _s(d.active_version):>5}")
         aliases = ", ".join(f"{k} -> v{v}" for k, v in sorted(self.aliases.items()))
         out += ["", f"aliases: {aliases or '(none)'}"]
         out.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))

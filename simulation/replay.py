@@ -53,6 +53,8 @@ def check_replay(exp: Experiment) -> None:
         bad.append("clients.per_round must equal clients.count and over_selection be 1.0")
     if exp.selection.steering:
         bad.append("selection.steering must be off")
+    if exp.selection.max_weight_ratio:
+        bad.append("selection.max_weight_ratio must be 0 (no weight cap)")
     if exp.traces.availability != "always" or exp.traces.dropout:
         bad.append("traces must be 'always' without drop-out")
     if exp.adversary.kind != "none" and exp.adversary.fraction:

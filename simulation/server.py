@@ -37,7 +37,8 @@ def round_settings(exp: Experiment, model: str) -> RoundSettings:
         min_reports=min(target, c.min_reports or min(2, target)),
         over_selection=c.over_selection, min_nodes=c.count, wait_for_nodes_s=long,
         query_timeout_s=long, train_timeout_s=long, poll_interval_s=0.0, seed=exp.seed,
-        batch_rule=exp.training.batch_rule, weighting=exp.training.weighting)
+        batch_rule=exp.training.batch_rule, weighting=exp.training.weighting,
+        query_max_age=exp.selection.query_max_age)
 
 
 def steering(exp: Experiment) -> SteeringConfig:
@@ -51,7 +52,9 @@ def steering(exp: Experiment) -> SteeringConfig:
 def bounds(exp: Experiment) -> ValidationBounds:
     s = exp.selection
     return ValidationBounds(max_update_norm=s.max_update_norm or None,
-                            max_norm_ratio=s.max_norm_ratio or None)
+                            max_norm_ratio=s.max_norm_ratio or None,
+                            min_cosine=None if s.min_cosine <= -1.0 else s.min_cosine,
+                            max_weight_ratio=s.max_weight_ratio or None)
 
 
 class SimServer:

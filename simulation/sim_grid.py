@@ -145,14 +145,7 @@ class SimGrid:
         return sorted(self._real) if self._real else self.grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        messages = list(messages)
-        for m in messages:
-            for cfg in m.content.config_records.values():
-                cfg[SIM_TIME] = float(self.clock)
-            virtual = int(m.metadata.dst_node_id)
-            if self._real:
-                m.metadata.dst_node_id = self._real[virtual]
-            self._virtual[int(m.metadata.dst_node_id)] = virtual
+        messages = [self._readdress(m) for m in messages]
         ids = [str(i) for i in self.grid.push_messages(messages)]
         for mid, m in zip(ids, messages, strict=True):
             self._sent[mid] = m
@@ -171,6 +164,16 @@ class SimGrid:
         ready = sorted((i for i in ids if i in self._released and i in self._inbox),
                        key=self._order_key)
         return [self._relabel(self._inbox.pop(i)) for i in ready]
+
+    def _readdress(self, m: Message) -> Message:
+        """A copy of ``m`` stamped with the simulated time, to the virtual node's real node."""
+        for cfg in m.content.config_records.values():
+            cfg[SIM_TIME] = float(self.clock)
+        virtual = int(m.metadata.dst_node_id)
+        real = self._real.get(virtual, virtual)
+        self._virtual[real] = virtual
+        md = m.metadata
+        return Message(m.content, real, md.message_type, ttl=md.ttl, group_id=md.group_id)
 
     def _relabel(self, reply: Message) -> Message:
         """The reply as sent by the virtual node (the round loop's name for the device)."""

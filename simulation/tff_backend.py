@@ -57,7 +57,8 @@ def reference_rules(exp: Experiment) -> Experiment:
     data["training"].update(batch_rule="drop", weighting="examples-trained")
     data["clients"].update(per_round=exp.clients.count, fraction=0.0, over_selection=1.0,
                            min_reports=1)
-    data["selection"].update(steering=False, max_norm_ratio=0.0)
+    data["selection"].update(steering=False, max_norm_ratio=0.0, min_cosine=-1.0,
+                             max_weight_ratio=0.0)
     data["traces"].update(availability="always", dropout=0.0)
     data["adversary"].update(kind="none", fraction=0.0)
     data["drift"] = []

@@ -79,7 +79,11 @@ class FleetDriftReport(ReportModel):
 
 
 class DeviceDrift(ReportModel):
-    """One device's summaries over the whole period, merged."""
+    """One device's summaries over the whole period, merged.
+
+    ``joint_effect`` is the combined test's joint bias-corrected effect (PSI scale, all features
+    together; ``None`` when the combined test did not run): the size of the device's shift.
+    """
 
     device_id: str
     n_reports: int
@@ -90,6 +94,7 @@ class DeviceDrift(ReportModel):
     share_drifted: float
     max_psi: float | None
     drifted_features: list[str]
+    joint_effect: float | None
     verdicts: DriftVerdicts
 
 
@@ -286,6 +291,7 @@ def drift_by_device(
                 n_reports=len(group),
                 first_window_start=min(_utc(r.window_start) for r in group),
                 last_window_end=max(_utc(r.window_end) for r in group),
+                joint_effect=rep.combined.effect if rep.combined is not None else None,
             )
         )
     return DeviceDriftReport(model=model, version=version, devices=devices, rejected=rejected)

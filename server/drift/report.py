@@ -192,9 +192,7 @@ def _feature_stats(
         "effect": stats.chi2_divergence(folded, folded_ref, folded_valid),
         "js": stats.js_distance(folded, folded_ref, folded_valid),
         "ks": ks,
-        "ks_p": stats.ks_pvalue(
-            ks, n, m, near=levels, exact_max_n=EXACT_KS_MAX_N
-        ),
+        "ks_p": stats.ks_pvalue(ks, n, m, near=levels, exact_max_n=EXACT_KS_MAX_N),
         "w1": w1,
         "w1_std": w1_std,
         "std": np.sqrt(summary.variance()),

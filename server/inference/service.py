@@ -198,9 +198,14 @@ class InferenceService:
 
     def _verified_blobs(self, target: Target) -> tuple[bytes, bytes, bytes]:
         """The manifest, plan and weights bytes, each re-hashed against its digest."""
-        return (self.store.read_verified(target.manifest_sha256),
-                self.store.read_verified(target.plan_sha256),
-                self.store.read_verified(target.weights_sha256))
+        out = []
+        for kind, sha in (("manifest", target.manifest_sha256), ("plan", target.plan_sha256),
+                          ("weights", target.weights_sha256)):
+            try:
+                out.append(self.store.read_verified(sha))
+            except DamagedArtifactError as exc:
+                raise DamagedArtifactError(f"{kind}: {exc}") from exc
+        return out[0], out[1], out[2]
 
     def cached_keys(self) -> list[tuple[str, str]]:
         with self._cache_lock:

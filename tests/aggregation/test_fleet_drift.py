@@ -23,8 +23,9 @@ T0 = datetime(2025, 3, 1, tzinfo=UTC)
 NAMES = [f"f{i}" for i in range(6)]
 
 
-def drift_app(shift_after: int | None) -> FastAPI:
-    """Production is v3; devices report hourly windows, shifted from window ``shift_after``."""
+def drift_app(shift_after: int | None, accuracy: float | None = None) -> FastAPI:
+    """Production is v3; devices report hourly windows, shifted from window ``shift_after``;
+    with ``accuracy``, every row is labelled and predicted right that often (validation 0.9)."""
     rng = np.random.default_rng(0)
     reference = build_reference(rng.normal(size=(3000, 6)), np.zeros(3000, int), NAMES, 2)
     records = []
@@ -32,7 +33,13 @@ def drift_app(shift_after: int | None) -> FastAPI:
         for device in ("a", "b", "c"):
             acc = DriftAccumulator(reference, model="digits", version=3)
             loc = 1.5 if shift_after is not None and w >= shift_after else 0.0
-            acc.update(rng.normal(loc=loc, size=(400, 6)))
+            if accuracy is None:
+                acc.update(rng.normal(loc=loc, size=(400, 6)))
+            else:
+                labels = rng.integers(0, 2, size=400)
+                right = rng.random(400) < accuracy
+                probs = np.where((labels == 1) == right, 0.8, 0.2)[:, None] * [-1, 1] + [1, 0]
+                acc.update(rng.normal(loc=loc, size=(400, 6)), probs, labels)
             start = T0 + timedelta(hours=w)
             records.append(DriftRecord(device, "digits", 3, start, start + timedelta(minutes=50),
                                        acc.to_summary()))
@@ -47,7 +54,8 @@ def drift_app(shift_after: int | None) -> FastAPI:
 
     @app.get("/api/v1/models/{model}/versions/{version}/drift")
     def drift(model: str, version: int) -> dict[str, object]:
-        report = fleet_over_time(records, reference, model=model, version=version)
+        report = fleet_over_time(records, reference, model=model, version=version,
+                                 validation_accuracy=0.9)
         return report.model_dump(mode="json")
 
     return app
@@ -62,6 +70,16 @@ def test_fleet_drift_reads_the_servers_verdict() -> None:
     with serve(drift_app(shift_after=None)) as url, RegistryClient(url, retries=0) as client:
         calm = client.fleet_drift("digits")
         assert calm is not None and not calm.drifted
+
+
+def test_fleet_drift_reads_the_servers_performance_verdict() -> None:
+    with serve(drift_app(None, accuracy=0.7)) as url, RegistryClient(url, retries=0) as client:
+        worse = client.fleet_drift("digits")
+        assert worse is not None and not worse.drifted and worse.performance_drifted
+        assert worse.signals == ["performance"] and worse.triggered
+    with serve(drift_app(None, accuracy=0.9)) as url, RegistryClient(url, retries=0) as client:
+        same = client.fleet_drift("digits")
+        assert same is not None and not same.triggered
 
 
 def test_controller_starts_one_run_on_the_servers_drift() -> None:

@@ -29,7 +29,7 @@ from server.drift import compute_drift
 
 M = 5000
 POOL = 8
-SIZES = (50, 100, 200, 500, 5000)
+SIZES = (50, 100, 500, 5000)
 NULL_TRIALS = 200
 SHIFT_TRIALS = 100
 
