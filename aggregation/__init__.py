@@ -19,6 +19,7 @@ Modules::
     publishing      Publisher: new versions with lineage, canary gate
     registry_client RegistryClient: the server's REST API (httpx)
     controller      when to start a run (fleet drift, schedule, cooldown); FlwrRunLauncher
+    metrics         Prometheus metrics of rounds and the controller (multiprocess-aware)
     settings        RunSettings from Flower's run config (defined in edgefleet.run_settings)
     metrics         Prometheus metrics of rounds, replies and controller decisions
     server_app      the ServerApp (``aggregation.server_app:app``) and run_federation

@@ -16,11 +16,11 @@ Modules: ``agent`` (the agent), ``inference`` (local/fallback routing), ``models
 switch, rollback), ``download`` (verified downloads), ``client`` (the server's REST API),
 ``credentials`` (enrolment), ``store`` (labelled examples), ``outbox`` and ``telemetry``
 (reports), ``eligibility`` (may it train?), ``http_api`` (the local endpoint; its V2 JSON is the
-core's codec, :mod:`edgefleet.v2`), ``metrics`` (Prometheus), ``settings``, ``storage`` (atomic
-files, SQLite), ``errors``; ``flower_client`` (the Flower ClientApp — imported only on demand,
-since it loads Flower) and ``cli``. The imports go one way: ``agent`` builds the ``inference``
-router and the ``http_api`` server and hands them what they use (stores, callables, a
-protocol), so neither imports the agent.
+core's codec, :mod:`edgefleet.v2`), ``metrics`` (Prometheus), ``service`` (systemd units,
+upgrades), ``settings``, ``storage`` (atomic files, SQLite), ``errors``; ``flower_client`` (the
+Flower ClientApp — imported only on demand, since it loads Flower) and ``cli``. The imports go
+one way: ``agent`` builds the ``inference`` router and the ``http_api`` server and hands them
+what they use (stores, callables, a protocol), so neither imports the agent.
 
 Names are resolved lazily (PEP 562): ``import edge_client`` costs nothing, so ``edgefleet --help``
 (whose CLI imports ``edge_client.cli``) does not load numpy, httpx or a model runtime.

@@ -81,8 +81,8 @@ class Signer:
         if not path.is_file():
             if not create:
                 raise NotFoundError(f"no signing key at {path}")
-            _write_private(path, _generate())
-            log.warning("created a new version-signing key at %s", path)
+            if _write_private(path, _generate(), replace=False):
+                log.warning("created a new version-signing key at %s", path)
         return cls._from_pem(path, path.read_bytes())
 
     @classmethod
@@ -293,8 +293,10 @@ def _raw_public(private: Any) -> bytes:
     return raw
 
 
-def _write_private(path: Path, private: Any) -> None:
-    """Write the PEM with mode 0600 from the first byte (temporary file, then rename)."""
+def _write_private(path: Path, private: Any, *, replace: bool = True) -> bool:
+    """Write the PEM with mode 0600 from the first byte (a unique temporary file, then a
+    rename; without ``replace`` a hard link that fails when another process created the key
+    first). Returns whether this call wrote the key."""
     from cryptography.hazmat.primitives.serialization import (
         Encoding,
         NoEncryption,
@@ -303,17 +305,26 @@ def _write_private(path: Path, private: Any) -> None:
 
     pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_MODE)
     try:
-        os.write(fd, pem)
-        os.fsync(fd)
+        try:
+            os.write(fd, pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     _fsync_dir(path.parent)
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,7 +2,7 @@
 """Generate the TLS material of a deployment: a private CA, server certificates signed by it, and
 the ECDSA key pairs Flower's SuperNodes authenticate with.
 
-    python scripts/certs.py OUT_DIR [--server-name NAME ...] [--node NAME ...] [--days N]
+    python scripts/certs.py OUT_DIR [--server-name NAME ...] [--node NAME ...] [--client NAME ...]
 
 writes into ``OUT_DIR`` (kept when already there, so re-running adds what is missing; ``--force``
 replaces everything):
@@ -14,6 +14,8 @@ replaces everything):
                                         format, as ``flower-supernode
                                         --auth-supernode-private-key`` and ``flwr supernode
                                         register`` read them)
+``clients/<name>.pem``, ``<name>.key``  ``--client`` certificates, for a server that requires
+                                        them (``EDGEFLEET_SERVER_SSL_CA_CERTS``)
 
 Both certificates name ``localhost`` and ``127.0.0.1`` besides the ``--server-name`` /
 ``--superlink-name`` host names (the service names of ``docker-compose.yml`` by default).
@@ -100,8 +102,9 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
 
 
 def make_leaf(out: Path, stem: str, names: list[str], ca: x509.Certificate,
-              ca_key: ec.EllipticCurvePrivateKey, days: int) -> None:
-    """``<stem>.pem``/``<stem>.key``: a server certificate for ``names`` signed by the CA."""
+              ca_key: ec.EllipticCurvePrivateKey, days: int, *, client: bool = False) -> None:
+    """``<stem>.pem``/``<stem>.key``: a server (or, with ``client``, a client) certificate for
+    ``names`` signed by the CA."""
     if (out / f"{stem}.pem").exists() and (out / f"{stem}.key").exists():
         return
     key = ec.generate_private_key(ec.SECP256R1())
@@ -116,7 +119,9 @@ def make_leaf(out: Path, stem: str, names: list[str], ca: x509.Certificate,
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(_san(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                              else ExtendedKeyUsageOID.SERVER_AUTH]),
+                       critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -147,13 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--superlink-name", action="append", default=None,
                         help="host name of the SuperLink certificate (default superlink)")
     parser.add_argument("--node", action="append", default=[], help="SuperNode key pair to make")
+    parser.add_argument("--client", action="append", default=[],
+                        help="client certificate clients/<name>.pem for servers that require "
+                             "one (EDGEFLEET_SERVER_SSL_CA_CERTS)")
     parser.add_argument("--days", type=int, default=825, help="validity (default 825 days)")
     parser.add_argument("--force", action="store_true", help="replace existing files")
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.force:
-        for path in [*out.glob("*.pem"), *out.glob("*.key"), *out.glob("supernodes/*")]:
+        for path in [*out.glob("*.pem"), *out.glob("*.key"), *out.glob("supernodes/*"),
+                     *out.glob("clients/*")]:
             path.unlink()
     ca, ca_key = make_ca(out, args.days)
     make_leaf(out, "server", [*(args.server_name or DEFAULT_SERVER_NAMES), *LOCAL], ca, ca_key,
@@ -162,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
               ca, ca_key, args.days)
     for node in args.node:
         make_node_key(out, node)
+    for name in args.client:
+        (out / "clients").mkdir(exist_ok=True)
+        make_leaf(out / "clients", name, [name], ca, ca_key, args.days, client=True)
     print(f"TLS material in {out}: ca.pem, server.pem, superlink.pem"
           + (f", SuperNode keys {', '.join(args.node)}" if args.node else ""))
     return 0

@@ -19,5 +19,6 @@ Modules
 ``middleware``  request ids, access log, body limits    ``errors``  exceptions → HTTP
 ``cli``         ``edgefleet server``                     ``bootstrap``  publish without HTTP
 ``metrics``     Prometheus metrics                      ``scrubber``   signing key, artifact scrub
+``dashboard``   the operator's page (static assets, overview data)
 ``precompute``  batch scoring into the prediction store ``worker``     model-on-demand workers
 """

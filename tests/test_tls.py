@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ BIN = Path(sys.executable).parent
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("certs")
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "certs.py"), str(out),
-                           "--node", "dev-1", "--node", "dev-2"],
+                           "--node", "dev-1", "--node", "dev-2", "--client", "ops"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     for name in ("ca.pem", "server.pem", "server.key", "superlink.pem", "superlink.key",
@@ -84,6 +85,23 @@ def test_server_serves_https_only_to_clients_that_trust_the_ca(
         assert done.returncode == 0, done.stdout + done.stderr
         r = httpx.get(f"{server.url}/api/v1/devices/tls-1", headers=ADMIN, verify=ca)
         assert r.status_code == 200 and r.json()["id"] == "tls-1"
+    finally:
+        server.stop()
+
+
+def test_server_can_require_client_certificates(certs: Path, tmp_path: Path) -> None:
+    ca = str(certs / "ca.pem")
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(certs / "clients" / "ops.pem", certs / "clients" / "ops.key")
+    server = start_server(tmp_path, f"sqlite:///{tmp_path / 'mtls.db'}", scheme="https",
+                          verify=context, env={
+                              "EDGEFLEET_SERVER_SSL_CERTFILE": str(certs / "server.pem"),
+                              "EDGEFLEET_SERVER_SSL_KEYFILE": str(certs / "server.key"),
+                              "EDGEFLEET_SERVER_SSL_CA_CERTS": ca})
+    try:
+        with pytest.raises(httpx.HTTPError):  # no client certificate: the handshake fails
+            httpx.get(f"{server.url}/api/v1/health/live", verify=ca).raise_for_status()
+        assert httpx.get(f"{server.url}/api/v1/health/live", verify=context).status_code == 200
     finally:
         server.stop()
 

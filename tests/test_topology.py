@@ -315,7 +315,10 @@ class LocalCompose:
         return f"{scheme}://127.0.0.1:{self.ports[(name, port)]}"
 
     def down(self) -> None:
-        for proc in reversed(list(self.procs.values())):
+        procs = list(reversed(self.procs.values()))
+        for proc in procs:  # all at once, then wait for each
+            proc.terminate()
+        for proc in procs:
             proc.stop(timeout=10)
 
 

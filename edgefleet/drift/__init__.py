@@ -1,11 +1,16 @@
 """Drift summaries: compact, mergeable statistics of what a device has seen (never raw data).
 
+``scores``       smooth location/spread scores of binned features and the correlation traces
+                 that calibrate their sum (the server's combined drift test).
 ``reference``    the training data's statistics kept in the plan manifest, and its fingerprint.
 ``summary``      :class:`DriftSummary`, the versioned, bounded wire format, and its associative,
                  commutative merge.
 ``accumulator``  :class:`DriftAccumulator`, the mutable hot-path form a device updates per batch.
 ``state``        the numpy form both share, and Chan's merge of means and squared deviations.
 ``compare``      numpy-only PSI of a summary against its reference (shared with the server).
+
+Imports run one way: ``scores`` ← ``reference`` ← ``state`` ← ``summary`` ← ``accumulator``
+and ``compare`` (the state knows nothing of the wire model).
 
 Imports nothing heavier than numpy and pydantic. Refusals raise
 :class:`edgefleet.errors.SummaryError` (summaries) or :class:`edgefleet.errors.InputError` (rows).

@@ -124,6 +124,13 @@ class ReferenceProfile(BaseModel):
             raise ValueError("confidence_bin_edges must be finite and strictly increasing")
         return v
 
+    @field_validator("score_traces")
+    @classmethod
+    def _traces(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(np.isfinite(t) and t >= 0 for t in v):
+            raise ValueError("score_traces must be three finite values >= 0")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> ReferenceProfile:
         if any(f.count > self.n_samples for f in self.features):

@@ -23,6 +23,7 @@ the controller and rollout guards read.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -255,22 +256,27 @@ def _features(
     return out
 
 
-def compute_drift(
-    summary: DriftSummary,
-    reference: ReferenceProfile,
-    thresholds: DriftThresholds | None = None,
-    *,
-    validation_accuracy: float | None = None,
-) -> DriftReport:
-    """Drift statistics and the three verdicts of ``summary`` against ``reference``.
+@dataclass(frozen=True)
+class _InputTests:
+    """The outcome of the input-drift test family of one window."""
 
-    ``validation_accuracy`` is the version's accuracy on validation data (the
-    ``thresholds.accuracy_metric`` version metric); without it the performance verdict is
-    ``insufficient``. Raises :class:`~edgefleet.errors.SummaryError` when the summary was made
-    against other bins.
-    """
-    th = thresholds or DriftThresholds()
-    summary.check_reference(reference)
+    stats: dict[str, np.ndarray]
+    tested: np.ndarray
+    drifted: np.ndarray
+    strong: np.ndarray
+    n_tests: int
+    test_alpha: float
+    holding: bool
+    prediction: PredictionDrift | None
+    pred_test: bool
+    pred_drift: bool
+    combined: CombinedDrift | None
+
+
+def _input_tests(
+    summary: DriftSummary, reference: ReferenceProfile, th: DriftThresholds
+) -> _InputTests:
+    """Per-feature, predicted-class and combined tests, at their shares of ``alpha``."""
     n = np.asarray(summary.counts, dtype=np.float64)
     m = np.asarray([fr.count for fr in reference.features], dtype=np.float64)
     tested = (n >= th.min_samples) & (m > 0)
@@ -282,7 +288,6 @@ def compute_drift(
     st = _feature_stats(summary, reference, th, (test_alpha, exit_alpha))
     effect, ks_p = st["effect"], st["ks_p"]
     drifted = tested & (ks_p < test_alpha) & (effect >= th.psi_min)
-    strong = drifted & (effect >= th.psi_strong)
     holding = bool(np.any(tested & (ks_p < exit_alpha) & (effect >= th.psi_exit)))
     pred_drift = False
     if pred_test and prediction is not None and prediction.pvalue is not None:
@@ -303,7 +308,41 @@ def compute_drift(
             alpha=th.alpha,
         )
         holding |= combined is not None and combined.holding
+    return _InputTests(
+        st,
+        tested,
+        drifted,
+        drifted & (effect >= th.psi_strong),
+        n_tests,
+        test_alpha,
+        holding,
+        prediction,
+        pred_test,
+        pred_drift,
+        combined,
+    )
 
+
+def compute_drift(
+    summary: DriftSummary,
+    reference: ReferenceProfile,
+    thresholds: DriftThresholds | None = None,
+    *,
+    validation_accuracy: float | None = None,
+) -> DriftReport:
+    """Drift statistics and the three verdicts of ``summary`` against ``reference``.
+
+    ``validation_accuracy`` is the version's accuracy on validation data (the
+    ``thresholds.accuracy_metric`` version metric); without it the performance verdict is
+    ``insufficient``. Raises :class:`~edgefleet.errors.SummaryError` when the summary was made
+    against other bins.
+    """
+    th = thresholds or DriftThresholds()
+    summary.check_reference(reference)
+    t = _input_tests(summary, reference, th)
+    st, tested, drifted, strong, prediction = t.stats, t.tested, t.drifted, t.strong, t.prediction
+    combined, effect, n_tests, test_alpha = t.combined, st["effect"], t.n_tests, t.test_alpha
+    holding, pred_drift, pred_test = t.holding, t.pred_drift, t.pred_test
     n_tested = int(tested.sum())
     n_drifted = int(drifted.sum())
     verdict, reason = _verdict(

@@ -151,3 +151,21 @@ def test_refusals_outside_the_window_do_not_quarantine() -> None:
 def test_quarantine_parameters_are_checked() -> None:
     with pytest.raises(SettingsError):
         Quarantine(UniformSelection(), after=6, window=5)
+
+
+def test_the_operator_lists_and_releases_from_the_command_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet_cli.main import app as cli
+
+    path = tmp_path / "q.json"
+    q = Quarantine(UniformSelection(), path=path)
+    for r in (1, 2, 3):
+        q.record(r, [verdict(42, True)])
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["fl", "quarantine", "list", "--file", str(path)])
+    assert listed.exit_code == 0 and listed.output.startswith("42  since round 3  direction")
+    released = runner.invoke(cli, ["fl", "quarantine", "release", "42", "--file", str(path)])
+    assert released.exit_code == 0 and "may be selected again" in released.output
+    again = runner.invoke(cli, ["fl", "quarantine", "release", "42", "--file", str(path)])
+    assert again.exit_code == 1 and "not quarantined" in again.output

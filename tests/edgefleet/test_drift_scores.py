@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edgefleet.drift import DriftAccumulator, ReferenceProfile, build_reference
 from edgefleet.drift.scores import (
@@ -73,6 +74,9 @@ def test_reference_carries_the_traces_of_correlated_features() -> None:
     bare = ref.model_copy(update={"score_traces": None})
     assert bare.fingerprint == ref.fingerprint
     DriftAccumulator(bare, model="m", version=1)  # a reference without traces still works
+    for bad in ([1.0, float("nan"), 1.0], [1.0, -1.0, 1.0], [1.0, 1.0]):
+        with pytest.raises(ValidationError):
+            ReferenceProfile.model_validate({**ref.model_dump(), "score_traces": bad})
 
 
 def test_traces_from_the_gram_matrix_when_components_outnumber_rows() -> None:

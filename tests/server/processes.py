@@ -6,6 +6,7 @@ its log in the test's directory; :class:`Proc` stops it (and what it started) on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,13 +58,16 @@ class Proc:
         except OSError:
             return ""
 
+    def terminate(self) -> None:
+        """SIGTERM to the process group (returns at once; :meth:`stop` waits)."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen.poll() is not None:
             return
-        try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        self.terminate()
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -54,7 +54,7 @@ def test_validation_refuses_scaled_byzantine_updates(tmp_path: Path) -> None:
     rows = run_in_process(exp).rows
     for r in rows:
         assert r["refused"] == 3 and r["accepted_adversaries"] == 0
-        assert r["refusals"] == {"norm_ratio": 3}
+        assert r["refusals"] == {"norm": 3}  # the relative norm bound
 
 
 def test_traces_availability_dropout_and_deadline(tmp_path: Path) -> None:
@@ -79,7 +79,8 @@ def test_replay_same_frozen_inputs_same_weights(tmp_path: Path) -> None:
     rules = {"training": {"epochs": 1, "lr": 0.2, "batch_rule": "drop",
                           "weighting": "examples-trained"},
              "clients": {"count": 6, "per_round": 6, "over_selection": 1.0},
-             "selection": {"max_norm_ratio": 0.0}, "rounds": 2}
+             "selection": {"max_norm_ratio": 0.0, "min_cosine": -1.0, "max_weight_ratio": 0.0},
+             "rounds": 2}
     base = experiment(tmp_path / "f", **rules)
     frozen = freeze(base, tmp_path / "frozen.npz")
     a = run_in_process(experiment(tmp_path / "a", replay={"path": str(frozen)}, **rules))
