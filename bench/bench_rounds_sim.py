@@ -11,8 +11,11 @@ same nodes and the same number of rounds twice:
 
 Fairness: both train every node each round (ours: ``target_clients = N``, over-selection 1.0;
 FedAvg: ``fraction_train = 1.0``), neither runs federated evaluation, both pull replies every
-0.1 s, both aggregate with FedAvg. The one protocol difference is ours' query step (one more
-message to every node per round), which is part of per-round wall time, not of server time.
+0.1 s, both aggregate with FedAvg. The one protocol difference is ours' query step: with
+``query_max_age`` (``EDGEFLEET_BENCH_QUERY_MAX_AGE``, default 1000) only the first round queries
+every node; later rounds reuse the eligibility and drift the train replies carried
+(``aggregation.answer_book``). With ``EDGEFLEET_BENCH_QUERY_MAX_AGE=0`` every round queries
+every node (one more message per node and round).
 The ClientApp's "training" is a deterministic numpy perturbation of the digits MLP's 4,810
 parameters, so client cost is small and identical for both.
 
@@ -59,6 +62,10 @@ TOKEN = "EDGEFLEET_BENCH_RUN"  # marks every process a child run starts, to find
 SHAPES = {"dense/kernel": (64, 64), "dense/bias": (64,), "out/kernel": (64, 10),
           "out/bias": (10,)}
 DRIFT_KINDS = 3  # nodes i, i + 3, ... share a drift summary (their inputs shift by 0.5 * kind)
+# Ours queries a node only when its last answer is older than this many rounds; train replies
+# carry the node's drift summary (as the edge ClientApp's do) and renew its answer, so only the
+# first round queries (aggregation.answer_book). 0 restores a query of every node every round.
+QUERY_MAX_AGE = int(os.environ.get("EDGEFLEET_BENCH_QUERY_MAX_AGE", "1000"))
 
 
 # --- the child: one simulation ------------------------------------------------------------------
@@ -119,7 +126,7 @@ def _client_app(reference: Any) -> Any:
         content = RecordDict({
             "arrays": ArrayRecord({k: Array(v) for k, v in new.items()}),
             "metrics": MetricRecord({"num-examples": examples(pid), "train-loss": 0.5}),
-            "config": ConfigRecord({"status": "ok"}),
+            "config": ConfigRecord({"status": "ok", "drift": drift(pid % DRIFT_KINDS)}),
         })
         return Message(content, reply_to=msg)
 
@@ -151,7 +158,8 @@ def _ours(n: int, rounds: int, out: dict[str, Any]) -> Any:
     def main(grid: Grid, context: Context) -> None:
         settings = RoundSettings(model="digits", target_clients=n, min_reports=max(1, n // 2),
                                  over_selection=1.0, min_nodes=n, poll_interval_s=0.1,
-                                 wait_for_nodes_s=120, query_timeout_s=600, train_timeout_s=600)
+                                 wait_for_nodes_s=120, query_timeout_s=600, train_timeout_s=600,
+                                 query_max_age=QUERY_MAX_AGE)
         runner = RoundRunner(grid, manifest, build_strategy("fedavg"),
                              make_policy("drift", fair_max_picks=rounds), settings=settings)
         scorer, policy = runner.scorer, runner.policy

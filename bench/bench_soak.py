@@ -11,10 +11,10 @@ inference, 5 % downloads), each ``--seconds`` long. Per phase it prints requests
 latency, errors (socket errors and non-2xx/3xx; the goal is 0), the server's CPU milliseconds
 per request (master + workers, from /proc) and PostgreSQL transactions per request
 (``pg_stat_database`` of the soak database only). Then each server process's memory before and
-after, the poll phase again on a server with the metrics middleware off (its CPU ratio is the
-cost of observability), and what a fleet of ``--fleet`` devices would need at the production
-intervals, computed from the measured CPU per request (see README, "Scaling to a million
-devices").
+after, the poll phase interleaved with a second server whose metrics middleware is off (the
+CPU ratio of the medians is the cost of observability), and what a fleet of ``--fleet`` devices
+would need at the production intervals, computed from the measured CPU per request (see
+README, "Scaling to a million devices").
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -304,13 +305,22 @@ def main() -> int:
                       for k in KINDS}
             rss1 = {pid: _rss_mb(pid) for pid in pids}
             names = [_name(p) for p in pids]
-        # the same poll phase with the metrics middleware off: the cost of observability
-        off = {**env, "EDGEFLEET_SERVER_METRICS_ENABLED": "false"}
-        with _common.process(cmd, off, f"{url}/api/v1/health/ready", work / "server-off.log"
-                             ) as proc:
-            quiet = _server_pids(proc.pid)
-            _phase("poll", url, work, quiet, pg, db, 2.0, args.connections)
-            bare = _phase("poll", url, work, quiet, pg, db, args.seconds, args.connections)
+            # the poll again, alternating with a second server whose metrics middleware is off
+            # (same database): the cost of observability, as a median of interleaved runs
+            port_off = free_port()
+            url_off = f"http://127.0.0.1:{port_off}"
+            off_env = {**env, "EDGEFLEET_SERVER_METRICS_ENABLED": "false",
+                       "PROMETHEUS_MULTIPROC_DIR": str(work / "prom-off")}
+            cmd_off = [*cmd[:-3], str(port_off), "--workers", "2"]
+            with _common.process(cmd_off, off_env, f"{url_off}/api/v1/health/ready",
+                                 work / "server-off.log") as proc_off:
+                pids_off = _server_pids(proc_off.pid)
+                _phase("poll", url_off, work, pids_off, pg, db, 2.0, args.connections)
+                ab: dict[str, list[Phase]] = {"on": [], "off": []}
+                for _ in range(3):
+                    for name, u, ps in (("on", url, pids), ("off", url_off, pids_off)):
+                        ab[name].append(_phase("poll", u, work, ps, pg, db, 3.0,
+                                               args.connections))
     finally:
         pg.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         pg.close()
@@ -327,15 +337,17 @@ def main() -> int:
                  Column("RSS after MB", 13, ".1f"), Column("growth", 8, "+.1f")],
                 [[n, rss0[p], rss1[p], rss1[p] - rss0[p]] for n, p in zip(names, pids,
                                                                           strict=True)])
-    on = phases["poll"]
-    print()
-    print_table([Column("poll, 304", 13), Column("req/s", 8, ",.0f"), Column("p99 ms", 7, ".1f"),
+    med = {k: (statistics.median(p.rps for p in v), statistics.median(p.cpu_ms for p in v))
+           for k, v in ab.items()}
+    print("\npoll (304), 3 interleaved 3 s runs each, medians:")
+    print_table([Column("server", 12), Column("req/s", 8, ",.0f"),
                  Column("server CPU ms/req", 18, ".2f"), Column("× CPU", 6, ".2f")],
-                [["metrics on", on.rps, on.p99_ms, on.cpu_ms, on.cpu_ms / bare.cpu_ms],
-                 ["metrics off", bare.rps, bare.p99_ms, bare.cpu_ms, 1.0]])
+                [["metrics on", *med["on"], med["on"][1] / med["off"][1]],
+                 ["metrics off", *med["off"], 1.0]])
     _fleet(phases, args.fleet, poll_s=60, telemetry_s=300, rollout_h=24, fallback_share=0.01,
            fallback_s=60)
-    return 1 if any(p.errors for p in [*phases.values(), bare]) else 0
+    runs = [*phases.values(), *ab["on"], *ab["off"]]
+    return 1 if any(p.errors for p in runs) else 0
 
 
 if __name__ == "__main__":

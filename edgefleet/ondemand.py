@@ -219,6 +219,8 @@ class _RedisTransport:
 
     #: Longest block of one XREAD (s): how soon the reader notices :meth:`close`.
     POLL_S = 0.25
+    #: Connections to Redis of one client (the result reader holds one).
+    MAX_CONNECTIONS = 16
 
     def __init__(self, redis: Any, client: OnDemandClient) -> None:
         self.redis, self.client = redis, client
@@ -229,7 +231,11 @@ class _RedisTransport:
     async def open(cls, url: str, client: OnDemandClient) -> _RedisTransport:
         import redis.asyncio as aioredis
 
-        self = cls(aioredis.Redis.from_url(url), client)
+        # many concurrent requests wait for a connection rather than fail
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=cls.MAX_CONNECTIONS, timeout=30
+        )
+        self = cls(aioredis.Redis(connection_pool=pool), client)
         last = await self.redis.xrevrange(client.streams.results, count=1)
         start = last[0][0] if last else b"0-0"
         self._task = asyncio.create_task(self._read(start))
@@ -258,7 +264,7 @@ class _RedisTransport:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 5 * self.POLL_S + 1)
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
 
 class _NatsTransport:

@@ -257,7 +257,7 @@ class PlanRuntime:
     ) -> FitResult:
         """Train for ``epochs`` epochs of mini-batches (see the class notes).
 
-        ``batch_rule`` says what happens to the last partial batch of an epoch (:data:`BATCH_RULES`):
+        ``batch_rule`` says what happens to an epoch's last partial batch (:data:`BATCH_RULES`):
         ``"wrap"`` fills it from the start of the epoch's order, ``"drop"`` leaves it out (as
         ``tf.data``'s ``drop_remainder=True``), ``"short"`` trains it as a smaller batch (padded
         rows get an out-of-range label, which the plan's one-hot loss ignores, and the step's

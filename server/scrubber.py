@@ -3,6 +3,9 @@
 :func:`prepare_integrity` runs in the application's start-up, after migrations: it refuses a
 signing key inside the artifact store, loads (or creates) the key and records its public key
 (:func:`registry.signing.open_signer`), and signs versions published before signing existed.
+When the database cannot do that yet (down, not migrated), the server starts anyway (readiness
+says what is wrong) and :class:`Scrubber` retries every ``RETRY_S`` seconds; versions published
+meanwhile are signed as soon as it succeeds.
 
 :class:`Scrubber` re-hashes the whole store every ``scrub_interval_s`` seconds in a daemon
 thread (:func:`registry.integrity.scrub`): what it finds damaged becomes DAMAGED and is logged
@@ -14,6 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from registry.db import session_scope
 from registry.integrity import ScrubReport, scrub
 from registry.signing import check_apart, open_signer, sign_unsigned
@@ -22,18 +27,26 @@ from server.state import AppState
 __all__ = ["Scrubber", "prepare_integrity", "run_scrub"]
 
 log = logging.getLogger(__name__)
+RETRY_S = 5.0
 
 
-def prepare_integrity(state: AppState) -> None:
-    """Load the signing key into ``state`` and sign unsigned versions (see the module notes)."""
+def prepare_integrity(state: AppState) -> bool:
+    """Load the signing key into ``state`` and sign unsigned versions (see the module notes);
+    ``False`` (logged) when the database cannot do it yet. A key inside the store raises."""
     settings = state.settings
     check_apart(settings.signing_key_path, settings.artifact_dir)
-    with session_scope(state.engine, write=True) as session:
-        state.signer = open_signer(session, settings.signing_key_path)
-        signed = sign_unsigned(session, state.signer)
+    try:
+        with session_scope(state.engine, write=True) as session:
+            signer = open_signer(session, settings.signing_key_path)
+            signed = sign_unsigned(session, signer)
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("version signing not ready (retrying): %s", str(exc).splitlines()[0])
+        return False
+    state.signer = signer
     if signed:
         log.warning("signed %d versions published before version signing existed", signed)
-    log.info("versions are signed with key %s", state.signer.key_id)
+    log.info("versions are signed with key %s", signer.key_id)
+    return True
 
 
 def run_scrub(state: AppState) -> ScrubReport:
@@ -48,7 +61,8 @@ def run_scrub(state: AppState) -> ScrubReport:
 
 
 class Scrubber:
-    """Run :func:`run_scrub` every ``interval_s`` seconds until :meth:`stop`."""
+    """Run :func:`run_scrub` every ``interval_s`` seconds (0: never) until :meth:`stop`; until
+    :func:`prepare_integrity` has succeeded, retry that every ``RETRY_S`` seconds instead."""
 
     def __init__(self, state: AppState, interval_s: float) -> None:
         self.state = state
@@ -57,16 +71,24 @@ class Scrubber:
         self._thread = threading.Thread(target=self._loop, name="edgefleet-scrub", daemon=True)
 
     def start(self) -> Scrubber:
-        if self.interval_s > 0:
+        if self.interval_s > 0 or self.state.signer is None:
             self._thread.start()
         return self
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                run_scrub(self.state)
-            except Exception:  # the next interval retries; the server keeps serving
-                log.exception("background scrub failed")
+        while True:
+            pending = self.state.signer is None
+            if self._stop.wait(RETRY_S if pending or self.interval_s <= 0 else self.interval_s):
+                return
+            if pending:
+                prepare_integrity(self.state)
+            elif self.interval_s <= 0:
+                return
+            else:
+                try:
+                    run_scrub(self.state)
+                except Exception:  # the next interval retries; the server keeps serving
+                    log.exception("background scrub failed")
 
     def stop(self) -> None:
         self._stop.set()

@@ -28,8 +28,8 @@ A ``[sweep]`` table maps dotted keys to lists (``"selection.policy" = ["uniform"
 from __future__ import annotations
 
 import itertools
-import re
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -357,10 +357,7 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node: Any = data
     for key in keys[:-1]:
-        if isinstance(node, list):
-            node = node[int(key)]
-        else:
-            node = node.setdefault(key, {})
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
     if isinstance(node, list):
         node[int(keys[-1])] = value
     else:

@@ -41,7 +41,6 @@ import numpy as np
 
 from simulation.config import Experiment
 from simulation.errors import ExperimentError
-from simulation.population import Population
 
 log = logging.getLogger(__name__)
 

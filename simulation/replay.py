@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.plan import PlanManifest, check_weights
 from edgefleet.errors import WeightsError
+from edgefleet.plan import PlanManifest, check_weights
 from simulation.config import Experiment
 from simulation.errors import ConfigError
 

@@ -22,9 +22,9 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_federated as tff  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
 
 
 def _model(job):
@@ -80,7 +80,7 @@ def main(path):
             datasets.append(ds)
         state = process.next(state, datasets).state
         weights = process.get_model_weights(state).trainable
-        for n, w in zip(names, weights):
+        for n, w in zip(names, weights, strict=True):
             out[f"round/{r}/{n}"] = np.asarray(w)
         print(f"round {r} done", flush=True)
     np.savez(job["out"], **out)

@@ -27,7 +27,7 @@ def test_unknown_and_bad_keys_are_refused_with_their_path(tmp_path: Path) -> Non
         parse_experiment({"clients": {"cuont": 3}})
     with pytest.raises(ConfigError, match=r"training\.batch_rule"):
         parse_experiment({"training": {"batch_rule": "pad"}})
-    with pytest.raises(ConfigError, match="needs data.path"):
+    with pytest.raises(ConfigError, match=r"needs data\.path"):
         parse_experiment({"data": {"source": "csv"}})
     bad = tmp_path / "bad.toml"
     bad.write_text("rounds = [")
