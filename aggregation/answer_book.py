@@ -86,7 +86,7 @@ class AnswerBook:
             self._answers[n] = (server_round, QueryAnswer(n, True, "", prev.num_examples,
                                                           summary, score))
         for n, why in declined.items():
-            prev = asked.get(n)
+            before = asked.get(n)
             self._answers[n] = (server_round, QueryAnswer(
                 n, False, f"declined in round {server_round}: {why}",
-                prev.num_examples if prev else 0))
+                before.num_examples if before else 0))

@@ -49,10 +49,16 @@ def weighted_mean(
     common = set.intersection(*(set(m) for m in metrics)) - {fk.AGG_WEIGHT, fk.NUM_EXAMPLES}
     merged: dict[str, float] = {}
     for key in sorted(common):
-        values = [m[key] for m in metrics]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            merged[key] = float(sum(float(v) * f for v, f in zip(values, factors,  # type: ignore[arg-type]
-                                                                   strict=True)))
-    merged[fk.NUM_EXAMPLES] = float(sum(int(m.get(fk.NUM_EXAMPLES, 0) or 0)  # type: ignore[call-overload]
+        values = [_number(m[key]) for m in metrics]
+        if all(v is not None for v in values):
+            merged[key] = float(sum(float(v or 0.0) * f for v, f in zip(values, factors,
+                                                                      strict=True)))
+    merged[fk.NUM_EXAMPLES] = float(sum(_number(m.get(fk.NUM_EXAMPLES)) or 0.0
                                         for m in metrics))
     return out, {k: v for k, v in merged.items() if math.isfinite(v)}
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)

@@ -106,20 +106,20 @@ class RoundReport:
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (node ids become strings where they are keys)."""
+        """A JSON-safe dict: node ids (Flower's unsigned 64-bit integers) become strings."""
         return {
             "server_round": self.server_round,
             "status": self.status,
             "failure": self.failure,
             "connected": self.connected,
-            "eligible": list(self.eligible),
+            "eligible": [str(n) for n in self.eligible],
             "ineligible": {str(k): v for k, v in self.ineligible.items()},
-            "selected": list(self.selected),
-            "replied": list(self.replied),
+            "selected": [str(n) for n in self.selected],
+            "replied": [str(n) for n in self.replied],
             "declined": {str(k): v for k, v in self.declined.items()},
-            "stragglers": list(self.stragglers),
+            "stragglers": [str(n) for n in self.stragglers],
             "error_replies": {str(k): v for k, v in self.error_replies.items()},
-            "accepted": list(self.accepted),
+            "accepted": [str(n) for n in self.accepted],
             "refused": {str(k): v for k, v in self.refused.items()},
             "refused_reasons": dict(self.refused_reasons),
             "norm_median": self.norm_median,

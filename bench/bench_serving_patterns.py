@@ -12,7 +12,7 @@ Prints, in one run, for the digits MLP plan:
                             client helper, then the worker starts and drains it: requests/s
                             between the first and the last result's ``computed_at``, and the
                             worker's CPU per 1,000 requests — and *latency* — requests published
-                            open-loop at half that rate (at most ``--max-rate``, 400/s: the
+                            open-loop at half that rate (at most ``--max-rate``, 200/s: the
                             Python client's own limit is near) for ``--seconds``, p50/p99 from
                             publish to the result read by the client
                             (:class:`edgefleet.ondemand.OnDemandClient`).
@@ -22,7 +22,7 @@ the result store cost. The publisher and result reader are Python (asyncio) on t
 as the worker and the broker.
 
 Run: ``.venv/bin/python bench/bench_serving_patterns.py [--requests 5000] [--rows 50000]
-[--seconds 5] [--brokers redis,nats] [--max-rate 400] [--plan-dir DIR]``
+[--seconds 5] [--brokers redis,nats] [--max-rate 200] [--plan-dir DIR]``
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import ROOT, Column, cpu_seconds, plan_dir_or_build, print_table, timeit
@@ -140,7 +141,7 @@ async def result_times(kind: str, url: str, streams: object) -> list[float]:
         import redis.asyncio as aioredis
 
         r = aioredis.Redis.from_url(url)
-        entries = await r.xrange(results)
+        entries: Any = await r.xrange(results)
         await r.aclose()
         data = [f[b"data"] for _, f in entries]
     else:
@@ -242,7 +243,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--brokers", default="redis,nats")
-    parser.add_argument("--max-rate", type=float, default=400.0)
+    parser.add_argument("--max-rate", type=float, default=200.0)
     parser.add_argument("--plan-dir", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:

@@ -81,6 +81,16 @@ def _config(message: Message) -> ConfigRecord:
     return records[0] if records else ConfigRecord()
 
 
+def _float(cfg: ConfigRecord, key: str, default: float) -> float:
+    value = cfg.get(key, default)
+    return float(value) if isinstance(value, int | float) else default
+
+
+def _int(cfg: ConfigRecord, key: str, default: int) -> int:
+    value = cfg.get(key, default)
+    return int(value) if isinstance(value, int | float) else default
+
+
 def _decline(message: Message, device: int, reason: str) -> Message:
     config = ConfigRecord({fk.STATUS: fk.STATUS_DECLINED, fk.REASON: reason, SIM_DEVICE: device})
     return Message(RecordDict({fk.METRICS: MetricRecord({fk.NUM_EXAMPLES: 0}),
@@ -97,8 +107,8 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         pop, rt = load_population(run_dir), _runtime(plan_dir)
         device = int(context.node_config["partition-id"])
         cfg = _config(message)
-        r = int(cfg.get(fk.SERVER_ROUND, 1))
-        t = float(cfg.get(SIM_TIME, 0.0))
+        r = _int(cfg, fk.SERVER_ROUND, 1)
+        t = _float(cfg, SIM_TIME, 0.0)
         ok = pop.traces.available(device, t) and (not pop.orders  # a replay: its orders say
                                                   or pop.order(r, device) is not None)
         _, y = pop.client_data(device, r)
@@ -116,7 +126,7 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         pop, rt = load_population(run_dir), _runtime(plan_dir)
         device = int(context.node_config["partition-id"])
         cfg = _config(message)
-        r = int(cfg.get(fk.SERVER_ROUND, 1))
+        r = _int(cfg, fk.SERVER_ROUND, 1)
         if pop.traces.drops_out(device, r):
             return _decline(message, device, "dropped out during training (trace)")
         x, y = pop.client_data(device, r)
@@ -125,12 +135,12 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         if not records:
             return _decline(message, device, "no weights in the train message")
         global_w = {k: a.numpy() for k, a in records[0].items()}
-        seed = order_seed(int(cfg.get(fk.SEED, fk.DEFAULT_SEED)), r, device)
+        seed = order_seed(_int(cfg, fk.SEED, fk.DEFAULT_SEED), r, device)
         try:
             with _train_lock():  # one runtime per worker process: one training at a time
                 rt.set_weights(global_w)
-                result = rt.fit(x, y, epochs=int(cfg.get(fk.EPOCHS, fk.DEFAULT_EPOCHS)),
-                                lr=float(cfg.get(fk.LR, 0.05)), seed=seed,
+                result = rt.fit(x, y, epochs=_int(cfg, fk.EPOCHS, fk.DEFAULT_EPOCHS),
+                                lr=_float(cfg, fk.LR, 0.05), seed=seed,
                                 batch_rule=str(cfg.get(fk.BATCH_RULE, fk.DEFAULT_BATCH_RULE)),
                                 orders=pop.order(r, device))
                 trained = rt.get_weights()

@@ -125,6 +125,7 @@ def write_outputs(result: ExperimentResult, timings: Sequence[Mapping[str, Any]]
     exp, out = result.experiment, result.out_dir
     write_rows(out, result.rows)
     (out / "summary.json").write_text(json.dumps(result.summary, indent=1) + "\n")
+    (out / "experiment.json").write_text(exp.results_key())
     with (out / "timings.jsonl").open("w") as fh:
         for t in timings:
             fh.write(json.dumps(t) + "\n")

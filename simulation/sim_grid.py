@@ -183,9 +183,9 @@ class SimGrid:
                         dst_node_id=md.dst_node_id, reply_to_message_id=md.reply_to_message_id,
                         group_id=md.group_id, created_at=md.created_at, ttl=md.ttl,
                         message_type=md.message_type)
-        if reply.has_error():
-            return Message(metadata=meta, error=reply.error)
-        return Message(metadata=meta, content=reply.content)
+        if reply.has_error():  # Message(metadata=...) is Flower's own way to rebuild a message
+            return Message(metadata=meta, error=reply.error)  # type: ignore[call-overload]
+        return Message(metadata=meta, content=reply.content)  # type: ignore[call-overload]
 
     # --- internals ----------------------------------------------------------------------------
     def _collect(self, batch: set[str]) -> None:

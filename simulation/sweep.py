@@ -3,7 +3,8 @@
 Runs are grouped by every swept key except ``seed``; each group's summary metrics are shown as
 mean ± std over its seeds (population std, ``ddof=0``; one seed shows ± 0). The table goes to
 ``sweep.csv``, ``sweep.md`` and ``sweep.html`` (with each group's accuracy curve) in the sweep's
-output directory; each run keeps its own directory below it.
+output directory; each run keeps its own directory below it. Running a sweep again resumes
+it: a point whose directory holds a finished run of the same experiment is not run again.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ def run_sweep(exp: Experiment, run: Callable[[Experiment], Any]) -> list[dict[st
 
     points, summaries, results = [], [], []
     for point, sub in expand_sweep(exp):
+        done = finished(sub)
+        if done is not None:  # a rerun of the sweep resumes: finished points are kept
+            points.append(point)
+            summaries.append(done)
+            continue
         res = run(sub)
         points.append(point)
         summaries.append(res.summary)
@@ -92,6 +98,17 @@ def run_sweep(exp: Experiment, run: Callable[[Experiment], Any]) -> list[dict[st
                        + "<h2>Runs</h2>" + _html_table(runs))
     (out / "sweep.html").write_text(page)
     return table
+
+
+def finished(exp: Experiment) -> dict[str, Any] | None:
+    """The summary of a finished run of exactly ``exp`` in its output directory, else None."""
+    out = exp.out_dir()
+    try:
+        same = json.loads((out / "experiment.json").read_text()) == json.loads(
+            exp.results_key())
+        return dict(json.loads((out / "summary.json").read_text())) if same else None
+    except (OSError, ValueError):
+        return None
 
 
 def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:

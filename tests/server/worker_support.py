@@ -69,7 +69,7 @@ async def read_results(case: BrokerCase) -> list[PredictionResult]:
         import redis.asyncio as aioredis
 
         r = aioredis.Redis.from_url(case.url)
-        entries = await r.xrange(s.results)
+        entries: Any = await r.xrange(s.results)
         await r.aclose()
         return [PredictionResult.model_validate_json(f[b"data"]) for _, f in entries]
     return [PredictionResult.model_validate_json(m) for m in await _nats_messages(case, s.results)]
@@ -100,7 +100,7 @@ async def read_dead_letters(case: BrokerCase) -> list[dict[str, str]]:
         import redis.asyncio as aioredis
 
         r = aioredis.Redis.from_url(case.url)
-        entries = await r.xrange(s.dead_letter)
+        entries: Any = await r.xrange(s.dead_letter)
         await r.aclose()
         return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
     return [
