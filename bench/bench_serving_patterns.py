@@ -132,6 +132,26 @@ async def publish_backlog(url: str, streams: object, x: np.ndarray, n: int) -> N
                                    for i in range(lo, min(n, lo + 16))))
 
 
+async def result_count(kind: str, url: str, streams: object) -> int:
+    """How many results the broker holds."""
+    from edgefleet.ondemand import nats_stream_name
+
+    results = streams.results  # type: ignore[attr-defined]
+    if kind == "redis":
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(url)
+        n = int(await r.xlen(results))
+        await r.aclose()
+        return n
+    import nats
+
+    nc = await nats.connect(url)
+    info = await nc.jetstream().stream_info(nats_stream_name(results))
+    await nc.close()
+    return int(info.state.messages)
+
+
 async def result_times(kind: str, url: str, streams: object) -> list[float]:
     """``computed_at`` (epoch seconds) of every stored result."""
     from edgefleet.ondemand import PredictionResult, nats_stream_name
@@ -222,11 +242,12 @@ def bench_worker(kind: str, env: dict[str, str], workdir: Path, x: np.ndarray, n
     try:
         cpu0 = cpu_seconds(proc.pid)
         deadline = time.monotonic() + 300
-        while len(times := asyncio.run(result_times(kind, url, streams))) < n:
+        while (done := asyncio.run(result_count(kind, url, streams))) < n:
             if time.monotonic() > deadline or proc.poll() is not None:
-                sys.exit(f"the worker did not drain the backlog ({len(times)} of {n})")
-            time.sleep(0.5)
+                sys.exit(f"the worker did not drain the backlog ({done} of {n})")
+            time.sleep(0.2)
         cpu_per_k = (cpu_seconds(proc.pid) - cpu0) / n * 1000
+        times = asyncio.run(result_times(kind, url, streams))
         drain = n / (max(times) - min(times))
         rate = min(drain / 2, max_rate)
         p50, p99, _ = asyncio.run(latency(url, streams, x, rate, seconds))

@@ -342,10 +342,12 @@ def main() -> int:
     med = {k: (statistics.median(p.rps for p in v), statistics.median(p.cpu_ms for p in v))
            for k, v in ab.items()}
     print("\npoll (304), 4 interleaved (ABBA) 3 s runs each, medians:")
+    errs = {k: sum(p.errors for p in v) for k, v in ab.items()}
     print_table([Column("server", 12), Column("req/s", 8, ",.0f"),
-                 Column("server CPU ms/req", 18, ".2f"), Column("× CPU", 6, ".2f")],
-                [["metrics on", *med["on"], med["on"][1] / med["off"][1]],
-                 ["metrics off", *med["off"], 1.0]])
+                 Column("server CPU ms/req", 18, ".2f"), Column("× CPU", 6, ".2f"),
+                 Column("errors", 7, "d")],
+                [["metrics on", *med["on"], med["on"][1] / med["off"][1], errs["on"]],
+                 ["metrics off", *med["off"], 1.0, errs["off"]]])
     _fleet(phases, args.fleet, poll_s=60, telemetry_s=300, rollout_h=24, fallback_share=0.01,
            fallback_s=60)
     runs = [*phases.values(), *ab["on"], *ab["off"]]

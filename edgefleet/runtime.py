@@ -375,9 +375,13 @@ def order_seed(seed: int, server_round: int, device: int) -> int:
 
 
 def reported_examples(result: FitResult, n: int, weighting: str) -> int:
-    """The ``num-examples`` a device reports: ``n`` (``local-size``) or the examples trained."""
+    """The ``num-examples`` a device reports: ``n`` (``local-size``) or the examples trained.
+
+    Either is capped by the rows actually fed to ``train``, so a training stopped early reports
+    what it trained.
+    """
     if weighting not in WEIGHTINGS:
         raise InputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if weighting == "local-size":
-        return int(n)
-    return int(min(n, result.examples_trained))
+        return int(min(n, result.examples))
+    return int(min(n, result.examples_trained, result.examples))

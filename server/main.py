@@ -2,9 +2,10 @@
 
 Start-up (lifespan) migrates the database when ``auto_migrate`` is on and clears stale partial
 uploads from the artifact store, loads the version-signing key and starts the background scrub
-(:mod:`server.scrubber`); shutdown stops it and disposes of the connection pool. Middleware,
-from the outside in: request ids and the access log, then request body limits (uploads get
-``max_upload_bytes``, everything else ``max_request_bytes``).
+(:mod:`server.scrubber`) and the inference log's writer (:mod:`server.evidence.writer`);
+shutdown writes what the log has queued, stops both and disposes of the connection pool.
+Middleware, from the outside in: request ids and the access log, then request body limits
+(uploads get ``max_upload_bytes``, everything else ``max_request_bytes``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from server.api.responses import add_component_schemas, document_errors
 from server.api.router import api_router, dashboard_router, v2_health_router, v2_router
 from server.deps import single_valued_query
 from server.errors import install_error_handlers
+from server.evidence.writer import inference_log_for
 from server.metrics import install as install_metrics
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from server.scrubber import Scrubber, prepare_integrity
@@ -52,6 +54,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or load_settings()
     engine = make_engine(settings.database_url, pool_size=POOL_SIZE)
     state = AppState.build(settings, engine)
+    inference_log = inference_log_for(settings, engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +63,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         await run_in_threadpool(state.store.cleanup_tmp)
         await run_in_threadpool(prepare_integrity, state)
         scrubber = Scrubber(state, settings.scrub_interval_s).start()
+        if inference_log is not None:
+            inference_log.start()
         yield
+        if inference_log is not None:
+            await run_in_threadpool(inference_log.stop)  # writes what is queued
         scrubber.stop()
         engine.dispose()
 
@@ -75,6 +82,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         dependencies=[Depends(single_valued_query)],
     )
     app.state.edgefleet = state
+    app.state.inference_log = inference_log
     install_error_handlers(app)
     add_component_schemas(app, VersionPublish)  # the upload's ``metadata`` JSON field
     document_errors(app)  # every status a route can answer, with its family's error body

@@ -78,6 +78,17 @@ class ServerSettings(BaseSettings):
     scrub_interval_s
         Seconds between background scrubs of the artifact store (default 3600; 0 disables;
         see :mod:`registry.integrity` and ``edgefleet server scrub``).
+    inference_log_enabled
+        Log every V2 inference (default ``True``; see :mod:`server.evidence.writer`).
+    inference_log_sample_rate
+        Share of logged requests whose inputs are stored (default 0: only a sha256 of each).
+    inference_log_retention_days
+        Age after which logged inferences are pruned (default 30).
+    inference_log_queue_size, inference_log_batch_size, inference_log_flush_interval_s
+        Answers queued at most before new ones are dropped (default 10,000), answers per
+        insert (500) and the longest wait before a partial batch is written (0.5 s).
+    inference_log_prune_interval_s
+        Seconds between prunes of old records (default 300; 0 disables).
     """
 
     model_config = SettingsConfigDict(
@@ -108,6 +119,13 @@ class ServerSettings(BaseSettings):
     ssl_ca_certs: Path | None = None
     signing_key_path: Path = Path("./var/keys/signing-ed25519.pem")
     scrub_interval_s: float = Field(default=3600.0, ge=0)
+    inference_log_enabled: bool = True
+    inference_log_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    inference_log_retention_days: float = Field(default=30.0, gt=0, le=36_500)
+    inference_log_queue_size: int = Field(default=10_000, gt=0, le=10_000_000)
+    inference_log_batch_size: int = Field(default=500, gt=0, le=100_000)
+    inference_log_flush_interval_s: float = Field(default=0.5, gt=0, le=3600)
+    inference_log_prune_interval_s: float = Field(default=300.0, ge=0)
 
     @field_validator("admin_keys", "enrollment_tokens", "inference_keys", mode="before")
     @classmethod

@@ -55,6 +55,7 @@ def run(
     from simulation.runner import run_any
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flwr").propagate = False  # Flower prints its own log lines
     try:
         exp = load_experiment(experiment)
         data = exp.model_dump()

@@ -19,6 +19,13 @@ from registry.models.catalog import (  # noqa: E402
     ModelUpdate,
 )
 from registry.models.device import Device, DevicePublic, DeviceUpdate  # noqa: E402
+from registry.models.evidence import (  # noqa: E402
+    FeedbackCreate,
+    FeedbackItem,
+    FeedbackResult,
+    InferenceRecord,
+    InferenceRecordPublic,
+)
 from registry.models.prediction import (  # noqa: E402
     PrecomputeRun,
     PrecomputeStatus,
@@ -47,6 +54,11 @@ __all__ = [
     "Device",
     "DevicePublic",
     "DeviceUpdate",
+    "FeedbackCreate",
+    "FeedbackItem",
+    "FeedbackResult",
+    "InferenceRecord",
+    "InferenceRecordPublic",
     "JSONType",
     "Model",
     "ModelCreate",

@@ -212,15 +212,27 @@ class InferenceService:
             return list(self._cache)
 
     # --- inference ---------------------------------------------------------------------------
-    def predict(self, target: Target, request: InferenceRequest) -> InferenceResponse:
-        """Run ``request`` on ``target`` (blocking: call it from a worker thread)."""
+    def predict(
+        self,
+        target: Target,
+        request: InferenceRequest,
+        *,
+        observe: Callable[[Any, Any, list[str]], None] | None = None,
+    ) -> InferenceResponse:
+        """Run ``request`` on ``target`` (blocking: call it from a worker thread).
+
+        ``observe(x, probs, labels)``, when given, receives the decoded input, the
+        probabilities and the labels of the answer (the inference log, :mod:`server.evidence`).
+        """
         runtime = self.runtime(target)
         manifest = runtime.manifest
         names = v2.requested_outputs(request.outputs, manifest.output.name)
         x = v2.decode_input(request.inputs, manifest, max_batch=self.max_batch)
         probs = runtime.predict(x)
-        outputs = v2.encode_outputs(probs, v2.predicted_labels(probs, manifest.output.class_labels),
-                                    manifest.output.name, names)
+        labels = v2.predicted_labels(probs, manifest.output.class_labels)
+        outputs = v2.encode_outputs(probs, labels, manifest.output.name, names)
+        if observe is not None:
+            observe(x, probs, labels)
         parameters = {"alias": target.alias} if target.alias else None
         return InferenceResponse(
             model_name=target.model,

@@ -12,6 +12,7 @@ header ``Nats-Msg-Id: <request id>``: within the results stream's duplicate wind
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -96,13 +97,13 @@ class NatsBroker(Broker):
         return []  # JetStream redelivers after ack_wait by itself
 
     async def write_results(self, results: list[tuple[str, bytes]]) -> int:
-        written = 0
-        for request_id, data in results:
-            ack = await self.js.publish(
+        acks = await asyncio.gather(*(  # one round trip for the batch, not one per result
+            self.js.publish(
                 f"{self.streams.results}.{request_id}", data, headers={"Nats-Msg-Id": request_id}
             )
-            written += 0 if ack.duplicate else 1
-        return written
+            for request_id, data in results
+        ))
+        return sum(0 if ack.duplicate else 1 for ack in acks)
 
     async def dead_letter(self, letters: list[DeadLetter]) -> None:
         for letter in letters:

@@ -48,7 +48,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "edgefleet",
+            "edgefleet_cli",
             "server",
             "--host",
             "127.0.0.1",

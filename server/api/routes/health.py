@@ -56,7 +56,11 @@ def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness (database, schema, artifact store, damaged versions)")
+@router.get(
+    "/ready",
+    summary="Readiness (database, schema, artifact store, damaged versions)",
+    responses={503: {"description": "not ready: the same body, saying what failed"}},
+)
 def ready(state: StateDep) -> JSONResponse:
     checks = readiness(state)
     ok = all(v == "ok" for k, v in checks.items() if k != "artifacts")
@@ -69,7 +73,11 @@ def v2_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@v2_router.get("/ready", summary="V2 server readiness")
+@v2_router.get(
+    "/ready",
+    summary="V2 server readiness",
+    responses={503: {"description": "not ready: {\"ready\": false}"}},
+)
 def v2_ready(state: StateDep) -> JSONResponse:
     ok = all(v == "ok" for k, v in readiness(state).items() if k != "artifacts")
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)

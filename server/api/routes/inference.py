@@ -8,7 +8,8 @@ tensor name, shape, datatype or values), 404 for an unknown model or version, 41
 oversized body. Callers need a device token, an admin key or an inference key, unless the
 server runs with ``public_inference``.
 
-Each request records ``model`` and ``model_version`` on ``request.state`` for the access log.
+Each request records ``model`` and ``model_version`` on ``request.state`` for the access log;
+each inference is logged (:func:`server.evidence.capture.logged_predict`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edgefleet.v2 import InferenceRequest, InferenceResponse, V2Error
 from registry.errors import AuthenticationError, NotFoundError
 from server.api.routing import AuthFirstRoute
 from server.deps import CallerDep, ModelPath, SessionDep, StateDep
+from server.evidence.capture import logged_predict
 from server.inference.service import Target
 from server.security import Caller
 from server.state import AppState
@@ -130,7 +132,7 @@ def infer(
 ) -> Response:
     target = _resolve(request, session, state, model, None)
     session.commit()  # release the database connection before running the model
-    return _json(state.inference.predict(target, body))
+    return _json(logged_predict(request, state.inference, target, body))
 
 
 @router.post(
@@ -149,4 +151,4 @@ def infer_version(
 ) -> Response:
     target = _resolve(request, session, state, model, version)
     session.commit()
-    return _json(state.inference.predict(target, body))
+    return _json(logged_predict(request, state.inference, target, body))

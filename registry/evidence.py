@@ -1,0 +1,177 @@
+"""The inference log's storage: idempotent batch inserts, listing, feedback, batched pruning.
+
+Functions take a connection or session and leave the commit to the caller, except
+:func:`prune`, which commits after every batch so that no single transaction holds the write
+lock for long. :func:`latency_bucket` maps a latency onto the log-scale buckets (2 % wide) from
+which the monitoring query computes quantiles in the database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from registry.models.evidence import FeedbackItem, FeedbackResult, InferenceRecord
+from registry.models.columns import utcnow
+
+__all__ = [
+    "BUCKET_BASE_MS",
+    "BUCKET_GROWTH",
+    "InferenceFilter",
+    "apply_feedback",
+    "bucket_upper_ms",
+    "insert_records",
+    "latency_bucket",
+    "list_records",
+    "prune",
+]
+
+#: Lower edge of bucket 0 (milliseconds); latencies below it fall into bucket 0.
+BUCKET_BASE_MS = 0.001
+#: Ratio between consecutive bucket edges (each bucket is 2 % wide).
+BUCKET_GROWTH = 1.02
+_LOG_GROWTH = math.log(BUCKET_GROWTH)
+_MAX_BUCKET = 2000  # about 40 s at the top: anything slower shares the last bucket
+
+TABLE = InferenceRecord.__table__  # type: ignore[attr-defined]
+
+
+def latency_bucket(latency_ms: float) -> int:
+    """The bucket ``b`` with ``BASE·GROWTH^b <= latency_ms < BASE·GROWTH^(b+1)`` (clamped)."""
+    if not latency_ms > BUCKET_BASE_MS:
+        return 0
+    return min(_MAX_BUCKET, int(math.log(latency_ms / BUCKET_BASE_MS) / _LOG_GROWTH))
+
+
+def bucket_upper_ms(bucket: int) -> float:
+    """The upper edge of ``bucket`` (what a quantile falling into it reports), in ms."""
+    return float(BUCKET_BASE_MS * BUCKET_GROWTH ** (bucket + 1))
+
+
+def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` (column → value), skipping any ``(request_id, row_index)`` already stored."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    stmt: Any
+    if dialect == "postgresql":
+        stmt = postgresql.insert(TABLE)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(TABLE)
+    else:  # pragma: no cover - the registry runs on SQLite and PostgreSQL only
+        raise NotImplementedError(f"no idempotent insert for {dialect}")
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["request_id", "row_index"]), rows)
+
+
+def prune(engine: Engine, before: datetime, *, batch: int = 5000, max_batches: int = 1000) -> int:
+    """Delete records created before ``before``, ``batch`` rows per transaction; the count."""
+    deleted = 0
+    for _ in range(max_batches):
+        ids = (
+            sa.select(TABLE.c.id)
+            .where(TABLE.c.created_at < before)
+            .order_by(TABLE.c.id)
+            .limit(batch)
+            .scalar_subquery()
+        )
+        with engine.begin() as conn:
+            n = conn.execute(sa.delete(TABLE).where(TABLE.c.id.in_(ids))).rowcount
+        deleted += n
+        if n < batch:
+            break
+    return deleted
+
+
+@dataclass(frozen=True)
+class InferenceFilter:
+    """Filters of :func:`list_records` (``None`` matches everything)."""
+
+    model: str | None = None
+    version: int | None = None
+    alias: str | None = None
+    variant: str | None = None
+    caller: str | None = None
+    status: int | None = None
+    errors_only: bool = False
+    request_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    labelled: bool | None = None
+
+
+def _where(stmt: Any, f: InferenceFilter) -> Any:
+    c = TABLE.c
+    for column, value in (
+        (c.model, f.model), (c.version, f.version), (c.alias, f.alias), (c.variant, f.variant),
+        (c.caller, f.caller), (c.status, f.status), (c.request_id, f.request_id),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if f.errors_only:
+        stmt = stmt.where(c.status >= 400)
+    if f.since is not None:
+        stmt = stmt.where(c.created_at >= f.since)
+    if f.until is not None:
+        stmt = stmt.where(c.created_at < f.until)
+    if f.labelled is not None:
+        stmt = stmt.where(c.true_label.is_not(None) if f.labelled else c.true_label.is_(None))
+    return stmt
+
+
+def list_records(
+    session: Session, f: InferenceFilter, *, limit: int = 50, offset: int = 0
+) -> tuple[list[InferenceRecord], int]:
+    """One page of records matching ``f``, newest first, and the total that match."""
+    total = session.execute(_where(sa.select(sa.func.count()).select_from(TABLE), f)).scalar_one()
+    stmt = _where(select(InferenceRecord), f).order_by(
+        sa.desc(col(InferenceRecord.created_at)), sa.desc(col(InferenceRecord.id))
+    )
+    rows = list(session.exec(stmt.limit(limit).offset(offset)).all())
+    return rows, int(total)
+
+
+def apply_feedback(
+    session: Session, items: Sequence[FeedbackItem], labelled_at: datetime | None = None
+) -> FeedbackResult:
+    """Store true labels on their records (idempotent: the same label again changes nothing).
+
+    A different label for an instance already labelled replaces it (a correction). Items that
+    name no logged, answered instance come back in ``unknown``; nothing is stored for them.
+    """
+    when = labelled_at or utcnow()
+    wanted = {(i.request_id, i.row_index): i for i in items}
+    c = TABLE.c
+    found: dict[tuple[str, int], tuple[int, str | None]] = {}
+    ids = sorted({i.request_id for i in items})
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            sa.select(c.id, c.request_id, c.row_index, c.true_label).where(
+                c.request_id.in_(ids[start : start + 500]), c.status < 400
+            )
+        ).all()
+        for rid, request_id, row_index, true_label in rows:
+            found[(request_id, row_index)] = (rid, true_label)
+    applied = unchanged = 0
+    unknown = []
+    for key, item in wanted.items():
+        hit = found.get(key)
+        if hit is None:
+            unknown.append(item)
+        elif hit[1] == item.label:
+            unchanged += 1
+        else:
+            session.execute(
+                sa.update(TABLE).where(c.id == hit[0]).values(true_label=item.label,
+                                                              labelled_at=when)
+            )
+            applied += 1
+    session.flush()
+    return FeedbackResult(applied=applied, unchanged=unchanged, unknown=unknown)

@@ -1,0 +1,126 @@
+"""The inference log: one row per answered (or refused) instance of a V2 inference request.
+
+Family: the table :class:`InferenceRecord`, the response :class:`InferenceRecordPublic`, the
+feedback request :class:`FeedbackCreate` (items :class:`FeedbackItem`) and its answer
+:class:`FeedbackResult`.
+
+A request with ``n`` input rows leaves ``n`` records (``row_index`` 0 … n − 1) sharing its
+``request_id``; a refused request (status ≥ 400) leaves one record, ``row_index`` 0, without a
+``label``. ``(request_id, row_index)`` is unique (``uq_inference_record_request_id_row_index``), so a
+batch written twice is stored once. ``model``, ``version`` and ``alias`` are the names the V2
+response carries; ``variant`` names a rollout arm when one answered. ``inputs`` is kept only for
+sampled requests; ``input_sha256`` (of the row's ``float32`` bytes) always. ``true_label`` and
+``labelled_at`` arrive later through feedback. ``latency_bucket`` is
+:func:`registry.evidence.latency_bucket` of ``latency_ms`` (quantiles are computed from it in
+the database).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from pydantic import Field as PydanticField
+from sqlmodel import Field, SQLModel
+
+from edgefleet.bounds import CleanLine, Count, Timestamp
+from registry.models.columns import JSONType, UTCDateTime, utcnow
+
+__all__ = [
+    "MAX_FEEDBACK_ITEMS",
+    "MAX_LABEL_LENGTH",
+    "FeedbackCreate",
+    "FeedbackItem",
+    "FeedbackResult",
+    "InferenceRecord",
+    "InferenceRecordPublic",
+]
+
+#: Longest class label stored (characters).
+MAX_LABEL_LENGTH = 128
+#: Most feedback items one request may carry.
+MAX_FEEDBACK_ITEMS = 1000
+
+_BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class InferenceRecord(SQLModel, table=True):
+    """One instance of one V2 inference request, as answered by ``model`` ``version``."""
+
+    __tablename__ = "inference_record"
+    __table_args__ = (
+        sa.UniqueConstraint("request_id", "row_index"),
+        sa.Index("ix_inference_record_model_created_at", "model", "created_at"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(_BIG_ID, primary_key=True, autoincrement=True)
+    )
+    request_id: str = Field(max_length=128)
+    row_index: int = 0
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True
+    )
+    model: str = Field(max_length=128)
+    version: int
+    alias: str | None = Field(default=None, max_length=64)
+    variant: str | None = Field(default=None, max_length=64)
+    caller: str = Field(max_length=200)
+    status: int
+    latency_ms: float
+    latency_bucket: int
+    label: str | None = Field(default=None, max_length=MAX_LABEL_LENGTH)
+    confidence: float | None = None
+    input_sha256: str | None = Field(default=None, max_length=64)
+    inputs: list[float] | None = Field(default=None, sa_type=JSONType)
+    true_label: str | None = Field(default=None, max_length=MAX_LABEL_LENGTH)
+    labelled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class InferenceRecordPublic(SQLModel):
+    """A logged instance (see :class:`InferenceRecord` for the fields)."""
+
+    request_id: str
+    row_index: int
+    created_at: datetime
+    model: str
+    version: int
+    alias: str | None
+    variant: str | None
+    caller: str
+    status: int
+    latency_ms: float
+    label: str | None
+    confidence: float | None
+    input_sha256: str | None
+    inputs: list[float] | None
+    true_label: str | None
+    labelled_at: datetime | None
+
+
+class FeedbackItem(SQLModel):
+    """The true label of row ``row_index`` of request ``request_id``."""
+
+    request_id: CleanLine = PydanticField(min_length=1, max_length=128)
+    row_index: Count = 0
+    label: CleanLine = PydanticField(min_length=1, max_length=MAX_LABEL_LENGTH)
+
+
+class FeedbackCreate(SQLModel):
+    """Delayed labels, up to :data:`MAX_FEEDBACK_ITEMS` per request.
+
+    ``labelled_at`` (default: when the server receives them) is when the labels were known.
+    """
+
+    items: list[FeedbackItem] = PydanticField(min_length=1, max_length=MAX_FEEDBACK_ITEMS)
+    labelled_at: Timestamp | None = None
+
+
+class FeedbackResult(SQLModel):
+    """What feedback changed: ``applied`` labels new or different, ``unchanged`` ones already
+    stored, and ``unknown`` items naming no logged instance (not yet written, pruned, never
+    answered, or a refused request)."""
+
+    applied: int
+    unchanged: int
+    unknown: list[FeedbackItem]

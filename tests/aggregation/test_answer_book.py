@@ -1,0 +1,83 @@
+"""The round loop without a query every round (``query_max_age``), and FedAvg's weighted mean
+from the validator's decoded arrays (``aggregation.linear``), bit for bit Flower's."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from aggregation import linear
+from aggregation.rounds import RoundRunner, RoundSettings
+from aggregation.selection import UniformSelection
+from aggregation.strategies import build_strategy
+from aggregation.validation import UpdateValidator, ValidationBounds
+from edgefleet.plan import WeightSpec
+from tests.aggregation.harness import federation
+from tests.aggregation.toy import toy_client_app, toy_manifest, zeros
+
+
+class CountingGrid:
+    """Flower's grid, counting the query messages pushed through it."""
+
+    def __init__(self, grid) -> None:  # type: ignore[no-untyped-def]
+        self.grid, self.queries = grid, 0
+
+    def get_node_ids(self):  # type: ignore[no-untyped-def]
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        self.queries += sum(1 for m in messages if m.metadata.message_type == "query")
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, ids):  # type: ignore[no-untyped-def]
+        return self.grid.pull_messages(ids)
+
+
+def _run(max_age: int) -> tuple[int, list[bool]]:
+    with federation(toy_client_app(["honest"] * 4), 4) as (grid, _):
+        counting = CountingGrid(grid)
+        settings = RoundSettings(model="toy", target_clients=4, min_reports=2,
+                                 over_selection=1.0, poll_interval_s=0.05, query_timeout_s=3,
+                                 train_timeout_s=3, wait_for_nodes_s=5, query_max_age=max_age)
+        rr = RoundRunner(counting, toy_manifest(), build_strategy("fedavg"),
+                         UniformSelection(), settings=settings,
+                         bounds=ValidationBounds(min_cosine=None))
+        result = rr.run(zeros(), num_rounds=3)
+    return counting.queries, [r.ok for r in result.reports]
+
+
+def test_train_replies_renew_answers_so_later_rounds_need_no_query() -> None:
+    assert _run(0) == (12, [True, True, True])  # every node, every round
+    assert _run(5) == (4, [True, True, True])  # once, in round 1
+
+
+def test_linear_mean_is_flowers_fedavg_to_the_bit() -> None:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    spec = [WeightSpec(name="k", shape=[8, 4]), WeightSpec(name="b", shape=[4])]
+    glob = {"k": np.zeros((8, 4), np.float32), "b": np.zeros(4, np.float32)}
+    rng = np.random.default_rng(0)
+    replies = []
+    for n in range(1, 8):
+        arrays = ArrayRecord({"k": Array(rng.normal(size=(8, 4)).astype(np.float32)),
+                              "b": Array(rng.normal(size=4).astype(np.float32))})
+        metrics = MetricRecord({"num-examples": 10 * n, "train-loss": float(n),
+                                "agg-weight": float(10 * n)})
+        content = RecordDict({"arrays": arrays, "metrics": metrics,
+                              "config": ConfigRecord({"status": "ok"})})
+        replies.append(Message(content, reply_to=Message(RecordDict(), n, "train")))
+    validator = UpdateValidator(spec, glob, ValidationBounds(min_cosine=None))
+    verdicts = [validator.validate(i, m.content) for i, m in enumerate(replies)]
+    assert all(v.accepted and len(v.arrays) == 2 for v in verdicts)
+    ours, metrics = linear.weighted_mean(
+        [v.arrays for v in verdicts], [float(10 * n) for n in range(1, 8)],
+        [dict(next(iter(m.content.metric_records.values())).items()) for m in replies], spec)
+    theirs, their_metrics = FedAvg(weighted_by_key="agg-weight").aggregate_train(1, replies)
+    assert theirs is not None and their_metrics is not None
+    for k in ("k", "b"):
+        assert np.array_equal(ours[k], theirs[k].numpy())
+    assert metrics["train-loss"] == their_metrics["train-loss"]
+    assert linear.applies(build_strategy("fedprox", {"proximal_mu": 0.1}))
+    assert not linear.applies(build_strategy("krum"))
