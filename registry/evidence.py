@@ -19,8 +19,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from registry.models.evidence import FeedbackItem, FeedbackResult, InferenceRecord
 from registry.models.columns import utcnow
+from registry.models.evidence import FeedbackItem, FeedbackResult, InferenceRecord
 
 __all__ = [
     "BUCKET_BASE_MS",

@@ -191,6 +191,7 @@ class SimGrid:
     def _collect(self, batch: set[str]) -> None:
         deadline = time.monotonic() + self.timeout_s
         missing = [i for i in batch if i not in self._inbox and i not in self._released]
+        pause = 0.005
         while missing:
             for reply in self.grid.pull_messages(missing):
                 self._inbox[str(reply.metadata.reply_to_message_id)] = reply
@@ -199,7 +200,8 @@ class SimGrid:
                 if time.monotonic() > deadline:
                     raise ExperimentError(f"{len(missing)} simulated clients did not reply "
                                           f"within {self.timeout_s:.0f} s (engine.timeout_s)")
-                time.sleep(0.005)
+                time.sleep(pause)  # a pull of many ids costs: back off to 0.2 s
+                pause = min(0.2, pause * 2)
 
     def _release(self, batch: set[str]) -> None:
         replies = {i: self._inbox[i] for i in batch if i in self._inbox}

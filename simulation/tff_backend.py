@@ -211,6 +211,7 @@ def compare_backends(exp: Experiment) -> Comparison:
                                          strict=True), start=1):
         diff = max(float(np.max(np.abs(np.asarray(fw[k], np.float64) - tw[k]))) for k in fw)
         fa = float(flower.rows[r - 1]["accuracy"])
+        ta = round(ta, 10)  # the results file's precision
         rows.append({"round": r, "flower_accuracy": fa, "tff_accuracy": ta,
                      "accuracy_diff": fa - ta, "max_abs_weight_diff": diff})
     out = exp.out_dir()

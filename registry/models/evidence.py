@@ -6,13 +6,13 @@ feedback request :class:`FeedbackCreate` (items :class:`FeedbackItem`) and its a
 
 A request with ``n`` input rows leaves ``n`` records (``row_index`` 0 … n − 1) sharing its
 ``request_id``; a refused request (status ≥ 400) leaves one record, ``row_index`` 0, without a
-``label``. ``(request_id, row_index)`` is unique (``uq_inference_record_request_id_row_index``), so a
-batch written twice is stored once. ``model``, ``version`` and ``alias`` are the names the V2
-response carries; ``variant`` names a rollout arm when one answered. ``inputs`` is kept only for
-sampled requests; ``input_sha256`` (of the row's ``float32`` bytes) always. ``true_label`` and
-``labelled_at`` arrive later through feedback. ``latency_bucket`` is
-:func:`registry.evidence.latency_bucket` of ``latency_ms`` (quantiles are computed from it in
-the database).
+``label``. ``(request_id, row_index)`` is unique
+(``uq_inference_record_request_id_row_index``), so a batch written twice is stored once.
+``model``, ``version`` and ``alias`` are the names the V2 response carries; ``variant`` names
+a rollout arm when one answered. ``inputs`` is kept only for sampled requests,
+``input_sha256`` (of the row's ``float32`` bytes) always. ``true_label`` and ``labelled_at``
+arrive later through feedback. ``latency_bucket`` is :func:`registry.evidence.latency_bucket`
+of ``latency_ms`` (quantiles are computed from it in the database).
 """
 
 from __future__ import annotations

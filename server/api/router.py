@@ -12,9 +12,12 @@ from server.api.routes import (
     dashboard,
     devices,
     drift,
+    feedback,
     health,
     inference,
+    inferences,
     models,
+    monitor,
     predictions,
     telemetry,
     versions,
@@ -32,6 +35,9 @@ for module in (
     telemetry,
     drift,
     predictions,
+    inferences,
+    feedback,
+    monitor,
 ):
     api_router.include_router(module.router)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -121,4 +120,3 @@ def test_status_json_is_reported(tmp_path: Path) -> None:
     with Agent(AgentSettings(data_dir=tmp_path / "a", http_port=-1)) as agent:
         assert agent.storage_condition() == {"state": "ok", "labels": "ok", "outbox": "ok"}
         assert json.loads(json.dumps(agent.status()))["storage"]["labels"] == "ok"
-    assert shutil.which("unshare")
