@@ -1,12 +1,27 @@
-"""Experiments: partitions, drift scenarios, and the whole fleet on one machine.
+"""Experiments: the researchers' harness, and the whole fleet on one machine.
 
-* :mod:`simulation.partition` — Dirichlet label-skewed shares and input shifts (drift);
-* :mod:`simulation.fleet` — ``run_fleet(config) -> FleetReport`` (``edgefleet sim fleet``): the
-  server, an initial plan, real edge agents with their Flower SuperNodes, a federated run and
-  its summary, all as processes on 127.0.0.1 (:mod:`simulation.processes` cleans them up).
+The harness (``edgefleet sim run EXPERIMENT.toml``, :func:`simulation.engine.run_experiment`):
 
-May import: ``aggregation``, ``edge_client``, the shared ``edgefleet`` core, numpy, flwr (its
-simulation engine), flwr-datasets, httpx, scikit-learn (for the data sets it ships), matplotlib,
-tqdm. TensorFlow only ever runs in a child process (TensorFlow Federated in its own virtual
-environment). The fleet's run settings are the core's (:mod:`edgefleet.run_settings`).
+* :mod:`simulation.config` — the experiment (one pydantic object, read from TOML), sweeps;
+* :mod:`simulation.data`, :mod:`simulation.zoo`, :mod:`simulation.partitioners` — examples,
+  zoo plans (authored in a child process, cached), client partitions (Flower Datasets);
+* :mod:`simulation.scenarios`, :mod:`simulation.adversaries`, :mod:`simulation.traces` — drift,
+  Byzantine clients, device availability and speed;
+* :mod:`simulation.population` — the frozen inputs every worker loads;
+* :mod:`simulation.client_app`, :mod:`simulation.sim_grid`, :mod:`simulation.server`,
+  :mod:`simulation.engine` — the simulated devices, the simulated clock, the production round
+  loop on Flower's simulation engine (Ray, local or a cluster);
+* :mod:`simulation.results`, :mod:`simulation.report`, :mod:`simulation.sweep` — rows, plots,
+  the HTML report, comparison tables;
+* :mod:`simulation.replay`, :mod:`simulation.tff_backend` (+ the standalone
+  ``simulation/tff_worker.py``) — frozen inputs and the TensorFlow Federated reference.
+
+The fleet (``edgefleet sim fleet``): :mod:`simulation.partition` (Dirichlet shares and input
+shifts), :mod:`simulation.fleet` (server, plan, agents, SuperNodes, a federated run;
+:mod:`simulation.processes` cleans them up).
+
+May import: ``aggregation``, ``edge_client``, the shared ``edgefleet`` core, numpy, httpx,
+scikit-learn (its bundled data sets), flwr (and its simulation engine), flwr-datasets,
+matplotlib, tqdm. TensorFlow only ever runs in a child process (plan authoring) or in TFF's own
+virtual environment.
 """
