@@ -109,10 +109,11 @@ def smoke_test(runtime: PlanRuntime) -> None:
     Raises
     ------
     ModelRejectedError
-        The plan raised, or answered something that is not ``[n, n_classes]`` finite
-        probabilities summing to 1.
+        A weight is not finite or exceeds :data:`MAX_WEIGHT_MAGNITUDE`, the plan raised, or it
+        answered something that is not ``[n, n_classes]`` finite probabilities summing to 1.
     """
     m = runtime.manifest
+    _check_weight_magnitudes(runtime)
     probes = [np.zeros((1, *m.input.sample_shape), dtype=np.float32)]
     if m.reference is not None and m.reference.features:
         means = np.asarray([f.mean for f in m.reference.features], dtype=np.float32)
@@ -130,6 +131,28 @@ def smoke_test(runtime: PlanRuntime) -> None:
         raise ModelRejectedError("smoke test: the model answered NaN/inf/negative probabilities")
     if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
         raise ModelRejectedError(f"smoke test: probabilities sum to {probs.sum(axis=1)}, not 1")
+
+
+#: The largest weight magnitude a plan may carry. Trained weights sit many orders below it; past
+#: it, float32 activations overflow and what the model answers depends on the interpreter
+#: (LiteRT answers NaN, tflite-runtime a finite uniform distribution), so a probe of the outputs
+#: alone cannot refuse such a model on every device.
+MAX_WEIGHT_MAGNITUDE = 1e6
+
+
+def _check_weight_magnitudes(runtime: PlanRuntime) -> None:
+    """Refuse weights that are not finite or exceed :data:`MAX_WEIGHT_MAGNITUDE`."""
+    try:
+        weights = runtime.get_weights()
+    except EdgeFleetError as exc:
+        raise ModelRejectedError(f"smoke test: the weights could not be read: {exc}") from exc
+    for name, value in weights.items():
+        if not np.all(np.isfinite(value)):
+            raise ModelRejectedError(f"smoke test: weight {name!r} is not finite")
+        peak = float(np.max(np.abs(value))) if value.size else 0.0
+        if peak > MAX_WEIGHT_MAGNITUDE:
+            raise ModelRejectedError(
+                f"smoke test: weight {name!r} reaches {peak:.3g} (limit {MAX_WEIGHT_MAGNITUDE:g})")
 
 
 class ModelManager:
