@@ -12,6 +12,7 @@ import typer
 from aggregation.cli import app as fl_app
 from authoring.cli import app as model_app
 from edge_client.cli import app as agent_app
+from edgefleet_cli.registry import app as registry_app
 from server.cli import app as server_app
 from simulation.cli import app as sim_app
 
@@ -28,6 +29,7 @@ app.add_typer(server_app, name="server", help="Run the registry and inference se
 app.add_typer(agent_app, name="agent", help="Enrol and run the edge agent on a device.")
 app.add_typer(fl_app, name="fl", help="Run federated rounds (Flower ServerApp, controller).")
 app.add_typer(sim_app, name="sim", help="Run simulations with virtual clients.")
+app.add_typer(registry_app, name="registry", help="Inspect a running server's registry and log.")
 
 
 @app.command()

@@ -102,7 +102,7 @@ def _client_indices(partitioner: Any, dataset: Any, clients: int) -> list[np.nda
     first = np.asarray(partitioner.load_partition(0)["idx"], dtype=np.int64)
     rows = getattr(partitioner, "_partition_id_to_indices", None)
     if isinstance(rows, dict) and len(rows) == clients:
-        idx = np.asarray(dataset["idx"], dtype=np.int64)
+        idx = np.asarray(dataset.with_format("numpy")["idx"], dtype=np.int64)
         return [np.sort(idx[np.asarray(rows[i], dtype=np.int64)]) for i in range(clients)]
     return [np.sort(first)] + [
         np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64))

@@ -156,7 +156,7 @@ def _accuracy(
 ) -> dict[int, list[AccuracyWindow]]:
     c = TABLE.c
     base = int(since.timestamp())
-    index = sa.cast((_epoch(session, c.created_at) - base) / window_s, sa.BigInteger)
+    index = (_epoch(session, c.created_at) - base) // window_s  # integer (floor) division
     rows = session.execute(
         sa.select(c.version, index.label("w"), sa.func.count(),
                   sa.func.sum(sa.case((c.label == c.true_label, 1), else_=0)))

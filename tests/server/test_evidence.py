@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +53,8 @@ def test_every_inference_is_logged_once_with_its_outputs(served: Api, client: Te
     r = client.post("/v2/models/digits/infer", json=body(3), headers={**APP, "X-Request-ID": "r-1"})
     assert r.status_code == 200, r.text
     labels = next(o for o in r.json()["outputs"] if o["datatype"] == "BYTES")["data"]
-    bad = client.post("/v2/models/digits/infer", json={"inputs": [{"name": "x", "shape": [1, 3],
-                      "datatype": "FP32", "data": [1, 2, 3]}]}, headers={**APP, "X-Request-ID": "r-2"})
+    wrong = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    bad = client.post("/v2/models/digits/infer", json=wrong, headers={**APP, "X-Request-ID": "r-2"})
     assert bad.status_code == 400
     flush(client)
     page = logged(client, model="digits", request_id="r-1")
@@ -163,8 +164,9 @@ def test_bad_queries_are_refused(served: Api, client: TestClient, url: str,
 
 
 def test_bad_feedback_is_refused(served: Api, client: TestClient) -> None:
-    ok = {"items": [{"request_id": "x", "label": "1"}]}
+    ok: dict[str, Any] = {"items": [{"request_id": "x", "label": "1"}]}
     assert client.post("/api/v1/feedback", json=ok).status_code == 401
+    bad: dict[str, Any]
     for bad in ({"items": []}, {"items": [{"request_id": "x\x00", "label": "1"}]},
                 {"items": [{"request_id": "x", "label": "1", "row_index": -1}]},
                 {"items": [{"request_id": "x", "label": "1"}] * 1001},
@@ -271,3 +273,44 @@ def test_retention_prunes_old_records_in_batches(served: Api, client: TestClient
     remaining = logged(client, limit=200)
     assert remaining["total"] == len(fresh)
     assert all(i["request_id"].startswith("fresh-") for i in remaining["items"])
+
+
+# --- the operator's CLI over the REST API ----------------------------------------------------
+def test_registry_cli_prints_tables_and_json(
+    served: Api, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet_cli import registry as cli
+    from edgefleet_cli.main import app
+
+    assert client.post("/v2/models/digits/infer", json=body(), headers={
+        **APP, "X-Request-ID": "cli-1"}).status_code == 200
+    flush(client)
+    monkeypatch.setattr(cli, "_client", lambda url: client)  # the app over ASGI, not a socket
+    client.headers["X-Admin-Key"] = ADMIN["X-Admin-Key"]
+    runner = CliRunner()
+    out = runner.invoke(app, ["registry", "models"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[0].split()[:2] == ["name", "latest_version"]
+    assert "digits" in out.output
+    out = runner.invoke(app, ["registry", "inferences", "--model", "digits", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [i["request_id"] for i in json.loads(out.output)["items"]] == ["cli-1"]
+    out = runner.invoke(app, ["registry", "monitor", "digits"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[2].split()[:3] == ["1", "1", "0"]  # version, requests, errors
+    for args in (["versions", "digits"], ["aliases", "digits"], ["history", "digits"]):
+        assert runner.invoke(app, ["registry", *args]).exit_code == 0
+    out = runner.invoke(app, ["registry", "monitor", "nope"])
+    assert out.exit_code == 1 and "404" in out.output
+
+
+def test_registry_cli_needs_the_admin_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet_cli.main import app
+
+    monkeypatch.delenv("EDGEFLEET_ADMIN_KEY", raising=False)
+    out = CliRunner().invoke(app, ["registry", "models"])
+    assert out.exit_code != 0 and "EDGEFLEET_ADMIN_KEY" in out.output

@@ -1,0 +1,165 @@
+"""``edgefleet registry``: the operator's view of a running server, over its REST API.
+
+Commands: ``models``, ``versions MODEL``, ``aliases MODEL``, ``history MODEL [--alias A]``,
+``inferences [filters]`` and ``monitor MODEL [--since --until --against --window-s]``. Each prints
+a table, or the server's JSON with ``--json``. The server is ``--url`` (default
+``$EDGEFLEET_URL`` or ``http://127.0.0.1:8000``); the admin key comes from
+``$EDGEFLEET_ADMIN_KEY`` (never from the command line, where other users' ``ps`` would see it).
+A refusal prints the server's message and exits 1.
+
+Only Typer and the standard library are imported at module level; httpx inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Inspect the registry and the inference log of a running server.")
+
+Url = Annotated[str | None, typer.Option("--url", help="server base URL ($EDGEFLEET_URL)")]
+Json = Annotated[bool, typer.Option("--json", help="print the server's JSON")]
+Limit = Annotated[int, typer.Option(min=1, max=500)]
+Offset = Annotated[int, typer.Option(min=0)]
+
+
+def _client(url: str | None) -> Any:
+    """An httpx client for the server with the admin key (the seam tests replace)."""
+    import httpx
+
+    key = os.environ.get("EDGEFLEET_ADMIN_KEY")
+    if not key:
+        raise typer.BadParameter("set EDGEFLEET_ADMIN_KEY to an admin key of the server")
+    base = url or os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8000")
+    return httpx.Client(base_url=base, headers={"X-Admin-Key": key}, timeout=30)
+
+
+def _get(url: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    query = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
+    try:
+        with _client(url) as http:
+            r = http.get(path, params=query)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach the server ({type(exc).__name__})", err=True)
+        raise typer.Exit(1) from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail") or r.json().get("error") or r.text
+        except ValueError:
+            detail = r.text
+        typer.echo(f"error: {r.status_code} {detail}", err=True)
+        raise typer.Exit(1)
+    return r.json()
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """``rows`` as a plain-text table of ``columns`` (missing values shown as ``-``)."""
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict | list):
+            return json.dumps(value, separators=(",", ":"))
+        return str(value)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _show(data: Any, as_json: bool, columns: list[str], items: str | None = "items") -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    rows = data[items] if items else data
+    typer.echo(table(rows, columns))
+    if items and "total" in data:
+        typer.echo(f"({len(rows)} of {data['total']}, offset {data['offset']})")
+
+
+@app.command()
+def models(url: Url = None, as_json: Json = False, limit: Limit = 50,
+           offset: Offset = 0) -> None:
+    """List models."""
+    data = _get(url, "/api/v1/models", {"limit": limit, "offset": offset})
+    _show(data, as_json, ["name", "latest_version", "aliases", "tags", "updated_at"])
+
+
+@app.command()
+def versions(model: str, url: Url = None, as_json: Json = False, limit: Limit = 50,
+             offset: Offset = 0) -> None:
+    """List a model's versions."""
+    data = _get(url, f"/api/v1/models/{model}/versions", {"limit": limit, "offset": offset})
+    _show(data, as_json, ["version", "status", "created_at", "aliases", "description"])
+
+
+@app.command()
+def aliases(model: str, url: Url = None, as_json: Json = False) -> None:
+    """List a model's aliases and the versions they name."""
+    data = _get(url, f"/api/v1/models/{model}/aliases")
+    _show(data, as_json, ["alias", "version", "rollout_percent", "updated_at"], items=None)
+
+
+@app.command()
+def history(model: str, alias: Annotated[str | None, typer.Option()] = None,
+            url: Url = None, as_json: Json = False, limit: Limit = 50,
+            offset: Offset = 0) -> None:
+    """The history of a model's aliases (or of one alias)."""
+    path = (f"/api/v1/models/{model}/aliases/{alias}/history" if alias
+            else f"/api/v1/models/{model}/alias-history")
+    data = _get(url, path, {"limit": limit, "offset": offset})
+    _show(data, as_json, ["at", "alias", "from_version", "to_version", "actor", "reason"])
+
+
+@app.command()
+def inferences(
+    model: Annotated[str | None, typer.Option()] = None,
+    version: Annotated[int | None, typer.Option(min=1)] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="status >= 400 only")] = False,
+    request_id: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 with a zone")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601 with a zone")] = None,
+    url: Url = None, as_json: Json = False, limit: Limit = 50, offset: Offset = 0,
+) -> None:
+    """Logged inferences, newest first."""
+    data = _get(url, "/api/v1/inferences", {
+        "model": model, "version": version, "errors": errors, "request_id": request_id,
+        "since": since, "until": until, "limit": limit, "offset": offset})
+    _show(data, as_json, ["created_at", "request_id", "row_index", "model", "version", "alias",
+                          "caller", "status", "latency_ms", "label", "confidence",
+                          "true_label"])
+
+
+@app.command()
+def monitor(
+    model: str,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 (default: a day ago)")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601 (default: now)")] = None,
+    against: Annotated[int | None, typer.Option(min=1, help="version to compare with")] = None,
+    window_s: Annotated[int, typer.Option(min=60)] = 3600,
+    url: Url = None, as_json: Json = False,
+) -> None:
+    """Per-version requests, errors, latency, prediction shift and accuracy."""
+    data = _get(url, f"/api/v1/models/{model}/monitor", {
+        "since": since, "until": until, "against": against, "window_s": window_s})
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    rows = [{**v, **{k: v["latency_ms"].get(k) for k in ("p50", "p99")},
+             "top": ",".join(sorted(v["predictions"], key=v["predictions"].get,
+                                    reverse=True)[:3])} for v in data["versions"]]
+    typer.echo(f"{data['model']}  {data['since']} .. {data['until']}  "
+               f"(shift against version {data['against']})")
+    typer.echo(table(rows, ["version", "requests", "errors", "error_rate", "p50", "p99",
+                            "shift", "labelled", "accuracy", "top"]))
