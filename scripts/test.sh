@@ -26,6 +26,20 @@ if [ -z "${EDGEFLEET_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null
     echo "[test] starting the local PostgreSQL cluster"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
 fi
+# The broker tests need Redis (6379) and NATS JetStream (4222), which these machines also start
+# before a session; start whichever is installed but not answering.
+if command -v redis-server >/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    echo "[test] starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        --logfile /tmp/edgefleet-test-redis.log || true
+fi
+if [ -x /usr/sbin/nats-server ] && ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+    echo "[test] starting NATS (JetStream)"
+    mkdir -p /tmp/edgefleet-test-nats
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+        -a 127.0.0.1 -p 4222 -js -sd /tmp/edgefleet-test-nats -l /tmp/edgefleet-test-nats.log || true
+    sleep 1
+fi
 echo "[test] ruff"; .venv/bin/ruff check .
 echo "[test] mypy"; .venv/bin/mypy edgefleet edgefleet_cli authoring server registry aggregation simulation edge_client
 echo "[test] pytest in .venv ($(.venv/bin/python -c 'import numpy; print("numpy", numpy.__version__)'))"

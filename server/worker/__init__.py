@@ -8,7 +8,8 @@ the shared core, ``server.inference`` and ``server.precompute.resolve`` (to load
 server does), numpy; ``redis`` or ``nats`` (the ``broker`` extra) only in the broker chosen.
 """
 
-from server.worker.broker import Broker, BrokerError, DeadLetter, Delivery, open_broker
+from server.worker.broker import Broker, BrokerError, DeadLetter, Delivery
+from server.worker.connect import open_broker
 from server.worker.processor import Worker, WorkerConfig, WorkerStats
 from server.worker.settings import WorkerSettings, load_worker_settings
 

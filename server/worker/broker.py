@@ -2,7 +2,8 @@
 
 :class:`Broker` is the small interface :class:`server.worker.processor.Worker` drives; two
 implementations exist, :class:`server.worker.redis_broker.RedisBroker` (Redis Streams, the
-default) and :class:`server.worker.nats_broker.NatsBroker` (NATS JetStream). :func:`open_broker`
+default) and :class:`server.worker.nats_broker.NatsBroker` (NATS JetStream).
+:func:`server.worker.connect.open_broker`
 picks one by the URL's scheme (see :func:`edgefleet.ondemand.broker_kind`).
 
 The contract every implementation keeps:
@@ -24,10 +25,10 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgefleet.ondemand import NATS_DUPLICATE_WINDOW_S, Streams, broker_kind
+from edgefleet.ondemand import Streams
 from server.errors import ServerError
 
-__all__ = ["Broker", "BrokerError", "DeadLetter", "Delivery", "open_broker"]
+__all__ = ["Broker", "BrokerError", "DeadLetter", "Delivery"]
 
 
 class BrokerError(ServerError):
@@ -100,28 +101,3 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Close the connection."""
 
-
-def open_broker(
-    url: str,
-    streams: Streams,
-    *,
-    group: str,
-    consumer: str,
-    claim_idle_s: float,
-    result_ttl_s: float,
-) -> Broker:
-    """The broker for ``url`` (``redis://…`` or ``nats://…``), not yet set up."""
-    if broker_kind(url) == "redis":
-        from server.worker.redis_broker import RedisBroker
-
-        return RedisBroker(url, streams, group, consumer, result_ttl_s=result_ttl_s)
-    from server.worker.nats_broker import NatsBroker
-
-    return NatsBroker(
-        url,
-        streams,
-        group,
-        consumer,
-        ack_wait_s=claim_idle_s,
-        duplicate_window_s=min(result_ttl_s, NATS_DUPLICATE_WINDOW_S),
-    )

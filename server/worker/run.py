@@ -16,7 +16,7 @@ import signal
 from registry.db import make_engine
 from server.precompute.resolve import make_service
 from server.settings import ServerSettings
-from server.worker.broker import open_broker
+from server.worker.connect import open_broker
 from server.worker.processor import Worker, WorkerConfig, WorkerStats
 from server.worker.settings import WorkerSettings
 
