@@ -24,6 +24,7 @@ from registry import migrate
 from registry.db import make_engine
 from server.api.responses import add_component_schemas, document_errors
 from server.api.router import api_router, dashboard_router, v2_health_router, v2_router
+from server.api.routes.metrics import router as metrics_router
 from server.deps import single_valued_query
 from server.errors import install_error_handlers
 from server.evidence.writer import inference_log_for
@@ -96,6 +97,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     if settings.metrics_enabled:
         install_metrics(app, engine, state.drift_policy)
+        app.include_router(metrics_router)
     app.include_router(api_router)
     app.include_router(v2_health_router)
     app.include_router(v2_router)

@@ -308,13 +308,11 @@ def render(fleet: Collector | None = None) -> bytes:
 
 
 def install(app: FastAPI, engine: Engine, policy: ThresholdPolicy) -> None:
-    """Count every request of ``app`` and serve ``GET /metrics`` with the fleet's gauges.
+    """Count every request of ``app`` and collect the fleet's gauges for ``GET /metrics``.
 
     Call it after every other middleware is added, so that the counts include the requests
-    those middlewares answer themselves (413 for an oversized body).
+    those middlewares answer themselves (413 for an oversized body). The route itself is
+    :mod:`server.api.routes.metrics`, which the app includes beside this call.
     """
-    from server.api.routes.metrics import router
-
     app.state.fleet_collector = FleetCollector(engine, policy)
     app.add_middleware(MetricsMiddleware)
-    app.include_router(router)

@@ -33,14 +33,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from simulation.config import Experiment
 from simulation.errors import ExperimentError
+from simulation.results import ExperimentResult
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +48,6 @@ OFFLINE_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
 _NO_TF = ('raise ModuleNotFoundError("TensorFlow is kept out of EdgeFleet\'s simulation '
           'workers", name="tensorflow")\n')
-
-
-@dataclass
-class ExperimentResult:
-    """A finished run: its rows, summary, final weights and where its files are."""
-
-    experiment: Experiment
-    out_dir: Path
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any]
-    weights: dict[str, np.ndarray]
-    round_weights: list[dict[str, np.ndarray]] = field(default_factory=list)
-    run_info: dict[str, Any] = field(default_factory=dict)
 
 
 # --- processes of the run ---------------------------------------------------------------------

@@ -17,12 +17,9 @@ import html
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from simulation.results import write_rows
-
-if TYPE_CHECKING:
-    from simulation.engine import ExperimentResult
+from simulation.results import ExperimentResult, write_rows
 
 PLOTS = ("accuracy", "accuracy_time", "clients", "participation", "bytes")
 

@@ -17,6 +17,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,23 @@ import numpy as np
 
 from aggregation.report import RoundReport
 from edgefleet.runtime import PlanRuntime
+from simulation.config import Experiment
 from simulation.population import Population
 from simulation.sim_grid import RoundTraffic
+
+
+@dataclass
+class ExperimentResult:
+    """A finished run: its rows, summary, final weights and where its files are."""
+
+    experiment: Experiment
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    round_weights: list[dict[str, np.ndarray]] = field(default_factory=list)
+    run_info: dict[str, Any] = field(default_factory=dict)
+
 
 COLUMNS = (
     "round", "status", "sim_time_s", "round_sim_s", "accuracy", "loss", "drifted_test_accuracy",

@@ -1,7 +1,7 @@
 """Per-version monitoring of one model over a time window, computed in the database.
 
-:func:`monitor` runs four ``GROUP BY`` queries over ``inference_record`` (requests and errors;
-the latency histogram; the prediction distribution; labelled accuracy per time window) and
+:func:`monitor` runs three ``GROUP BY`` queries over ``inference_record`` (requests, errors
+and the latency histogram; the prediction distribution; labelled accuracy per time window) and
 combines their few aggregated rows in Python; no logged row is loaded.
 
 Definitions (what the brute-force test recomputes):
@@ -109,16 +109,18 @@ def monitor(
     c = TABLE.c
     where = (c.model == model, c.created_at >= since, c.created_at < until)
     first = (*where, c.row_index == 0)
-    req = session.execute(
-        sa.select(c.version, sa.func.count(), sa.func.sum(sa.case((c.status >= 400, 1), else_=0)))
-        .where(*first).group_by(c.version)
-    ).all()
     hist: dict[int, list[tuple[int, int]]] = {}
-    for version, bucket, count in session.execute(
-        sa.select(c.version, c.latency_bucket, sa.func.count())
+    totals: dict[int, list[int]] = {}
+    for version, bucket, count, errors in session.execute(
+        sa.select(c.version, c.latency_bucket, sa.func.count(),
+                  sa.func.sum(sa.case((c.status >= 400, 1), else_=0)))
         .where(*first).group_by(c.version, c.latency_bucket)
     ):
         hist.setdefault(version, []).append((bucket, count))
+        t = totals.setdefault(version, [0, 0])
+        t[0] += count
+        t[1] += int(errors or 0)
+    req = [(v, n, e) for v, (n, e) in totals.items()]
     preds: dict[int, dict[str, int]] = {}
     for version, label, count in session.execute(
         sa.select(c.version, c.label, sa.func.count())
