@@ -300,7 +300,7 @@ def main() -> None:
         server = [
             sys.executable,
             "-m",
-            "edgefleet",
+            "edgefleet_cli",
             "server",
             "--host",
             "127.0.0.1",
