@@ -1,10 +1,12 @@
 """The ``edgefleet`` command, above every deployable: one subcommand per deployable.
 
 Owns
-    * ``edgefleet_cli.main``  the Typer root ``app`` (the ``edgefleet`` console script), which only
-                              dispatches to each deployable's own ``cli`` module.
+    * ``edgefleet_cli.main``      the Typer root ``app`` (the ``edgefleet`` console script), which
+                                  dispatches to each deployable's own ``cli`` module;
+    * ``edgefleet_cli.registry``  ``edgefleet registry ...``, the operator's CLI over the server's
+                                  REST API (httpx, imported inside the commands).
 
 May import: each deployable's ``cli`` module (``authoring``, ``server``, ``edge_client``,
-``aggregation``, ``simulation``) and the shared ``edgefleet`` core. Nothing imports it: it sits at
+``aggregation``, ``simulation``), the shared ``edgefleet`` core, and httpx (lazily). Nothing imports it: it sits at
 the top of the house, so the core never depends on the deployables.
 """

@@ -152,14 +152,22 @@ def _same_job(out: Path, job: Mapping[str, Any]) -> bool:
         return False
 
 
+def _worker_env() -> dict[str, str]:
+    """This process's environment without what would put another environment's packages on the
+    worker's path (a driver that started Ray has ``PYTHONPATH`` pointing into its own venv)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")}
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
+    return env
+
+
 def _run_worker(py: Path, out: Path, job: Mapping[str, Any], timeout_s: float) -> None:
     (out / "weights.npz").unlink(missing_ok=True)
     (out / "job.json").write_text(json.dumps(job))
     log = (out / "tff.log").open("w")
     proc = subprocess.Popen([str(py), str(WORKER), str(out / "job.json")], stdout=log,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-                                 "CUDA_VISIBLE_DEVICES": ""})
+                            env=_worker_env())
     try:
         code = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:

@@ -9,7 +9,7 @@ set (sizes from :func:`share_sizes`, smallest first) and behaves as ``behaviours
 ``flip1``    sends ``w_global - delta`` (its honest update with the sign flipped);
 ``flip10``   sends ``w_global - 10 * delta``;
 ``noise``    sends ``w_global + n`` with ``n`` Gaussian of the same norm as its honest update;
-``absent``   declines to train (the run *without* that client).
+``absent``   is never eligible and declines to train (the run *without* that client).
 
 :func:`run_experiment` runs ``rounds`` rounds on Flower's in-process grid (:mod:`harness`) with
 the round loop's DEFAULT settings (only the round size is set) and returns the holdout accuracy
@@ -72,7 +72,9 @@ def attack_client_app(plan: bytes, manifest: PlanManifest, data: Dataset,
     def query(msg: Message, context: Context) -> Message:
         i, b = node(context)
         n = INFLATED if b == "inflate" else len(parts[i][1])
-        config = ConfigRecord({"eligible": True, "drift": "", "reasons": json.dumps([]),
+        # an absent client is not there at all: never eligible, so never selected
+        config = ConfigRecord({"eligible": b != "absent", "drift": "",
+                               "reasons": json.dumps(["absent"] if b == "absent" else []),
                                "plan-sha256": manifest.plan_sha256})
         return Message(RecordDict({"config": config,
                                    "metrics": MetricRecord({"num-examples": n})}), reply_to=msg)
