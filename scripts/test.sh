@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONDONTWRITEBYTECODE=1
+# TensorFlow Federated's own venv (var/tff-venv) for the reference-backend test; idempotent.
+bash scripts/tff_venv.sh
 # The device tests for .venv-tflite: the plan runtime and format, the agent's tests, and of the
 # agent-against-the-real-server tests the one that installs, serves and reports (the others test the
 # server's side, which does not depend on the device's interpreter). They use .venv's Python for
