@@ -7,6 +7,6 @@ Owns
                                   REST API (httpx, imported inside the commands).
 
 May import: each deployable's ``cli`` module (``authoring``, ``server``, ``edge_client``,
-``aggregation``, ``simulation``), the shared ``edgefleet`` core, and httpx (lazily). Nothing imports it: it sits at
-the top of the house, so the core never depends on the deployables.
+``aggregation``, ``simulation``), the shared ``edgefleet`` core, and httpx (lazily). Nothing
+imports it: it sits at the top of the house, so the core never depends on the deployables.
 """
