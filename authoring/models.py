@@ -8,7 +8,7 @@ objects and which exposes the four plan signatures (see :mod:`edgefleet.plan`):
 ``get_weights()``       every trainable variable by name.
 ``set_weights(**w)``    assigns every trainable variable; returns ``n_assigned``.
 
-The recipe that keeps the ``train`` signature builtins-only (see FIELD_NOTES): a static batch,
+The recipe that keeps the ``train`` signature builtins-only: a static batch,
 ReLU through :func:`relu` (a ``tf.custom_gradient`` whose gradient is ``dy * cast(x > 0)``), and
 the cross-entropy written by hand (``logits - reduce_logsumexp(logits)`` dotted with
 ``one_hot(y)``). Preprocessing (an affine rescaling) happens inside the graph, so callers always

@@ -9,6 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONDONTWRITEBYTECODE=1
+# Debian tools the tests drive for real: nginx (the topology's balancer), chromium (the dashboard
+# in a headless browser), logrotate and systemd-analyze (the agent's service files).
+missing=()
+for pair in nginx:nginx chromium:chromium logrotate:logrotate systemd-analyze:systemd; do
+    command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair##*:}")
+done
+if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "[test] installing ${missing[*]} (Debian packages)"
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}") \
+        >/tmp/edgefleet-apt.log 2>&1 || echo "[test] apt-get failed (see /tmp/edgefleet-apt.log)"
+fi
 # TensorFlow Federated's own venv (var/tff-venv) for the reference-backend test; idempotent.
 bash scripts/tff_venv.sh
 # The device tests for .venv-tflite: the plan runtime and format, the agent's tests, and of the

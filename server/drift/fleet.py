@@ -11,7 +11,7 @@ device never hides the fleet — and never alters what the others merged to.
 Time windows: a record belongs to the bucket ``[origin + i·bucket, origin + (i+1)·bucket)``
 that contains its ``window_start`` (naive datetimes are taken as UTC).
 
-How a route uses it (the lead mounts these; a sketch)::
+How a route uses it (``server/api/routes/drift.py`` mounts these)::
 
     @router.get("/models/{m}/versions/{v}/drift", response_model=FleetDriftReport)
     def fleet(m: str, v: int, session: SessionDep, hours: int = 1, since: datetime | None = None):

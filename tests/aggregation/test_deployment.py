@@ -8,7 +8,8 @@ asking for more valid reports than there are nodes fails its rounds cleanly: the
 nothing is published, and the SuperLink and SuperNodes serve the next run.
 
 The nodes run the test ClientApp of ``digits_app.py`` (the real plan in TFLite, message shapes of
-``edge_client.flower_client``); the whole fleet with edge agents is the lead's end-to-end test.
+``edge_client.flower_client``); the whole fleet with edge agents is tested in
+``tests/simulation/test_fleet.py``.
 """
 
 from __future__ import annotations

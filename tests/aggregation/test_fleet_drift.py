@@ -1,9 +1,9 @@
 """``RegistryClient.fleet_drift`` against the fleet drift report the server's drift code makes.
 
-The server does not mount its fleet-drift route yet (``server/drift/fleet.py`` sketches it as
-``GET /api/v1/models/{m}/versions/{v}/drift`` -> ``FleetDriftReport``). This test serves that
-sketch — the real ``server.drift.fleet_over_time`` on real device summaries, over real HTTP —
-beside the production alias, so the client is held to the report's actual JSON.
+The test serves ``GET /api/v1/models/{m}/versions/{v}/drift`` -> ``FleetDriftReport`` (the shape
+of ``server/api/routes/drift.py``) from the real ``server.drift.fleet_over_time`` on real device
+summaries, over real HTTP, beside the production alias, so the client is held to the report's
+actual JSON.
 """
 
 from __future__ import annotations
