@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from aggregation.errors import FederationError, RunLaunchError, SettingsError
+from edgefleet.drift.impact import FleetImpact
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ class FleetDrift:
         accuracy (with hysteresis).
     label_shift : bool (default: False)
         The server's label-prior-shift state.
+    impact : float or None (default: None)
+        The fleet's drift weighed by what it costs (``edgefleet.drift.impact``: the share of
+        devices whose change against their own baseline on this version matters, weighted by
+        their labelled-accuracy drop or input effect). When present, it decides alone.
+    impact_triggered : bool (default: False)
+        Whether ``impact`` reached its threshold.
     """
 
     model: str
@@ -68,10 +75,19 @@ class FleetDrift:
     observed_at: datetime | None = None
     performance_drifted: bool = False
     label_shift: bool = False
+    impact: float | None = None
+    impact_triggered: bool = False
 
     @property
     def signals(self) -> list[str]:
-        """The drifted signals, in the server's names (``input``, ``performance``, ...)."""
+        """The drifted signals, in the server's names (``input``, ``performance``, ...).
+
+        With an ``impact`` reading only ``impact`` counts: the server's verdicts say *whether*
+        the inputs moved (a +1 grey-level offset crosses them like a +8 one does), the impact
+        says whether it matters.
+        """
+        if self.impact is not None:
+            return ["impact"] if self.impact_triggered else []
         flags = (
             ("input", self.drifted),
             ("performance", self.performance_drifted),
@@ -91,6 +107,13 @@ class FleetDrift:
     ) -> FleetDrift:
         """A verdict from a plain score and threshold (``drifted = score >= threshold``)."""
         return cls(model, score >= threshold, score, version, observed_at)
+
+    @classmethod
+    def from_impact(cls, model: str, impact: FleetImpact, *, version: int | None = None,
+                    observed_at: datetime | None = None) -> FleetDrift:
+        """A reading from :func:`edgefleet.drift.impact.fleet_impact` (score: share affected)."""
+        return cls(model, impact.triggered, impact.share_affected, version, observed_at,
+                   impact=impact.impact, impact_triggered=impact.triggered)
 
 
 class FleetDriftSource(Protocol):
@@ -131,11 +154,18 @@ class ControllerPolicy:
 
 @dataclass(frozen=True)
 class ControllerState:
-    """What the controller remembers between decisions."""
+    """What the controller remembers between decisions.
+
+    ``armed`` is cleared by a start while the fleet is drifted and set again by the first
+    healthy reading; ``started_version`` is the version the fleet drifted on at that start. A
+    run publishes a new version trained on the drifted data, whose own baselines make the fleet
+    healthy once it runs it: that reading re-arms the controller for the next drift.
+    """
 
     since: datetime
     last_start: datetime | None = None
     armed: bool = True
+    started_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +189,8 @@ def decide(
     if not (drift_due or schedule_due):
         if drift is None:
             return Decision(False, "no-data", "no fleet drift reported"), state
-        why = "still drifted, not re-armed" if drift.triggered else f"score {drift.score:.4g}"
+        why = ("still drifted, not re-armed" if drift.triggered
+               else f"score {drift.score:.4g}" + _impact(drift))
         return Decision(False, "idle", why), state
     if state.last_start is not None and now - state.last_start < policy.cooldown:
         wait = policy.cooldown - (now - state.last_start)
@@ -173,7 +204,8 @@ def decide(
     # Any start consumes the drift trigger while the fleet is still drifted.
     still_drifted = drift is not None and drift.triggered
     return Decision(True, reason, detail), replace(
-        state, last_start=now, armed=armed and not still_drifted
+        state, last_start=now, armed=armed and not still_drifted,
+        started_version=drift.version if drift is not None else state.started_version,
     )
 
 
@@ -289,6 +321,10 @@ class FlwrRunLauncher:
             detail = (proc.stderr or proc.stdout).strip()[-500:]
             raise RunLaunchError(f"flwr run exited {proc.returncode}: {detail}")
         return f"{name} (flower run {out.get('run-id')})"
+
+
+def _impact(drift: FleetDrift) -> str:
+    return "" if drift.impact is None else f", impact {drift.impact:.3g}"
 
 
 def _toml(value: str | int | float | bool) -> str:

@@ -11,6 +11,7 @@ Routes used (``edgefleet.wire`` lists the contract; ``{m}`` model, ``{v}`` versi
     POST /api/v1/models/{m}/versions                 multipart, weights-only -> VersionInfo
     GET  /api/v1/versions?model=&federated_run=&status=READY&limit=1   Page[VersionInfo]
     GET  /api/v1/models/{m}/versions/{v}/drift       fleet drift report (state.drifted, windows)
+    POST /api/v1/audit/runs                          RunEvent -> AuditRecordInfo (run start/end)
 
 Reads are retried on connection errors and 5xx (``retries`` times, with a short back-off); the
 publish POST is not (a lost answer to a successful publish would otherwise make a duplicate
@@ -37,6 +38,7 @@ from aggregation.errors import (
     RegistryRejected,
     RegistryUnavailable,
 )
+from edgefleet.audit import AuditRecordInfo, RunEvent
 from edgefleet.errors import EdgeFleetError
 from edgefleet.plan import PlanManifest, sha256_bytes, weights_from_bytes, weights_to_bytes
 from edgefleet.wire import API_PREFIX, AliasInfo, AliasMove, Page, VersionInfo, VersionPublish
@@ -176,6 +178,11 @@ class RegistryClient:
         data = {"metadata": meta.model_dump_json(), "weights_sha256": sha256_bytes(blob)}
         resp = self._send("POST", f"/models/{model}/versions", retries=0, data=data, files=files)
         return self._model(VersionInfo, resp)
+
+    def record_run(self, event: RunEvent) -> AuditRecordInfo:
+        """Report a run's start or end; the server audits it as this client's admin key."""
+        resp = self._send("POST", "/audit/runs", retries=0, json=event.model_dump(mode="json"))
+        return self._model(AuditRecordInfo, resp)
 
     def move_alias(self, model: str, alias: str, version: int, *, reason: str = "",
                    rollout_percent: float | None = None) -> AliasInfo:

@@ -38,6 +38,7 @@ from aggregation.metrics import observe_round
 from aggregation.report import RoundReport
 from aggregation.selection import DriftScorer, SelectionPolicy, over_selection_count
 from aggregation.selection.quarantine import RefusalAware
+from aggregation.selection.tracking import DriftTracker, rescore
 from aggregation.steering import (
     SteeringConfig,
     aggregation_weights,
@@ -205,6 +206,10 @@ class RoundRunner:
         ref = manifest.reference
         self.scorer = DriftScorer(ref) if ref is not None and ref.features else None
         self.book = AnswerBook(self.settings.query_max_age, self.scorer)
+        # drift scores as change against each node's own baseline (selection.tracking)
+        self.tracker = (DriftTracker(ref, self.steering.tracking)
+                        if ref is not None and ref.features and self.steering.tracking
+                        else None)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self, weights: Mapping[str, np.ndarray], *, num_rounds: int, first_round: int = 1
@@ -249,6 +254,8 @@ class RoundRunner:
         nodes = self._wait_for_nodes()
         report.connected = len(nodes)
         answers = self._query(r, nodes)
+        if self.tracker is not None:
+            answers = rescore(self.tracker, answers)
         report.timings["query"] = self.clock() - t
         eligible = [a for a in answers.values() if a.eligible]
         report.eligible = [a.node_id for a in eligible]

@@ -11,7 +11,8 @@
    the newest one (its weights, round + 1) instead of the base;
 3. evaluates production on the holdout set once (the canary gate's reference);
 4. runs the remaining rounds (query → select → train → validate → aggregate → evaluate →
-   publish → gate), each successful round published as a new version.
+   publish → gate), each successful round published as a new version, between a ``run.start``
+   and a ``run.end`` record of the server's audit trail (``POST /api/v1/audit/runs``).
 
 What a resumed run does not recover: the adaptive strategies' moments (FedAdam/FedYogi restart
 them) and the fairness bound's memory of past picks.
@@ -24,7 +25,7 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from aggregation.errors import SettingsError
+from aggregation.errors import RegistryClientError, SettingsError
 from aggregation.evaluation import Holdout, HoldoutEvaluator
 from aggregation.provenance import signed_version
 from aggregation.publishing import GateSettings, Publisher
@@ -36,6 +37,7 @@ from aggregation.settings import RunSettings, knobs_for
 from aggregation.steering import SteeringConfig
 from aggregation.strategies import build_strategy, strategy_name
 from aggregation.validation import ValidationBounds
+from edgefleet.audit import RunEvent
 from edgefleet.errors import PlanMismatchError
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,48 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
     )
     log.info("run %s: %s rounds %d..%d from v%d (%s, %s)", run_name, s.model, first_round,
              s.num_rounds, parent, strategy_name(strategy), getattr(policy, "name", ""))
-    return runner.run(weights, num_rounds=remaining, first_round=first_round)
+    start = RunEvent(model=s.model, run=run_name, event="start", rounds=remaining, detail={
+        "strategy": strategy_name(strategy), "selection": getattr(policy, "name", s.selection),
+        "base_version": base, "parent_version": parent, "first_round": first_round,
+        "num_rounds": s.num_rounds, "target_clients": s.target_clients,
+        "fleet_drift": _fleet_drift(client, s.model)})
+    client.record_run(start)
+    try:
+        result = runner.run(weights, num_rounds=remaining, first_round=first_round)
+    except BaseException as exc:
+        _record_end(client, start, "failed", len(publisher.decisions), publisher,
+                    reason=" ".join(f"{type(exc).__name__}: {exc}".split())[:1000])
+        raise
+    _record_end(client, start, "completed", len(result.outcomes), publisher)
+    return result
+
+
+def _fleet_drift(client: RegistryClient, model: str) -> dict[str, object] | None:
+    """The fleet drift the run starts on (what triggered a drift-started run), if reported."""
+    try:
+        drift = client.fleet_drift(model)
+    except RegistryClientError as exc:
+        log.warning("no fleet drift for the run's audit record: %s", exc)
+        return None
+    if drift is None:
+        return None
+    return {"version": drift.version, "score": drift.score, "signals": drift.signals,
+            "triggered": drift.triggered}
+
+
+def _record_end(client: RegistryClient, start: RunEvent, outcome: str, rounds: int,
+                publisher: Publisher, reason: str | None = None) -> None:
+    """Report the run's end (a failed run's end is reported when the registry answers)."""
+    event = start.model_copy(update={
+        "event": "end", "outcome": outcome, "rounds": rounds, "reason": reason,
+        "detail": {"published": sorted(publisher.decisions),
+                   "promoted": sorted(v for v, d in publisher.decisions.items() if d.promote)}})
+    try:
+        client.record_run(event)
+    except RegistryClientError as exc:
+        if outcome == "completed":
+            raise
+        log.warning("could not record the end of failed run %s: %s", start.run, exc)
 
 
 app = ServerApp()

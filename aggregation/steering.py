@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from aggregation.errors import SettingsError
 from aggregation.selection.base import Candidate
+from aggregation.selection.tracking import TrackerConfig
 from edgefleet import flower_keys as fk
 from edgefleet.run_settings import DEFAULTS
 
@@ -46,6 +47,10 @@ class SteeringConfig:
         ... capped at this, so a weight is at most ``(1 + max_drift_boost) * num_examples``.
     missing_score : float (default: 0.0)
         The score of a node that reported no drift summary.
+    tracking : TrackerConfig or None (default: TrackerConfig())
+        How scores are measured: change of each node's recent windows against its own
+        baseline (:mod:`aggregation.selection.tracking`); ``None`` keeps the plan-reference
+        score of :class:`~aggregation.selection.drift.DriftScorer`.
     """
 
     base_epochs: int = DEFAULTS.base_epochs
@@ -54,6 +59,7 @@ class SteeringConfig:
     drift_boost: float = DEFAULTS.drift_boost
     max_drift_boost: float = DEFAULTS.max_drift_boost
     missing_score: float = 0.0
+    tracking: TrackerConfig | None = TrackerConfig()
 
     def __post_init__(self) -> None:
         if self.base_epochs < 1 or self.max_extra_epochs < 0:

@@ -13,7 +13,17 @@ Prints, in one run:
   - ``PlanRuntime.predict``: plus input validation and the lock (edgefleet's runtime);
   - ``Agent.predict``: plus routing, drift accumulation, counters and latency sampling;
   - ``local HTTP (V2 JSON)``: plus a keep-alive HTTP round trip to the agent's
-    ``/v2/models/{m}/infer`` endpoint on 127.0.0.1 with V2 JSON encoding.
+    ``/v2/models/{m}/infer`` endpoint on 127.0.0.1 with V2 JSON encoding;
+  - ``local HTTP (V2 binary)``: the same with the binary tensor data extension both ways (the
+    input as 256 raw bytes, the outputs as binary, as ``tritonclient`` sends by default);
+
+* beside them, the floor of that HTTP stack: a bare echo server (the standard library's
+  ``ThreadingHTTPServer``, HTTP/1.1 keep-alive, ``TCP_NODELAY``, the same response buffering as
+  the agent's endpoint) that reads the same V2 JSON body and sends it back, with the ratio of
+  each HTTP row to it. Every HTTP row uses the same client: one keep-alive
+  ``http.client.HTTPConnection`` (the standard library's, so the client adds little of its own)
+  in a child process, as an application on the device would be (a client thread in the
+  servers' process would contend with them for the GIL).
 
 The plan is the digits MLP (64 → 64 ReLU → 10), built in a child process (TensorFlow never loads
 here, so the memory figures are the agent's own) unless ``--plan-dir`` names one.
@@ -24,12 +34,20 @@ Run: ``.venv/bin/python bench/bench_agent.py [--plan-dir DIR] [--interpreter aut
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
-from _common import Column, median_p99, plan_dir_or_build, print_table
+from _common import ROOT, Column, median_p99, plan_dir_or_build, print_table
 
 
 def memory_kib() -> dict[str, int]:
@@ -40,6 +58,66 @@ def memory_kib() -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0])
     return out
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    """Reads a request body and sends it back (the HTTP stack's own cost, nothing else)."""
+
+    protocol_version = "HTTP/1.1"
+    wbufsize = 64 * 1024  # as edge_client.http_api: one write per response
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def poster(port: int, path: str, body: bytes, headers: dict[str, str]
+           ) -> tuple[Callable[[], bytes], http.client.HTTPConnection]:
+    """A keep-alive POST of ``body`` to 127.0.0.1:``port`` (returns the response body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post() -> bytes:
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"POST {path}: {response.status} {data[:200]!r}")
+        return data
+
+    return post, conn
+
+
+def http_rows(targets: list[dict[str, Any]], seconds: float) -> list[tuple[str, float, float]]:
+    """Time each target's POST (``label``, ``port``, ``path``, ``body``, ``headers``) from a
+    child process: ``(label, median s, p99 s)`` each."""
+    spec = json.dumps([{**t, "body": t["body"].hex()} for t in targets])
+    code = ("import json, sys\n"
+            "from bench_agent import poster\n"
+            "from _common import median_p99\n"
+            "out = []\n"
+            "for t in json.loads(sys.stdin.read()):\n"
+            "    post, conn = poster(t['port'], t['path'], bytes.fromhex(t['body']), t['headers'])\n"
+            "    out.append([t['label'], *median_p99(post, float(sys.argv[1]))])\n"
+            "    conn.close()\n"
+            "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(seconds)], input=spec, text=True,
+                          capture_output=True, cwd=ROOT / "bench", timeout=600, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"the HTTP client failed:\n{proc.stderr[-3000:]}")
+    return [(label, med, p99) for label, med, p99 in json.loads(proc.stdout)]
 
 
 def main() -> None:
@@ -53,7 +131,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plan_dir = plan_dir_or_build(args.plan_dir, Path(tmp))
 
-        import httpx
         import numpy as np
 
         from edge_client import Agent, AgentSettings, LocalServer
@@ -78,21 +155,39 @@ def main() -> None:
         runner = raw.get_signature_runner("infer")
         input_name = manifest.input.name
         server = LocalServer(agent, port=0).start()
-        client = httpx.Client(base_url=server.url, timeout=10)
-        body = {"inputs": [{"name": input_name, "shape": [1, 64], "datatype": "FP32",
-                            "data": x1.reshape(-1).tolist()}]}
+        echo = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+        echo.daemon_threads = True
+        threading.Thread(target=echo.serve_forever, args=(0.1,), daemon=True).start()
+        body = json.dumps({"inputs": [{"name": input_name, "shape": [1, 64], "datatype": "FP32",
+                                       "data": x1.reshape(-1).tolist()}]}).encode()
+        head = json.dumps({"inputs": [{"name": input_name, "shape": [1, 64], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": x1.nbytes}}],
+                           "parameters": {"binary_data_output": True}}).encode()
         url = f"/v2/models/{manifest.name}/infer"
-        assert client.post(url, json=body).json()["parameters"]["path"] == "local"
+        json_headers = {"Content-Type": "application/json"}
+        binary_headers = {"Content-Type": "application/octet-stream",
+                          "Inference-Header-Content-Length": str(len(head))}
+        post_json, conn = poster(server.port, url, body, json_headers)
+        assert json.loads(post_json())["parameters"]["path"] == "local"
+        conn.close()
 
         rows = [
             ("raw signature runner", lambda: runner(**{input_name: x1})),
             ("PlanRuntime.predict", lambda: active.runtime.predict(x1)),
             ("Agent.predict", lambda: agent.predict(x1)),
-            ("local HTTP (V2 JSON)", lambda: client.post(url, json=body)),
         ]
         results = [(label, *median_p99(fn, args.seconds)) for label, fn in rows]
+        results += http_rows([
+            {"label": "bare HTTP echo", "port": echo.server_address[1], "path": url,
+             "body": body, "headers": json_headers},
+            {"label": "local HTTP (V2 JSON)", "port": server.port, "path": url, "body": body,
+             "headers": json_headers},
+            {"label": "local HTTP (V2 binary)", "port": server.port, "path": url,
+             "body": head + x1.tobytes(), "headers": binary_headers},
+        ], args.seconds)
         memory.append(("after serving", memory_kib()))
-        client.close()
+        echo.shutdown()
+        echo.server_close()
         server.stop()
         agent.close()
 
@@ -108,14 +203,18 @@ def main() -> None:
     )
     print()
     base = results[0][1]
+    floor = dict((label, med) for label, med, _ in results)["bare HTTP echo"]
     print_table(
         [
             Column("single-sample predict", 24),
             Column("median (µs)", 12, ".1f"),
             Column("p99 (µs)", 10, ".1f"),
             Column("× raw", 7, ".1f"),
+            Column("× echo", 7, ".2f"),
         ],
-        [(label, med * 1e6, p99 * 1e6, med / base) for label, med, p99 in results],
+        [(label, med * 1e6, p99 * 1e6, med / base,
+          med / floor if label.endswith(("HTTP echo", ")")) and "HTTP" in label else "")
+         for label, med, p99 in results],
     )
 
 

@@ -128,7 +128,15 @@ class Agent:
                 ) -> Prediction:
         """Class probabilities for ``x`` (``[n, *sample_shape]`` or one example), from the
         local model or the server's fallback (see the module docstring)."""
-        return self.metrics.timed(self.router.predict, x, model=model, version=version)
+        started = time.perf_counter()
+        try:
+            prediction = self.router.predict(x, model=model, version=version)
+        except Exception as exc:
+            self.metrics.failed(exc)
+            raise
+        self.metrics.answered(prediction.path, prediction.probs.shape[0],
+                              time.perf_counter() - started)
+        return prediction
 
     def record_label(self, x: Any, y: Any) -> int:
         """Store labelled examples (``y`` class indices or class labels) for local training and
@@ -263,6 +271,7 @@ class Agent:
     def _on_event(self, kind: str, details: dict[str, Any]) -> None:
         log.log(logging.INFO if kind == "installed" else logging.WARNING,
                 "model %s: %s", kind, details)
+        self.telemetry.events.observe(kind, details)  # reported upstream (edge_client.events)
         try:
             events = self.state.get("events", [])
         except AgentError:

@@ -15,9 +15,12 @@ Routes (JSON), the same as the server's V2 routes where they overlap::
     GET  /v1/status                             what ``edgefleet agent status`` shows
     GET  /metrics                               Prometheus metrics (:mod:`edge_client.metrics`)
 
-Inference speaks the server's V2 JSON with the server's own codec (:mod:`edgefleet.v2`): a body
-the server refuses for the active model, the endpoint refuses too, with the same message. It
-honours the request's ``outputs`` and says in ``parameters.path`` which path answered. Errors are
+Inference speaks the server's V2 with the server's own codec (:mod:`edgefleet.v2`): JSON with or
+without a ``Content-Type``, and the binary tensor data extension (``Inference-Header-Content-Length``,
+``binary_data_size``, ``binary_data``, ``binary_data_output``) in both directions, so standard
+clients such as ``tritonclient`` work with their defaults. A body the server refuses for the
+active model, the endpoint refuses too, with the same message. It honours the request's
+``outputs`` and says in ``parameters.path`` which path answered. Errors are
 V2 error bodies ``{"error": "..."}`` with the server's codes: 400 bad input (also a batch over
 ``max_batch`` rows or an unknown output), 404 unknown route, model or version, 413 body over
 ``max_request_bytes`` (from ``Content-Length`` before reading, or while reading a chunked body),
@@ -40,7 +43,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from pydantic import ValidationError
 
 from edge_client.errors import (
     AgentError,
@@ -95,6 +97,10 @@ class LocalService(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class Encoded(tuple[bytes, dict[str, str]]):
+    """A response body already encoded, with its headers (:func:`edgefleet.v2.encode_response`)."""
+
+
 class _HTTPError(Exception):
     def __init__(self, status: HTTPStatus, message: str) -> None:
         super().__init__(message)
@@ -118,12 +124,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("local http: " + format, *args)
 
-    def _send(self, status: HTTPStatus, body: Any, content_type: str = "application/json"
-              ) -> None:
+    def _send(self, status: HTTPStatus, body: Any, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            if key != "Content-Type":
+                self.send_header(key, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -183,8 +192,11 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/metrics":  # Prometheus text (edge_client.metrics)
             self._send(HTTPStatus.OK, *self.server.service.metrics.exposition())
             return
+        headers: dict[str, str] = {}
         try:
             status, body = self._route(method, path)
+            if isinstance(body, Encoded):
+                body, headers = body
         except _HTTPError as exc:
             status, body = exc.status, v2.error_body(str(exc))
         except InputError as exc:  # the codec's TensorError, the agent's InvalidInputError
@@ -206,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._body_read and (self.headers.get("Content-Length", "0") != "0"
                                     or "Transfer-Encoding" in self.headers):
             self.close_connection = True  # an unread body would be parsed as the next request
-        self._send(status, body)
+        self._send(status, body, headers.get("Content-Type", "application/json"), headers)
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -243,11 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(HTTPStatus.BAD_REQUEST,
                              f"invalid request: invalid JSON: {exc}") from exc
 
-    def _infer(self, model: str, version: int | None) -> dict[str, Any]:
-        try:
-            request = v2.InferenceRequest.model_validate(self._json())
-        except ValidationError as exc:
-            raise v2.invalid_request(exc) from None
+    def _infer(self, model: str, version: int | None) -> Encoded:
+        request = v2.decode_request(self._body(), self.headers)
         service = self.server.service
         active = service.models.active
         limit = service.settings.max_batch
@@ -261,12 +270,11 @@ class _Handler(BaseHTTPRequestHandler):
             names = v2.requested_outputs(request.outputs, output_name)
             x = _fallback_input(request, limit)
         pred = service.predict(x, model=model, version=version)
-        response = v2.InferenceResponse(
+        return Encoded(v2.encode_prediction(
+            request, pred.probs, pred.classes, output_name=output_name, names=names,
             model_name=pred.model,
             model_version=None if pred.version is None else str(pred.version),
-            id=request.id, parameters={"path": pred.path},
-            outputs=v2.encode_outputs(pred.probs, pred.classes, output_name, names))
-        return response.model_dump(mode="json", exclude_none=True)
+            parameters={"path": pred.path}))
 
     def _served(self, model: str, version: int | None) -> ActiveModel:
         """The active model when it is the one (and version) named, else 404."""
@@ -309,11 +317,11 @@ def _names(active: ActiveModel, model: str, version: int | None) -> bool:
     return active.info.model == model and version in (None, active.info.version)
 
 
-def _fallback_input(request: v2.InferenceRequest, max_batch: int) -> np.ndarray:
+def _fallback_input(request: v2.DecodedRequest, max_batch: int) -> np.ndarray:
     """The one input tensor of a request the local model does not serve (``[n, ...]``)."""
     if len(request.inputs) != 1:
         raise v2.TensorError(f"expected exactly one input tensor, got {len(request.inputs)}")
-    x = v2.decode_tensor(request.inputs[0])
+    x = request.inputs[0].array
     if x.ndim < 2:  # as the server, which wants [n, *sample_shape]
         raise v2.TensorError(f"shape {list(x.shape)} has no batch dimension: send [n, ...]")
     v2.check_batch(x.shape[0], max_batch)

@@ -41,8 +41,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -59,19 +58,19 @@ from edge_client.settings import AgentSettings
 from edge_client.store import LabelStore
 from edge_client.telemetry import Telemetry
 from edgefleet.errors import EdgeFleetError, InputError
+from edgefleet.plan import PlanManifest
+from edgefleet.runtime import all_finite
 from edgefleet.v2 import (
     TensorError,
     labels_from_response,
-    predicted_labels,
     probs_from_response,
     request_from_array,
 )
 from edgefleet.wire import Assignment
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One answered prediction.
+class Prediction(NamedTuple):
+    """One answered prediction (an immutable record).
 
     Attributes
     ----------
@@ -99,6 +98,8 @@ class Prediction:
 
 def as_features(x: Any) -> np.ndarray:
     """``x`` as a real numeric array, or :class:`InvalidInputError`."""
+    if type(x) is np.ndarray and x.dtype.kind in "fiu" and x.ndim:
+        return x
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as exc:  # ragged nested lists
@@ -156,14 +157,10 @@ class InferenceRouter:
         self._reject = reject
         self.failures = 0
         self._cooldown_until = 0.0
+        self._labels: tuple[PlanManifest | None, np.ndarray] = (None, np.empty(0, dtype=object))
 
     def reset_failures(self) -> None:
         self.failures = 0
-
-    def _serves(self, active: ActiveModel | None, model: str | None, version: int | None
-                ) -> bool:
-        return active is not None and model in (None, active.info.model) and (
-            version in (None, active.info.version))
 
     def _fallback_target(self, model: str | None, version: int | None
                          ) -> tuple[str | None, int | None]:
@@ -184,16 +181,19 @@ class InferenceRouter:
         arr = as_features(x)
         active = self.models.active
         reason = "no local model is active"
-        if active is not None and not self._serves(active, model, version):
+        if active is not None and not (
+                (model is None or model == active.info.model)
+                and (version is None or version == active.info.version)):
             reason = (f"{_describe(model or active.info.model, version)} is not the local model "
                       f"({active.info.model!r} version {active.info.version})")
         elif active is not None:
-            manifest = active.runtime.manifest
+            runtime = active.runtime
+            manifest = runtime.manifest
             feats = arr[None] if arr.shape == manifest.input.sample_shape else arr
             start = time.perf_counter()
             try:
-                probs = active.runtime.predict(feats)
-                if not np.all(np.isfinite(probs)):
+                probs = runtime.predict(feats)
+                if not all_finite(probs):
                     raise EdgeFleetError("the local model answered NaN/inf probabilities")
             except InputError as exc:
                 if self._fallback_target(model, version) in (
@@ -207,11 +207,22 @@ class InferenceRouter:
             else:
                 latency = (time.perf_counter() - start) * 1000.0
                 self.failures = 0
-                self.telemetry.record_local(manifest, active.info.version, feats, probs,
-                                            latency, model=active.info.model)
-                return Prediction(probs, predicted_labels(probs, manifest.output.class_labels),
-                                  "local", active.info.model, active.info.version, latency)
+                info = active.info
+                self.telemetry.record_local(manifest, info.version, feats, probs, latency,
+                                            model=info.model)
+                return Prediction(probs, self._classes(manifest, probs), "local", info.model,
+                                  info.version, latency)
         return self._fallback(arr, reason, model, version)
+
+    def _classes(self, manifest: PlanManifest, probs: np.ndarray) -> list[str]:
+        """The most probable class label of each row (the labels array kept per manifest)."""
+        cached, labels = self._labels
+        if cached is not manifest:
+            labels = np.asarray(manifest.output.class_labels, dtype=object)
+            self._labels = (manifest, labels)
+        if probs.shape[0] == 1:
+            return [labels[probs.argmax()]]
+        return labels[probs.argmax(axis=1)].tolist()  # type: ignore[no-any-return]
 
     def _local_failure(self, active: ActiveModel, reason: str) -> None:
         self.failures += 1

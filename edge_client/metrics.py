@@ -22,17 +22,27 @@ Read from the agent at scrape time (:class:`AgentCollector`):
 ``edgefleet_agent_labelled_examples``             examples in the local label store
 
 Each agent has its own registry, so several agents embedded in one process do not mix.
+Answered predictions cost a few attribute updates under one lock: their latencies are kept and
+folded into the histogram's buckets (``numpy.searchsorted``) every ``FOLD_EVERY`` predictions and
+at each scrape (:class:`PredictionCollector`), not observed one by one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -45,11 +55,14 @@ if TYPE_CHECKING:
     from edge_client.outbox import Outbox
     from edge_client.store import LabelStore
 
-__all__ = ["AgentCollector", "AgentMetrics"]
+__all__ = ["AgentCollector", "AgentMetrics", "PredictionCollector"]
 
 log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5)
+PATHS = ("local", "fallback")
+#: Latencies kept before they are folded into the histogram's buckets.
+FOLD_EVERY = 1024
 
 
 class Observed(Protocol):
@@ -77,19 +90,17 @@ class AgentMetrics:
 
     def __init__(self, agent: Observed) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.predictions = Counter("edgefleet_agent_predictions", "Answered predictions by path.",
-                                   ["path"], registry=self.registry)
-        self.rows = Counter("edgefleet_agent_prediction_rows", "Rows predicted, by path.",
-                            ["path"], registry=self.registry)
-        self.latency = Histogram("edgefleet_agent_prediction_duration_seconds",
-                                 "Prediction latency by path.", ["path"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
         self.failures = Counter("edgefleet_agent_prediction_failures",
                                 "Predictions that got no answer, by kind.", ["kind"],
                                 registry=self.registry)
-        for path in ("local", "fallback"):  # present from the start, at 0
-            self.predictions.labels(path)
-            self.rows.labels(path)
+        self._lock = threading.Lock()
+        # per path: [predictions, rows], pending latencies, bucket counts (+Inf last), sum
+        self._counts = {p: [0, 0] for p in PATHS}
+        self._pending: dict[str, list[float]] = {p: [] for p in PATHS}
+        self._buckets = {p: np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64) for p in PATHS}
+        self._sums = dict.fromkeys(PATHS, 0.0)
+        self._bounds = np.asarray(LATENCY_BUCKETS)
+        self.registry.register(PredictionCollector(self))
         self.registry.register(AgentCollector(agent))
 
     def timed(self, predict: Callable[..., Prediction], *args: Any, **kwargs: Any
@@ -98,23 +109,80 @@ class AgentMetrics:
         started = time.perf_counter()
         try:
             prediction = predict(*args, **kwargs)
-        except InvalidInputError:
-            self.failures.labels("invalid_input").inc()
+        except Exception as exc:
+            self.failed(exc)
             raise
-        except ModelUnavailableError:
-            self.failures.labels("unavailable").inc()
-            raise
-        except Exception:
-            self.failures.labels("error").inc()
-            raise
-        self.predictions.labels(prediction.path).inc()
-        self.rows.labels(prediction.path).inc(int(prediction.probs.shape[0]))
-        self.latency.labels(prediction.path).observe(time.perf_counter() - started)
+        self.answered(prediction.path, prediction.probs.shape[0], time.perf_counter() - started)
         return prediction
+
+    def answered(self, path: str, rows: int, seconds: float) -> None:
+        """Count one answered prediction of ``rows`` rows that took ``seconds``."""
+        with self._lock:
+            counts = self._counts[path]
+            counts[0] += 1
+            counts[1] += rows
+            pending = self._pending[path]
+            pending.append(seconds)
+            if len(pending) >= FOLD_EVERY:
+                self._fold(path)
+
+    def failed(self, exc: BaseException) -> None:
+        """Count a prediction that got no answer."""
+        kind = ("invalid_input" if isinstance(exc, InvalidInputError) else
+                "unavailable" if isinstance(exc, ModelUnavailableError) else "error")
+        self.failures.labels(kind).inc()
+
+    def _fold(self, path: str) -> None:
+        """Move ``path``'s pending latencies into its buckets (the lock is held)."""
+        pending = self._pending[path]
+        if pending:
+            values = np.asarray(pending)
+            index = np.searchsorted(self._bounds, values, side="left")  # le: value <= bound
+            self._buckets[path] += np.bincount(index, minlength=self._bounds.size + 1)
+            self._sums[path] += float(values.sum())
+            pending.clear()
+
+    def snapshot(self) -> dict[str, tuple[int, int, list[int], float]]:
+        """Per path: predictions, rows, cumulative bucket counts (``+Inf`` last), latency sum."""
+        with self._lock:
+            out = {}
+            for path in PATHS:
+                self._fold(path)
+                n, rows = self._counts[path]
+                out[path] = (n, rows, np.cumsum(self._buckets[path]).tolist(), self._sums[path])
+            return out
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class PredictionCollector(Collector):
+    """The answered predictions' counters and latency histogram, read from
+    :meth:`AgentMetrics.snapshot` at scrape time."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        predictions = CounterMetricFamily("edgefleet_agent_predictions",
+                                          "Answered predictions by path.", labels=["path"])
+        rows = CounterMetricFamily("edgefleet_agent_prediction_rows", "Rows predicted, by path.",
+                                   labels=["path"])
+        latency = HistogramMetricFamily("edgefleet_agent_prediction_duration_seconds",
+                                        "Prediction latency by path.", labels=["path"])
+        bounds = [*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+        for path, (n, r, cumulative, total) in self.metrics.snapshot().items():
+            predictions.add_metric([path], n)
+            rows.add_metric([path], r)
+            if n:
+                latency.add_metric([path], list(zip(bounds, cumulative, strict=True)), total)
+        yield predictions
+        yield rows
+        yield latency
 
 
 class AgentCollector(Collector):

@@ -10,8 +10,13 @@ for every retry — and queues them in the :class:`~edge_client.outbox.Outbox`;
 :meth:`Telemetry.drain` then sends what is due.
 
 The active version gets a report every interval even without traffic (a heartbeat carrying its
-version and local evaluation). The cumulative drift summary of each version (all windows merged)
-is kept in the state database, where the Flower ClientApp reads it for its ``query`` reply.
+version and local evaluation). Device events (:mod:`edge_client.events`) ride on the reports:
+each window with local-model failures adds one ``crash`` event (its ``count`` the failures), and
+the pending lifecycle events (switch, smoke test failed, refused, rollback) go on the report of
+the active version (or of their own version when no report of their model is due).
+
+The cumulative drift summary of each version (all windows merged) is kept in the state database,
+where the Flower ClientApp reads it for its ``query`` reply.
 """
 
 from __future__ import annotations
@@ -28,17 +33,26 @@ import numpy as np
 
 from edge_client.client import ServerClient
 from edge_client.errors import ServerRejectedError, ServerUnavailableError, UnauthorizedError
+from edge_client.events import DeviceEvents, coalesce
 from edge_client.outbox import Outbox
 from edge_client.storage import StateStore
 from edgefleet.drift.accumulator import DriftAccumulator
 from edgefleet.drift.summary import DriftSummary
 from edgefleet.errors import EdgeFleetError
 from edgefleet.plan import PlanManifest
-from edgefleet.wire import InferenceStats, LocalEvaluation, TelemetryReport
+from edgefleet.wire import (
+    MAX_EVENTS_PER_REPORT,
+    DeviceEvent,
+    InferenceStats,
+    LocalEvaluation,
+    TelemetryReport,
+)
 
 log = logging.getLogger(__name__)
 REPORT_KIND = "telemetry"
 MAX_LATENCY_SAMPLES = 4096
+#: Local rows kept (copied) before they update the drift accumulator in one batch.
+DRIFT_BATCH_ROWS = 256
 VersionKey = tuple[str, int]
 
 
@@ -51,6 +65,22 @@ class _Window:
     errors: int = 0
     seen: int = 0
     latencies: list[float] = field(default_factory=list)
+    last_error_at: datetime | None = None
+    pending_x: list[np.ndarray] = field(default_factory=list)
+    pending_p: list[np.ndarray] = field(default_factory=list)
+    pending_rows: int = 0
+
+    def apply_pending(self) -> None:
+        """Update the drift accumulator with the rows kept since the last update."""
+        xs, ps, self.pending_x, self.pending_p = self.pending_x, self.pending_p, [], []
+        self.pending_rows = 0
+        if self.accumulator is None or not xs:
+            return
+        try:
+            x = np.concatenate([a.reshape(a.shape[0], -1) for a in xs])
+            self.accumulator.update(x, np.concatenate(ps))
+        except (EdgeFleetError, ValueError) as exc:  # never let drift bookkeeping break inference
+            log.warning("drift update of %d rows skipped: %s", len(xs), exc)
 
     def add_latency(self, ms: float) -> None:
         """Reservoir sampling: every latency has the same chance to be in the sample."""
@@ -86,7 +116,8 @@ def merge_report_bodies(older: str, newer: str) -> str:
     Counts and drift summaries add up exactly (drift merges associatively); the window spans
     both; p50 becomes the count-weighted mean of the two p50s and p99 their maximum (quantiles do
     not merge exactly: both are documented approximations); the newer local evaluation wins.
-    The older report's idempotency key is kept: neither report was ever sent.
+    The older report's idempotency key is kept: neither report was ever sent. Events are
+    concatenated (crash counts of one version added; the newest ``MAX_EVENTS_PER_REPORT`` kept).
     """
     a = TelemetryReport.model_validate_json(older)
     b = TelemetryReport.model_validate_json(newer)
@@ -108,6 +139,7 @@ def merge_report_bodies(older: str, newer: str) -> str:
         ),
         "local_eval": b.local_eval or a.local_eval,
         "dropped_reports": a.dropped_reports + b.dropped_reports,
+        "events": coalesce([*a.events, *b.events]),
     })
     return merged.model_dump_json()
 
@@ -120,6 +152,7 @@ class Telemetry:
         self.state = state
         self._windows: dict[VersionKey, _Window] = {}
         self._lock = threading.Lock()
+        self.events = DeviceEvents(state)
 
     def _window(self, key: VersionKey, manifest: PlanManifest | None) -> _Window:
         window = self._windows.get(key)
@@ -136,31 +169,41 @@ class Telemetry:
     # --- observations ---------------------------------------------------------------------------
     def record_local(self, manifest: PlanManifest, version: int, x: np.ndarray,
                      probs: np.ndarray, latency_ms: float, *, model: str | None = None) -> None:
-        """A local inference: counts, latency and the drift accumulator.
+        """A local inference: counts, latency and the drift accumulator (its rows are kept and
+        applied in batches of ``DRIFT_BATCH_ROWS``, and at every :meth:`flush`).
 
         ``model`` is the registry model the version belongs to (default: the plan's name); the
         server knows the report by that name, which need not be the plan's.
         """
+        key = (model or manifest.name, version)
+        rows = x.shape[0]
         with self._lock:
-            window = self._window((model or manifest.name, version), manifest)
-            window.local += int(x.shape[0])
-            window.add_latency(latency_ms)
-            if window.accumulator is not None:
-                try:
-                    if x.shape[0] == 1:  # single rows are buffered into batch updates
-                        window.accumulator.observe(x[0], probs[0])
-                    else:
-                        window.accumulator.update(x, probs)
-                except EdgeFleetError as exc:  # never let drift bookkeeping break inference
-                    log.warning("drift update skipped: %s", exc)
+            window = self._windows.get(key)
+            if window is None or window.accumulator is None:
+                window = self._window(key, manifest)
+            window.local += rows
+            if len(window.latencies) < MAX_LATENCY_SAMPLES:  # add_latency, inlined
+                window.seen += 1
+                window.latencies.append(latency_ms)
+            else:
+                window.add_latency(latency_ms)
+            if window.accumulator is not None:  # copies: the caller may reuse its arrays
+                window.pending_x.append(x.copy())
+                window.pending_p.append(probs.copy())
+                window.pending_rows += rows
+                if window.pending_rows >= DRIFT_BATCH_ROWS:
+                    window.apply_pending()
 
     def record_fallback(self, model: str, version: int, rows: int) -> None:
         with self._lock:
             self._window((model, version), None).fallback += rows
 
     def record_error(self, model: str, version: int) -> None:
+        """A failure of the local model (reported as ``errors`` and as a ``crash`` event)."""
         with self._lock:
-            self._window((model, version), None).errors += 1
+            window = self._window((model, version), None)
+            window.errors += 1
+            window.last_error_at = datetime.now(UTC)
 
     # --- reports --------------------------------------------------------------------------------
     def flush(
@@ -173,10 +216,14 @@ class Telemetry:
             windows, self._windows = self._windows, {}
         if active is not None and active not in windows:
             windows[active] = _Window(datetime.now(UTC), None)
+        if active is not None:
+            self.events.note_active(*active)
+        carried = self._carry(windows, active, self.events.take())
         reports = []
         end = datetime.now(UTC)
         for (model, version), window in windows.items():
             drift = None
+            window.apply_pending()
             if window.accumulator is not None and window.accumulator.n:
                 drift = window.accumulator.take()
                 self._save_cumulative(drift)
@@ -186,11 +233,35 @@ class Telemetry:
                 idempotency_key=uuid.uuid4().hex, model=model, version=version,
                 window_start=window.start, window_end=end, drift=drift,
                 inference=window.stats(), local_eval=evaluation, dropped_reports=dropped,
+                events=carried.get((model, version), []),
             )
             self.outbox.put(report.idempotency_key, REPORT_KIND, model, version,
                             report.model_dump_json(), consumes_dropped=dropped)
             reports.append(report)
         return reports
+
+    def _carry(self, windows: dict[VersionKey, _Window], active: VersionKey | None,
+               pending: list[DeviceEvent]) -> dict[VersionKey, list[DeviceEvent]]:
+        """Which report carries which events (adding windows where none of a model is due)."""
+        carried: dict[VersionKey, list[DeviceEvent]] = {}
+        for key, window in windows.items():
+            if window.errors:
+                carried[key] = [DeviceEvent(kind="crash", at=window.last_error_at or
+                                            datetime.now(UTC), model=key[0], version=key[1],
+                                            count=window.errors)]
+        for event in pending:
+            if active is not None and active[0] == event.model:
+                key = active
+            else:
+                key = next((k for k in windows if k[0] == event.model),
+                           (event.model, event.version))
+            windows.setdefault(key, _Window(event.at, None))
+            carried.setdefault(key, []).append(event)
+        for key, events in carried.items():
+            if len(events) > MAX_EVENTS_PER_REPORT:  # the rest waits for the next flush
+                carried[key] = events[:MAX_EVENTS_PER_REPORT]
+                self.events.add(events[MAX_EVENTS_PER_REPORT:])
+        return carried
 
     def _save_cumulative(self, drift: DriftSummary) -> None:
         previous = self.state.load_drift(drift.model, drift.version)

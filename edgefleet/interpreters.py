@@ -245,6 +245,50 @@ def open_plan(plan: bytes, manifest: PlanManifest, interpreter: str = "auto") ->
     return LoadedPlan(name, interp, runners)
 
 
+class DirectInfer:
+    """The ``infer`` signature of ``runner`` called through the interpreter's wrapper: one
+    ``SetTensor``, ``Invoke`` and ``GetTensor`` a call, resizing and allocating the signature's
+    tensors only when the batch shape changes (the signature runner does both on every call).
+
+    ``__call__`` takes a ``float32`` C-contiguous ``[n, *sample_shape]`` array and returns the
+    output as a new array; calls must be serialised by the caller. When the runner lacks the
+    wrapper (another interpreter release), it is called as is.
+    """
+
+    def __init__(self, runner: Any, input_name: str, output_name: str) -> None:
+        self.runner = runner
+        self._input_name = input_name
+        self._output_name = output_name
+        self._wrapper = getattr(runner, "_interpreter_wrapper", None)
+        inputs = getattr(runner, "_inputs", None) or {}
+        outputs = dict(getattr(runner, "_outputs", None) or ())
+        self._subgraph = getattr(runner, "_subgraph_index", None)
+        self._in = inputs.get(input_name)
+        self._out = outputs.get(output_name)
+        self._direct = None not in (self._wrapper, self._subgraph, self._in, self._out) and all(
+            hasattr(self._wrapper, m) for m in
+            ("ResizeInputTensor", "AllocateTensors", "SetTensor", "Invoke", "GetTensor"))
+        self._shape: tuple[int, ...] | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if not self._direct:
+            return np.asarray(self.runner(**{self._input_name: x})[self._output_name])
+        wrapper, subgraph = self._wrapper, self._subgraph
+        if x.shape != self._shape:
+            self._shape = None
+            wrapper.ResizeInputTensor(self._in, np.array(x.shape, dtype=np.int32), False,
+                                      subgraph)
+            wrapper.AllocateTensors(subgraph)
+            self._shape = x.shape
+        wrapper.SetTensor(self._in, x, subgraph)
+        wrapper.Invoke(subgraph)
+        return wrapper.GetTensor(self._out, subgraph)  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        """Forget the allocated shape (another caller ran the signature runner itself)."""
+        self._shape = None
+
+
 def _describe(details: dict[str, Any]) -> dict[str, tuple[list[int], str]]:
     out = {}
     for key, d in details.items():

@@ -22,15 +22,30 @@ value finite. A response (:func:`encode_outputs`) carries the class probabilitie
 (:func:`requested_outputs`, checked before anything runs). Every refusal is a
 :class:`TensorError` (an :class:`~edgefleet.errors.InputError`: 400 on both endpoints), and the
 error body is :func:`error_body`.
+
+The binary tensor data extension (``binary_tensor_data`` in :func:`server_metadata`) is spoken
+both ways. :func:`decode_request` takes the raw body and the request headers: without an
+``Inference-Header-Content-Length`` header the whole body is the JSON request (whatever its
+``Content-Type``, or none); with one, that many leading bytes are the JSON and the rest is the
+data of the inputs that carry ``parameters.binary_data_size`` (and no ``data``), concatenated in
+input order, little-endian and row-major, read with ``numpy.frombuffer``. :func:`encode_response`
+returns the body and its headers: outputs the request asks for as binary (the output's
+``parameters.binary_data``, else the request's ``parameters.binary_data_output``) carry
+``parameters.binary_data_size`` and their bytes follow the JSON, announced by the
+``Inference-Header-Content-Length`` response header; ``BYTES`` elements are each prefixed with
+their length as a 4-byte little-endian unsigned integer.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import numpy as np
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -46,7 +61,9 @@ from edgefleet.errors import InputError
 from edgefleet.plan import PlanManifest
 
 __all__ = [
+    "BINARY_EXTENSION",
     "DTYPES",
+    "INFERENCE_HEADER",
     "LABEL_OUTPUT",
     "PROBABILITIES",
     "InferTensor",
@@ -56,10 +73,15 @@ __all__ = [
     "TensorError",
     "V2DataType",
     "V2Error",
+    "DecodedRequest",
+    "Tensor",
     "check_batch",
     "decode_input",
+    "decode_request",
     "decode_tensor",
     "encode_outputs",
+    "encode_prediction",
+    "encode_response",
     "error_body",
     "invalid_request",
     "labels_from_response",
@@ -75,6 +97,9 @@ LABEL_OUTPUT: Final = "label"
 #: The output name of a request built without a manifest (a plan's usual output name).
 PROBABILITIES: Final = "probabilities"
 PLATFORM: Final = "tflite"
+#: The header that gives the JSON part's length in a body with binary tensor data.
+INFERENCE_HEADER: Final = "Inference-Header-Content-Length"
+BINARY_EXTENSION: Final = "binary_tensor_data"
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -91,7 +116,7 @@ class InferTensor(BaseModel):
     shape: list[int]
     datatype: V2DataType
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = None  # absent when the tensor's data is binary
 
 
 class RequestedOutput(BaseModel):
@@ -157,27 +182,39 @@ def decode_tensor(tensor: InferTensor) -> np.ndarray:
         datatype's (booleans in a number tensor, strings, floats in an integer tensor), integers
         out of the datatype's range, or an element count that does not match the shape.
     """
-    dtype = DTYPES.get(tensor.datatype)
-    if dtype is None:
-        raise TensorError(f"datatype {tensor.datatype} is not supported: send numbers (e.g. FP32)")
-    shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise TensorError(f"shape {list(shape)} has a negative dimension")
-    try:
-        nested = np.asarray(tensor.data, dtype=object)
-    except ValueError as exc:  # ragged nesting
-        raise TensorError(f"data is not a regular (rectangular) array: {exc}") from None
-    if nested.ndim > 1 and nested.shape != shape:
-        raise TensorError(f"nested data has shape {list(nested.shape)}, declared {list(shape)}")
+    dtype, shape = _dtype_and_shape(tensor.datatype, tensor.shape)
+    if tensor.data is None:
+        raise TensorError(f"tensor {tensor.name!r} has no data (nor binary_data_size with the "
+                          f"{INFERENCE_HEADER} header)")
+    flat: list[Any] = tensor.data
+    if flat and isinstance(flat[0], list):  # nested: flattened by numpy (a flat list as is)
+        try:
+            nested = np.asarray(tensor.data, dtype=object)
+        except ValueError as exc:  # ragged nesting
+            raise TensorError(f"data is not a regular (rectangular) array: {exc}") from None
+        if nested.ndim > 1 and nested.shape != shape:
+            raise TensorError(
+                f"nested data has shape {list(nested.shape)}, declared {list(shape)}")
+        flat = nested.ravel().tolist()
     adapter, kind = _adapter(tensor.datatype)
     try:
-        values = adapter.validate_python(nested.ravel().tolist())
+        values = adapter.validate_python(flat)
     except ValidationError as exc:
         raise TensorError(_kind_error(exc, tensor.datatype, kind)) from None
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)
     if len(values) != expected:
         raise TensorError(f"data has {len(values)} elements; shape {list(shape)} needs {expected}")
     return _to_dtype(values, dtype, tensor.datatype).reshape(shape)
+
+
+def _dtype_and_shape(datatype: str, dims: Sequence[int]) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    dtype = DTYPES.get(datatype)
+    if dtype is None:
+        raise TensorError(f"datatype {datatype} is not supported: send numbers (e.g. FP32)")
+    shape = tuple(dims)
+    if any(d < 0 for d in shape):
+        raise TensorError(f"shape {list(shape)} has a negative dimension")
+    return dtype, shape
 
 
 def _kind_error(exc: ValidationError, datatype: str, kind: str) -> str:
@@ -209,8 +246,8 @@ def _to_dtype(values: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndar
     return wide.astype(dtype)
 
 
-def decode_input(inputs: Sequence[InferTensor], manifest: PlanManifest, *, max_batch: int
-                 ) -> np.ndarray:
+def decode_input(inputs: Sequence[Tensor | InferTensor], manifest: PlanManifest, *,
+                 max_batch: int) -> np.ndarray:
     """The plan's ``float32 [n, *sample_shape]`` input from the request's tensors (module notes).
 
     Raises
@@ -234,8 +271,10 @@ def decode_input(inputs: Sequence[InferTensor], manifest: PlanManifest, *, max_b
         raise TensorError(f"shape {list(shape)} does not fit the model: "
                           f"expected [n, {', '.join(map(str, sample))}]")
     check_batch(shape[0], max_batch)
-    out = decode_tensor(tensor).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(out)):
+    data = tensor.array if isinstance(tensor, Tensor) else decode_tensor(tensor)
+    with np.errstate(over="ignore"):  # FP64 beyond FP32: inf, refused below
+        out = data.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
         raise TensorError("data contains NaN or infinite values (or values too large for FP32)")
     return out
 
@@ -244,6 +283,199 @@ def check_batch(rows: int, max_batch: int) -> None:
     """Refuse a batch outside ``1..max_batch`` rows."""
     if not 1 <= rows <= max_batch:
         raise TensorError(f"batch size {rows} is outside 1..{max_batch}")
+
+
+# --- raw bodies: JSON and the binary tensor data extension -----------------------------------
+@dataclass(frozen=True)
+class Tensor:
+    """A decoded tensor: ``array`` has the datatype's dtype (``DTYPES``; for ``BYTES`` outputs,
+    strings) and the shape ``shape``."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A request read by :func:`decode_request`: its inputs decoded, its outputs as asked."""
+
+    id: str | None
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def binary_output(self, name: str) -> bool:
+        """Whether output ``name`` is sent as binary data: the output's ``binary_data``, else
+        the request's ``binary_data_output``, else no."""
+        for out in self.outputs or ():
+            if out.name == name and out.parameters and "binary_data" in out.parameters:
+                return bool(out.parameters["binary_data"])
+        return bool(self.parameters.get("binary_data_output", False))
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A header of a case-insensitive mapping, or of a dict keyed by lower-case names."""
+    if not headers:
+        return None
+    value = headers.get(name)
+    return headers.get(name.lower()) if value is None else value
+
+
+def _flag(parameters: dict[str, Any] | None, key: str, where: str) -> None:
+    if parameters and key in parameters and not isinstance(parameters[key], bool):
+        raise TensorError(f"{where} parameter {key} must be true or false")
+
+
+def decode_request(body: bytes, headers: Mapping[str, str] | None = None) -> DecodedRequest:
+    """Read a request body (JSON, or JSON and binary tensor data; see the module notes).
+
+    ``headers`` is looked up for ``Inference-Header-Content-Length`` and ``Content-Encoding``
+    only; ``Content-Type`` does not matter.
+
+    Raises
+    ------
+    TensorError
+        A compressed body, a bad length header, a body that is no request, binary sizes that do
+        not add up to the binary part, or an input that :func:`decode_tensor` refuses.
+    """
+    encoding = _header(headers, "Content-Encoding")
+    if encoding and encoding.strip().lower() != "identity":
+        raise TensorError(f"Content-Encoding {encoding[:20]!r} is not supported: send the body "
+                          "uncompressed")
+    length = _header(headers, INFERENCE_HEADER)
+    binary: memoryview | None = None
+    head = body
+    if length is not None:
+        if not length.strip().isdigit() or int(length) > len(body):
+            raise TensorError(f"{INFERENCE_HEADER} {length[:20]!r} is not a length within the "
+                              f"body's {len(body)} bytes")
+        head, binary = body[: int(length)], memoryview(body)[int(length):]
+    try:
+        request = InferenceRequest.model_validate_json(head)
+    except ValidationError as exc:
+        refusal = invalid_request(exc)
+        if length is None and "trailing characters" in str(refusal):
+            refusal = TensorError(f"{refusal} (binary tensor data needs the {INFERENCE_HEADER} "
+                                  "header)")
+        raise refusal from None
+    _flag(request.parameters, "binary_data_output", "request")
+    for out in request.outputs or ():
+        _flag(out.parameters, "binary_data", f"output {out.name!r}")
+        if out.parameters and "classification" in out.parameters:
+            raise TensorError("the classification extension is not supported: ask for "
+                              f"{LABEL_OUTPUT!r} for the most probable class")
+    return DecodedRequest(id=request.id, inputs=_decode_inputs(request.inputs, binary),
+                          outputs=request.outputs, parameters=request.parameters or {})
+
+
+def _decode_inputs(tensors: Sequence[InferTensor], binary: memoryview | None) -> list[Tensor]:
+    offset = 0
+    out = []
+    for t in tensors:
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is None:
+            array = decode_tensor(t)
+        else:
+            if binary is None:
+                raise TensorError(f"input {t.name!r} has binary_data_size but the request has "
+                                  f"no {INFERENCE_HEADER} header")
+            if t.data is not None:
+                raise TensorError(f"input {t.name!r} has both data and binary_data_size")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise TensorError(f"input {t.name!r}: binary_data_size must be a byte count")
+            if offset + size > len(binary):
+                raise TensorError(f"input {t.name!r}: binary_data_size {size} exceeds the "
+                                  f"{len(binary) - offset} bytes of binary data left")
+            array = _from_binary(t, binary[offset : offset + size])
+            offset += size
+        out.append(Tensor(t.name, t.datatype, tuple(t.shape), array, t.parameters or {}))
+    if binary is not None and offset != len(binary):
+        raise TensorError(f"the body has {len(binary) - offset} bytes of binary data that no "
+                          "input's binary_data_size accounts for")
+    return out
+
+
+def _from_binary(tensor: InferTensor, data: memoryview) -> np.ndarray:
+    dtype, shape = _dtype_and_shape(tensor.datatype, tensor.shape)
+    count = math.prod(shape)
+    if count * dtype.itemsize != len(data):
+        raise TensorError(f"input {tensor.name!r}: {len(data)} bytes of binary data, but "
+                          f"{tensor.datatype} {list(shape)} takes {count * dtype.itemsize}")
+    array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+    if tensor.datatype == "BOOL" and array.size and int(array.view(np.uint8).max()) > 1:
+        raise TensorError(f"input {tensor.name!r}: BOOL binary data takes bytes 0 and 1 only")
+    return array.reshape(shape)
+
+
+def encode_response(request: DecodedRequest | None, *, model_name: str,
+                    model_version: str | None = None, outputs: Sequence[Tensor],
+                    parameters: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+    """A response's body and headers (``Content-Type``, and ``Inference-Header-Content-Length``
+    when an output is binary): the request's ``id``, the outputs in JSON or binary as it asks."""
+    blobs: list[bytes] = []
+    tensors = []
+    for t in outputs:
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        if request is not None and request.binary_output(t.name):
+            raw = _bytes_binary(t.array) if t.datatype == "BYTES" else np.ascontiguousarray(
+                t.array, dtype=DTYPES[t.datatype].newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            array = np.asarray(t.array)
+            if array.dtype.kind == "S":
+                array = np.char.decode(array, "utf-8")
+            entry["data"] = array.ravel().tolist()
+        tensors.append(entry)
+    head: dict[str, Any] = {"model_name": model_name}
+    if model_version is not None:
+        head["model_version"] = model_version
+    if request is not None and request.id is not None:
+        head["id"] = request.id
+    if parameters:
+        head["parameters"] = parameters
+    head["outputs"] = tensors
+    text = pydantic_core.to_json(head)
+    if not blobs:
+        return text, {"Content-Type": "application/json"}
+    return b"".join([text, *blobs]), {"Content-Type": "application/octet-stream",
+                                      INFERENCE_HEADER: str(len(text))}
+
+
+def _bytes_binary(values: Any) -> bytes:
+    """``BYTES`` elements, each prefixed with its 4-byte little-endian length (vectorised:
+    a fixed-width array and a mask of the bytes each element really has; trailing NUL bytes of
+    an element are not kept, a limit of numpy's fixed-width strings)."""
+    array = np.asarray(values).ravel()
+    if array.size == 0:
+        return b""
+    encoded = array if array.dtype.kind == "S" else np.char.encode(array.astype(str), "utf-8")
+    width = encoded.dtype.itemsize
+    lengths = np.char.str_len(encoded).astype("<u4")
+    table = np.concatenate([lengths.view(np.uint8).reshape(-1, 4),
+                            encoded.view(np.uint8).reshape(-1, width)], axis=1)
+    keep = np.concatenate([np.ones((array.size, 4), dtype=bool),
+                           np.arange(width) < lengths[:, None]], axis=1)
+    return table[keep].tobytes()
+
+
+def encode_prediction(request: DecodedRequest | None, probs: np.ndarray, labels: Sequence[str],
+                      *, output_name: str, names: Sequence[str], model_name: str,
+                      model_version: str | None = None, parameters: dict[str, Any] | None = None
+                      ) -> tuple[bytes, dict[str, str]]:
+    """:func:`encode_response` of a plan's answer: the outputs ``names`` (see
+    :func:`requested_outputs`), the probabilities ``FP32 [n, C]`` named ``output_name`` and the
+    ``labels`` ``BYTES [n]`` named :data:`LABEL_OUTPUT`."""
+    probs = np.asarray(probs, dtype=np.float32)
+    available = {
+        output_name: Tensor(output_name, "FP32", probs.shape, probs),
+        LABEL_OUTPUT: Tensor(LABEL_OUTPUT, "BYTES", (len(labels),), np.asarray(labels)),
+    }
+    return encode_response(request, model_name=model_name, model_version=model_version,
+                           outputs=[available[n] for n in names], parameters=parameters)
 
 
 # --- outputs --------------------------------------------------------------------------------
@@ -289,7 +521,7 @@ def encode_outputs(probs: np.ndarray, labels: Sequence[str], output_name: str,
 # --- metadata -------------------------------------------------------------------------------
 def server_metadata() -> dict[str, Any]:
     """``GET /v2``: the server's (or agent's) name, version and protocol extensions."""
-    return {"name": "edgefleet", "version": __version__, "extensions": []}
+    return {"name": "edgefleet", "version": __version__, "extensions": [BINARY_EXTENSION]}
 
 
 def model_metadata(name: str, versions: Sequence[int], manifest: PlanManifest,
@@ -357,6 +589,6 @@ def probs_from_response(response: InferenceResponse, n_rows: int) -> np.ndarray:
 def labels_from_response(response: InferenceResponse) -> list[str] | None:
     """The response's :data:`LABEL_OUTPUT` output, when it has one."""
     for tensor in response.outputs:
-        if tensor.name == LABEL_OUTPUT and tensor.datatype == "BYTES":
+        if tensor.name == LABEL_OUTPUT and tensor.datatype == "BYTES" and tensor.data is not None:
             return [str(v) for v in tensor.data]
     return None

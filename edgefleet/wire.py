@@ -175,6 +175,30 @@ class LocalEvaluation(_Wire):
     loss: FiniteFloat | None = None
 
 
+DeviceEventKind = Literal["switch", "smoke_failed", "refused", "crash", "rollback"]
+MAX_EVENTS_PER_REPORT = 100
+
+
+class DeviceEvent(_Wire):
+    """Something that happened to a model version on the device (``edge_client.events``).
+
+    ``switch``: ``version`` became active (``from_version`` was); ``smoke_failed``: ``version``
+    was downloaded but failed to load or its smoke test; ``refused``: it failed an integrity or
+    signature check; ``crash``: the active ``version`` failed to answer (``count`` failures
+    since the last report); ``rollback``: ``version`` was abandoned for ``to_version`` (``None``:
+    nothing left to run).
+    """
+
+    kind: DeviceEventKind
+    at: Timestamp
+    model: str = Field(pattern=NAME_PATTERN)
+    version: VersionNumber
+    from_version: VersionNumber | None = None
+    to_version: VersionNumber | None = None
+    count: Count = Field(default=1, ge=1)
+    detail: CleanText = Field(default="", max_length=1000)
+
+
 class TelemetryReport(_Wire):
     """One window of a device's observations. Retried reports carry the same idempotency key."""
 
@@ -187,6 +211,7 @@ class TelemetryReport(_Wire):
     inference: InferenceStats = Field(default_factory=InferenceStats)
     local_eval: LocalEvaluation | None = None
     dropped_reports: Count = Field(default=0, description="reports the outbox had to drop")
+    events: list[DeviceEvent] = Field(default_factory=list, max_length=MAX_EVENTS_PER_REPORT)
 
 
 class TelemetryAck(_Wire):

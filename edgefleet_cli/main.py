@@ -12,7 +12,9 @@ import typer
 from aggregation.cli import app as fl_app
 from authoring.cli import app as model_app
 from edge_client.cli import app as agent_app
+from edgefleet_cli.audit import app as audit_app
 from edgefleet_cli.registry import app as registry_app
+from edgefleet_cli.rollout import app as rollout_app
 from server.cli import app as server_app
 from simulation.cli import app as sim_app
 
@@ -30,6 +32,9 @@ app.add_typer(agent_app, name="agent", help="Enrol and run the edge agent on a d
 app.add_typer(fl_app, name="fl", help="Run federated rounds (Flower ServerApp, controller).")
 app.add_typer(sim_app, name="sim", help="Run simulations with virtual clients.")
 app.add_typer(registry_app, name="registry", help="Inspect a running server's registry and log.")
+app.add_typer(rollout_app, name="rollout",
+              help="Start, watch, approve and abort guarded rollouts on a running server.")
+app.add_typer(audit_app, name="audit", help="A running server's audit trail: list, verify, export.")
 
 
 @app.command()

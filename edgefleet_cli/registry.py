@@ -1,8 +1,12 @@
 """``edgefleet registry``: the operator's view of a running server, over its REST API.
 
 Commands: ``models``, ``versions MODEL``, ``aliases MODEL``, ``history MODEL [--alias A]``,
-``inferences [filters]`` and ``monitor MODEL [--since --until --against --window-s]``. Each prints
-a table, or the server's JSON with ``--json``. The server is ``--url`` (default
+``promote MODEL VERSION [--alias production --reason R]`` (moves the alias),
+``rollback MODEL [--alias production --reason R]`` (the alias back to its previous version),
+``inferences [filters]``, ``monitor MODEL [--since --until --against --window-s]`` and
+``events [filters]`` (device events from telemetry), and ``card MODEL VERSION`` (a version's
+model card, from :mod:`edgefleet_cli.audit`). Each prints a table, or the server's JSON
+with ``--json``. The server is ``--url`` (default
 ``$EDGEFLEET_URL`` or ``http://127.0.0.1:8000``); the admin key comes from
 ``$EDGEFLEET_ADMIN_KEY`` (never from the command line, where other users' ``ps`` would see it).
 A refusal prints the server's message and exits 1.
@@ -18,10 +22,13 @@ from typing import Annotated, Any
 
 import typer
 
+from edgefleet_cli.audit import card
+
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Inspect the registry and the inference log of a running server.")
+app.command("card")(card)  # a version's model card (edgefleet_cli.audit)
 
 Url = Annotated[str | None, typer.Option("--url", help="server base URL ($EDGEFLEET_URL)")]
 Json = Annotated[bool, typer.Option("--json", help="print the server's JSON")]
@@ -41,12 +48,17 @@ def _client(url: str | None) -> Any:
 
 
 def _get(url: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
+    return _call(url, "GET", path, params=params)
+
+
+def _call(url: str | None, method: str, path: str, *, params: dict[str, Any] | None = None,
+          body: dict[str, Any] | None = None) -> Any:
     import httpx
 
     query = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
     try:
         with _client(url) as http:
-            r = http.get(path, params=query)
+            r = http.request(method, path, params=query, json=body)
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach the server ({type(exc).__name__})", err=True)
         raise typer.Exit(1) from None
@@ -163,3 +175,61 @@ def monitor(
                f"(shift against version {data['against']})")
     typer.echo(table(rows, ["version", "requests", "errors", "error_rate", "p50", "p99",
                             "shift", "labelled", "accuracy", "top"]))
+
+
+Alias = Annotated[str, typer.Option("--alias", help="the alias to move")]
+Reason = Annotated[str, typer.Option("--reason", help="recorded in the alias history")]
+
+
+@app.command()
+def promote(
+    model: str,
+    version: Annotated[int, typer.Argument(min=1)],
+    alias: Alias = "production",
+    reason: Reason = "promoted by the operator",
+    percent: Annotated[float | None, typer.Option(min=0, max=100,
+                                                  help="rollout share (canary)")] = None,
+    url: Url = None, as_json: Json = False,
+) -> None:
+    """Point an alias (default ``production``) at a version."""
+    body: dict[str, Any] = {"version": version, "reason": reason}
+    if percent is not None:
+        body["rollout_percent"] = percent
+    data = _call(url, "PUT", f"/api/v1/models/{model}/aliases/{alias}", body=body)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(table([data], ["model", "alias", "version", "rollout_percent", "updated_at",
+                              "updated_by"]))
+
+
+@app.command()
+def rollback(
+    model: str, alias: Alias = "production", reason: Reason = "rolled back by the operator",
+    url: Url = None, as_json: Json = False,
+) -> None:
+    """Move an alias back to the version it named before its last move."""
+    data = _call(url, "POST", f"/api/v1/models/{model}/aliases/{alias}/rollback",
+                 body={"reason": reason})
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(table([data], ["model", "alias", "version", "updated_at", "updated_by"]))
+
+
+@app.command()
+def events(
+    model: Annotated[str | None, typer.Option()] = None,
+    version: Annotated[int | None, typer.Option(min=1)] = None,
+    device: Annotated[str | None, typer.Option()] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="switch, smoke_failed, refused, crash or rollback")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 with a zone")] = None,
+    url: Url = None, as_json: Json = False, limit: Limit = 50, offset: Offset = 0,
+) -> None:
+    """Device events (model switches, failed smoke tests, crashes, rollbacks), newest first."""
+    data = _get(url, "/api/v1/telemetry/events", {
+        "model": model, "version": version, "device": device, "kind": kind, "since": since,
+        "limit": limit, "offset": offset})
+    _show(data, as_json, ["at", "device_id", "model", "version", "kind", "from_version",
+                          "to_version", "count", "detail"])

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from edgefleet.wire import ALIAS_PATTERN, AliasEventInfo, AliasInfo, AliasMove, Page
+from registry import audit
 from registry.catalog import get_model
 from registry.errors import ConflictError, InvalidQueryError, NotFoundError
 from registry.models import (
@@ -106,6 +107,7 @@ def _move(
     reason: str,
 ) -> Alias:
     now = utcnow()
+    before = _audit_state(session, row)
     session.add(
         AliasEvent(
             model_id=model.id or 0,
@@ -126,13 +128,25 @@ def _move(
     row.updated_by = actor
     session.add(row)
     session.flush()
+    audit.record(session, actor=actor, action="alias.move", target=f"{model.name}/{alias}",
+                 before=before, after=_audit_state(session, row), reason=reason or None)
     return row
+
+
+def _audit_state(session: Session, row: Alias | None) -> dict[str, object] | None:
+    """Where ``row`` points (version number, rollout percent), for the audit trail."""
+    if row is None:
+        return None
+    version = session.get(ModelVersion, row.version_id)
+    return {"version": version.number if version else None, "rollout_percent": row.rollout_percent}
 
 
 def delete_alias(session: Session, model_name: str, alias: str, *, actor: str, reason: str) -> None:
     """Remove an alias (the history keeps the removal, ``to_version`` = None)."""
     model = get_model(session, model_name, for_update=True)
     row = get_alias(session, model, alias)
+    audit.record(session, actor=actor, action="alias.delete", target=f"{model.name}/{alias}",
+                 before=_audit_state(session, row), reason=reason or None)
     session.add(
         AliasEvent(
             model_id=model.id or 0,

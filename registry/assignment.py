@@ -5,6 +5,11 @@ that follows ``canary`` while one exists. Membership is decided by :func:`bucket
 model's rollout salt, the model name and the device id onto [0, 100): it needs no state, it is
 the same on every poll (sticky), and raising the percentage only *adds* devices to the canary
 (those already in stay in). Other aliases (``shadow``, custom names) do not steer devices.
+
+While a rollout is active (:mod:`registry.rollouts`), it decides instead
+(:func:`registry.rollouts.strategies.arm_for_device`: canary share, waves by device label, A/B
+variant) and the choice also names what the device should pre-download (blue-green, before the
+switch) or run beside the active version as a shadow.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from sqlmodel import Session, col, select
 from registry.catalog import get_model
 from registry.errors import DamagedArtifactError, NotFoundError, PermissionDeniedError
 from registry.models import CANARY, PRODUCTION, Alias, Device, Model, ModelVersion, VersionStatus
-from registry.versions import LIGHT
+from registry.rollouts.routing import routing_view
+from registry.rollouts.strategies import RoutingView, arm_for_device, prefetch_for, shadow_for
+from registry.versions import LIGHT, get_version
 
 __all__ = ["Choice", "assign", "bucket", "check_download", "in_canary"]
 
@@ -31,6 +38,10 @@ class Choice:
     model: Model
     version: ModelVersion
     alias: str
+    rollout_id: int | None = None
+    variant: str | None = None
+    prefetch: ModelVersion | None = None
+    shadow: ModelVersion | None = None
 
 
 def bucket(device_id: str, model: str, salt: str) -> float:
@@ -82,6 +93,9 @@ def assign(session: Session, device: Device, model: str | None = None) -> Choice
     found = {name: (percent, version) for name, percent, version in rows}
     if PRODUCTION not in found:
         raise NotFoundError(f"model {m.name!r} has no production version yet")
+    view = routing_view(session, m)
+    if view is not None and view.routing:
+        return _under_rollout(session, device, m, view, found[PRODUCTION][1])
     alias_name = PRODUCTION
     if (CANARY in found and found[CANARY][1].status == VersionStatus.READY
             and in_canary(device.id, m.name, m.rollout_salt, found[CANARY][0])):
@@ -93,6 +107,33 @@ def assign(session: Session, device: Device, model: str | None = None) -> Choice
             f"handed out: {version.status_reason}"
         )
     return Choice(model=m, version=version, alias=alias_name)
+
+
+def _ready_or_none(session: Session, model: Model, number: int | None) -> ModelVersion | None:
+    if number is None:
+        return None
+    v = get_version(session, model, number)
+    return v if v.status == VersionStatus.READY else None
+
+
+def _under_rollout(
+    session: Session, device: Device, m: Model, view: RoutingView, production: ModelVersion
+) -> Choice:
+    """The choice an active rollout makes (an arm that is not READY falls back to production)."""
+    arm = arm_for_device(view, device.id, device.labels or {}, m.name, m.rollout_salt)
+    chosen = None if arm is None else _ready_or_none(session, m, arm.version)
+    prefetch = _ready_or_none(session, m, prefetch_for(view))
+    shadow = _ready_or_none(session, m, shadow_for(view))
+    if chosen is None or arm is None:
+        if production.status == VersionStatus.DAMAGED:
+            raise DamagedArtifactError(
+                f"version {production.number} of {m.name!r} (production) is DAMAGED and is "
+                f"not handed out: {production.status_reason}"
+            )
+        return Choice(model=m, version=production, alias=PRODUCTION, rollout_id=view.rollout_id,
+                      variant="baseline", prefetch=prefetch, shadow=shadow)
+    return Choice(model=m, version=chosen, alias=CANARY if arm.name == "candidate" else arm.name,
+                  rollout_id=view.rollout_id, variant=arm.name, prefetch=prefetch, shadow=shadow)
 
 
 def check_download(session: Session, device: Device, model: Model, version: ModelVersion) -> None:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from edgefleet.wire import EnrollRequest, Page
+from registry import audit
 from registry.catalog import get_model
 from registry.errors import (
     AlreadyExistsError,
@@ -53,7 +54,11 @@ def new_token() -> str:
 
 
 def enroll(
-    session: Session, request: EnrollRequest, *, replace: bool = False
+    session: Session,
+    request: EnrollRequest,
+    *,
+    replace: bool = False,
+    actor: str = audit.SYSTEM_ACTOR,
 ) -> tuple[Device, str]:
     """Create a device and return it with its new token.
 
@@ -63,13 +68,15 @@ def enroll(
     request's hardware facts when there are any. Replacing is how the operator recovers a
     re-imaged device; the server allows it only with an admin key, since anyone holding the
     fleet's enrolment token could otherwise take over any device. The caller has already
-    checked the enrolment token. The token is returned once and never stored.
+    checked the enrolment token. The token is returned once and never stored. The enrolment is
+    audited (``device.enrol``) as ``actor``: the admin key's or the enrolment token's name.
     """
     device_id = request.device_id or f"dev-{secrets.token_hex(8)}"
     model_id = get_model(session, request.model).id if request.model else None
     token = new_token()
     now = utcnow()
     device = session.get(Device, device_id, with_for_update=True)
+    before = None if device is None else _audit_state(device)
     if device is None:
         device = Device(id=device_id, enrolled_at=now)
         device.labels = dict(request.labels)
@@ -95,7 +102,19 @@ def enroll(
         session.flush()
     except sa.exc.IntegrityError:  # a concurrent enrolment of the same new id won the race
         raise AlreadyExistsError(f"device {device_id!r} is already enrolled") from None
+    audit.record(session, actor=actor, action="device.enrol", target=f"device/{device_id}",
+                 before=before, after=_audit_state(device))
     return device, token
+
+
+def _audit_state(device: Device) -> dict[str, object]:
+    """What the audit trail keeps of a device: never its token or token hash."""
+    return {
+        "labels": dict(device.labels or {}),
+        "model_id": device.model_id,
+        "revoked": device.revoked_at is not None,
+        "token_issued_at": device.token_issued_at.isoformat() if device.token_issued_at else None,
+    }
 
 
 def authenticate(session: Session, token: str) -> Device:
@@ -132,13 +151,18 @@ def update_device(session: Session, device_id: str, patch: DeviceUpdate) -> Devi
     return device
 
 
-def revoke_device(session: Session, device_id: str) -> Device:
-    """Invalidate a device's token; the device and its telemetry stay."""
+def revoke_device(
+    session: Session, device_id: str, *, actor: str = audit.SYSTEM_ACTOR
+) -> Device:
+    """Invalidate a device's token; the device and its telemetry stay (audited as ``actor``)."""
     device = get_device(session, device_id)
+    before = _audit_state(device)
     device.token_hash = None
     device.revoked_at = utcnow()
     session.add(device)
     session.flush()
+    audit.record(session, actor=actor, action="device.revoke", target=f"device/{device_id}",
+                 before=before, after=_audit_state(device))
     return device
 
 

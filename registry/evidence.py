@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from registry import rollups
 from registry.models.columns import utcnow
 from registry.models.evidence import FeedbackItem, FeedbackResult, InferenceRecord
 
@@ -57,7 +58,9 @@ def bucket_upper_ms(bucket: int) -> float:
 
 
 def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``rows`` (column → value), skipping any ``(request_id, row_index)`` already stored."""
+    """Insert ``rows`` (column → value), skipping any ``(request_id, row_index)`` already stored,
+    and count the rows stored into the rollups (:mod:`registry.rollups`) in the same transaction.
+    """
     if not rows:
         return
     dialect = conn.dialect.name
@@ -68,7 +71,11 @@ def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         stmt = sqlite.insert(TABLE)
     else:  # pragma: no cover - the registry runs on SQLite and PostgreSQL only
         raise NotImplementedError(f"no idempotent insert for {dialect}")
-    conn.execute(stmt.on_conflict_do_nothing(index_elements=["request_id", "row_index"]), rows)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["request_id", "row_index"]).returning(
+        TABLE.c.request_id, TABLE.c.row_index
+    )
+    stored = {(r[0], r[1]) for r in conn.execute(stmt, list(rows))}
+    rollups.add_records(conn, (r for r in rows if (r["request_id"], r["row_index"]) in stored))
 
 
 def prune(engine: Engine, before: datetime, *, batch: int = 5000, max_batches: int = 1000) -> int:
@@ -145,33 +152,39 @@ def apply_feedback(
 
     A different label for an instance already labelled replaces it (a correction). Items that
     name no logged, answered instance come back in ``unknown``; nothing is stored for them.
+    The records are read ``FOR UPDATE`` (on PostgreSQL), so concurrent feedback on one instance
+    moves the rollups (:mod:`registry.rollups`) once.
     """
     when = labelled_at or utcnow()
     wanted = {(i.request_id, i.row_index): i for i in items}
     c = TABLE.c
-    found: dict[tuple[str, int], tuple[int, str | None]] = {}
+    found: dict[tuple[str, int], dict[str, Any]] = {}
     ids = sorted({i.request_id for i in items})
     for start in range(0, len(ids), 500):
         rows = session.execute(
-            sa.select(c.id, c.request_id, c.row_index, c.true_label).where(
+            sa.select(c.id, c.request_id, c.row_index, c.true_label, c.model, c.version,
+                      c.variant, c.created_at, c.label).where(
                 c.request_id.in_(ids[start : start + 500]), c.status < 400
-            )
+            ).with_for_update()
         ).all()
-        for rid, request_id, row_index, true_label in rows:
-            found[(request_id, row_index)] = (rid, true_label)
+        for r in rows:
+            found[(r.request_id, r.row_index)] = dict(r._mapping)
     applied = unchanged = 0
     unknown = []
+    changes: list[tuple[dict[str, Any], str | None, str]] = []
     for key, item in wanted.items():
         hit = found.get(key)
         if hit is None:
             unknown.append(item)
-        elif hit[1] == item.label:
+        elif hit["true_label"] == item.label:
             unchanged += 1
         else:
             session.execute(
-                sa.update(TABLE).where(c.id == hit[0]).values(true_label=item.label,
-                                                              labelled_at=when)
+                sa.update(TABLE).where(c.id == hit["id"]).values(true_label=item.label,
+                                                                 labelled_at=when)
             )
+            changes.append((hit, hit["true_label"], item.label))
             applied += 1
+    rollups.add_feedback(session.connection(), changes)
     session.flush()
     return FeedbackResult(applied=applied, unchanged=unchanged, unknown=unknown)

@@ -33,6 +33,7 @@ from sqlmodel import Session, select
 from edgefleet.errors import EdgeFleetError, InterpreterUnavailable
 from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.wire import VersionPublish
+from registry import audit
 from registry.catalog import get_model
 from registry.errors import (
     ArtifactRejectedError,
@@ -139,7 +140,27 @@ def publish_version(
     model.updated_at = utcnow()
     session.add(model)
     session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="version.publish",
+        target=f"{model.name}/{number}",
+        after=_audit_summary(version),
+        reason=meta.description or None,
+    )
     return version
+
+
+def _audit_summary(version: ModelVersion) -> dict[str, Any]:
+    return {
+        "status": version.status.value,
+        "weights_sha256": version.weights_sha256,
+        "plan_sha256": version.plan_sha256,
+        "parent_version_id": version.parent_version_id,
+        "federated_run": version.federated_run,
+        "federated_round": version.federated_round,
+        "signed_by": version.signing_key_id,
+    }
 
 
 def _resolve_plan(

@@ -39,6 +39,7 @@ from edgefleet.signature import (
     version_statement,
 )
 from edgefleet.wire import ArtifactRef, SigningKeyInfo, VersionSignature
+from registry import audit
 from registry.errors import ConflictError, NotFoundError
 from registry.models import Model, ModelVersion, SigningKey, VersionStatus, utcnow
 
@@ -115,8 +116,11 @@ def check_apart(key_path: str | Path, artifact_dir: str | Path) -> None:
 
 
 # --- the key table ---------------------------------------------------------------------------
-def open_signer(session: Session, path: str | Path) -> Signer:
-    """Load (or create) the key at ``path``, finish an interrupted rotation, record the key."""
+def open_signer(
+    session: Session, path: str | Path, *, actor: str = audit.SYSTEM_ACTOR
+) -> Signer:
+    """Load (or create) the key at ``path``, finish an interrupted rotation, record the key
+    (a key new to the database is audited as ``key.create`` by ``actor``)."""
     signer = Signer.load(path)
     pending = signer.path.with_name(signer.path.name + ".next")
     if pending.is_file():
@@ -126,11 +130,13 @@ def open_signer(session: Session, path: str | Path) -> Signer:
             signer = nxt
         else:  # the rotation's commit never happened
             pending.unlink()
-    ensure_registered(session, signer)
+    ensure_registered(session, signer, actor=actor)
     return signer
 
 
-def ensure_registered(session: Session, signer: Signer) -> SigningKey:
+def ensure_registered(
+    session: Session, signer: Signer, *, actor: str = audit.SYSTEM_ACTOR
+) -> SigningKey:
     """Record ``signer``'s public key (once) and retire any other key still marked current.
 
     A key that appears without an endorsement while another key is current was swapped in by
@@ -146,6 +152,11 @@ def ensure_registered(session: Session, signer: Signer) -> SigningKey:
                       signer.key_id, ", ".join(k.key_id for k in current))
         row = SigningKey(key_id=signer.key_id, public_key=signer.public_key)
         session.add(row)
+        audit.record(
+            session, actor=actor, action="key.create", target=f"key/{signer.key_id}",
+            before={"current": sorted(k.key_id for k in current)} if current else None,
+            after={"key_id": signer.key_id, "public_key": signer.public_key},
+        )
     elif row.retired_at is not None:
         row.retired_at = None
         session.add(row)
@@ -157,13 +168,14 @@ def ensure_registered(session: Session, signer: Signer) -> SigningKey:
     return row
 
 
-def rotate(session: Session, signer: Signer) -> Signer:
+def rotate(session: Session, signer: Signer, *, actor: str = audit.SYSTEM_ACTOR) -> Signer:
     """Replace ``signer``'s key with a new one it endorses; return the new :class:`Signer`.
 
     The database row is flushed before the key file is replaced; the caller commits. When the
     commit fails the old file is still in place and ``<path>.next`` is ignored on next load.
+    The rotation is audited (``key.rotate``) as ``actor``.
     """
-    ensure_registered(session, signer)
+    ensure_registered(session, signer, actor=actor)
     new_private = _generate()
     new_public = encode_b64(_raw_public(new_private))
     new_id = key_id_of(new_public)
@@ -174,6 +186,9 @@ def rotate(session: Session, signer: Signer) -> Signer:
     old.retired_at = utcnow()
     session.add(old)
     session.flush()
+    audit.record(session, actor=actor, action="key.rotate", target=f"key/{signer.key_id}",
+                 before={"key_id": signer.key_id},
+                 after={"key_id": new_id, "public_key": new_public, "endorsed_by": signer.key_id})
     pending = signer.path.with_name(signer.path.name + ".next")
     _write_private(pending, new_private)
     return Signer._from_pem(signer.path, pending.read_bytes())

@@ -21,6 +21,8 @@ window ends no later than :data:`MAX_CLOCK_SKEW` from now. A refused report rais
 :class:`~registry.errors.PermissionDeniedError` (not assigned) or
 :class:`~registry.errors.InvalidQueryError` (implausible values), says why, and stores nothing.
 A retry of a report already stored is acknowledged whatever has moved since.
+
+Device events in a report are checked and stored with it (:mod:`registry.device_events`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from edgefleet.bounds import DB_INT_MAX
-from edgefleet.wire import Page, TelemetryAck, TelemetryReport
+from edgefleet.wire import DeviceEvent, Page, TelemetryAck, TelemetryReport
+from registry import device_events
 from registry.assignment import assign
 from registry.catalog import get_model
 from registry.devices import touch
@@ -94,8 +97,14 @@ class DriftRow(NamedTuple):
 
 
 def body_digest(report: TelemetryReport | dict[str, Any]) -> str:
-    """sha256 of the report's canonical JSON (sorted keys): equal for equal reports."""
+    """sha256 of the report's canonical JSON (sorted keys): equal for equal reports.
+
+    An empty ``events`` list is left out, so a report digests as it did before reports carried
+    events (a retry across an upgrade is still recognised).
+    """
     body = report.model_dump(mode="json") if isinstance(report, TelemetryReport) else report
+    if not body.get("events"):
+        body = {k: v for k, v in body.items() if k != "events"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -141,6 +150,7 @@ def prepare_report(
     check_plausible(session, device, model, version)
     if report.drift is not None:
         _check_drift(report, version)
+    device_events.check_events(session, model, report.events)
     inf, ev = report.inference, report.local_eval
     return TelemetryRecord(
         device_id=device.id,
@@ -232,11 +242,16 @@ def check_plausible(
         )
 
 
-def store_report(session: Session, device: Device, record: TelemetryRecord) -> TelemetryAck:
-    """Insert a prepared report once; a concurrent twin that got there first wins."""
+def store_report(session: Session, device: Device, record: TelemetryRecord,
+                 events: Sequence[DeviceEvent] = ()) -> TelemetryAck:
+    """Insert a prepared report and its ``events`` once; a concurrent twin that got there first
+    wins (and its events are the ones stored)."""
     try:
         with session.begin_nested():
             session.add(record)
+            session.flush()
+            session.add_all(device_events.event_rows(record.id or 0, record.device_id,
+                                                     record.model_id, events))
             session.flush()
     except IntegrityError:  # a concurrent retry of the same report got there first
         ack = _existing(session, record.device_id, record.idempotency_key, record.body_sha256)
@@ -252,7 +267,7 @@ def record_report(session: Session, device: Device, report: TelemetryReport) -> 
     prepared = prepare_report(session, device, report)
     if isinstance(prepared, TelemetryAck):
         return prepared
-    return store_report(session, device, prepared)
+    return store_report(session, device, prepared, report.events)
 
 
 def _check_drift(report: TelemetryReport, version: ModelVersion) -> None:

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from edgefleet.drift import ReferenceProfile
 from edgefleet.plan import PlanManifest
 from edgefleet.wire import ArtifactInfo, Page, VersionInfo, VersionLineage, artifact_url
+from registry import audit
 from registry.catalog import get_model
 from registry.errors import (
     ConflictError,
@@ -127,11 +128,17 @@ def list_versions(
 
 
 def change_status(
-    session: Session, model: str, number: int, update: VersionStatusUpdate
+    session: Session,
+    model: str,
+    number: int,
+    update: VersionStatusUpdate,
+    *,
+    actor: str = audit.SYSTEM_ACTOR,
 ) -> ModelVersion:
     """Move a version along its life cycle (see :data:`registry.models.TRANSITIONS`).
 
-    Archiving a version an alias still points at is refused: move the alias first.
+    Archiving a version an alias still points at is refused: move the alias first. A change is
+    audited (``version.archive``, ``version.restore`` or ``version.status``) as ``actor``.
     """
     m = get_model(session, model)
     version = get_version(session, m, number)
@@ -149,11 +156,21 @@ def change_status(
                 f"version {number} of {model!r} is still {', '.join(sorted(held))}; "
                 "move the alias first"
             )
+    before = version.status
     version.status = update.status
     version.status_reason = update.reason
     version.status_changed_at = utcnow()
     session.add(version)
     session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action=audit.status_action(before, update.status),
+        target=f"{m.name}/{number}",
+        before={"status": before.value},
+        after={"status": update.status.value},
+        reason=update.reason or None,
+    )
     return version
 
 

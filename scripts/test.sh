@@ -7,7 +7,9 @@
 #   TFLITE=0                     leave out .venv-tflite and its tests (says so at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+phase() { echo "[test] $1 (${SECONDS} s since start)"; }
 source scripts/setup.sh
+phase "environments ready"
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONDONTWRITEBYTECODE=1
 # Debian tools the tests drive for real: nginx (the topology's balancer), chromium (the dashboard
 # in a headless browser), logrotate and systemd-analyze (the agent's service files).
@@ -22,6 +24,7 @@ if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" =
 fi
 # TensorFlow Federated's own venv (var/tff-venv) for the reference-backend test; idempotent.
 bash scripts/tff_venv.sh
+phase "TFF venv ready"
 # The device tests for .venv-tflite: the plan runtime and format, the agent's tests, and of the
 # agent-against-the-real-server tests the one that installs, serves and reports (the others test the
 # server's side, which does not depend on the device's interpreter). They use .venv's Python for
@@ -53,11 +56,12 @@ if [ -x /usr/sbin/nats-server ] && ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/nu
         -a 127.0.0.1 -p 4222 -js -sd /tmp/edgefleet-test-nats -l /tmp/edgefleet-test-nats.log || true
     sleep 1
 fi
-echo "[test] ruff"; .venv/bin/ruff check .
-echo "[test] mypy"; .venv/bin/mypy edgefleet edgefleet_cli authoring server registry aggregation simulation edge_client
-echo "[test] pytest in .venv ($(.venv/bin/python -c 'import numpy; print("numpy", numpy.__version__)'))"
+phase ruff; .venv/bin/ruff check .
+phase mypy; .venv/bin/mypy edgefleet edgefleet_cli authoring server registry aggregation simulation edge_client
+phase "pytest in .venv"; echo "[test] pytest in .venv ($(.venv/bin/python -c 'import numpy; print("numpy", numpy.__version__)'))"
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+.venv/bin/python -m pytest --durations=25 "$@" || status=$?
+phase "pytest in .venv done"
 if [ "${TFLITE:-1}" = 0 ]; then
     echo "[test] TFLITE=0: the tflite-runtime tests in .venv-tflite were NOT run"
 else
@@ -65,4 +69,5 @@ else
     EDGEFLEET_TEST_MAIN_PYTHON="$PWD/.venv/bin/python" \
         .venv-tflite/bin/python -m pytest -p no:cacheprovider "${TFLITE_TESTS[@]}" || status=$?
 fi
+phase "done"
 exit "$status"

@@ -13,6 +13,7 @@ at module level.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,7 +130,8 @@ def _serve(host: str, port: int, env_file: Path | None, workers: int) -> None:
     if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _metrics_dir()
     uvicorn.run(
-        "server.main:create_app",
+        # several workers are fresh interpreters: each configures its own logging
+        "server.main:create_worker_app" if workers > 1 else "server.main:create_app",
         factory=True,
         host=host,
         port=port,
@@ -365,10 +367,11 @@ def keys_rotate(env_file: EnvFileOpt = None) -> None:
         check_apart(settings.signing_key_path, settings.artifact_dir)
         engine = make_engine(settings.database_url)
         try:
+            actor = f"cli:{getpass.getuser()}"
             with session_scope(engine, write=True) as session:
-                old = open_signer(session, settings.signing_key_path)
+                old = open_signer(session, settings.signing_key_path, actor=actor)
             with session_scope(engine, write=True) as session:
-                new = rotate(session, old)
+                new = rotate(session, old, actor=actor)
             commit_rotation(new)
         finally:
             engine.dispose()
@@ -423,6 +426,34 @@ def precompute_cmd(
         f"of {report.rows_total} rows ({report.rows_resumed} committed before) "
         f"at {report.rows_per_s:.0f} rows/s"
     )
+
+
+@app.command("runner")
+def runner_cmd(
+    registry: Annotated[
+        str | None, typer.Option("--registry", help="the registry server's URL")
+    ] = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help="dotenv file with EDGEFLEET_RUNNER_* settings")
+    ] = None,
+) -> None:
+    """Serve V2 inference from models pulled over the registry's REST API (no database; see
+    ``server.runner``)."""
+    from pydantic import ValidationError
+
+    from server.logs import configure_logging
+    from server.runner.run import serve
+    from server.runner.settings import load_runner_settings
+
+    try:
+        settings = load_runner_settings(env_file, registry_url=registry)
+    except (FileNotFoundError, ValidationError) as exc:
+        typer.echo(f"error: invalid runner settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    serve(settings, host, port)
 
 
 @app.command("worker")

@@ -13,6 +13,9 @@ costing a worker-thread hop each; only a device-token check (a database read) go
 
 Credentials travel as ``X-Admin-Key: <key>`` or ``Authorization: Bearer <secret>``; a bearer
 secret may be an admin key, a device token (``efd_…``) or an inference key.
+``InferenceCallerDep`` (the V2 hot path) checks the same credentials without a database read per
+request: a device token's check is remembered in ``AppState.credentials``
+(:class:`server.security.TokenCache`), which the serving table empties when a token changes.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "DeviceDep",
     "DevicePath",
     "DeviceQuery",
+    "InferenceCallerDep",
     "Limit",
     "ModelPath",
     "ModelQuery",
@@ -210,14 +214,32 @@ def _device(session: Session, secret: str) -> Caller:
     return Caller("device", device.id, device)
 
 
+def _device_alone(state: AppState, secret: str) -> Caller:
+    with Session(state.engine, expire_on_commit=False) as session:
+        return _device(session, secret)
+
+
+async def _cached_device(state: AppState, secret: str) -> Caller:
+    """The device ``secret`` names, from ``state.credentials`` or checked and remembered."""
+    found = state.credentials.get(secret)
+    if found is None:
+        epoch = state.credentials.epoch
+        found = await run_in_threadpool(_device_alone, state, secret)
+        state.credentials.put(secret, found, epoch)
+    return found
+
+
 async def _identify(
     request: Request,
     state: AppState,
-    session: Session,
+    session: Session | None,
     admin_key: str | None,
     authorization: str | None,
 ) -> Caller:
-    """Whoever the credentials name (ANONYMOUS without credentials); 401 for bad ones."""
+    """Whoever the credentials name (ANONYMOUS without credentials); 401 for bad ones.
+
+    Without a ``session``, a device token is checked through ``state.credentials``.
+    """
     caller = ANONYMOUS
     secret = _bearer(authorization)  # a malformed header is refused even beside an admin key
     if admin_key is not None:
@@ -226,7 +248,10 @@ async def _identify(
             raise AuthenticationError("invalid admin key")
         caller = Caller("admin", key.name)
     elif secret is not None and secret.startswith(TOKEN_PREFIX):
-        caller = await run_in_threadpool(_device, session, secret)
+        if session is None:
+            caller = await _cached_device(state, secret)
+        else:
+            caller = await run_in_threadpool(_device, session, secret)
     elif secret is not None:
         caller = _from_keys(secret, state)
     request.state.caller = caller
@@ -234,9 +259,10 @@ async def _identify(
 
 
 def _from_keys(secret: str, state: AppState) -> Caller:
-    keys: list[tuple[Literal["admin", "app"], list[NamedKey]]] = [
+    keys: list[tuple[Literal["admin", "app", "runner"], list[NamedKey]]] = [
         ("admin", state.admin_keys),
         ("app", state.inference_keys),
+        ("runner", state.runner_keys),
     ]
     for kind, pool in keys:
         key = match_key(secret, pool)
@@ -269,6 +295,22 @@ async def get_caller(
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_inference_caller(
+    request: Request,
+    state: StateDep,
+    _admin_scheme: Annotated[str | None, Security(ADMIN_KEY_SCHEME)] = None,
+    _bearer_scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
+) -> Caller:
+    """``get_caller`` with device tokens checked through ``state.credentials`` (no session)."""
+    headers = request.headers
+    return await _identify(
+        request, state, None, headers.get("x-admin-key"), headers.get("authorization")
+    )
+
+
+InferenceCallerDep = Annotated[Caller, Depends(get_inference_caller)]
 
 
 async def require_admin(caller: CallerDep, state: StateDep) -> Caller:

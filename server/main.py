@@ -1,9 +1,11 @@
 """The application factory: :func:`create_app` builds the FastAPI app from settings.
 
 Start-up (lifespan) migrates the database when ``auto_migrate`` is on and clears stale partial
-uploads from the artifact store, loads the version-signing key and starts the background scrub
-(:mod:`server.scrubber`) and the inference log's writer (:mod:`server.evidence.writer`);
-shutdown writes what the log has queued, stops both and disposes of the connection pool.
+uploads from the artifact store, loads the version-signing key, audits changed behaviour settings
+(:mod:`server.settings_audit`) and starts the background scrub
+(:mod:`server.scrubber`), the rollout controller (:mod:`server.rollouts`), the serving table's refresh (:mod:`server.inference.table`) and the
+inference log's writer (:mod:`server.evidence.writer`); shutdown writes what the log has queued,
+stops them and disposes of the connection pool.
 Middleware, from the outside in: request ids and the access log, then request body limits
 (uploads get ``max_upload_bytes``, everything else ``max_request_bytes``).
 """
@@ -24,17 +26,20 @@ from registry import migrate
 from registry.db import make_engine
 from server.api.responses import add_component_schemas, document_errors
 from server.api.router import api_router, dashboard_router, v2_health_router, v2_router
+from server.api.routes.inference import COMPONENTS as inference_components
 from server.api.routes.metrics import router as metrics_router
 from server.deps import single_valued_query
 from server.errors import install_error_handlers
 from server.evidence.writer import inference_log_for
 from server.metrics import install as install_metrics
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from server.rollouts import RolloutController
 from server.scrubber import Scrubber, prepare_integrity
 from server.settings import ServerSettings, load_settings
+from server.settings_audit import record_settings_change
 from server.state import AppState
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_worker_app"]
 
 #: Connections per process: at least the worker threads that may hold one (anyio's default 40).
 POOL_SIZE = 20
@@ -63,12 +68,17 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await run_in_threadpool(migrate.upgrade, engine)
         await run_in_threadpool(state.store.cleanup_tmp)
         await run_in_threadpool(prepare_integrity, state)
+        await run_in_threadpool(record_settings_change, settings, engine)
         scrubber = Scrubber(state, settings.scrub_interval_s).start()
+        rollouts = RolloutController(engine, settings.rollout_tick_s).start()
+        await run_in_threadpool(state.serving.start)
         if inference_log is not None:
             inference_log.start()
         yield
         if inference_log is not None:
             await run_in_threadpool(inference_log.stop)  # writes what is queued
+        await run_in_threadpool(state.serving.stop)
+        await run_in_threadpool(rollouts.stop)
         scrubber.stop()
         engine.dispose()
 
@@ -85,7 +95,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.edgefleet = state
     app.state.inference_log = inference_log
     install_error_handlers(app)
-    add_component_schemas(app, VersionPublish)  # the upload's ``metadata`` JSON field
+    # the upload's ``metadata`` JSON field; the V2 infer body (read raw by its route)
+    add_component_schemas(app, VersionPublish, *inference_components)
     document_errors(app)  # every status a route can answer, with its family's error body
 
     def limit_for(scope: Scope) -> int:
@@ -103,3 +114,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(v2_router)
     app.include_router(dashboard_router)
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """The application of one of several uvicorn worker processes (``--workers N``): a fresh
+    interpreter, so the server's logging is configured here before :func:`create_app`."""
+    from server.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,7 +1,8 @@
 """ASGI middleware: request ids, the access log, and request body limits.
 
 :class:`RequestContextMiddleware` gives every request an id (the client's ``X-Request-ID`` when it
-is sane, a fresh one otherwise), returns it in ``X-Request-ID``, and writes one structured record
+is sane, a fresh one otherwise), returns it in ``X-Request-ID``, binds it for the audit records the
+request writes (:func:`registry.audit.request_scope`), and writes one structured record
 per request to the ``edgefleet.server.access`` logger: request id, method, path, status, latency,
 caller, and — for inference — model and version. Routes add fields through ``request.state``
 (``caller``, ``model``, ``model_version``). An exception nothing else handled becomes a complete
@@ -25,6 +26,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry.audit import request_scope
 from server.errors import error_body, internal_error
 
 __all__ = ["ACCESS_LOG", "BodyLimitMiddleware", "RequestContextMiddleware"]
@@ -65,7 +67,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            with request_scope(request_id):  # audit records carry the request id
+                await self.app(scope, receive, send_with_id)
         except Exception as exc:
             if responded:  # too late for a 500: the server drops the connection
                 raise

@@ -5,6 +5,11 @@ Three kinds of secret come from the settings: admin keys (registry writes), enro
 checked against the registry (:func:`registry.devices.authenticate`). Every comparison of a
 presented secret uses :func:`hmac.compare_digest` against *every* configured key, so the time
 taken says nothing about which key, or which prefix, came close.
+
+:class:`TokenCache` remembers successful device-token checks for the V2 hot path, keyed by the
+token's sha256, until it is emptied (the serving table empties it when the database's
+``credentials`` generation changes: a revoked or replaced token is refused within the table's
+refresh bound, see :mod:`server.inference.table`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +26,7 @@ from pydantic import SecretStr
 
 from registry.models import Device
 
-__all__ = ["Caller", "NamedKey", "match_key", "parse_keys"]
+__all__ = ["Caller", "NamedKey", "TokenCache", "match_key", "parse_keys"]
 
 _NAMED = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]{0,63}):(.+)$")
 
@@ -59,7 +65,7 @@ def match_key(presented: str, keys: Sequence[NamedKey]) -> NamedKey | None:
 class Caller:
     """Who sent a request: the operator (admin key), a device, an application, or nobody."""
 
-    kind: Literal["admin", "device", "app", "anonymous"]
+    kind: Literal["admin", "device", "app", "runner", "anonymous"]
     name: str
     device: Device | None = None
 
@@ -70,3 +76,34 @@ class Caller:
 
 
 ANONYMOUS = Caller("anonymous", "-")
+
+
+class TokenCache:
+    """Device callers by their token's sha256, kept until :meth:`clear` (at most ``max_entries``).
+
+    :meth:`put` takes the :attr:`epoch` read *before* the database check: a check that started
+    before a :meth:`clear` may predate the change that caused it, so it is not kept.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self.epoch = 0
+        self._callers: dict[bytes, Caller] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, token: str) -> Caller | None:
+        return self._callers.get(self._key(token))
+
+    def put(self, token: str, caller: Caller, epoch: int) -> None:
+        with self._lock:
+            if epoch == self.epoch and len(self._callers) < self.max_entries:
+                self._callers[self._key(token)] = caller
+
+    def clear(self) -> None:
+        with self._lock:
+            self.epoch += 1
+            self._callers = {}

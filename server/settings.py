@@ -40,6 +40,9 @@ class ServerSettings(BaseSettings):
         Root of the content-addressed artifact store (default ``./var/artifacts``).
     admin_keys, enrollment_tokens, inference_keys
         Secrets for registry writes, device enrolment and applications' fallback inference.
+    runner_keys
+        Secrets of inference runners (``edgefleet server runner``): they read the serving
+        snapshot (``/api/v1/serving/models``) and the artifacts of READY versions, nothing else.
     public_inference
         Serve V2 inference without credentials (default ``False``: a device token, an admin
         key or an inference key is required).
@@ -58,6 +61,16 @@ class ServerSettings(BaseSettings):
         Loaded plan runtimes kept (least recently used evicted; default 8).
     interpreter
         TFLite interpreter: ``auto``, ``ai-edge-litert`` or ``tflite-runtime``.
+    inference_threads
+        Interpreter threads per process, each loaded version getting one interpreter per
+        thread (default 0: the cores this process may use; see :mod:`server.inference.pool`).
+    batching
+        Micro-batching as :class:`server.inference.batcher.BatchingSettings` JSON
+        (``{"default": {"max_batch": 32, "max_queue_delay_ms": 0}, "per_model": {...}}``).
+    serving_refresh_s
+        How often each process checks whether models, aliases, versions or device tokens changed
+        (default 0.25 s); the V2 path's staleness bound is this plus one refresh
+        (:mod:`server.inference.table`).
     auto_migrate
         Migrate the database to the newest schema at start-up (default ``True``).
     log_level, log_format
@@ -78,6 +91,9 @@ class ServerSettings(BaseSettings):
     scrub_interval_s
         Seconds between background scrubs of the artifact store (default 3600; 0 disables;
         see :mod:`registry.integrity` and ``edgefleet server scrub``).
+    rollout_tick_s
+        Seconds between the rollout controller's ticks (default 5; 0 disables it; see
+        :mod:`server.rollouts`).
     inference_log_enabled
         Log every V2 inference (default ``True``; see :mod:`server.evidence.writer`).
     inference_log_sample_rate
@@ -100,6 +116,7 @@ class ServerSettings(BaseSettings):
     admin_keys: KeyList = Field(default_factory=list)
     enrollment_tokens: KeyList = Field(default_factory=list)
     inference_keys: KeyList = Field(default_factory=list)
+    runner_keys: KeyList = Field(default_factory=list)
     public_inference: bool = False
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
@@ -108,6 +125,9 @@ class ServerSettings(BaseSettings):
     poll_interval_s: float = Field(default=60.0, gt=0)
     last_seen_interval_s: float = Field(default=30.0, ge=0)
     inference_cache_size: int = Field(default=8, gt=0)
+    inference_threads: int = Field(default=0, ge=0, le=256)
+    batching: dict[str, Any] = Field(default_factory=dict)
+    serving_refresh_s: float = Field(default=0.25, gt=0, le=60)
     interpreter: Literal["auto", "ai-edge-litert", "tflite-runtime"] = "auto"
     auto_migrate: bool = True
     log_level: LogLevel = "INFO"
@@ -119,6 +139,7 @@ class ServerSettings(BaseSettings):
     ssl_ca_certs: Path | None = None
     signing_key_path: Path = Path("./var/keys/signing-ed25519.pem")
     scrub_interval_s: float = Field(default=3600.0, ge=0)
+    rollout_tick_s: float = Field(default=5.0, ge=0, le=3600)
     inference_log_enabled: bool = True
     inference_log_sample_rate: float = Field(default=0.0, ge=0, le=1)
     inference_log_retention_days: float = Field(default=30.0, gt=0, le=36_500)
@@ -127,7 +148,9 @@ class ServerSettings(BaseSettings):
     inference_log_flush_interval_s: float = Field(default=0.5, gt=0, le=3600)
     inference_log_prune_interval_s: float = Field(default=300.0, ge=0)
 
-    @field_validator("admin_keys", "enrollment_tokens", "inference_keys", mode="before")
+    @field_validator(
+        "admin_keys", "enrollment_tokens", "inference_keys", "runner_keys", mode="before"
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -137,7 +160,7 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("admin_keys", "enrollment_tokens", "inference_keys")
+    @field_validator("admin_keys", "enrollment_tokens", "inference_keys", "runner_keys")
     @classmethod
     def _non_empty(cls, keys: list[SecretStr]) -> list[SecretStr]:
         for key in keys:

@@ -159,11 +159,17 @@ class SelectionConfig(_Section):
     ``max_update_norm`` are the validation bounds (0 = off); ``min_cosine`` is the direction
     bound (``-1`` = off) and ``max_weight_ratio`` the weight cap (0 = off); both default to the
     production ones. ``query_max_age`` is the round loop's
-    (``aggregation.answer_book``: 0 queries every node every round).
+    (``aggregation.answer_book``: 0 queries every node every round). ``drift_share`` and
+    ``drift_threshold`` are the drift policy's reserved share (``-1``: a weighted draw over
+    everybody) and drifted-score threshold, ``full_effect`` the effect size at which a node's
+    score reaches 1 (``aggregation.selection.drift``, ``aggregation.selection.tracking``).
     """
 
     policy: Literal["uniform", "drift"] = "uniform"
     drift_floor: float = Field(0.1, ge=0, le=1)
+    drift_share: float = Field(0.5, ge=-1, le=1)
+    drift_threshold: float = Field(0.2, gt=0, le=1)
+    full_effect: float = Field(0.25, gt=0)
     fair_max_picks: int = Field(0, ge=0)
     fair_window: int = Field(5, ge=1)
     steering: bool = False

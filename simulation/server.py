@@ -18,6 +18,7 @@ import numpy as np
 from aggregation.messages import query_content
 from aggregation.rounds import RoundRunner, RoundSettings
 from aggregation.selection import make_policy
+from aggregation.selection.tracking import TrackerConfig
 from aggregation.steering import SteeringConfig
 from aggregation.strategies import build_strategy
 from aggregation.validation import ValidationBounds
@@ -46,7 +47,8 @@ def steering(exp: Experiment) -> SteeringConfig:
     on = s.steering
     return SteeringConfig(base_epochs=t.epochs, max_extra_epochs=s.max_extra_epochs if on else 0,
                           lr=t.lr, drift_boost=s.drift_boost if on else 0.0,
-                          max_drift_boost=s.max_drift_boost if on else 0.0)
+                          max_drift_boost=s.max_drift_boost if on else 0.0,
+                          tracking=TrackerConfig(full_effect=s.full_effect))
 
 
 def bounds(exp: Experiment) -> ValidationBounds:
@@ -73,6 +75,7 @@ class SimServer:
         self.weights = dict(prepared.initial_weights)
         self.error: BaseException | None = None
         self.tf_loaded = False
+        self.epochs: list[int] = []  # local epochs of every accepted update (training cost)
 
     def summary(self) -> dict[str, Any]:
         return summarize(self.rows, self.prepared.population, self.exp.output.recover_within)
@@ -109,7 +112,9 @@ class SimServer:
         sim.discover(query_content(0, rt.manifest.name, 1))
         s = exp.selection
         policy = make_policy(s.policy, fair_max_picks=s.fair_max_picks or None,
-                             fair_window=s.fair_window, drift_floor=s.drift_floor)
+                             fair_window=s.fair_window, drift_floor=s.drift_floor,
+                             drift_share=None if s.drift_share < 0 else s.drift_share,
+                             drift_threshold=s.drift_threshold)
         runner = RoundRunner(sim, rt.manifest, build_strategy(exp.strategy.name,
                                                               exp.strategy.params),
                              policy, settings=round_settings(exp, rt.manifest.name),
@@ -125,6 +130,8 @@ class SimServer:
             outcome = runner.run_round(r, weights)
             server_s = time.perf_counter() - t
             weights = outcome.weights
+            self.epochs.extend(runner.steering.local_epochs(v)
+                               for v in outcome.drift_scores.values())
             if outcome.report.status != "ok" and sim.traffic.sim_end == sim.traffic.sim_start:
                 sim.clock += exp.traces.round_deadline_s  # nobody could train: wait a deadline
             sim.traffic.sim_end = sim.clock

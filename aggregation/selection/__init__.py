@@ -16,7 +16,12 @@ from aggregation.selection.base import (
     SelectionPolicy,
     over_selection_count,
 )
-from aggregation.selection.drift import DriftPrioritisedSelection, DriftScorer
+from aggregation.selection.drift import (
+    DEFAULT_SHARE,
+    DEFAULT_THRESHOLD,
+    DriftPrioritisedSelection,
+    DriftScorer,
+)
 from aggregation.selection.fairness import FairnessBound
 from aggregation.selection.uniform import UniformSelection
 from edgefleet.run_settings import DEFAULTS
@@ -31,6 +36,8 @@ def make_policy(
     fair_window: int = DEFAULTS.fair_window,
     fair_cooldown: int = DEFAULTS.fair_cooldown,
     drift_floor: float = DEFAULTS.drift_floor,
+    drift_share: float | None = DEFAULT_SHARE,
+    drift_threshold: float = DEFAULT_THRESHOLD,
 ) -> SelectionPolicy:
     """Build a policy by name; a ``fair_max_picks`` wraps it in a :class:`FairnessBound`.
 
@@ -44,14 +51,16 @@ def make_policy(
         Window of the fairness bound, in rounds.
     fair_cooldown : int (default: 0)
         Rounds a node sits out after being picked.
-    drift_floor : float (default: 0.1)
-        ``floor`` of :class:`DriftPrioritisedSelection`.
+    drift_floor, drift_share, drift_threshold : float, float or None, float (default: 0.1,
+        0.5, 0.2)
+        ``floor``, ``share`` and ``threshold`` of :class:`DriftPrioritisedSelection`.
     """
     base: SelectionPolicy
     if name == "uniform":
         base = UniformSelection()
     elif name == "drift":
-        base = DriftPrioritisedSelection(floor=drift_floor)
+        base = DriftPrioritisedSelection(floor=drift_floor, share=drift_share,
+                                         threshold=drift_threshold)
     else:
         raise SettingsError(f"unknown selection policy {name!r}; choose from {POLICIES}")
     if fair_max_picks is None and fair_cooldown == 0:

@@ -87,6 +87,12 @@ def over_selection_count(target: int, factor: float = DEFAULT_OVER_SELECTION) ->
     return max(target, math.ceil(round(factor * target, 9)))
 
 
+def by_node(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates sorted by node id: a seeded draw then picks the same nodes whatever
+    order the replies arrived in."""
+    return sorted(candidates, key=lambda c: c.node_id)
+
+
 def check_k(candidates: Sequence[Candidate], k: int) -> int:
     """Validate ``k`` and the candidates' ids; return how many can actually be picked."""
     if k < 0:

@@ -17,13 +17,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from aggregation.errors import SettingsError
-from aggregation.selection.base import Candidate, weighted_sample
+from aggregation.selection.base import Candidate, by_node, check_k, weighted_sample
 from edgefleet.drift import DriftSummary, ReferenceProfile, feature_psi
 from edgefleet.drift.compare import DEFAULT_EPSILON
 from edgefleet.errors import SummaryError
 from edgefleet.run_settings import DEFAULTS
 
 DEFAULT_PSI_THRESHOLD = 0.2
+DEFAULT_SHARE = 0.5
+DEFAULT_THRESHOLD = 0.2
 
 
 class DriftScorer:
@@ -75,41 +77,66 @@ class DriftScorer:
 
 
 class DriftPrioritisedSelection:
-    """Pick nodes with probability increasing with their drift score.
+    """Reserve part of every round for the drifted nodes; pick the rest uniformly.
 
-    Node ``i`` is drawn (without replacement) with probability proportional to
-    ``floor + score_i ** sharpness``, where ``score_i`` in ``[0, 1]`` is its
-    :attr:`Candidate.drift_score`. ``floor > 0`` keeps undrifted nodes in play, so the global
-    model does not forget the undrifted part of the fleet.
+    Of the ``n = min(k, len(candidates))`` picks, up to ``round(share * n)`` go to the
+    *drifted* candidates (score at least ``threshold``), drawn without replacement with
+    probability proportional to ``floor + score ** sharpness``; the remaining picks are drawn
+    uniformly from every candidate not picked yet (drifted ones included). Candidates are
+    taken in node-id order, so a seed picks the same nodes however the replies arrived.
+
+    Why a reserved share and not weights over everybody: a node's weight decides only how
+    often it trains, so weighting everybody by score gives the drifted nodes almost every slot
+    once their scores separate (12 drifted nodes at score 1 against 28 at 0 with floor 0.1 take
+    83 % of the picks) and the model forgets the rest of the fleet; a share bounds what the clean
+    nodes lose (they keep at least ``1 - share`` of the slots) while the drifted nodes train
+    ``share / (their fleet share)`` times as often as under uniform selection. With
+    ``share=None`` the policy is the plain weighted draw over all candidates.
 
     Parameters
     ----------
     floor : float (default: 0.1)
-        Selection weight of a node with score 0; a fully drifted node weighs ``floor + 1``.
+        Weight of a score-0 node in the weighted draws; a fully drifted node weighs
+        ``floor + 1``.
     sharpness : float (default: 1.0)
-        Exponent on the score; larger concentrates selection on the most drifted nodes.
+        Exponent on the score; larger concentrates the draws on the most drifted nodes.
     missing_score : float (default: 0.0)
         Score of a candidate without one (no summary, too few rows).
+    share : float or None (default: 0.5)
+        At most this share of the picks is reserved for drifted nodes (see above); ``None``:
+        one weighted draw over every candidate.
+    threshold : float (default: 0.2)
+        Score from which a node counts as drifted for the reserved share.
     """
 
     name = "drift"
 
     def __init__(self, floor: float = DEFAULTS.drift_floor, sharpness: float = 1.0,
-                 missing_score: float = 0.0):
+                 missing_score: float = 0.0, share: float | None = DEFAULT_SHARE,
+                 threshold: float = DEFAULT_THRESHOLD):
         if not floor > 0 or not sharpness > 0 or not 0 <= missing_score <= 1:
             raise SettingsError("floor and sharpness must be > 0, missing_score in [0, 1]")
+        if share is not None and not 0 <= share <= 1:
+            raise SettingsError(f"share must be in [0, 1] or None, got {share}")
+        if not 0 < threshold <= 1:
+            raise SettingsError(f"threshold must be in (0, 1], got {threshold}")
         self.floor = floor
         self.sharpness = sharpness
         self.missing_score = missing_score
+        self.share = share
+        self.threshold = threshold
 
-    def weights(self, candidates: Sequence[Candidate]) -> np.ndarray:
-        """The unnormalised selection weight of every candidate."""
+    def scores(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """Every candidate's score in ``[0, 1]`` (missing ones as ``missing_score``)."""
         scores = np.asarray(
             [self.missing_score if c.drift_score is None else c.drift_score for c in candidates],
             dtype=np.float64,
         )
-        scores = np.clip(np.nan_to_num(scores, nan=self.missing_score), 0.0, 1.0)
-        return np.asarray(self.floor + scores**self.sharpness)
+        return np.clip(np.nan_to_num(scores, nan=self.missing_score), 0.0, 1.0)
+
+    def weights(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """The unnormalised draw weight of every candidate."""
+        return np.asarray(self.floor + self.scores(candidates) ** self.sharpness)
 
     def select(
         self,
@@ -118,13 +145,25 @@ class DriftPrioritisedSelection:
         server_round: int,
         rng: np.random.Generator,
     ) -> list[int]:
-        """Draw ``min(k, len(candidates))`` distinct nodes weighted by :meth:`weights`."""
-        if not candidates:
+        """Draw ``min(k, len(candidates))`` distinct nodes (see the class notes)."""
+        n = check_k(candidates, k)
+        if n == 0:
             return []
-        return weighted_sample(candidates, self.weights(candidates), k, rng)
+        cands = by_node(candidates)
+        if self.share is None:
+            return weighted_sample(cands, self.weights(cands), n, rng)
+        drifted = [c for c, s in zip(cands, self.scores(cands), strict=True)
+                   if s >= self.threshold]
+        reserved = min(len(drifted), round(self.share * n))
+        picked = weighted_sample(drifted, self.weights(drifted), reserved, rng) if reserved else []
+        taken = set(picked)
+        rest = [c for c in cands if c.node_id not in taken]
+        idx = rng.choice(len(rest), size=n - reserved, replace=False)
+        return picked + [rest[int(i)].node_id for i in idx]
 
     def __repr__(self) -> str:
         return (
             f"DriftPrioritisedSelection(floor={self.floor}, sharpness={self.sharpness}, "
-            f"missing_score={self.missing_score})"
+            f"missing_score={self.missing_score}, share={self.share}, "
+            f"threshold={self.threshold})"
         )

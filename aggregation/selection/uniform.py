@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aggregation.selection.base import Candidate, check_k
+from aggregation.selection.base import Candidate, by_node, check_k
 
 
 class UniformSelection:
@@ -33,8 +33,10 @@ class UniformSelection:
         server_round: int,
         rng: np.random.Generator,
     ) -> list[int]:
-        """Return ``min(k, len(candidates))`` distinct node ids, uniformly drawn."""
+        """Return ``min(k, len(candidates))`` distinct node ids, uniformly drawn (from the
+        candidates in node-id order, so a seed picks the same nodes every run)."""
         n = check_k(candidates, k)
+        candidates = by_node(candidates)
         if n == 0:
             return []
         idx = rng.choice(len(candidates), size=n, replace=False)

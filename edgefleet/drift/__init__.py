@@ -8,9 +8,13 @@
 ``accumulator``  :class:`DriftAccumulator`, the mutable hot-path form a device updates per batch.
 ``state``        the numpy form both share, and Chan's merge of means and squared deviations.
 ``compare``      numpy-only PSI of a summary against its reference (shared with the server).
+``effect``       an effect size of a shift (bias-corrected RMS standardized moment shift).
+``baseline``     a device's recent windows against its own healthy baseline on a version.
+``impact``       the fleet's drift weighed by what it costs: the retraining trigger.
 
 Imports run one way: ``scores`` ← ``reference`` ← ``state`` ← ``summary`` ← ``accumulator``
-and ``compare`` (the state knows nothing of the wire model).
+and ``compare`` ← ``effect`` ← ``baseline`` ← ``impact`` (the state knows nothing of the wire
+model).
 
 Imports nothing heavier than numpy and pydantic. Refusals raise
 :class:`edgefleet.errors.SummaryError` (summaries) or :class:`edgefleet.errors.InputError` (rows).
@@ -24,6 +28,7 @@ from edgefleet.drift.reference import (
     build_reference,
     prediction_histograms,
     quantile_edges,
+    refreshed_reference,
     with_predictions,
 )
 from edgefleet.drift.summary import SCHEMA_VERSION, DriftSummary, fold_counts
@@ -40,5 +45,6 @@ __all__ = [
     "prediction_histograms",
     "psi",
     "quantile_edges",
+    "refreshed_reference",
     "with_predictions",
 ]

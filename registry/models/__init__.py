@@ -11,6 +11,8 @@ from registry.models.columns import NAMING_CONVENTION, JSONType, UTCDateTime, ut
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 from registry.models.alias import CANARY, PRODUCTION, SHADOW, Alias, AliasEvent  # noqa: E402
+from registry.models.audit import AuditHead, AuditRecord, AuditRecordPublic  # noqa: E402
+from registry.models.card import VersionCardNote  # noqa: E402
 from registry.models.catalog import (  # noqa: E402
     Model,
     ModelCreate,
@@ -32,7 +34,14 @@ from registry.models.prediction import (  # noqa: E402
     Prediction,
     PredictionPublic,
 )
-from registry.models.telemetry import TelemetryPublic, TelemetryRecord  # noqa: E402
+from registry.models.rollout import Rollout, RolloutEvent  # noqa: E402
+from registry.models.serving import ServingGeneration  # noqa: E402
+from registry.models.telemetry import (  # noqa: E402
+    DeviceEventPublic,
+    DeviceEventRecord,
+    TelemetryPublic,
+    TelemetryRecord,
+)
 from registry.models.version import (  # noqa: E402
     TRANSITIONS,
     ModelVersion,
@@ -51,7 +60,12 @@ __all__ = [
     "TRANSITIONS",
     "Alias",
     "AliasEvent",
+    "AuditHead",
+    "AuditRecord",
+    "AuditRecordPublic",
     "Device",
+    "DeviceEventPublic",
+    "DeviceEventRecord",
     "DevicePublic",
     "DeviceUpdate",
     "FeedbackCreate",
@@ -70,10 +84,14 @@ __all__ = [
     "PrecomputeStatus",
     "Prediction",
     "PredictionPublic",
+    "Rollout",
+    "RolloutEvent",
+    "ServingGeneration",
     "SigningKey",
     "TelemetryPublic",
     "TelemetryRecord",
     "UTCDateTime",
+    "VersionCardNote",
     "VersionMetric",
     "VersionStatus",
     "VersionStatusUpdate",

@@ -13,6 +13,12 @@ a rollout arm when one answered. ``inputs`` is kept only for sampled requests,
 ``input_sha256`` (of the row's ``float32`` bytes) always. ``true_label`` and ``labelled_at``
 arrive later through feedback. ``latency_bucket`` is :func:`registry.evidence.latency_bucket`
 of ``latency_ms`` (quantiles are computed from it in the database).
+
+Rollups (:mod:`registry.rollups`) keep the same figures per ``ROLLUP_BUCKET_S`` bucket of
+``created_at``, maintained in the transaction that inserts the records (and by feedback):
+:class:`InferenceRollup` counts requests and errors per latency bucket, :class:`PredictionRollup`
+answered instances per predicted label with how many of them are labelled and correct. Their
+``variant`` is ``""`` where the record's is ``NULL`` (a unique key needs a value).
 """
 
 from __future__ import annotations
@@ -29,12 +35,18 @@ from registry.models.columns import JSONType, UTCDateTime, utcnow
 __all__ = [
     "MAX_FEEDBACK_ITEMS",
     "MAX_LABEL_LENGTH",
+    "ROLLUP_BUCKET_S",
     "FeedbackCreate",
     "FeedbackItem",
     "FeedbackResult",
     "InferenceRecord",
     "InferenceRecordPublic",
+    "InferenceRollup",
+    "PredictionRollup",
 ]
+
+#: Width of a rollup bucket (seconds).
+ROLLUP_BUCKET_S = 60
 
 #: Longest class label stored (characters).
 MAX_LABEL_LENGTH = 128
@@ -75,6 +87,47 @@ class InferenceRecord(SQLModel, table=True):
     inputs: list[float] | None = Field(default=None, sa_type=JSONType)
     true_label: str | None = Field(default=None, max_length=MAX_LABEL_LENGTH)
     labelled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class InferenceRollup(SQLModel, table=True):
+    """Requests (records with ``row_index`` 0) of one bucket, per latency bucket."""
+
+    __tablename__ = "inference_rollup"
+    __table_args__ = (
+        sa.UniqueConstraint("model", "bucket_start", "version", "variant", "latency_bucket"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(_BIG_ID, primary_key=True, autoincrement=True)
+    )
+    model: str = Field(max_length=128)
+    bucket_start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    version: int
+    variant: str = Field(default="", max_length=64)
+    latency_bucket: int
+    requests: int = 0
+    errors: int = 0
+
+
+class PredictionRollup(SQLModel, table=True):
+    """Answered instances of one bucket per predicted label; how many labelled, how many right."""
+
+    __tablename__ = "prediction_rollup"
+    __table_args__ = (
+        sa.UniqueConstraint("model", "bucket_start", "version", "variant", "label"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(_BIG_ID, primary_key=True, autoincrement=True)
+    )
+    model: str = Field(max_length=128)
+    bucket_start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    version: int
+    variant: str = Field(default="", max_length=64)
+    label: str = Field(max_length=MAX_LABEL_LENGTH)
+    answered: int = 0
+    labelled: int = 0
+    correct: int = 0
 
 
 class InferenceRecordPublic(SQLModel):

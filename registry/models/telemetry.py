@@ -9,6 +9,12 @@ next to the device, model, version and window bounds it describes, so merging "b
 version and time window" is a query plus a fold. Counters and the local evaluation get their own
 columns for cheap aggregates. ``body_sha256`` (of the canonical JSON of the report) tells a retry
 (same body) from a reuse of the key for a different report.
+
+The device events a report carries (:class:`edgefleet.wire.DeviceEvent`) are rows of
+:class:`DeviceEventRecord`, stored in the report's transaction (so once, as the report is), with
+the number of the version they concern (which need not be the report's: a rollback *from* the
+candidate arrives in a report *of* the baseline); :class:`DeviceEventPublic` is what the
+operator's query returns.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from sqlmodel import Field, SQLModel
 
 from registry.models.columns import JSONType, UTCDateTime, utcnow
 
-__all__ = ["TelemetryPublic", "TelemetryRecord"]
+__all__ = ["DeviceEventPublic", "DeviceEventRecord", "TelemetryPublic", "TelemetryRecord"]
 
 
 class TelemetryRecord(SQLModel, table=True):
@@ -76,3 +82,41 @@ class TelemetryPublic(SQLModel):
     eval_loss: float | None = None
     dropped_reports: int = 0
     drift: dict[str, Any] | None = None
+
+
+class DeviceEventRecord(SQLModel, table=True):
+    """One device event (see the module notes), from the report ``report_id``."""
+
+    __tablename__ = "device_event"
+    __table_args__ = (
+        sa.Index("ix_device_event_model_version_at", "model_id", "version", "at"),
+        sa.Index("ix_device_event_device_at", "device_id", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="telemetry_report.id", index=True)
+    device_id: str = Field(foreign_key="device.id", max_length=128)
+    model_id: int = Field(foreign_key="model.id")
+    version: int
+    kind: str = Field(max_length=16)
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    from_version: int | None = None
+    to_version: int | None = None
+    count: int = 1
+    detail: str = Field(default="", max_length=1000)
+
+
+class DeviceEventPublic(SQLModel):
+    """A stored device event with the names of its device and model."""
+
+    id: int
+    device_id: str
+    model: str
+    version: int
+    kind: str
+    at: datetime
+    from_version: int | None = None
+    to_version: int | None = None
+    count: int = 1
+    detail: str = ""
+    report_id: int

@@ -9,6 +9,8 @@ from server.api.routes import (
     aliases,
     artifacts,
     assignment,
+    audit,
+    cards,
     dashboard,
     devices,
     drift,
@@ -19,6 +21,8 @@ from server.api.routes import (
     models,
     monitor,
     predictions,
+    rollouts,
+    serving,
     telemetry,
     versions,
 )
@@ -38,6 +42,10 @@ for module in (
     inferences,
     feedback,
     monitor,
+    serving,
+    audit,
+    cards,
+    rollouts,
 ):
     api_router.include_router(module.router)
 

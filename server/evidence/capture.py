@@ -27,9 +27,18 @@ __all__ = ["logged_predict"]
 
 
 def logged_predict(
-    request: Request, service: InferenceService, target: Target, body: InferenceRequest
+    request: Request,
+    service: InferenceService,
+    target: Target,
+    body: InferenceRequest,
+    *,
+    variant: str | None = None,
 ) -> InferenceResponse:
-    """``service.predict(target, body)``, logged to ``request.app.state.inference_log``."""
+    """``service.predict(target, body)``, logged to ``request.app.state.inference_log``.
+
+    ``variant`` names the rollout arm that chose ``target`` (``None`` outside a rollout); it is
+    stored in the records' ``variant`` column and counted per variant by the monitor.
+    """
     sink: InferenceLog | None = getattr(request.app.state, "inference_log", None)
     if sink is None:
         return service.predict(target, body)
@@ -55,6 +64,7 @@ def logged_predict(
                 model=target.model,
                 version=target.version,
                 alias=target.alias,
+                variant=variant,
                 caller=getattr(caller, "label", "anonymous:-"),
                 status=status,
                 latency_ms=(time.perf_counter() - started) * 1e3,

@@ -1,8 +1,15 @@
 """Per-version monitoring of one model over a time window, computed in the database.
 
-:func:`monitor` runs three ``GROUP BY`` queries over ``inference_record`` (requests, errors
-and the latency histogram; the prediction distribution; labelled accuracy per time window) and
-combines their few aggregated rows in Python; no logged row is loaded.
+:func:`monitor` runs three ``GROUP BY`` queries (requests, errors and the latency histogram; the
+prediction distribution; labelled accuracy per time window) over the rollups
+(:mod:`registry.rollups`, one row per minute, version, variant and latency bucket or label) for
+the whole minutes of the window, and the same three over ``inference_record`` for the rest: the
+partial minutes at either end, and each minute that a ``window_s`` boundary cuts. It combines
+their few aggregated rows in Python; no logged row is loaded. The figures are those of the
+records themselves (a test compares them with a brute-force computation).
+
+Figures are per version (every variant merged, ``versions``) and per version and rollout
+variant (``variants``, only for records that name a variant).
 
 Definitions (what the brute-force test recomputes):
 
@@ -21,6 +28,8 @@ Definitions (what the brute-force test recomputes):
 from __future__ import annotations
 
 import math
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +40,8 @@ from sqlmodel import Session
 
 from edgefleet.drift.compare import psi
 from registry.evidence import TABLE, bucket_upper_ms
+from registry.models.evidence import ROLLUP_BUCKET_S
+from registry.rollups import INFERENCE_ROLLUP, PREDICTION_ROLLUP, bucket_ceil, bucket_floor
 
 __all__ = ["QUANTILES", "AccuracyWindow", "MonitorReport", "VersionMonitor", "monitor"]
 
@@ -46,9 +57,10 @@ class AccuracyWindow(BaseModel):
 
 
 class VersionMonitor(BaseModel):
-    """The figures of one version (see the module notes)."""
+    """The figures of one version, or of one variant of it (see the module notes)."""
 
     version: int
+    variant: str | None = None
     requests: int
     errors: int
     error_rate: float | None
@@ -68,6 +80,7 @@ class MonitorReport(BaseModel):
     window_s: int
     against: int | None
     versions: list[VersionMonitor]
+    variants: list[VersionMonitor] = []
 
 
 def _epoch(session: Session, column: Any) -> Any:
@@ -96,6 +109,58 @@ def _shift(p: dict[str, int], q: dict[str, int]) -> float | None:
                      np.array([q.get(k, 0) for k in labels], dtype=np.float64)))
 
 
+Key = tuple[int, str]  # version, variant ("" for none)
+_BUCKET = timedelta(seconds=ROLLUP_BUCKET_S)
+
+
+@dataclass
+class _Figures:
+    """What the queries add up, per (version, variant)."""
+
+    hist: dict[Key, Counter[int]] = field(default_factory=dict)
+    errors: Counter[Key] = field(default_factory=Counter)
+    preds: dict[Key, Counter[str]] = field(default_factory=dict)
+    windows: dict[Key, dict[int, list[int]]] = field(default_factory=dict)
+
+    def add_latency(self, key: Key, bucket: int, requests: int, errors: int) -> None:
+        self.hist.setdefault(key, Counter())[bucket] += requests
+        self.errors[key] += errors
+
+    def add_prediction(self, key: Key, label: str, n: int) -> None:
+        self.preds.setdefault(key, Counter())[label] += n
+
+    def add_window(self, key: Key, w: int, labelled: int, correct: int) -> None:
+        t = self.windows.setdefault(key, {}).setdefault(w, [0, 0])
+        t[0] += labelled
+        t[1] += correct
+
+
+def split(since: datetime, until: datetime, window_s: int
+          ) -> tuple[datetime, datetime, list[datetime], list[tuple[datetime, datetime]]]:
+    """How ``[since, until)`` is answered: ``(start, end, cut, raw)``.
+
+    Rollups answer the buckets starting in ``[start, end)`` except those in ``cut`` (buckets a
+    window boundary falls inside); the records answer the ``raw`` intervals (the rest).
+    """
+    start, end = bucket_ceil(since), bucket_floor(until)
+    if start >= end:
+        return start, start, [], [(since, until)]
+    raw = [(since, start)] if since < start else []
+    cut: list[datetime] = []
+    step = timedelta(seconds=window_s)
+    boundary = since + step
+    if window_s % ROLLUP_BUCKET_S or bucket_floor(since) != since:
+        while boundary < end:
+            floor = bucket_floor(boundary)
+            if floor != boundary and floor >= start and (not cut or cut[-1] != floor):
+                cut.append(floor)
+                raw.append((floor, floor + _BUCKET))
+            boundary += step
+    if end < until:
+        raw.append((end, until))
+    return start, end, cut, raw
+
+
 def monitor(
     session: Session,
     model: str,
@@ -106,70 +171,122 @@ def monitor(
     window_s: int = 3600,
 ) -> MonitorReport:
     """Per-version figures of ``model`` for records created in ``[since, until)``."""
-    c = TABLE.c
-    where = (c.model == model, c.created_at >= since, c.created_at < until)
-    first = (*where, c.row_index == 0)
-    hist: dict[int, list[tuple[int, int]]] = {}
-    totals: dict[int, list[int]] = {}
-    for version, bucket, count, errors in session.execute(
-        sa.select(c.version, c.latency_bucket, sa.func.count(),
-                  sa.func.sum(sa.case((c.status >= 400, 1), else_=0)))
-        .where(*first).group_by(c.version, c.latency_bucket)
-    ):
-        hist.setdefault(version, []).append((bucket, count))
-        t = totals.setdefault(version, [0, 0])
-        t[0] += count
-        t[1] += int(errors or 0)
-    req = [(v, n, e) for v, (n, e) in totals.items()]
-    preds: dict[int, dict[str, int]] = {}
-    for version, label, count in session.execute(
-        sa.select(c.version, c.label, sa.func.count())
-        .where(*where, c.status < 400, c.label.is_not(None)).group_by(c.version, c.label)
-    ):
-        preds.setdefault(version, {})[label] = count
-    windows = _accuracy(session, where, since, window_s)
-    if against is None and req:
-        against = max(req, key=lambda r: (r[1], -r[0]))[0]
-    versions = []
-    for version, requests, errors in sorted(req):
-        acc = windows.get(version, [])
-        labelled = sum(w.labelled for w in acc)
-        correct = sum(w.correct for w in acc)
-        versions.append(VersionMonitor(
-            version=version,
-            requests=requests,
-            errors=int(errors or 0),
-            error_rate=(errors or 0) / requests if requests else None,
-            latency_ms={f"p{round(q * 100)}": nearest_rank(hist[version], q) for q in QUANTILES},
-            predictions=dict(sorted(preds.get(version, {}).items())),
-            shift=None if against is None else _shift(preds.get(version, {}),
-                                                       preds.get(against, {})),
-            labelled=labelled,
-            correct=correct,
-            accuracy=correct / labelled if labelled else None,
-            accuracy_windows=acc,
-        ))
+    start, end, cut, raw = split(since, until, window_s)
+    figures = _Figures()
+    if start < end:
+        _from_rollups(session, figures, model, since, window_s, start, end, cut)
+    if raw:
+        _from_records(session, figures, model, since, window_s, raw)
+    per_version = _merge_variants(figures)
+    totals = {v: sum(h.values()) for (v, _), h in per_version.hist.items()}
+    if against is None and totals:
+        against = max(totals.items(), key=lambda t: (t[1], -t[0]))[0]
+    base = per_version.preds.get((against, ""), Counter()) if against is not None else None
+    versions = [_figures_of(per_version, key, since, window_s, base)
+                for key in sorted(per_version.hist)]
+    variants = [_figures_of(figures, key, since, window_s, base)
+                for key in sorted(figures.hist) if key[1]]
     return MonitorReport(model=model, since=since, until=until, window_s=window_s,
-                         against=against, versions=versions)
+                         against=against, versions=versions, variants=variants)
 
 
-def _accuracy(
-    session: Session, where: tuple[Any, ...], since: datetime, window_s: int
-) -> dict[int, list[AccuracyWindow]]:
-    c = TABLE.c
-    base = int(since.timestamp())
-    index = (_epoch(session, c.created_at) - base) // window_s  # integer (floor) division
-    rows = session.execute(
-        sa.select(c.version, index.label("w"), sa.func.count(),
-                  sa.func.sum(sa.case((c.label == c.true_label, 1), else_=0)))
-        .where(*where, c.true_label.is_not(None), c.status < 400)
-        .group_by(c.version, "w").order_by(c.version, "w")
-    ).all()
-    out: dict[int, list[AccuracyWindow]] = {}
-    for version, w, labelled, correct in rows:
-        out.setdefault(version, []).append(AccuracyWindow(
-            start=since + timedelta(seconds=int(w) * window_s),
-            labelled=labelled, correct=int(correct or 0),
-            accuracy=int(correct or 0) / labelled,
-        ))
+def _merge_variants(f: _Figures) -> _Figures:
+    out = _Figures()
+    for (v, _), hist in f.hist.items():
+        for bucket, n in hist.items():
+            out.add_latency((v, ""), bucket, n, 0)
+    for (v, _), e in f.errors.items():
+        out.errors[(v, "")] += e
+    for (v, _), preds in f.preds.items():
+        for label, n in preds.items():
+            out.add_prediction((v, ""), label, n)
+    for (v, _), windows in f.windows.items():
+        for w, (labelled, correct) in windows.items():
+            out.add_window((v, ""), w, labelled, correct)
     return out
+
+
+def _figures_of(f: _Figures, key: Key, since: datetime, window_s: int,
+                base: Counter[str] | None) -> VersionMonitor:
+    version, variant = key
+    hist = f.hist[key]
+    requests = sum(hist.values())
+    errors = f.errors[key]
+    preds = f.preds.get(key, Counter())
+    acc = [AccuracyWindow(start=since + timedelta(seconds=w * window_s), labelled=n,
+                          correct=k, accuracy=k / n)
+           for w, (n, k) in sorted(f.windows.get(key, {}).items()) if n]
+    labelled = sum(w.labelled for w in acc)
+    correct = sum(w.correct for w in acc)
+    return VersionMonitor(
+        version=version,
+        variant=variant or None,
+        requests=requests,
+        errors=errors,
+        error_rate=errors / requests if requests else None,
+        latency_ms={f"p{round(q * 100)}": nearest_rank(sorted(hist.items()), q)
+                    for q in QUANTILES} if requests else {},
+        predictions=dict(sorted((k, n) for k, n in preds.items() if n)),
+        shift=None if base is None else _shift(dict(preds), dict(base)),
+        labelled=labelled,
+        correct=correct,
+        accuracy=correct / labelled if labelled else None,
+        accuracy_windows=acc,
+    )
+
+
+def _from_rollups(session: Session, f: _Figures, model: str, since: datetime, window_s: int,
+                  start: datetime, end: datetime, cut: list[datetime]) -> None:
+    def where(t: Any) -> tuple[Any, ...]:
+        conds = [t.c.model == model, t.c.bucket_start >= start, t.c.bucket_start < end]
+        if cut:
+            conds.append(t.c.bucket_start.not_in(cut))
+        return tuple(conds)
+
+    i, p = INFERENCE_ROLLUP, PREDICTION_ROLLUP
+    for version, variant, bucket, requests, errors in session.execute(
+        sa.select(i.c.version, i.c.variant, i.c.latency_bucket, sa.func.sum(i.c.requests),
+                  sa.func.sum(i.c.errors))
+        .where(*where(i)).group_by(i.c.version, i.c.variant, i.c.latency_bucket)
+    ):
+        f.add_latency((version, variant), bucket, int(requests or 0), int(errors or 0))
+    for version, variant, label, n in session.execute(
+        sa.select(p.c.version, p.c.variant, p.c.label, sa.func.sum(p.c.answered))
+        .where(*where(p)).group_by(p.c.version, p.c.variant, p.c.label)
+    ):
+        f.add_prediction((version, variant), label, int(n or 0))
+    index = (_epoch(session, p.c.bucket_start) - int(since.timestamp())) // window_s
+    for version, variant, w, labelled, correct in session.execute(
+        sa.select(p.c.version, p.c.variant, index.label("w"), sa.func.sum(p.c.labelled),
+                  sa.func.sum(p.c.correct))
+        .where(*where(p), p.c.labelled > 0).group_by(p.c.version, p.c.variant, "w")
+    ):
+        f.add_window((version, variant), int(w), int(labelled or 0), int(correct or 0))
+
+
+def _from_records(session: Session, f: _Figures, model: str, since: datetime, window_s: int,
+                  raw: list[tuple[datetime, datetime]]) -> None:
+    c = TABLE.c
+    where = (c.model == model,
+             sa.or_(*(sa.and_(c.created_at >= a, c.created_at < b) for a, b in raw)))
+    variant = sa.func.coalesce(c.variant, "")
+    for version, var, bucket, count, errors in session.execute(
+        sa.select(c.version, variant, c.latency_bucket, sa.func.count(),
+                  sa.func.sum(sa.case((c.status >= 400, 1), else_=0)))
+        .where(*where, c.row_index == 0).group_by(c.version, variant, c.latency_bucket)
+    ):
+        f.add_latency((version, var), bucket, int(count), int(errors or 0))
+    for version, var, label, count in session.execute(
+        sa.select(c.version, variant, c.label, sa.func.count())
+        .where(*where, c.status < 400, c.label.is_not(None))
+        .group_by(c.version, variant, c.label)
+    ):
+        f.add_prediction((version, var), label, int(count))
+    index = (_epoch(session, c.created_at) - int(since.timestamp())) // window_s
+    for version, var, w, labelled, correct in session.execute(
+        sa.select(c.version, variant, index.label("w"), sa.func.count(),
+                  sa.func.sum(sa.case((c.label == c.true_label, 1), else_=0)))
+        .where(*where, c.true_label.is_not(None), c.status < 400, c.label.is_not(None))
+        .group_by(c.version, variant, "w")
+    ):
+        f.add_window((version, var), int(w), int(labelled), int(correct or 0))

@@ -14,8 +14,9 @@ steady state about ``flush_interval_s`` of traffic. A batch the database refuses
 is dropped and counted in ``LogStats.failed``.
 
 Retention: every ``prune_interval_s`` the same thread deletes records older than
-``retention_days`` through :func:`registry.evidence.prune`, a few thousand rows per transaction,
-so the write lock is never held for long.
+``retention_days`` (rounded down to a rollup bucket) through :func:`registry.evidence.prune`, a
+few thousand rows per transaction, so the write lock is never held for long, and then the
+rollups of the same buckets (:func:`registry.rollups.prune`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from registry import rollups
 from registry.evidence import insert_records, latency_bucket, prune
 from registry.models.columns import utcnow
 from server.settings import ServerSettings
@@ -87,7 +89,7 @@ def records(answer: Answer) -> list[dict[str, Any]]:
         "model": answer.model,
         "version": answer.version,
         "alias": answer.alias,
-        "variant": answer.variant,
+        "variant": answer.variant[:64] if answer.variant else None,
         "caller": answer.caller,
         "status": answer.status,
         "latency_ms": answer.latency_ms,
@@ -194,9 +196,11 @@ class InferenceLog:
         return True
 
     def prune_now(self) -> int:
-        """Delete records older than the retention bound now; how many were deleted."""
-        cutoff = utcnow() - timedelta(days=self.retention_days)
+        """Delete records older than the retention bound now, and the rollups of the same
+        buckets (the cutoff is rounded down to a rollup bucket); how many records were deleted."""
+        cutoff = rollups.bucket_floor(utcnow() - timedelta(days=self.retention_days))
         n = prune(self.engine, cutoff, batch=self.prune_batch)
+        rollups.prune(self.engine, cutoff)
         self.stats.pruned += n
         return n
 

@@ -22,6 +22,7 @@ from registry.assignment import check_download
 from registry.catalog import get_model
 from registry.errors import AuthenticationError, DamagedArtifactError, PermissionDeniedError
 from registry.integrity import report_damage
+from registry.models import VersionStatus
 from registry.versions import get_version
 from server.api.responses import ADMIN_ERRORS, error_responses
 from server.deps import CallerDep, ModelPath, SessionDep, StateDep, VersionPath
@@ -71,12 +72,15 @@ def serve(
 ) -> Response:
     if caller.kind == "anonymous":
         raise AuthenticationError("a device token or an admin key is required")
-    if caller.kind not in ("admin", "device"):
-        raise PermissionDeniedError("artifacts are for devices and the operator")
+    if caller.kind not in ("admin", "device", "runner"):
+        raise PermissionDeniedError("artifacts are for devices, runners and the operator")
     m = get_model(session, model)
     v = get_version(session, m, version)
     if caller.device is not None:
         check_download(session, caller.device, m, v)
+    if caller.kind == "runner" and v.status != VersionStatus.READY:
+        raise ModelUnavailableError(f"version {version} of {model!r} is {v.status.value}: "
+                                    "runners get the artifacts of READY versions only")
     session.commit()  # release the connection before streaming
     sha = {"plan": v.plan_sha256, "weights": v.weights_sha256, "manifest": v.manifest_sha256}[kind]
     etag = f'"{sha}"'

@@ -5,6 +5,9 @@
 ``POST /dashboard/login``           form field ``key`` (an admin key) -> session cookie, 303
 ``POST /dashboard/logout``          clears the cookie, 303
 ``GET  /dashboard/api/overview``    everything the page shows (session cookie or X-Admin-Key)
+``GET  /dashboard/api/audit``       the newest audit records (``?limit=&action=``), the chain head
+``GET  /dashboard/api/audit/verify`` the chain walked (see :mod:`server.dashboard.audit_panel`)
+``GET  /dashboard/card/{m}/{v}``    a version's model card as HTML
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.concurrency import run_in_threadpool
 
 from registry.errors import AuthenticationError, NotFoundError
+from edgefleet.bounds import QueryText
 from server.dashboard import COOKIE, SESSION_S, STATIC, issue_session, overview, verify_session
-from server.deps import SessionDep, StateDep
+from server.dashboard.audit_panel import CARD_CSP, audit_panel, card_page, verify_panel
+from server.deps import ModelPath, SessionDep, StateDep, VersionPath
 from server.security import NamedKey, match_key
 from server.state import AppState
 
@@ -82,3 +87,35 @@ async def api_overview(
     data: dict[str, Any] = await run_in_threadpool(
         overview, session, state.drift_policy, hours=hours, bucket_minutes=bucket_minutes)
     return JSONResponse(data, headers=NO_STORE)
+
+
+def _require_operator(request: Request, state: AppState) -> None:
+    if _operator(request, state) is None:
+        raise AuthenticationError("log in at /dashboard first (or send X-Admin-Key)")
+
+
+@router.get("/api/audit")
+async def api_audit(
+    request: Request, state: StateDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    action: Annotated[QueryText | None, Query()] = None,
+) -> JSONResponse:
+    _require_operator(request, state)
+    data = await run_in_threadpool(audit_panel, session, limit=limit, action=action)
+    return JSONResponse(data, headers=NO_STORE)
+
+
+@router.get("/api/audit/verify")
+async def api_audit_verify(request: Request, state: StateDep, session: SessionDep
+                           ) -> JSONResponse:
+    _require_operator(request, state)
+    data = await run_in_threadpool(verify_panel, session)
+    return JSONResponse(data, headers=NO_STORE)
+
+
+@router.get("/card/{model}/{version}", response_class=HTMLResponse)
+async def card(request: Request, state: StateDep, session: SessionDep, model: ModelPath,
+               version: VersionPath) -> HTMLResponse:
+    _require_operator(request, state)
+    text = await run_in_threadpool(card_page, session, model, version)
+    return HTMLResponse(text, headers={**NO_STORE, "Content-Security-Policy": CARD_CSP})

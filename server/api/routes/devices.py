@@ -51,7 +51,8 @@ def enroll(
     key = match_key(body.enrollment_token, state.enrollment_tokens)
     if key is None:
         raise AuthenticationError("invalid enrolment token")
-    device, token = devices.enroll(session, body, replace=caller.kind == "admin")
+    actor = caller.label if caller.kind == "admin" else f"enrolment:{key.name}"
+    device, token = devices.enroll(session, body, replace=caller.kind == "admin", actor=actor)
     session.commit()
     return EnrollResponse(device_id=device.id, device_token=token,
                           signing_key=current_key_info(session, state.signer))
@@ -111,8 +112,10 @@ def update_device(
     summary="Revoke a device's token",
     responses={**ADMIN_ERRORS, **error_responses(404)},
 )
-def revoke_device(device_id: DevicePath, _: AdminDep, session: WriteSessionDep) -> DevicePublic:
-    devices.revoke_device(session, device_id)
+def revoke_device(
+    device_id: DevicePath, caller: AdminDep, session: WriteSessionDep
+) -> DevicePublic:
+    devices.revoke_device(session, device_id, actor=caller.label)
     session.commit()
     return _public(session, device_id)
 

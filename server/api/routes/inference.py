@@ -1,15 +1,22 @@
 """Fallback inference in the Open Inference Protocol (V2) REST format.
 
 ``GET /v2`` (server metadata), ``GET /v2/models/{m}[/versions/{v}]`` (model metadata),
-``GET .../ready``, ``POST .../infer``. Without a version the model's ``production`` alias
-answers; the response's ``model_version`` names the version that did (and ``parameters.alias``
-the alias). Errors carry ``{"error": "..."}``: 400 for a malformed request (invalid JSON, wrong
-tensor name, shape, datatype or values), 404 for an unknown model or version, 413 for an
-oversized body. Callers need a device token, an admin key or an inference key, unless the
-server runs with ``public_inference``.
+``GET .../ready``, ``POST .../infer``. Without a version the model's rollout (canary share, A/B
+variant, blue-green switch) or else its ``production`` alias answers; the response's
+``model_version`` names the version that did (and ``parameters.alias`` the alias or arm).
+Errors carry ``{"error": "..."}``: 400 for a malformed request (invalid JSON, wrong tensor name,
+shape, datatype or values), 404 for an unknown model or version, 413 for an oversized body.
+Callers need a device token, an admin key or an inference key, unless the server runs with
+``public_inference``.
 
-Each request records ``model`` and ``model_version`` on ``request.state`` for the access log;
-each inference is logged (:func:`server.evidence.capture.logged_predict`).
+The hot path touches no database: credentials, models, versions and aliases come from memory
+(:class:`server.inference.serving.Serving`, its staleness bound in :mod:`server.inference.table`),
+the body is read raw and decoded by :func:`edgefleet.v2.decode_request` (JSON with or without
+``Content-Type``, or the binary tensor data extension), the rows run through the version's
+micro-batcher, and the answer is encoded by :func:`edgefleet.v2.encode_prediction`. Each request
+records ``model`` and ``model_version`` on ``request.state`` for the access log, and each answer
+(or refusal, once resolved) goes to the inference log's queue (:mod:`server.evidence.writer`),
+written by its own thread; a shadow version's answer is logged there too, never returned.
 """
 
 from __future__ import annotations
@@ -18,15 +25,14 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from sqlmodel import Session
 
 from edgefleet.bounds import DB_INT_MAX
 from edgefleet.v2 import InferenceRequest, InferenceResponse, V2Error
 from registry.errors import AuthenticationError, NotFoundError
 from server.api.routing import AuthFirstRoute
-from server.deps import CallerDep, ModelPath, SessionDep, StateDep
-from server.evidence.capture import logged_predict
-from server.inference.service import Target
+from server.deps import InferenceCallerDep, ModelPath, StateDep
+from server.inference.answer import answer
+from server.inference.serving import Resolved
 from server.security import Caller
 from server.state import AppState
 
@@ -37,8 +43,26 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": V2Error},
 }
 
+#: The request body as OpenAPI describes it (the route reads the raw body itself: JSON with or
+#: without Content-Type, or JSON and binary tensor data).
+BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "JSON header (Inference-Header-Content-Length bytes), then the "
+                "inputs' binary data",
+            },
+        },
+    }
+}
+#: Models the OpenAPI document must carry as components (the raw-body route declares none).
+COMPONENTS = (InferenceRequest,)
 
-async def require_inference_caller(caller: CallerDep, state: StateDep) -> Caller:
+
+async def require_inference_caller(caller: InferenceCallerDep, state: StateDep) -> Caller:
     if caller.kind == "anonymous" and not state.settings.public_inference:
         raise AuthenticationError(
             "inference needs a device token, an admin key or an inference key (Bearer)"
@@ -66,73 +90,66 @@ def _number(version: str) -> int:
     return int(version)
 
 
-def _resolve(
-    request: Request, session: Session, state: AppState, model: str, version: str | None
-) -> Target:
+async def _resolve(request: Request, state: AppState, model: str, version: str | None
+                   ) -> Resolved:
     request.state.model = model
-    target = state.inference.resolve(session, model, None if version is None else _number(version))
-    request.state.model_version = target.version
-    return target
-
-
-def _json(payload: InferenceResponse) -> Response:
-    return Response(payload.model_dump_json(exclude_none=True), media_type="application/json")
+    caller = getattr(request.state, "caller", None)
+    resolved = await state.serving.resolve(
+        model,
+        None if version is None else _number(version),
+        caller_key=getattr(caller, "label", "") or "",
+        request_key=getattr(request.state, "request_id", "") or "",
+    )
+    request.state.model_version = resolved.version.number
+    return resolved
 
 
 @router.get("", summary="Server metadata")
-def server_metadata(state: StateDep) -> dict[str, Any]:
+async def server_metadata(state: StateDep) -> dict[str, Any]:
     return state.inference.server_metadata()
 
 
 @router.get("/models/{model}", summary="Model metadata (production version)")
-def model_metadata(
-    model: ModelPath, request: Request, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
-    return state.inference.metadata(session, _resolve(request, session, state, model, None))
+async def model_metadata(model: ModelPath, request: Request, state: StateDep) -> dict[str, Any]:
+    return await state.serving.metadata(await _resolve(request, state, model, None))
 
 
 @router.get("/models/{model}/versions/{version}", summary="Model version metadata")
-def version_metadata(
-    model: ModelPath, version: str, request: Request, session: SessionDep, state: StateDep
+async def version_metadata(
+    model: ModelPath, version: str, request: Request, state: StateDep
 ) -> dict[str, Any]:
-    return state.inference.metadata(session, _resolve(request, session, state, model, version))
+    return await state.serving.metadata(await _resolve(request, state, model, version))
 
 
-def _ready(
-    request: Request, session: Session, state: AppState, model: str, version: str | None
-) -> dict[str, Any]:
-    target = _resolve(request, session, state, model, version)
-    session.commit()
-    state.inference.runtime(target)  # loads it (503 when its artifacts cannot be loaded)
-    return {"name": model, "version": str(target.version), "ready": True}
+async def _ready(request: Request, state: AppState, model: str, version: str | None
+                 ) -> dict[str, Any]:
+    resolved = await _resolve(request, state, model, version)
+    await state.serving.manifest(resolved.version)  # loads it (503 when it cannot be loaded)
+    return {"name": model, "version": str(resolved.version.number), "ready": True}
 
 
 @router.get("/models/{model}/ready", summary="Model readiness")
-def model_ready(
-    model: ModelPath, request: Request, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
-    return _ready(request, session, state, model, None)
+async def model_ready(model: ModelPath, request: Request, state: StateDep) -> dict[str, Any]:
+    return await _ready(request, state, model, None)
 
 
 @router.get("/models/{model}/versions/{version}/ready", summary="Model version readiness")
-def version_ready(
-    model: ModelPath, version: str, request: Request, session: SessionDep, state: StateDep
+async def version_ready(
+    model: ModelPath, version: str, request: Request, state: StateDep
 ) -> dict[str, Any]:
-    return _ready(request, session, state, model, version)
+    return await _ready(request, state, model, version)
 
 
 @router.post(
     "/models/{model}/infer",
     response_model=InferenceResponse,
     response_model_exclude_none=True,
-    summary="Inference on the production version",
+    summary="Inference (the rollout's or the production version)",
+    openapi_extra=BODY,
 )
-def infer(
-    model: ModelPath, body: InferenceRequest, request: Request, session: SessionDep, state: StateDep
-) -> Response:
-    target = _resolve(request, session, state, model, None)
-    session.commit()  # release the database connection before running the model
-    return _json(logged_predict(request, state.inference, target, body))
+async def infer(model: ModelPath, request: Request, state: StateDep) -> Response:
+    body = await request.body()
+    return await answer(request, state, body, lambda: _resolve(request, state, model, None))
 
 
 @router.post(
@@ -140,15 +157,10 @@ def infer(
     response_model=InferenceResponse,
     response_model_exclude_none=True,
     summary="Inference on one version",
+    openapi_extra=BODY,
 )
-def infer_version(
-    model: ModelPath,
-    version: str,
-    body: InferenceRequest,
-    request: Request,
-    session: SessionDep,
-    state: StateDep,
+async def infer_version(
+    model: ModelPath, version: str, request: Request, state: StateDep
 ) -> Response:
-    target = _resolve(request, session, state, model, version)
-    session.commit()
-    return _json(logged_predict(request, state.inference, target, body))
+    body = await request.body()
+    return await answer(request, state, body, lambda: _resolve(request, state, model, version))

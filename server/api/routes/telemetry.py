@@ -1,4 +1,5 @@
-"""Telemetry: devices post reports (idempotent); the operator queries them."""
+"""Telemetry: devices post reports (idempotent); the operator queries them and the device
+events they carried (``GET /api/v1/telemetry/events``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from edgefleet.bounds import Timestamp
-from edgefleet.wire import Page, TelemetryAck, TelemetryReport
-from registry import telemetry
+from edgefleet.wire import DeviceEventKind, Page, TelemetryAck, TelemetryReport
+from registry import device_events, telemetry
 from registry.db import write_session
-from registry.models import TelemetryPublic
+from registry.models import DeviceEventPublic, TelemetryPublic
 from server.api.responses import ADMIN_ERRORS, error_responses
 from server.api.routing import AuthFirstRoute
 from server.deps import (
@@ -56,7 +57,7 @@ def post_report(
     else:
         session.commit()
         write_session(session)
-        ack = telemetry.store_report(session, device, prepared)
+        ack = telemetry.store_report(session, device, prepared, body.events)
         session.commit()
     if ack.duplicate:
         response.status_code = 200
@@ -89,4 +90,29 @@ def list_reports(
         until=until,
         limit=limit,
         offset=offset,
+    )
+
+
+@router.get(
+    "/telemetry/events",
+    response_model=Page[DeviceEventPublic],
+    summary="Query device events (model switches, failed smoke tests, crashes, rollbacks)",
+    responses=error_responses(404),
+)
+def list_events(
+    _: AdminDep,
+    session: SessionDep,
+    model: ModelQuery = None,
+    version: VersionQuery = None,
+    device: DeviceQuery = None,
+    kind: Annotated[DeviceEventKind | None, Query()] = None,
+    since: Annotated[Timestamp | None, Query(description="events at or after")] = None,
+    until: Annotated[Timestamp | None, Query(description="events before")] = None,
+    limit: Annotated[int, Query(ge=1, le=device_events.MAX_PAGE)] = 100,
+    offset: Offset = 0,
+) -> Page[DeviceEventPublic]:
+    """Newest first."""
+    return device_events.list_events(
+        session, model=model, version=version, device=device, kind=kind, since=since,
+        until=until, limit=limit, offset=offset,
     )

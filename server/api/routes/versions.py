@@ -222,10 +222,10 @@ def change_status(
     model: ModelPath,
     version: VersionPath,
     body: VersionStatusUpdate,
-    _: AdminDep,
+    caller: AdminDep,
     session: WriteSessionDep,
 ) -> VersionInfo:
-    row = versions.change_status(session, model, version, body)
+    row = versions.change_status(session, model, version, body, actor=caller.label)
     session.commit()
     return versions.version_info(session, row)
 

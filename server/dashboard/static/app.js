@@ -126,7 +126,9 @@
         fmt(v.metrics["holdout.accuracy"] ?? v.metrics.accuracy),
         v.lineage.parent_version ? `v${v.lineage.parent_version}` : "–",
         v.lineage.federated_run ? `${v.lineage.federated_run} r${v.lineage.federated_round}` : "–",
-        v.lineage.num_clients ?? "–", v.lineage.strategy || "–", when(v.created_at)]);
+        v.lineage.num_clients ?? "–", v.lineage.strategy || "–", when(v.created_at),
+        el("a", {class: "card-link", href: `/dashboard/card/${encodeURIComponent(m.name)}/${v.version}`},
+           "card")]);
       const aliasRows = m.aliases.map((a) => [
         a.alias, `v${a.version}`, a.rollout_percent === null ? "–" : `${a.rollout_percent} %`,
         el("ol", {class: "history"}, a.history.map((e) => el("li", {},
@@ -136,7 +138,7 @@
         el("h3", {}, m.name, el("small", {}, ` ${m.task} · ${m.versions.length} versions`)),
         lineage(m.versions),
         table(["version", "status", "aliases", "accuracy", "parent", "federated run", "clients",
-               "strategy", "created"], rows, "versions"),
+               "strategy", "created", "model card"], rows, "versions"),
         el("h4", {}, "Aliases and their history"),
         aliasRows.length ? table(["alias", "points at", "rollout", "history (newest first)"],
                                  aliasRows, "aliases") : el("p", {class: "empty"}, "No aliases.")));
@@ -196,6 +198,30 @@
     }
   }
 
+  // The newest audit records; "Verify the chain" walks the whole chain on the server.
+  async function loadAudit() {
+    const response = await fetch("/dashboard/api/audit?limit=50", {credentials: "same-origin"});
+    if (!response.ok) return;
+    const data = await response.json();
+    const body = document.getElementById("audit-body");
+    body.replaceChildren(
+      el("p", {class: "summary"}, `${data.head.seq} records · head ${data.head.hash.slice(0, 16)}…`),
+      data.records.length ? table(["seq", "when", "actor", "action", "target", "reason"],
+        data.records.map((r) => [r.seq, when(r.at), r.actor, r.action, r.target, r.reason || "–"]),
+        "audit") : el("p", {class: "empty"}, "No audit records yet."));
+  }
+
+  async function verifyAudit() {
+    const out = document.getElementById("audit-verify");
+    out.textContent = "verifying…";
+    const response = await fetch("/dashboard/api/audit/verify", {credentials: "same-origin"});
+    const data = await response.json();
+    out.replaceChildren(data.ok
+      ? el("span", {class: "badge ok"}, `intact: ${data.checked} records`)
+      : el("span", {class: "badge bad"}, `${data.problems.length} problem(s): ` +
+          data.problems.map((p) => `#${p.seq} ${p.kind}`).join(", ")));
+  }
+
   async function load() {
     const response = await fetch("/dashboard/api/overview", {credentials: "same-origin"});
     if (response.status === 401) { window.location.reload(); return; }
@@ -205,10 +231,14 @@
     renderDrift(data);
     renderFleet(data);
     renderRuns(data);
+    await loadAudit();
     document.body.dataset.loaded = "true";
   }
 
   if (document.getElementById("app")) {
+    document.getElementById("verify-audit").addEventListener("click", () => verifyAudit().catch((err) => {
+      document.getElementById("audit-verify").textContent = `Could not verify: ${err}`;
+    }));
     load().catch((err) => {
       document.getElementById("models-body").textContent = `Could not load: ${err}`;
     });

@@ -1,0 +1,329 @@
+"""V2 serving: our endpoint against the bare FastAPI floor and the in-process ceiling, under wrk.
+
+One run prints, at each concurrency (default 1, 8, 32, 64), req/s and p50/p99 latency of:
+
+- **floor**: a bare FastAPI app under the same uvicorn settings that parses the same JSON body
+  (``await request.json()``) and returns our recorded V2 response;
+- **ours**: ``edgefleet server run`` on SQLite with every production feature on — an inference key,
+  alias resolution (``/v2/models/{m}/infer``, the ``production`` alias), the access log (JSON lines
+  to a file) and the inference log (written to the database) — with ``--workers 1`` and, for the
+  tiny model, ``--workers 2``;
+- **ceiling**: the interpreter alone in this process (``PlanRuntime.predict``), batch 1 and 32.
+
+for two models, both authored at bench time in a child process (TensorFlow runs only there): the
+tiny digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10 served with micro-batching
+(``max_batch`` 32). The load generator is ``wrk`` (Debian's package: ``apt-get install -y wrk``;
+the bench installs it when missing and it can), one thread, keep-alive, 127.0.0.1; its CPU time is
+reported per row (``gen CPU``, in cores: CPU seconds / wall seconds), so a row where the generator
+is near one core says the generator, not the server, was the limit. On a machine with 2 cores the
+generator's share counts against the server's: ``--workers 2`` competes with wrk for them.
+
+Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default;
+``--duration 2`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from _common import ROOT, build_digits_plan, free_port, process
+
+ADMIN_KEY = "bench-admin-key"
+APP_KEY = "bench-app-key"
+ADMIN = {"X-Admin-Key": ADMIN_KEY}
+HEAVY_HIDDEN = (3072, 3072)
+HEAVY_FEATURES = 784
+
+_HEAVY = (
+    "import sys\n"
+    "import numpy as np\n"
+    "from authoring.plans import build_plan, make_model\n"
+    "m = make_model('mlp', sample_shape=(784,), n_classes=10, hidden=(3072, 3072))\n"
+    "rng = np.random.default_rng(0)\n"
+    "x = rng.random((500, 784), dtype=np.float32); y = rng.integers(0, 10, 500)\n"
+    "build_plan(m, sys.argv[1], name='heavy-mlp', feature_names=[f'p{i}' for i in range(784)],\n"
+    "           class_labels=[str(i) for i in range(10)], x_reference=x, y_reference=y)\n"
+)
+
+
+# --- plans -----------------------------------------------------------------------------------
+def build_heavy_plan(out: Path) -> Path:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _HEAVY, str(out)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=900, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"building the heavy plan failed:\n{proc.stderr[-3000:]}")
+    return out
+
+
+def register(base: str, model: str, plan_dir: Path) -> None:
+    import hashlib
+
+    files = {k: (plan_dir / f).read_bytes() for k, f in (
+        ("plan", "plan.tflite"), ("manifest", "manifest.json"), ("weights", "weights.safetensors"))}
+    with httpx.Client(base_url=base, timeout=300) as http:
+        http.post("/api/v1/models", json={"name": model}, headers=ADMIN).raise_for_status()
+        http.post(f"/api/v1/models/{model}/versions", files={k: (k, v) for k, v in files.items()},
+                  data={"plan_sha256": hashlib.sha256(files["plan"]).hexdigest(),
+                        "weights_sha256": hashlib.sha256(files["weights"]).hexdigest()},
+                  headers=ADMIN).raise_for_status()
+        http.put(f"/api/v1/models/{model}/aliases/production", json={"version": 1},
+                 headers=ADMIN).raise_for_status()
+
+
+def body_for(features: int) -> bytes:
+    data = [float(v % 17) / 16 for v in range(features)]
+    return json.dumps({"inputs": [{"name": "x", "shape": [1, features], "datatype": "FP32",
+                                   "data": data}]}).encode()
+
+
+# --- the bare floor (run in its own process by --serve-bare) ----------------------------------
+def serve_bare(port: int, payload_file: Path) -> None:
+    import uvicorn
+    from fastapi import FastAPI, Request, Response
+
+    canned: dict[str, str] = json.loads(payload_file.read_text())
+    app = FastAPI()
+
+    @app.get("/ready")
+    def ready() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v2/models/{model}/infer")
+    async def infer(model: str, request: Request) -> Response:
+        await request.json()
+        return Response(canned[model], media_type="application/json")
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+# --- wrk -------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    gen_cores: float
+    errors: int
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk is not installed: trying `apt-get install -y wrk` (Debian's package)…",
+          file=sys.stderr, flush=True)
+    subprocess.run(["apt-get", "install", "-y", "wrk"], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk is needed: install it with `apt-get install -y wrk` and run again")
+    return found
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)$", text)
+    if m is None:
+        raise ValueError(f"unreadable wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(binary: str, url: str, body: bytes, headers: dict[str, str], connections: int,
+        seconds: float, workdir: Path) -> Cell:
+    script = workdir / "post.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = [==[{body.decode()}]==]"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    argv = [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+            "-s", str(script), url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {proc.stderr or proc.stdout}")
+    out = proc.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors:.*?(\d+).*?(\d+).*?(\d+).*?(\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    if errs:
+        errors += sum(int(g) for g in errs.groups())
+    return Cell(rps, _ms(pct["50"]), _ms(pct["99"]), cpu / wall, errors)
+
+
+# --- the in-process ceiling --------------------------------------------------------------------
+def ceiling(plan_dir: Path, features: int, batch: int, seconds: float) -> Cell:
+    from edgefleet.runtime import PlanRuntime
+
+    runtime = PlanRuntime.from_dir(plan_dir)
+    x = np.tile(np.asarray([float(v % 17) / 16 for v in range(features)], np.float32),
+                (batch, 1))
+    for _ in range(5):
+        runtime.predict(x)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        runtime.predict(x)
+        times.append(time.perf_counter() - t)
+    arr = np.asarray(times) * 1e3
+    return Cell(len(times) / float(np.sum(arr) / 1e3), float(np.percentile(arr, 50)),
+                float(np.percentile(arr, 99)), 0.0, 0)
+
+
+# --- the run ---------------------------------------------------------------------------------
+def server_env(tmp: Path, db_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_SERVER_")}
+    env.update(
+        TF_CPP_MIN_LOG_LEVEL="3",
+        EDGEFLEET_SERVER_DATABASE_URL=db_url,
+        EDGEFLEET_SERVER_ARTIFACT_DIR=str(tmp / "artifacts"),
+        EDGEFLEET_SERVER_SIGNING_KEY_PATH=str(tmp / "keys" / "signing.pem"),
+        EDGEFLEET_SERVER_ADMIN_KEYS=ADMIN_KEY,
+        EDGEFLEET_SERVER_INFERENCE_KEYS=f"bench:{APP_KEY}",
+        EDGEFLEET_SERVER_LOG_LEVEL="INFO",
+        EDGEFLEET_SERVER_INFERENCE_LOG_ENABLED="true",
+        EDGEFLEET_SERVER_METRICS_ENABLED="true",
+        EDGEFLEET_SERVER_BATCHING=json.dumps(
+            {"default": {"max_batch": 32}, "per_model": {"heavy": {"max_batch": 32}}}),
+    )
+    return env
+
+
+def server_cmd(port: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "edgefleet_cli", "server", "run", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers)]
+
+
+Row = tuple[str, str, dict[int, Cell]]
+
+
+def measure_ours(args: argparse.Namespace, tmp: Path, env: dict[str, str], workers: int,
+                 models: list[tuple[str, bytes]], binary: str, arrange: bool) -> dict[str, dict[int, Cell]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp / f"server-w{workers}.log"
+    out: dict[str, dict[int, Cell]] = {}
+    with process(server_cmd(port, workers), env, f"{base}/api/v1/health/ready", log):
+        if arrange:
+            register(base, "tiny", args.tiny_dir)
+            register(base, "heavy", args.heavy_dir)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {APP_KEY}"}
+        for model, body in models:
+            url = f"{base}/v2/models/{model}/infer"
+            warm = httpx.post(url, content=body, headers=headers, timeout=120)
+            warm.raise_for_status()
+            (tmp / f"canned-{model}.json").write_text(warm.text)
+            out[model] = {c: wrk(binary, url, body, headers, c, args.duration, tmp)
+                          for c in args.concurrency}
+    return out
+
+
+def measure_floor(args: argparse.Namespace, tmp: Path, models: list[tuple[str, bytes]],
+                  binary: str) -> dict[str, dict[int, Cell]]:
+    port = free_port()
+    payloads = tmp / "canned.json"
+    payloads.write_text(json.dumps(
+        {m: (tmp / f"canned-{m}.json").read_text() for m, _ in models}))
+    cmd = [sys.executable, __file__, "--serve-bare", str(port), "--payloads", str(payloads)]
+    base = f"http://127.0.0.1:{port}"
+    out = {}
+    with process(cmd, dict(os.environ), f"{base}/ready", tmp / "bare.log"):
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {APP_KEY}"}
+        for model, body in models:
+            out[model] = {c: wrk(binary, f"{base}/v2/models/{model}/infer", body, headers, c,
+                                 args.duration, tmp) for c in args.concurrency}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--payloads", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare is not None:
+        serve_bare(args.serve_bare, args.payloads)
+        return
+    binary = ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="edgefleet-serving-") as name:
+        tmp = Path(name)
+        print("authoring the tiny and heavy plans (TensorFlow, in child processes)…",
+              file=sys.stderr, flush=True)
+        args.tiny_dir = build_digits_plan(tmp / "tiny")
+        args.heavy_dir = build_heavy_plan(tmp / "heavy")
+        db_url = f"sqlite:///{tmp / 'registry.db'}"
+        env = server_env(tmp, db_url)
+        tiny, heavy = ("tiny", body_for(64)), ("heavy", body_for(HEAVY_FEATURES))
+        ours1 = measure_ours(args, tmp, env, 1, [tiny, heavy], binary, arrange=True)
+        ours2 = measure_ours(args, tmp, env, 2, [tiny], binary, arrange=False)
+        floor = measure_floor(args, tmp, [tiny, heavy], binary)
+        ceilings = {(m, b): ceiling(d, f, b, min(args.duration, 5.0))
+                    for m, d, f in (("tiny", args.tiny_dir, 64),
+                                    ("heavy", args.heavy_dir, HEAVY_FEATURES))
+                    for b in (1, 32)}
+    report(args, floor, ours1, ours2, ceilings)
+
+
+def report(args: argparse.Namespace, floor: dict[str, dict[int, Cell]],
+           ours1: dict[str, dict[int, Cell]], ours2: dict[str, dict[int, Cell]],
+           ceilings: dict[tuple[str, int], Cell]) -> None:
+    cs = args.concurrency
+    print(f"\nV2 serving, wrk -t1 keep-alive on 127.0.0.1, {args.duration:g} s per cell, "
+          f"{os.cpu_count()} cores; req/s, p50/p99 ms, generator CPU (cores), errors")
+    head = f"{'model':6} {'target':22}" + "".join(f" | c={c:<27}" for c in cs)
+    print(head)
+    print("-" * len(head))
+    rows = [("tiny", "floor (bare FastAPI)", floor["tiny"]),
+            ("tiny", "ours --workers 1", ours1["tiny"]),
+            ("tiny", "ours --workers 2", ours2["tiny"]),
+            ("heavy", "floor (bare FastAPI)", floor["heavy"]),
+            ("heavy", "ours --workers 1", ours1["heavy"])]
+    for model, target, cells in rows:
+        line = f"{model:6} {target:22}"
+        for c in cs:
+            k = cells[c]
+            line += (f" | {k.rps:7.0f} {k.p50_ms:6.2f}/{k.p99_ms:6.2f} {k.gen_cores:4.2f}"
+                     f"{'' if not k.errors else f' E{k.errors}':>4}")
+        print(line)
+    print("\nin-process ceiling (PlanRuntime.predict in this process)")
+    for (model, batch), k in ceilings.items():
+        print(f"{model:6} batch {batch:<3} {k.rps:9.0f} calls/s {k.rps * batch:10.0f} samples/s  "
+              f"p50 {k.p50_ms:.3f} ms  p99 {k.p99_ms:.3f} ms")
+    c = 32 if 32 in cs else cs[-1]
+    t_ours, t_floor = ours1["tiny"][c], floor["tiny"][c]
+    h_ours, h_ceil = ours1["heavy"][c], ceilings[("heavy", 32)]
+    print(f"\nratios at c={c}:")
+    print(f"  tiny: ours/floor req/s {t_ours.rps / t_floor.rps:.2f} (target >= 0.75); "
+          f"p99 ours/floor {t_ours.p99_ms / t_floor.p99_ms:.2f} (target <= 2)")
+    print(f"  heavy: ours samples/s / ceiling batch-32 samples/s "
+          f"{h_ours.rps / (h_ceil.rps * 32):.2f} (target >= 0.45); p99 {h_ours.p99_ms:.1f} ms "
+          "(target <= 25)")
+    print(f"  tiny --workers 2 / --workers 1 req/s {ours2['tiny'][c].rps / t_ours.rps:.2f} "
+          f"(target >= 1.6; generator used {ours2['tiny'][c].gen_cores:.2f} of the cores)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""One device's drift as *change*: its recent windows against its own healthy baseline.
+
+A device's summary against the version's reference mixes two things: how the device's data
+always differed from the fleet's (its label mix, its sensor: standing non-IID-ness) and how it
+changed since (drift). :class:`DeviceBaseline` keeps, for one device and model version:
+
+* **windows**: the rows between two summaries. A device sends either cumulative summaries (the
+  edge ClientApp: everything since the version was installed) or summaries of separate windows
+  (telemetry, the simulated devices). Successive cumulative summaries are turned into the window
+  between them (counts and moments subtract exactly: Chan's merge run backwards); with
+  ``kind="auto"`` a summary with more rows whose every bin count is at least the previous one's
+  is read as a continuation, anything else as a window of its own; an identical summary brings
+  no new rows;
+* **baseline**: the device's first windows on the version merged until they hold
+  ``baseline_rows`` rows, then frozen — its own healthy period on that version (a new version
+  starts a new baseline: the fleet is healthy on it once a run trained on the new data);
+* **recent**: the newest windows merged until they hold ``min_rows`` rows (one window when it is
+  large enough): what the device sees now, not since the install.
+
+:meth:`DeviceBaseline.reading` gives ``change`` (:func:`~edgefleet.drift.effect.moment_shift` of
+recent against the baseline), ``difference`` (recent against the version's reference) and the
+labelled accuracies of both (``label_total`` / ``label_correct`` tracked the same way), whose
+difference is the cost of the change where devices have labels. Numpy only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from edgefleet.drift.effect import DEFAULT_SCALE_FLOOR, Moments, feature_scales, moment_shift
+from edgefleet.drift.reference import ReferenceProfile
+from edgefleet.drift.state import chan_merge
+from edgefleet.drift.summary import DriftSummary
+
+MAX_WINDOWS = 16  # newest windows kept per device
+SummaryKind = Literal["auto", "cumulative", "windows"]
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Window sizes of :class:`DeviceBaseline` (see the module notes).
+
+    Parameters
+    ----------
+    min_rows : int (default: 50)
+        Recent windows are merged, newest first, until they hold this many rows; with fewer
+        rows in all of them the device has no reading yet.
+    baseline_rows : int (default: 100)
+        Rows of a device's first windows on a version that make its baseline.
+    min_labels : int (default: 30)
+        Labelled predictions the baseline and the recent windows each need before their
+        accuracies are compared.
+    scale_floor : float (default: 0.5)
+        Floor of a feature's scale, times the median feature deviation
+        (:func:`edgefleet.drift.effect.feature_scales`).
+    kind : {"auto", "cumulative", "windows"} (default: "auto")
+        What the device's summaries are (see the module notes).
+    """
+
+    min_rows: int = 50
+    baseline_rows: int = 100
+    min_labels: int = 30
+    scale_floor: float = DEFAULT_SCALE_FLOOR
+    kind: SummaryKind = "auto"
+
+    def __post_init__(self) -> None:
+        if self.min_rows < 2 or self.baseline_rows < 2 or self.min_labels < 1:
+            raise ValueError("min_rows and baseline_rows must be >= 2, min_labels >= 1")
+        if not self.scale_floor > 0:
+            raise ValueError("scale_floor must be > 0")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Rows of one device between two summaries: feature moments and labelled predictions."""
+
+    rows: int
+    moments: Moments
+    label_total: int = 0
+    label_correct: int = 0
+
+    @classmethod
+    def of(cls, s: DriftSummary) -> Window:
+        return cls(s.n, Moments.of_summary(s), sum(s.label_total), sum(s.label_correct))
+
+    def merged(self, other: Window) -> Window:
+        a, b = self.moments, other.moments
+        mean, m2 = chan_merge(a.n, a.mean, a.var * a.n, b.n, b.mean, b.var * b.n)
+        n = a.n + b.n
+        var = np.divide(m2, n, out=np.zeros_like(n), where=n > 0)
+        return Window(self.rows + other.rows, Moments(n, mean, var),
+                      self.label_total + other.label_total,
+                      self.label_correct + other.label_correct)
+
+    def minus(self, older: Window) -> Window | None:
+        """The rows of this cumulative window that ``older`` (a prefix of it) does not hold."""
+        a, c = older.moments, self.moments
+        nb = c.n - a.n
+        if self.rows <= older.rows or np.any(nb < 0):
+            return None
+        mb = np.divide(c.n * c.mean - a.n * a.mean, nb, out=np.zeros_like(nb), where=nb > 0)
+        m2b = c.var * c.n - a.var * a.n - np.divide(
+            (mb - a.mean) ** 2 * a.n * nb, c.n, out=np.zeros_like(nb), where=c.n > 0)
+        var = np.divide(np.maximum(m2b, 0.0), nb, out=np.zeros_like(nb), where=nb > 0)
+        return Window(self.rows - older.rows, Moments(nb, mb, var),
+                      max(0, self.label_total - older.label_total),
+                      max(0, self.label_correct - older.label_correct))
+
+    def accuracy(self, min_labels: int) -> float | None:
+        """Labelled accuracy, from ``min_labels`` labelled predictions on."""
+        if self.label_total < min_labels:
+            return None
+        return self.label_correct / self.label_total
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A device's drift now: change against its baseline, difference against the reference.
+
+    ``change`` is ``None`` until the baseline is complete; accuracies are ``None`` without
+    ``min_labels`` labelled predictions.
+    """
+
+    rows: int
+    change: float | None
+    difference: float
+    baseline_accuracy: float | None = None
+    recent_accuracy: float | None = None
+    baseline_labels: int = 0
+    recent_labels: int = 0
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        if self.baseline_accuracy is None or self.recent_accuracy is None:
+            return None
+        return self.baseline_accuracy - self.recent_accuracy
+
+    @property
+    def accuracy_drop_se(self) -> float | None:
+        """Standard error of :attr:`accuracy_drop` (two independent binomial proportions)."""
+        a, b = self.baseline_accuracy, self.recent_accuracy
+        if a is None or b is None:
+            return None
+        return float(np.sqrt(a * (1 - a) / self.baseline_labels
+                             + b * (1 - b) / self.recent_labels))
+
+
+@dataclass
+class DeviceBaseline:
+    """The baseline and recent windows of one device on one version (see the module notes)."""
+
+    version: int
+    config: BaselineConfig = field(default_factory=BaselineConfig)
+    last: DriftSummary | None = None
+    windows: deque[Window] = field(default_factory=lambda: deque(maxlen=MAX_WINDOWS))
+    baseline: Window | None = None
+    baseline_done: bool = False
+
+    def observe(self, summary: DriftSummary) -> bool:
+        """Take the device's next summary; whether it brought new rows."""
+        if self.last is not None and summary == self.last:
+            return False
+        window = self._window(summary)
+        self.last = summary
+        if window.rows <= 0:
+            return False
+        self.windows.append(window)
+        if not self.baseline_done:
+            self.baseline = window if self.baseline is None else self.baseline.merged(window)
+            self.baseline_done = self.baseline.rows >= self.config.baseline_rows
+        return True
+
+    def _window(self, summary: DriftSummary) -> Window:
+        current = Window.of(summary)
+        last, kind = self.last, self.config.kind
+        if last is None or kind == "windows":
+            return current
+        continued = kind == "cumulative" or (summary.n > last.n and all(
+            c >= p for cr, pr in zip(summary.bin_counts, last.bin_counts, strict=True)
+            for c, p in zip(cr, pr, strict=True)))
+        diff = current.minus(Window.of(last)) if continued else None
+        return diff if diff is not None else current
+
+    def recent(self) -> Window | None:
+        """The newest windows merged until they hold ``min_rows`` rows (``None``: too few)."""
+        out: Window | None = None
+        for w in reversed(self.windows):
+            out = w if out is None else out.merged(w)
+            if out.rows >= self.config.min_rows:
+                return out
+        return None
+
+    def reading(self, scales: np.ndarray, reference: Moments) -> Reading | None:
+        """Change, difference and accuracies now (``None`` before ``min_rows`` rows)."""
+        recent = self.recent()
+        if recent is None:
+            return None
+        labels = self.config.min_labels
+        base = self.baseline if self.baseline_done else None
+        return Reading(
+            rows=recent.rows,
+            change=None if base is None else moment_shift(recent.moments, base.moments,
+                                                          scales),
+            difference=moment_shift(recent.moments, reference, scales),
+            baseline_accuracy=None if base is None else base.accuracy(labels),
+            recent_accuracy=recent.accuracy(labels),
+            baseline_labels=0 if base is None else base.label_total,
+            recent_labels=recent.label_total,
+        )
+
+
+class Baselines:
+    """:class:`DeviceBaseline` s of many devices of one model against one reference."""
+
+    def __init__(self, reference: ReferenceProfile, config: BaselineConfig | None = None) -> None:
+        self.reference = reference
+        self.config = config or BaselineConfig()
+        self.scales = feature_scales(reference, self.config.scale_floor)
+        self.reference_moments = Moments.of_reference(reference)
+        self.devices: dict[str, DeviceBaseline] = {}
+        self.readings: dict[str, Reading] = {}
+
+    def observe(self, device: str, summary: DriftSummary) -> None:
+        """Take ``device``'s next summary (it must fit the reference: ``check_reference``).
+
+        A summary of another version than the device's last starts a new baseline.
+        """
+        summary.check_reference(self.reference)
+        state = self.devices.get(device)
+        if state is None or state.version != summary.version:
+            state = self.devices[device] = DeviceBaseline(summary.version, self.config)
+            self.readings.pop(device, None)
+        if state.observe(summary):
+            reading = state.reading(self.scales, self.reference_moments)
+            if reading is not None:
+                self.readings[device] = reading
+
+    def reading(self, device: str) -> Reading | None:
+        return self.readings.get(device)

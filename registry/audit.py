@@ -1,0 +1,402 @@
+"""The audit trail: who changed what, when, why, with the state before and after.
+
+:func:`record` adds one :class:`~registry.models.AuditRecord` to the caller's session; the caller
+commits, so an action that fails (and rolls back) leaves no record, and one that commits leaves
+exactly one per call. The trail is append-only and tamper-evident: each record carries the hash of
+the one before it and its own hash over its content (:func:`record_hash`), and
+:func:`verify` walks the chain and names every record that was altered, removed or inserted.
+
+Writers are serialised on the chain head (:class:`~registry.models.AuditHead`, one row): the first
+statement of :func:`record` is an ``UPDATE`` of that row, which takes PostgreSQL's row lock (held
+until the writer's transaction ends) and SQLite's database write lock, so the sequence number and
+previous hash it then reads are the newest committed ones. ``seq`` is unique besides, so no two
+records can ever claim the same place in the chain.
+
+Actions are dotted names (:data:`ACTIONS` lists the ones the registry and server write). The actor
+is a name (``kind:name`` of :class:`server.security.Caller`, a device's or a key's name), never a
+secret.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from registry.errors import InvalidQueryError
+from registry.models.audit import AUDIT_HEAD_ID, GENESIS_HASH, AuditHead, AuditRecord
+from registry.models.columns import utcnow
+from registry.models.version import VersionStatus
+
+__all__ = [
+    "ACTIONS",
+    "SYSTEM_ACTOR",
+    "AuditProblem",
+    "AuditQuery",
+    "VerifyReport",
+    "list_records",
+    "problems_as_dicts",
+    "record",
+    "record_hash",
+    "request_scope",
+    "status_action",
+    "verify",
+]
+
+#: The actor of changes made by the registry's own code, with no caller behind them.
+SYSTEM_ACTOR = "system:registry"
+
+#: The actions written by the registry, the server and the rollout controller.
+ACTIONS = (
+    "version.publish",
+    "version.archive",
+    "version.restore",
+    "version.status",
+    "alias.move",
+    "alias.delete",
+    "rollout.start",
+    "rollout.step",
+    "rollout.approve",
+    "rollout.abort",
+    "rollout.rollback",
+    "rollout.promote",
+    "device.enrol",
+    "device.revoke",
+    "key.create",
+    "key.rotate",
+    "run.start",
+    "run.end",
+    "settings.change",
+    "card.limitations",
+)
+
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "edgefleet_audit_request_id", default=None
+)
+
+
+@contextmanager
+def request_scope(request_id: str | None) -> Iterator[None]:
+    """Within this block, records written without a ``request_id`` carry ``request_id``."""
+    token = _REQUEST_ID.set(request_id)
+    try:
+        yield
+    finally:
+        _REQUEST_ID.reset(token)
+
+
+def status_action(before: VersionStatus, after: VersionStatus) -> str:
+    """The audit action of a version status change from ``before`` to ``after``."""
+    if after == VersionStatus.ARCHIVED:
+        return "version.archive"
+    if before == VersionStatus.ARCHIVED and after == VersionStatus.READY:
+        return "version.restore"
+    return "version.status"
+
+
+_ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_MAX_ACTOR = 200
+_MAX_TARGET = 300
+_MAX_REASON = 1000
+_VERIFY_BATCH = 1000
+
+
+def record_hash(
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    request_id: str | None,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    reason: str | None,
+    prev_hash: str,
+) -> str:
+    """The sha256 (hex) of a record's canonical JSON (sorted keys, UTC microsecond time)."""
+    body = {
+        "seq": seq,
+        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "request_id": request_id,
+        "before": before,
+        "after": after,
+        "reason": reason,
+        "prev_hash": prev_hash,
+    }
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _hash_of(row: AuditRecord) -> str:
+    return record_hash(
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        request_id=row.request_id,
+        before=row.before,
+        after=row.after,
+        reason=row.reason,
+        prev_hash=row.prev_hash,
+    )
+
+
+def _plain(value: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """``value`` as it reads back from a JSON column (so the stored hash recomputes exactly)."""
+    if value is None:
+        return None
+    try:
+        out = json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+    except (TypeError, ValueError) as exc:
+        raise InvalidQueryError(f"audit {name} is not JSON-serialisable: {exc}") from exc
+    if not isinstance(out, dict):
+        raise InvalidQueryError(f"audit {name} must be an object")
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "value") and isinstance(value.value, str | int):  # enums
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _check(actor: str, action: str, target: str, reason: str | None) -> None:
+    if not _ACTION.match(action) or len(action) > 64:
+        raise InvalidQueryError(f"audit action {action!r} is not a dotted name like 'alias.move'")
+    if not actor or len(actor) > _MAX_ACTOR:
+        raise InvalidQueryError(f"audit actor must be 1–{_MAX_ACTOR} characters")
+    if not target or len(target) > _MAX_TARGET:
+        raise InvalidQueryError(f"audit target must be 1–{_MAX_TARGET} characters")
+    if reason is not None and len(reason) > _MAX_REASON:
+        raise InvalidQueryError(f"audit reason is longer than {_MAX_REASON} characters")
+
+
+def _lock_head(session: Session) -> AuditHead:
+    """Lock the chain head (creating it when missing) and return its committed state."""
+    table = AuditHead.__table__  # type: ignore[attr-defined]
+    bump = sa.update(table).where(table.c.id == AUDIT_HEAD_ID).values(seq=table.c.seq)
+    if session.execute(bump).rowcount == 0:  # type: ignore[attr-defined]
+        _create_head(session)
+        session.execute(bump)
+    row = session.execute(
+        sa.select(table.c.seq, table.c.hash).where(table.c.id == AUDIT_HEAD_ID)
+    ).one()
+    return AuditHead(id=AUDIT_HEAD_ID, seq=row.seq, hash=row.hash)
+
+
+def _create_head(session: Session) -> None:
+    """Insert the head row (from the newest record, if records exist without one)."""
+    table = AuditHead.__table__  # type: ignore[attr-defined]
+    last = session.exec(select(AuditRecord).order_by(col(AuditRecord.seq).desc()).limit(1)).first()
+    values = {
+        "id": AUDIT_HEAD_ID,
+        "seq": last.seq if last else 0,
+        "hash": last.hash if last else GENESIS_HASH,
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        session.execute(pg_insert(table).values(**values).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        session.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
+    else:
+        session.execute(sa.insert(table).values(**values))
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    request_id: str | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> AuditRecord:
+    """Add one audit record to ``session`` (flushed, not committed) and advance the chain head.
+
+    Raises :class:`~registry.errors.InvalidQueryError` for a malformed action, an empty or
+    over-long actor or target, or a ``before``/``after`` that is not a JSON object.
+    """
+    _check(actor, action, target, reason)
+    before_plain, after_plain = _plain(before, "before"), _plain(after, "after")
+    head = _lock_head(session)
+    row = AuditRecord(
+        seq=head.seq + 1,
+        at=utcnow(),
+        actor=actor,
+        action=action,
+        target=target,
+        request_id=request_id if request_id is not None else _REQUEST_ID.get(),
+        before=before_plain,
+        after=after_plain,
+        reason=reason,
+        prev_hash=head.hash,
+        hash="",
+    )
+    row.hash = _hash_of(row)
+    session.add(row)
+    table = AuditHead.__table__  # type: ignore[attr-defined]
+    session.execute(
+        sa.update(table).where(table.c.id == AUDIT_HEAD_ID).values(seq=row.seq, hash=row.hash)
+    )
+    session.flush()
+    return row
+
+
+# --- queries -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of :func:`list_records`; ``after_seq`` pages forwards (records with a larger seq)."""
+
+    action: str | None = None
+    actor: str | None = None
+    target: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    after_seq: int | None = None
+    limit: int = 100
+    newest_first: bool = False
+
+
+def list_records(session: Session, query: AuditQuery | None = None) -> list[AuditRecord]:
+    """Records matching ``query`` in chain order (or newest first), at most ``query.limit``.
+
+    ``action`` ending in ``.*`` matches a family (``rollout.*``); ``target`` ending in ``*``
+    matches a prefix (``digits*``).
+    """
+    q = query or AuditQuery()
+    if not 1 <= q.limit <= 10_000:
+        raise InvalidQueryError("limit must be between 1 and 10000")
+    stmt = select(AuditRecord)
+    if q.action:
+        if q.action.endswith(".*"):
+            stmt = stmt.where(col(AuditRecord.action).startswith(q.action[:-1], autoescape=True))
+        else:
+            stmt = stmt.where(AuditRecord.action == q.action)
+    if q.actor:
+        stmt = stmt.where(AuditRecord.actor == q.actor)
+    if q.target:
+        if q.target.endswith("*"):
+            stmt = stmt.where(col(AuditRecord.target).startswith(q.target[:-1], autoescape=True))
+        else:
+            stmt = stmt.where(AuditRecord.target == q.target)
+    if q.since is not None:
+        stmt = stmt.where(AuditRecord.at >= q.since)
+    if q.until is not None:
+        stmt = stmt.where(AuditRecord.at < q.until)
+    if q.after_seq is not None:
+        seq = col(AuditRecord.seq)
+        stmt = stmt.where(seq < q.after_seq if q.newest_first else seq > q.after_seq)
+    order = col(AuditRecord.seq).desc() if q.newest_first else col(AuditRecord.seq)
+    return list(session.exec(stmt.order_by(order).limit(q.limit)))
+
+
+# --- verification --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditProblem:
+    """One break in the chain: ``kind`` is ``altered``, ``missing``, ``broken_link`` or ``head``."""
+
+    seq: int
+    kind: str
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found: records checked, the head, and every problem."""
+
+    checked: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS_HASH
+    problems: list[AuditProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(session: Session) -> VerifyReport:
+    """Walk the whole chain in ``seq`` order and report every altered or removed record.
+
+    An *altered* record no longer hashes to its stored hash; a *missing* one leaves a gap in
+    ``seq`` (or, at the end, a head that names a later record than the last one stored); a
+    *broken link* is a ``prev_hash`` that is not the previous record's hash.
+    """
+    head = session.get(AuditHead, AUDIT_HEAD_ID)
+    report = VerifyReport(
+        head_seq=head.seq if head else 0, head_hash=head.hash if head else GENESIS_HASH
+    )
+    prev_seq, prev_hash = 0, GENESIS_HASH
+    while True:
+        stmt = (
+            select(AuditRecord)
+            .where(col(AuditRecord.seq) > prev_seq)
+            .order_by(col(AuditRecord.seq))
+            .limit(_VERIFY_BATCH)
+        )
+        rows = list(session.exec(stmt))
+        for row in rows:
+            _check_row(report, row, prev_seq, prev_hash)
+            prev_seq, prev_hash = row.seq, row.hash
+            report.checked += 1
+        if len(rows) < _VERIFY_BATCH:
+            break
+    _check_tail(report, head, prev_seq, prev_hash)
+    return report
+
+
+def _check_row(report: VerifyReport, row: AuditRecord, prev_seq: int, prev_hash: str) -> None:
+    if row.seq != prev_seq + 1:
+        gap = f"{prev_seq + 1}–{row.seq - 1}" if row.seq - 1 > prev_seq + 1 else str(prev_seq + 1)
+        report.problems.append(AuditProblem(prev_seq + 1, "missing", f"record(s) {gap} removed"))
+    elif row.prev_hash != prev_hash:
+        report.problems.append(
+            AuditProblem(row.seq, "broken_link", "prev_hash is not the previous record's hash")
+        )
+    if _hash_of(row) != row.hash:
+        report.problems.append(
+            AuditProblem(row.seq, "altered", "content no longer matches its hash")
+        )
+
+
+def _check_tail(
+    report: VerifyReport, head: AuditHead | None, last_seq: int, last_hash: str
+) -> None:
+    if head is None:
+        if last_seq:
+            report.problems.append(AuditProblem(last_seq, "head", "chain head row is missing"))
+        return
+    if head.seq > last_seq:
+        report.problems.append(
+            AuditProblem(last_seq + 1, "missing", f"record(s) {last_seq + 1}–{head.seq} removed")
+        )
+    elif head.seq != last_seq or head.hash != last_hash:
+        report.problems.append(
+            AuditProblem(last_seq, "head", "chain head does not match the newest record")
+        )
+
+
+def problems_as_dicts(problems: Sequence[AuditProblem]) -> list[dict[str, Any]]:
+    """``problems`` as plain dictionaries (for JSON output)."""
+    return [{"seq": p.seq, "kind": p.kind, "detail": p.detail} for p in problems]

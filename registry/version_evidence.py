@@ -1,0 +1,213 @@
+"""The evidence on one model version in a time window: what rollout guards decide on.
+
+:func:`version_evidence` gathers, for ``model`` ``version`` in ``[since, until)`` (optionally
+only from ``device_ids``, and for the REST path only from one rollout ``variant``), everything
+the server knows, with aggregate queries only:
+
+* the **REST path** (the inference log, ``inference_record``): requests (records with
+  ``row_index`` 0) and errors (status >= 400), latency p50/p99 (nearest rank, upper edge of the
+  2 % bucket, as :mod:`server.evidence.monitor`), the predicted-class histogram of answered
+  instances, and labelled/correct instances from REST feedback. With ``device_ids`` only
+  requests whose caller is one of those devices (``device:<id>``) count.
+* the **devices** (telemetry reports of this version whose window *ends* in the window): the
+  reporting devices, local inferences, fallbacks and local-model errors (summed), the
+  predicted-class histogram of their drift summaries (class indices), and the labelled accuracy
+  of the version on each device's own labelled examples: the device's *latest* local
+  evaluation in the window (each evaluation scores the same stored examples again, so summing
+  them would count examples twice): ``device_labelled`` is the sum of those evaluations'
+  ``n_examples``, ``device_correct`` of ``round(accuracy · n)``.
+* **device events** about this version (:mod:`registry.device_events`) by kind, summing
+  ``count``: ``switch``, ``smoke_failed``, ``refused``, ``crash``, ``rollback``.
+
+Counts that saw nothing are 0 and rates ``None``: a guard must treat too little data as "not
+yet", never as a pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from registry.catalog import get_model
+from registry.device_events import event_counts
+from registry.evidence import TABLE, bucket_upper_ms
+from registry.models import TelemetryRecord
+from registry.versions import get_version
+
+__all__ = ["VersionEvidence", "version_evidence"]
+
+
+@dataclass(frozen=True)
+class VersionEvidence:
+    """The evidence on one version (see the module notes for each figure's definition)."""
+
+    model: str
+    version: int
+    since: datetime
+    until: datetime | None
+    device_ids: tuple[str, ...] | None = None
+    variant: str | None = None
+    # the REST path
+    requests: int = 0
+    errors: int = 0
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
+    feedback_labelled: int = 0
+    feedback_correct: int = 0
+    predictions: dict[str, int] = field(default_factory=dict)
+    # the devices
+    devices: int = 0
+    reports: int = 0
+    device_inferences: int = 0
+    fallbacks: int = 0
+    device_errors: int = 0
+    device_labelled: int = 0
+    device_correct: int = 0
+    device_predictions: list[int] = field(default_factory=list)
+    events: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def feedback_accuracy(self) -> float | None:
+        return self.feedback_correct / self.feedback_labelled if self.feedback_labelled else None
+
+    @property
+    def device_accuracy(self) -> float | None:
+        return self.device_correct / self.device_labelled if self.device_labelled else None
+
+    @property
+    def fallback_rate(self) -> float | None:
+        """Fallbacks per device inference (local + fallback)."""
+        return self.fallbacks / self.device_inferences if self.device_inferences else None
+
+    @property
+    def device_error_rate(self) -> float | None:
+        """Local-model failures per local inference attempt."""
+        local = self.device_inferences - self.fallbacks
+        return self.device_errors / local if local > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the fields, times as ISO 8601, and the rates."""
+        out = asdict(self)
+        out["since"] = self.since.isoformat()
+        out["until"] = self.until.isoformat() if self.until else None
+        out["device_ids"] = list(self.device_ids) if self.device_ids is not None else None
+        for name in ("error_rate", "feedback_accuracy", "device_accuracy", "fallback_rate",
+                     "device_error_rate"):
+            out[name] = getattr(self, name)
+        return out
+
+
+def _nearest_rank(hist: list[tuple[int, int]], q: float) -> float | None:
+    n = sum(count for _, count in hist)
+    if not n:
+        return None
+    rank, seen = max(1, math.ceil(q * n)), 0
+    for bucket, count in sorted(hist):
+        seen += count
+        if seen >= rank:
+            return bucket_upper_ms(bucket)
+    return None  # pragma: no cover - the ranks always fall inside the histogram
+
+
+def _rest(session: Session, model: str, version: int, since: datetime, until: datetime | None,
+          device_ids: Sequence[str] | None, variant: str | None) -> dict[str, Any]:
+    c = TABLE.c
+    where: list[Any] = [c.model == model, c.version == version, c.created_at >= since]
+    if until is not None:
+        where.append(c.created_at < until)
+    if device_ids is not None:
+        where.append(c.caller.in_([f"device:{d}" for d in device_ids]))
+    if variant is not None:
+        where.append(c.variant == variant)
+    hist = [(int(b), int(n)) for b, n in session.execute(
+        sa.select(c.latency_bucket, sa.func.count()).where(*where, c.row_index == 0)
+        .group_by(c.latency_bucket))]
+    errors = session.execute(
+        sa.select(sa.func.count()).where(*where, c.row_index == 0, c.status >= 400)
+    ).scalar_one()
+    predictions = {str(label): int(n) for label, n in session.execute(
+        sa.select(c.label, sa.func.count())
+        .where(*where, c.status < 400, c.label.is_not(None)).group_by(c.label))}
+    labelled, correct = session.execute(
+        sa.select(sa.func.count(), sa.func.sum(sa.case((c.label == c.true_label, 1), else_=0)))
+        .where(*where, c.status < 400, c.true_label.is_not(None))
+    ).one()
+    return {
+        "requests": sum(n for _, n in hist), "errors": int(errors),
+        "latency_ms_p50": _nearest_rank(hist, 0.5), "latency_ms_p99": _nearest_rank(hist, 0.99),
+        "predictions": dict(sorted(predictions.items())),
+        "feedback_labelled": int(labelled or 0), "feedback_correct": int(correct or 0),
+    }
+
+
+def _devices(session: Session, version_id: int, since: datetime, until: datetime | None,
+             device_ids: Sequence[str] | None) -> dict[str, Any]:
+    t = TelemetryRecord
+    where: list[Any] = [col(t.version_id) == version_id, col(t.window_end) >= since]
+    if until is not None:
+        where.append(col(t.window_end) < until)
+    if device_ids is not None:
+        where.append(col(t.device_id).in_(list(device_ids)))
+    devices, reports, local, fallback, errors = session.execute(
+        sa.select(sa.func.count(sa.distinct(col(t.device_id))), sa.func.count(),
+                  sa.func.sum(col(t.inference_local)), sa.func.sum(col(t.inference_fallback)),
+                  sa.func.sum(col(t.inference_errors))).where(*where)
+    ).one()
+    latest: dict[str, tuple[int, float]] = {}
+    for device, n, accuracy in session.exec(
+        select(t.device_id, t.eval_n, t.eval_accuracy)
+        .where(*where, col(t.eval_n) > 0, col(t.eval_accuracy).is_not(None))
+        .order_by(col(t.window_end), col(t.id))
+    ).all():
+        latest[device] = (int(n or 0), float(accuracy or 0.0))
+    classes: list[int] = []
+    for drift in session.exec(select(t.drift).where(*where, col(t.drift).is_not(None))).all():
+        counts = (drift or {}).get("class_counts") or []
+        if len(classes) < len(counts):
+            classes += [0] * (len(counts) - len(classes))
+        for i, n in enumerate(counts):
+            classes[i] += int(n)
+    return {
+        "devices": int(devices or 0), "reports": int(reports or 0),
+        "device_inferences": int(local or 0) + int(fallback or 0),
+        "fallbacks": int(fallback or 0), "device_errors": int(errors or 0),
+        "device_labelled": sum(n for n, _ in latest.values()),
+        "device_correct": sum(round(n * a) for n, a in latest.values()),
+        "device_predictions": classes,
+    }
+
+
+def version_evidence(
+    session: Session,
+    *,
+    model: str,
+    version: int,
+    since: datetime,
+    until: datetime | None = None,
+    device_ids: Sequence[str] | None = None,
+    variant: str | None = None,
+) -> VersionEvidence:
+    """The evidence on ``model`` ``version`` in ``[since, until)`` (module notes).
+
+    Raises :class:`~registry.errors.NotFoundError` for an unknown model or version.
+    """
+    m = get_model(session, model)
+    v = get_version(session, m, version)
+    ids = tuple(device_ids) if device_ids is not None else None
+    return VersionEvidence(
+        model=model, version=version, since=since, until=until, device_ids=ids,
+        variant=variant,
+        **_rest(session, model, version, since, until, ids, variant),
+        **_devices(session, v.id or 0, since, until, ids),
+        events=event_counts(session, m.id or 0, version, since, until, ids),
+    )

@@ -1,0 +1,216 @@
+"""Dynamic micro-batching of one loaded version over its pool of interpreters.
+
+A :class:`VersionBatcher` owns one :class:`~edgefleet.runtime.PlanRuntime` per pool thread (an
+interpreter runs one call at a time; TFLite releases the GIL while it computes, so several
+interpreters use several cores). A request that finds an idle interpreter and nothing queued
+runs at once, alone: batching costs it nothing. Only when every interpreter is busy do requests
+queue, and an interpreter that frees up takes the queued requests in arrival order, up to
+``max_batch`` rows, as one call (``max_queue_delay_ms`` > 0 also waits that long for a batch
+to fill). Each caller gets its own rows back, in order. A call whose estimated time is below
+``inline_below_ms`` (a tiny model) runs on the event loop itself, skipping the thread hop.
+
+If a batched call fails, its requests are run one by one, so only a request that fails alone
+fails. At most ``max_queue_rows`` rows wait; beyond that a request is refused with 503.
+
+State is touched only on the event loop (worker threads hand back results through futures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgefleet.runtime import PlanRuntime
+from server.errors import ModelUnavailableError
+
+__all__ = ["BatchPolicy", "BatchingSettings", "VersionBatcher"]
+
+_EWMA = 0.2
+
+
+class BatchPolicy(BaseModel):
+    """How one model's requests are batched (per model, see :class:`BatchingSettings`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+    inline_below_ms: float = Field(default=0.2, ge=0, le=100)
+    max_queue_rows: int = Field(default=4096, ge=1, le=1_000_000)
+
+
+class BatchingSettings(BaseModel):
+    """``{"default": {...}, "per_model": {"name": {...}}}``: the batch policy of each model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: BatchPolicy = Field(default_factory=BatchPolicy)
+    per_model: dict[str, BatchPolicy] = Field(default_factory=dict)
+
+    def for_model(self, model: str) -> BatchPolicy:
+        return self.per_model.get(model, self.default)
+
+
+@dataclass
+class _Pending:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    queued_at: float
+
+
+@dataclass
+class BatcherStats:
+    """Counters of one batcher: calls made, rows run, calls that held several requests."""
+
+    calls: int = 0
+    rows: int = 0
+    batched_calls: int = 0
+    inline_calls: int = 0
+    largest_batch: int = 0
+
+
+class VersionBatcher:
+    """Run one version's requests on ``runtimes`` through ``executor`` (see module notes)."""
+
+    def __init__(self, runtimes: Sequence[PlanRuntime], policy: BatchPolicy, executor: Executor
+                 ) -> None:
+        if not runtimes:
+            raise ValueError("a batcher needs at least one runtime")
+        self.policy = policy
+        self.manifest = runtimes[0].manifest
+        self.stats = BatcherStats()
+        self._executor = executor
+        self._idle = list(runtimes)
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._ms_per_row: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def predict(self, x: np.ndarray) -> np.ndarray:
+        """The probabilities of rows ``x`` (validated ``float32 [n, *sample_shape]``)."""
+        rows = len(x)
+        if not self._queue and self._idle and self._inline(rows):
+            runtime = self._idle.pop()
+            try:
+                started = time.perf_counter()
+                out = runtime.predict(x)
+                self._observe(rows, time.perf_counter() - started)
+                self.stats.inline_calls += 1
+                self._count(rows, 1)
+                return out
+            finally:
+                self._idle.append(runtime)
+        if self._queued_rows + rows > self.policy.max_queue_rows:
+            raise ModelUnavailableError(
+                f"version {self.manifest.name!r} is overloaded ({self._queued_rows} rows queued)"
+            )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(x, loop.create_future(), time.perf_counter())
+        self._queue.append(pending)
+        self._queued_rows += rows
+        self._drain()
+        return await pending.future
+
+    def _inline(self, rows: int) -> bool:
+        per_row = self._ms_per_row
+        return per_row is not None and per_row * rows < self.policy.inline_below_ms
+
+    def _observe(self, rows: int, seconds: float) -> None:
+        ms = seconds * 1e3 / max(rows, 1)
+        self._ms_per_row = ms if self._ms_per_row is None else (
+            (1 - _EWMA) * self._ms_per_row + _EWMA * ms)
+
+    def _count(self, rows: int, requests: int) -> None:
+        self.stats.calls += 1
+        self.stats.rows += rows
+        self.stats.largest_batch = max(self.stats.largest_batch, rows)
+        if requests > 1:
+            self.stats.batched_calls += 1
+
+    def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue and self._idle:
+            wait = self._wait_s()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = loop.call_later(wait, self._on_timer)
+                return
+            batch = self._take()
+            runtime = self._idle.pop()
+            future = loop.run_in_executor(self._executor, _run, runtime, [p.x for p in batch])
+            future.add_done_callback(lambda f, r=runtime, b=batch: self._done(f, r, b))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._drain()
+
+    def _wait_s(self) -> float:
+        """How long to keep waiting for the queue to fill a batch (0: dispatch now)."""
+        delay = self.policy.max_queue_delay_ms / 1e3
+        if delay <= 0 or self._queued_rows >= self.policy.max_batch:
+            return 0.0
+        age = time.perf_counter() - self._queue[0].queued_at
+        return max(0.0, delay - age)
+
+    def _take(self) -> list[_Pending]:
+        batch = [self._queue.popleft()]
+        rows = len(batch[0].x)
+        while self._queue and rows + len(self._queue[0].x) <= self.policy.max_batch:
+            item = self._queue.popleft()
+            rows += len(item.x)
+            batch.append(item)
+        self._queued_rows -= rows
+        return batch
+
+    def _done(self, future: asyncio.Future[_Results],
+              runtime: PlanRuntime, batch: list[_Pending]) -> None:
+        self._idle.append(runtime)
+        try:
+            results, seconds = future.result()
+        except BaseException as exc:  # the executor itself failed (shut down)
+            results, seconds = [exc] * len(batch), 0.0
+        rows = sum(len(p.x) for p in batch)
+        if seconds:
+            self._observe(rows, seconds)
+        self._count(rows, len(batch))
+        for pending, result in zip(batch, results, strict=True):
+            if pending.future.done():  # the caller went away
+                continue
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+        self._drain()
+
+
+_Results = tuple[list[np.ndarray | BaseException], float]
+
+
+def _run(runtime: PlanRuntime, xs: list[np.ndarray]) -> _Results:
+    """Run ``xs`` as one call and split the answer; if that fails, run each alone."""
+    started = time.perf_counter()
+    if len(xs) == 1:
+        try:
+            return [runtime.predict(xs[0])], time.perf_counter() - started
+        except Exception as exc:
+            return [exc], 0.0
+    try:
+        out = runtime.predict(np.concatenate(xs))
+    except Exception:
+        results: list[np.ndarray | BaseException] = []
+        for x in xs:
+            try:
+                results.append(runtime.predict(x))
+            except Exception as exc:
+                results.append(exc)
+        return results, 0.0
+    seconds = time.perf_counter() - started
+    bounds = np.cumsum([len(x) for x in xs])[:-1]
+    return list(np.split(out, bounds)), seconds

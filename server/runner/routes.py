@@ -1,0 +1,180 @@
+"""The runner's routes: V2 inference, model metadata and readiness, health, metrics.
+
+The same paths and bodies as the server's V2 family (``server/api/routes/inference.py``), with
+the codec of :mod:`edgefleet.v2`; a request without a version is answered by the model's
+``production`` alias as the runner's serving table last saw it. Callers present an inference
+key (``Authorization: Bearer``) unless the runner runs with ``public_inference``. Errors are
+``{"error": "..."}`` (:mod:`server.errors`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+from starlette.concurrency import run_in_threadpool
+
+from edgefleet import v2
+from edgefleet.bounds import DB_INT_MAX
+from registry.errors import (
+    AuthenticationError,
+    DamagedArtifactError,
+    NotFoundError,
+    VersionNotReadyError,
+)
+from server.inference.source import ServedVersion
+from server.runner.state import RunnerState
+from server.security import match_key
+
+__all__ = ["health_router", "v2_router"]
+
+_VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
+PRODUCTION = "production"
+
+REQUESTS = Counter("edgefleet_runner_inference_requests_total",
+                   "V2 inference requests answered by this runner", ["model", "version", "status"])
+LATENCY = Histogram("edgefleet_runner_inference_duration_seconds",
+                    "V2 inference latency in this runner", ["model"])
+
+
+def get_state(request: Request) -> RunnerState:
+    state: RunnerState = request.app.state.runner
+    return state
+
+
+StateDep = Annotated[RunnerState, Depends(get_state)]
+
+
+async def require_caller(state: StateDep, authorization: Annotated[str | None, Header()] = None
+                         ) -> None:
+    if state.settings.public_inference:
+        return
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthenticationError("inference needs an inference key (Authorization: Bearer)")
+    if match_key(secret.strip(), state.inference_keys) is None:
+        raise AuthenticationError("invalid inference key")
+
+
+health_router = APIRouter(prefix="/v2/health", tags=["health"])
+v2_router = APIRouter(prefix="/v2", tags=["inference (V2)"],
+                      dependencies=[Depends(require_caller)])
+
+
+@health_router.get("/live", summary="Liveness")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@health_router.get("/ready", summary="Readiness: a snapshot is held, warm-up done, not draining")
+def ready(state: StateDep) -> JSONResponse:
+    ok = state.ready
+    return JSONResponse({"ready": ok, "draining": state.draining}, 200 if ok else 503)
+
+
+async def resolve(state: RunnerState, model: str, version: str | None
+                  ) -> tuple[ServedVersion, str | None]:
+    """The READY version to serve: ``version``, or the ``production`` alias."""
+    entry = state.table.cached(model) or await run_in_threadpool(state.table.entry, model)
+    if entry is None:
+        raise NotFoundError(f"unknown model {model[:100]!r}")
+    if version is None:
+        number = entry.aliases.get(PRODUCTION)
+        if number is None:
+            raise NotFoundError(f"model {model!r} has no production version; name a version")
+        alias: str | None = PRODUCTION
+    else:
+        if not _VERSION.match(version) or int(version) > DB_INT_MAX:
+            raise NotFoundError(f"unknown version {version[:20]!r}: versions are positive "
+                                "integers such as 3")
+        number, alias = int(version), None
+    served = entry.versions.get(number)
+    if served is None:
+        raise NotFoundError(f"model {model!r} has no version {number}")
+    if served.status == "DAMAGED":
+        raise DamagedArtifactError(f"version {number} of {model!r} is DAMAGED and is not served")
+    if served.status != "READY":
+        raise VersionNotReadyError(f"version {number} of {model!r} is {served.status}, not READY")
+    return served, alias
+
+
+async def _infer(request: Request, state: RunnerState, model: str, version: str | None
+                 ) -> Response:
+    started = time.perf_counter()
+    status = "error"
+    number = version or "-"
+    try:
+        served, alias = await resolve(state, model, version)
+        number = str(served.number)
+        decoded = v2.decode_request(await request.body(), request.headers)
+        batcher = await state.pool.get(served)
+        manifest = batcher.manifest
+        names = v2.requested_outputs(decoded.outputs, manifest.output.name)
+        x = v2.decode_input(decoded.inputs, manifest, max_batch=state.settings.max_batch)
+        probs = await batcher.predict(x)
+        labels = v2.predicted_labels(probs, manifest.output.class_labels)
+        body, headers = v2.encode_prediction(
+            decoded, probs, labels, output_name=manifest.output.name, names=names,
+            model_name=model, model_version=number,
+            parameters={"alias": alias} if alias else None)
+        status = "ok"
+        return Response(body, headers=headers)
+    finally:
+        REQUESTS.labels(model, number, status).inc()
+        LATENCY.labels(model).observe(time.perf_counter() - started)
+
+
+async def _metadata(state: RunnerState, model: str, version: str | None) -> dict[str, Any]:
+    served, alias = await resolve(state, model, version)
+    entry = state.table.cached(model) or await run_in_threadpool(state.table.entry, model)
+    ready_versions = sorted(n for n, v in (entry.versions.items() if entry else ())
+                            if v.status == "READY")
+    batcher = await state.pool.get(served)
+    return v2.model_metadata(model, ready_versions, batcher.manifest,
+                             version=str(served.number), alias=alias)
+
+
+async def _ready(state: RunnerState, model: str, version: str | None) -> dict[str, Any]:
+    served, _ = await resolve(state, model, version)
+    await state.pool.get(served)  # loads it (503 when its artifacts are refused)
+    return {"name": model, "version": str(served.number), "ready": True}
+
+
+@v2_router.get("", summary="Server metadata")
+def server_metadata() -> dict[str, Any]:
+    return v2.server_metadata()
+
+
+@v2_router.get("/models/{model}", summary="Model metadata (production version)")
+async def model_metadata(model: str, state: StateDep) -> dict[str, Any]:
+    return await _metadata(state, model, None)
+
+
+@v2_router.get("/models/{model}/versions/{version}", summary="Model version metadata")
+async def version_metadata(model: str, version: str, state: StateDep) -> dict[str, Any]:
+    return await _metadata(state, model, version)
+
+
+@v2_router.get("/models/{model}/ready", summary="Model readiness")
+async def model_ready(model: str, state: StateDep) -> dict[str, Any]:
+    return await _ready(state, model, None)
+
+
+@v2_router.get("/models/{model}/versions/{version}/ready", summary="Model version readiness")
+async def version_ready(model: str, version: str, state: StateDep) -> dict[str, Any]:
+    return await _ready(state, model, version)
+
+
+@v2_router.post("/models/{model}/infer", summary="Inference on the production version")
+async def infer(model: str, request: Request, state: StateDep) -> Response:
+    return await _infer(request, state, model, None)
+
+
+@v2_router.post("/models/{model}/versions/{version}/infer", summary="Inference on one version")
+async def infer_version(model: str, version: str, request: Request, state: StateDep
+                        ) -> Response:
+    return await _infer(request, state, model, version)

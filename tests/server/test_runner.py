@@ -1,0 +1,232 @@
+"""Inference runners as real processes: two behind nginx serve a model pulled from a real server
+(on PostgreSQL), follow an alias move within their bound, refuse tampered downloads, hold no
+database connection, and one is stopped under load without a failed request.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from edgefleet import v2
+from edgefleet.datasets import Dataset
+from edgefleet.plan import load_weights, save_weights
+from tests.registry.support import PostgresDatabases, postgres  # noqa: F401  (fixture)
+from tests.server.processes import ADMIN, Proc, publish, set_alias, start_server
+from tests.server.runner_support import (
+    APP,
+    APP_KEY,
+    RUNNER_KEY,
+    TamperingProxy,
+    open_files,
+    socket_peers,
+    start_balancer,
+    start_runner,
+)
+
+pytestmark = pytest.mark.slow
+REFRESH_S = 0.5
+#: The stated bound (server/runner/settings.py): the poll interval plus one snapshot poll; the
+#: allowance for one poll and one version load on a busy two-core machine is generous.
+POLL_ALLOWANCE_S = 5.0
+POSTGRES_PORT = 5432
+
+
+@dataclass
+class Fleet:
+    root: Path
+    server: Proc
+    runners: list[Proc]
+    balancer: Proc
+    public_key: str
+    procs: list[Proc] = field(default_factory=list)
+
+
+def _second_weights(plan_dir: Path, out: Path) -> Path:
+    """Weights for version 2: version 1's, scaled (another answer, same plan)."""
+    weights = {k: np.asarray(a) * np.float32(0.5) for k, a in load_weights(
+        plan_dir / "weights.safetensors").items()}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "weights.safetensors"
+    plan_sha = json.loads((plan_dir / "manifest.json").read_text())["plan_sha256"]
+    save_weights(path, weights, plan_sha256=plan_sha)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases,  # noqa: F811
+          digits_plan_dir: Path) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("runners")
+    db_url = postgres.create("runner")
+    procs: list[Proc] = []
+    try:
+        server = start_server(root, db_url, env={"EDGEFLEET_SERVER_RUNNER_KEYS": RUNNER_KEY,
+                                                 "EDGEFLEET_SERVER_INFERENCE_KEYS": APP_KEY})
+        procs.append(server)
+        with httpx.Client(base_url=server.url, headers=ADMIN, timeout=60) as admin:
+            assert publish(admin, "digits", digits_plan_dir) == 1
+            set_alias(admin, "digits", "production", 1)
+            second = _second_weights(digits_plan_dir, root / "v2")
+            assert publish(admin, "digits", digits_plan_dir, weights=second, plan_from=1) == 2
+            info = admin.get("/api/v1/models/digits/versions/1").json()
+        public_key = info["signature"]["key_chain"][0]["public_key"]
+        env = {"EDGEFLEET_RUNNER_REFRESH_INTERVAL_S": str(REFRESH_S),
+               "EDGEFLEET_RUNNER_DRAIN_S": "2", "EDGEFLEET_RUNNER_MODELS": "digits",
+               "EDGEFLEET_RUNNER_SIGNING_PUBLIC_KEYS": public_key}
+        runners = [start_runner(root, server.url, name=f"runner-{i}", env=env) for i in (1, 2)]
+        procs += runners
+        balancer = start_balancer(root, [r.url.removeprefix("http://") for r in runners])
+        procs.append(balancer)
+        yield Fleet(root, server, runners, balancer, public_key, procs)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        postgres.drop(db_url)
+
+
+def _infer(url: str, x: np.ndarray, client: httpx.Client | None = None) -> httpx.Response:
+    body = v2.request_from_array(x).model_dump(exclude_none=True)
+    if client is not None:
+        return client.post(f"{url}/v2/models/digits/infer", json=body)
+    return httpx.post(f"{url}/v2/models/digits/infer", json=body, headers=APP, timeout=30)
+
+
+def _probs(response: httpx.Response, n: int) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return v2.probs_from_response(v2.InferenceResponse.model_validate(response.json()), n)
+
+
+def test_runners_serve_the_registry_model(fleet: Fleet, digits_data: Dataset) -> None:
+    x = digits_data.x_test[:16]
+    reference = _probs(_infer(fleet.server.url, x), len(x))
+    for url in [r.url for r in fleet.runners] + [fleet.balancer.url]:
+        r = _infer(url, x)
+        assert r.json()["model_version"] == "1"
+        assert r.json()["parameters"] == {"alias": "production"}
+        np.testing.assert_allclose(_probs(r, len(x)), reference, atol=1e-6)
+    # the runners refuse what the server refuses, in the V2 error shape
+    runner = fleet.runners[0].url
+    assert httpx.post(f"{runner}/v2/models/digits/infer", json={}).status_code == 401
+    bad = httpx.post(f"{runner}/v2/models/digits/infer", headers=APP, content=b"{not json")
+    assert bad.status_code == 400 and "error" in bad.json()
+    missing = httpx.post(f"{runner}/v2/models/nope/infer", headers=APP,
+                         json=v2.request_from_array(x).model_dump(exclude_none=True))
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+    # only the V2 family, health and metrics: no registry API on a runner
+    assert httpx.get(f"{runner}/api/v1/models", headers=ADMIN).status_code == 404
+    assert "edgefleet_runner_inference_requests_total" in httpx.get(f"{runner}/metrics").text
+
+
+def test_an_alias_move_reaches_both_runners_within_the_bound(fleet: Fleet,
+                                                             digits_data: Dataset) -> None:
+    x = digits_data.x_test[:4]
+    with httpx.Client(base_url=fleet.server.url, headers=ADMIN, timeout=30) as admin:
+        set_alias(admin, "digits", "production", 2)
+        moved = time.monotonic()
+        try:
+            time.sleep(REFRESH_S)
+            seen: dict[str, float] = {}
+            while len(seen) < len(fleet.runners) and time.monotonic() - moved < 60:
+                for runner in fleet.runners:
+                    if runner.url not in seen and _infer(runner.url, x).json()[
+                            "model_version"] == "2":
+                        seen[runner.url] = time.monotonic() - moved
+            assert len(seen) == 2, f"not every runner moved to version 2: {seen}"
+            assert max(seen.values()) <= REFRESH_S + POLL_ALLOWANCE_S, seen
+            for runner in fleet.runners:  # and every later request stays there
+                assert _infer(runner.url, x).json()["model_version"] == "2"
+        finally:
+            set_alias(admin, "digits", "production", 1)
+
+
+@pytest.mark.parametrize("mode", ["flip", "forge"])
+def test_a_tampered_download_is_refused(fleet: Fleet, digits_data: Dataset, mode: str) -> None:
+    x = digits_data.x_test[:4]
+    name = f"runner-{mode}"
+    with TamperingProxy(fleet.server.url, mode) as proxy:
+        runner = start_runner(fleet.root, proxy.url, name=name, env={
+            "EDGEFLEET_RUNNER_SIGNING_PUBLIC_KEYS": fleet.public_key})
+        try:
+            refused = _infer(runner.url, x)
+            assert refused.status_code == 503, refused.text
+            assert "refused" in refused.json()["error"]
+            if mode == "forge":  # the digests matched; the signature did not
+                assert "signature" in refused.json()["error"]
+            else:
+                assert proxy.tampered >= 1 and "sha256" in refused.json()["error"]
+            cache = fleet.root / f"{name}-cache"
+            weights_sha = {f.name for f in cache.iterdir()}
+            assert not any(len(s) == 64 and s not in _digests(fleet) for s in weights_sha)
+            proxy.mode = "honest"
+            if mode == "flip":  # the same version loads once the downloads are intact
+                assert _infer(runner.url, x).status_code == 200
+        finally:
+            runner.stop()
+
+
+def _digests(fleet: Fleet) -> set[str]:
+    with httpx.Client(base_url=fleet.server.url, headers=ADMIN) as admin:
+        out = set()
+        for n in (1, 2):
+            info = admin.get(f"/api/v1/models/digits/versions/{n}").json()
+            out |= {info[k]["sha256"] for k in ("plan", "weights", "manifest")}
+        return out
+
+
+def test_runners_hold_no_database_connection(fleet: Fleet) -> None:
+    server_peers = {port for _, port in socket_peers(fleet.server.popen.pid)}
+    assert POSTGRES_PORT in server_peers  # the check sees the server's own connections
+    for runner in fleet.runners:
+        peers = {port for _, port in socket_peers(runner.popen.pid)}
+        assert POSTGRES_PORT not in peers, peers
+        files = open_files(runner.popen.pid)
+        assert not [f for f in files if f.endswith((".db", ".sqlite", ".sqlite3"))], files
+
+
+def test_a_runner_stopped_under_load_fails_no_request(fleet: Fleet, digits_data: Dataset
+                                                      ) -> None:
+    x = digits_data.x_test[:2]
+    statuses: list[int] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(headers=APP, timeout=30) as client:
+            while not stop.is_set():
+                r = _infer(fleet.balancer.url, x, client)
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.add(r.json()["model_version"])
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        stopped = fleet.runners[0]
+        stopped.terminate()  # SIGTERM: drain, then exit
+        stopped.popen.wait(timeout=60)
+        before = len(statuses)
+        deadline = time.monotonic() + 30
+        while len(statuses) < before + 50 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert stopped.popen.returncode == 0, stopped.tail()
+    assert "draining" in stopped.tail()
+    assert len(statuses) >= before + 50  # the other runner kept answering
+    failed = [s for s in statuses if s != 200]
+    assert not failed, f"{len(failed)} of {len(statuses)} requests failed: {set(failed)}"
+    assert versions == {"1"}
+    shutil.rmtree(fleet.root / "runner-1-cache", ignore_errors=True)

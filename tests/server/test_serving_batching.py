@@ -1,0 +1,158 @@
+"""Micro-batching: each caller gets its own rows, in order; a failing request fails alone.
+
+The batcher runs real interpreters (the digits plan) on a real thread pool. With a queue delay,
+requests submitted together are run as shared interpreter calls; without one, a request that
+finds an idle interpreter runs alone at once, and a tiny model runs on the event loop.
+The HTTP half sends concurrent requests of different sizes through the server's route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from edgefleet.plan import PlanManifest, weights_from_bytes
+from edgefleet.runtime import PlanRuntime
+from server.inference.batcher import BatchingSettings, BatchPolicy, VersionBatcher
+from server.main import create_app
+from server.settings import ServerSettings
+from tests.registry.support import PlanFiles
+from tests.server.support import APP_KEY, Api
+
+APP = {"Authorization": f"Bearer {APP_KEY}"}
+
+
+def _runtimes(files: PlanFiles, n: int) -> list[PlanRuntime]:
+    manifest = PlanManifest.from_json(files.manifest)
+    weights = weights_from_bytes(files.weights, manifest=manifest)
+    return [PlanRuntime.from_bytes(files.plan, manifest, weights) for _ in range(n)]
+
+
+def _requests(digits_data, count: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    pool = np.asarray(digits_data.x_test, dtype=np.float32)
+    return [pool[i : i + 1 + i % 5] for i in range(count)]  # 1 to 5 rows each
+
+
+def test_batched_callers_get_their_own_rows_in_order(plan_files: PlanFiles, digits_data) -> None:  # type: ignore[no-untyped-def]
+    reference = _runtimes(plan_files, 1)[0]
+    xs = _requests(digits_data, 60)
+    policy = BatchPolicy(max_batch=32, max_queue_delay_ms=20, inline_below_ms=0)
+    with ThreadPoolExecutor(2) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 2), policy, pool)
+
+        async def run() -> list[np.ndarray]:
+            return await asyncio.gather(*(batcher.predict(x) for x in xs))
+
+        results = asyncio.run(run())
+    for x, got in zip(xs, results, strict=True):
+        assert got.shape == (len(x), reference.manifest.output.n_classes)
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+    stats = batcher.stats
+    assert stats.rows == sum(len(x) for x in xs)
+    assert stats.batched_calls >= 1 and stats.calls < len(xs)
+    assert stats.largest_batch <= 32
+
+
+def test_one_failing_request_does_not_fail_its_batch(plan_files: PlanFiles, digits_data) -> None:  # type: ignore[no-untyped-def]
+    reference = _runtimes(plan_files, 1)[0]
+    xs = _requests(digits_data, 9)
+    bad = np.zeros((2, 3), dtype=np.float32)  # the wrong width: the interpreter refuses it
+    policy = BatchPolicy(max_batch=64, max_queue_delay_ms=20, inline_below_ms=0)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 1), policy, pool)
+
+        async def run() -> list[np.ndarray | BaseException]:
+            calls = [batcher.predict(x) for x in xs[:4]] + [batcher.predict(bad)] + [
+                batcher.predict(x) for x in xs[4:]]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = asyncio.run(run())
+    assert isinstance(results[4], Exception)
+    good = results[:4] + results[5:]
+    for x, got in zip(xs, good, strict=True):
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_an_idle_interpreter_runs_a_request_alone_and_a_tiny_model_inline(
+    plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    reference = _runtimes(plan_files, 1)[0]
+    x = _requests(digits_data, 1)[0]
+    with ThreadPoolExecutor(1) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 1), BatchPolicy(inline_below_ms=50), pool)
+
+        async def run() -> list[np.ndarray]:
+            return [await batcher.predict(x) for _ in range(5)]
+
+        results = asyncio.run(run())
+    for got in results:
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+    # the first call measures the model in a thread; the digits MLP then runs on the loop
+    assert batcher.stats.calls == 5 and batcher.stats.batched_calls == 0
+    assert batcher.stats.inline_calls == 4
+
+
+def test_a_full_queue_is_refused_with_503(plan_files: PlanFiles, digits_data) -> None:  # type: ignore[no-untyped-def]
+    xs = _requests(digits_data, 6)
+    policy = BatchPolicy(max_queue_delay_ms=50, inline_below_ms=0, max_queue_rows=6)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 1), policy, pool)
+
+        async def run() -> list[np.ndarray | BaseException]:
+            return await asyncio.gather(*(batcher.predict(x) for x in xs),
+                                        return_exceptions=True)
+
+        results = asyncio.run(run())
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert refused and all("overloaded" in str(r) for r in refused)
+    assert any(isinstance(r, np.ndarray) for r in results)
+
+
+def test_policies_are_per_model() -> None:
+    settings = BatchingSettings.model_validate(
+        {"default": {"max_batch": 8}, "per_model": {"heavy": {"max_batch": 64,
+                                                             "max_queue_delay_ms": 2}}})
+    assert settings.for_model("heavy").max_batch == 64
+    assert settings.for_model("other").max_batch == 8
+    with pytest.raises(ValueError, match="max_batch"):
+        BatchingSettings.model_validate({"default": {"max_batch": 0}})
+
+
+def test_concurrent_http_callers_get_their_own_rows(
+    api: Api, settings: ServerSettings, plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    api.production()
+    reference = _runtimes(plan_files, 1)[0]
+    xs = _requests(digits_data, 40)
+    batching = {"default": {"max_batch": 16, "max_queue_delay_ms": 10, "inline_below_ms": 0}}
+    app = create_app(settings.model_copy(update={"batching": batching}))
+
+    async def run() -> list[httpx.Response]:
+        state = app.state.edgefleet
+        state.serving.start()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await asyncio.gather(*(client.post(
+                    "/v2/models/digits/infer", headers=APP,
+                    json={"id": f"r{i}", "inputs": [{"name": "x", "shape": list(x.shape),
+                                                     "datatype": "FP32",
+                                                     "data": x.ravel().tolist()}]})
+                    for i, x in enumerate(xs)))
+        finally:
+            state.serving.stop()
+
+    responses = asyncio.run(run())
+    for i, (x, r) in enumerate(zip(xs, responses, strict=True)):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["id"] == f"r{i}"
+        probs = next(o for o in body["outputs"] if o["datatype"] == "FP32")
+        assert probs["shape"] == [len(x), 10]
+        np.testing.assert_allclose(np.asarray(probs["data"]).reshape(len(x), -1),
+                                   reference.predict(x), rtol=1e-5, atol=1e-6)

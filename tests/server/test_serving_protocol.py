@@ -1,0 +1,101 @@
+"""The raw-body V2 route: any Content-Type, binary tensors both ways, one error shape.
+
+The route reads the body itself (no JSON body model), so what tritonclient sends by default is
+accepted: JSON without ``Content-Type``, or JSON and binary tensor data after
+``Inference-Header-Content-Length`` bytes. Every refusal stays a 4xx with ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from edgefleet.plan import PlanManifest, weights_from_bytes
+from edgefleet.runtime import PlanRuntime
+from tests.registry.support import PlanFiles
+from tests.server.support import APP_KEY, Api
+
+APP = {"Authorization": f"Bearer {APP_KEY}"}
+URL = "/v2/models/digits/infer"
+
+
+@pytest.fixture
+def served(api: Api) -> Api:
+    api.production()
+    return api
+
+
+def _expected(files: PlanFiles, x: np.ndarray) -> np.ndarray:
+    manifest = PlanManifest.from_json(files.manifest)
+    runtime = PlanRuntime.from_bytes(files.plan, manifest,
+                                     weights_from_bytes(files.weights, manifest=manifest))
+    return runtime.predict(x)
+
+
+def _json_body(x: np.ndarray) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]}).encode()
+
+
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream", "text/plain"])
+def test_json_is_read_whatever_the_content_type(
+    served: Api, client: TestClient, plan_files: PlanFiles, digits_data, content_type: str | None  # type: ignore[no-untyped-def]
+) -> None:
+    x = np.asarray(digits_data.x_test[:3], dtype=np.float32)
+    headers = dict(APP)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    r = client.post(URL, content=_json_body(x), headers=headers)
+    assert r.status_code == 200, r.text
+    probs = next(o for o in r.json()["outputs"] if o["datatype"] == "FP32")
+    np.testing.assert_allclose(np.asarray(probs["data"]).reshape(3, -1), _expected(plan_files, x),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_binary_tensor_data_in_and_out(
+    served: Api, client: TestClient, plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    x = np.asarray(digits_data.x_test[:4], dtype=np.float32)
+    raw = x.astype("<f4").tobytes()
+    head = json.dumps({
+        "id": "bin-1",
+        "inputs": [{"name": "x", "shape": [4, 64], "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+    }).encode()
+    r = client.post(URL, content=head + raw, headers={
+        **APP, "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    length = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.content[:length])
+    assert meta["id"] == "bin-1" and meta["model_version"] == "1"
+    (out,) = meta["outputs"]
+    assert out["shape"] == [4, 10] and out["parameters"]["binary_data_size"] == 4 * 10 * 4
+    probs = np.frombuffer(r.content[length:], dtype="<f4").reshape(4, 10)
+    np.testing.assert_allclose(probs, _expected(plan_files, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "body", "status"),
+    [
+        (URL, {}, None, 401),
+        (URL, {"Authorization": "Bearer efd_not-a-token"}, None, 401),
+        (URL, APP, b"{nope", 400),
+        (URL, {**APP, "Inference-Header-Content-Length": "999999"}, None, 400),
+        ("/v2/models/nope/infer", APP, None, 404),
+        ("/v2/models/digits/versions/9/infer", APP, None, 404),
+    ],
+)
+def test_every_refusal_is_a_4xx_with_the_protocols_error(
+    served: Api, client: TestClient, url: str, headers: dict[str, str], body: bytes | None,
+    status: int,
+) -> None:
+    good = _json_body(np.zeros((1, 64), dtype=np.float32))
+    r = client.post(url, content=good if body is None else body, headers=headers)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"} and r.json()["error"]
+    assert client.post(URL, content=good, headers=APP).status_code == 200
