@@ -11,7 +11,10 @@ the new global weights as a *weights-only* version on the parent's plan, with
 
 then asks :func:`aggregation.evaluation.canary_gate` whether the new version may become
 ``canary``: its holdout metric must not be worse than production's (on the same holdout set) by
-more than ``max_drop``. The ``production`` alias is never moved here.
+more than ``max_drop``. The ``production`` alias is never moved here. With
+``GateSettings.action == "rollout"`` a passing gate starts a guarded rollout of the version
+instead (:mod:`edgefleet.rollouts`; the server's controller promotes it on the fleet's evidence
+or rolls it back); while the model has an active rollout the version is only published.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aggregation.errors import RegistryRejected
 from aggregation.evaluation import GateDecision, canary_gate
 from aggregation.registry_client import RegistryClient
 from aggregation.rounds import RoundOutcome
@@ -50,6 +54,9 @@ class GateSettings:
         The alias moved when the gate passes.
     rollout_percent : float or None (default: None)
         Share of the fleet following the canary; ``None`` keeps the server's default.
+    action : "alias" or "rollout" (default: "alias")
+        Move ``alias``, or start a rollout of the version with ``rollout`` (the
+        :class:`edgefleet.rollouts.RolloutCreate` fields besides model and candidate).
     """
 
     metric: str = DEFAULTS.gate_metric
@@ -57,6 +64,8 @@ class GateSettings:
     higher_is_better: bool = True
     alias: str = "canary"
     rollout_percent: float | None = None
+    action: str = DEFAULTS.gate_action
+    rollout: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -103,14 +112,29 @@ class Publisher:
         self.parent_version = info.version
         decision = self.gate_decision(outcome)
         self.decisions[info.version] = decision
-        if decision.promote:
+        if decision.promote and self.gate.action == "rollout":
+            self._start_rollout(info.version, decision)
+        elif decision.promote:
             self.client.move_alias(self.model, self.gate.alias, info.version,
                                    reason=f"federated gate: {decision.reason}"[:1000],
                                    rollout_percent=self.gate.rollout_percent)
         log.info("published %s v%d (round %d); %s %s: %s", self.model, info.version,
-                 outcome.report.server_round, self.gate.alias,
-                 "moved" if decision.promote else "kept", decision.reason)
+                 outcome.report.server_round,
+                 "rollout" if self.gate.action == "rollout" else self.gate.alias,
+                 "started" if decision.promote else "kept", decision.reason)
         return info.version
+
+    def _start_rollout(self, version: int, decision: GateDecision) -> None:
+        try:
+            started = self.client.start_rollout(self.model, version, self.gate.rollout,
+                                                reason=f"federated gate: {decision.reason}"[:1000])
+        except RegistryRejected as exc:
+            if exc.status_code != 409:
+                raise
+            log.info("v%d published; no rollout started: %s", version, exc)
+            return
+        log.info("rollout %d of %s v%d started (%s)", started.id, self.model, version,
+                 started.strategy)
 
     def metadata(self, outcome: RoundOutcome) -> VersionPublish:
         """The version's metadata: lineage, metrics, hyperparameters."""

@@ -41,6 +41,7 @@ from aggregation.errors import (
 from edgefleet.audit import AuditRecordInfo, RunEvent
 from edgefleet.errors import EdgeFleetError
 from edgefleet.plan import PlanManifest, sha256_bytes, weights_from_bytes, weights_to_bytes
+from edgefleet.rollouts import RolloutCreate, RolloutInfo
 from edgefleet.wire import API_PREFIX, AliasInfo, AliasMove, Page, VersionInfo, VersionPublish
 
 M = TypeVar("M", bound=BaseModel)
@@ -190,6 +191,16 @@ class RegistryClient:
         resp = self._send("PUT", f"/models/{model}/aliases/{alias}", retries=self.retries,
                           json=body.model_dump(mode="json", exclude_none=True))
         return self._model(AliasInfo, resp)
+
+    def start_rollout(self, model: str, candidate: int, spec: Mapping[str, Any] | None = None,
+                      *, reason: str = "") -> RolloutInfo:
+        """Start a guarded rollout of ``candidate`` (``spec``: the other RolloutCreate fields);
+        :class:`RegistryRejected` with status 409 while the model has an active rollout."""
+        body = RolloutCreate.model_validate({**(spec or {}), "model": model,
+                                             "candidate": candidate, "reason": reason})
+        resp = self._send("POST", "/rollouts", retries=self.retries,
+                          json=body.model_dump(mode="json", exclude_unset=True))
+        return self._model(RolloutInfo, resp)
 
     # --- plumbing ----------------------------------------------------------------------------
     def _get(self, path: str, **kw: Any) -> httpx.Response:

@@ -20,6 +20,7 @@ them) and the fairness bound's memory of past picks.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from flwr.app import Context
@@ -108,7 +109,9 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
         production_metrics=production_metrics,
         gate=GateSettings(metric=s.gate_metric, max_drop=s.gate_max_drop,
                           rollout_percent=(None if s.canary_rollout_percent < 0
-                                           else s.canary_rollout_percent)),
+                                           else s.canary_rollout_percent),
+                          action=s.gate_action,
+                          rollout=json.loads(s.gate_rollout) if s.gate_rollout else None),
         hyperparameters={"strategy": strategy_name(strategy), "strategy_params": s.strategy_params,
                          "selection": getattr(policy, "name", s.selection),
                          "target_clients": s.target_clients, "min_reports": s.min_reports,

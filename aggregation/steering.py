@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from aggregation.errors import SettingsError
 from aggregation.selection.base import Candidate
+from aggregation.selection.drift import DEFAULT_THRESHOLD
 from aggregation.selection.tracking import TrackerConfig
 from edgefleet import flower_keys as fk
 from edgefleet.run_settings import DEFAULTS
@@ -47,6 +48,10 @@ class SteeringConfig:
         ... capped at this, so a weight is at most ``(1 + max_drift_boost) * num_examples``.
     missing_score : float (default: 0.0)
         The score of a node that reported no drift summary.
+    min_score : float (default: 0.5)
+        Below this score a node gets neither extra epochs nor a boost: the drift policy's
+        threshold, so steering acts on the nodes it counts as drifted and not on the noise of
+        a clean node's windows (which can score 0.1–0.3).
     tracking : TrackerConfig or None (default: TrackerConfig())
         How scores are measured: change of each node's recent windows against its own
         baseline (:mod:`aggregation.selection.tracking`); ``None`` keeps the plan-reference
@@ -60,6 +65,7 @@ class SteeringConfig:
     max_drift_boost: float = DEFAULTS.max_drift_boost
     missing_score: float = 0.0
     tracking: TrackerConfig | None = TrackerConfig()
+    min_score: float = DEFAULT_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.base_epochs < 1 or self.max_extra_epochs < 0:
@@ -68,8 +74,8 @@ class SteeringConfig:
             raise SettingsError(f"lr must be a positive number, got {self.lr}")
         if self.drift_boost < 0 or self.max_drift_boost < 0:
             raise SettingsError("drift_boost and max_drift_boost must be >= 0")
-        if not 0.0 <= self.missing_score <= 1.0:
-            raise SettingsError("missing_score must be in [0, 1]")
+        if not 0.0 <= self.missing_score <= 1.0 or not 0.0 <= self.min_score <= 1.0:
+            raise SettingsError("missing_score and min_score must be in [0, 1]")
 
     def score(self, drift_score: float | None) -> float:
         """The drift score used for steering: clipped to ``[0, 1]``, missing -> default."""
@@ -77,13 +83,18 @@ class SteeringConfig:
             return self.missing_score
         return min(1.0, max(0.0, float(drift_score)))
 
+    def acting(self, drift_score: float | None) -> float:
+        """The score steering acts on: :meth:`score`, or 0 below ``min_score``."""
+        s = self.score(drift_score)
+        return s if s >= self.min_score else 0.0
+
     def local_epochs(self, drift_score: float | None) -> int:
-        """``base_epochs + round(score * max_extra_epochs)``."""
-        return self.base_epochs + round(self.score(drift_score) * self.max_extra_epochs)
+        """``base_epochs + round(acting score * max_extra_epochs)``."""
+        return self.base_epochs + round(self.acting(drift_score) * self.max_extra_epochs)
 
     def boost(self, drift_score: float | None) -> float:
-        """``min(drift_boost * score, max_drift_boost)``."""
-        return min(self.drift_boost * self.score(drift_score), self.max_drift_boost)
+        """``min(drift_boost * acting score, max_drift_boost)``."""
+        return min(self.drift_boost * self.acting(drift_score), self.max_drift_boost)
 
 
 def node_train_config(candidate: Candidate, cfg: SteeringConfig) -> dict[str, int | float]:

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,24 +101,36 @@ def poster(port: int, path: str, body: bytes, headers: dict[str, str]
     return post, conn
 
 
-def http_rows(targets: list[dict[str, Any]], seconds: float) -> list[tuple[str, float, float]]:
+_CLIENT = """\
+import json, sys, time
+from bench_agent import poster
+from _common import call_times
+t = json.loads(sys.stdin.read())
+post, conn = poster(t["port"], t["path"], bytes.fromhex(t["body"]), t["headers"])
+times = sorted(call_times(post, float(sys.argv[1]), min_calls=200, warmup=20))
+conn.close()
+print(json.dumps([times[len(times) // 2], times[int(len(times) * 0.99)], len(times) + 20]))
+"""
+
+
+def http_rows(targets: list[dict[str, Any]], seconds: float
+              ) -> list[tuple[str, float, float, float]]:
     """Time each target's POST (``label``, ``port``, ``path``, ``body``, ``headers``) from a
-    child process: ``(label, median s, p99 s)`` each."""
-    spec = json.dumps([{**t, "body": t["body"].hex()} for t in targets])
-    code = ("import json, sys\n"
-            "from bench_agent import poster\n"
-            "from _common import median_p99\n"
-            "out = []\n"
-            "for t in json.loads(sys.stdin.read()):\n"
-            "    post, conn = poster(t['port'], t['path'], bytes.fromhex(t['body']), t['headers'])\n"
-            "    out.append([t['label'], *median_p99(post, float(sys.argv[1]))])\n"
-            "    conn.close()\n"
-            "print(json.dumps(out))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(seconds)], input=spec, text=True,
-                          capture_output=True, cwd=ROOT / "bench", timeout=600, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"the HTTP client failed:\n{proc.stderr[-3000:]}")
-    return [(label, med, p99) for label, med, p99 in json.loads(proc.stdout)]
+    child process: ``(label, median s, p99 s, this process's CPU s per request)`` each (the
+    servers run here; nothing else does while a child runs)."""
+    out = []
+    for t in targets:
+        spec = json.dumps({**t, "body": t["body"].hex()})
+        cpu = time.process_time()
+        proc = subprocess.run([sys.executable, "-c", _CLIENT, str(seconds)], input=spec,
+                              text=True, capture_output=True, cwd=ROOT / "bench", timeout=600,
+                              check=False)
+        cpu = time.process_time() - cpu
+        if proc.returncode != 0:
+            sys.exit(f"the HTTP client failed:\n{proc.stderr[-3000:]}")
+        med, p99, calls = json.loads(proc.stdout)
+        out.append((t["label"], med, p99, cpu / calls))
+    return out
 
 
 def main() -> None:
@@ -176,7 +189,8 @@ def main() -> None:
             ("PlanRuntime.predict", lambda: active.runtime.predict(x1)),
             ("Agent.predict", lambda: agent.predict(x1)),
         ]
-        results = [(label, *median_p99(fn, args.seconds)) for label, fn in rows]
+        results: list[tuple[str, float, float, float | None]] = [
+            (label, *median_p99(fn, args.seconds), None) for label, fn in rows]
         results += http_rows([
             {"label": "bare HTTP echo", "port": echo.server_address[1], "path": url,
              "body": body, "headers": json_headers},
@@ -203,7 +217,8 @@ def main() -> None:
     )
     print()
     base = results[0][1]
-    floor = dict((label, med) for label, med, _ in results)["bare HTTP echo"]
+    echo_med, echo_cpu = next((med, cpu) for label, med, _, cpu in results
+                              if label == "bare HTTP echo")
     print_table(
         [
             Column("single-sample predict", 24),
@@ -211,11 +226,17 @@ def main() -> None:
             Column("p99 (µs)", 10, ".1f"),
             Column("× raw", 7, ".1f"),
             Column("× echo", 7, ".2f"),
+            Column("server CPU/req (µs)", 20, ".1f"),
+            Column("CPU × echo", 11, ".2f"),
         ],
         [(label, med * 1e6, p99 * 1e6, med / base,
-          med / floor if label.endswith(("HTTP echo", ")")) and "HTTP" in label else "")
-         for label, med, p99 in results],
+          "" if cpu is None else med / echo_med,
+          "" if cpu is None else cpu * 1e6,
+          "" if cpu is None else cpu / echo_cpu)
+         for label, med, p99, cpu in results],
     )
+    print("\n× echo: median round trip over the bare echo's; server CPU/req: CPU time of the "
+          "serving process (this one) per request while the client child ran.")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -162,7 +161,9 @@ def wrk(binary: str, url: str, body: bytes, headers: dict[str, str], connections
         raise RuntimeError(f"wrk failed: {proc.stderr or proc.stdout}")
     out = proc.stdout
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
+    if "50" not in pct or "99" not in pct:
+        raise RuntimeError(f"wrk reported no latency distribution:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors:.*?(\d+).*?(\d+).*?(\d+).*?(\d+)", out)
@@ -219,8 +220,11 @@ def server_cmd(port: int, workers: int) -> list[str]:
 Row = tuple[str, str, dict[int, Cell]]
 
 
+Cells = dict[str, dict[int, Cell]]
+
+
 def measure_ours(args: argparse.Namespace, tmp: Path, env: dict[str, str], workers: int,
-                 models: list[tuple[str, bytes]], binary: str, arrange: bool) -> dict[str, dict[int, Cell]]:
+                 models: list[tuple[str, bytes]], binary: str, arrange: bool) -> Cells:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp / f"server-w{workers}.log"
@@ -261,6 +265,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--plans", type=Path, default=None,
+                        help="keep the authored plans here (reused when present)")
     parser.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--payloads", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -272,8 +278,12 @@ def main() -> None:
         tmp = Path(name)
         print("authoring the tiny and heavy plans (TensorFlow, in child processes)…",
               file=sys.stderr, flush=True)
-        args.tiny_dir = build_digits_plan(tmp / "tiny")
-        args.heavy_dir = build_heavy_plan(tmp / "heavy")
+        plans = args.plans or tmp
+        args.tiny_dir, args.heavy_dir = plans / "tiny", plans / "heavy"
+        if not (args.tiny_dir / "plan.tflite").is_file():
+            build_digits_plan(args.tiny_dir)
+        if not (args.heavy_dir / "plan.tflite").is_file():
+            build_heavy_plan(args.heavy_dir)
         db_url = f"sqlite:///{tmp / 'registry.db'}"
         env = server_env(tmp, db_url)
         tiny, heavy = ("tiny", body_for(64)), ("heavy", body_for(HEAVY_FEATURES))

@@ -121,6 +121,12 @@ class RunKnobs(BaseModel):
         then the canary alias never moves).
     gate_metric, gate_max_drop, canary_rollout_percent : ["accuracy", 0.01, -1 = server default]
         The canary gate.
+    gate_action, gate_rollout : ["alias", ""]
+        What a passing gate does: ``alias`` moves the canary alias; ``rollout`` starts a guarded
+        rollout of the new version (``POST /api/v1/rollouts``, :mod:`edgefleet.rollouts`) whose
+        fields other than ``model`` and ``candidate`` come from ``gate_rollout``, a JSON object
+        of :class:`edgefleet.rollouts.RolloutCreate` (empty: the server's defaults, a canary).
+        While the model already has an active rollout the new version is only published.
     seed : int [0]
         Selection randomness (round ``r`` draws ``seed + r``).
     batch_rule, weighting : ["wrap", "local-size"]
@@ -175,6 +181,8 @@ class RunKnobs(BaseModel):
     gate_metric: StrictStr = "accuracy"
     gate_max_drop: Float = Field(default=0.01, ge=0)
     canary_rollout_percent: Float = Field(default=-1.0, ge=-1, le=100)
+    gate_action: Literal["alias", "rollout"] = "alias"
+    gate_rollout: StrictStr = ""
     seed: Int = 0
     batch_rule: Literal["wrap", "drop", "short"] = "wrap"
     weighting: Literal["local-size", "examples-trained"] = "local-size"
@@ -184,6 +192,19 @@ class RunKnobs(BaseModel):
     def _round_sizes(self) -> Self:
         if self.min_reports > self.target_clients:
             raise ValueError("min_reports must be <= target_clients")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_rollout(self) -> Self:
+        if self.gate_rollout:
+            import json
+
+            try:
+                spec = json.loads(self.gate_rollout)
+            except ValueError:
+                raise ValueError("gate_rollout must be a JSON object") from None
+            if not isinstance(spec, dict) or {"model", "candidate"} & set(spec):
+                raise ValueError("gate_rollout must be a JSON object without model/candidate")
         return self
 
 

@@ -1,10 +1,11 @@
 """The serving snapshot: what an inference runner learns from the registry over REST.
 
 ``GET /api/v1/serving/models`` (a runner key or an admin key) answers a :class:`ServingSnapshot`:
-every model with its aliases (name → version number), its rollout salt and every version with
-its status, the sha256, size and download URL of its three artifacts and its signature (with
-the key chain up to the signing key). ``generation`` is the registry's serving generation
-counter: it changes whenever a model, version or alias changes, and the response's ``ETag`` is
+every model with its aliases (name → version number), its rollout salt, the routing view of its
+active rollout (if any) and every version with its status, the sha256, size and download URL of
+its three artifacts and its signature (with the key chain up to the signing key).
+``generation`` is the registry's serving generation counter: it changes whenever a model,
+version, alias or rollout changes, and the response's ``ETag`` is
 built from it, so a runner that polls with ``If-None-Match`` gets ``304`` until something
 changed. A runner checks each downloaded artifact against the digests here and the version's
 signature as devices do (:func:`version_statement_of`, :mod:`edgefleet.signature`).
@@ -21,6 +22,7 @@ from edgefleet.wire import ArtifactRef, VersionSignature
 __all__ = [
     "SERVING_PATH",
     "ServingModel",
+    "ServingRollout",
     "ServingSnapshot",
     "ServingVersion",
     "snapshot_etag",
@@ -48,13 +50,32 @@ class ServingVersion(_Reply):
     signature: VersionSignature | None = None
 
 
+class ServingRollout(_Reply):
+    """What routing needs of a model's active rollout (the fields of
+    ``registry.rollouts.strategies.RoutingView``: version numbers, the canary share, the
+    selectors, the A/B variants as ``[name, version, weight]``, the shadow rate)."""
+
+    rollout_id: int
+    strategy: str
+    state: str
+    step: int
+    phase: str
+    candidate: int | None = None
+    baseline: int | None = None
+    percent: float | None = None
+    selectors: list[dict[str, str] | None] = Field(default_factory=list)
+    variants: list[tuple[str, int, float]] = Field(default_factory=list)
+    shadow_rate: float = 0.0
+
+
 class ServingModel(_Reply):
-    """One model: its aliases (name → version number) and versions."""
+    """One model: its aliases (name → version number), versions and active rollout."""
 
     name: str
     salt: str = ""
     aliases: dict[str, int] = Field(default_factory=dict)
     versions: list[ServingVersion] = Field(default_factory=list)
+    rollout: ServingRollout | None = None
 
 
 class ServingSnapshot(_Reply):

@@ -97,6 +97,10 @@ LABEL_OUTPUT: Final = "label"
 #: The output name of a request built without a manifest (a plan's usual output name).
 PROBABILITIES: Final = "probabilities"
 PLATFORM: Final = "tflite"
+# Values too large for FP16/FP32 become inf, which decode_input refuses with its own message:
+# numpy's overflow warning says nothing more (a filter costs nothing per call; np.errstate does).
+warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning,
+                        module=__name__)
 #: The header that gives the JSON part's length in a body with binary tensor data.
 INFERENCE_HEADER: Final = "Inference-Header-Content-Length"
 BINARY_EXTENSION: Final = "binary_tensor_data"
@@ -228,9 +232,8 @@ def _kind_error(exc: ValidationError, datatype: str, kind: str) -> str:
 
 
 def _to_dtype(values: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray:
-    if dtype.kind not in "iu":
-        with np.errstate(over="ignore"):  # too large for FP16/FP32: inf, refused by the caller
-            return np.asarray(values, dtype=dtype)
+    if dtype.kind not in "iu":  # too large for FP16/FP32: inf (refused by decode_input)
+        return np.asarray(values, dtype=dtype)
     info = np.iinfo(dtype)
     try:
         wide = np.asarray(values, dtype=np.int64)
@@ -272,8 +275,7 @@ def decode_input(inputs: Sequence[Tensor | InferTensor], manifest: PlanManifest,
                           f"expected [n, {', '.join(map(str, sample))}]")
     check_batch(shape[0], max_batch)
     data = tensor.array if isinstance(tensor, Tensor) else decode_tensor(tensor)
-    with np.errstate(over="ignore"):  # FP64 beyond FP32: inf, refused below
-        out = data.astype(np.float32, copy=False)
+    out = data.astype(np.float32, copy=False)  # FP64 beyond FP32: inf, refused below
     if not np.isfinite(out).all():
         raise TensorError("data contains NaN or infinite values (or values too large for FP32)")
     return out
@@ -321,7 +323,7 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     if not headers:
         return None
     value = headers.get(name)
-    return headers.get(name.lower()) if value is None else value
+    return headers.get(name.lower()) if value is None and isinstance(headers, dict) else value
 
 
 def _flag(parameters: dict[str, Any] | None, key: str, where: str) -> None:
@@ -450,15 +452,27 @@ def _bytes_binary(values: Any) -> bytes:
     a fixed-width array and a mask of the bytes each element really has; trailing NUL bytes of
     an element are not kept, a limit of numpy's fixed-width strings)."""
     array = np.asarray(values).ravel()
-    if array.size == 0:
+    n = array.size
+    if n == 0:
         return b""
-    encoded = array if array.dtype.kind == "S" else np.char.encode(array.astype(str), "utf-8")
+    if array.dtype.kind == "S":
+        encoded = array
+    else:
+        text = array if array.dtype.kind == "U" else array.astype(str)
+        try:
+            encoded = text.astype(np.bytes_)  # ASCII, in C
+        except UnicodeEncodeError:
+            encoded = np.char.encode(text, "utf-8")
+    if n == 1:  # one element (a single-sample answer's label)
+        item: bytes = encoded.item()
+        return len(item).to_bytes(4, "little") + item
     width = encoded.dtype.itemsize
     lengths = np.char.str_len(encoded).astype("<u4")
-    table = np.concatenate([lengths.view(np.uint8).reshape(-1, 4),
-                            encoded.view(np.uint8).reshape(-1, width)], axis=1)
-    keep = np.concatenate([np.ones((array.size, 4), dtype=bool),
-                           np.arange(width) < lengths[:, None]], axis=1)
+    table = np.empty((n, 4 + width), dtype=np.uint8)
+    table[:, :4] = lengths.view(np.uint8).reshape(n, 4)
+    table[:, 4:] = encoded.view(np.uint8).reshape(n, width)
+    keep = np.ones(table.shape, dtype=bool)
+    keep[:, 4:] = np.arange(width) < lengths[:, None]
     return table[keep].tobytes()
 
 

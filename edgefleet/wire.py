@@ -141,8 +141,21 @@ class ArtifactRef(_Wire):
     size: int
 
 
+class PrefetchRef(_Wire):
+    """Another version the device fetches beside its assignment: downloaded, verified and
+    smoke-tested without switching (a blue-green pre-download), or run beside the active
+    version without serving its answers (a shadow)."""
+
+    version: VersionNumber
+    plan: ArtifactRef
+    weights: ArtifactRef
+    manifest_url: str
+    manifest: ArtifactRef | None = None
+    signature: VersionSignature | None = None
+
+
 class Assignment(_Wire):
-    """What one device should run now."""
+    """What one device should run now (and, under a rollout, which arm chose it)."""
 
     device_id: str
     model: str
@@ -156,6 +169,11 @@ class Assignment(_Wire):
         default=None, description="the registry's signature over the version statement"
     )
     poll_interval_s: float = 60.0
+    rollout_id: int | None = Field(default=None, description="the rollout that chose it")
+    variant: str | None = Field(default=None, max_length=64,
+                                description="the rollout arm: baseline, candidate, an A/B name")
+    prefetch: PrefetchRef | None = Field(default=None, description="blue-green pre-download")
+    shadow: PrefetchRef | None = Field(default=None, description="run beside, never serve")
 
 
 # --- telemetry -------------------------------------------------------------------------------
@@ -175,7 +193,7 @@ class LocalEvaluation(_Wire):
     loss: FiniteFloat | None = None
 
 
-DeviceEventKind = Literal["switch", "smoke_failed", "refused", "crash", "rollback"]
+DeviceEventKind = Literal["switch", "smoke_failed", "refused", "crash", "rollback", "prefetched"]
 MAX_EVENTS_PER_REPORT = 100
 
 
@@ -186,7 +204,8 @@ class DeviceEvent(_Wire):
     was downloaded but failed to load or its smoke test; ``refused``: it failed an integrity or
     signature check; ``crash``: the active ``version`` failed to answer (``count`` failures
     since the last report); ``rollback``: ``version`` was abandoned for ``to_version`` (``None``:
-    nothing left to run).
+    nothing left to run); ``prefetched``: ``version`` was downloaded and passed its smoke test
+    without becoming active.
     """
 
     kind: DeviceEventKind
@@ -197,6 +216,17 @@ class DeviceEvent(_Wire):
     to_version: VersionNumber | None = None
     count: Count = Field(default=1, ge=1)
     detail: CleanText = Field(default="", max_length=1000)
+
+
+class ShadowStats(_Wire):
+    """A shadow ``version`` run beside the active one in this window: ``n`` rows compared,
+    ``agree`` of them with the same predicted class, and the sum over rows of the shadow's
+    confidence minus the active version's."""
+
+    version: VersionNumber
+    n: Count
+    agree: Count
+    confidence_delta_sum: FiniteFloat = 0.0
 
 
 class TelemetryReport(_Wire):
@@ -212,6 +242,7 @@ class TelemetryReport(_Wire):
     local_eval: LocalEvaluation | None = None
     dropped_reports: Count = Field(default=0, description="reports the outbox had to drop")
     events: list[DeviceEvent] = Field(default_factory=list, max_length=MAX_EVENTS_PER_REPORT)
+    shadow: ShadowStats | None = None
 
 
 class TelemetryAck(_Wire):

@@ -140,7 +140,8 @@ def check_download(session: Session, device: Device, model: Model, version: Mode
     """Let a device read a version's artifacts only when the version is assigned to it.
 
     "Assigned" is the version its last poll was handed or the one a poll would hand it now
-    (the alias may have moved between the poll and the download).
+    (the alias may have moved between the poll and the download), including the version a
+    rollout tells it to pre-download or to run as a shadow.
     """
     if version.status == VersionStatus.DAMAGED:
         raise DamagedArtifactError(
@@ -152,7 +153,9 @@ def check_download(session: Session, device: Device, model: Model, version: Mode
         current = assign(session, device, model.name)
     except (NotFoundError, DamagedArtifactError):
         current = None
-    if current is None or current.version.id != version.id:
+    allowed = set() if current is None else {
+        v.id for v in (current.version, current.prefetch, current.shadow) if v is not None}
+    if version.id not in allowed:
         raise PermissionDeniedError(
             f"version {version.number} of {model.name!r} is not assigned to device {device.id!r}"
         )

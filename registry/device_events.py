@@ -17,16 +17,18 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from edgefleet.wire import DeviceEvent, DeviceEventKind, Page
+from edgefleet.wire import DeviceEvent, DeviceEventKind, Page, ShadowStats
 from registry.catalog import get_model
 from registry.errors import InvalidQueryError
 from registry.models import DeviceEventPublic, DeviceEventRecord, Model, ModelVersion
 
-__all__ = ["EVENT_KINDS", "check_events", "event_counts", "event_rows", "list_events"]
+__all__ = [
+    "EVENT_KINDS", "check_events", "check_shadow", "event_counts", "event_rows", "list_events",
+]
 
 #: Every kind of device event, in the order reports show them.
 EVENT_KINDS: tuple[DeviceEventKind, ...] = (
-    "switch", "smoke_failed", "refused", "crash", "rollback")
+    "switch", "smoke_failed", "refused", "crash", "rollback", "prefetched")
 MAX_PAGE = 1000
 
 
@@ -48,6 +50,19 @@ def check_events(session: Session, model: Model, events: Sequence[DeviceEvent]) 
     if missing:
         raise InvalidQueryError(
             f"events name versions {missing} of {model.name!r}, which do not exist")
+
+
+def check_shadow(session: Session, model: Model, shadow: ShadowStats) -> None:
+    """Refuse shadow figures about a version the model does not have, or more agreements than
+    comparisons."""
+    if shadow.agree > shadow.n:
+        raise InvalidQueryError(f"shadow.agree ({shadow.agree}) exceeds shadow.n ({shadow.n})")
+    found = session.exec(select(ModelVersion.id).where(
+        col(ModelVersion.model_id) == model.id, col(ModelVersion.number) == shadow.version)
+    ).first()
+    if found is None:
+        raise InvalidQueryError(
+            f"shadow names version {shadow.version} of {model.name!r}, which does not exist")
 
 
 def event_rows(report_id: int, device_id: str, model_id: int,

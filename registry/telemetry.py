@@ -99,12 +99,12 @@ class DriftRow(NamedTuple):
 def body_digest(report: TelemetryReport | dict[str, Any]) -> str:
     """sha256 of the report's canonical JSON (sorted keys): equal for equal reports.
 
-    An empty ``events`` list is left out, so a report digests as it did before reports carried
-    events (a retry across an upgrade is still recognised).
+    An empty ``events`` list and an absent ``shadow`` are left out, so a report digests as it
+    did before reports carried them (a retry across an upgrade is still recognised).
     """
     body = report.model_dump(mode="json") if isinstance(report, TelemetryReport) else report
-    if not body.get("events"):
-        body = {k: v for k, v in body.items() if k != "events"}
+    body = {k: v for k, v in body.items()
+            if not (k == "events" and not v) and not (k == "shadow" and v is None)}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -151,6 +151,9 @@ def prepare_report(
     if report.drift is not None:
         _check_drift(report, version)
     device_events.check_events(session, model, report.events)
+    shadow = report.shadow
+    if shadow is not None:
+        device_events.check_shadow(session, model, shadow)
     inf, ev = report.inference, report.local_eval
     return TelemetryRecord(
         device_id=device.id,
@@ -170,6 +173,10 @@ def prepare_report(
         eval_loss=ev.loss if ev else None,
         dropped_reports=report.dropped_reports,
         drift=body["drift"],
+        shadow_version=shadow.version if shadow else None,
+        shadow_n=shadow.n if shadow else None,
+        shadow_agree=shadow.agree if shadow else None,
+        shadow_confidence_delta_sum=shadow.confidence_delta_sum if shadow else None,
     )
 
 

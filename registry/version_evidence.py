@@ -16,6 +16,9 @@ the server knows, with aggregate queries only:
   evaluation in the window (each evaluation scores the same stored examples again, so summing
   them would count examples twice): ``device_labelled`` is the sum of those evaluations'
   ``n_examples``, ``device_correct`` of ``round(accuracy · n)``.
+* **shadow** figures: rows where devices ran this version beside their active one
+  (``shadow_n``), how many agreed on the class (``shadow_agree``), and the summed confidence
+  difference (shadow minus active), from reports of any version whose window ends in the window.
 * **device events** about this version (:mod:`registry.device_events`) by kind, summing
   ``count``: ``switch``, ``smoke_failed``, ``refused``, ``crash``, ``rollback``.
 
@@ -71,6 +74,10 @@ class VersionEvidence:
     device_correct: int = 0
     device_predictions: list[int] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
+    # this version as a shadow beside the devices' active versions
+    shadow_n: int = 0
+    shadow_agree: int = 0
+    shadow_confidence_delta_sum: float = 0.0
 
     @property
     def error_rate(self) -> float | None:
@@ -210,4 +217,22 @@ def version_evidence(
         **_rest(session, model, version, since, until, ids, variant),
         **_devices(session, v.id or 0, since, until, ids),
         events=event_counts(session, m.id or 0, version, since, until, ids),
+        **_shadow(session, m.id or 0, version, since, until, ids),
     )
+
+
+def _shadow(session: Session, model_id: int, version: int, since: datetime,
+            until: datetime | None, device_ids: Sequence[str] | None) -> dict[str, Any]:
+    t = TelemetryRecord
+    where: list[Any] = [col(t.model_id) == model_id, col(t.shadow_version) == version,
+                        col(t.window_end) >= since]
+    if until is not None:
+        where.append(col(t.window_end) < until)
+    if device_ids is not None:
+        where.append(col(t.device_id).in_(list(device_ids)))
+    n, agree, delta = session.execute(
+        sa.select(sa.func.sum(col(t.shadow_n)), sa.func.sum(col(t.shadow_agree)),
+                  sa.func.sum(col(t.shadow_confidence_delta_sum))).where(*where)
+    ).one()
+    return {"shadow_n": int(n or 0), "shadow_agree": int(agree or 0),
+            "shadow_confidence_delta_sum": float(delta or 0.0)}

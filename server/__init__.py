@@ -1,9 +1,9 @@
 """The central server: FastAPI routes for the registry, devices, telemetry, drift and V2 inference.
 
 May import: ``registry``, the shared ``edgefleet`` core, fastapi (starlette, uvicorn), sqlmodel,
-alembic, scipy, prometheus_client, pyarrow, redis, nats (the README's package table lists them;
-``tests/test_imports.py`` checks it). It is the only package that translates exceptions into
-HTTP status codes (:mod:`server.errors`).
+alembic, scipy, prometheus_client, pyarrow, redis, nats, httpx (``runner`` only; the README's
+package table lists them; ``tests/test_imports.py`` checks it). It is the only package that
+translates exceptions into HTTP status codes (:mod:`server.errors`).
 
 Modules
 -------
@@ -21,4 +21,5 @@ Modules
 ``metrics``     Prometheus metrics                      ``scrubber``   signing key, artifact scrub
 ``dashboard``   the operator's page (static assets, overview data)
 ``precompute``  batch scoring into the prediction store ``worker``     model-on-demand workers
+``runner``      the inference runner: V2 from models pulled over REST, no database
 """

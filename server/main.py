@@ -2,9 +2,9 @@
 
 Start-up (lifespan) migrates the database when ``auto_migrate`` is on and clears stale partial
 uploads from the artifact store, loads the version-signing key, audits changed behaviour settings
-(:mod:`server.settings_audit`) and starts the background scrub
-(:mod:`server.scrubber`), the rollout controller (:mod:`server.rollouts`), the serving table's refresh (:mod:`server.inference.table`) and the
-inference log's writer (:mod:`server.evidence.writer`); shutdown writes what the log has queued,
+(:mod:`server.settings_audit`) and starts the background scrub (:mod:`server.scrubber`), the
+rollout controller (:mod:`server.rollouts`), the serving table's refresh
+(:mod:`server.inference.table`) and the inference log's writer (:mod:`server.evidence.writer`); shutdown writes what the log has queued,
 stops them and disposes of the connection pool.
 Middleware, from the outside in: request ids and the access log, then request body limits
 (uploads get ``max_upload_bytes``, everything else ``max_request_bytes``).
@@ -109,9 +109,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     if settings.metrics_enabled:
         install_metrics(app, engine, state.drift_policy)
         app.include_router(metrics_router)
-    app.include_router(api_router)
+    # the V2 routes first: the hot path's request is matched before the registry API's routes
     app.include_router(v2_health_router)
     app.include_router(v2_router)
+    app.include_router(api_router)
     app.include_router(dashboard_router)
     return app
 

@@ -25,6 +25,9 @@ Per scrape, from the database (:class:`FleetCollector`, cached for ``FLEET_CACHE
                                                    hour's merged drift summaries
 ``edgefleet_fleet_drift_max_psi{model,version}``   the largest PSI among them
 ``edgefleet_fleet_drift_reports{model,version}``   reports behind those two figures
+``edgefleet_rollouts{state}``                      rollouts by state (pending, running, ...)
+``edgefleet_rollout_step{model,rollout,strategy,state,candidate,baseline}``  the current step
+                                                   (0-based) of each active rollout
 
 Several uvicorn workers: set ``PROMETHEUS_MULTIPROC_DIR`` (``edgefleet server run --workers N``
 does, to a fresh directory, when it is unset) before the workers import ``prometheus_client``;
@@ -209,6 +212,7 @@ class FleetCollector(Collector):
         with self.engine.connect() as conn:
             out = _devices(conn, now)
             out.extend(self._drift(conn, now))
+            out.extend(_rollouts(conn))
         return out
 
     def _drift(self, conn: Connection, now: datetime) -> list[Metric]:
@@ -280,6 +284,38 @@ def _devices(conn: Connection, now: datetime) -> list[Metric]:
     for name, number, n in rows:
         running.add_metric([str(name), str(number)], float(n))
     return [states, seen, running]
+
+
+def _rollouts(conn: Connection) -> list[Metric]:
+    """Rollouts by state, and the step of each active one (at most one per model)."""
+    import sqlalchemy as sa
+
+    from edgefleet.rollouts import ACTIVE_STATES, RolloutState
+    from registry.models import Rollout
+
+    states = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state.", labels=["state"])
+    counts = dict(conn.execute(select(col(Rollout.state), func.count()).group_by(
+        col(Rollout.state))).all())
+    for state in RolloutState.__args__:  # type: ignore[attr-defined]
+        states.add_metric([state], float(counts.get(state, 0)))
+    step = GaugeMetricFamily("edgefleet_rollout_step", "Current step of each active rollout.",
+                             labels=["model", "rollout", "strategy", "state", "candidate",
+                                     "baseline"])
+    numbers = select(col(ModelVersion.id), col(ModelVersion.number)).subquery()
+    cand, base = numbers.alias("cand"), numbers.alias("base")
+    rows = conn.execute(
+        sa.select(col(Model.name), col(Rollout.id), col(Rollout.strategy), col(Rollout.state),
+                  col(Rollout.step), cand.c.number, base.c.number)
+        .join(Model, col(Rollout.model_id) == col(Model.id))
+        .outerjoin(cand, col(Rollout.candidate_version_id) == cand.c.id)
+        .outerjoin(base, col(Rollout.baseline_version_id) == base.c.id)
+        .where(col(Rollout.state).in_(ACTIVE_STATES))
+    ).all()
+    for name, rid, strategy, state, number, candidate, baseline in rows:
+        step.add_metric([str(name), str(rid), str(strategy), str(state),
+                         "" if candidate is None else str(candidate),
+                         "" if baseline is None else str(baseline)], float(number))
+    return [states, step]
 
 
 def _record(model: str, version: int, drift: object) -> DriftRecord | None:

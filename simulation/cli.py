@@ -96,11 +96,19 @@ def fleet(
     lr: float = typer.Option(0.1, help="local learning rate"),
     seed: int = typer.Option(0, help="seed of the data shares, the plan and the selection"),
     timeout: float = typer.Option(900.0, min=60, help="upper bound of the whole fleet (s)"),
+    loop: bool = typer.Option(
+        True, "--loop/--no-loop",
+        help="the whole loop: drift injected after start, the drift controller's run, a canary "
+             "rollout promoted on evidence, a broken candidate rolled back (--no-loop: devices "
+             "shifted from the start and one federated run)"),
+    bake: float = typer.Option(8.0, min=0, help="seconds each canary step bakes (loop)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each step"),
 ) -> None:
-    """Run a fleet on 127.0.0.1: server, initial plan, agents + SuperNodes, Flower rounds.
+    """Run a fleet on 127.0.0.1: server, initial plan, agents + SuperNodes, the drift
+    controller's federated run, guarded rollouts (see ``--loop``).
 
-    Exits 1 when the federated run failed or published no new version. Leaves nothing running.
+    Exits 1 when a stage failed (no run, nothing published, a good candidate not promoted or a
+    broken one not rolled back). Leaves nothing running.
     """
     from simulation.errors import SimulationError
     from simulation.fleet import FleetConfig, run_fleet
@@ -118,7 +126,7 @@ def fleet(
         config = FleetConfig(workdir=workdir, n_agents=agents, rounds=rounds, model=model,
                              alpha=alpha, shifts=shifts,  # type: ignore[arg-type]
                              strategy=strategy, selection=selection, base_epochs=base_epochs,
-                             lr=lr, seed=seed, timeout_s=timeout)
+                             lr=lr, seed=seed, timeout_s=timeout, loop=loop, bake_s=bake)
     except SimulationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"fleet: {agents} agents, {rounds} rounds; work dir "

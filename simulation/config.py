@@ -167,13 +167,13 @@ class SelectionConfig(_Section):
 
     policy: Literal["uniform", "drift"] = "uniform"
     drift_floor: float = Field(0.1, ge=0, le=1)
-    drift_share: float = Field(0.5, ge=-1, le=1)
-    drift_threshold: float = Field(0.2, gt=0, le=1)
-    full_effect: float = Field(0.25, gt=0)
+    drift_share: float = Field(0.7, ge=-1, le=1)
+    drift_threshold: float = Field(0.5, gt=0, le=1)
+    full_effect: float = Field(0.4, gt=0)
     fair_max_picks: int = Field(0, ge=0)
     fair_window: int = Field(5, ge=1)
     steering: bool = False
-    max_extra_epochs: int = Field(2, ge=0)
+    max_extra_epochs: int = Field(6, ge=0)
     drift_boost: float = Field(1.0, ge=0)
     max_drift_boost: float = Field(0.5, ge=0)
     max_norm_ratio: float = Field(10.0, ge=0)

@@ -37,10 +37,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from edgefleet.datasets import Dataset
 from edgefleet.run_settings import DEFAULTS, RunSettings
 from simulation.errors import FleetError, Interrupted
 from simulation.fleet_devices import AgentProcess, make_shares, start_agents
-from simulation.fleet_flower import flwr_run, round_lines, run_status, start_federation
+from simulation.fleet_flower import (
+    Federation,
+    flwr_run,
+    round_lines,
+    run_status,
+    start_federation,
+)
 from simulation.fleet_report import DeviceRow, FleetReport, VersionRow
 from simulation.fleet_server import AdminClient, ServerHandle, start_server
 from simulation.partition import Shift
@@ -99,6 +106,14 @@ class FleetConfig:
         Seeds the data shares, the plan's initial weights and the selection.
     timeout_s : float [900]
         Upper bound of the whole fleet; each step gets what is left.
+    loop : bool [False]
+        The whole loop (:mod:`simulation.fleet_loop`): devices start clean, ``shifts`` are
+        injected after start, the drift controller starts the federated run, its candidate is
+        rolled out as a canary and promoted on evidence, then a scrambled candidate is rolled
+        back. ``False``: the devices are shifted from the start and one federated run follows
+        (the first fleet). ``edgefleet sim fleet`` runs the loop unless ``--no-loop``.
+    bake_s : float [8]
+        The loop's rollout steps: seconds each canary step bakes before its guards decide.
     """
 
     workdir: Path | None = None
@@ -123,6 +138,8 @@ class FleetConfig:
     app_dir: Path = DEFAULT_APP
     seed: int = 0
     timeout_s: float = 900.0
+    loop: bool = False
+    bake_s: float = 8.0
 
     def __post_init__(self) -> None:
         if self.n_agents < 1 or self.rounds < 1:
@@ -188,8 +205,8 @@ def _run(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, report: Fle
 
     shifts = default_shifts(config.n_agents) if config.shifts is None else config.shifts
     central, shares = make_shares(ds, config.n_agents, central_fraction=config.central_fraction,
-                                  alpha=config.alpha, shifts=shifts, traffic=config.traffic,
-                                  seed=config.seed)
+                                  alpha=config.alpha, shifts={} if config.loop else shifts,
+                                  traffic=config.traffic, seed=config.seed)
     holdout = workdir / "holdout.npz"
     Holdout(ds.x_test, ds.y_test).save(holdout)
     plan_dir = workdir / "plan-v1"
@@ -212,6 +229,12 @@ def _run(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, report: Fle
     fed = start_federation(sup, workdir / "flower", nodes, admin_key=server.admin_key,
                            timeout_s=clock.left(60))
     run_cfg = fleet_run_settings(config, server.url, len(nodes), holdout).run_config()
+    if config.loop:
+        injected: dict[str, Shift] = {shares[i].device_id: shift for i, shift in shifts.items()
+                                      if i < len(shares) and shift != "none"}
+        _whole_loop(config, sup, clock, report, server, agents, fed, run_cfg, ds, plan_dir,
+                    injected)
+        return
     try:
         log = flwr_run(sup, fed, config.app_dir, run_cfg, timeout_s=clock.left(600))
     except Interrupted:
@@ -231,6 +254,32 @@ def _run(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, report: Fle
     report.ok = True
 
 
+def _whole_loop(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, report: FleetReport,
+                server: ServerHandle, agents: list[AgentProcess], fed: Federation,
+                run_cfg: dict[str, str | int | float | bool], ds: Dataset, plan_dir: Path,
+                injected: dict[str, Shift]) -> None:
+    """The loop (:func:`simulation.fleet_loop.run_loop`), then the summary and its checks."""
+    from simulation.fleet_loop import LoopContext, run_loop
+
+    def start_run() -> Path:
+        log = flwr_run(sup, fed, config.app_dir, run_cfg, timeout_s=clock.left(600))
+        report.run_status, _ = run_status(sup, fed)
+        report.rounds = round_lines(log)
+        return log
+
+    ctx = LoopContext(model=config.model, url=server.url, admin_key=server.admin_key,
+                      agents=agents, ds=ds, shifts=injected, start_run=start_run,
+                      plan_dir=plan_dir, left=clock.left, bake_s=config.bake_s, seed=config.seed)
+    try:
+        report.loop = run_loop(ctx)
+    finally:
+        clock.lap("loop")
+        _summarise(report, server, config.model, agents, {}, injected)
+    if not report.run_status.startswith("finished:completed"):
+        raise FleetError(f"the Flower run ended {report.run_status}")
+    report.ok = True
+
+
 def fleet_run_settings(config: FleetConfig, server_url: str, n_nodes: int, holdout: Path
                        ) -> RunSettings:
     """The federated run's settings: the fleet's choices over the run settings' defaults.
@@ -246,7 +295,9 @@ def fleet_run_settings(config: FleetConfig, server_url: str, n_nodes: int, holdo
             target_clients=n_nodes, min_reports=config.min_reports, min_nodes=n_nodes,
             holdout_path=str(holdout), base_epochs=config.base_epochs, lr=config.lr,
             gate_max_drop=config.gate_max_drop,
-            canary_rollout_percent=config.canary_rollout_percent, seed=config.seed,
+            # in the loop the rollout, not the canary alias, takes the candidate to the fleet
+            canary_rollout_percent=0.0 if config.loop else config.canary_rollout_percent,
+            seed=config.seed,
             wait_for_nodes_s=FIRST_CONTACT_S, query_timeout_s=FIRST_CONTACT_S)
     except ValueError as exc:  # pydantic's ValidationError
         raise FleetError(f"the fleet's run settings are invalid: {exc}") from exc
@@ -291,10 +342,13 @@ def _wait_for_drift(server: ServerHandle, model: str, agents: list[AgentProcess]
 
 
 def _summarise(report: FleetReport, server: ServerHandle, model: str,
-               agents: list[AgentProcess], drift: dict[str, dict[str, object]]) -> None:
+               agents: list[AgentProcess], drift: dict[str, dict[str, object]],
+               injected: dict[str, Shift] | None = None) -> None:
     with AdminClient(server.url, server.admin_key) as admin:
         report.versions = [VersionRow.from_info(v) for v in admin.versions(model)]
         report.aliases = {name: a.version for name, a in admin.aliases(model).items()}
+        if not drift:
+            drift = admin.device_drift(model, 1)
     n_classes = 10
     for agent in agents:
         try:
@@ -303,6 +357,7 @@ def _summarise(report: FleetReport, server: ServerHandle, model: str,
             active = None
         s = agent.share
         report.devices.append(DeviceRow(
-            device_id=s.device_id, data_dir=agent.data_dir, shift=s.shift, examples=len(s.y),
+            device_id=s.device_id, data_dir=agent.data_dir,
+            shift=(injected or {}).get(s.device_id, s.shift), examples=len(s.y),
             class_counts=s.class_counts(n_classes), answered=dict(agent.answered),
             drift=dict(drift.get(s.device_id, {})) or None, active_version=active))

@@ -10,11 +10,14 @@ processes with their own data directory. Once its model is installed it is fed t
 labelled examples (``POST /v1/labels``) and inference traffic (``POST /v2/models/{m}/infer``,
 Open Inference Protocol V2) on its local HTTP endpoint, exactly as an application on the device
 would; its telemetry (drift summaries) reaches the server through its outbox.
+:class:`TrafficPump` goes on sending each device's traffic in the background, shifted on the
+devices it is told to shift from then on (the whole loop's injected drift).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +125,85 @@ class AgentProcess:
             raise FleetError(f"agent {self.share.device_id}: {resp.request.method} "
                              f"{resp.request.url.path} -> {resp.status_code}: {resp.text[:300]}")
         return resp.json()
+
+
+class TrafficPump:
+    """Each device's application: a batch of inference traffic per device every ``period_s``
+    (shifted once :meth:`inject` named the device), in a thread of its own."""
+
+    def __init__(self, agents: list[AgentProcess], model: str, *, period_s: float = 2.0,
+                 seed: int = 0) -> None:
+        self.agents = agents
+        self.model = model
+        self.period_s = period_s
+        self.seed = seed
+        self.shifts: dict[str, Shift] = {}
+        self.errors: list[str] = []
+        self._pools = {a.share.device_id: resample(a.share.x, 4096, seed=seed + 300 + i)
+                       for i, a in enumerate(agents)}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._round = 0
+
+    def start(self) -> TrafficPump:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def inject(self, shifts: dict[str, Shift]) -> None:
+        """From now on these devices see shifted inputs; they also label shifted examples."""
+        with self._lock:
+            self.shifts.update(shifts)
+        for agent in self.agents:
+            shift = shifts.get(agent.share.device_id)
+            if shift is None:
+                continue
+            x = apply_shift(agent.share.x, shift, seed=self.seed + 400 + agent.share.index)
+            with httpx.Client(base_url=agent.url, timeout=60) as http:
+                for start in range(0, len(x), 4 * BATCH):
+                    rows = slice(start, start + 4 * BATCH)
+                    r = http.post("/v1/labels", json={"inputs": x[rows].tolist(),
+                                                      "labels": agent.share.y[rows].tolist()})
+                    if r.status_code >= 400:
+                        raise FleetError(f"labelling on {agent.share.device_id}: "
+                                         f"{r.status_code} {r.text[:200]}")
+
+    def _batch(self, agent: AgentProcess) -> np.ndarray:
+        pool = self._pools[agent.share.device_id]
+        start = (self._round * BATCH) % (len(pool) - BATCH)
+        rows = pool[start:start + BATCH]
+        with self._lock:
+            shift = self.shifts.get(agent.share.device_id)
+        if shift is None:
+            return rows
+        return apply_shift(rows, shift, seed=self.seed + 500 + self._round)
+
+    def _run(self) -> None:
+        from edgefleet.v2 import request_from_array
+
+        clients = {a.share.device_id: httpx.Client(base_url=a.url, timeout=30)
+                   for a in self.agents}
+        try:
+            while not self._stop.is_set():
+                for agent in self.agents:
+                    body = request_from_array(self._batch(agent)).model_dump(
+                        mode="json", exclude_none=True)
+                    try:
+                        r = clients[agent.share.device_id].post(
+                            f"/v2/models/{self.model}/infer", json=body)
+                        if r.status_code >= 400:
+                            self.errors.append(f"{agent.share.device_id}: {r.status_code}")
+                    except httpx.HTTPError as exc:
+                        self.errors.append(f"{agent.share.device_id}: {type(exc).__name__}")
+                self._round += 1
+                self._stop.wait(self.period_s)
+        finally:
+            for c in clients.values():
+                c.close()
 
 
 AGENT_ENV = {

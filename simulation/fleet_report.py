@@ -1,4 +1,5 @@
-"""What a fleet run reports: versions and their lineage, rounds, drift per device, aliases.
+"""What a fleet run reports: versions and their lineage, rounds, drift per device, aliases, and
+(for the whole loop) the timeline, the rollouts with their evidence and the accuracy per device.
 
 :class:`FleetReport` is what :func:`simulation.fleet.run_fleet` returns; :meth:`FleetReport.render`
 is the summary ``edgefleet sim fleet`` prints. Everything in it was read back from the running
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.wire import VersionInfo
+
+if TYPE_CHECKING:
+    from simulation.fleet_loop import LoopReport, RolloutRecord
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class FleetReport:
         Every process the fleet started or saw spawned (all stopped by the end).
     survivors : list of int
         Processes still running after the clean-up (empty unless something went wrong).
+    loop : LoopReport or None
+        The whole loop's timeline, rollouts and accuracy (``None`` without the loop).
     """
 
     workdir: Path
@@ -106,6 +112,7 @@ class FleetReport:
     timings: dict[str, float] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)
     survivors: list[int] = field(default_factory=list)
+    loop: LoopReport | None = None
 
     @property
     def new_versions(self) -> list[VersionRow]:
@@ -139,6 +146,8 @@ class FleetReport:
                 f"{drift.get('verdict', '-'):<12} {_f(drift.get('share_drifted')):>7} "
                 f"{_f(drift.get('max_psi')):>8} {_f(drift.get('joint_effect')):>8} "
                 f"{'v' + _s(d.active_version):>5}")
+        if self.loop is not None:
+            out += render_loop(self.loop)
         aliases = ", ".join(f"{k} -> v{v}" for k, v in sorted(self.aliases.items()))
         out += ["", f"aliases: {aliases or '(none)'}"]
         out.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
@@ -146,6 +155,38 @@ class FleetReport:
         if self.survivors:
             out.append(f"WARNING: processes still running: {self.survivors}")
         return "\n".join(out)
+
+
+def render_loop(loop: LoopReport) -> list[str]:
+    """The loop's part of the summary: timeline, rollouts with their evidence, accuracy."""
+    out = ["", "timeline (seconds since the loop began):"]
+    out += [f"  {e.at:>7.1f}  {e.what:<26} {e.detail}" for e in loop.timeline]
+    for name, record in (("good candidate", loop.good), ("broken candidate", loop.bad)):
+        if record is not None:
+            out += ["", *_render_rollout(name, record)]
+    if loop.accuracy:
+        out += ["", f"accuracy on the digits test split, shifted as each device's inputs "
+                    f"(v{loop.before_version} before -> v{loop.after_version} after):",
+                f"  {'device':<16} {'shift':<10} {'before':>7} {'after':>7} {'change':>7}"]
+        for a in loop.accuracy:
+            out.append(f"  {a.device_id:<16} {a.shift:<10} {a.before:>7.3f} {a.after:>7.3f} "
+                       f"{a.after - a.before:>+7.3f}")
+    if loop.pump_errors:
+        out.append(f"traffic errors (first {len(loop.pump_errors)}): {loop.pump_errors}")
+    return out
+
+
+def _render_rollout(name: str, r: RolloutRecord) -> list[str]:
+    out = [f"rollout {r.id} ({name}, v{r.candidate}): {r.state}; devices on "
+           f"v{r.candidate} at the end: {', '.join(r.devices_on_candidate) or 'none'}"]
+    for e in r.events:
+        out.append(f"  {str(e.get('at', ''))[11:19]}  step {e.get('step')}  "
+                   f"{e.get('kind', ''):<9} {e.get('to_state', ''):<18} {e.get('message', '')}")
+        evidence = e.get("evidence") or {}
+        for g in evidence.get("guards") or []:
+            out.append(f"      guard {g.get('kind', '?'):<16} {g.get('decision', '?'):<5} "
+                       f"{g.get('reason', '')}")
+    return out
 
 
 def _s(v: object) -> str:

@@ -52,6 +52,7 @@ def start_server(sup: ProcessSupervisor, root: Path, *, timeout_s: float = 60.0,
         "EDGEFLEET_SERVER_POLL_INTERVAL_S": str(poll_interval_s),
         "EDGEFLEET_SERVER_LAST_SEEN_INTERVAL_S": "0",
         "EDGEFLEET_SERVER_LOG_FORMAT": "text",
+        "EDGEFLEET_SERVER_ROLLOUT_TICK_S": "1",  # rollout steps are seconds long here
     }
     child = sup.start("server", [sys.executable, "-m", "edgefleet_cli", "server", "run",
                                  "--host", "127.0.0.1", "--port", str(port)], env=env)

@@ -17,6 +17,7 @@ runs it (no cluster runs on the test machines; see README, "Kubernetes").
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import shutil
@@ -54,6 +55,7 @@ READERS: dict[str, str] = {
     "SSL_CERT_FILE": "httpx",
     "CERTS_DIR": "deploy/flwr/register-supernodes.sh",
     "FLWR_CONNECTION": "deploy/flwr/register-supernodes.sh",
+    "EDGEFLEET_ADMIN_KEY": "edgefleet/run_settings.py",  # the ServerApp inside the SuperLink
 }
 #: The PostgreSQL image's documented variables (only the small overlay runs it).
 POSTGRES_IMAGE_ENV = {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD", "PGDATA"}
@@ -143,7 +145,8 @@ def test_pods_run_non_root_with_read_only_roots_and_limits(
         writable = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
         for c in pod["containers"]:
             ctx = c["securityContext"]
-            assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert ctx["allowPrivilegeEscalation"] is False
             assert ctx["capabilities"]["drop"] == ["ALL"]
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), (c["name"], kind)
@@ -231,11 +234,15 @@ def _click_command(argv: list[str]) -> Any:
     return command, rest
 
 
+@functools.cache
+def _superlink_help() -> str:
+    return subprocess.run([str(Path(sys.executable).parent / "flower-superlink"), "--help"],
+                          capture_output=True, text=True, timeout=120, check=True).stdout
+
+
 def test_every_command_exists(resources: list[dict[str, Any]]) -> None:
     dockerfile_text = {img: (REPO / "deploy/docker" / f).read_text() for img, f in IMAGES.items()}
-    superlink_help = subprocess.run([str(Path(sys.executable).parent / "flower-superlink"),
-                                     "--help"], capture_output=True, text=True,
-                                    timeout=120).stdout
+    superlink_help = _superlink_help()
     for _, c in _edgefleet(resources):
         argv = c["command"]
         if argv[0] == "edgefleet":
@@ -316,8 +323,8 @@ def test_every_environment_variable_is_read(resources: list[dict[str, Any]]) -> 
 def test_runners_are_given_no_database() -> None:
     from server.runner.settings import RunnerSettings
 
-    assert not [f for f in RunnerSettings.model_fields if "database" in f or f.endswith("_url")
-                and f != "registry_url"]
+    assert not [f for f in RunnerSettings.model_fields
+                if "database" in f or (f.endswith("_url") and f != "registry_url")]
     for overlay in OVERLAYS:
         runner = next(r for r in _rendered(overlay) if r["metadata"]["name"] == "edgefleet-runner"
                       and r["kind"] == "Deployment")

@@ -24,8 +24,8 @@ from edgefleet.errors import SummaryError
 from edgefleet.run_settings import DEFAULTS
 
 DEFAULT_PSI_THRESHOLD = 0.2
-DEFAULT_SHARE = 0.5
-DEFAULT_THRESHOLD = 0.2
+DEFAULT_SHARE = 0.7
+DEFAULT_THRESHOLD = 0.5
 
 
 class DriftScorer:

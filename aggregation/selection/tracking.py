@@ -32,7 +32,7 @@ from edgefleet.drift import DriftSummary, ReferenceProfile
 from edgefleet.drift.baseline import BaselineConfig, Baselines, Reading
 from edgefleet.errors import SummaryError
 
-DEFAULT_FULL_EFFECT = 0.25
+DEFAULT_FULL_EFFECT = 0.4
 
 
 @dataclass(frozen=True)

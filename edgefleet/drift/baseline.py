@@ -31,7 +31,13 @@ from typing import Literal
 
 import numpy as np
 
-from edgefleet.drift.effect import DEFAULT_SCALE_FLOOR, Moments, feature_scales, moment_shift
+from edgefleet.drift.effect import (
+    DEFAULT_SCALE_FLOOR,
+    Moments,
+    feature_scales,
+    moment_shift,
+    spread_factors,
+)
 from edgefleet.drift.reference import ReferenceProfile
 from edgefleet.drift.state import chan_merge
 from edgefleet.drift.summary import DriftSummary
@@ -194,8 +200,10 @@ class DeviceBaseline:
                 return out
         return None
 
-    def reading(self, scales: np.ndarray, reference: Moments) -> Reading | None:
-        """Change, difference and accuracies now (``None`` before ``min_rows`` rows)."""
+    def reading(self, scales: np.ndarray, reference: Moments, spread: np.ndarray | None = None
+                ) -> Reading | None:
+        """Change, difference and accuracies now (``None`` before ``min_rows`` rows); ``scales``
+        and ``spread`` as :func:`~edgefleet.drift.effect.moment_shift` takes them."""
         recent = self.recent()
         if recent is None:
             return None
@@ -204,8 +212,8 @@ class DeviceBaseline:
         return Reading(
             rows=recent.rows,
             change=None if base is None else moment_shift(recent.moments, base.moments,
-                                                          scales),
-            difference=moment_shift(recent.moments, reference, scales),
+                                                          scales, spread),
+            difference=moment_shift(recent.moments, reference, scales, spread),
             baseline_accuracy=None if base is None else base.accuracy(labels),
             recent_accuracy=recent.accuracy(labels),
             baseline_labels=0 if base is None else base.label_total,
@@ -220,6 +228,7 @@ class Baselines:
         self.reference = reference
         self.config = config or BaselineConfig()
         self.scales = feature_scales(reference, self.config.scale_floor)
+        self.spread = spread_factors(reference)
         self.reference_moments = Moments.of_reference(reference)
         self.devices: dict[str, DeviceBaseline] = {}
         self.readings: dict[str, Reading] = {}
@@ -235,7 +244,7 @@ class Baselines:
             state = self.devices[device] = DeviceBaseline(summary.version, self.config)
             self.readings.pop(device, None)
         if state.observe(summary):
-            reading = state.reading(self.scales, self.reference_moments)
+            reading = state.reading(self.scales, self.reference_moments, self.spread)
             if reading is not None:
                 self.readings[device] = reading
 

@@ -7,7 +7,7 @@ one bin, so the smallest offset empties that bin and PSI jumps to ~16 whether th
 :func:`moment_shift` measures instead the root-mean-square, over the features, of the shift of
 each feature's mean and standard deviation in units of a common scale::
 
-    d_j² = [(μa − μb)² − (va/na + vb/nb)] + [(σa − σb)² − (va/(2na) + vb/(2nb))]
+    d_j² = [(μa − μb)² − (va/na + vb/nb)] + [(σa − σb)² − k_j·(va/na + vb/nb)]
     effect = sqrt(max(0, mean_j d_j² / s_j²))
 
 * it grows linearly with an offset or a gain (a +1 shift is an eighth of a +8 shift), and a
@@ -17,7 +17,8 @@ each feature's mean and standard deviation in units of a common scale::
   feature with no spread on the training data cannot turn a small offset into a huge effect;
 * **no sample-size bias**: the subtracted terms are the expected squared differences of two
   samples of the same distribution (the mean's variance ``v/n``, the standard deviation's
-  ``≈ v/(2n)``), so an unchanged window scores about 0 at any window size — the same idea as the
+  ``≈ k·v/n`` with ``k = (κ − 1)/4`` from the feature's kurtosis on the reference,
+  :func:`spread_factors`), so an unchanged window scores about 0 at any window size — the same idea as the
   server's bias-corrected PSI floor (``server.drift.stats.chi2_divergence``). The sum over
   features is clipped at 0 only at the end, so noise does not accumulate.
 
@@ -67,25 +68,52 @@ def feature_scales(reference: ReferenceProfile, scale_floor: float = DEFAULT_SCA
     return np.asarray(np.maximum(sd, floor if floor > 0 else 1.0))
 
 
-def squared_shift(a: Moments, b: Moments, scales: np.ndarray) -> float:
-    """The unbiased estimate of ``mean_j d_j² / s_j²`` (signed: noise can make it negative).
+def spread_factors(reference: ReferenceProfile) -> np.ndarray:
+    """Per feature ``(κ − 1) / 4``, ``κ`` the kurtosis of the reference's binned values.
 
-    Features without values on either side are left out; ``0.0`` when none is left.
+    A sample standard deviation's variance is about ``σ²·(κ − 1) / (4n)``: ``σ²/(2n)`` for a
+    normal feature, far more for a pixel that is 0 but for rare strokes. ``κ`` is read from the
+    reference's bins (each bin's share at its mid-point; the end bins between the training
+    range and the first or last edge), 3 where a feature has no spread.
+    """
+    out = np.full(reference.n_features, 0.5)
+    for j, f in enumerate(reference.features):
+        edges = np.concatenate([[f.min], f.bin_edges, [f.max]])
+        mid = (edges[:-1] + edges[1:]) / 2.0
+        q = np.asarray(f.bin_counts, dtype=np.float64)
+        if q.sum() <= 0:
+            continue
+        q /= q.sum()
+        mu = q @ mid
+        var = q @ (mid - mu) ** 2
+        if var > 1e-12:
+            out[j] = max(0.5, (q @ (mid - mu) ** 4 / var**2 - 1.0) / 4.0) if var > 0 else 0.5
+    return out
+
+
+def squared_shift(a: Moments, b: Moments, scales: np.ndarray,
+                  spread: np.ndarray | None = None) -> float:
+    """The bias-corrected ``mean_j d_j² / s_j²`` (signed: noise can make it negative).
+
+    ``spread`` holds :func:`spread_factors` (default 0.5 each: normal features). Features
+    without values on either side are left out; ``0.0`` when none is left.
     """
     ok = (a.n > 1) & (b.n > 1)
     if not ok.any():
         return 0.0
     na, nb = a.n[ok], b.n[ok]
     va, vb = a.var[ok] * na / (na - 1), b.var[ok] * nb / (nb - 1)  # unbiased variances
+    k = 0.5 if spread is None else spread[ok]
     loc = (a.mean[ok] - b.mean[ok]) ** 2 - (va / na + vb / nb)
-    spread = (np.sqrt(va) - np.sqrt(vb)) ** 2 - (va / (2 * na) + vb / (2 * nb))
-    return float(((loc + spread) / scales[ok] ** 2).mean())
+    sd = (np.sqrt(va) - np.sqrt(vb)) ** 2 - k * (va / na + vb / nb)
+    return float(((loc + sd) / scales[ok] ** 2).mean())
 
 
-def moment_shift(a: Moments, b: Moments, scales: np.ndarray) -> float:
+def moment_shift(a: Moments, b: Moments, scales: np.ndarray,
+                 spread: np.ndarray | None = None) -> float:
     """The bias-corrected RMS standardized shift of ``a`` from ``b`` (see the module notes):
     ``sqrt(max(0, squared_shift))``."""
-    return float(np.sqrt(max(0.0, squared_shift(a, b, scales))))
+    return float(np.sqrt(max(0.0, squared_shift(a, b, scales, spread))))
 
 
 def summary_shift(summary: DriftSummary, baseline: DriftSummary | ReferenceProfile,
@@ -96,4 +124,4 @@ def summary_shift(summary: DriftSummary, baseline: DriftSummary | ReferenceProfi
     base = (Moments.of_reference(baseline) if isinstance(baseline, ReferenceProfile)
             else Moments.of_summary(baseline))
     return moment_shift(Moments.of_summary(summary), base,
-                        feature_scales(reference, scale_floor))
+                        feature_scales(reference, scale_floor), spread_factors(reference))

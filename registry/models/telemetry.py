@@ -14,7 +14,8 @@ The device events a report carries (:class:`edgefleet.wire.DeviceEvent`) are row
 :class:`DeviceEventRecord`, stored in the report's transaction (so once, as the report is), with
 the number of the version they concern (which need not be the report's: a rollback *from* the
 candidate arrives in a report *of* the baseline); :class:`DeviceEventPublic` is what the
-operator's query returns.
+operator's query returns. A report's shadow figures (:class:`edgefleet.wire.ShadowStats`: a
+version run beside the active one) are the ``shadow_*`` columns.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class TelemetryRecord(SQLModel, table=True):
     eval_loss: float | None = None
     dropped_reports: int = 0
     drift: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    shadow_version: int | None = None
+    shadow_n: int | None = None
+    shadow_agree: int | None = None
+    shadow_confidence_delta_sum: float | None = None
 
 
 class TelemetryPublic(SQLModel):
@@ -82,6 +87,10 @@ class TelemetryPublic(SQLModel):
     eval_loss: float | None = None
     dropped_reports: int = 0
     drift: dict[str, Any] | None = None
+    shadow_version: int | None = None
+    shadow_n: int | None = None
+    shadow_agree: int | None = None
+    shadow_confidence_delta_sum: float | None = None
 
 
 class DeviceEventRecord(SQLModel, table=True):

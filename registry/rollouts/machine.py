@@ -17,7 +17,7 @@ that were still waiting. A/B rollouts run their test at the end of the horizon
 ``waves``       ``canary`` → candidate with percent 0 (membership is by label);
 ``blue_green``  ``production`` → candidate at the switch (the second step), back on rollback;
 ``ab``          none until promotion;
-``shadow``      ``shadow`` → candidate while it runs.
+``shadow``      ``shadow`` → candidate while it runs (guards by default: ``shadow_agreement``).
 Promotion moves ``production`` to the candidate (A/B: the winner or the approved variant); a
 rollout's ``canary``/``shadow`` alias is removed when it ends.
 """
@@ -30,7 +30,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from edgefleet.rollouts import ACTIVE_STATES, RolloutAbort, RolloutApprove, RolloutCreate, StepSpec
+from edgefleet.rollouts import (
+    ACTIVE_STATES,
+    GuardSpec,
+    RolloutAbort,
+    RolloutApprove,
+    RolloutCreate,
+    StepSpec,
+)
 from edgefleet.wire import AliasMove
 from registry import audit, serving
 from registry.aliases import delete_alias, set_alias
@@ -121,6 +128,9 @@ def start(session: Session, body: RolloutCreate, *, actor: str,
         raise InvalidQueryError("a blue_green rollout has two steps: pre-download, then switch")
     spec = body.model_dump(mode="json")
     spec["steps"] = [s.model_dump(mode="json") for s in steps]
+    if body.strategy == "shadow" and "guards" not in body.model_fields_set:
+        spec["guards"] = [GuardSpec(kind="shadow_agreement", margin=0.1,
+                                    min_samples=100).model_dump(mode="json")]
     row = Rollout(model_id=model.id or 0, active_model_id=model.id, strategy=body.strategy,
                   candidate_version_id=candidate_id, baseline_version_id=prod.version_id,
                   state="pending", spec=spec, created_by=actor, reason=body.reason,

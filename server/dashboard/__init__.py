@@ -9,8 +9,10 @@ removing a key from ``admin_keys`` ends its sessions.
 :func:`overview` gathers, per model: its versions with metrics and lineage (parent, federated run
 and round, clients, strategy), its aliases with their history, and the fleet drift of its
 production version (or newest version with telemetry) over time, overall and per feature; the
-devices (model, assigned and running version, last seen); and the federated runs, read from the
-lineage of the versions they published.
+devices (model, assigned and running version, last seen); the federated runs, read from the
+lineage of the versions they published; and the model's newest rollouts
+(:mod:`registry.rollouts.queries`) with their steps, guards and timeline with the evidence of
+each decision.
 """
 
 from __future__ import annotations
@@ -144,6 +146,22 @@ def _runs(model: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(runs.values())
 
 
+MAX_ROLLOUTS = 5
+
+
+def _rollouts(session: Session, model: str) -> list[dict[str, Any]]:
+    """The model's newest rollouts, each with its timeline (oldest event first)."""
+    from registry.rollouts.queries import list_rollouts, timeline
+
+    out = []
+    for r in list_rollouts(session, model=model, limit=MAX_ROLLOUTS).items:
+        out.append({**r.model_dump(mode="json", include={
+            "id", "strategy", "candidate", "baseline", "state", "step", "steps", "guards",
+            "created_at", "finished_at", "reason", "awaiting"}),
+            "timeline": [e.model_dump(mode="json") for e in timeline(session, r.id)]})
+    return out
+
+
 def overview(session: Session, policy: ThresholdPolicy, *, hours: float = 24.0,
              bucket_minutes: float = 5.0) -> dict[str, Any]:
     """Everything the dashboard shows (see the module notes), JSON-ready."""
@@ -155,7 +173,8 @@ def overview(session: Session, policy: ThresholdPolicy, *, hours: float = 24.0,
             items = _versions(session, m.name)
             entry = {"name": m.name, "task": m.task, "description": m.description,
                      "versions": items, "aliases": _aliases(session, m.name),
-                     "drift": _drift(session, m.name, items, policy, since, bucket)}
+                     "drift": _drift(session, m.name, items, policy, since, bucket),
+                     "rollouts": _rollouts(session, m.name)}
         except NotFoundError:  # deleted between the listing and the read
             continue
         models.append(entry)

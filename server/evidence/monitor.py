@@ -169,9 +169,17 @@ def monitor(
     *,
     against: int | None = None,
     window_s: int = 3600,
+    use_rollups: bool = True,
 ) -> MonitorReport:
-    """Per-version figures of ``model`` for records created in ``[since, until)``."""
-    start, end, cut, raw = split(since, until, window_s)
+    """Per-version figures of ``model`` for records created in ``[since, until)``.
+
+    ``use_rollups=False`` computes everything from the records (the same figures, slower: what
+    ``bench/bench_inference_log.py`` compares against).
+    """
+    if use_rollups:
+        start, end, cut, raw = split(since, until, window_s)
+    else:
+        start, end, cut, raw = since, since, [], [(since, until)]
     figures = _Figures()
     if start < end:
         _from_rollups(session, figures, model, since, window_s, start, end, cut)

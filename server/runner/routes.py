@@ -1,8 +1,10 @@
 """The runner's routes: V2 inference, model metadata and readiness, health, metrics.
 
 The same paths and bodies as the server's V2 family (``server/api/routes/inference.py``), with
-the codec of :mod:`edgefleet.v2`; a request without a version is answered by the model's
-``production`` alias as the runner's serving table last saw it. Callers present an inference
+the codec of :mod:`edgefleet.v2`; a request without a version is answered by the version the
+model's active rollout routes this caller to (sticky per inference key), or else by its
+``production`` alias, as the runner's serving table last saw them. Shadow copies of a rollout
+are not run here (a runner keeps no inference log). Callers present an inference
 key (``Authorization: Bearer``) unless the runner runs with ``public_inference``. Errors are
 ``{"error": "..."}`` (:mod:`server.errors`).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -26,6 +29,7 @@ from registry.errors import (
     NotFoundError,
     VersionNotReadyError,
 )
+from registry.rollouts.routing import ModelSnapshot, choose
 from server.inference.source import ServedVersion
 from server.runner.state import RunnerState
 from server.security import match_key
@@ -49,15 +53,23 @@ def get_state(request: Request) -> RunnerState:
 StateDep = Annotated[RunnerState, Depends(get_state)]
 
 
-async def require_caller(state: StateDep, authorization: Annotated[str | None, Header()] = None
-                         ) -> None:
-    if state.settings.public_inference:
-        return
+async def require_caller(request: Request, state: StateDep,
+                         authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's key for sticky rollout arms: ``app:<key name>`` as on the server, or the
+    client's address under ``public_inference``."""
     scheme, _, secret = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise AuthenticationError("inference needs an inference key (Authorization: Bearer)")
-    if match_key(secret.strip(), state.inference_keys) is None:
-        raise AuthenticationError("invalid inference key")
+    if scheme.lower() == "bearer" and secret.strip():
+        key = match_key(secret.strip(), state.inference_keys)
+        if key is not None:
+            return f"app:{key.name}"
+        if not state.settings.public_inference:
+            raise AuthenticationError("invalid inference key")
+    if state.settings.public_inference:
+        return f"anonymous:{request.client.host if request.client else '-'}"
+    raise AuthenticationError("inference needs an inference key (Authorization: Bearer)")
+
+
+CallerKey = Annotated[str, Depends(require_caller)]
 
 
 health_router = APIRouter(prefix="/v2/health", tags=["health"])
@@ -76,17 +88,24 @@ def ready(state: StateDep) -> JSONResponse:
     return JSONResponse({"ready": ok, "draining": state.draining}, 200 if ok else 503)
 
 
-async def resolve(state: RunnerState, model: str, version: str | None
+async def resolve(state: RunnerState, model: str, version: str | None, *,
+                  caller_key: str = "", request_key: str = ""
                   ) -> tuple[ServedVersion, str | None]:
-    """The READY version to serve: ``version``, or the ``production`` alias."""
+    """The READY version to serve and the alias that chose it: ``version``, or the rollout's
+    route for this caller (:func:`registry.rollouts.routing.choose`), which is the
+    ``production`` alias when no rollout steers the model."""
     entry = state.table.cached(model) or await run_in_threadpool(state.table.entry, model)
     if entry is None:
         raise NotFoundError(f"unknown model {model[:100]!r}")
     if version is None:
-        number = entry.aliases.get(PRODUCTION)
-        if number is None:
-            raise NotFoundError(f"model {model!r} has no production version; name a version")
-        alias: str | None = PRODUCTION
+        if isinstance(entry.rollout, ModelSnapshot):
+            route = choose(entry.rollout, caller_key=caller_key, request_key=request_key)
+            number, alias = route.version, route.alias
+        else:
+            found = entry.aliases.get(PRODUCTION)
+            if found is None:
+                raise NotFoundError(f"model {model!r} has no production version; name a version")
+            number, alias = found, PRODUCTION
     else:
         if not _VERSION.match(version) or int(version) > DB_INT_MAX:
             raise NotFoundError(f"unknown version {version[:20]!r}: versions are positive "
@@ -102,13 +121,15 @@ async def resolve(state: RunnerState, model: str, version: str | None
     return served, alias
 
 
-async def _infer(request: Request, state: RunnerState, model: str, version: str | None
-                 ) -> Response:
+async def _infer(request: Request, state: RunnerState, caller: str, model: str,
+                 version: str | None) -> Response:
     started = time.perf_counter()
     status = "error"
     number = version or "-"
     try:
-        served, alias = await resolve(state, model, version)
+        request_key = request.headers.get("x-request-id") or uuid.uuid4().hex
+        served, alias = await resolve(state, model, version, caller_key=caller,
+                                      request_key=request_key)
         number = str(served.number)
         decoded = v2.decode_request(await request.body(), request.headers)
         batcher = await state.pool.get(served)
@@ -170,11 +191,12 @@ async def version_ready(model: str, version: str, state: StateDep) -> dict[str, 
 
 
 @v2_router.post("/models/{model}/infer", summary="Inference on the production version")
-async def infer(model: str, request: Request, state: StateDep) -> Response:
-    return await _infer(request, state, model, None)
+async def infer(model: str, request: Request, state: StateDep, caller: CallerKey
+                ) -> Response:
+    return await _infer(request, state, caller, model, None)
 
 
 @v2_router.post("/models/{model}/versions/{version}/infer", summary="Inference on one version")
-async def infer_version(model: str, version: str, request: Request, state: StateDep
-                        ) -> Response:
-    return await _infer(request, state, model, version)
+async def infer_version(model: str, version: str, request: Request, state: StateDep,
+                        caller: CallerKey) -> Response:
+    return await _infer(request, state, caller, model, version)

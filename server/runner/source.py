@@ -19,17 +19,44 @@ import threading
 
 from edgefleet.errors import EdgeFleetError, SignatureError
 from edgefleet.plan import PlanManifest
-from edgefleet.serving import ServingSnapshot, ServingVersion, version_statement_of
+from edgefleet.serving import (
+    ServingModel,
+    ServingRollout,
+    ServingSnapshot,
+    ServingVersion,
+    version_statement_of,
+)
 from edgefleet.signature import key_id_of, verify_version
 from edgefleet.wire import SigningKeyInfo
 from registry.errors import DamagedArtifactError
+from registry.rollouts.routing import ModelSnapshot
+from registry.rollouts.strategies import RoutingView, warm_versions
 from server.errors import ModelUnavailableError
 from server.inference.source import SERVING, Artifacts, ModelEntry, ServedVersion
 from server.runner.client import ArtifactCache, RegistryClient
 
-__all__ = ["RestSource"]
+__all__ = ["RestSource", "routing_snapshot"]
 
 log = logging.getLogger("edgefleet.runner")
+
+
+def _view(r: ServingRollout) -> RoutingView:
+    return RoutingView(
+        rollout_id=r.rollout_id, strategy=r.strategy, state=r.state, step=r.step, phase=r.phase,
+        candidate=r.candidate, baseline=r.baseline, percent=r.percent,
+        selectors=tuple(r.selectors), variants=tuple((name, int(version), float(weight))
+                                                    for name, version, weight in r.variants),
+        shadow_rate=r.shadow_rate,
+    )
+
+
+def routing_snapshot(model: ServingModel) -> ModelSnapshot:
+    """The rollout routing snapshot of ``model`` (:mod:`registry.rollouts.routing`), from the
+    registry's serving snapshot instead of the database."""
+    view = None if model.rollout is None else _view(model.rollout)
+    production = model.aliases.get("production")
+    return ModelSnapshot(model=model.name, salt=model.salt, production=production, rollout=view,
+                         warm=warm_versions(view, production), token="")
 
 
 class RestSource:
@@ -80,6 +107,7 @@ class RestSource:
                                                       v.weights.sha256, v.manifest.sha256)
                               for v in m.versions},
                     aliases=dict(m.aliases),
+                    rollout=routing_snapshot(m),
                     salt=m.salt,
                 )
         return None

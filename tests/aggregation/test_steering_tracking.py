@@ -9,12 +9,14 @@ from sklearn.datasets import load_digits
 
 from aggregation.errors import SettingsError
 from aggregation.selection import Candidate, DriftPrioritisedSelection, UniformSelection
+from aggregation.selection.drift import DEFAULT_THRESHOLD
 from aggregation.selection.tracking import DriftTracker, TrackerConfig
 from edgefleet.drift import DriftAccumulator, DriftSummary, ReferenceProfile, build_reference
 from edgefleet.drift.effect import (
     Moments,
     feature_scales,
     moment_shift,
+    spread_factors,
     squared_shift,
     summary_shift,
 )
@@ -59,9 +61,10 @@ def test_effect_grows_with_the_shift_and_a_near_constant_feature_cannot_blow_it_
 @pytest.mark.parametrize("rows", [40, 400])
 def test_an_unchanged_window_has_no_sample_size_bias(digits, rows: int) -> None:
     x, _, ref = digits
-    scales = feature_scales(ref)
+    scales, spread = feature_scales(ref), spread_factors(ref)
     sq = np.array([squared_shift(Moments.of_summary(window(ref, x, rows, 2 * i)),
-                                 Moments.of_summary(window(ref, x, rows, 2 * i + 1)), scales)
+                                 Moments.of_summary(window(ref, x, rows, 2 * i + 1)), scales,
+                                 spread)
                    for i in range(30)])
     # signed and unbiased: centred on 0 (within 3 standard errors) at 40 rows as at 400
     assert abs(sq.mean()) < 3 * sq.std() / np.sqrt(len(sq))
@@ -80,10 +83,12 @@ def test_the_tracker_tells_standing_label_skew_from_a_change(digits) -> None:
         tracker.observe(2, window(ref, skewed, 100, 10 + r))
         tracker.observe(3, window(ref, x, 100, 20 + r))
     # against the reference the skewed clients look drifted, against themselves they do not
-    assert tracker.reading(1).difference > 0.3 > tracker.reading(3).difference
-    assert tracker.score(1) < 0.3 and tracker.score(2) < 0.3 and tracker.score(3) < 0.3
+    assert tracker.reading(1).difference > 3 * tracker.reading(3).difference
+    # scored against the reference, the skewed client would be steered as drifted
+    assert tracker.reading(1).difference > DEFAULT_THRESHOLD * tracker.config.full_effect
+    assert max(tracker.score(1), tracker.score(2), tracker.score(3)) < DEFAULT_THRESHOLD
     tracker.observe(2, window(ref, skewed, 100, 50, shift=4.0))  # client 2 changes
-    assert tracker.score(2) == 1.0 and tracker.score(1) < 0.3
+    assert tracker.score(2) == 1.0 and tracker.score(1) < DEFAULT_THRESHOLD
 
 
 def test_cumulative_summaries_are_scored_on_their_newest_rows(digits) -> None:
@@ -111,17 +116,18 @@ def test_a_new_version_starts_a_new_baseline(digits) -> None:
     assert tracker.score(1) == 1.0
     tracker.observe(1, window(ref, x, 100, 3, version=2, shift=4.0))
     tracker.observe(1, window(ref, x, 100, 4, version=2, shift=4.0))
-    assert tracker.score(1) < 0.3  # healthy on the version trained on the shifted data
+    assert tracker.score(1) < DEFAULT_THRESHOLD  # healthy on the version trained on the shifted data
 
 
 def test_a_node_first_seen_drifted_is_scored_by_its_excess_over_the_fleet(digits) -> None:
     x, _, ref = digits
-    tracker = DriftTracker(ref, TrackerConfig(full_effect=0.25))
+    tracker = DriftTracker(ref)
     for node in range(5):
         tracker.observe(node, window(ref, x, 60, node))  # 60 rows: no complete baseline
     tracker.observe(9, window(ref, x, 60, 9, shift=4.0))
     assert tracker.reading(9).change is None
-    assert tracker.score(9) == 1.0 and max(tracker.score(n) for n in range(5)) < 0.5
+    assert tracker.score(9) == 1.0
+    assert max(tracker.score(n) for n in range(5)) < DEFAULT_THRESHOLD
 
 
 # --- selection ---------------------------------------------------------------------------------------

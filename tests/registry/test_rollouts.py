@@ -21,12 +21,13 @@ from registry.assignment import assign
 from registry.db import session_scope
 from registry.devices import enroll, get_device
 from registry.errors import ConflictError, InvalidQueryError
-from registry.models import AuditRecord, utcnow
+from registry.models import AuditRecord, Model, utcnow
 from registry.rollouts import machine, queries
 from registry.rollouts.routing import build_snapshot, choose
+from registry.rollouts.strategies import bucket
+from registry.store import ArtifactStore
 from registry.telemetry import record_report
 from registry.version_evidence import version_evidence
-from registry.store import ArtifactStore
 from tests.registry.support import PlanFiles, model_with_versions
 
 N_DEVICES = 12
@@ -43,7 +44,21 @@ def fleet(engine: Engine, store: ArtifactStore, plan_files: PlanFiles) -> Engine
         for i in range(N_DEVICES):
             enroll(s, EnrollRequest(enrollment_token="x", device_id=f"d{i:02d}", model="digits",
                                     labels={"site": "a" if i % 2 == 0 else "b"}))
+        mixed_salt(s, [f"d{i:02d}" for i in range(N_DEVICES)])
     return engine
+
+
+def mixed_salt(session: Session, device_ids: list[str]) -> None:
+    """Give ``digits`` a rollout salt that puts between a third and two thirds of the devices
+    below 50 (a canary at 50 % is then mixed whatever the random salt would have been)."""
+    model = session.exec(select(Model).where(Model.name == "digits")).one()
+    for i in range(1000):
+        below = sum(bucket(d, "digits", f"salt{i}") < 50 for d in device_ids)
+        if len(device_ids) / 3 <= below <= 2 * len(device_ids) / 3:
+            model.rollout_salt = f"salt{i}"
+            session.add(model)
+            return
+    raise AssertionError("no mixed salt found")
 
 
 def start(engine: Engine, **kw: object) -> int:
@@ -67,7 +82,7 @@ def state(engine: Engine, rid: int) -> tuple[str, int]:
         return row.state, row.step
 
 
-def report_all(engine: Engine, accuracy: dict[int, float], *, n: int = 10,
+def report_all(engine: Engine, accuracy: dict[int, float], *, n: int = 50,
                events: dict[int, str] | None = None) -> dict[str, int]:
     """Every device polls, then reports ``accuracy[version]`` on ``n`` labelled examples."""
     ran: dict[str, int] = {}
@@ -229,7 +244,7 @@ def test_canary_membership_is_sticky_and_rest_follows(fleet: Engine) -> None:
 def test_ab_splits_tests_and_promotes_the_winner(fleet: Engine) -> None:
     rid = start(fleet, strategy="ab", candidate=None, horizon_s=60, min_samples=200,
                 variants=[{"name": "control", "version": 1}, {"name": "new", "version": 2}])
-    ran = report_all(fleet, {1: 0.80, 2: 0.97}, n=60)
+    ran = report_all(fleet, {1: 0.80, 2: 0.97}, n=250)
     assert set(ran.values()) == {1, 2}
     assert tick(fleet, rid, 10) is None  # before the horizon
     assert tick(fleet, rid, 61) == "promote"

@@ -1,4 +1,4 @@
-"""Every guard's decision: pass, fail, no data and too little data (never a pass), and the A/B test."""
+"""Every guard's decision: pass, fail, no data and too little data (never a pass); the A/B test."""
 
 from __future__ import annotations
 

@@ -17,10 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from registry.db import session_scope
 from registry.models import utcnow
 from server.main import create_app
 from server.rollouts import RolloutController
 from tests.registry.support import PlanFiles
+from tests.registry.test_rollouts import mixed_salt
 from tests.server.support import ADMIN, Api, make_settings
 
 
@@ -39,6 +41,8 @@ def fleet(app_client: TestClient, plan_files: PlanFiles) -> tuple[Api, dict[str,
     api.publish(weights=plan_files.perturbed_weights(2), full=False,
                 metadata={"plan_from_version": 1})
     devices = {f"d{i}": api.enrol(f"d{i}") for i in range(6)}
+    with session_scope(app_client.app.state.edgefleet.engine, write=True) as s:  # type: ignore[attr-defined]
+        mixed_salt(s, list(devices))
     return api, devices
 
 
@@ -48,7 +52,7 @@ def controller(client: TestClient) -> RolloutController:
 
 def poll_and_report(client: TestClient, devices: dict[str, dict[str, str]],
                     accuracy: dict[int, float]) -> dict[str, int]:
-    """Each device polls its assignment and reports its version's accuracy on 20 examples."""
+    """Each device polls its assignment and reports its version's accuracy on 50 examples."""
     out = {}
     now = utcnow()
     for device_id, auth in devices.items():
@@ -60,7 +64,7 @@ def poll_and_report(client: TestClient, devices: dict[str, dict[str, str]],
             "idempotency_key": uuid.uuid4().hex, "model": "digits", "version": version,
             "window_start": (now - timedelta(seconds=5)).isoformat(),
             "window_end": now.isoformat(),
-            "local_eval": {"n_examples": 20, "accuracy": accuracy[version]}})
+            "local_eval": {"n_examples": 50, "accuracy": accuracy[version]}})
         assert r.status_code in (200, 201), r.text
     return out
 
@@ -143,7 +147,7 @@ def test_rollout_cli(fleet: tuple[Api, Any], monkeypatch: pytest.MonkeyPatch) ->
     from edgefleet_cli import registry as cli
     from edgefleet_cli.main import app
 
-    api, devices = fleet
+    api, _ = fleet
     client = api.client
     monkeypatch.setattr(cli, "_client", lambda url: client)  # the app over ASGI, not a socket
     client.headers["X-Admin-Key"] = ADMIN["X-Admin-Key"]
@@ -173,3 +177,52 @@ def test_rollout_cli(fleet: tuple[Api, Any], monkeypatch: pytest.MonkeyPatch) ->
     out = runner.invoke(app, ["rollout", "history", str(rid), "--json"])
     assert json.loads(out.output)[-1]["message"] == "drill"
     assert runner.invoke(app, ["rollout", "status", "999"]).exit_code == 1
+
+
+def test_assignment_carries_prefetch_and_it_may_be_downloaded(
+        fleet: tuple[Api, Any]) -> None:
+    api, devices = fleet
+    c = api.client
+    body = {"model": "digits", "candidate": 2, "strategy": "blue_green", "prefetch_devices": 1}
+    rid = c.post("/api/v1/rollouts", json=body, headers=ADMIN).json()["id"]
+    a = c.get("/api/v1/devices/d0/assignment", headers=devices["d0"]).json()
+    assert a["version"] == 1 and a["rollout_id"] == rid and a["variant"] == "baseline"
+    assert a["prefetch"]["version"] == 2 and a["shadow"] is None
+    r = c.get(a["prefetch"]["weights"]["url"], headers=devices["d0"])
+    assert r.status_code == 200 and len(r.content) == a["prefetch"]["weights"]["size"]
+    r = c.get("/api/v1/models/digits/versions/3/weights", headers=devices["d0"])
+    assert r.status_code == 403  # not assigned, not pre-downloaded
+
+
+def test_federated_gate_starts_a_rollout(fleet: tuple[Api, Any]) -> None:
+    from aggregation.publishing import GateSettings, Publisher
+    from aggregation.registry_client import RegistryClient
+    from aggregation.report import RoundReport
+    from aggregation.rounds import RoundOutcome
+
+    api, _ = fleet
+    c = api.client
+    with RegistryClient("http://testserver", ADMIN["X-Admin-Key"], retries=0,
+                        transport=c._transport) as client:  # the app over ASGI
+        manifest = client.manifest("digits", 1)
+        weights = client.weights("digits", 1, manifest)
+        gate = GateSettings(max_drop=0.02, action="rollout", rollout={
+            "steps": [{"percent": 10, "bake_s": 30}, {"percent": 100, "bake_s": 30}]})
+        publisher = Publisher(client, "digits", manifest, "run-r", parent_version=1,
+                              strategy="fedavg", production_metrics={"accuracy": 0.9}, gate=gate)
+
+        def outcome(rnd: int) -> RoundOutcome:
+            report = RoundReport(rnd, status="ok", selected=[1], accepted=[1],
+                                 metrics={"holdout.accuracy": 0.91})
+            return RoundOutcome(report, weights, drift_scores={})
+
+        first = publisher(outcome(1))
+        page = c.get("/api/v1/rollouts?active=true", headers=ADMIN).json()
+        assert [(i["candidate"], i["state"]) for i in page["items"]] == [(first, "running")]
+        assert "federated gate" in page["items"][0]["reason"]
+        canary = c.get("/api/v1/models/digits/aliases/canary", headers=ADMIN).json()
+        assert (canary["version"], canary["rollout_percent"]) == (first, 10)
+        second = publisher(outcome(2))  # an active rollout: published only
+        assert second == first + 1
+        page = c.get("/api/v1/rollouts", headers=ADMIN).json()
+        assert page["total"] == 1

@@ -5,7 +5,8 @@
 update is corrupted, wrong shapes in round 1 and x1e6 in round 2) beside the real agents. It
 must publish versions with lineage that beat the initial one, refuse the adversarial updates
 and go on, move ``canary`` only through the gate, report drift per device, and leave no process
-running.
+running. Afterwards the server, restarted on the fleet's database, promotes the newest round by
+an approved rollout and serves its model card (``tests/registry/cards_support.py``).
 
 Covered elsewhere, not repeated here: NaN updates, a too-small round and resuming a restarted
 run on real SuperLink/SuperNode processes (``tests/aggregation/test_deployment.py``, test
@@ -23,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgefleet.datasets import Dataset
 from simulation.fleet import DEFAULT_APP, FleetConfig, run_fleet
 from simulation.fleet_report import FleetReport
 from simulation.processes import descendants
@@ -132,3 +134,38 @@ def test_nothing_is_left_running(fleet: FleetReport) -> None:
 def _any_port(fleet: FleetReport) -> int:
     text = (fleet.logs / "agent-fleet-device-0.log").read_text()
     return int(text.split("local inference endpoint on http://127.0.0.1:", 1)[1].split()[0])
+
+
+@pytest.mark.slow
+def test_the_newest_version_has_a_card_with_lineage_evaluation_and_its_rollout(
+    fleet: FleetReport, digits_data: Dataset
+) -> None:
+    """The server restarted on the fleet's database: the audit trail is intact, and the newest
+    round, promoted by a guarded rollout an operator approved, has a card that says so."""
+    from tests.registry.cards_support import OPERATOR, promote_and_read_card
+
+    newest = fleet.new_versions[-1]
+    got = promote_and_read_card(fleet.workdir, fleet.model, newest.version,
+                                digits_data.x_test, digits_data.y_test)
+    assert got.verify["ok"], got.verify
+    assert [(r["action"], r["target"]) for r in got.runs] == [
+        ("run.start", f"{fleet.model}/run/fleet"), ("run.end", f"{fleet.model}/run/fleet")]
+    assert got.runs[-1]["after"]["outcome"] == "completed"
+    lineage, evaluation, promotion = (got.card[k] for k in ("lineage", "evaluation", "promotion"))
+    run = lineage["federated"]
+    assert lineage["kind"] == "federated" and run["run"] == "fleet" and run["strategy"] == "fedavg"
+    assert [(r["version"], r["round"], r["clients"]) for r in run["rounds"]] == [
+        (v.version, v.round, v.clients) for v in fleet.new_versions]
+    assert run["participations"] == sum(v.clients or 0 for v in fleet.new_versions)
+    assert run["started_by"].startswith("admin:") and run["ended"] == "completed"
+    assert evaluation["holdout"]["accuracy"] == pytest.approx(newest.accuracy)
+    devices = {d["version"]: d for d in evaluation["devices"]}
+    assert devices[1]["devices"] == 3 and devices[1]["labelled"] > 0  # the agents' own labels
+    assert devices[newest.version]["feedback_labelled"] > 0  # the canary's REST feedback
+    assert [c["label"] for c in evaluation["per_class"]] == [str(i) for i in range(10)]
+    assert sum(c["rest_predictions"] for c in evaluation["per_class"]) > 0
+    ((rollout),) = promotion["rollouts"]
+    approver = "admin:" + OPERATOR.split(":")[0]
+    assert rollout["state"] == "promoted" and rollout["approved_by"] == [approver]
+    assert rollout["promoted_by"] == approver and promotion["production_since"] is not None
+    assert f"# Model card: {fleet.model} v{newest.version}" in got.markdown

@@ -1,4 +1,4 @@
-"""Evidence gaps: device events from telemetry, rollups of the inference log.
+"""Evidence gaps: device events and shadow figures from telemetry, rollups of the inference log.
 
 Revision ID: 0005
 Revises: 0004
@@ -49,6 +49,11 @@ def upgrade() -> None:
         batch_op.create_index("ix_device_event_model_version_at",
                               ["model_id", "version", "at"], unique=False)
         batch_op.create_index("ix_device_event_device_at", ["device_id", "at"], unique=False)
+    with op.batch_alter_table("telemetry_report", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("shadow_version", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("shadow_n", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("shadow_agree", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("shadow_confidence_delta_sum", sa.Float(), nullable=True))
     op.create_table(
         "inference_rollup",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
@@ -95,3 +100,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_device_event_model_version_at")
         batch_op.drop_index(batch_op.f("ix_device_event_report_id"))
     op.drop_table("device_event")
+    with op.batch_alter_table("telemetry_report", schema=None) as batch_op:
+        for name in ("shadow_confidence_delta_sum", "shadow_agree", "shadow_n",
+                     "shadow_version"):
+            batch_op.drop_column(name)

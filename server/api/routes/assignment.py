@@ -13,11 +13,13 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
+from sqlmodel import Session
 
-from edgefleet.wire import ArtifactRef, Assignment, artifact_url
+from edgefleet.wire import ArtifactRef, Assignment, PrefetchRef, artifact_url
 from registry.assignment import assign
 from registry.devices import get_device, touch
 from registry.errors import AuthenticationError
+from registry.models import ModelVersion
 from registry.signing import signature_of
 from server.api.responses import CALLER_ERRORS, error_responses
 from server.api.routes.artifacts import etag_matches
@@ -35,6 +37,23 @@ router = APIRouter(
     tags=["assignment"],
     responses={**CALLER_ERRORS, **error_responses(404)},
 )
+
+
+def _side(session: Session, name: str, v: ModelVersion | None) -> PrefetchRef | None:
+    """A version a rollout hands out beside the assignment (pre-download, shadow)."""
+    if v is None:
+        return None
+    return PrefetchRef(
+        version=v.number,
+        plan=ArtifactRef(url=artifact_url(name, v.number, "plan"), sha256=v.plan_sha256,
+                         size=v.plan_size),
+        weights=ArtifactRef(url=artifact_url(name, v.number, "weights"),
+                            sha256=v.weights_sha256, size=v.weights_size),
+        manifest_url=artifact_url(name, v.number, "manifest"),
+        manifest=ArtifactRef(url=artifact_url(name, v.number, "manifest"),
+                             sha256=v.manifest_sha256, size=v.manifest_size),
+        signature=signature_of(session, v),
+    )
 
 
 @router.get(
@@ -78,6 +97,10 @@ def get_assignment(
         ),
         signature=signature_of(session, v),
         poll_interval_s=settings.poll_interval_s,
+        rollout_id=choice.rollout_id,
+        variant=choice.variant,
+        prefetch=_side(session, name, choice.prefetch),
+        shadow=_side(session, name, choice.shadow),
     )
     content = body.model_dump_json()
     etag = f'"{hashlib.sha256(content.encode()).hexdigest()[:32]}"'

@@ -18,8 +18,8 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from registry.errors import AuthenticationError, NotFoundError
 from edgefleet.bounds import QueryText
+from registry.errors import AuthenticationError, NotFoundError
 from server.dashboard import COOKIE, SESSION_S, STATIC, issue_session, overview, verify_session
 from server.dashboard.audit_panel import CARD_CSP, audit_panel, card_page, verify_panel
 from server.deps import ModelPath, SessionDep, StateDep, VersionPath

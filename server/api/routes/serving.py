@@ -17,10 +17,17 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, Response
 from sqlmodel import Session, col
 
-from edgefleet.serving import ServingModel, ServingSnapshot, ServingVersion, snapshot_etag
+from edgefleet.serving import (
+    ServingModel,
+    ServingRollout,
+    ServingSnapshot,
+    ServingVersion,
+    snapshot_etag,
+)
 from edgefleet.wire import ArtifactRef, VersionSignature, artifact_url
 from registry.errors import AuthenticationError, PermissionDeniedError
 from registry.models import Alias, Model, ModelVersion
+from registry.rollouts.routing import routing_view
 from registry.serving import generations
 from registry.signing import key_chain
 from server.api.responses import error_responses
@@ -80,12 +87,22 @@ def _versions(session: Session) -> dict[int, list[ServingVersion]]:
     return out
 
 
+def _rollout(session: Session, model: Model) -> ServingRollout | None:
+    view = routing_view(session, model)
+    if view is None:
+        return None
+    return ServingRollout(
+        rollout_id=view.rollout_id, strategy=view.strategy, state=view.state, step=view.step,
+        phase=view.phase, candidate=view.candidate, baseline=view.baseline, percent=view.percent,
+        selectors=[None if s is None else dict(s) for s in view.selectors],
+        variants=list(view.variants), shadow_rate=view.shadow_rate,
+    )
+
+
 def snapshot(session: Session, generation: int) -> ServingSnapshot:
-    """Every model with its aliases and versions (three queries, plus one per signing key)."""
-    models = session.execute(
-        sa.select(col(Model.id), col(Model.name), col(Model.rollout_salt))
-        .order_by(col(Model.name))
-    ).all()
+    """Every model with its aliases, versions and active rollout (four queries, plus one per
+    signing key and per model)."""
+    models = session.execute(sa.select(Model).order_by(col(Model.name))).scalars().all()
     aliases: dict[int, dict[str, int]] = {}
     for model_id, alias, number in session.execute(
         sa.select(col(Alias.model_id), col(Alias.name), col(ModelVersion.number))
@@ -94,9 +111,9 @@ def snapshot(session: Session, generation: int) -> ServingSnapshot:
         aliases.setdefault(model_id, {})[alias] = number
     versions = _versions(session)
     return ServingSnapshot(generation=generation, models=[
-        ServingModel(name=name, salt=salt or "", aliases=aliases.get(model_id, {}),
-                     versions=versions.get(model_id, []))
-        for model_id, name, salt in models
+        ServingModel(name=m.name, salt=m.rollout_salt or "", aliases=aliases.get(m.id or 0, {}),
+                     versions=versions.get(m.id or 0, []), rollout=_rollout(session, m))
+        for m in models
     ])
 
 

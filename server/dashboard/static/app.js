@@ -145,6 +145,37 @@
     }
   }
 
+  function guardLines(evidence) {
+    const guards = (evidence && evidence.guards) || [];
+    return el("ul", {class: "guards"}, guards.map((g) =>
+      el("li", {class: `guard ${g.decision}`}, `${g.kind}: ${g.decision} · ${g.reason || ""}`)));
+  }
+
+  function renderRollouts(data) {
+    const body = document.getElementById("rollouts-body");
+    body.replaceChildren();
+    const all = data.models.flatMap((m) => (m.rollouts || []).map((r) => [m.name, r]));
+    if (!all.length) body.append(el("p", {class: "empty"}, "No rollouts yet."));
+    for (const [model, r] of all) {
+      const bad = r.state === "rolled_back" || r.state === "aborted";
+      const steps = r.steps.map((s, i) => [
+        i === r.step && !r.finished_at ? `▶ ${i + 1}` : `${i + 1}`,
+        s.percent !== null && s.percent !== undefined ? `${s.percent} %` : JSON.stringify(s.labels || {}),
+        `${s.bake_s} s`, `${s.timeout_s} s`, s.approval ? "yes" : "–"]);
+      const events = r.timeline.map((e) => [
+        when(e.at), `${e.step + 1}`, e.kind, e.to_state, e.actor, e.message, guardLines(e.evidence)]);
+      body.append(el("article", {class: "rollout", "data-rollout": String(r.id)},
+        el("h3", {}, `${model} · rollout ${r.id}: v${r.candidate ?? "?"} over v${r.baseline ?? "?"}`,
+           el("small", {}, ` ${r.strategy}`),
+           el("span", {class: bad ? "badge bad" : "badge ok"}, r.state)),
+        el("p", {class: "summary"}, `guards: ${r.guards.map((g) => `${g.kind} (margin ${g.margin}, ` +
+           `≥ ${g.min_samples})`).join(", ") || "none"}${r.awaiting ? " · awaiting " + r.awaiting : ""}`),
+        table(["step", "share / wave", "bake", "timeout", "approval"], steps, "steps"),
+        el("h4", {}, "Timeline and evidence"),
+        table(["at", "step", "event", "state", "by", "message", "guards"], events, "timeline")));
+    }
+  }
+
   function renderDrift(data) {
     const body = document.getElementById("drift-body");
     body.replaceChildren();
@@ -228,6 +259,7 @@
     const data = await response.json();
     document.getElementById("generated").textContent = `as of ${when(data.generated_at)}`;
     renderModels(data);
+    renderRollouts(data);
     renderDrift(data);
     renderFleet(data);
     renderRuns(data);
