@@ -38,7 +38,7 @@ from aggregation.metrics import observe_round
 from aggregation.report import RoundReport
 from aggregation.selection import DriftScorer, SelectionPolicy, over_selection_count
 from aggregation.selection.quarantine import RefusalAware
-from aggregation.selection.tracking import DriftTracker, rescore
+from aggregation.selection.tracking import DriftTracker, first_epoch_losses, rescore
 from aggregation.steering import (
     SteeringConfig,
     aggregation_weights,
@@ -255,7 +255,7 @@ class RoundRunner:
         report.connected = len(nodes)
         answers = self._query(r, nodes)
         if self.tracker is not None:
-            answers = rescore(self.tracker, answers)
+            answers = rescore(self.tracker, r, answers)
         report.timings["query"] = self.clock() - t
         eligible = [a for a in answers.values() if a.eligible]
         report.eligible = [a.node_id for a in eligible]
@@ -306,6 +306,8 @@ class RoundRunner:
         report.record(verdicts)
         if isinstance(self.policy, RefusalAware):  # refusals per node, towards quarantine
             self.policy.record(r, verdicts)
+        if self.tracker is not None:  # the received model's loss on each node's data
+            self.tracker.trained(r, first_epoch_losses(good, report.accepted))
         report.timings["validate"] = self.clock() - t
         if len(report.accepted) < s.min_reports:
             raise RoundFailed(r, f"{len(report.accepted)} valid reports < min_reports="

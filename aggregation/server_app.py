@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -130,19 +131,26 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
     )
     log.info("run %s: %s rounds %d..%d from v%d (%s, %s)", run_name, s.model, first_round,
              s.num_rounds, parent, strategy_name(strategy), getattr(policy, "name", ""))
-    start = RunEvent(model=s.model, run=run_name, event="start", rounds=remaining, detail={
+    begun = RunEvent(model=s.model, run=run_name, event="start", rounds=remaining, detail={
         "strategy": strategy_name(strategy), "selection": getattr(policy, "name", s.selection),
         "base_version": base, "parent_version": parent, "first_round": first_round,
         "num_rounds": s.num_rounds, "target_clients": s.target_clients,
         "fleet_drift": _fleet_drift(client, s.model)})
-    client.record_run(start)
+    return _audited(client, begun, publisher,
+                    lambda: runner.run(weights, num_rounds=remaining, first_round=first_round))
+
+
+def _audited(client: RegistryClient, begun: RunEvent, publisher: Publisher,
+             run: Callable[[], RunResult]) -> RunResult:
+    """``run()`` between the run's ``run.start`` and ``run.end`` records on the server."""
+    client.record_run(begun)
     try:
-        result = runner.run(weights, num_rounds=remaining, first_round=first_round)
+        result = run()
     except BaseException as exc:
-        _record_end(client, start, "failed", len(publisher.decisions), publisher,
+        _record_end(client, begun, "failed", len(publisher.decisions), publisher,
                     reason=" ".join(f"{type(exc).__name__}: {exc}".split())[:1000])
         raise
-    _record_end(client, start, "completed", len(result.outcomes), publisher)
+    _record_end(client, begun, "completed", len(result.outcomes), publisher)
     return result
 
 

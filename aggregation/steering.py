@@ -28,6 +28,8 @@ from aggregation.selection.tracking import TrackerConfig
 from edgefleet import flower_keys as fk
 from edgefleet.run_settings import DEFAULTS
 
+DEFAULT_TRACKING = TrackerConfig()
+
 
 @dataclass(frozen=True)
 class SteeringConfig:
@@ -64,7 +66,7 @@ class SteeringConfig:
     drift_boost: float = DEFAULTS.drift_boost
     max_drift_boost: float = DEFAULTS.max_drift_boost
     missing_score: float = 0.0
-    tracking: TrackerConfig | None = TrackerConfig()
+    tracking: TrackerConfig | None = DEFAULT_TRACKING
     min_score: float = DEFAULT_THRESHOLD
 
     def __post_init__(self) -> None:

@@ -16,9 +16,10 @@ Routes (JSON), the same as the server's V2 routes where they overlap::
     GET  /metrics                               Prometheus metrics (:mod:`edge_client.metrics`)
 
 Inference speaks the server's V2 with the server's own codec (:mod:`edgefleet.v2`): JSON with or
-without a ``Content-Type``, and the binary tensor data extension (``Inference-Header-Content-Length``,
-``binary_data_size``, ``binary_data``, ``binary_data_output``) in both directions, so standard
-clients such as ``tritonclient`` work with their defaults. A body the server refuses for the
+without a ``Content-Type``, and the binary tensor data extension
+(``Inference-Header-Content-Length``, ``binary_data_size``, ``binary_data``,
+``binary_data_output``) in both directions, so standard clients such as ``tritonclient`` work
+with their defaults. A body the server refuses for the
 active model, the endpoint refuses too, with the same message. It honours the request's
 ``outputs`` and says in ``parameters.path`` which path answered. Errors are
 V2 error bodies ``{"error": "..."}`` with the server's codes: 400 bad input (also a batch over

@@ -8,8 +8,10 @@ Owns
     * ``edgefleet.drift``    the mergeable drift summary that devices report;
     * ``edgefleet.wire``     the pydantic schemas that travel over REST between devices, the server
                              and the aggregation (``edgefleet.bounds``: the bounded types they use);
-    * ``edgefleet.v2``       the Open Inference Protocol (V2) schemas and their codec, used by the
-                             server's V2 routes and the agent's local endpoint alike;
+    * ``edgefleet.v2``       the Open Inference Protocol (V2) codec (JSON and binary tensor
+                             data, raw bodies in and out), used by the server's V2 routes and the
+                             agent's local endpoint alike; its JSON schemas and datatypes in
+                             ``edgefleet.v2_schema``;
     * ``edgefleet.flower_keys``  the names inside the Flower messages of the ServerApp and the
                              ClientApp;
     * ``edgefleet.run_settings`` the settings of a federated run, each knob with its one default;

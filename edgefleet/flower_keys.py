@@ -70,6 +70,7 @@ STATUS_DECLINED: Final = "declined"
 # --- MetricRecord keys ---------------------------------------------------------------------------
 NUM_EXAMPLES: Final = "num-examples"
 TRAIN_LOSS: Final = "train-loss"
+FIRST_EPOCH_LOSS: Final = "first-epoch-loss"  # the received model's loss on the first pass
 STEPS: Final = "steps"
 EXAMPLES_TRAINED: Final = "examples-trained"
 EVAL_LOSS: Final = "eval-loss"

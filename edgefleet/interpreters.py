@@ -259,7 +259,7 @@ class DirectInfer:
         self.runner = runner
         self._input_name = input_name
         self._output_name = output_name
-        self._wrapper = getattr(runner, "_interpreter_wrapper", None)
+        self._wrapper: Any = getattr(runner, "_interpreter_wrapper", None)
         inputs = getattr(runner, "_inputs", None) or {}
         outputs = dict(getattr(runner, "_outputs", None) or ())
         self._subgraph = getattr(runner, "_subgraph_index", None)

@@ -1,17 +1,13 @@
-"""The Open Inference Protocol (V2) in JSON: the one codec of the server and the edge agent.
+"""The Open Inference Protocol (V2): the one codec of the server and the edge agent.
 
 The server's ``/v2/models/{m}[/versions/{v}]/infer`` and the agent's local endpoint decode,
 check and answer requests with the functions below, so both accept and refuse the same bodies
 with the same messages; the agent's fallback client encodes its requests and reads the server's
 answers with them too.
 
-Requests carry tensors as ``{"name", "shape", "datatype", "data"}``, ``data`` the row-major
-flattening of the tensor (nested lists of the same shape are accepted too). Decoding
-(:func:`decode_tensor`) checks that the data matches its datatype — ``BOOL`` takes JSON booleans
-only, the integer types integers within their range, ``FP16``/``FP32``/``FP64`` numbers (a
-boolean or a string is never a number) — that it is rectangular and that its element count
-matches the shape. ``BYTES`` is refused as a model input. The values are validated by pydantic's
-core and converted by numpy: no Python loop over the elements.
+The JSON schema, the datatypes and the decoding of one tensor's JSON data live in
+:mod:`edgefleet.v2_schema` and are re-exported here (:class:`InferenceRequest`,
+:func:`decode_tensor`, :class:`TensorError`, the client side...).
 
 A plan takes one ``float32 [n, *sample_shape]`` input (:func:`decode_input`): the request's one
 tensor named as the manifest's input, of shape ``[n, *sample_shape]`` with
@@ -39,26 +35,39 @@ their length as a 4-byte little-endian unsigned integer.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Protocol
 
 import numpy as np
 import pydantic_core
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    TypeAdapter,
-    ValidationError,
-)
+from pydantic import ValidationError
 
 from edgefleet import __version__
-from edgefleet.errors import InputError
 from edgefleet.plan import PlanManifest
+from edgefleet.v2_schema import (
+    DTYPES,
+    INFERENCE_HEADER,
+    LABEL_OUTPUT,
+    PROBABILITIES,
+    InferenceRequest,
+    InferenceResponse,
+    InferTensor,
+    RequestedOutput,
+    TensorError,
+    V2DataType,
+    V2Error,
+    decode_tensor,
+    dtype_and_shape,
+    encode_outputs,
+    error_body,
+    invalid_request,
+    labels_from_response,
+    predicted_labels,
+    probs_from_response,
+    request_from_array,
+    requested_outputs,
+)
 
 __all__ = [
     "BINARY_EXTENSION",
@@ -66,15 +75,15 @@ __all__ = [
     "INFERENCE_HEADER",
     "LABEL_OUTPUT",
     "PROBABILITIES",
+    "DecodedRequest",
     "InferTensor",
     "InferenceRequest",
     "InferenceResponse",
     "RequestedOutput",
+    "Tensor",
     "TensorError",
     "V2DataType",
     "V2Error",
-    "DecodedRequest",
-    "Tensor",
     "check_batch",
     "decode_input",
     "decode_request",
@@ -93,162 +102,11 @@ __all__ = [
     "server_metadata",
 ]
 
-LABEL_OUTPUT: Final = "label"
-#: The output name of a request built without a manifest (a plan's usual output name).
-PROBABILITIES: Final = "probabilities"
 PLATFORM: Final = "tflite"
-# Values too large for FP16/FP32 become inf, which decode_input refuses with its own message:
-# numpy's overflow warning says nothing more (a filter costs nothing per call; np.errstate does).
-warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning,
-                        module=__name__)
-#: The header that gives the JSON part's length in a body with binary tensor data.
-INFERENCE_HEADER: Final = "Inference-Header-Content-Length"
 BINARY_EXTENSION: Final = "binary_tensor_data"
 
 
-# --- models ---------------------------------------------------------------------------------
-V2DataType = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
-]
-
-
-class InferTensor(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    shape: list[int]
-    datatype: V2DataType
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None  # absent when the tensor's data is binary
-
-
-class RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[InferTensor]
-    outputs: list[RequestedOutput] | None = None
-
-
-class InferenceResponse(BaseModel):
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    outputs: list[InferTensor]
-
-
-class V2Error(BaseModel):
-    error: str
-
-
-class TensorError(InputError):
-    """A V2 tensor (or request) that cannot be decoded or does not fit the model."""
-
-
-# --- datatypes ------------------------------------------------------------------------------
-#: The numpy dtype of every numeric V2 datatype (``BYTES`` has none).
-DTYPES: Final[dict[str, np.dtype[Any]]] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-}
-_BOOLS = TypeAdapter(list[StrictBool])
-_INTS = TypeAdapter(list[StrictInt])
-_NUMBERS = TypeAdapter(list[StrictInt | StrictFloat])
-
-
-def _adapter(datatype: str) -> tuple[TypeAdapter[Any], str]:
-    if datatype == "BOOL":
-        return _BOOLS, "booleans (true/false)"
-    if DTYPES[datatype].kind in "iu":
-        return _INTS, "integers"
-    return _NUMBERS, "numbers"
-
-
-def decode_tensor(tensor: InferTensor) -> np.ndarray:
-    """The tensor's data as an array of its shape and its datatype's dtype (module notes).
-
-    Raises
-    ------
-    TensorError
-        ``BYTES``, a negative dimension, ragged nesting, values of another kind than the
-        datatype's (booleans in a number tensor, strings, floats in an integer tensor), integers
-        out of the datatype's range, or an element count that does not match the shape.
-    """
-    dtype, shape = _dtype_and_shape(tensor.datatype, tensor.shape)
-    if tensor.data is None:
-        raise TensorError(f"tensor {tensor.name!r} has no data (nor binary_data_size with the "
-                          f"{INFERENCE_HEADER} header)")
-    flat: list[Any] = tensor.data
-    if flat and isinstance(flat[0], list):  # nested: flattened by numpy (a flat list as is)
-        try:
-            nested = np.asarray(tensor.data, dtype=object)
-        except ValueError as exc:  # ragged nesting
-            raise TensorError(f"data is not a regular (rectangular) array: {exc}") from None
-        if nested.ndim > 1 and nested.shape != shape:
-            raise TensorError(
-                f"nested data has shape {list(nested.shape)}, declared {list(shape)}")
-        flat = nested.ravel().tolist()
-    adapter, kind = _adapter(tensor.datatype)
-    try:
-        values = adapter.validate_python(flat)
-    except ValidationError as exc:
-        raise TensorError(_kind_error(exc, tensor.datatype, kind)) from None
-    expected = math.prod(shape)
-    if len(values) != expected:
-        raise TensorError(f"data has {len(values)} elements; shape {list(shape)} needs {expected}")
-    return _to_dtype(values, dtype, tensor.datatype).reshape(shape)
-
-
-def _dtype_and_shape(datatype: str, dims: Sequence[int]) -> tuple[np.dtype[Any], tuple[int, ...]]:
-    dtype = DTYPES.get(datatype)
-    if dtype is None:
-        raise TensorError(f"datatype {datatype} is not supported: send numbers (e.g. FP32)")
-    shape = tuple(dims)
-    if any(d < 0 for d in shape):
-        raise TensorError(f"shape {list(shape)} has a negative dimension")
-    return dtype, shape
-
-
-def _kind_error(exc: ValidationError, datatype: str, kind: str) -> str:
-    bad = exc.errors()[0].get("input")
-    if isinstance(bad, bool):
-        return f"data contains booleans; {datatype} takes {kind}"
-    if isinstance(bad, list):
-        return "data is not a regular (rectangular) array"
-    what = "non-numeric values" if not isinstance(bad, int | float) else f"{bad!r}"
-    return f"data contains {what}; {datatype} takes {kind}"
-
-
-def _to_dtype(values: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray:
-    if dtype.kind not in "iu":  # too large for FP16/FP32: inf (refused by decode_input)
-        return np.asarray(values, dtype=dtype)
-    info = np.iinfo(dtype)
-    try:
-        wide = np.asarray(values, dtype=np.int64)
-    except OverflowError:  # beyond int64: uint64 holds it unless it also has negatives
-        try:
-            with warnings.catch_warnings():  # numpy < 2 wraps negatives with a warning
-                warnings.simplefilter("error", DeprecationWarning)
-                wide = np.asarray(values, dtype=np.uint64)
-        except (OverflowError, DeprecationWarning):
-            raise TensorError(f"data has integers outside the range of {datatype}") from None
-    if wide.size and (int(wide.min()) < info.min or int(wide.max()) > info.max):
-        raise TensorError(f"data has integers outside the range of {datatype}")
-    return wide.astype(dtype)
-
-
+# --- the plan's input -----------------------------------------------------------------------
 def decode_input(inputs: Sequence[Tensor | InferTensor], manifest: PlanManifest, *,
                  max_batch: int) -> np.ndarray:
     """The plan's ``float32 [n, *sample_shape]`` input from the request's tensors (module notes).
@@ -318,7 +176,13 @@ class DecodedRequest:
         return bool(self.parameters.get("binary_data_output", False))
 
 
-def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+class Headers(Protocol):
+    """Request headers: a mapping, Starlette's ``Headers``, ``http.server``'s message..."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+def _header(headers: Headers | Mapping[str, str] | None, name: str) -> str | None:
     """A header of a case-insensitive mapping, or of a dict keyed by lower-case names."""
     if not headers:
         return None
@@ -331,7 +195,8 @@ def _flag(parameters: dict[str, Any] | None, key: str, where: str) -> None:
         raise TensorError(f"{where} parameter {key} must be true or false")
 
 
-def decode_request(body: bytes, headers: Mapping[str, str] | None = None) -> DecodedRequest:
+def decode_request(body: bytes, headers: Headers | Mapping[str, str] | None = None
+                   ) -> DecodedRequest:
     """Read a request body (JSON, or JSON and binary tensor data; see the module notes).
 
     ``headers`` is looked up for ``Inference-Header-Content-Length`` and ``Content-Encoding``
@@ -401,7 +266,7 @@ def _decode_inputs(tensors: Sequence[InferTensor], binary: memoryview | None) ->
 
 
 def _from_binary(tensor: InferTensor, data: memoryview) -> np.ndarray:
-    dtype, shape = _dtype_and_shape(tensor.datatype, tensor.shape)
+    dtype, shape = dtype_and_shape(tensor.datatype, tensor.shape)
     count = math.prod(shape)
     if count * dtype.itemsize != len(data):
         raise TensorError(f"input {tensor.name!r}: {len(data)} bytes of binary data, but "
@@ -492,46 +357,6 @@ def encode_prediction(request: DecodedRequest | None, probs: np.ndarray, labels:
                            outputs=[available[n] for n in names], parameters=parameters)
 
 
-# --- outputs --------------------------------------------------------------------------------
-def requested_outputs(requested: Sequence[RequestedOutput] | None, output_name: str
-                      ) -> list[str]:
-    """The names of the outputs to send, in order: the request's (when it names any), else the
-    probabilities (``output_name``) and :data:`LABEL_OUTPUT`.
-
-    Raises
-    ------
-    TensorError
-        The request names an output the model does not offer.
-    """
-    available = [output_name, LABEL_OUTPUT]
-    if not requested:
-        return available
-    names = [r.name for r in requested]
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise TensorError(f"unknown output(s) {unknown}: the model offers {sorted(available)}")
-    return names
-
-
-def predicted_labels(probs: np.ndarray, class_labels: Sequence[str]) -> list[str]:
-    """The most probable class label of each row of ``probs``."""
-    return np.asarray(class_labels, dtype=object)[np.argmax(probs, axis=1)].tolist()
-
-
-def encode_outputs(probs: np.ndarray, labels: Sequence[str], output_name: str,
-                   names: Sequence[str]) -> list[InferTensor]:
-    """The response tensors ``names`` (see :func:`requested_outputs`): the probabilities as
-    ``FP32 [n, n_classes]`` named ``output_name``, the ``labels`` as ``BYTES [n]``."""
-    probs = np.asarray(probs, dtype=np.float32)
-    tensors = {
-        output_name: InferTensor(name=output_name, shape=list(probs.shape), datatype="FP32",
-                                 data=probs.ravel().tolist()),
-        LABEL_OUTPUT: InferTensor(name=LABEL_OUTPUT, shape=[len(labels)], datatype="BYTES",
-                                  data=list(labels)),
-    }
-    return [tensors[n] for n in names]
-
-
 # --- metadata -------------------------------------------------------------------------------
 def server_metadata() -> dict[str, Any]:
     """``GET /v2``: the server's (or agent's) name, version and protocol extensions."""
@@ -559,50 +384,3 @@ def model_metadata(name: str, versions: Sequence[int], manifest: PlanManifest,
     }
 
 
-def invalid_request(exc: ValidationError) -> TensorError:
-    """The refusal of a body that is not an :class:`InferenceRequest`: where and what, for the
-    first few problems, without echoing the body back."""
-    parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
-             for e in exc.errors(include_url=False, include_input=False)[:5]]
-    return TensorError("invalid request: " + "; ".join(parts))
-
-
-def error_body(message: str) -> dict[str, Any]:
-    """The V2 error body ``{"error": message}``."""
-    return V2Error(error=message).model_dump()
-
-
-# --- the client side --------------------------------------------------------------------------
-def request_from_array(x: np.ndarray, input_name: str = "x", *, id: str | None = None
-                       ) -> InferenceRequest:
-    """An ``FP32`` request for features ``x`` (any numeric dtype, cast to float32)."""
-    arr = np.asarray(x, dtype=np.float32)
-    return InferenceRequest(id=id, inputs=[InferTensor(
-        name=input_name, shape=list(arr.shape), datatype="FP32", data=arr.ravel().tolist())])
-
-
-def probs_from_response(response: InferenceResponse, n_rows: int) -> np.ndarray:
-    """The ``float32 [n_rows, C]`` probabilities of a response (its :data:`PROBABILITIES`
-    output, or else its first floating-point one).
-
-    Raises
-    ------
-    TensorError
-        No such output, or not ``n_rows`` rows of numbers.
-    """
-    candidates = [t for t in response.outputs if t.name == PROBABILITIES] or [
-        t for t in response.outputs if t.datatype in ("FP16", "FP32", "FP64")]
-    if not candidates:
-        raise TensorError("the response has no probabilities output")
-    probs = decode_tensor(candidates[0]).astype(np.float32).reshape(-1)
-    if n_rows <= 0 or probs.size % n_rows:
-        raise TensorError(f"the response has {probs.size} probabilities for {n_rows} rows")
-    return probs.reshape(n_rows, -1)
-
-
-def labels_from_response(response: InferenceResponse) -> list[str] | None:
-    """The response's :data:`LABEL_OUTPUT` output, when it has one."""
-    for tensor in response.outputs:
-        if tensor.name == LABEL_OUTPUT and tensor.datatype == "BYTES" and tensor.data is not None:
-            return [str(v) for v in tensor.data]
-    return None

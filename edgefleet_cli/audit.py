@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Any
 
 import typer
 
@@ -33,6 +34,14 @@ Actor = Annotated[str | None, typer.Option(help="e.g. admin:alice")]
 Target = Annotated[str | None, typer.Option(help="e.g. digits/3; a trailing * matches a prefix")]
 Since = Annotated[str | None, typer.Option(help="ISO 8601 with a zone")]
 _PAGE = 500
+
+
+class CardFormat(StrEnum):
+    """What ``card`` prints."""
+
+    markdown = "markdown"
+    html = "html"
+    json = "json"
 
 
 def _client(url: str | None) -> Any:
@@ -156,14 +165,14 @@ def export(
 def card(
     model: str,
     version: Annotated[int, typer.Argument(min=1)],
-    fmt: Annotated[Literal["markdown", "html", "json"], typer.Option("--format")] = "markdown",
+    fmt: Annotated[CardFormat, typer.Option("--format")] = CardFormat.markdown,
     out: Annotated[Path | None, typer.Option("--out", help="file (default: standard output)")]
     = None,
     url: Url = None,
 ) -> None:
     """A version's model card: lineage, evaluation, promotion, limitations."""
-    r = _get(url, f"/api/v1/models/{model}/versions/{version}/card", {"format": fmt})
-    text = json.dumps(r.json(), indent=2) if fmt == "json" else r.text
+    r = _get(url, f"/api/v1/models/{model}/versions/{version}/card", {"format": fmt.value})
+    text = json.dumps(r.json(), indent=2) if fmt == CardFormat.json else r.text
     if out is None:
         typer.echo(text)
     else:

@@ -1,11 +1,13 @@
 """Rollups of the inference log: per model, version, variant and minute, kept in step with it.
 
-Each ``ROLLUP_BUCKET_S`` bucket of ``created_at`` holds, per model, version and variant,
+Per model, version and variant, they hold
 
-* in ``inference_rollup``: requests (records with ``row_index`` 0) and errors (status >= 400)
-  per latency bucket — enough for request counts, error rates and nearest-rank quantiles;
-* in ``prediction_rollup``: answered instances per predicted label, and how many of them carry
-  a true label and how many of those are right — the prediction distribution and accuracy.
+* in ``inference_rollup``, per hour (``LATENCY_ROLLUP_S``) of ``created_at``: requests (records
+  with ``row_index`` 0) and errors (status >= 400) per latency bucket — request counts, error
+  rates and nearest-rank quantiles;
+* in ``prediction_rollup``, per minute (``ROLLUP_BUCKET_S``): answered instances per predicted
+  label, and how many of them carry a true label and how many of those are right — the
+  prediction distribution and accuracy per window.
 
 They change only by increments computed from rows actually stored: :func:`add_records` is called
 by :func:`registry.evidence.insert_records` with the rows its idempotent insert returned (a
@@ -13,7 +15,8 @@ batch written twice adds once), :func:`add_feedback` by :func:`registry.evidence
 with the labels it changed, both inside the caller's transaction; the upsert
 (``ON CONFLICT … DO UPDATE SET n = n + excluded.n``) is safe under concurrent writers.
 :func:`prune` deletes whole buckets before a bucket-aligned cutoff (the inference log prunes its
-records at the same cutoff, so rollups and records describe the same rows). :func:`rebuild`
+records at the same cutoff, aligned to the hour, so rollups and records describe the same
+rows). :func:`rebuild`
 recomputes every rollup of a model from its records (the migration that adds the tables uses it
 for records logged before).
 """
@@ -29,6 +32,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from registry.models.evidence import (
+    LATENCY_ROLLUP_S,
     ROLLUP_BUCKET_S,
     InferenceRecord,
     InferenceRollup,
@@ -37,6 +41,7 @@ from registry.models.evidence import (
 
 __all__ = [
     "INFERENCE_ROLLUP",
+    "LATENCY_ROLLUP_S",
     "PREDICTION_ROLLUP",
     "add_feedback",
     "add_records",
@@ -55,16 +60,16 @@ InfKey = tuple[str, datetime, int, str, int]  # model, bucket, version, variant,
 PredKey = tuple[str, datetime, int, str, str]  # model, bucket, version, variant, label
 
 
-def bucket_floor(at: datetime) -> datetime:
-    """The start of the bucket holding ``at`` (UTC)."""
-    seconds = int((at.astimezone(UTC) - _EPOCH).total_seconds() // ROLLUP_BUCKET_S)
-    return _EPOCH + timedelta(seconds=seconds * ROLLUP_BUCKET_S)
+def bucket_floor(at: datetime, width: int = ROLLUP_BUCKET_S) -> datetime:
+    """The start of the ``width``-second bucket holding ``at`` (UTC)."""
+    seconds = int((at.astimezone(UTC) - _EPOCH).total_seconds() // width)
+    return _EPOCH + timedelta(seconds=seconds * width)
 
 
-def bucket_ceil(at: datetime) -> datetime:
-    """The first bucket boundary at or after ``at``."""
-    floor = bucket_floor(at)
-    return floor if floor == at else floor + timedelta(seconds=ROLLUP_BUCKET_S)
+def bucket_ceil(at: datetime, width: int = ROLLUP_BUCKET_S) -> datetime:
+    """The first ``width``-second bucket boundary at or after ``at``."""
+    floor = bucket_floor(at, width)
+    return floor if floor == at else floor + timedelta(seconds=width)
 
 
 def _upsert(conn: Connection, table: Any, keys: list[str], values: list[dict[str, Any]],
@@ -108,7 +113,8 @@ def add_records(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
         bucket = bucket_floor(r["created_at"])
         variant = r.get("variant") or ""
         if r["row_index"] == 0:
-            t = inf.setdefault((r["model"], bucket, r["version"], variant, r["latency_bucket"]),
+            hour = bucket_floor(r["created_at"], LATENCY_ROLLUP_S)
+            t = inf.setdefault((r["model"], hour, r["version"], variant, r["latency_bucket"]),
                                [0, 0])
             t[0] += 1
             t[1] += int(r["status"] >= 400)
@@ -140,8 +146,9 @@ def add_feedback(conn: Connection, changes: Sequence[tuple[dict[str, Any], str |
 
 
 def prune(engine: Engine, before: datetime) -> int:
-    """Delete the rollups of buckets starting before ``bucket_floor(before)``; how many."""
-    cutoff = bucket_floor(before)
+    """Delete the rollups of buckets starting before ``before`` rounded down to the hour (the
+    coarser grid, so both tables keep the same rows' figures); how many rows."""
+    cutoff = bucket_floor(before, LATENCY_ROLLUP_S)
     deleted = 0
     with engine.begin() as conn:
         for table in (INFERENCE_ROLLUP, PREDICTION_ROLLUP):

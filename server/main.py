@@ -4,8 +4,8 @@ Start-up (lifespan) migrates the database when ``auto_migrate`` is on and clears
 uploads from the artifact store, loads the version-signing key, audits changed behaviour settings
 (:mod:`server.settings_audit`) and starts the background scrub (:mod:`server.scrubber`), the
 rollout controller (:mod:`server.rollouts`), the serving table's refresh
-(:mod:`server.inference.table`) and the inference log's writer (:mod:`server.evidence.writer`); shutdown writes what the log has queued,
-stops them and disposes of the connection pool.
+(:mod:`server.inference.table`) and the inference log's writer (:mod:`server.evidence.writer`);
+shutdown writes what the log has queued, stops them and disposes of the connection pool.
 Middleware, from the outside in: request ids and the access log, then request body limits
 (uploads get ``max_upload_bytes``, everything else ``max_request_bytes``).
 """

@@ -151,8 +151,9 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         if result.steps == 0 or n == 0:
             return _decline(message, device, "nothing to train (fewer examples than a batch)")
         weights = pop.adversaries.poison(device, r, global_w, trained)
+        first = result.epoch_losses[0] if result.epoch_losses else float(result.loss)
         metrics = MetricRecord({fk.NUM_EXAMPLES: n, fk.TRAIN_LOSS: float(result.loss),
-                                fk.STEPS: result.steps,
+                                fk.FIRST_EPOCH_LOSS: float(first), fk.STEPS: result.steps,
                                 fk.EXAMPLES_TRAINED: result.examples_trained})
         config = ConfigRecord({fk.STATUS: fk.STATUS_OK, fk.MODEL: rt.manifest.name,
                                fk.VERSION: 1, fk.PLAN_SHA256: rt.manifest.plan_sha256,

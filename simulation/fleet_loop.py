@@ -105,9 +105,12 @@ class FleetRunLauncher:
 
     start: Callable[[], Path]
     report: LoopReport
+    describe: Callable[[], str] = lambda: ""
     logs: list[Path] = field(default_factory=list)
 
     def __call__(self, model: str, reason: str) -> str:
+        if reason == "drift":
+            self.report.note("drift detected", self.describe())
         self.report.note("run started", f"federated run of {model} ({reason})")
         path = self.start()
         self.logs.append(path)
@@ -150,8 +153,9 @@ class RolloutClient:
             for event in self.history(rollout_id):
                 if event["id"] not in seen:
                     seen.add(event["id"])
-                    report.note(f"rollout {rollout_id} {event['kind']}",
-                                f"step {event['step']}: {event['message']}")
+                    if event["kind"] != "wait":  # the waits are in the rollout's own table
+                        report.note(f"rollout {rollout_id} {event['kind']}",
+                                    f"step {event['step']}: {event['message']}")
             if info["state"] in TERMINAL:
                 return info
             if time.monotonic() > deadline:
@@ -261,7 +265,15 @@ def _drift_and_train(ctx: LoopContext, loop: LoopReport, pump: TrafficPump,
 
     from aggregation.controller import ControllerPolicy, ControllerState, DriftController
 
-    launcher = FleetRunLauncher(ctx.start_run, loop)
+    def describe() -> str:
+        drift = registry.fleet_drift(ctx.model)
+        if drift is None:
+            return "no reading"
+        return (f"v{drift.version}: {', '.join(drift.signals) or 'no signal'} "
+                f"(share of features drifted {drift.score:.2f}) after "
+                f"{len(loop.decisions) + 1} readings")
+
+    launcher = FleetRunLauncher(ctx.start_run, loop, describe)
     controller = DriftController(
         ctx.model, registry, launcher,
         policy=ControllerPolicy(schedule_every=None, cooldown=timedelta(0)),

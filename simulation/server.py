@@ -48,7 +48,8 @@ def steering(exp: Experiment) -> SteeringConfig:
     return SteeringConfig(base_epochs=t.epochs, max_extra_epochs=s.max_extra_epochs if on else 0,
                           lr=t.lr, drift_boost=s.drift_boost if on else 0.0,
                           max_drift_boost=s.max_drift_boost if on else 0.0,
-                          tracking=TrackerConfig(full_effect=s.full_effect),
+                          tracking=TrackerConfig(full_effect=s.full_effect,
+                                                 threshold=s.drift_threshold),
                           min_score=s.drift_threshold)
 
 

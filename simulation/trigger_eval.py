@@ -206,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(x['false_alarms'] for x in res)} |")
     print(f"\nre-arm (v1: 30 % brightness +8 from round {REARM[0]}; v2 promoted in round "
           f"{REARM[1]}; 20 % noise 1σ from round {REARM[2]}):")
-    for seed, res in zip(args.seeds, rearm, strict=True):
-        starts = [e["round"] for e in res["log"] if e["start"]]
-        armed = [e["round"] for e in res["log"] if e["armed"]]
+    for seed, run in zip(args.seeds, rearm, strict=True):
+        starts = [e["round"] for e in run["log"] if e["start"]]
+        armed = [e["round"] for e in run["log"] if e["armed"]]
         print(f"  seed {seed}: starts at rounds {starts}; armed after rounds {armed}")
     return 0
 

@@ -60,7 +60,8 @@ CORE = {"edgefleet", "numpy"} | PYDANTIC
 #: The ClientApp: the core, the agent's modules it reads with, Flower's client side and its deps.
 CLIENT_APP = CORE | TYPER | {
     "edge_client", "pydantic_settings", "dotenv", "httpx", "idna", "flwr", "grpc", "grpc_health",
-    "google", "cryptography", "Crypto", "_cffi_backend", "_openssl", "iterators"}
+    "google", "cryptography", "Crypto", "_cffi_backend", "_openssl", "iterators",
+    "brotli", "_brotli"}  # httpx's optional decoder, loaded when installed (tritonclient's deps)
 #: Every module of the agent (``edgefleet agent run``): the ClientApp's and the metrics.
 AGENT = CLIENT_APP | {"prometheus_client", "httpcore", "h11", "anyio", "sniffio", "certifi"}
 SUBCOMMANDS = ("model", "server", "agent", "fl", "sim")

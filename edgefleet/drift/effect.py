@@ -18,9 +18,9 @@ each feature's mean and standard deviation in units of a common scale::
 * **no sample-size bias**: the subtracted terms are the expected squared differences of two
   samples of the same distribution (the mean's variance ``v/n``, the standard deviation's
   ``≈ k·v/n`` with ``k = (κ − 1)/4`` from the feature's kurtosis on the reference,
-  :func:`spread_factors`), so an unchanged window scores about 0 at any window size — the same idea as the
-  server's bias-corrected PSI floor (``server.drift.stats.chi2_divergence``). The sum over
-  features is clipped at 0 only at the end, so noise does not accumulate.
+  :func:`spread_factors`), so an unchanged window scores about 0 at any window size — the
+  same idea as the server's bias-corrected PSI floor (``server.drift.stats.chi2_divergence``).
+  The sum over features is clipped at 0 only at the end, so noise does not accumulate.
 
 It needs only counts, means and variances, which every :class:`DriftSummary` and
 :class:`FeatureReference` carries. Numpy only (devices and the aggregation import it).

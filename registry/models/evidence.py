@@ -14,10 +14,12 @@ a rollout arm when one answered. ``inputs`` is kept only for sampled requests,
 arrive later through feedback. ``latency_bucket`` is :func:`registry.evidence.latency_bucket`
 of ``latency_ms`` (quantiles are computed from it in the database).
 
-Rollups (:mod:`registry.rollups`) keep the same figures per ``ROLLUP_BUCKET_S`` bucket of
-``created_at``, maintained in the transaction that inserts the records (and by feedback):
-:class:`InferenceRollup` counts requests and errors per latency bucket, :class:`PredictionRollup`
-answered instances per predicted label with how many of them are labelled and correct. Their
+Rollups (:mod:`registry.rollups`) keep the same figures per bucket of ``created_at``,
+maintained in the transaction that inserts the records (and by feedback):
+:class:`InferenceRollup` counts requests and errors per latency bucket per hour
+(``LATENCY_ROLLUP_S``: a finer grid would hold about as many rows as the log), and
+:class:`PredictionRollup` answered instances per predicted label, with how many of them are
+labelled and correct, per minute (``ROLLUP_BUCKET_S``, the finest accuracy window). Their
 ``variant`` is ``""`` where the record's is ``NULL`` (a unique key needs a value).
 """
 
@@ -33,6 +35,7 @@ from edgefleet.bounds import CleanLine, Count, Timestamp
 from registry.models.columns import JSONType, UTCDateTime, utcnow
 
 __all__ = [
+    "LATENCY_ROLLUP_S",
     "MAX_FEEDBACK_ITEMS",
     "MAX_LABEL_LENGTH",
     "ROLLUP_BUCKET_S",
@@ -45,8 +48,10 @@ __all__ = [
     "PredictionRollup",
 ]
 
-#: Width of a rollup bucket (seconds).
+#: Width of a prediction rollup bucket (seconds).
 ROLLUP_BUCKET_S = 60
+#: Width of a latency (request) rollup bucket (seconds); a multiple of ``ROLLUP_BUCKET_S``.
+LATENCY_ROLLUP_S = 3600
 
 #: Longest class label stored (characters).
 MAX_LABEL_LENGTH = 128

@@ -252,9 +252,11 @@ def evaluate_all(
     """Every guard's result and the step's verdict: FAIL if any fails, else WAIT if any waits
     (or there are no guards: nothing observed is never a pass), else PASS."""
     results = [evaluate(s, candidate, baseline) for s in specs]
+    if not results:
+        return WAIT, [GuardResult("guards", WAIT, "no guards: a step without any never passes")]
     if any(r.decision == FAIL for r in results):
         return FAIL, results
-    if not results or any(r.decision == WAIT for r in results):
+    if any(r.decision == WAIT for r in results):
         return WAIT, results
     return PASS, results
 

@@ -133,6 +133,3 @@ def judge_ab(session: Session, row: Rollout, model: Model,
     return compare(arms, alpha=float(spec.get("alpha", 0.05)),
                    min_samples=int(spec.get("min_samples", 200)))
 
-
-def breach(results: list[GuardResult]) -> bool:
-    return any(r.decision == FAIL for r in results)

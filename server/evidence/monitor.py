@@ -2,9 +2,10 @@
 
 :func:`monitor` runs three ``GROUP BY`` queries (requests, errors and the latency histogram; the
 prediction distribution; labelled accuracy per time window) over the rollups
-(:mod:`registry.rollups`, one row per minute, version, variant and latency bucket or label) for
-the whole minutes of the window, and the same three over ``inference_record`` for the rest: the
-partial minutes at either end, and each minute that a ``window_s`` boundary cuts. It combines
+(:mod:`registry.rollups`): the hourly request rollups for the whole hours of the window and the
+minute prediction rollups for its whole minutes; the same queries over ``inference_record``
+answer the rest, one index range per interval: the partial hours (requests) and minutes
+(predictions) at either end, and each minute that a ``window_s`` boundary cuts. It combines
 their few aggregated rows in Python; no logged row is loaded. The figures are those of the
 records themselves (a test compares them with a brute-force computation).
 
@@ -40,7 +41,7 @@ from sqlmodel import Session
 
 from edgefleet.drift.compare import psi
 from registry.evidence import TABLE, bucket_upper_ms
-from registry.models.evidence import ROLLUP_BUCKET_S
+from registry.models.evidence import LATENCY_ROLLUP_S, ROLLUP_BUCKET_S
 from registry.rollups import INFERENCE_ROLLUP, PREDICTION_ROLLUP, bucket_ceil, bucket_floor
 
 __all__ = ["QUANTILES", "AccuracyWindow", "MonitorReport", "VersionMonitor", "monitor"]
@@ -161,6 +162,17 @@ def split(since: datetime, until: datetime, window_s: int
     return start, end, cut, raw
 
 
+def ends(since: datetime, until: datetime, width: int
+         ) -> tuple[datetime, datetime, list[tuple[datetime, datetime]]]:
+    """``(start, end, raw)``: whole ``width`` buckets ``[start, end)`` and the rest of
+    ``[since, until)`` (its partial buckets at either end) as ``raw`` intervals."""
+    start, end = bucket_ceil(since, width), bucket_floor(until, width)
+    if start >= end:
+        return start, start, [(since, until)]
+    raw = ([(since, start)] if since < start else []) + ([(end, until)] if end < until else [])
+    return start, end, raw
+
+
 def monitor(
     session: Session,
     model: str,
@@ -173,18 +185,26 @@ def monitor(
 ) -> MonitorReport:
     """Per-version figures of ``model`` for records created in ``[since, until)``.
 
-    ``use_rollups=False`` computes everything from the records (the same figures, slower: what
-    ``bench/bench_inference_log.py`` compares against).
+    Requests, errors and latency come from the hourly rollups (whole hours) and the records
+    (the rest); predictions and accuracy from the minute rollups and the records (see
+    :func:`split`). ``use_rollups=False`` computes everything from the records (the same
+    figures, slower: what ``bench/bench_inference_log.py`` compares against).
     """
+    figures = _Figures()
     if use_rollups:
+        h_start, h_end, h_raw = ends(since, until, LATENCY_ROLLUP_S)
         start, end, cut, raw = split(since, until, window_s)
     else:
-        start, end, cut, raw = since, since, [], [(since, until)]
-    figures = _Figures()
+        h_start = h_end = start = end = since
+        h_raw, cut, raw = [(since, until)], [], [(since, until)]
+    if h_start < h_end:
+        _latency_rollups(session, figures, model, h_start, h_end)
     if start < end:
-        _from_rollups(session, figures, model, since, window_s, start, end, cut)
-    if raw:
-        _from_records(session, figures, model, since, window_s, raw)
+        _prediction_rollups(session, figures, model, since, window_s, start, end, cut)
+    for a, b in h_raw:
+        _latency_records(session, figures, model, a, b)
+    for a, b in raw:
+        _prediction_records(session, figures, model, since, window_s, a, b)
     per_version = _merge_variants(figures)
     totals = {v: sum(h.values()) for (v, _), h in per_version.hist.items()}
     if against is None and totals:
@@ -243,47 +263,58 @@ def _figures_of(f: _Figures, key: Key, since: datetime, window_s: int,
     )
 
 
-def _from_rollups(session: Session, f: _Figures, model: str, since: datetime, window_s: int,
-                  start: datetime, end: datetime, cut: list[datetime]) -> None:
-    def where(t: Any) -> tuple[Any, ...]:
-        conds = [t.c.model == model, t.c.bucket_start >= start, t.c.bucket_start < end]
-        if cut:
-            conds.append(t.c.bucket_start.not_in(cut))
-        return tuple(conds)
-
-    i, p = INFERENCE_ROLLUP, PREDICTION_ROLLUP
+def _latency_rollups(session: Session, f: _Figures, model: str, start: datetime,
+                     end: datetime) -> None:
+    i = INFERENCE_ROLLUP
     for version, variant, bucket, requests, errors in session.execute(
         sa.select(i.c.version, i.c.variant, i.c.latency_bucket, sa.func.sum(i.c.requests),
                   sa.func.sum(i.c.errors))
-        .where(*where(i)).group_by(i.c.version, i.c.variant, i.c.latency_bucket)
+        .where(i.c.model == model, i.c.bucket_start >= start, i.c.bucket_start < end)
+        .group_by(i.c.version, i.c.variant, i.c.latency_bucket)
     ):
         f.add_latency((version, variant), bucket, int(requests or 0), int(errors or 0))
+
+
+def _prediction_rollups(session: Session, f: _Figures, model: str, since: datetime,
+                        window_s: int, start: datetime, end: datetime, cut: list[datetime]
+                        ) -> None:
+    p = PREDICTION_ROLLUP
+    where = [p.c.model == model, p.c.bucket_start >= start, p.c.bucket_start < end]
+    if cut:
+        where.append(p.c.bucket_start.not_in(cut))
     for version, variant, label, n in session.execute(
         sa.select(p.c.version, p.c.variant, p.c.label, sa.func.sum(p.c.answered))
-        .where(*where(p)).group_by(p.c.version, p.c.variant, p.c.label)
+        .where(*where).group_by(p.c.version, p.c.variant, p.c.label)
     ):
         f.add_prediction((version, variant), label, int(n or 0))
     index = (_epoch(session, p.c.bucket_start) - int(since.timestamp())) // window_s
     for version, variant, w, labelled, correct in session.execute(
         sa.select(p.c.version, p.c.variant, index.label("w"), sa.func.sum(p.c.labelled),
                   sa.func.sum(p.c.correct))
-        .where(*where(p), p.c.labelled > 0).group_by(p.c.version, p.c.variant, "w")
+        .where(*where, p.c.labelled > 0).group_by(p.c.version, p.c.variant, "w")
     ):
         f.add_window((version, variant), int(w), int(labelled or 0), int(correct or 0))
 
 
-def _from_records(session: Session, f: _Figures, model: str, since: datetime, window_s: int,
-                  raw: list[tuple[datetime, datetime]]) -> None:
+def _latency_records(session: Session, f: _Figures, model: str, a: datetime, b: datetime
+                     ) -> None:
     c = TABLE.c
-    where = (c.model == model,
-             sa.or_(*(sa.and_(c.created_at >= a, c.created_at < b) for a, b in raw)))
     variant = sa.func.coalesce(c.variant, "")
     for version, var, bucket, count, errors in session.execute(
         sa.select(c.version, variant, c.latency_bucket, sa.func.count(),
                   sa.func.sum(sa.case((c.status >= 400, 1), else_=0)))
-        .where(*where, c.row_index == 0).group_by(c.version, variant, c.latency_bucket)
+        .where(c.model == model, c.created_at >= a, c.created_at < b, c.row_index == 0)
+        .group_by(c.version, variant, c.latency_bucket)
     ):
         f.add_latency((version, var), bucket, int(count), int(errors or 0))
+
+
+def _prediction_records(session: Session, f: _Figures, model: str, since: datetime,
+                        window_s: int, a: datetime, b: datetime) -> None:
+    """One interval's records (each interval its own index range scan)."""
+    c = TABLE.c
+    where = (c.model == model, c.created_at >= a, c.created_at < b)
+    variant = sa.func.coalesce(c.variant, "")
     for version, var, label, count in session.execute(
         sa.select(c.version, variant, c.label, sa.func.count())
         .where(*where, c.status < 400, c.label.is_not(None))

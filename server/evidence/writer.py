@@ -14,7 +14,7 @@ steady state about ``flush_interval_s`` of traffic. A batch the database refuses
 is dropped and counted in ``LogStats.failed``.
 
 Retention: every ``prune_interval_s`` the same thread deletes records older than
-``retention_days`` (rounded down to a rollup bucket) through :func:`registry.evidence.prune`, a
+``retention_days`` (rounded down to the hour) through :func:`registry.evidence.prune`, a
 few thousand rows per transaction, so the write lock is never held for long, and then the
 rollups of the same buckets (:func:`registry.rollups.prune`).
 """
@@ -197,8 +197,9 @@ class InferenceLog:
 
     def prune_now(self) -> int:
         """Delete records older than the retention bound now, and the rollups of the same
-        buckets (the cutoff is rounded down to a rollup bucket); how many records were deleted."""
-        cutoff = rollups.bucket_floor(utcnow() - timedelta(days=self.retention_days))
+        buckets (the cutoff is rounded down to the hour); how many records were deleted."""
+        cutoff = rollups.bucket_floor(utcnow() - timedelta(days=self.retention_days),
+                                      rollups.LATENCY_ROLLUP_S)
         n = prune(self.engine, cutoff, batch=self.prune_batch)
         rollups.prune(self.engine, cutoff)
         self.stats.pruned += n

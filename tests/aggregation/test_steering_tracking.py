@@ -73,7 +73,7 @@ def test_an_unchanged_window_has_no_sample_size_bias(digits, rows: int) -> None:
     assert shifted > 0.8 > 10 * abs(sq.mean())
 
 
-# --- baselines: label skew is not drift, a change is -----------------------------------------------
+# --- baselines: label skew is not drift, a change is ---------------------------------------
 def test_the_tracker_tells_standing_label_skew_from_a_change(digits) -> None:
     x, y, ref = digits
     skewed = x[y < 3]  # a client with three classes only
@@ -96,7 +96,7 @@ def test_cumulative_summaries_are_scored_on_their_newest_rows(digits) -> None:
     cumulative = DriftAccumulator(ref, model="m", version=1)
     tracker = DriftTracker(ref)
     rng = np.random.default_rng(0)
-    for r in range(4):  # an edge device: one summary since the install, growing
+    for _ in range(4):  # an edge device: one summary since the install, growing
         cumulative.update(x[rng.integers(0, len(x), 100)])
         tracker.observe(7, cumulative.to_summary())
     cumulative.update(np.clip(x[rng.integers(0, len(x), 60)] + 4.0, 0, 16))
@@ -116,7 +116,7 @@ def test_a_new_version_starts_a_new_baseline(digits) -> None:
     assert tracker.score(1) == 1.0
     tracker.observe(1, window(ref, x, 100, 3, version=2, shift=4.0))
     tracker.observe(1, window(ref, x, 100, 4, version=2, shift=4.0))
-    assert tracker.score(1) < DEFAULT_THRESHOLD  # healthy on the version trained on the shifted data
+    assert tracker.score(1) < DEFAULT_THRESHOLD  # healthy on the version trained on it
 
 
 def test_a_node_first_seen_drifted_is_scored_by_its_excess_over_the_fleet(digits) -> None:
@@ -130,7 +130,7 @@ def test_a_node_first_seen_drifted_is_scored_by_its_excess_over_the_fleet(digits
     assert max(tracker.score(n) for n in range(5)) < DEFAULT_THRESHOLD
 
 
-# --- selection ---------------------------------------------------------------------------------------
+# --- selection -----------------------------------------------------------------------------
 def fleet(drifted: int, clean: int) -> list[Candidate]:
     return ([Candidate(100 + i, 30, 1.0) for i in range(drifted)]
             + [Candidate(200 + i, 30, 0.0) for i in range(clean)])

@@ -105,7 +105,7 @@ def test_impact_weighs_share_and_severity() -> None:
 
 
 def test_the_controller_rearms_once_the_fleet_is_healthy_on_a_new_version(digits) -> None:
-    x, y, ref = digits
+    ref = digits[2]
     policy = ControllerPolicy(schedule_every=None, cooldown=timedelta(0))
     state = ControllerState(since=T0)
     drifted = set(range(8))
@@ -137,7 +137,7 @@ def test_the_controller_rearms_once_the_fleet_is_healthy_on_a_new_version(digits
 
 
 def test_a_version_carries_a_reference_merged_from_its_training_clients(digits) -> None:
-    x, _, ref = digits
+    ref = digits[2]
     merged = DriftSummary.merge_all(window(digits, d, 0, shift=4.0) for d in range(10))
     own = refreshed_reference(ref, merged)
     assert own.fingerprint == ref.fingerprint  # devices' summaries still fit its bins

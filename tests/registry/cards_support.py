@@ -54,8 +54,10 @@ def _settings(workdir: Path) -> ServerSettings:
     )
 
 
-def _traffic(c: TestClient, model: str, x: np.ndarray, y: np.ndarray, tag: str) -> None:
-    """Every application infers ``ROWS`` rows, then sends their true labels as feedback."""
+def _traffic(c: TestClient, model: str, x: np.ndarray, y: np.ndarray, tag: str) -> list[int]:
+    """Every application infers ``ROWS`` rows, then sends their true labels as feedback; the
+    versions that answered, per application."""
+    answered = []
     for i, app in enumerate(APPS):
         auth = {"Authorization": f"Bearer {app.split(':', 1)[1]}"}
         rows = slice(i * ROWS % len(x), i * ROWS % len(x) + ROWS)
@@ -64,11 +66,24 @@ def _traffic(c: TestClient, model: str, x: np.ndarray, y: np.ndarray, tag: str) 
                    json={"inputs": [{"name": "x", "shape": [ROWS, x.shape[1]],
                                      "datatype": "FP32", "data": x[rows].ravel().tolist()}]})
         assert r.status_code == 200, r.text
+        answered.append(int(r.json()["model_version"]))
         assert c.app.state.inference_log.flush(10)  # type: ignore[attr-defined]
         items = [{"request_id": request_id, "row_index": j, "label": str(int(label))}
                  for j, label in enumerate(y[rows])]
         r = c.post("/api/v1/feedback", headers=auth, json={"items": items})
         assert r.status_code == 200 and r.json()["applied"] == ROWS, r.text
+    return answered
+
+
+def _canary_traffic(c: TestClient, model: str, version: int, x: np.ndarray, y: np.ndarray,
+                    timeout_s: float = 60) -> None:
+    """Traffic until the candidate answered at least three applications' requests (the serving
+    table picks the rollout up at its next refresh)."""
+    deadline, n, served = time.monotonic() + timeout_s, 0, 0
+    while served < 3:
+        assert time.monotonic() < deadline, "the canary never answered a REST request"
+        served += _traffic(c, model, x, y, f"canary{n}").count(version)
+        n += 1
 
 
 def _wait_state(c: TestClient, rollout_id: int, state: str, timeout_s: float = 60) -> dict:
@@ -93,7 +108,7 @@ def promote_and_read_card(workdir: Path, model: str, version: int, x: np.ndarray
             "reason": "federated round beat production on the holdout"})
         assert r.status_code == 201, r.text
         rollout_id = r.json()["id"]
-        _traffic(c, model, x, y, "canary")
+        _canary_traffic(c, model, version, x, y)
         waiting = _wait_state(c, rollout_id, "awaiting_approval")
         assert waiting["state"] == "awaiting_approval", waiting
         r = c.post(f"/api/v1/rollouts/{rollout_id}/approve", headers=HEADERS,

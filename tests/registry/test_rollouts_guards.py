@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,9 @@ from registry.version_evidence import VersionEvidence
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def ev(**kw: object) -> VersionEvidence:
-    return VersionEvidence(model="m", version=int(kw.pop("version", 2)),  # type: ignore[call-overload]
-                           since=T0, until=None, **kw)
+def ev(**kw: Any) -> VersionEvidence:
+    return VersionEvidence(model="m", version=int(kw.pop("version", 2)), since=T0, until=None,
+                           **kw)
 
 
 EMPTY = ev()

@@ -13,7 +13,9 @@ weights slightly perturbed: as good), v3 (v1's weights scrambled: near chance). 
 4. a rollout of v4 with approval: the server is killed mid-step and restarted on the same
    database; the rollout resumes where it was, then waits for approval (production stays v2)
    until ``edgefleet rollout approve`` (a real CLI process) promotes v4 everywhere;
-5. a blue-green switch to v2 and back (abort) under concurrent V2 requests: no request fails
+5. an A/B split of production and v2 reports per-variant accuracy and its z-test, then waits
+   for an operator, who keeps the control;
+6. a blue-green switch to v2 and back (abort) under concurrent V2 requests: no request fails
    and every response carries the outputs of the version it names.
 """
 
@@ -260,6 +262,31 @@ def test_restart_mid_rollout_resumes_and_approval_blocks(stack: Stack) -> None:
                                            "EDGEFLEET_ADMIN_KEY": ADMIN_SECRET})
     kinds = [e["kind"] for e in json.loads(out.stdout)]
     assert kinds[-2:] == ["approve", "promote"] and "resume" in kinds
+
+
+def test_ab_reports_per_variant_metrics_and_its_test(stack: Stack) -> None:
+    production = stack.production()
+    rid = stack.rollout({"strategy": "ab", "horizon_s": 4, "min_samples": 200,
+                         "auto_promote": False,
+                         "variants": [{"name": "control", "version": production},
+                                      {"name": "new", "version": 2}]})
+    info = until("the A/B test ran", lambda: (i := stack.info(rid))["state"] != "running" and i,
+                 150)
+    assert info["state"] == "awaiting_approval" and info["awaiting"] == "promotion", \
+        stack.timeline(rid)
+    ab = info["last_decision"]["ab"]
+    assert ab["sufficient"] and "two-proportion z-test" in ab["test"]
+    assert ab["min_samples"] == 200 and ab["alpha"] == 0.05
+    arms = {a["name"]: a for a in ab["arms"]}
+    assert set(arms) == {"control", "new"}
+    assert all(a["n"] >= 200 and 0.5 < a["accuracy"] <= 1 for a in arms.values())
+    (cmp,) = ab["comparisons"]
+    assert cmp["control"] == "control" and cmp["variant"] == "new" and 0 <= cmp["p_value"] <= 1
+    assert "ab_result" in [e["kind"] for e in stack.timeline(rid)]
+    r = stack.http.post(f"/api/v1/rollouts/{rid}/approve", json={"variant": "control"})
+    assert r.status_code == 200 and r.json()["state"] == "promoted", r.text
+    assert stack.production() == production
+    stack.everyone_on(production)
 
 
 def test_blue_green_switch_under_rest_load_fails_nothing_and_never_mixes(
