@@ -10,7 +10,8 @@ Modules::
     errors          the exception tree (FederationError)
     validation      UpdateValidator, ValidationBounds, Verdict, RefusalReason
     report          RoundReport: who was asked, who answered, what was refused and why
-    selection/      Candidate, uniform / drift-prioritised selection, the fairness bound
+    selection/      Candidate, uniform / drift-prioritised selection, the fairness bound,
+                    per-node drift as change against the node's own baseline (tracking)
     steering        drift -> local epochs and aggregation weight ("agg-weight")
     strategies      Flower strategies by name; their aggregate_train on validated replies
     messages        query/train/evaluate message shapes (as edge_client.flower_client speaks)

@@ -2,14 +2,15 @@
 
 A run starts when
 
-* the fleet's drift for the model **crosses** its threshold: the server decides "drifted" with
-  its own thresholds and hysteresis (``server.drift``) for each of its three signals — input
-  drift, performance drift (labelled accuracy below the version's validation accuracy) and
-  label-prior shift — and the controller is edge-triggered on any of them
-  (:attr:`FleetDrift.triggered`) — after a drift start it re-arms only once a reading says the
-  fleet is no longer drifted
-  (a weights-only new version keeps the same reference, so the fleet may stay "drifted" for a
-  while after a run; one crossing starts one run);
+* the fleet's drift for the model **matters**: with an impact reading
+  (:meth:`FleetDrift.from_impact`, ``server.drift.impact``) the share of devices whose inputs
+  changed against their own baseline on the version they run, weighted by their
+  labelled-accuracy drop (or their input effect where they have no labels), must reach its
+  threshold (``edgefleet.drift.impact``); without one, the server's three verdicts (input
+  drift, performance drift, label-prior shift, each with its thresholds and hysteresis) count.
+  The controller is edge-triggered (:attr:`FleetDrift.triggered`): after a drift start it
+  re-arms only once a reading says the fleet is healthy — which it does once the fleet runs the
+  new version, whose per-device baselines start afresh (one crossing starts one run);
 * or the **schedule** is due (``schedule_every`` after the last start, or after the controller
   started when nothing ran yet);
 

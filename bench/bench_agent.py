@@ -23,7 +23,9 @@ Prints, in one run:
   each HTTP row to it. Every HTTP row uses the same client: one keep-alive
   ``http.client.HTTPConnection`` (the standard library's, so the client adds little of its own)
   in a child process, as an application on the device would be (a client thread in the
-  servers' process would contend with them for the GIL).
+  servers' process would contend with them for the GIL); the three are interleaved in ten
+  rounds, so that the machine's load weighs on each alike. ``server CPU/req`` is the serving
+  process's CPU time (``/proc``, clock ticks summed over the rounds) per request.
 
 The plan is the digits MLP (64 → 64 ReLU → 10), built in a child process (TensorFlow never loads
 here, so the memory figures are the agent's own) unless ``--plan-dir`` names one.
@@ -42,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -102,35 +103,48 @@ def poster(port: int, path: str, body: bytes, headers: dict[str, str]
 
 
 _CLIENT = """\
-import json, sys, time
+import json, os, sys, time
 from bench_agent import poster
-from _common import call_times
-t = json.loads(sys.stdin.read())
-post, conn = poster(t["port"], t["path"], bytes.fromhex(t["body"]), t["headers"])
-times = sorted(call_times(post, float(sys.argv[1]), min_calls=200, warmup=20))
-conn.close()
-print(json.dumps([times[len(times) // 2], times[int(len(times) * 0.99)], len(times) + 20]))
+from _common import cpu_seconds
+targets, seconds, rounds = json.loads(sys.stdin.read()), float(sys.argv[1]), int(sys.argv[2])
+posts = [poster(t["port"], t["path"], bytes.fromhex(t["body"]), t["headers"])[0]
+         for t in targets]
+for post in posts:  # warm-up
+    for _ in range(20):
+        post()
+times = [[] for _ in targets]
+cpu = [0.0 for _ in targets]
+for _ in range(rounds):  # interleaved: a load spike on the machine hits every target alike
+    for k, post in enumerate(posts):
+        before, deadline = cpu_seconds(os.getppid()), time.perf_counter() + seconds / rounds
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            post()
+            times[k].append(time.perf_counter() - start)
+        cpu[k] += cpu_seconds(os.getppid()) - before
+out = []
+for k, samples in enumerate(times):
+    samples.sort()
+    out.append([samples[len(samples) // 2], samples[int(len(samples) * 0.99)],
+                cpu[k] / len(samples)])
+print(json.dumps(out))
 """
 
 
-def http_rows(targets: list[dict[str, Any]], seconds: float
+def http_rows(targets: list[dict[str, Any]], seconds: float, rounds: int = 10
               ) -> list[tuple[str, float, float, float]]:
     """Time each target's POST (``label``, ``port``, ``path``, ``body``, ``headers``) from a
-    child process: ``(label, median s, p99 s, this process's CPU s per request)`` each (the
-    servers run here; nothing else does while a child runs)."""
-    out = []
-    for t in targets:
-        spec = json.dumps({**t, "body": t["body"].hex()})
-        cpu = time.process_time()
-        proc = subprocess.run([sys.executable, "-c", _CLIENT, str(seconds)], input=spec,
-                              text=True, capture_output=True, cwd=ROOT / "bench", timeout=600,
-                              check=False)
-        cpu = time.process_time() - cpu
-        if proc.returncode != 0:
-            sys.exit(f"the HTTP client failed:\n{proc.stderr[-3000:]}")
-        med, p99, calls = json.loads(proc.stdout)
-        out.append((t["label"], med, p99, cpu / calls))
-    return out
+    child process, the targets interleaved in ``rounds`` rounds of ``seconds / rounds`` each:
+    ``(label, median s, p99 s, the serving process's CPU s per request)`` each (the servers
+    run in this process; nothing else does while the child runs)."""
+    spec = json.dumps([{**t, "body": t["body"].hex()} for t in targets])
+    proc = subprocess.run([sys.executable, "-c", _CLIENT, str(seconds), str(rounds)],
+                          input=spec, text=True, capture_output=True, cwd=ROOT / "bench",
+                          timeout=600, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"the HTTP client failed:\n{proc.stderr[-3000:]}")
+    return [(t["label"], med, p99, cpu)
+            for t, (med, p99, cpu) in zip(targets, json.loads(proc.stdout), strict=True)]
 
 
 def main() -> None:
@@ -236,7 +250,7 @@ def main() -> None:
          for label, med, p99, cpu in results],
     )
     print("\n× echo: median round trip over the bare echo's; server CPU/req: CPU time of the "
-          "serving process (this one) per request while the client child ran.")
+          "serving process per request (HTTP rows interleaved, see the module notes).")
 
 
 if __name__ == "__main__":

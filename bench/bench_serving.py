@@ -12,8 +12,9 @@ One run prints, at each concurrency (default 1, 8, 32, 64), req/s and p50/p99 la
 
 for two models, both authored at bench time in a child process (TensorFlow runs only there): the
 tiny digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10 served with micro-batching
-(``max_batch`` 32). The load generator is ``wrk`` (Debian's package: ``apt-get install -y wrk``;
-the bench installs it when missing and it can), one thread, keep-alive, 127.0.0.1; its CPU time is
+(``max_batch`` 32, ``max_queue_delay_ms`` 5). The load generator is ``wrk`` (Debian's package:
+``apt-get install -y wrk``; the bench installs it when missing and it can), one thread,
+keep-alive, 127.0.0.1; its CPU time is
 reported per row (``gen CPU``, in cores: CPU seconds / wall seconds), so a row where the generator
 is near one core says the generator, not the server, was the limit. On a machine with 2 cores the
 generator's share counts against the server's: ``--workers 2`` competes with wrk for them.
@@ -40,6 +41,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from _common import ROOT, build_digits_plan, free_port, process
+from fastapi import FastAPI, Request, Response
 
 ADMIN_KEY = "bench-admin-key"
 APP_KEY = "bench-app-key"
@@ -93,7 +95,6 @@ def body_for(features: int) -> bytes:
 # --- the bare floor (run in its own process by --serve-bare) ----------------------------------
 def serve_bare(port: int, payload_file: Path) -> None:
     import uvicorn
-    from fastapi import FastAPI, Request, Response
 
     canned: dict[str, str] = json.loads(payload_file.read_text())
     app = FastAPI()
@@ -207,7 +208,8 @@ def server_env(tmp: Path, db_url: str) -> dict[str, str]:
         EDGEFLEET_SERVER_INFERENCE_LOG_ENABLED="true",
         EDGEFLEET_SERVER_METRICS_ENABLED="true",
         EDGEFLEET_SERVER_BATCHING=json.dumps(
-            {"default": {"max_batch": 32}, "per_model": {"heavy": {"max_batch": 32}}}),
+            {"default": {"max_batch": 32},
+             "per_model": {"heavy": {"max_batch": 32, "max_queue_delay_ms": 5}}}),
     )
     return env
 

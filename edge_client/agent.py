@@ -36,6 +36,7 @@ from edge_client.metrics import AgentMetrics
 from edge_client.models import InstalledVersion, ModelManager
 from edge_client.outbox import Outbox
 from edge_client.settings import DEFAULT_POLL_INTERVAL_S, AgentSettings
+from edge_client.side_versions import SideVersions
 from edge_client.storage import StateStore
 from edge_client.store import LabelStore
 from edge_client.telemetry import DrainResult, Telemetry, merge_report_bodies
@@ -107,6 +108,8 @@ class Agent:
         degraded = {k: v for k, v in self.storage_condition().items() if v != "ok"}
         if degraded:
             log.warning("storage degraded, serving anyway: %s", degraded)
+        self.side = SideVersions(self.models, self.telemetry, pinned=lambda: [  # prefetch, shadow
+            k for k in [self.credentials.signing_key if self.credentials else None] if k])
         self.router = InferenceRouter(self.models, self.telemetry, self.labels, s,
                                       assignment=lambda: self.assignment,
                                       client=lambda: self.client, reject=self.reject)
@@ -190,6 +193,7 @@ class Agent:
         a = self.assignment
         if a is None:
             return "none"
+        self._guarded("side versions", lambda: self.side.sync(client, a))  # a rollout's extras
         if self.models.is_current(a):
             return "current"
         return self._install(client, a)

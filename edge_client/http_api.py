@@ -19,13 +19,13 @@ Inference speaks the server's V2 with the server's own codec (:mod:`edgefleet.v2
 without a ``Content-Type``, and the binary tensor data extension
 (``Inference-Header-Content-Length``, ``binary_data_size``, ``binary_data``,
 ``binary_data_output``) in both directions, so standard clients such as ``tritonclient`` work
-with their defaults. A body the server refuses for the
-active model, the endpoint refuses too, with the same message. It honours the request's
-``outputs`` and says in ``parameters.path`` which path answered. Errors are
-V2 error bodies ``{"error": "..."}`` with the server's codes: 400 bad input (also a batch over
-``max_batch`` rows or an unknown output), 404 unknown route, model or version, 413 body over
-``max_request_bytes`` (from ``Content-Length`` before reading, or while reading a chunked body),
-503 only when neither the local model nor the server could answer.
+with their defaults. A body the server refuses for the active model, the endpoint refuses too,
+with the same message. It honours the request's ``outputs`` and says in ``parameters.path``
+which path answered. Errors are V2 error bodies ``{"error": "..."}`` with the server's codes:
+400 bad input (also a batch over ``max_batch`` rows, an unknown output or malformed binary
+framing), 404 unknown route, model or version, 413 body over ``max_request_bytes`` (from
+``Content-Length`` before reading, or while reading a chunked body), 503 only when neither the
+local model nor the server could answer.
 
 It binds to 127.0.0.1 only: applications on the device talk to it; nothing else can. It serves
 a :class:`LocalService` (what :class:`~edge_client.agent.Agent` offers), not the agent itself.

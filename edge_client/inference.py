@@ -157,7 +157,8 @@ class InferenceRouter:
         self._reject = reject
         self.failures = 0
         self._cooldown_until = 0.0
-        self._labels: tuple[PlanManifest | None, np.ndarray] = (None, np.empty(0, dtype=object))
+        self._per_plan: tuple[PlanManifest | None, np.ndarray, np.ndarray] = (
+            None, np.empty(0, dtype=object), np.empty(0, dtype=np.float32))
 
     def reset_failures(self) -> None:
         self.failures = 0
@@ -189,11 +190,14 @@ class InferenceRouter:
         elif active is not None:
             runtime = active.runtime
             manifest = runtime.manifest
-            feats = arr[None] if arr.shape == manifest.input.sample_shape else arr
+            feats = arr[None] if arr.shape == runtime.sample_shape else arr
             start = time.perf_counter()
             try:
                 probs = runtime.predict(feats)
-                if not all_finite(probs):
+                cached, labels, zeros = self._per_plan
+                if cached is not manifest:
+                    _, labels, zeros = self._per_plan = _plan_constants(manifest)
+                if not all_finite(probs, zeros):
                     raise EdgeFleetError("the local model answered NaN/inf probabilities")
             except InputError as exc:
                 if self._fallback_target(model, version) in (
@@ -210,19 +214,10 @@ class InferenceRouter:
                 info = active.info
                 self.telemetry.record_local(manifest, info.version, feats, probs, latency,
                                             model=info.model)
-                return Prediction(probs, self._classes(manifest, probs), "local", info.model,
-                                  info.version, latency)
+                classes = [labels[probs.argmax()]] if probs.shape[0] == 1 else labels[
+                    probs.argmax(axis=1)].tolist()
+                return Prediction(probs, classes, "local", info.model, info.version, latency)
         return self._fallback(arr, reason, model, version)
-
-    def _classes(self, manifest: PlanManifest, probs: np.ndarray) -> list[str]:
-        """The most probable class label of each row (the labels array kept per manifest)."""
-        cached, labels = self._labels
-        if cached is not manifest:
-            labels = np.asarray(manifest.output.class_labels, dtype=object)
-            self._labels = (manifest, labels)
-        if probs.shape[0] == 1:
-            return [labels[probs.argmax()]]
-        return labels[probs.argmax(axis=1)].tolist()  # type: ignore[no-any-return]
 
     def _local_failure(self, active: ActiveModel, reason: str) -> None:
         self.failures += 1
@@ -319,6 +314,14 @@ class InferenceRouter:
         classes = manifest.output.class_labels if manifest else None
         idx = np.asarray([_class_index(v, classes) for v in ys], dtype=np.int64)
         return self.labels.add(model, arr, idx)
+
+
+def _plan_constants(manifest: PlanManifest) -> tuple[PlanManifest, np.ndarray, np.ndarray]:
+    """What every local answer of a plan uses: its class labels as an array, and zeros shaped
+    as one answer's probabilities (a dot product with them is finite exactly when the
+    probabilities are: :func:`edgefleet.runtime.all_finite`)."""
+    labels = np.asarray(manifest.output.class_labels, dtype=object)
+    return manifest, labels, np.zeros(manifest.output.n_classes, dtype=np.float32)
 
 
 def _describe(model: str, version: int | None) -> str:

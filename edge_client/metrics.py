@@ -22,8 +22,8 @@ Read from the agent at scrape time (:class:`AgentCollector`):
 ``edgefleet_agent_labelled_examples``             examples in the local label store
 
 Each agent has its own registry, so several agents embedded in one process do not mix.
-Answered predictions cost a few attribute updates under one lock: their latencies are kept and
-folded into the histogram's buckets (``numpy.searchsorted``) every ``FOLD_EVERY`` predictions and
+An answered prediction costs one append to a queue (no lock): the queue is folded into the
+counters and the histogram's buckets (``numpy.searchsorted``) every ``FOLD_EVERY`` predictions and
 at each scrape (:class:`PredictionCollector`), not observed one by one.
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -94,9 +95,10 @@ class AgentMetrics:
                                 "Predictions that got no answer, by kind.", ["kind"],
                                 registry=self.registry)
         self._lock = threading.Lock()
-        # per path: [predictions, rows], pending latencies, bucket counts (+Inf last), sum
+        # answered (path, rows, seconds), appended without the lock, folded in under it
+        self._queued: deque[tuple[str, int, float]] = deque()
+        # per path: [predictions, rows], bucket counts (+Inf last), latency sum
         self._counts = {p: [0, 0] for p in PATHS}
-        self._pending: dict[str, list[float]] = {p: [] for p in PATHS}
         self._buckets = {p: np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64) for p in PATHS}
         self._sums = dict.fromkeys(PATHS, 0.0)
         self._bounds = np.asarray(LATENCY_BUCKETS)
@@ -117,14 +119,11 @@ class AgentMetrics:
 
     def answered(self, path: str, rows: int, seconds: float) -> None:
         """Count one answered prediction of ``rows`` rows that took ``seconds``."""
-        with self._lock:
-            counts = self._counts[path]
-            counts[0] += 1
-            counts[1] += rows
-            pending = self._pending[path]
-            pending.append(seconds)
-            if len(pending) >= FOLD_EVERY:
-                self._fold(path)
+        queued = self._queued
+        queued.append((path, rows, seconds))
+        if len(queued) >= FOLD_EVERY:
+            with self._lock:
+                self._fold()
 
     def failed(self, exc: BaseException) -> None:
         """Count a prediction that got no answer."""
@@ -132,22 +131,29 @@ class AgentMetrics:
                 "unavailable" if isinstance(exc, ModelUnavailableError) else "error")
         self.failures.labels(kind).inc()
 
-    def _fold(self, path: str) -> None:
-        """Move ``path``'s pending latencies into its buckets (the lock is held)."""
-        pending = self._pending[path]
-        if pending:
-            values = np.asarray(pending)
-            index = np.searchsorted(self._bounds, values, side="left")  # le: value <= bound
-            self._buckets[path] += np.bincount(index, minlength=self._bounds.size + 1)
-            self._sums[path] += float(values.sum())
-            pending.clear()
+    def _fold(self) -> None:
+        """Move the queued predictions into the counters and buckets (the lock is held; other
+        threads only append, so each queued prediction is folded exactly once)."""
+        queued = self._queued
+        latencies: dict[str, list[float]] = {p: [] for p in PATHS}
+        for _ in range(len(queued)):
+            path, rows, seconds = queued.popleft()
+            counts = self._counts[path]
+            counts[0] += 1
+            counts[1] += rows
+            latencies[path].append(seconds)
+        for path, values in latencies.items():
+            if values:
+                index = np.searchsorted(self._bounds, values, side="left")  # le: value <= bound
+                self._buckets[path] += np.bincount(index, minlength=self._bounds.size + 1)
+                self._sums[path] += float(np.sum(values))
 
     def snapshot(self) -> dict[str, tuple[int, int, list[int], float]]:
         """Per path: predictions, rows, cumulative bucket counts (``+Inf`` last), latency sum."""
         with self._lock:
+            self._fold()
             out = {}
             for path in PATHS:
-                self._fold(path)
                 n, rows = self._counts[path]
                 out[path] = (n, rows, np.cumsum(self._buckets[path]).tolist(), self._sums[path])
             return out

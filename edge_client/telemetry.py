@@ -13,7 +13,9 @@ The active version gets a report every interval even without traffic (a heartbea
 version and local evaluation). Device events (:mod:`edge_client.events`) ride on the reports:
 each window with local-model failures adds one ``crash`` event (its ``count`` the failures), and
 the pending lifecycle events (switch, smoke test failed, refused, rollback) go on the report of
-the active version (or of their own version when no report of their model is due).
+the active version (or of their own version when no report of their model is due). A shadow
+version run beside the active one (:mod:`edge_client.side_versions`) adds its figures to the
+active version's report (``shadow``).
 
 The cumulative drift summary of each version (all windows merged) is kept in the state database,
 where the Flower ClientApp reads it for its ``query`` reply.
@@ -25,9 +27,11 @@ import logging
 import random
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import numpy as np
 
@@ -45,6 +49,7 @@ from edgefleet.wire import (
     DeviceEvent,
     InferenceStats,
     LocalEvaluation,
+    ShadowStats,
     TelemetryReport,
 )
 
@@ -140,8 +145,28 @@ def merge_report_bodies(older: str, newer: str) -> str:
         "local_eval": b.local_eval or a.local_eval,
         "dropped_reports": a.dropped_reports + b.dropped_reports,
         "events": coalesce([*a.events, *b.events]),
+        "shadow": _merge_shadow(a.shadow, b.shadow),
     })
     return merged.model_dump_json()
+
+
+class Shadow(Protocol):
+    """A version run beside the active one (:class:`edge_client.side_versions.ShadowRun`)."""
+
+    model: str
+    version: int
+
+    def observe(self, x: np.ndarray, probs: np.ndarray) -> None: ...
+
+    def take(self) -> ShadowStats | None: ...
+
+
+def _merge_shadow(a: ShadowStats | None, b: ShadowStats | None) -> ShadowStats | None:
+    """Two windows' shadow figures: added when about the same version, else the newer."""
+    if a is None or b is None or a.version != b.version:
+        return b or a
+    return ShadowStats(version=a.version, n=a.n + b.n, agree=a.agree + b.agree,
+                       confidence_delta_sum=a.confidence_delta_sum + b.confidence_delta_sum)
 
 
 class Telemetry:
@@ -152,7 +177,12 @@ class Telemetry:
         self.state = state
         self._windows: dict[VersionKey, _Window] = {}
         self._lock = threading.Lock()
+        # local answers not yet in their windows: appended without the lock (deque.append is
+        # atomic), folded in under it (_fold_local)
+        self._local: deque[tuple[VersionKey, PlanManifest, np.ndarray, np.ndarray, float]] = (
+            deque())
         self.events = DeviceEvents(state)
+        self.shadow: Shadow | None = None  # set by edge_client.side_versions
 
     def _window(self, key: VersionKey, manifest: PlanManifest | None) -> _Window:
         window = self._windows.get(key)
@@ -169,30 +199,45 @@ class Telemetry:
     # --- observations ---------------------------------------------------------------------------
     def record_local(self, manifest: PlanManifest, version: int, x: np.ndarray,
                      probs: np.ndarray, latency_ms: float, *, model: str | None = None) -> None:
-        """A local inference: counts, latency and the drift accumulator (its rows are kept and
-        applied in batches of ``DRIFT_BATCH_ROWS``, and at every :meth:`flush`).
+        """A local inference: counts, latency and the drift accumulator.
+
+        The answer is queued (copies of ``x`` and ``probs``: the caller may reuse its arrays)
+        and folded into its window every ``DRIFT_BATCH_ROWS`` answers and at every
+        :meth:`flush`; the drift accumulator is updated in batches of as many rows.
 
         ``model`` is the registry model the version belongs to (default: the plan's name); the
         server knows the report by that name, which need not be the plan's.
         """
         key = (model or manifest.name, version)
-        rows = x.shape[0]
-        with self._lock:
+        queued = self._local
+        queued.append((key, manifest, x.copy(), probs.copy(), latency_ms))
+        if len(queued) >= DRIFT_BATCH_ROWS:
+            with self._lock:
+                self._fold_local()
+        shadow = self.shadow
+        if shadow is not None and shadow.model == key[0] and shadow.version != version:
+            shadow.observe(x, probs)  # a rollout's shadow beside the active version
+
+    def _fold_local(self) -> None:
+        """Move the queued local answers into their windows (the lock is held; other threads
+        only append, so every answer queued before this call is folded exactly once)."""
+        queued = self._local
+        touched = []
+        for _ in range(len(queued)):
+            key, manifest, x, probs, latency_ms = queued.popleft()
             window = self._windows.get(key)
             if window is None or window.accumulator is None:
                 window = self._window(key, manifest)
-            window.local += rows
-            if len(window.latencies) < MAX_LATENCY_SAMPLES:  # add_latency, inlined
-                window.seen += 1
-                window.latencies.append(latency_ms)
-            else:
-                window.add_latency(latency_ms)
-            if window.accumulator is not None:  # copies: the caller may reuse its arrays
-                window.pending_x.append(x.copy())
-                window.pending_p.append(probs.copy())
-                window.pending_rows += rows
-                if window.pending_rows >= DRIFT_BATCH_ROWS:
-                    window.apply_pending()
+            window.local += x.shape[0]
+            window.add_latency(latency_ms)
+            if window.accumulator is not None:
+                window.pending_x.append(x)
+                window.pending_p.append(probs)
+                window.pending_rows += x.shape[0]
+                touched.append(window)
+        for window in touched:
+            if window.pending_rows >= DRIFT_BATCH_ROWS:
+                window.apply_pending()
 
     def record_fallback(self, model: str, version: int, rows: int) -> None:
         with self._lock:
@@ -213,12 +258,14 @@ class Telemetry:
     ) -> list[TelemetryReport]:
         """Close every window (and a heartbeat for ``active``) into queued reports."""
         with self._lock:
+            self._fold_local()
             windows, self._windows = self._windows, {}
         if active is not None and active not in windows:
             windows[active] = _Window(datetime.now(UTC), None)
         if active is not None:
             self.events.note_active(*active)
         carried = self._carry(windows, active, self.events.take())
+        shadow = self.shadow.take() if self.shadow is not None and active is not None else None
         reports = []
         end = datetime.now(UTC)
         for (model, version), window in windows.items():
@@ -234,6 +281,7 @@ class Telemetry:
                 window_start=window.start, window_end=end, drift=drift,
                 inference=window.stats(), local_eval=evaluation, dropped_reports=dropped,
                 events=carried.get((model, version), []),
+                shadow=shadow if (model, version) == active else None,
             )
             self.outbox.put(report.idempotency_key, REPORT_KIND, model, version,
                             report.model_dump_json(), consumes_dropped=dropped)

@@ -17,6 +17,8 @@ Owns
     * ``edgefleet.run_settings`` the settings of a federated run, each knob with its one default;
     * ``edgefleet.log_level`` the log-level type every settings class accepts in any case;
     * ``edgefleet.signature`` the version statement the registry signs, and its check;
+    * ``edgefleet.audit``    the audit trail's and run events' wire schemas; ``edgefleet.cards``
+                             the model card's;
     * ``edgefleet.ondemand`` model-on-demand messages and stream names (broker clients lazily);
     * ``edgefleet.datasets`` the data sets scikit-learn ships, with deterministic splits (used by
                              authoring, the simulation, the benchmarks and the tests);

@@ -106,6 +106,8 @@ class CardClass(_Card):
     device_accuracy: float | None = None
     device_predictions: int | None = None
     rest_predictions: int | None = None
+    rest_labelled: int | None = None
+    rest_accuracy: float | None = None
 
 
 class CardEvaluation(_Card):

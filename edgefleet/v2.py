@@ -35,6 +35,7 @@ their length as a 4-byte little-endian unsigned integer.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -45,6 +46,7 @@ from pydantic import ValidationError
 
 from edgefleet import __version__
 from edgefleet.plan import PlanManifest
+from edgefleet.runtime import all_finite
 from edgefleet.v2_schema import (
     DTYPES,
     INFERENCE_HEADER,
@@ -103,6 +105,7 @@ __all__ = [
 ]
 
 PLATFORM: Final = "tflite"
+_LITTLE = sys.byteorder == "little"  # the extension's byte order is the machine's
 BINARY_EXTENSION: Final = "binary_tensor_data"
 
 
@@ -134,7 +137,7 @@ def decode_input(inputs: Sequence[Tensor | InferTensor], manifest: PlanManifest,
     check_batch(shape[0], max_batch)
     data = tensor.array if isinstance(tensor, Tensor) else decode_tensor(tensor)
     out = data.astype(np.float32, copy=False)  # FP64 beyond FP32: inf, refused below
-    if not np.isfinite(out).all():
+    if not all_finite(out):
         raise TensorError("data contains NaN or infinite values (or values too large for FP32)")
     return out
 
@@ -271,7 +274,9 @@ def _from_binary(tensor: InferTensor, data: memoryview) -> np.ndarray:
     if count * dtype.itemsize != len(data):
         raise TensorError(f"input {tensor.name!r}: {len(data)} bytes of binary data, but "
                           f"{tensor.datatype} {list(shape)} takes {count * dtype.itemsize}")
-    array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+    array = np.frombuffer(data, dtype=dtype if _LITTLE else dtype.newbyteorder("<"))
+    if not _LITTLE:
+        array = array.astype(dtype)  # native byte order (and numpy's own dtype object)
     if tensor.datatype == "BOOL" and array.size and int(array.view(np.uint8).max()) > 1:
         raise TensorError(f"input {tensor.name!r}: BOOL binary data takes bytes 0 and 1 only")
     return array.reshape(shape)

@@ -6,10 +6,11 @@ flattening of the tensor (nested lists of the same shape are accepted too). Deco
 (:func:`decode_tensor`) checks that the data matches its datatype — ``BOOL`` takes JSON booleans
 only, the integer types integers within their range, ``FP16``/``FP32``/``FP64`` numbers (a
 boolean or a string is never a number) — that it is rectangular and that its element count
-matches the shape. ``BYTES`` is refused as a model input. The values are validated by pydantic's
-core and converted by numpy: no Python loop over the elements. Every refusal is a
-:class:`TensorError` (an :class:`~edgefleet.errors.InputError`: 400 on both endpoints), and the
-error body is :func:`error_body`.
+matches the shape. ``BYTES`` is refused as a model input. Values whose Python types are
+already the datatype's (``set(map(type, data))``, in C) go straight to numpy; anything else is
+validated by pydantic's core, which words the refusal: no Python loop over the elements. Every
+refusal is a :class:`TensorError` (an :class:`~edgefleet.errors.InputError`: 400 on both
+endpoints), and the error body is :func:`error_body`.
 
 :func:`requested_outputs` names the outputs an answer carries (the request's, checked, or all)
 and :func:`encode_outputs` builds them as JSON tensors. :mod:`edgefleet.v2` (the codec of raw
@@ -111,12 +112,18 @@ _INTS = TypeAdapter(list[StrictInt])
 _NUMBERS = TypeAdapter(list[StrictInt | StrictFloat])
 
 
-def _adapter(datatype: str) -> tuple[TypeAdapter[Any], str]:
+#: The exact Python types JSON parsing gives each kind of value (checked before pydantic runs).
+_BOOL_TYPES = frozenset({bool})
+_INT_TYPES = frozenset({int})
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _adapter(datatype: str) -> tuple[TypeAdapter[Any], str, frozenset[type]]:
     if datatype == "BOOL":
-        return _BOOLS, "booleans (true/false)"
+        return _BOOLS, "booleans (true/false)", _BOOL_TYPES
     if DTYPES[datatype].kind in "iu":
-        return _INTS, "integers"
-    return _NUMBERS, "numbers"
+        return _INTS, "integers", _INT_TYPES
+    return _NUMBERS, "numbers", _NUMBER_TYPES
 
 
 def decode_tensor(tensor: InferTensor) -> np.ndarray:
@@ -143,11 +150,13 @@ def decode_tensor(tensor: InferTensor) -> np.ndarray:
             raise TensorError(
                 f"nested data has shape {list(nested.shape)}, declared {list(shape)}")
         flat = nested.ravel().tolist()
-    adapter, kind = _adapter(tensor.datatype)
-    try:
-        values = adapter.validate_python(flat)
-    except ValidationError as exc:
-        raise TensorError(_kind_error(exc, tensor.datatype, kind)) from None
+    adapter, kind, types = _adapter(tensor.datatype)
+    values = flat
+    if not set(map(type, flat)) <= types:  # anything else: pydantic decides, and words why
+        try:
+            values = adapter.validate_python(flat)
+        except ValidationError as exc:
+            raise TensorError(_kind_error(exc, tensor.datatype, kind)) from None
     expected = math.prod(shape)
     if len(values) != expected:
         raise TensorError(f"data has {len(values)} elements; shape {list(shape)} needs {expected}")

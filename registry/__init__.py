@@ -18,6 +18,8 @@ Modules
 ``search``      discovery with filters and pagination
 ``integrity``   artifacts verified at rest, DAMAGED versions   ``signing``  the Ed25519 version key
 ``predictions`` precomputed predictions
+``audit``       the hash-chained audit trail: record, list, verify
+``cards``       model cards (``card_lineage``: run and per-class sections; ``card_render``: pages)
 """
 
 from registry.db import make_engine, session_scope, write_session

@@ -23,7 +23,7 @@ import contextvars
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +44,6 @@ __all__ = [
     "AuditQuery",
     "VerifyReport",
     "list_records",
-    "problems_as_dicts",
     "record",
     "record_hash",
     "request_scope",
@@ -396,7 +395,3 @@ def _check_tail(
             AuditProblem(last_seq, "head", "chain head does not match the newest record")
         )
 
-
-def problems_as_dicts(problems: Sequence[AuditProblem]) -> list[dict[str, Any]]:
-    """``problems`` as plain dictionaries (for JSON output)."""
-    return [{"seq": p.seq, "kind": p.kind, "detail": p.detail} for p in problems]

@@ -3,7 +3,7 @@
 :func:`federated_run` reads the versions published by the same run (their lineage fields and
 metrics) and the run's ``run.start``/``run.end`` audit records; :func:`per_class` combines the
 drift reference's training class counts, the per-class labelled counts and predictions of this
-version's telemetry drift summaries, and the REST path's predictions.
+version's telemetry drift summaries, and the REST path's predictions and feedback-labelled accuracy.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from edgefleet.cards import CardClass, CardFederatedRun, CardRound
 from edgefleet.drift.reference import ReferenceProfile
 from edgefleet.plan import PlanManifest
 from registry.audit import AuditQuery, list_records
-from registry.models import Model, ModelVersion, TelemetryRecord
+from registry.models import InferenceRecord, Model, ModelVersion, TelemetryRecord
 
 __all__ = ["MAX_SUMMARIES", "federated_run", "per_class"]
 
@@ -106,6 +107,19 @@ def _device_class_counts(session: Session, version: ModelVersion, n: int) -> dic
     return sums if found else {}
 
 
+def _rest_labelled(session: Session, model: str, version: int) -> dict[str, tuple[int, int]]:
+    """Per true label: the REST instances labelled by feedback, and how many were right."""
+    right = sa.func.sum(sa.case((col(InferenceRecord.label) == col(InferenceRecord.true_label), 1),
+                                else_=0))
+    rows = session.execute(
+        sa.select(col(InferenceRecord.true_label), sa.func.count(), right)
+        .where(col(InferenceRecord.model) == model, col(InferenceRecord.version) == version,
+               col(InferenceRecord.true_label).is_not(None))
+        .group_by(col(InferenceRecord.true_label))
+    ).all()
+    return {str(label): (int(n), int(ok or 0)) for label, n, ok in rows}
+
+
 def per_class(
     session: Session,
     version: ModelVersion,
@@ -119,6 +133,8 @@ def per_class(
     training = list(reference.class_counts) if reference and len(reference.class_counts) == n \
         else None
     device = _device_class_counts(session, version, n)
+    model = session.get(Model, version.model_id)
+    rest = _rest_labelled(session, model.name, version.number) if model else {}
     out = []
     for i, label in enumerate(labels):
         total = device["label_total"][i] if device else None
@@ -130,5 +146,7 @@ def per_class(
             device_accuracy=(correct / total) if total and correct is not None else None,
             device_predictions=device["class_counts"][i] if device else None,
             rest_predictions=rest_predictions.get(label, 0) if rest_predictions else None,
+            rest_labelled=rest[label][0] if label in rest else None,
+            rest_accuracy=rest[label][1] / rest[label][0] if label in rest else None,
         ))
     return out

@@ -77,9 +77,10 @@ def _evaluation(card: ModelCard) -> Section:
     ))
     sec.tables.append((
         ["class", "training examples", "device labelled", "device accuracy",
-         "device predictions", "REST predictions"],
+         "device predictions", "REST predictions", "REST labelled", "REST accuracy"],
         [[c.label, c.training_examples, c.device_labelled, c.device_accuracy,
-          c.device_predictions, c.rest_predictions] for c in ev.per_class],
+          c.device_predictions, c.rest_predictions, c.rest_labelled, c.rest_accuracy]
+         for c in ev.per_class],
     ))
     return sec
 

@@ -13,8 +13,9 @@ Modules
 ``deps``        sessions, settings and callers as FastAPI dependencies
 ``security``    named keys, constant-time comparison, :class:`Caller`
 ``api``         one router per resource under ``api/routes``
-``inference``   :class:`InferenceService` for the Open Inference Protocol (V2); the codec is
-                the core's :mod:`edgefleet.v2`
+``inference``   the Open Inference Protocol (V2): the hot path's serving table, micro-batcher
+                and interpreter pool, and :class:`InferenceService`; the codec is the core's
+                :mod:`edgefleet.v2`
 ``drift``       drift statistics and fleet reports (pure functions)
 ``middleware``  request ids, access log, body limits    ``errors``  exceptions → HTTP
 ``cli``         ``edgefleet server``                     ``bootstrap``  publish without HTTP

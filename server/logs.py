@@ -1,8 +1,9 @@
 """Logging set-up of the server process: JSON lines (default) or plain text on stderr.
 
-Records are formatted and written by a background thread (:class:`logging.handlers.QueueListener`):
-a request's path only puts its record on a queue, so the access log costs it no formatting and
-no blocking write. The listener drains the queue at exit.
+Records are formatted and written by a background thread: a request's path only appends its
+record to a deque (no lock, no system call, no thread woken), and the writer thread hands what
+accumulated to the stream every 50 ms, so the access log costs a request no formatting and no
+blocking write. What is queued is written at exit.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import queue
 import sys
+import threading
+from collections import deque
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
 
 __all__ = ["JsonFormatter", "configure_logging"]
 
@@ -42,40 +43,61 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-class _DeferredQueueHandler(QueueHandler):
-    """Queue the record as it is: the listener's handler formats it (in its own thread)."""
+class _BackgroundHandler(logging.Handler):
+    """Appends records to a deque; a thread hands them to ``target`` every ``interval_s``."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
+    def __init__(self, target: logging.Handler, interval_s: float = 0.05) -> None:
+        super().__init__()
+        self.target = target
+        self.interval_s = interval_s
+        self._records: deque[logging.LogRecord] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-log", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._records.append(record)
+
+    def write_queued(self) -> None:
+        while self._records:
+            self.target.handle(self._records.popleft())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.write_queued()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.write_queued()
+        super().close()
 
 
-_listener: QueueListener | None = None
+_background: _BackgroundHandler | None = None
 
 
-def _stop_listener() -> None:
+def _stop_background() -> None:
     """Write what is queued and stop the writer thread (at exit, or before a reconfiguration)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    global _background
+    if _background is not None:
+        _background.close()
+        _background = None
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send EdgeFleet's and uvicorn's logs to stderr in ``fmt`` at ``level`` (written by a
     background thread, see the module notes)."""
-    global _listener
+    global _background
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    _stop_listener()
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = QueueListener(records, handler, respect_handler_level=True)
-    _listener.start()
-    atexit.unregister(_stop_listener)
-    atexit.register(_stop_listener)
-    queued = _DeferredQueueHandler(records)
+    _stop_background()
+    queued = _background = _BackgroundHandler(handler)
+    atexit.unregister(_stop_background)
+    atexit.register(_stop_background)
     for name in ("edgefleet", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [queued]

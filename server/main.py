@@ -75,9 +75,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if inference_log is not None:
             inference_log.start()
         yield
+        await run_in_threadpool(state.serving.stop)  # hands the log what it still holds
         if inference_log is not None:
             await run_in_threadpool(inference_log.stop)  # writes what is queued
-        await run_in_threadpool(state.serving.stop)
         await run_in_threadpool(rollouts.stop)
         scrubber.stop()
         engine.dispose()

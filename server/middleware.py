@@ -15,6 +15,7 @@ the limit, and stops reading a body without one (chunked) as soon as it passes t
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -33,6 +34,10 @@ __all__ = ["ACCESS_LOG", "BodyLimitMiddleware", "RequestContextMiddleware"]
 
 ACCESS_LOG = logging.getLogger("edgefleet.server.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Fresh request ids: a random prefix per process and a counter (a uuid4 per request costs a
+#: system call for its randomness on the request's path).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
 
 
 class RequestContextMiddleware:
@@ -47,7 +52,9 @@ class RequestContextMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = (
+            given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+        )
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500

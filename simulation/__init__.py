@@ -14,7 +14,11 @@ The harness (``edgefleet sim run EXPERIMENT.toml``, :func:`simulation.engine.run
 * :mod:`simulation.results`, :mod:`simulation.report`, :mod:`simulation.sweep` — rows, plots,
   the HTML report, comparison tables;
 * :mod:`simulation.replay`, :mod:`simulation.tff_backend` (+ the standalone
-  ``simulation/tff_worker.py``) — frozen inputs and the TensorFlow Federated reference.
+  ``simulation/tff_worker.py``) — frozen inputs and the TensorFlow Federated reference;
+* :mod:`simulation.inprocess` — the same round loop on Flower's simulation runtime in this
+  process (threads instead of Ray actors), the fast engine for measurements;
+  :mod:`simulation.steering_eval`, :mod:`simulation.trigger_eval` — what drift steering and
+  the fleet trigger do, measured (``python -m simulation.steering_eval``).
 
 The fleet (``edgefleet sim fleet``): :mod:`simulation.partition` (Dirichlet shares and input
 shifts), :mod:`simulation.fleet` (server, plan, agents, SuperNodes, a federated run;

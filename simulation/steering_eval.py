@@ -90,9 +90,10 @@ def _fmt(values: Sequence[float | None], digits: int = 3) -> str:
     return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}{tail}"
 
 
-def table(scenario: str, results: Mapping[str, Mapping[int, Mapping[str, float | None]]]
-          ) -> str:
-    """A markdown table: both arms and the paired difference, per metric."""
+def table(scenario: str, results: Mapping[str, Mapping[int, Mapping[str, float | None]]],
+          window: int) -> str:
+    """A markdown table: both arms and the paired difference, per metric; ``window``: the
+    post-drift rounds, which a run that never reached 0.8 counts in the rounds ratio."""
     seeds = sorted(set(results["uniform"]) & set(results["steered"]))
     lines = [f"### {scenario} ({len(seeds)} seeds: {seeds})", "",
              "| metric | uniform | steered | steered − uniform (paired) | steered better |",
@@ -105,10 +106,15 @@ def table(scenario: str, results: Mapping[str, Mapping[int, Mapping[str, float |
         lower = m.startswith("rounds")
         wins = sum(1 for a, b in pairs if (b < a if lower else b > a))
         lines.append(f"| {m} | {_fmt(u)} | {_fmt(t)} | {diff} | {wins}/{len(pairs)} |")
-    if all(results[a][s]["rounds_to_0.8_drifted"] is not None for a in ARMS for s in seeds):
-        ratio = [results["steered"][s]["rounds_to_0.8_drifted"]  # type: ignore[operator]
-                 / results["uniform"][s]["rounds_to_0.8_drifted"] for s in seeds]
-        lines.append(f"| rounds ratio steered / uniform | | | {_fmt(ratio, 2)} | |")
+    ratio = []
+    for s in seeds:
+        u, t = (results[a][s]["rounds_to_0.8_drifted"] for a in ("uniform", "steered"))
+        ratio.append((window if t is None else t) / (window if u is None else u))
+    censored = any(results[a][s]["rounds_to_0.8_drifted"] is None for a in ARMS for s in seeds)
+    note = f" (never = {window} rounds)" if censored else ""
+    shown = ", ".join(f"{r:.2f}" for r in ratio)
+    lines.append(f"| rounds ratio steered / uniform{note} | | | {_fmt(ratio, 2)} | "
+                 f"{shown} |")
     return "\n".join(lines)
 
 
@@ -121,8 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--selection", default="{}",
                     help="JSON overrides of the steered arm's [selection] table")
+    ap.add_argument("--report", default="",
+                    help="print the tables of a finished run's results.json instead")
     args = ap.parse_args(argv)
     base = load_experiment(args.config)
+    window = base.rounds - min(d.start_round for d in base.drift) + 1
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        for scenario, res in saved.items():
+            print(table(scenario, {a: {int(k): v for k, v in r.items()} for a, r in res.items()},
+                        window) + "\n")
+        return 0
     out = Path(args.out)
     overrides = json.loads(args.selection)
     all_results: dict[str, Any] = {}
@@ -137,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
         all_results[scenario] = results
         if all(results[a] for a in ARMS):
-            print(table(scenario, results), flush=True)
+            print(table(scenario, results, window), flush=True)
             print(flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(all_results, indent=1))

@@ -29,10 +29,10 @@ import numpy as np
 
 from aggregation.controller import ControllerPolicy, ControllerState, FleetDrift, decide
 from edgefleet.drift import DriftAccumulator, DriftSummary, ReferenceProfile
+from edgefleet.drift.baseline import TELEMETRY_BASELINE, Baselines
+from edgefleet.drift.impact import FleetImpact, fleet_impact
 from edgefleet.drift.reference import refreshed_reference
 from edgefleet.runtime import PlanRuntime
-from server.drift.fleet import DriftRecord
-from server.drift.impact import fleet_impact
 from simulation.config import DriftConfig, Experiment, load_experiment
 from simulation.errors import ExperimentError
 from simulation.population import Population
@@ -104,21 +104,20 @@ def run_case(fleet: Fleet, cfg: dict[str, Any], *, seed: int, rounds: int, start
              ) -> dict[str, Any]:
     """Rounds until the first start, false alarms and the drifted devices' accuracy cost."""
     sc = scenario(fleet, cfg, start, seed, 0)
-    records: list[DriftRecord] = []
+    tracker = Baselines(fleet.reference, TELEMETRY_BASELINE)
     state = ControllerState(since=T0)
     policy = ControllerPolicy(schedule_every=None, cooldown=timedelta(0))
     fired: list[int] = []
     before: list[float] = []
     after: list[float] = []
     for r in range(1, rounds + 1):
-        t = T0 + timedelta(hours=r)
         for d in range(fleet.pop.count):
             summary, acc = fleet.window(d, r, 1, [sc], seed)
-            records.append(DriftRecord(str(d), "m", 1, t, t + timedelta(hours=1), summary))
+            tracker.observe(str(d), summary)
             if sc.affects(d):
                 (before if r < start else after).append(acc)
-        report = fleet_impact(records, fleet.reference, model="m", version=1)
-        decision, state = decide(policy, state, t, _reading(report, 1))
+        report = fleet_impact(tracker.readings)
+        decision, state = decide(policy, state, T0 + timedelta(hours=r), _reading(report, 1))
         if decision.start:
             fired.append(r)
     first = next((r for r in fired if r >= start), None)
@@ -128,9 +127,8 @@ def run_case(fleet: Fleet, cfg: dict[str, Any], *, seed: int, rounds: int, start
             "false_alarms": sum(1 for r in fired if r < start)}
 
 
-def _reading(report: Any, version: int) -> FleetDrift:
-    return FleetDrift("m", report.triggered, report.share_affected, version,
-                      impact=report.impact, impact_triggered=report.triggered)
+def _reading(report: FleetImpact, version: int) -> FleetDrift:
+    return FleetDrift.from_impact("m", report, version=version)
 
 
 def run_rearm(fleet: Fleet, *, seed: int) -> dict[str, Any]:
@@ -139,19 +137,19 @@ def run_rearm(fleet: Fleet, *, seed: int) -> dict[str, Any]:
     second = scenario(fleet, CASES["noise 1σ, 10 %"] | {"fraction": 0.2}, REARM[2], seed, 1)
     state = ControllerState(since=T0)
     policy = ControllerPolicy(schedule_every=None, cooldown=timedelta(0))
-    records: list[DriftRecord] = []
+    tracker = Baselines(fleet.reference, TELEMETRY_BASELINE)
     log: list[dict[str, Any]] = []
-    version, reference = 1, fleet.reference
+    version = 1
     for r in range(1, REARM[2] + 3):
         if r == REARM[1]:  # the run's new version is promoted; devices switch to it
-            version, reference = 2, promote(fleet, r, [first], seed)
-        t = T0 + timedelta(hours=r)
+            version = 2
+            tracker = Baselines(promote(fleet, r, [first], seed), TELEMETRY_BASELINE)
         for d in range(fleet.pop.count):
             summary, _ = fleet.window(d, r, version, [first, second], seed)
-            records.append(DriftRecord(str(d), "m", version, t, t + timedelta(hours=1),
-                                       summary))
-        report = fleet_impact(records, reference, model="m", version=version)
-        decision, state = decide(policy, state, t, _reading(report, version))
+            tracker.observe(str(d), summary)
+        report = fleet_impact(tracker.readings)
+        decision, state = decide(policy, state, T0 + timedelta(hours=r),
+                                 _reading(report, version))
         log.append({"round": r, "version": version, "impact": round(report.impact, 3),
                     "start": decision.start, "armed": state.armed})
     return {"log": log}

@@ -80,6 +80,11 @@ class BaselineConfig:
             raise ValueError("scale_floor must be > 0")
 
 
+#: Window sizes for telemetry (separate windows per device): a baseline of 300 rows (three
+#: windows of a busy device) keeps its accuracy's noise below that of the recent window.
+TELEMETRY_BASELINE = BaselineConfig(baseline_rows=300, kind="windows")
+
+
 @dataclass(frozen=True)
 class Window:
     """Rows of one device between two summaries: feature moments and labelled predictions."""

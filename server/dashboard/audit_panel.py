@@ -40,7 +40,8 @@ def verify_panel(session: Session) -> dict[str, Any]:
     """The result of walking the chain, JSON-ready."""
     report = audit.verify(session)
     return {"ok": report.ok, "checked": report.checked, "head_seq": report.head_seq,
-            "problems": audit.problems_as_dicts(report.problems)}
+            "problems": [{"seq": p.seq, "kind": p.kind, "detail": p.detail}
+                         for p in report.problems]}
 
 
 def card_page(session: Session, model: str, version: int) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from edgefleet.drift import ReferenceProfile
-from edgefleet.drift.baseline import BaselineConfig, Baselines
+from edgefleet.drift.baseline import TELEMETRY_BASELINE, BaselineConfig, Baselines
 from edgefleet.drift.impact import ImpactConfig
 from edgefleet.drift.impact import fleet_impact as weigh
 from server.drift.base import ReportModel
@@ -54,12 +54,6 @@ class FleetImpactReport(ReportModel):
     rejected: list[RejectedRecord]
 
 
-#: Window sizes of the server's readings: telemetry arrives as separate windows, and a
-#: baseline of 300 rows (three hourly windows of a busy device) keeps its accuracy's noise
-#: below that of the recent window.
-SERVER_BASELINE = BaselineConfig(baseline_rows=300, kind="windows")
-
-
 def fleet_impact(
     records: Iterable[DriftRecord],
     reference: ReferenceProfile,
@@ -70,7 +64,7 @@ def fleet_impact(
     impact: ImpactConfig | None = None,
 ) -> FleetImpactReport:
     """Replay each device's windows of ``model`` v``version`` and weigh the fleet's change."""
-    cfg = baseline or SERVER_BASELINE
+    cfg = baseline or TELEMETRY_BASELINE
     weights = impact or ImpactConfig()
     good, rejected = _select(records, reference, model, version)
     tracker = Baselines(reference, cfg)

@@ -95,8 +95,7 @@ def _log(
     request_id = getattr(request.state, "request_id", "") or "-"
     if variant == SHADOW_VARIANT:  # its own id: the log stores one answer per (id, row)
         request_id = f"{request_id}:{SHADOW_VARIANT}"
-    sink.submit(
-        Answer(
+    sink.submit(Answer(
             request_id=request_id,
             created_at=created_at,
             model=version.model,
@@ -110,8 +109,7 @@ def _log(
             probs=probs if ok else None,
             labels=labels if ok else None,
             sampled=ok and sink.sample(),
-        )
-    )
+    ))
 
 
 def _shadow(request: Request, serving: Serving, sink: InferenceLog | None, resolved: Resolved,
@@ -133,8 +131,8 @@ def _shadow(request: Request, serving: Serving, sink: InferenceLog | None, resol
                      status=status_of(exc), variant=SHADOW_VARIANT)
             return
         if sink is not None:
-            _log(sink, request, shadow, resolved, created_at, started, status=200, x=x,
-                 probs=probs, labels=labels, variant=SHADOW_VARIANT)
+            _log(sink, request, shadow, resolved, created_at, started, status=200,
+                 x=x, probs=probs, labels=labels, variant=SHADOW_VARIANT)
 
     task = asyncio.get_running_loop().create_task(run())
     _SHADOWS.add(task)

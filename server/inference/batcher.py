@@ -18,6 +18,7 @@ State is touched only on the event loop (worker threads hand back results throug
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -145,7 +146,7 @@ class VersionBatcher:
             batch = self._take()
             runtime = self._idle.pop()
             future = loop.run_in_executor(self._executor, _run, runtime, [p.x for p in batch])
-            future.add_done_callback(lambda f, r=runtime, b=batch: self._done(f, r, b))
+            future.add_done_callback(functools.partial(self._done, runtime=runtime, batch=batch))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -169,8 +170,8 @@ class VersionBatcher:
         self._queued_rows -= rows
         return batch
 
-    def _done(self, future: asyncio.Future[_Results],
-              runtime: PlanRuntime, batch: list[_Pending]) -> None:
+    def _done(self, future: asyncio.Future[_Results], *, runtime: PlanRuntime,
+              batch: list[_Pending]) -> None:
         self._idle.append(runtime)
         try:
             results, seconds = future.result()

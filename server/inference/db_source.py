@@ -2,7 +2,8 @@
 
 :meth:`DatabaseSource.generation` reads the counters the database's triggers bump
 (:mod:`registry.serving`, migration 0008); :meth:`DatabaseSource.entry` reads one model's
-versions and aliases in two small queries.
+versions and aliases in two small queries, and its rollout routing snapshot
+(:func:`registry.rollouts.routing.build_snapshot`) when it has an active rollout.
 
 :meth:`DatabaseSource.watch_commits` gives this process read-your-writes on top of the
 polling bound: after a session on this engine commits a change to a model, version, alias or
@@ -19,11 +20,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine, event, inspect
 from sqlalchemy.orm import Session as OrmSession
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from registry.errors import DamagedArtifactError
 from registry.integrity import report_damage
-from registry.models import Alias, Device, Model, ModelVersion
+from registry.models import Alias, Device, Model, ModelVersion, Rollout
+from registry.rollouts.routing import build_snapshot
 from registry.serving import generations
 from registry.store import ArtifactStore
 from server.inference.source import Artifacts, ModelEntry, ServedVersion
@@ -37,7 +39,7 @@ def _relevant(obj: object) -> bool:
     """Whether flushing ``obj`` may change what the serving path answers."""
     if isinstance(obj, Device):
         return bool(inspect(obj).attrs.token_hash.history.has_changes())
-    return isinstance(obj, Alias | Model | ModelVersion)
+    return isinstance(obj, Alias | Model | ModelVersion | Rollout)
 
 
 class DatabaseSource:
@@ -103,6 +105,8 @@ class DatabaseSource:
                     col(Alias.model_id) == model_id
                 )
             ).all()
+        with Session(self.engine) as session:
+            snapshot = build_snapshot(session, model)
         numbers = {vid: number for vid, number, *_ in rows}
         versions = {
             number: ServedVersion(model, number, str(getattr(status, "value", status)),
@@ -113,6 +117,7 @@ class DatabaseSource:
             name=model,
             versions=versions,
             aliases={name: numbers[vid] for name, vid in aliases if vid in numbers},
+            rollout=snapshot if snapshot.rollout is not None else None,
             salt=salt or "",
         )
 

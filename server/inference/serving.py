@@ -24,6 +24,7 @@ from edgefleet import v2
 from edgefleet.plan import PlanManifest
 from registry.errors import DamagedArtifactError, NotFoundError, VersionNotReadyError
 from registry.models import PRODUCTION, VersionStatus
+from registry.rollouts.routing import ModelSnapshot, choose
 from server.inference.batcher import BatchingSettings, VersionBatcher
 from server.inference.pool import RuntimePool
 from server.inference.source import ModelEntry, ModelSource, ServedVersion
@@ -153,9 +154,9 @@ def _ready(entry: ModelEntry, version: ServedVersion) -> ServedVersion:
 
 def _routed(entry: ModelEntry, caller_key: str, request_key: str) -> Resolved:
     """The rollout snapshot's choice for this caller (and its shadow version, if any)."""
-    from registry.rollouts.routing import choose
-
-    route = choose(entry.rollout, caller_key=caller_key, request_key=request_key)  # type: ignore[arg-type]
+    if not isinstance(entry.rollout, ModelSnapshot):
+        raise TypeError(f"a model entry's rollout is a ModelSnapshot, not {entry.rollout!r}")
+    route = choose(entry.rollout, caller_key=caller_key, request_key=request_key)
     shadow = None
     if route.shadow_version is not None:
         candidate = entry.versions.get(route.shadow_version)

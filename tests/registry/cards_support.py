@@ -4,10 +4,10 @@ and read the version's model card and the audit trail.
 
 Used by ``tests/simulation/test_fleet.py`` on its fleet (one fleet run serves both). The fleet's
 devices have stopped, so the rollout's evidence is REST traffic: sixteen applications (one
-inference key each, half of them in the 50 % canary by the sticky caller split) send the digits
-test rows to the model's V2 endpoint and then the true labels as feedback; the rollout's one
-guard, ``feedback_accuracy``, compares the candidate with production on those labels, and an
-operator approves the promotion.
+inference key each) send digits test rows to the model's V2 endpoint (production answers), and
+then to the candidate by its version number, each followed by the true labels as feedback; the
+rollout's one guard, ``feedback_accuracy``, compares the candidate with production on those
+labels, and an operator approves the promotion.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class FleetCard:
     markdown: str
     rollout: dict[str, Any]
     runs: list[dict[str, Any]]
+    rollout_trail: list[dict[str, Any]]
     verify: dict[str, Any]
 
 
@@ -54,36 +55,21 @@ def _settings(workdir: Path) -> ServerSettings:
     )
 
 
-def _traffic(c: TestClient, model: str, x: np.ndarray, y: np.ndarray, tag: str) -> list[int]:
-    """Every application infers ``ROWS`` rows, then sends their true labels as feedback; the
-    versions that answered, per application."""
-    answered = []
+def _traffic(c: TestClient, path: str, x: np.ndarray, y: np.ndarray, tag: str) -> None:
+    """Every application infers ``ROWS`` rows at ``path``, then sends their true labels."""
     for i, app in enumerate(APPS):
         auth = {"Authorization": f"Bearer {app.split(':', 1)[1]}"}
         rows = slice(i * ROWS % len(x), i * ROWS % len(x) + ROWS)
         request_id = f"{tag}-{i}"
-        r = c.post(f"/v2/models/{model}/infer", headers={**auth, "X-Request-ID": request_id},
+        r = c.post(path, headers={**auth, "X-Request-ID": request_id},
                    json={"inputs": [{"name": "x", "shape": [ROWS, x.shape[1]],
                                      "datatype": "FP32", "data": x[rows].ravel().tolist()}]})
         assert r.status_code == 200, r.text
-        answered.append(int(r.json()["model_version"]))
         assert c.app.state.inference_log.flush(10)  # type: ignore[attr-defined]
         items = [{"request_id": request_id, "row_index": j, "label": str(int(label))}
                  for j, label in enumerate(y[rows])]
         r = c.post("/api/v1/feedback", headers=auth, json={"items": items})
         assert r.status_code == 200 and r.json()["applied"] == ROWS, r.text
-    return answered
-
-
-def _canary_traffic(c: TestClient, model: str, version: int, x: np.ndarray, y: np.ndarray,
-                    timeout_s: float = 60) -> None:
-    """Traffic until the candidate answered at least three applications' requests (the serving
-    table picks the rollout up at its next refresh)."""
-    deadline, n, served = time.monotonic() + timeout_s, 0, 0
-    while served < 3:
-        assert time.monotonic() < deadline, "the canary never answered a REST request"
-        served += _traffic(c, model, x, y, f"canary{n}").count(version)
-        n += 1
 
 
 def _wait_state(c: TestClient, rollout_id: int, state: str, timeout_s: float = 60) -> dict:
@@ -100,7 +86,7 @@ def promote_and_read_card(workdir: Path, model: str, version: int, x: np.ndarray
     """Restart the fleet's server, promote ``version`` by a guarded, approved rollout (REST
     traffic ``x`` with true labels ``y`` as its evidence), and read the version's card."""
     with TestClient(create_app(_settings(workdir))) as c:
-        _traffic(c, model, x, y, "baseline")  # production's side of the comparison
+        _traffic(c, f"/v2/models/{model}/infer", x, y, "baseline")  # production answers
         r = c.post("/api/v1/rollouts", headers=HEADERS, json={
             "model": model, "candidate": version, "strategy": "canary",
             "guards": [{"kind": "feedback_accuracy", "margin": 0.05, "min_samples": 30}],
@@ -108,7 +94,7 @@ def promote_and_read_card(workdir: Path, model: str, version: int, x: np.ndarray
             "reason": "federated round beat production on the holdout"})
         assert r.status_code == 201, r.text
         rollout_id = r.json()["id"]
-        _canary_traffic(c, model, version, x, y)
+        _traffic(c, f"/v2/models/{model}/versions/{version}/infer", x, y, "candidate")
         waiting = _wait_state(c, rollout_id, "awaiting_approval")
         assert waiting["state"] == "awaiting_approval", waiting
         r = c.post(f"/api/v1/rollouts/{rollout_id}/approve", headers=HEADERS,
@@ -116,11 +102,14 @@ def promote_and_read_card(workdir: Path, model: str, version: int, x: np.ndarray
         assert r.status_code == 200, r.text
         card_url = f"/api/v1/models/{model}/versions/{version}/card"
         runs = c.get("/api/v1/audit", params={"action": "run.*"}, headers=HEADERS).json()
+        trail = c.get("/api/v1/audit", params={"target": f"{model}/rollouts/{rollout_id}"},
+                      headers=HEADERS).json()
         return FleetCard(
             version=version,
             card=c.get(card_url, headers=HEADERS).json(),
             markdown=c.get(card_url, params={"format": "markdown"}, headers=HEADERS).text,
             rollout=r.json(),
             runs=runs["items"],
+            rollout_trail=trail["items"],
             verify=c.get("/api/v1/audit/verify", headers=HEADERS).json(),
         )

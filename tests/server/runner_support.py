@@ -97,24 +97,33 @@ def nginx_binary() -> str:
     return found
 
 
+def _write_conf(conf_root: Path, upstreams: Sequence[str], port: int) -> Path:
+    servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
+    conf = conf_root / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(root=conf_root, servers=servers, port=port))
+    return conf
+
+
 def start_balancer(root: Path, upstreams: Sequence[str], name: str = "nginx") -> Proc:
     """nginx on a free loopback port spreading requests over ``upstreams`` (``host:port``)."""
     port = free_port()
     conf_root = root / name
     conf_root.mkdir(parents=True, exist_ok=True)
-    servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
-    conf = conf_root / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(root=conf_root, servers=servers, port=port))
+    conf = _write_conf(conf_root, upstreams, port)
     proc = spawn(name, [nginx_binary(), "-c", str(conf), "-p", str(conf_root), "-g",
                         "daemon off;"], root)
     proc.url = f"http://127.0.0.1:{port}"
+    proc.extra.update(conf_root=conf_root, port=port)
     wait_http(proc, f"{proc.url}/v2/health/live", timeout=30)
     return proc
 
 
-def check_nginx_config(root: Path) -> None:
-    subprocess.run([nginx_binary(), "-t", "-c", str(root / "nginx" / "nginx.conf")], check=True,
-                   capture_output=True)
+def reload_balancer(proc: Proc, upstreams: Sequence[str]) -> None:
+    """Give a running balancer a new set of upstreams (``nginx -s reload``: no connection lost)."""
+    conf_root: Path = proc.extra["conf_root"]
+    conf = _write_conf(conf_root, upstreams, proc.extra["port"])
+    subprocess.run([nginx_binary(), "-c", str(conf), "-p", str(conf_root), "-g", "daemon off;",
+                    "-s", "reload"], check=True, capture_output=True, timeout=30)
 
 
 class TamperingProxy:

@@ -16,7 +16,14 @@ weights slightly perturbed: as good), v3 (v1's weights scrambled: near chance). 
 5. an A/B split of production and v2 reports per-variant accuracy and its z-test, then waits
    for an operator, who keeps the control;
 6. a blue-green switch to v2 and back (abort) under concurrent V2 requests: no request fails
-   and every response carries the outputs of the version it names.
+   and every response carries the outputs of the version it names;
+7. over REST, a 50 % canary keeps each caller (inference key) on one version, both versions
+   among 20 callers; a shadow's answers are logged (``variant=shadow``) and never returned;
+8. rolling waves by device label: ``site=a`` first (only those two devices switch), then all;
+9. blue-green on the devices: every agent pre-downloads and smoke-tests the candidate (its
+   ``prefetched`` event) before the one switch of ``production``, then it is promoted;
+10. a shadow on the devices: each agent runs the candidate beside its active version on local
+    traffic and reports agreement; the guard passes on it, and no device served the shadow.
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ from tests.server.processes import (
 )
 
 N_AGENTS = 4
-TICK = {"EDGEFLEET_SERVER_ROLLOUT_TICK_S": "0.5"}
+APPS = [f"app{i}" for i in range(20)]
+TICK = {"EDGEFLEET_SERVER_ROLLOUT_TICK_S": "0.5",
+        "EDGEFLEET_SERVER_INFERENCE_KEYS": ",".join(f"{a}:secret-{a}" for a in APPS)}
 GUARDS = [{"kind": "device_accuracy", "margin": 0.05, "min_samples": 100},
           {"kind": "device_failures", "margin": 0, "min_samples": 1}]
 
@@ -340,3 +349,105 @@ def test_blue_green_switch_under_rest_load_fails_nothing_and_never_mixes(
     assert outputs["2"] != outputs[str(production)]
     kinds = [e["kind"] for e in stack.timeline(rid)]
     assert kinds[:2] == ["start", "step"] and "pass" in kinds and kinds[-1] == "abort"
+
+
+def test_rest_canary_is_sticky_per_caller_and_shadow_answers_are_never_returned(
+        stack: Stack, digits_data: Dataset) -> None:
+    from edgefleet.v2 import request_from_array
+
+    body = request_from_array(digits_data.x_test[:4]).model_dump(mode="json", exclude_none=True)
+    production = stack.production()
+    rid = stack.rollout({"candidate": 2, "guards": GUARDS,
+                         "steps": [{"percent": 50, "bake_s": 600, "timeout_s": 900}]})
+    time.sleep(1.5)  # the serving table's refresh (0.25 s) and one controller tick
+
+    def infer(app: str) -> dict[str, Any]:
+        r = httpx.post(f"{stack.server.url}/v2/models/digits/infer", json=body, timeout=30,
+                       headers={"Authorization": f"Bearer secret-{app}"})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    seen = {app: {infer(app)["model_version"] for _ in range(3)} for app in APPS}
+    assert all(len(v) == 1 for v in seen.values()), seen  # sticky per caller
+    versions = {next(iter(v)) for v in seen.values()}
+    assert versions == {"2", str(production)}, seen  # both arms among 20 callers
+    assert stack.http.post(f"/api/v1/rollouts/{rid}/abort", json={}).status_code == 200
+
+    rid = stack.rollout({"candidate": 2, "strategy": "shadow", "shadow_rate": 0.5,
+                         "horizon_s": 600})
+    time.sleep(1.5)
+    answered = [infer("app0")["model_version"] for _ in range(40)]
+    assert set(answered) == {str(production)}  # production answers, always
+    time.sleep(2)  # the inference log's writer
+    shadows = until("shadow answers logged", lambda: stack.http.get(
+        "/api/v1/inferences", params={"model": "digits", "variant": "shadow",
+                                      "limit": 500}).json()["items"], 30)
+    assert {r["version"] for r in shadows} == {2}
+    assert 5 <= len({r["request_id"] for r in shadows}) <= 35  # about half of 40, sampled
+    assert stack.http.post(f"/api/v1/rollouts/{rid}/abort", json={}).status_code == 200
+
+
+def test_rolling_waves_follow_device_labels(stack: Stack) -> None:
+    sites = {"pi-0": "a", "pi-1": "a", "pi-2": "b", "pi-3": "b"}
+    for device_id, site in sites.items():
+        r = stack.http.patch(f"/api/v1/devices/{device_id}", json={"labels": {"site": site}})
+        assert r.status_code == 200, r.text
+    rid = stack.rollout({"candidate": 2, "strategy": "waves", "guards": GUARDS, "steps": [
+        {"labels": {"site": "a"}, "bake_s": 4, "timeout_s": 120},
+        {"bake_s": 2, "timeout_s": 120}]})
+    until("wave 1 on the candidate", lambda: (r := stack.running()) and
+          {d for d, v in r.items() if v == 2} == {"pi-0", "pi-1"}, 60)
+    assert stack.info(rid)["step"] == 0
+    assert {stack.running()[d] for d in ("pi-2", "pi-3")} == {stack.production()}
+    stack.ended(rid, "promoted")
+    stack.everyone_on(2)
+    kinds = [e["kind"] for e in stack.timeline(rid)]
+    assert kinds.count("pass") == 2 and kinds[-1] == "promote"
+
+
+def test_blue_green_devices_pre_download_before_the_switch(stack: Stack) -> None:
+    baseline = stack.production()
+    candidate = 4 if baseline != 4 else 2
+    rid = stack.rollout({"candidate": candidate, "strategy": "blue_green",
+                         "prefetch_devices": N_AGENTS, "guards": GUARDS,
+                         "steps": [{"bake_s": 0, "timeout_s": 120},
+                                   {"bake_s": 3, "timeout_s": 120}]})
+    info = until("the switch", lambda: (i := stack.info(rid))["step"] == 1 and i, 120)
+    assert info["state"] in ("running", "promoted")
+    passed = next(e for e in stack.timeline(rid) if e["kind"] == "pass")
+    (prefetch,) = passed["evidence"]["guards"]
+    assert prefetch["kind"] == "prefetch" and prefetch["candidate_n"] >= N_AGENTS
+    kinds = [e["kind"] for e in stack.timeline(rid)]
+    assert kinds[:4] == ["start", "step", "wait", "pass"] or kinds[:3] == ["start", "step", "pass"]
+    stack.ended(rid, "promoted")
+    stack.everyone_on(candidate)
+    assert stack.production() == candidate
+
+
+def test_device_shadow_reports_agreement_and_is_never_served(
+        stack: Stack, digits_data: Dataset) -> None:
+    from edgefleet.v2 import request_from_array
+
+    production = stack.production()
+    candidate = 2 if production != 2 else 4
+    rid = stack.rollout({"candidate": candidate, "strategy": "shadow", "horizon_s": 3,
+                         "approval": True, "guards": [
+                             {"kind": "shadow_agreement", "margin": 0.2, "min_samples": 100}]})
+    body = request_from_array(digits_data.x_test[:25]).model_dump(mode="json",
+                                                                  exclude_none=True)
+    served: set[str] = set()
+    deadline = time.monotonic() + 120
+    while stack.info(rid)["state"] == "running" and time.monotonic() < deadline:
+        for agent in stack.agents:  # local traffic: the shadow runs beside each answer
+            r = httpx.post(f"{agent.url}/v2/models/digits/infer", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+            served.add(str(r.json().get("model_version")))
+        time.sleep(1)
+    info = stack.info(rid)
+    assert info["state"] == "awaiting_approval", stack.timeline(rid)
+    assert served == {str(production)}  # the devices never served the shadow
+    (guard,) = next(e for e in stack.timeline(rid) if e["kind"] == "pass")["evidence"]["guards"]
+    assert guard["kind"] == "shadow_agreement" and guard["decision"] == "pass"
+    assert guard["candidate_n"] >= 100 and guard["candidate"] >= 0.8
+    r = stack.http.post(f"/api/v1/rollouts/{rid}/abort", json={"reason": "evaluation only"})
+    assert r.status_code == 200 and stack.production() == production

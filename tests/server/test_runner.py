@@ -6,7 +6,6 @@ database connection, and one is stopped under load without a failed request.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tests.server.runner_support import (
     RUNNER_KEY,
     TamperingProxy,
     open_files,
+    reload_balancer,
     socket_peers,
     start_balancer,
     start_runner,
@@ -229,41 +229,87 @@ def test_runners_hold_no_database_connection(fleet: Fleet) -> None:
         assert not [f for f in files if f.endswith((".db", ".sqlite", ".sqlite3"))], files
 
 
+class Load:
+    """Four clients sending requests through the balancer until stopped."""
+
+    def __init__(self, url: str, x: np.ndarray) -> None:
+        self.url, self.x = url, x
+        self.statuses: list[int] = []
+        self.versions: set[str] = set()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(4)]
+
+    def _run(self) -> None:
+        with httpx.Client(headers=APP, timeout=30) as client:
+            while not self.stop.is_set():
+                r = _infer(self.url, self.x, client)
+                self.statuses.append(r.status_code)
+                if r.status_code == 200:
+                    self.versions.add(r.json()["model_version"])
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+    def more(self, n: int) -> int:
+        """Wait until ``n`` more requests were answered (at most 30 s); how many were."""
+        before = len(self.statuses)
+        deadline = time.monotonic() + 30
+        while len(self.statuses) < before + n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(self.statuses) - before
+
+    def failed(self) -> list[int]:
+        return [s for s in self.statuses if s != 200]
+
+
+def _answered(runner: Proc) -> float:
+    text = httpx.get(f"{runner.url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("edgefleet_runner_inference_requests_total{"))
+
+
+def test_a_runner_added_under_load_fails_no_request(fleet: Fleet, digits_data: Dataset) -> None:
+    env = {"EDGEFLEET_RUNNER_MODELS": "digits",
+           "EDGEFLEET_RUNNER_SIGNING_PUBLIC_KEYS": fleet.public_key}
+    added = start_runner(fleet.root, fleet.server.url, name="runner-3", env=env)
+    fleet.procs.append(added)
+    fleet.runners.append(added)
+    with Load(fleet.balancer.url, digits_data.x_test[:2]) as load:
+        assert load.more(20) >= 20
+        reload_balancer(fleet.balancer, [r.url.removeprefix("http://") for r in fleet.runners])
+        assert load.more(100) >= 100
+    assert not load.failed(), f"{len(load.failed())} of {len(load.statuses)} requests failed"
+    assert _answered(added) > 0  # the new runner took part
+
+
+def _ready_answer(runner: Proc) -> tuple[int, object]:
+    """The first ``/v2/health/ready`` answer that is not 200 (the drain has begun)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{runner.url}/v2/health/ready", timeout=5)
+        if r.status_code != 200:
+            return r.status_code, r.json()
+        time.sleep(0.05)
+    return 200, None
+
+
 def test_a_runner_stopped_under_load_fails_no_request(fleet: Fleet, digits_data: Dataset
                                                       ) -> None:
-    x = digits_data.x_test[:2]
-    statuses: list[int] = []
-    versions: set[str] = set()
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(headers=APP, timeout=30) as client:
-            while not stop.is_set():
-                r = _infer(fleet.balancer.url, x, client)
-                statuses.append(r.status_code)
-                if r.status_code == 200:
-                    versions.add(r.json()["model_version"])
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(1.0)
-        stopped = fleet.runners[0]
+    stopped = fleet.runners[0]
+    with Load(fleet.balancer.url, digits_data.x_test[:2]) as load:
+        assert load.more(20) >= 20
         stopped.terminate()  # SIGTERM: drain, then exit
+        assert _ready_answer(stopped) == (503, {"ready": False, "draining": True})
         stopped.popen.wait(timeout=60)
-        before = len(statuses)
-        deadline = time.monotonic() + 30
-        while len(statuses) < before + 50 and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
+        assert load.more(50) >= 50  # the other runners kept answering
     assert stopped.popen.returncode == 0, stopped.tail()
     assert "draining" in stopped.tail()
-    assert len(statuses) >= before + 50  # the other runner kept answering
-    failed = [s for s in statuses if s != 200]
-    assert not failed, f"{len(failed)} of {len(statuses)} requests failed: {set(failed)}"
-    assert versions == {"1"}
-    shutil.rmtree(fleet.root / "runner-1-cache", ignore_errors=True)
+    assert not load.failed(), f"{len(load.failed())} of {len(load.statuses)} requests failed"
+    assert load.versions == {"1"}

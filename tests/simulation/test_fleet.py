@@ -164,8 +164,12 @@ def test_the_newest_version_has_a_card_with_lineage_evaluation_and_its_rollout(
     assert devices[newest.version]["feedback_labelled"] > 0  # the canary's REST feedback
     assert [c["label"] for c in evaluation["per_class"]] == [str(i) for i in range(10)]
     assert sum(c["rest_predictions"] for c in evaluation["per_class"]) > 0
+    assert sum(c["rest_labelled"] or 0 for c in evaluation["per_class"]) == devices[
+        newest.version]["feedback_labelled"]
     ((rollout),) = promotion["rollouts"]
     approver = "admin:" + OPERATOR.split(":")[0]
     assert rollout["state"] == "promoted" and rollout["approved_by"] == [approver]
     assert rollout["promoted_by"] == approver and promotion["production_since"] is not None
+    assert [(r["action"], r["actor"]) for r in got.rollout_trail] == [
+        (f"rollout.{a}", approver) for a in ("start", "step", "approve", "promote")]
     assert f"# Model card: {fleet.model} v{newest.version}" in got.markdown

@@ -1,4 +1,5 @@
-"""Serving generation counters, bumped by triggers on models, versions, aliases, device tokens.
+"""Serving generation counters, bumped by triggers on models, versions, aliases, rollouts and
+device tokens.
 
 The V2 hot path caches alias resolution and credential checks in memory and polls these
 counters instead (:mod:`server.inference.table`). The triggers bump them in the same
@@ -33,6 +34,9 @@ TRIGGERS: tuple[tuple[str, str, str, str, str | None], ...] = (
     ("model_ins", "serving", "INSERT", "model", None),
     ("model_upd", "serving", "UPDATE OF rollout_salt", "model", None),
     ("model_del", "serving", "DELETE", "model", None),
+    ("rollout_ins", "serving", "INSERT", "rollout", None),
+    ("rollout_upd", "serving", "UPDATE", "rollout", None),
+    ("rollout_del", "serving", "DELETE", "rollout", None),
     ("device_tok", "credentials", "UPDATE OF token_hash", "device",
      "OLD.token_hash IS DISTINCT FROM NEW.token_hash"),
     ("device_del", "credentials", "DELETE", "device", None),

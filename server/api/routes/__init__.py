@@ -1,2 +1,2 @@
 """One router per resource (models, versions, aliases, artifacts, devices, assignment, telemetry,
-health, V2 inference)."""
+health, V2 inference, the audit trail, model cards, ...)."""
