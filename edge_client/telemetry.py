@@ -82,7 +82,7 @@ class _Window:
         if self.accumulator is None or not xs:
             return
         try:
-            x = np.concatenate([a.reshape(a.shape[0], -1) for a in xs])
+            x = np.concatenate([a.reshape(a.shape[0], int(np.prod(a.shape[1:]))) for a in xs])
             self.accumulator.update(x, np.concatenate(ps))
         except (EdgeFleetError, ValueError) as exc:  # never let drift bookkeeping break inference
             log.warning("drift update of %d rows skipped: %s", len(xs), exc)

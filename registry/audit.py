@@ -186,17 +186,20 @@ def _check(actor: str, action: str, target: str, reason: str | None) -> None:
         raise InvalidQueryError(f"audit reason is longer than {_MAX_REASON} characters")
 
 
-def _lock_head(session: Session) -> AuditHead:
-    """Lock the chain head (creating it when missing) and return its committed state."""
+def _lock_head(session: Session) -> tuple[int, str]:
+    """Lock the chain head (creating it when missing); its newest ``(seq, hash)``."""
     table = AuditHead.__table__  # type: ignore[attr-defined]
-    bump = sa.update(table).where(table.c.id == AUDIT_HEAD_ID).values(seq=table.c.seq)
-    if session.execute(bump).rowcount == 0:  # type: ignore[attr-defined]
+    bump = (
+        sa.update(table)
+        .where(table.c.id == AUDIT_HEAD_ID)
+        .values(seq=table.c.seq)
+        .returning(table.c.seq, table.c.hash)
+    )
+    row = session.execute(bump).first()
+    if row is None:
         _create_head(session)
-        session.execute(bump)
-    row = session.execute(
-        sa.select(table.c.seq, table.c.hash).where(table.c.id == AUDIT_HEAD_ID)
-    ).one()
-    return AuditHead(id=AUDIT_HEAD_ID, seq=row.seq, hash=row.hash)
+        row = session.execute(bump).one()
+    return int(row.seq), str(row.hash)
 
 
 def _create_head(session: Session) -> None:
@@ -221,6 +224,16 @@ def _create_head(session: Session) -> None:
         session.execute(sa.insert(table).values(**values))
 
 
+_RECORDS = AuditRecord.__table__  # type: ignore[attr-defined]
+_HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+_INSERT = sa.insert(_RECORDS).returning(_RECORDS.c.id)
+_ADVANCE = (
+    sa.update(_HEAD)
+    .where(_HEAD.c.id == AUDIT_HEAD_ID)
+    .values(seq=sa.bindparam("head_seq"), hash=sa.bindparam("head_hash"))
+)
+
+
 def record(
     session: Session,
     *,
@@ -239,28 +252,23 @@ def record(
     """
     _check(actor, action, target, reason)
     before_plain, after_plain = _plain(before, "before"), _plain(after, "after")
-    head = _lock_head(session)
-    row = AuditRecord(
-        seq=head.seq + 1,
-        at=utcnow(),
-        actor=actor,
-        action=action,
-        target=target,
-        request_id=request_id if request_id is not None else _REQUEST_ID.get(),
-        before=before_plain,
-        after=after_plain,
-        reason=reason,
-        prev_hash=head.hash,
-        hash="",
-    )
-    row.hash = _hash_of(row)
-    session.add(row)
-    table = AuditHead.__table__  # type: ignore[attr-defined]
-    session.execute(
-        sa.update(table).where(table.c.id == AUDIT_HEAD_ID).values(seq=row.seq, hash=row.hash)
-    )
-    session.flush()
-    return row
+    last_seq, last_hash = _lock_head(session)
+    values: dict[str, Any] = {
+        "seq": last_seq + 1,
+        "at": utcnow(),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "request_id": request_id if request_id is not None else _REQUEST_ID.get(),
+        "before": before_plain,
+        "after": after_plain,
+        "reason": reason,
+        "prev_hash": last_hash,
+    }
+    values["hash"] = record_hash(**values)
+    new_id = session.execute(_INSERT, values).scalar()
+    session.execute(_ADVANCE, {"head_seq": values["seq"], "head_hash": values["hash"]})
+    return AuditRecord(id=new_id, **values)
 
 
 # --- queries -------------------------------------------------------------------------------------

@@ -444,7 +444,7 @@ def runner_cmd(
     from pydantic import ValidationError
 
     from server.logs import configure_logging
-    from server.runner.run import serve
+    from server.runner.app import serve
     from server.runner.settings import load_runner_settings
 
     try:

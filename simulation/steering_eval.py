@@ -106,13 +106,13 @@ def table(scenario: str, results: Mapping[str, Mapping[int, Mapping[str, float |
         lower = m.startswith("rounds")
         wins = sum(1 for a, b in pairs if (b < a if lower else b > a))
         lines.append(f"| {m} | {_fmt(u)} | {_fmt(t)} | {diff} | {wins}/{len(pairs)} |")
-    ratio = []
+    ratio: list[float | None] = []
     for s in seeds:
-        u, t = (results[a][s]["rounds_to_0.8_drifted"] for a in ("uniform", "steered"))
-        ratio.append((window if t is None else t) / (window if u is None else u))
+        ru, rt = (results[a][s]["rounds_to_0.8_drifted"] for a in ("uniform", "steered"))
+        ratio.append((window if rt is None else rt) / (window if ru is None else ru))
     censored = any(results[a][s]["rounds_to_0.8_drifted"] is None for a in ARMS for s in seeds)
     note = f" (never = {window} rounds)" if censored else ""
-    shown = ", ".join(f"{r:.2f}" for r in ratio)
+    shown = ", ".join(f"{r:.2f}" for r in ratio if r is not None)
     lines.append(f"| rounds ratio steered / uniform{note} | | | {_fmt(ratio, 2)} | "
                  f"{shown} |")
     return "\n".join(lines)

@@ -1,7 +1,13 @@
-"""Drift-prioritised selection: nodes whose data moved away from the reference are picked more.
+"""Drift-prioritised selection: a reserved share of every round for the nodes that drifted.
 
-A node's *drift score* in ``[0, 1]`` is computed from the :class:`~edgefleet.drift.DriftSummary`
-it sent in its query reply, against the plan's :class:`~edgefleet.drift.ReferenceProfile`, with
+:class:`DriftPrioritisedSelection` picks by each candidate's drift score. The round loop's
+scores are the change of each node against its own baseline
+(:mod:`aggregation.selection.tracking`); :class:`DriftScorer` below is the plan-reference score
+it falls back to without tracking (and what the query reply's score is before re-scoring).
+
+:class:`DriftScorer`'s score in ``[0, 1]`` is computed from the
+:class:`~edgefleet.drift.DriftSummary` a node sent in its query reply, against the plan's
+:class:`~edgefleet.drift.ReferenceProfile`, with
 the numpy-only population stability index the whole code base shares
 (:func:`edgefleet.drift.feature_psi`: the reference's own bins, the same smoothing as the
 server's drift tests; no scipy on the aggregation path). The score is the share of features

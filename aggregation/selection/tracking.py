@@ -2,18 +2,20 @@
 
 Scoring a node against the plan's reference (:class:`~aggregation.selection.drift.DriftScorer`)
 measures how different its data is, and in a non-IID fleet every node differs: with
-Dirichlet(0.5) label shares the clean nodes of the harness's digits fleet score 0.17–0.49 on the
-effect scale against the reference from their label mix alone, and 0.00–0.04 against their own
-earlier windows (``README.md``, drift steering). :class:`DriftTracker` keeps every node's
-baseline and recent windows (:class:`edgefleet.drift.baseline.Baselines`: the node's first
-``baseline_rows`` rows on a version, its newest ``min_rows``) and scores
+Dirichlet(0.5) label shares the clean nodes of the harness's digits fleet measure 0.15–0.49 on
+the effect scale against the reference from their label mix alone, and 0.00–0.18 (median 0.00)
+between two of their own 100-row windows (``README.md``, drift steering).
+:class:`DriftTracker` keeps every node's baseline and recent windows
+(:class:`edgefleet.drift.baseline.Baselines`: the node's first ``baseline_rows`` rows on a
+version, its newest ``min_rows``) and scores
 
 * ``change``: :func:`edgefleet.drift.effect.moment_shift` of recent against the baseline (an
   effect size that grows with the shift, robust to near-constant features, without
   sample-size bias), once the baseline is complete;
-* before that, the node's ``difference`` against the reference in excess of the fleet's median
-  difference (the fleet's standing non-IID level), so that a node first seen already drifted
-  is still found.
+* before that (a node's first windows are its baseline, so its change is measured from its
+  next window on), the node's ``difference`` against the reference in excess of the fleet's
+  median difference (the fleet's standing non-IID level) when it is an outlier, so that a node
+  first seen already drifted is still found while label skew alone is not.
 
 The score in ``[0, 1]`` is ``min(1, effect / full_effect)``: the drift policy reserves slots for
 nodes from ``threshold`` on, steering scales epochs and weights with it.
@@ -55,26 +57,34 @@ class TrackerConfig:
 
     Parameters
     ----------
-    full_effect : float (default: 0.25)
+    full_effect : float (default: 0.4)
         Effect size (bias-corrected RMS standardized shift) at which a node's score reaches 1.
-        Clean nodes measured against their own baseline stay below 0.05 in the harness; a
-        brightness shift of +1 grey level in 16 measures about 0.3, the issue's +8 about 2.4.
+        Two 100-row windows of one clean digits client differ by 0.00–0.18 (median 0.00); a
+        brightness offset of +1 grey level in 16 measures about 0.3, +8 about 2.4, Gaussian
+        noise of one standard deviation 0.17 (it moves only the spread).
     baseline : BaselineConfig (default: BaselineConfig())
         Window sizes: baseline rows, recent rows, labels (``edgefleet.drift.baseline``).
     threshold : float (default: 0.5)
         Score from which a node counts as drifted (the drift policy's threshold).
     loss_rounds : int (default: 5)
         How many rounds a first-epoch loss counts for (see the module notes).
+    outlier_z : float (default: 4.0)
+        Before a node has a change, its difference counts only beyond this many robust
+        deviations above the fleet's median (label skew spreads the clean nodes over about
+        ±2 of them on the harness's fleet).
     """
 
     full_effect: float = DEFAULT_FULL_EFFECT
     baseline: BaselineConfig = DEFAULT_BASELINE
     threshold: float = DEFAULT_THRESHOLD
     loss_rounds: int = 5
+    outlier_z: float = 4.0
 
     def __post_init__(self) -> None:
-        if not self.full_effect > 0 or not 0 < self.threshold <= 1 or self.loss_rounds < 1:
-            raise SettingsError("need full_effect > 0, threshold in (0, 1], loss_rounds >= 1")
+        if (not self.full_effect > 0 or not 0 < self.threshold <= 1 or self.loss_rounds < 1
+                or self.outlier_z < 0):
+            raise SettingsError("need full_effect > 0, threshold in (0, 1], loss_rounds >= 1, "
+                                "outlier_z >= 0")
 
 
 class DriftTracker:
@@ -105,31 +115,36 @@ class DriftTracker:
     def reading(self, node: int) -> Reading | None:
         return self.baselines.reading(str(node))
 
-    def fleet_difference(self) -> float:
-        """The median ``difference`` over the nodes that have a reading (0 when none)."""
-        d = [r.difference for r in self.baselines.readings.values()]
-        return float(np.median(d)) if d else 0.0
+    def fleet_difference(self) -> tuple[float, float]:
+        """Median and robust spread (1.4826 × MAD) of the nodes' ``difference`` (0, 0: none)."""
+        d = np.asarray([r.difference for r in self.baselines.readings.values()])
+        if not d.size:
+            return 0.0, 0.0
+        median = float(np.median(d))
+        return median, float(1.4826 * np.median(np.abs(d - median)))
 
-    def effect(self, node: int, fleet_difference: float | None = None) -> float | None:
-        """The node's change, or, before its baseline is complete, its excess difference."""
+    def effect(self, node: int, fleet: tuple[float, float] | None = None) -> float | None:
+        """The node's change; before it has one, its excess difference over the fleet's
+        median when that is an outlier (``outlier_z`` robust deviations), else 0."""
         r = self.reading(node)
         if r is None:
             return None
         if r.change is not None:
             return r.change
-        median = self.fleet_difference() if fleet_difference is None else fleet_difference
-        return max(0.0, r.difference - median)
+        median, spread = self.fleet_difference() if fleet is None else fleet
+        excess = r.difference - median
+        return excess if excess > self.config.outlier_z * spread else 0.0
 
-    def raw_score(self, node: int, fleet_difference: float | None = None) -> float | None:
+    def raw_score(self, node: int, fleet: tuple[float, float] | None = None) -> float | None:
         """``min(1, effect / full_effect)``, before the loss gate."""
-        e = self.effect(node, fleet_difference)
+        e = self.effect(node, fleet)
         return None if e is None else min(1.0, e / self.config.full_effect)
 
-    def score(self, node: int, fleet_difference: float | None = None,
+    def score(self, node: int, fleet: tuple[float, float] | None = None,
               reference_loss: float | None = None) -> float | None:
         """The steering score in ``[0, 1]``: :meth:`raw_score`, 0 for a drifted node whose
         first-epoch loss since it drifted is at most ``reference_loss`` (module notes)."""
-        s = self.raw_score(node, fleet_difference)
+        s = self.raw_score(node, fleet)
         if s is None or s < self.config.threshold or reference_loss is None:
             return s
         since = self.drifted_since.get(node)
@@ -138,13 +153,13 @@ class DriftTracker:
             return 0.0
         return s
 
-    def start_round(self, server_round: int, fleet_difference: float) -> float | None:
+    def start_round(self, server_round: int, fleet: tuple[float, float]) -> float | None:
         """Note which nodes drifted since when; return the clean nodes' median loss."""
         self.round = server_round
         clean = []
         for node in list(self.baselines.readings):
             n = int(node)
-            s = self.raw_score(n, fleet_difference)
+            s = self.raw_score(n, fleet)
             if s is not None and s >= self.config.threshold:
                 self.drifted_since.setdefault(n, server_round)
             else:
@@ -165,9 +180,9 @@ def rescore(tracker: DriftTracker, server_round: int, answers: Mapping[int, Quer
     """
     for node in sorted(answers):
         tracker.observe(node, answers[node].drift)
-    median = tracker.fleet_difference()
-    loss = tracker.start_round(server_round, median)
-    return {n: replace(a, drift_score=tracker.score(n, median, loss))
+    fleet = tracker.fleet_difference()
+    loss = tracker.start_round(server_round, fleet)
+    return {n: replace(a, drift_score=tracker.score(n, fleet, loss))
             for n, a in answers.items()}
 
 

@@ -132,8 +132,9 @@ class Window:
 class Reading:
     """A device's drift now: change against its baseline, difference against the reference.
 
-    ``change`` is ``None`` until the baseline is complete; accuracies are ``None`` without
-    ``min_labels`` labelled predictions.
+    ``change`` is ``None`` until a window arrives after the baseline is complete (before, the
+    recent rows are the baseline's own); accuracies are ``None`` without ``min_labels``
+    labelled predictions.
     """
 
     rows: int
@@ -170,6 +171,7 @@ class DeviceBaseline:
     windows: deque[Window] = field(default_factory=lambda: deque(maxlen=MAX_WINDOWS))
     baseline: Window | None = None
     baseline_done: bool = False
+    after_baseline: int = 0  # windows since the baseline was complete
 
     def observe(self, summary: DriftSummary) -> bool:
         """Take the device's next summary; whether it brought new rows."""
@@ -180,7 +182,9 @@ class DeviceBaseline:
         if window.rows <= 0:
             return False
         self.windows.append(window)
-        if not self.baseline_done:
+        if self.baseline_done:
+            self.after_baseline += 1
+        else:
             self.baseline = window if self.baseline is None else self.baseline.merged(window)
             self.baseline_done = self.baseline.rows >= self.config.baseline_rows
         return True
@@ -213,7 +217,7 @@ class DeviceBaseline:
         if recent is None:
             return None
         labels = self.config.min_labels
-        base = self.baseline if self.baseline_done else None
+        base = self.baseline if self.baseline_done and self.after_baseline else None
         return Reading(
             rows=recent.rows,
             change=None if base is None else moment_shift(recent.moments, base.moments,

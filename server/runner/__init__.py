@@ -8,7 +8,7 @@ local cache and checks each against its digest and the version's signature, as d
 (:mod:`server.runner.source`), and feeds them to the server's serving table and runtime pool
 (:mod:`server.inference.table`, :mod:`server.inference.pool`). It never opens a database
 connection: its settings (:mod:`server.runner.settings`) have no database URL. On SIGTERM it
-drains (:mod:`server.runner.run`).
+drains (:mod:`server.runner.app`).
 
 May import: ``server.inference``, ``server.errors``, ``server.security``, ``server.logs``,
 ``edgefleet``, ``registry.errors``, ``fastapi``/``starlette``/``uvicorn``, ``httpx``,

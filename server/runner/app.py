@@ -1,17 +1,27 @@
-"""The runner's application factory: :func:`create_runner_app` builds its FastAPI app.
+"""The runner's process: :func:`create_runner_app` builds its FastAPI app, :func:`serve` runs it.
 
 Start-up fetches the serving snapshot (retried by the serving table's thread when the registry
 is not reachable yet: the runner stays not ready until it has one), starts the table's refresh
 thread and loads the production version of each model named in ``models``; only then is
 ``/v2/health/ready`` 200. Shutdown stops the thread, the interpreters' pool and the HTTP client.
+
+**Draining** (:class:`DrainingServer`): the first SIGTERM (or SIGINT) marks the runner as
+draining: ``/v2/health/ready`` answers 503 so the balancer (Kubernetes endpoints, a
+health-checking proxy) stops choosing it, while requests are still answered for ``drain_s``
+seconds. Then uvicorn stops listening, finishes the requests in flight and exits. A second
+signal exits at once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -24,13 +34,12 @@ from server.inference.pool import RuntimePool
 from server.inference.table import ServingTable
 from server.middleware import BodyLimitMiddleware
 from server.runner.client import ArtifactCache, RegistryClient
-from server.runner.routes import health_router, resolve, v2_router
+from server.runner.routes import RunnerState, health_router, resolve, v2_router
 from server.runner.settings import RunnerSettings, load_runner_settings
 from server.runner.source import RestSource
-from server.runner.state import RunnerState
 from server.security import parse_keys
 
-__all__ = ["create_runner_app"]
+__all__ = ["DrainingServer", "create_runner_app", "serve"]
 
 log = logging.getLogger("edgefleet.runner")
 
@@ -93,3 +102,34 @@ def create_runner_app(settings: RunnerSettings | None = None) -> FastAPI:
         def metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
     return app
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first exit signal drains for ``drain_s`` first."""
+
+    def __init__(self, config: uvicorn.Config, state: RunnerState, drain_s: float) -> None:
+        super().__init__(config)
+        self.runner = state
+        self.drain_s = drain_s
+        self._timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.runner.draining:  # the second signal: stop now
+            super().handle_exit(sig, frame)
+            return
+        self.runner.draining = True
+        log.info("runner: draining for %.1f s before stopping", self.drain_s)
+        self._timer = threading.Timer(self.drain_s, self._stop)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+
+def serve(settings: RunnerSettings, host: str, port: int, **uvicorn_options: Any) -> None:
+    """Serve the runner on ``host:port`` until signalled (see the module notes)."""
+    app = create_runner_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=30, **uvicorn_options)
+    DrainingServer(config, app.state.runner, settings.drain_s).run()

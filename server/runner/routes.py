@@ -1,4 +1,4 @@
-"""The runner's routes: V2 inference, model metadata and readiness, health, metrics.
+"""The runner's routes (V2 inference, model metadata and readiness, health) and its state.
 
 The same paths and bodies as the server's V2 family (``server/api/routes/inference.py``), with
 the codec of :mod:`edgefleet.v2`; a request without a version is answered by the version the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -30,11 +31,14 @@ from registry.errors import (
     VersionNotReadyError,
 )
 from registry.rollouts.routing import ModelSnapshot, choose
+from server.inference.pool import RuntimePool
 from server.inference.source import ServedVersion
-from server.runner.state import RunnerState
-from server.security import match_key
+from server.inference.table import ServingTable
+from server.runner.settings import RunnerSettings
+from server.runner.source import RestSource
+from server.security import NamedKey, match_key
 
-__all__ = ["health_router", "v2_router"]
+__all__ = ["RunnerState", "health_router", "v2_router"]
 
 _VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
 PRODUCTION = "production"
@@ -43,6 +47,24 @@ REQUESTS = Counter("edgefleet_runner_inference_requests_total",
                    "V2 inference requests answered by this runner", ["model", "version", "status"])
 LATENCY = Histogram("edgefleet_runner_inference_duration_seconds",
                     "V2 inference latency in this runner", ["model"])
+
+
+@dataclass
+class RunnerState:
+    """Per-process resources of a runner (:func:`server.runner.app.create_runner_app`)."""
+
+    settings: RunnerSettings
+    source: RestSource
+    table: ServingTable
+    pool: RuntimePool
+    inference_keys: list[NamedKey] = field(default_factory=list)
+    warmed: bool = False
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Serving: a snapshot is held, the configured models are loaded, no drain started."""
+        return self.source.ready and self.warmed and not self.draining
 
 
 def get_state(request: Request) -> RunnerState:

@@ -37,11 +37,12 @@ def _metric(agent: Agent, name: str, **labels: str) -> float:
 def test_concurrent_callers_are_all_counted_once(tmp_path: Path, digits_plan_dir: Path,
                                                  digits_data: Dataset) -> None:
     threads, calls = 4, 300  # more than a fold's batch, in every counter
-    x = digits_data.x_test[: threads * calls].astype(np.float32)
+    pool = digits_data.x_test.astype(np.float32)
+    x = pool[np.arange(threads * calls) % len(pool)]
     with _agent(tmp_path, digits_plan_dir) as agent:
         def work(k: int) -> None:
-            for i in range(calls):
-                assert agent.predict(x[k * calls + i: k * calls + i + 1]).path == "local"
+            for i in range(k * calls, (k + 1) * calls):
+                assert agent.predict(x[i: i + 1]).path == "local"
 
         workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
         for w in workers:
@@ -49,11 +50,12 @@ def test_concurrent_callers_are_all_counted_once(tmp_path: Path, digits_plan_dir
         for w in workers:
             w.join()
         agent.predict(x[:7])  # and one batch of 7 rows
+        assert agent.predict(x[:0]).probs.shape == (0, 10)  # and none: counted, no rows
         total = threads * calls
-        assert _metric(agent, "edgefleet_agent_predictions_total", path="local") == total + 1
+        assert _metric(agent, "edgefleet_agent_predictions_total", path="local") == total + 2
         assert _metric(agent, "edgefleet_agent_prediction_rows_total", path="local") == total + 7
         assert _metric(agent, "edgefleet_agent_prediction_duration_seconds_count",
-                       path="local") == total + 1
+                       path="local") == total + 2
         report = agent.flush_telemetry()[0]
         assert report.inference.local == total + 7
         assert report.drift is not None and report.drift.n == total + 7
@@ -71,6 +73,7 @@ def test_concurrent_callers_are_all_counted_once(tmp_path: Path, digits_plan_dir
 def test_a_reused_input_buffer_does_not_change_the_drift(tmp_path: Path, digits_plan_dir: Path,
                                                          digits_data: Dataset) -> None:
     x = digits_data.x_test[:50].astype(np.float32)
+    assert len(x) == 50
     with _agent(tmp_path / "a", digits_plan_dir) as fresh:
         for i in range(len(x)):
             fresh.predict(x[i: i + 1].copy())

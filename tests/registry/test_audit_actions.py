@@ -185,3 +185,37 @@ def test_key_creation_and_rotation(engine: Engine, tmp_path: Path) -> None:
     assert rec.after is not None and rec.after["endorsed_by"] == old.key_id
     with session_scope(engine) as s:
         assert verify(s).ok
+
+
+def test_the_cli_rotation_is_recorded_as_the_operating_system_user(
+    tmp_path: Path, digits_plan_dir: Path
+) -> None:
+    import getpass
+    import os
+
+    from typer.testing import CliRunner
+
+    from edgefleet_cli.main import app
+    from registry.db import make_engine
+    from server.bootstrap import publish_plan_dir
+    from server.settings import ServerSettings
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    key = tmp_path / "keys" / "k.pem"
+    settings = ServerSettings(database_url=url, artifact_dir=tmp_path / "store",
+                              signing_key_path=key)
+    assert publish_plan_dir(settings, digits_plan_dir, "digits", actor="cli:ops") == 1
+    env = {**os.environ, "EDGEFLEET_SERVER_DATABASE_URL": url,
+           "EDGEFLEET_SERVER_ARTIFACT_DIR": str(tmp_path / "store"),
+           "EDGEFLEET_SERVER_SIGNING_KEY_PATH": str(key)}
+    out = CliRunner().invoke(app, ["server", "keys", "rotate"], env=env)
+    assert out.exit_code == 0, out.output
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as s:
+            trail = [(r.action, r.actor) for r in list_records(s)]
+            assert verify(s).ok
+    finally:
+        engine.dispose()
+    assert trail == [("key.create", "system:registry"), ("version.publish", "cli:ops"),
+                     ("key.rotate", f"cli:{getpass.getuser()}")]

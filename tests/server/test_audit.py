@@ -175,3 +175,23 @@ def test_settings_changes_are_recorded_once_per_change(
     assert records[1]["before"]["canary_rollout_percent"] == 10.0
     assert records[1]["after"]["canary_rollout_percent"] == 25.0
     assert records[1]["reason"] == "changed: canary_rollout_percent"
+
+
+def test_rollout_actions_are_recorded_as_the_operator(api: Api) -> None:
+    c = api.client
+    v1 = api.production()
+    v2 = api.publish(full=False, weights=api.files.perturbed_weights(4),
+                     metadata={"plan_from_version": v1})
+    seq = last_seq(c)
+    r = c.post("/api/v1/rollouts", headers=ADMIN, json={
+        "model": "digits", "candidate": v2, "strategy": "canary",
+        "steps": [{"percent": 10, "bake_s": 0, "timeout_s": 600}]})
+    assert r.status_code == 201, r.text
+    rollout = r.json()["id"]
+    assert c.post(f"/api/v1/rollouts/{rollout}/abort", headers=ADMIN,
+                  json={"reason": "not today"}).status_code == 200
+    assert c.post(f"/api/v1/rollouts/{rollout}/abort", headers=ADMIN,
+                  json={"reason": "again"}).status_code == 409  # ended: nothing recorded
+    got = [(a, actor, t) for a, actor, t in since(c, seq) if a.startswith("rollout.")]
+    target = f"digits/rollouts/{rollout}"
+    assert got == [(f"rollout.{a}", "admin:alice", target) for a in ("start", "step", "abort")]

@@ -109,6 +109,9 @@ def test_bad_event_bodies_and_queries_are_refused(two_versions: Api, client: Tes
         r = client.post(url, json=report("k-bad-ev2", events=[{**event("crash", 1), **bad}]),
                         headers=dev)
         assert r.status_code == 422, (bad, r.text)
+    for shadow in ({"version": 9, "n": 3, "agree": 1}, {"version": 1, "n": 3, "agree": 4}):
+        r = client.post(url, json=report("k-bad-ev4", shadow=shadow), headers=dev)
+        assert r.status_code == 422 and "shadow" in r.json()["detail"], r.text
     too_many = [event("crash", 1)] * 101
     assert client.post(url, json=report("k-bad-ev3", events=too_many),
                        headers=dev).status_code == 422
@@ -125,7 +128,9 @@ def test_version_evidence_adds_up_what_was_reported(two_versions: Api, client: T
         dev = two_versions.enrol(device)
         for i, accuracy in enumerate(accuracies):
             events = [event("switch", 2, from_version=1)] if i == 0 else []
-            body = report(f"k-{device}-{i}", version=2, events=events,
+            shadow = ({"version": 1, "n": 30, "agree": 27, "confidence_delta_sum": -1.5}
+                      if device == "pi-2" else None)
+            body = report(f"k-{device}-{i}", version=2, events=events, shadow=shadow,
                           local_eval={"n_examples": 50, "accuracy": accuracy},
                           window_end=(NOW - timedelta(seconds=10 - i)).isoformat())
             r = client.post(f"/api/v1/devices/{device}/telemetry", json=body, headers=dev)
@@ -157,7 +162,10 @@ def test_version_evidence_adds_up_what_was_reported(two_versions: Api, client: T
         2, 3, 126, 6, 3)
     assert (ev.device_labelled, ev.device_correct) == (100, 40 + 30)  # the latest of each
     assert ev.events == {"switch": 2, "smoke_failed": 0, "refused": 0, "crash": 0,
-                         "rollback": 0}
+                         "rollback": 0, "prefetched": 0}
+    assert (ev.shadow_n, ev.shadow_agree) == (0, 0)
+    assert (base.shadow_n, base.shadow_agree, base.shadow_confidence_delta_sum) == (
+        30, 27, pytest.approx(-1.5))  # pi-2 ran v1 as a shadow beside v2
     assert (mine.requests, mine.devices, mine.device_labelled, mine.events["switch"]) == (
         3, 1, 50, 1)
     assert (base.requests, base.devices, base.device_accuracy, base.error_rate) == (

@@ -226,3 +226,16 @@ def test_federated_gate_starts_a_rollout(fleet: tuple[Api, Any]) -> None:
         assert second == first + 1
         page = c.get("/api/v1/rollouts", headers=ADMIN).json()
         assert page["total"] == 1
+
+
+def test_a_new_controller_resumes_running_rollouts_once(fleet: tuple[Api, Any]) -> None:
+    api, _ = fleet
+    c = api.client
+    rid = c.post("/api/v1/rollouts", json=START, headers=ADMIN).json()["id"]
+    assert controller(c).tick_all() == {rid: None}  # started after the rollout: resumes it
+    ctl = controller(c)
+    ctl.tick_all()
+    ctl.tick_all()
+    kinds = [e["kind"] for e in c.get(f"/api/v1/rollouts/{rid}/history", headers=ADMIN).json()]
+    assert kinds.count("resume") == 2  # one per controller (process), not one per tick
+    assert kinds[:2] == ["start", "step"]

@@ -1,4 +1,5 @@
-"""Rollouts end to end with real processes: ``edgefleet server run`` and ``edgefleet agent run``.
+"""Rollouts end to end with real processes: ``edgefleet server run`` and ``edgefleet agent run``,
+on SQLite and on PostgreSQL.
 
 Four real agents hold labelled digits examples (fed over their local ``POST /v1/labels``) and
 report their active version's local accuracy in telemetry; the server's controller ticks every
@@ -136,11 +137,12 @@ class Stack:
               lambda: set(self.running().values()) == {version} or self.running(), 90)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, plan_files: PlanFiles,
-          digits_plan_dir: Path, digits_data: Dataset) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          plan_files: PlanFiles, digits_plan_dir: Path, digits_data: Dataset) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("rollouts-e2e")
-    db_url = f"sqlite:///{root / 'server.db'}"
+    db_url = (f"sqlite:///{root / 'server.db'}" if request.param == "sqlite"
+              else request.getfixturevalue("postgres").create("rollouts_"))
     server = run_server(root, db_url, free_port(), "server")
     agents: list[Proc] = []
     st: Stack | None = None

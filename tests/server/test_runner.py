@@ -121,6 +121,12 @@ def test_runners_serve_the_registry_model(fleet: Fleet, digits_data: Dataset) ->
     missing = httpx.post(f"{runner}/v2/models/nope/infer", headers=APP,
                          json=v2.request_from_array(x).model_dump(exclude_none=True))
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
+    # a tensor the plan cannot take: the same refusal from the runner and the server
+    wrong = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+    answers = [httpx.post(f"{url}/v2/models/digits/infer", headers=APP, json=wrong)
+               for url in (fleet.server.url, runner)]
+    assert [a.status_code for a in answers] == [400, 400]
+    assert answers[0].json() == answers[1].json()
     # only the V2 family, health and metrics: no registry API on a runner
     assert httpx.get(f"{runner}/api/v1/models", headers=ADMIN).status_code == 404
     assert "edgefleet_runner_inference_requests_total" in httpx.get(f"{runner}/metrics").text
@@ -164,6 +170,7 @@ def _wait_version(runners: list[Proc], x: np.ndarray, version: str) -> list[dict
 
 def test_runners_follow_a_rollout(fleet: Fleet, digits_data: Dataset) -> None:
     x = digits_data.x_test[:4]
+    _wait_version(fleet.runners, x, "1")  # the previous test moved production back to 1
     with httpx.Client(base_url=fleet.server.url, headers=ADMIN, timeout=30) as admin:
         r = admin.post("/api/v1/rollouts", json={
             "model": "digits", "candidate": 2, "strategy": "canary", "guards": [],
@@ -230,7 +237,10 @@ def test_runners_hold_no_database_connection(fleet: Fleet) -> None:
 
 
 class Load:
-    """Four clients sending requests through the balancer until stopped."""
+    """Four clients sending requests through the balancer until stopped; a request that raised
+    counts as failed (status 0). Each request opens its own connection to the balancer: what is
+    under test is the balancer's side (runners added and removed), not the race of a client's
+    idle keep-alive connection with nginx closing it at a configuration reload."""
 
     def __init__(self, url: str, x: np.ndarray) -> None:
         self.url, self.x = url, x
@@ -240,12 +250,17 @@ class Load:
         self.threads = [threading.Thread(target=self._run) for _ in range(4)]
 
     def _run(self) -> None:
-        with httpx.Client(headers=APP, timeout=30) as client:
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(headers=APP, timeout=30, limits=fresh) as client:
             while not self.stop.is_set():
-                r = _infer(self.url, self.x, client)
-                self.statuses.append(r.status_code)
-                if r.status_code == 200:
-                    self.versions.add(r.json()["model_version"])
+                try:
+                    r = _infer(self.url, self.x, client)
+                    status = r.status_code
+                    if status == 200:
+                        self.versions.add(r.json()["model_version"])
+                except Exception:  # any failure of a request counts as one
+                    status = 0
+                self.statuses.append(status)
 
     def __enter__(self) -> Load:
         for t in self.threads:
