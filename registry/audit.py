@@ -245,7 +245,9 @@ def record(
     after: dict[str, Any] | None = None,
     reason: str | None = None,
 ) -> AuditRecord:
-    """Add one audit record to ``session`` (flushed, not committed) and advance the chain head.
+    """Write one audit record in ``session``'s transaction and advance the chain head; the
+    caller commits (or rolls back, and the record is gone with its action). Returns the record
+    as written (not attached to the session).
 
     Raises :class:`~registry.errors.InvalidQueryError` for a malformed action, an empty or
     over-long actor or target, or a ``before``/``after`` that is not a JSON object.

@@ -13,7 +13,7 @@ shift costs the drifted devices (the deployed model on their data, before and af
 from the shift to the first start (``never``), and any start before the shift (a false alarm).
 The re-arm case lets the trigger fire, then "promotes" version 2 (version 1 fine-tuned on every
 device's current data, its reference refreshed from their summaries:
-:func:`edgefleet.drift.reference.refreshed_reference`); devices switch to it, the controller must
+:func:`edgefleet.drift.refreshed_reference`); devices switch to it, the controller must
 re-arm on the healthy readings and fire again on a second shift.
 """
 
@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 
 from aggregation.controller import ControllerPolicy, ControllerState, FleetDrift, decide
-from edgefleet.drift import DriftAccumulator, DriftSummary, ReferenceProfile
+from edgefleet.drift import DriftAccumulator, DriftSummary, ReferenceProfile, refreshed_reference
 from edgefleet.drift.baseline import TELEMETRY_BASELINE, Baselines
 from edgefleet.drift.impact import FleetImpact, fleet_impact
-from edgefleet.drift.reference import refreshed_reference
 from edgefleet.runtime import PlanRuntime
 from simulation.config import DriftConfig, Experiment, load_experiment
 from simulation.errors import ExperimentError

@@ -180,7 +180,7 @@ def _app_for(command: list[str]) -> Any:
         from server.runner.app import create_runner_app
         from server.runner.settings import RunnerSettings
 
-        return create_runner_app(RunnerSettings(cache_dir=Path("/nonexistent-runner-cache")))
+        return create_runner_app(RunnerSettings(cache_dir=Path("runner-cache")))  # in tmp_path
     return None
 
 

@@ -21,6 +21,7 @@ Imports nothing heavier than numpy and pydantic. Refusals raise
 """
 
 from edgefleet.drift.accumulator import DriftAccumulator
+from edgefleet.drift.baseline import refreshed_reference
 from edgefleet.drift.compare import feature_psi, psi
 from edgefleet.drift.reference import (
     FeatureReference,
@@ -28,7 +29,6 @@ from edgefleet.drift.reference import (
     build_reference,
     prediction_histograms,
     quantile_edges,
-    refreshed_reference,
     with_predictions,
 )
 from edgefleet.drift.summary import SCHEMA_VERSION, DriftSummary, fold_counts

@@ -20,7 +20,10 @@ changed since (drift). :class:`DeviceBaseline` keeps, for one device and model v
 :meth:`DeviceBaseline.reading` gives ``change`` (:func:`~edgefleet.drift.effect.moment_shift` of
 recent against the baseline), ``difference`` (recent against the version's reference) and the
 labelled accuracies of both (``label_total`` / ``label_correct`` tracked the same way), whose
-difference is the cost of the change where devices have labels. Numpy only.
+difference is the cost of the change where devices have labels.
+
+:func:`refreshed_reference` gives a version its own reference: the plan's bins filled with the
+merged summaries of the clients it was trained on. Numpy only.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from edgefleet.drift.effect import (
 )
 from edgefleet.drift.reference import ReferenceProfile
 from edgefleet.drift.state import chan_merge
-from edgefleet.drift.summary import DriftSummary
+from edgefleet.drift.summary import DriftSummary, fold_counts
 
 MAX_WINDOWS = 16  # newest windows kept per device
 SummaryKind = Literal["auto", "cumulative", "windows"]
@@ -259,3 +262,36 @@ class Baselines:
 
     def reading(self, device: str) -> Reading | None:
         return self.readings.get(device)
+
+
+def refreshed_reference(profile: ReferenceProfile, summary: DriftSummary) -> ReferenceProfile:
+    """``profile``'s bins filled with the rows of ``summary``: a version's own reference.
+
+    ``summary`` is a :class:`~edgefleet.drift.summary.DriftSummary` made against ``profile``
+    (for a federated version: the merge of its training clients' summaries). Bin edges, ranges
+    and names stay, so the fingerprint does and devices' summaries still fit; each feature's
+    counts (under- and overflow folded into the end bins), count, mean and variance come from
+    the summary, the class counts from its labelled predictions when it has any. The recorded
+    predictions are dropped (they were another model's) and the score traces kept (the
+    features' correlation cannot be read from summaries). A feature the summary never saw keeps
+    its old statistics.
+    """
+    summary.check_reference(profile)
+    variance = summary.variance()
+    feats = []
+    for j, f in enumerate(profile.features):
+        n = summary.counts[j]
+        if n == 0:
+            feats.append(f)
+            continue
+        feats.append(f.model_copy(update={
+            "bin_counts": [int(c) for c in fold_counts(summary.bin_counts[j])], "count": int(n),
+            "mean": float(summary.mean[j]), "variance": float(max(0.0, variance[j]))}))
+    labelled = sum(summary.label_total) > 0
+    return ReferenceProfile(
+        n_samples=max(int(summary.n), max(f.count for f in feats) if feats else 0),
+        features=feats,
+        class_counts=list(summary.label_total) if labelled else list(profile.class_counts),
+        confidence_bin_edges=list(profile.confidence_bin_edges),
+        score_traces=profile.score_traces,
+    )

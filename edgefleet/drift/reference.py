@@ -16,15 +16,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.drift.scores import correlation_traces, score_matrix
-
-if TYPE_CHECKING:
-    from edgefleet.drift.summary import DriftSummary
 
 DEFAULT_N_BINS = 10
 DEFAULT_CONFIDENCE_EDGES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -273,37 +269,3 @@ def build_reference(
         score_traces=correlation_traces(scores),
     )
 
-
-def refreshed_reference(profile: ReferenceProfile, summary: DriftSummary) -> ReferenceProfile:
-    """``profile``'s bins filled with the rows of ``summary``: a version's own reference.
-
-    ``summary`` is a :class:`~edgefleet.drift.summary.DriftSummary` made against ``profile``
-    (for a federated version: the merge of its training clients' summaries). Bin edges, ranges
-    and names stay, so the fingerprint does and devices' summaries still fit; each feature's
-    counts (under- and overflow folded into the end bins), count, mean and variance come from
-    the summary, the class counts from its labelled predictions when it has any. The recorded
-    predictions are dropped (they were another model's) and the score traces kept (the
-    features' correlation cannot be read from summaries). A feature the summary never saw keeps
-    its old statistics.
-    """
-    from edgefleet.drift.summary import fold_counts
-
-    summary.check_reference(profile)
-    variance = summary.variance()
-    feats = []
-    for j, f in enumerate(profile.features):
-        n = summary.counts[j]
-        if n == 0:
-            feats.append(f)
-            continue
-        feats.append(f.model_copy(update={
-            "bin_counts": [int(c) for c in fold_counts(summary.bin_counts[j])], "count": int(n),
-            "mean": float(summary.mean[j]), "variance": float(max(0.0, variance[j]))}))
-    labelled = sum(summary.label_total) > 0
-    return ReferenceProfile(
-        n_samples=max(int(summary.n), max(f.count for f in feats) if feats else 0),
-        features=feats,
-        class_counts=list(summary.label_total) if labelled else list(profile.class_counts),
-        confidence_bin_edges=list(profile.confidence_bin_edges),
-        score_traces=profile.score_traces,
-    )

@@ -50,7 +50,7 @@ from registry.rollouts.queries import active_rollout, version_number
 from registry.rollouts.strategies import default_steps
 from registry.versions import get_version, require_ready
 
-__all__ = ["CONTROLLER", "abort", "approve", "resumed", "start", "tick"]
+__all__ = ["CONTROLLER", "abandon", "abort", "approve", "resumed", "start", "tick"]
 
 #: The actor of transitions the controller makes on its own.
 CONTROLLER = "system:rollouts"
@@ -348,6 +348,14 @@ def approve(session: Session, row: Rollout, body: RolloutApprove, *, actor: str,
     _promote(session, row, model, actor=actor, version_id=version_id,
              message=f"approved by {actor}" + (f": {body.reason}" if body.reason else ""))
     return row
+
+
+def abandon(session: Session, row: Rollout, reason: str) -> None:
+    """Roll back a rollout the controller cannot move on (e.g. its candidate or a variant is
+    no longer READY); a rollout that has already ended is left as it is."""
+    if row.state in ACTIVE_STATES:
+        _rollback(session, row, _model(session, row), actor=CONTROLLER,
+                  message=f"the rollout cannot proceed: {reason}")
 
 
 def abort(session: Session, row: Rollout, body: RolloutAbort, *, actor: str) -> Rollout:

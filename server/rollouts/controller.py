@@ -9,8 +9,10 @@ state, step and step start time it had: bake times and timeouts count from the s
 start. The first tick of a process after start-up records one ``resume`` event on each
 rollout it finds running.
 
-A tick that fails (the database unreachable, a bug) is logged and retried at the next tick; it
-leaves the rollout unchanged (its transaction rolls back).
+A tick the registry refuses (a candidate or variant archived or damaged meanwhile) rolls the
+rollout back, naming the refusal. A tick that fails otherwise (the database unreachable, a bug)
+is logged and retried at the next tick; it leaves the rollout unchanged (its transaction rolls
+back).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 from sqlalchemy import Engine
 
 from registry.db import session_scope
+from registry.errors import RegistryError
 from registry.models import utcnow
 from registry.rollouts import machine, queries
 from registry.rollouts.judge import EvidenceFn
@@ -70,6 +73,17 @@ class RolloutController:
         return {rid: self.tick_one(rid) for rid in ids}
 
     def tick_one(self, rollout_id: int) -> str | None:
+        """Judge one rollout; one the registry refuses to move on (a version no longer READY)
+        is rolled back in a second transaction, with the refusal as its reason."""
+        try:
+            return self._tick(rollout_id)
+        except RegistryError as exc:
+            with session_scope(self.engine, write=True) as s:
+                machine.abandon(s, queries.get_rollout(s, rollout_id, for_update=True), str(exc))
+            log.warning("rollout %s rolled back: %s", rollout_id, exc)
+            return "rollback"
+
+    def _tick(self, rollout_id: int) -> str | None:
         with session_scope(self.engine, write=True) as s:
             row = queries.get_rollout(s, rollout_id, for_update=True)
             if row.id not in self._resumed:

@@ -325,3 +325,20 @@ def test_restart_resumes_from_the_database(fleet: Engine, db_url: str) -> None:
         assert state(fleet, rid) == ("running", 1)
     finally:
         other.dispose()
+
+
+def test_a_candidate_archived_mid_rollout_is_rolled_back(fleet: Engine) -> None:
+    from registry.models import VersionStatus, VersionStatusUpdate
+    from registry.versions import change_status
+    from server.rollouts import RolloutController
+
+    rid = start(fleet, strategy="blue_green", prefetch_devices=0, guards=[ACC],
+                steps=[StepSpec(bake_s=0), StepSpec(bake_s=0)])
+    with session_scope(fleet, write=True) as s:  # nothing aliases it before the switch
+        change_status(s, "digits", 2, VersionStatusUpdate(status=VersionStatus.ARCHIVED))
+    assert RolloutController(fleet, 0).tick_all() == {rid: "rollback"}
+    with session_scope(fleet) as s:
+        last = queries.timeline(s, rid)[-1]
+        assert last.kind == "rollback" and "cannot proceed" in last.message
+        assert "ARCHIVED" in last.message
+        assert build_snapshot(s, "digits").production == 1

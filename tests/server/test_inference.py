@@ -89,7 +89,7 @@ def test_versions_and_aliases_choose_who_answers(served: Api, client: TestClient
 @pytest.mark.parametrize(
     ("case", "status", "message"),
     [
-        ("invalid_json", 400, "invalid JSON"),
+        ("invalid_json", 400, "Invalid JSON"),
         ("not_an_object", 400, "invalid request"),
         ("no_inputs", 400, "inputs"),
         ("wrong_shape", 400, "does not fit the model"),

@@ -45,7 +45,8 @@ def reader(settings: ServerSettings, db_url: str, tmp_path: Path) -> Iterator[Te
 
 def _runtime(files: PlanFiles, weights: bytes) -> PlanRuntime:
     manifest = PlanManifest.from_json(files.manifest)
-    return PlanRuntime.from_bytes(files.plan, manifest, weights_from_bytes(weights, manifest=manifest))
+    weights_arrays = weights_from_bytes(weights, manifest=manifest)
+    return PlanRuntime.from_bytes(files.plan, manifest, weights_arrays)
 
 
 def _infer(client: TestClient, x: np.ndarray, headers: dict[str, str] | None = None,

@@ -8,10 +8,13 @@ accepted: JSON without ``Content-Type``, or JSON and binary tensor data after
 from __future__ import annotations
 
 import json
+import threading
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.runtime import PlanRuntime
@@ -99,3 +102,27 @@ def test_every_refusal_is_a_4xx_with_the_protocols_error(
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error"} and r.json()["error"]
     assert client.post(URL, content=good, headers=APP).status_code == 200
+
+
+def test_the_hot_path_reads_no_database(served: Api, client: TestClient) -> None:
+    """Once a model and a device token were seen, requests run no SQL (only the inference
+    log's writer and the serving table's refresh thread talk to the database)."""
+    device = served.enrol("pi-hot")
+    good = _json_body(np.zeros((1, 64), dtype=np.float32))
+    for headers in (APP, device):  # the model is loaded and the token checked once
+        assert client.post(URL, content=good, headers=headers).status_code == 200
+    engine = client.app.state.edgefleet.engine  # type: ignore[attr-defined]
+    background = {"inference-log", "edgefleet-serving-table"}
+    seen: list[tuple[str, str]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append((threading.current_thread().name, statement))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for _ in range(10):
+            for headers in (APP, device):
+                assert client.post(URL, content=good, headers=headers).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert [s for thread, s in seen if thread not in background] == []
