@@ -6,9 +6,15 @@ named volumes become directories, bind mounts become translated copies, each ``e
 a service gets a free local port (``service:port`` elsewhere becomes ``127.0.0.1:<local>``),
 the files an image ``COPY``s onto its ``PATH`` come from the repository, ``$$`` unescapes to
 ``$``, and ``depends_on`` conditions wait for the service's own translated ``healthcheck`` or
-exit status. What stays a substitution: PostgreSQL is the local server on 5432 with a fresh
-database (``db``'s URL is replaced), nginx is Debian's package (installed by the test when
-missing), and agents and servers get short poll and telemetry intervals.
+exit status. Once the devices enrolled and reported through the balancer, the controller's own
+command runs one federated round over the TLS SuperLink and the authenticated SuperNodes, whose
+ServerApp publishes the next version through the balancer.
+
+What stays a substitution: PostgreSQL is the local server on 5432 with a fresh database
+(``db``'s URL is replaced), nginx is Debian's package (installed by the test when missing),
+agents and servers get short poll and telemetry intervals, the devices an eligibility policy
+that ignores the machine's load, and the controller a schedule due within seconds and a run
+config of one short round (``ROUND``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,7 @@ import pytest
 import yaml
 
 from edgefleet.datasets import Dataset
+from simulation.fleet_flower import round_lines
 from tests.registry.support import PostgresDatabases, postgres  # noqa: F401  (fixture)
 from tests.server.processes import Proc, free_port, publish, scrape, set_alias, spawn, total
 
@@ -43,8 +51,16 @@ TEST_ENV = {  # the only settings the test adds: shorter intervals than producti
                "EDGEFLEET_SERVER_LAST_SEEN_INTERVAL_S": "0",
                "EDGEFLEET_SERVER_LOG_LEVEL": "WARNING"},
     "agent": {"EDGEFLEET_AGENT_POLL_INTERVAL_S": "1", "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "1",
-              "EDGEFLEET_AGENT_OUTBOX_BACKOFF_BASE_S": "0.5"},
+              "EDGEFLEET_AGENT_OUTBOX_BACKOFF_BASE_S": "0.5",
+              # eligibility: the test machine is busy (load) and its network has no metering
+              # information; a device's policy would otherwise decline to train
+              "EDGEFLEET_AGENT_MAX_LOAD_PER_CORE": "1000",
+              "EDGEFLEET_AGENT_REQUIRE_UNMETERED": "false"},
 }
+ROUND = {  # the federated round the test has the controller start: one round, one epoch
+    "num-rounds": 1, "base-epochs": 1, "max-extra-epochs": 0, "eval-clients": 0,
+    "wait-for-nodes-s": 60.0, "query-timeout-s": 60.0, "train-timeout-s": 120.0,
+    "poll-interval-s": 0.5}
 
 
 def load() -> dict[str, Any]:
@@ -363,23 +379,50 @@ def topology(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabas
         postgres.drop(db_url)
 
 
-@pytest.mark.slow
-def test_the_topology_runs_and_a_device_joins_through_the_balancer(
-    topology: LocalCompose, digits_plan_dir: Path, digits_data: Dataset
-) -> None:
+@dataclass(frozen=True)
+class Fleet:
+    """The whole topology up, model ``digits`` v1 in production, every device enrolled."""
+
+    t: LocalCompose
+    devices: list[str]
+    ca: str
+    lb: str
+    admin_key: str
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.lb, headers={"X-Admin-Key": self.admin_key},
+                            verify=self.ca, timeout=60)
+
+    def flwr(self, *args: str) -> dict[str, Any]:
+        """``flwr <args> fleet --format json`` as an operator on the SuperLink's network would."""
+        env = {**os.environ, **self.t.environment("register-supernodes")}
+        out = subprocess.run(["flwr", *args, "fleet", "--format", "json"], env=env,
+                             capture_output=True, text=True, timeout=60, check=False).stdout
+        parsed: dict[str, Any] = json.loads(out[out.index("{"):]) if "{" in out else {}
+        return parsed
+
+
+@pytest.fixture(scope="module")
+def fleet(topology: LocalCompose, digits_plan_dir: Path) -> Fleet:
     t = topology
     devices = sorted(n for n in t.services if re.fullmatch(r"device-\d+", n))
-    infra = [n for n in t.services if n != "db" and not n.startswith("device-")]
-    t.up(infra)
-    ca = str(t.root / "volumes" / "certs" / "ca.pem")
-    lb = t.url("lb", 8443, "https")
-    server_env = t.environment("server-1")
-    admin_key = server_env["EDGEFLEET_SERVER_ADMIN_KEYS"].split(":", 1)[1]
-    with httpx.Client(base_url=lb, headers={"X-Admin-Key": admin_key}, verify=ca,
-                      timeout=60) as admin:
+    t.up([n for n in t.services if n != "db" and not n.startswith("device-")])
+    admin_key = t.environment("server-1")["EDGEFLEET_SERVER_ADMIN_KEYS"].split(":", 1)[1]
+    f = Fleet(t, devices, str(t.root / "volumes" / "certs" / "ca.pem"),
+              t.url("lb", 8443, "https"), admin_key)
+    with f.admin() as admin:
         assert publish(admin, "digits", digits_plan_dir) == 1  # the operator's first model
         set_alias(admin, "digits", "production", 1)
-        t.up(devices + [f"{d}-supernode" for d in devices])
+    t.up(devices + [f"{d}-supernode" for d in devices])
+    return f
+
+
+@pytest.mark.slow
+def test_the_topology_runs_and_a_device_joins_through_the_balancer(
+    fleet: Fleet, digits_data: Dataset
+) -> None:
+    t, devices, ca, lb = fleet.t, fleet.devices, fleet.ca, fleet.lb
+    with fleet.admin() as admin:
         x = digits_data.x_test[:4]
         for d in devices:  # each device pulled its model through the balancer
             agent = t.url(d, 8765)
@@ -399,15 +442,67 @@ def test_the_topology_runs_and_a_device_joins_through_the_balancer(
         m = scrape(f"{t.url(replica, 8000)}/metrics")
         assert total(m, "edgefleet_http_requests_total",
                      route="/api/v1/devices/{device_id}/assignment") > 0, replica
-    flwr_env = {**os.environ, **t.environment("register-supernodes")}
-    online = _until("every SuperNode online", lambda: (nodes := [
-        n for n in json.loads(subprocess.run(
-            ["flwr", "supernode", "ls", "fleet", "--format", "json"], env=flwr_env,
-            capture_output=True, text=True, timeout=60, check=True).stdout)["nodes"]
-        if n["status"] == "online"]) and len(nodes) == len(devices) and nodes)
-    assert len(online) == len(devices)
+    online = _until("every SuperNode online", lambda: len(
+        [n for n in fleet.flwr("supernode", "ls").get("nodes", [])
+         if n["status"] == "online"]) == len(devices))
+    assert online
     controller = scrape(f"{t.url('controller', 9400)}/metrics")
     assert total(controller, "edgefleet_fl_controller_decisions_total") >= 1
+    _no_service_exited(t)
+
+
+def _no_service_exited(t: LocalCompose) -> None:
     logs = " ".join(shlex.quote(p.tail(400)) for p in t.procs.values() if not p.alive()
                     and p.name not in one_shots(t.compose))
     assert not logs, f"a long-running service exited: {logs}"
+
+
+def controller_once(t: LocalCompose, run_config: Mapping[str, object]) -> list[str]:
+    """The compose controller's own command, checking twice, 1 s apart, with a schedule that
+    is due by the second check (the first check only starts the schedule's clock) and
+    ``run_config`` added to its run config; compose's cooldown keeps it to one start."""
+    argv = list(t.services["controller"]["command"])
+    for flag, value in {"--schedule-hours": "0.0001", "--interval-s": "1",
+                        "--max-iterations": "2", "--metrics-port": "0"}.items():
+        argv[argv.index(flag) + 1] = value
+    argv += [f"--run-config={key}={value}" for key, value in run_config.items()]
+    done = subprocess.run(t.argv("controller", argv), capture_output=True, text=True, timeout=180,
+                          env={**os.environ, **t.environment("controller")}, cwd=t.root,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return re.findall(r"\(flower run (\d+)\)", done.stderr)
+
+
+@pytest.mark.slow
+def test_the_controller_runs_a_federated_round_that_publishes_through_the_balancer(
+    fleet: Fleet, digits_data: Dataset
+) -> None:
+    """Labelled examples on every device, then one round started by the controller over the
+    TLS SuperLink with authenticated SuperNodes: v2 is published and listed by the balancer."""
+    t, devices = fleet.t, fleet.devices
+    for i, d in enumerate(devices):  # each device's own labelled share
+        rows = slice(60 * i, 60 * (i + 1))
+        r = httpx.post(f"{t.url(d, 8765)}/v1/labels", json={
+            "inputs": digits_data.x_train[rows].tolist(),
+            "labels": digits_data.y_train[rows].tolist()})
+        assert r.status_code == 201, r.text
+    n = len(devices)
+    runs = controller_once(t, {**ROUND, "target-clients": n, "min-reports": n, "min-nodes": n})
+    assert len(runs) == 1, runs
+    finished = _until("the run finished", lambda: [
+        r for r in fleet.flwr("ls", "--run-id", runs[0]).get("runs", [])
+        if str(r["status"]).startswith("finished")], timeout=300)
+    log = t.root / "logs" / "flwr-log.log"
+    log.write_text(subprocess.run(
+        ["flwr", "log", runs[0], "fleet", "--show"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **t.environment("register-supernodes")}, check=False).stdout)
+    assert finished[0]["status"] == "finished:completed", log.read_text()[-3000:]
+    assert [line.split(":")[0] for line in round_lines(log)] == ["round 1 ok"], log.read_text()
+    with fleet.admin() as admin:
+        page = admin.get("/api/v1/models/digits/versions").raise_for_status().json()
+    latest = max(page["items"], key=lambda v: v["version"])
+    assert latest["version"] == 2, page
+    assert latest["lineage"]["parent_version"] == 1
+    assert latest["lineage"]["federated_round"] == 1
+    assert latest["lineage"]["num_clients"] == n
+    _no_service_exited(t)

@@ -12,7 +12,8 @@
   the switch (from ``baseline_window_s`` before the rollout).
 
 :func:`judge_ab` gathers each variant's labelled accuracy (devices' local evaluation plus REST
-feedback) since the step started and runs :func:`registry.rollouts.stats.compare`.
+feedback) since the step started and runs :func:`registry.rollouts.stats.compare`;
+:func:`judge_ab_safety` applies the ``device_failures`` guards to every variant meanwhile.
 
 Evidence comes from ``evidence(session, model=, version=, since=, until=, device_ids=)`` (the
 signature of :func:`registry.version_evidence.version_evidence`); without one every guard waits.
@@ -42,7 +43,7 @@ from registry.rollouts.guards import (
 from registry.rollouts.queries import version_number
 from registry.rollouts.stats import ABResult, ArmSample, compare
 
-__all__ = ["EvidenceFn", "Judgement", "judge", "judge_ab"]
+__all__ = ["EvidenceFn", "Judgement", "judge", "judge_ab", "judge_ab_safety"]
 
 EvidenceFn = Callable[..., EvidenceLike]
 NO_SOURCE = "no evidence source"
@@ -133,3 +134,24 @@ def judge_ab(session: Session, row: Rollout, model: Model,
     return compare(arms, alpha=float(spec.get("alpha", 0.05)),
                    min_samples=int(spec.get("min_samples", 200)))
 
+
+
+def judge_ab_safety(session: Session, row: Rollout, model: Model,
+                    evidence: EvidenceFn | None) -> Judgement | None:
+    """The ``device_failures`` guards on every variant during the horizon (one crash is a breach
+    whatever the test would say); ``None`` when there are none or no evidence source."""
+    spec: Mapping[str, Any] = row.spec or {}
+    guards = [GuardSpec.model_validate(g) for g in spec.get("guards") or []
+              if g.get("kind") == "device_failures"]
+    if evidence is None or not guards:
+        return None
+    since = row.step_started_at or row.created_at
+    results = []
+    for v in spec.get("variants") or []:
+        ev = _fetch(evidence, session, model.name, int(v["version"]), since, None)
+        for r in evaluate_all(guards, ev, ev)[1]:
+            results.append(GuardResult(f"{r.kind}[{v['name']}]", r.decision, r.reason,
+                                       r.candidate, r.baseline, r.candidate_n, r.baseline_n,
+                                       r.threshold))
+    verdict: Decision = FAIL if any(r.decision == FAIL for r in results) else WAIT
+    return Judgement(verdict, results)

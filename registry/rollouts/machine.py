@@ -11,7 +11,8 @@ States: ``pending`` → ``running`` (step k) ⇄ ``awaiting_approval`` → ``pro
 back at once; a pass after the step's ``bake_s`` advances (or waits for approval); anything
 else waits, and a step that has not passed by its ``timeout_s`` rolls back, naming the guards
 that were still waiting. A/B rollouts run their test at the end of the horizon
-(:func:`registry.rollouts.judge.judge_ab`). Alias effects by strategy:
+(:func:`registry.rollouts.judge.judge_ab`) and roll back at once on a ``device_failures``
+breach of any variant meanwhile. Alias effects by strategy:
 
 ``canary``      ``canary`` → candidate with the step's percent;
 ``waves``       ``canary`` → candidate with percent 0 (membership is by label);
@@ -45,7 +46,7 @@ from registry.catalog import get_model
 from registry.errors import ConflictError, InvalidQueryError
 from registry.models import CANARY, PRODUCTION, SHADOW, Alias, Model, Rollout, RolloutEvent, utcnow
 from registry.rollouts.guards import FAIL, PASS
-from registry.rollouts.judge import EvidenceFn, judge, judge_ab
+from registry.rollouts.judge import EvidenceFn, judge, judge_ab, judge_ab_safety
 from registry.rollouts.queries import active_rollout, version_number
 from registry.rollouts.strategies import default_steps
 from registry.versions import get_version, require_ready
@@ -295,6 +296,13 @@ def tick(session: Session, row: Rollout, *, evidence: EvidenceFn | None,
 
 def _tick_ab(session: Session, row: Rollout, model: Model, step: StepSpec, elapsed: float,
              evidence: EvidenceFn | None, now: datetime) -> str | None:
+    safety = judge_ab_safety(session, row, model, evidence)
+    if safety is not None and safety.verdict == FAIL:
+        _rollback(session, row, model, actor=CONTROLLER,
+                  evidence=safety.as_dict(at=now.isoformat(), elapsed_s=round(elapsed, 3)),
+                  message=f"guard {', '.join(safety.names(FAIL))} breached: "
+                          f"{safety.reasons(FAIL)}")
+        return "rollback"
     result = judge_ab(session, row, model, evidence)
     decision: dict[str, Any] = {"verdict": "wait", "at": now.isoformat(),
                                 "elapsed_s": round(elapsed, 3),

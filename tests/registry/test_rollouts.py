@@ -342,3 +342,14 @@ def test_a_candidate_archived_mid_rollout_is_rolled_back(fleet: Engine) -> None:
         assert last.kind == "rollback" and "cannot proceed" in last.message
         assert "ARCHIVED" in last.message
         assert build_snapshot(s, "digits").production == 1
+
+
+def test_ab_rolls_back_at_once_when_a_variant_crashes(fleet: Engine) -> None:
+    rid = start(fleet, strategy="ab", candidate=None, horizon_s=600,
+                variants=[{"name": "control", "version": 1}, {"name": "new", "version": 2}])
+    report_all(fleet, {1: 0.9, 2: 0.9}, events={2: "crash"})
+    assert tick(fleet, rid, 5) == "rollback"  # well before the horizon
+    with session_scope(fleet) as s:
+        last = queries.timeline(s, rid)[-1]
+        assert "device_failures[new]" in last.message
+        assert build_snapshot(s, "digits").production == 1
