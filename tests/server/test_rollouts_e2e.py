@@ -137,7 +137,10 @@ class Stack:
               lambda: set(self.running().values()) == {version} or self.running(), 90)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+#: The whole stack on the embedded database: the rollout tables, the state machine and the
+#: controller's restart path run on both backends in tests/registry/test_rollouts.py and
+#: tests/server/test_rollouts_api.py; here the processes are what is under test.
+@pytest.fixture(scope="module", params=["sqlite"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           plan_files: PlanFiles, digits_plan_dir: Path, digits_data: Dataset) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("rollouts-e2e")
