@@ -314,14 +314,25 @@ class FlwrRunLauncher:
                                   check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise RunLaunchError(f"flwr run failed to start: {exc}") from exc
-        try:
-            out = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
-        except json.JSONDecodeError:
-            out = {}
+        out = _json_tail(proc.stdout)
         if proc.returncode != 0 or not out.get("success"):
             detail = (proc.stderr or proc.stdout).strip()[-500:]
             raise RunLaunchError(f"flwr run exited {proc.returncode}: {detail}")
         return f"{name} (flower run {out.get('run-id')})"
+
+
+def _json_tail(text: str) -> dict[str, object]:
+    """The JSON object ``flwr --format json`` ends its output with (on one line or indented
+    over several, after any log lines); ``{}`` when there is none."""
+    lines = text.strip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("{")]
+    if not starts:
+        return {}
+    try:
+        out = json.loads("\n".join(lines[starts[-1]:]))
+    except json.JSONDecodeError:
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def _impact(drift: FleetDrift) -> str:

@@ -19,6 +19,15 @@ the server knows, with aggregate queries only:
 * **shadow** figures: rows where devices ran this version beside their active one
   (``shadow_n``), how many agreed on the class (``shadow_agree``), and the summed confidence
   difference (shadow minus active), from reports of any version whose window ends in the window.
+* **REST shadow** pairs: each answered instance this version gave as the REST shadow (records
+  with ``variant`` ``"shadow"``, request id ``<id>:shadow``, created in the window, from
+  ``device_ids`` when given; ``variant=`` does not apply) joined with production's answered
+  instance of the same request and row (request id ``<id>``): ``rest_shadow_n`` pairs,
+  ``rest_shadow_agree`` with the same predicted label, ``rest_shadow_confidence_delta_sum`` of
+  shadow minus production confidence. A shadow run that failed, or whose production record is
+  not written (or failed), is no pair. One query: the window's shadow records come from
+  ``ix_inference_record_model_created_at`` and each probes production's row through the
+  unique ``(request_id, row_index)`` index (the production id is computed from the shadow's).
 * **device events** about this version (:mod:`registry.device_events`) by kind, summing
   ``count``: ``switch``, ``smoke_failed``, ``refused``, ``crash``, ``rollback``.
 
@@ -43,7 +52,12 @@ from registry.evidence import TABLE, bucket_upper_ms
 from registry.models import TelemetryRecord
 from registry.versions import get_version
 
-__all__ = ["VersionEvidence", "version_evidence"]
+#: The rollout variant, and request id suffix, of the REST shadow's records
+#: (as :mod:`server.inference.answer` logs them).
+SHADOW_VARIANT = "shadow"
+_SHADOW_SUFFIX = f":{SHADOW_VARIANT}"
+
+__all__ = ["SHADOW_VARIANT", "VersionEvidence", "version_evidence"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,10 @@ class VersionEvidence:
     shadow_n: int = 0
     shadow_agree: int = 0
     shadow_confidence_delta_sum: float = 0.0
+    # this version as the REST shadow of production, answer by answer
+    rest_shadow_n: int = 0
+    rest_shadow_agree: int = 0
+    rest_shadow_confidence_delta_sum: float = 0.0
 
     @property
     def error_rate(self) -> float | None:
@@ -218,6 +236,7 @@ def version_evidence(
         **_devices(session, v.id or 0, since, until, ids),
         events=event_counts(session, m.id or 0, version, since, until, ids),
         **_shadow(session, m.id or 0, version, since, until, ids),
+        **_rest_shadow(session, model, version, since, until, ids),
     )
 
 
@@ -236,3 +255,32 @@ def _shadow(session: Session, model_id: int, version: int, since: datetime,
     ).one()
     return {"shadow_n": int(n or 0), "shadow_agree": int(agree or 0),
             "shadow_confidence_delta_sum": float(delta or 0.0)}
+
+
+def _rest_shadow(session: Session, model: str, version: int, since: datetime,
+                 until: datetime | None, device_ids: Sequence[str] | None) -> dict[str, Any]:
+    """The REST shadow pairs of ``version`` (module notes): one join, both sides answered."""
+    s, p = TABLE.alias("shadow"), TABLE.alias("production")
+    production_id = sa.func.substr(s.c.request_id, 1,
+                                   sa.func.length(s.c.request_id) - len(_SHADOW_SUFFIX))
+    where: list[Any] = [s.c.model == model, s.c.version == version,
+                        s.c.variant == SHADOW_VARIANT, s.c.created_at >= since,
+                        s.c.request_id.like(f"%{_SHADOW_SUFFIX}"),
+                        s.c.status < 400, s.c.label.is_not(None),
+                        p.c.status < 400, p.c.label.is_not(None),
+                        p.c.variant.is_distinct_from(SHADOW_VARIANT)]
+    if until is not None:
+        where.append(s.c.created_at < until)
+    if device_ids is not None:
+        where.append(s.c.caller.in_([f"device:{d}" for d in device_ids]))
+    n, agree, delta = session.execute(
+        sa.select(sa.func.count(),
+                  sa.func.sum(sa.case((s.c.label == p.c.label, 1), else_=0)),
+                  sa.func.sum(s.c.confidence - p.c.confidence))
+        .select_from(s.join(p, sa.and_(p.c.request_id == production_id,
+                                       p.c.row_index == s.c.row_index,
+                                       p.c.model == s.c.model)))
+        .where(*where)
+    ).one()
+    return {"rest_shadow_n": int(n or 0), "rest_shadow_agree": int(agree or 0),
+            "rest_shadow_confidence_delta_sum": float(delta or 0.0)}

@@ -83,7 +83,8 @@ class Fleet:
 def deploy(exp: Experiment, seed: int, rows: int, labelled: float) -> Fleet:
     from simulation.prepare import prepare_run
 
-    prepared = prepare_run(exp.model_copy(update={"seed": seed, "drift": []}))
+    out = exp.output.model_copy(update={"dir": f"var/sim/trigger-eval/{seed}"})
+    prepared = prepare_run(exp.model_copy(update={"seed": seed, "drift": [], "output": out}))
     rt = PlanRuntime.from_dir(prepared.plan_dir)
     pop = prepared.population
     rt.set_weights(prepared.initial_weights)

@@ -457,7 +457,8 @@ def _no_service_exited(t: LocalCompose) -> None:
     assert not logs, f"a long-running service exited: {logs}"
 
 
-def controller_once(t: LocalCompose, run_config: Mapping[str, object]) -> list[str]:
+def controller_once(t: LocalCompose, run_config: Mapping[str, object]
+                    ) -> tuple[list[str], str]:
     """The compose controller's own command, checking twice, 1 s apart, with a schedule that
     is due by the second check (the first check only starts the schedule's clock) and
     ``run_config`` added to its run config; compose's cooldown keeps it to one start."""
@@ -470,7 +471,7 @@ def controller_once(t: LocalCompose, run_config: Mapping[str, object]) -> list[s
                           env={**os.environ, **t.environment("controller")}, cwd=t.root,
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    return re.findall(r"\(flower run (\d+)\)", done.stderr)
+    return re.findall(r"\(flower run (\d+)\)", done.stderr), done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -487,8 +488,9 @@ def test_the_controller_runs_a_federated_round_that_publishes_through_the_balanc
             "labels": digits_data.y_train[rows].tolist()})
         assert r.status_code == 201, r.text
     n = len(devices)
-    runs = controller_once(t, {**ROUND, "target-clients": n, "min-reports": n, "min-nodes": n})
-    assert len(runs) == 1, runs
+    runs, out = controller_once(t, {**ROUND, "target-clients": n, "min-reports": n,
+                                    "min-nodes": n})
+    assert len(runs) == 1, out
     finished = _until("the run finished", lambda: [
         r for r in fleet.flwr("ls", "--run-id", runs[0]).get("runs", [])
         if str(r["status"]).startswith("finished")], timeout=300)

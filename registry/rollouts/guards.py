@@ -20,7 +20,8 @@ Decisions, for a :class:`edgefleet.rollouts.GuardSpec` with ``margin`` m and ``m
                        otherwise WAIT until ≥ n devices report on C.
 ``prediction_shift``   PSI of C's prediction histogram against B's (REST answers; the devices'
                        class counts when REST has fewer than n), both ≥ n; FAIL when PSI > m.
-``shadow_agreement``   C as a shadow of production: ≥ n comparisons; FAIL when the agreement
+``shadow_agreement``   C as a shadow of production: ≥ n comparisons (the devices' and the REST
+                       path's together, :func:`shadow_counts`); FAIL when the agreement
                        rate < 1 − m (B is not consulted).
 """
 
@@ -87,10 +88,16 @@ class EvidenceLike(Protocol):
     def device_predictions(self) -> Sequence[int]: ...
 
 
+def _count(ev: EvidenceLike, name: str) -> int:
+    return int(getattr(ev, name, 0) or 0)
+
+
 def shadow_counts(ev: EvidenceLike) -> tuple[int, int]:
-    """``(comparisons, agreements)`` of ``ev``'s version as a shadow (0, 0 when the evidence
-    carries none: ``shadow_n``/``shadow_agree`` are optional attributes)."""
-    return int(getattr(ev, "shadow_n", 0) or 0), int(getattr(ev, "shadow_agree", 0) or 0)
+    """``(comparisons, agreements)`` of ``ev``'s version as a shadow: the devices'
+    (``shadow_n``/``shadow_agree``) plus the REST path's (``rest_shadow_n``/
+    ``rest_shadow_agree``); all four are optional attributes, absent counting 0."""
+    return (_count(ev, "shadow_n") + _count(ev, "rest_shadow_n"),
+            _count(ev, "shadow_agree") + _count(ev, "rest_shadow_agree"))
 
 
 @dataclass(frozen=True)
@@ -262,7 +269,8 @@ def evaluate_all(
 
 
 def evidence_summary(ev: EvidenceLike) -> dict[str, Any]:
-    """The figures of ``ev`` the timeline keeps (JSON-ready)."""
+    """The figures of ``ev`` the timeline keeps (JSON-ready); ``shadow_n``/``shadow_agree``
+    are every comparison the shadow guard counts, ``rest_shadow_*`` the REST path's part."""
     n, agree = shadow_counts(ev)
     return {
         "requests": ev.requests,
@@ -279,4 +287,6 @@ def evidence_summary(ev: EvidenceLike) -> dict[str, Any]:
         "predictions": dict(ev.predictions),
         "shadow_n": n,
         "shadow_agree": agree,
+        "rest_shadow_n": _count(ev, "rest_shadow_n"),
+        "rest_shadow_agree": _count(ev, "rest_shadow_agree"),
     }

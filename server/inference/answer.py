@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from edgefleet import v2
 from registry.models.columns import utcnow
+from registry.version_evidence import SHADOW_VARIANT
 from server.errors import status_of
 from server.evidence.writer import Answer, InferenceLog
 from server.inference.serving import Resolved, Serving
@@ -32,7 +33,6 @@ from server.state import AppState
 
 __all__ = ["SHADOW_VARIANT", "answer"]
 
-SHADOW_VARIANT = "shadow"
 #: Shadow runs in flight (kept referenced until done: asyncio holds tasks only weakly).
 _SHADOWS: set[asyncio.Task[None]] = set()
 

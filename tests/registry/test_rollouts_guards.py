@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from edgefleet.rollouts import GUARD_KINDS, GuardSpec, RolloutCreate, StepSpec
-from registry.rollouts.guards import FAIL, PASS, WAIT, evaluate, evaluate_all
+from registry.rollouts.guards import FAIL, PASS, WAIT, evaluate, evaluate_all, evidence_summary
 from registry.rollouts.stats import ArmSample, compare, two_proportion_z
 from registry.version_evidence import VersionEvidence
 
@@ -129,6 +129,27 @@ def test_shadow_agreement_reads_optional_counts() -> None:
     assert evaluate(spec, WithShadow(FULL, 100, 80), FULL).decision == FAIL  # type: ignore[arg-type]
     assert evaluate(spec, WithShadow(FULL, 10, 10), FULL).decision == WAIT  # type: ignore[arg-type]
     assert evaluate(spec, FULL, FULL).decision == WAIT  # no shadow figures at all
+
+
+def test_shadow_agreement_counts_rest_and_device_comparisons_together() -> None:
+    spec = GuardSpec(kind="shadow_agreement", margin=0.1, min_samples=50)
+    rest_only = replace(FULL, rest_shadow_n=60, rest_shadow_agree=57)
+    assert evaluate(spec, rest_only, FULL).decision == PASS
+    r = evaluate(spec, replace(FULL, rest_shadow_n=60, rest_shadow_agree=40), FULL)
+    assert r.decision == FAIL and r.candidate_n == 60
+    # neither side alone reaches min_samples; together they do (30 + 30 = 60 ≥ 50)
+    assert evaluate(spec, replace(FULL, shadow_n=30, shadow_agree=30), FULL).decision == WAIT
+    assert evaluate(spec, replace(FULL, rest_shadow_n=30, rest_shadow_agree=30),
+                    FULL).decision == WAIT
+    both = replace(FULL, shadow_n=30, shadow_agree=29, rest_shadow_n=30, rest_shadow_agree=25)
+    r = evaluate(spec, both, FULL)
+    assert (r.decision, r.candidate_n, r.candidate) == (PASS, 60, pytest.approx(54 / 60))
+    # agreeing devices do not hide a disagreeing REST shadow: 30/30 + 10/30 = 40/60 < 0.9
+    mixed = replace(FULL, shadow_n=30, shadow_agree=30, rest_shadow_n=30, rest_shadow_agree=10)
+    assert evaluate(spec, mixed, FULL).decision == FAIL
+    summary = evidence_summary(both)
+    assert (summary["shadow_n"], summary["shadow_agree"], summary["rest_shadow_n"],
+            summary["rest_shadow_agree"]) == (60, 54, 30, 25)
 
 
 def test_step_verdict() -> None:
