@@ -40,7 +40,7 @@ class SteeringConfig:
     ----------
     base_epochs : int (default: 1)
         Local epochs of a node without drift.
-    max_extra_epochs : int (default: 2)
+    max_extra_epochs : int (default: 6)
         Extra local epochs at drift score 1 (scaled linearly, rounded).
     lr : float (default: 0.05)
         Local learning rate sent to every node.

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
-from edgefleet.drift import ReferenceProfile
+from edgefleet.drift import DriftSummary, ReferenceProfile, refreshed_reference
+from edgefleet.errors import SummaryError
 from edgefleet.plan import PlanManifest
 from edgefleet.wire import ArtifactInfo, Page, VersionInfo, VersionLineage, artifact_url
 from registry import audit
@@ -87,18 +88,43 @@ _REFERENCES_SIZE = 64
 
 
 def reference_of(version: ModelVersion) -> ReferenceProfile | None:
-    """The drift reference profile of a version's plan (cached by manifest digest)."""
-    key = version.manifest_sha256
+    """The drift reference a version's telemetry is measured against: its own.
+
+    A version whose lineage carries a merged training summary (a federated run's, see
+    :mod:`aggregation.publishing`) made against its plan's reference gets that reference
+    refreshed with the summary (:func:`edgefleet.drift.baseline.refreshed_reference`: same bins
+    and fingerprint, the training clients' statistics), so fleet drift is measured against
+    the data the version was trained on; any other version (no summary, one without rows, one
+    that does not parse or does not fit the plan's bins) gets its plan's reference. Cached per
+    version (id, manifest digest and creation time: a version's manifest and lineage never
+    change).
+    """
+    key = f"{version.id}:{version.manifest_sha256}:{version.created_at.isoformat()}"
     with _REFERENCES_LOCK:
         if key in _REFERENCES:
             _REFERENCES.move_to_end(key)
             return _REFERENCES[key]
-    reference = manifest_of(version).reference
+    reference = _own_reference(manifest_of(version).reference, version.drift_summary)
     with _REFERENCES_LOCK:
         _REFERENCES[key] = reference
         while len(_REFERENCES) > _REFERENCES_SIZE:
             _REFERENCES.popitem(last=False)
     return reference
+
+
+def _own_reference(
+    plan: ReferenceProfile | None, summary: dict[str, Any] | None
+) -> ReferenceProfile | None:
+    """``plan`` refreshed with ``summary`` when that is a usable training summary, else ``plan``."""
+    if plan is None or not summary:
+        return plan
+    try:
+        parsed = DriftSummary.parse(summary)
+        if parsed.n <= 0:
+            return plan
+        return refreshed_reference(plan, parsed)
+    except (SummaryError, ValueError):  # not a summary, or not one of this plan's bins
+        return plan
 
 
 def list_versions(

@@ -93,6 +93,9 @@ class FleetConfig:
     base_epochs, lr, min_reports : [2, 0.1, the run settings' default]
         Local epochs, learning rate, fewest valid updates per round (the fleet trains longer
         and faster than a run's defaults: a few rounds must show progress).
+    max_extra_epochs : int [2]
+        Extra local epochs of a drifted node at score 1: fewer than the run settings' measured
+        default (6), so that the fleet's few rounds on one machine stay short.
     gate_max_drop, canary_rollout_percent : [the run settings' defaults]
         The canary gate (see :class:`edgefleet.run_settings.RunKnobs`).
     eligibility : str ["always"]
@@ -129,6 +132,7 @@ class FleetConfig:
     strategy: str = DEFAULTS.strategy
     selection: str = "drift"
     base_epochs: int = 2
+    max_extra_epochs: int = 2
     lr: float = 0.1
     min_reports: int = DEFAULTS.min_reports
     gate_max_drop: float = DEFAULTS.gate_max_drop
@@ -294,6 +298,7 @@ def fleet_run_settings(config: FleetConfig, server_url: str, n_nodes: int, holdo
             num_rounds=config.rounds, strategy=config.strategy, selection=config.selection,
             target_clients=n_nodes, min_reports=config.min_reports, min_nodes=n_nodes,
             holdout_path=str(holdout), base_epochs=config.base_epochs, lr=config.lr,
+            max_extra_epochs=config.max_extra_epochs,
             gate_max_drop=config.gate_max_drop,
             # in the loop the rollout, not the canary alias, takes the candidate to the fleet
             canary_rollout_percent=0.0 if config.loop else config.canary_rollout_percent,

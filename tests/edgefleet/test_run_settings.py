@@ -20,14 +20,20 @@ REQUIRED = {"server-url": "http://127.0.0.1:8000", "model": "digits"}
 
 def test_run_config_round_trip_with_strategy_params() -> None:
     s = RunSettings(server_url="http://h:1", model="m", num_rounds=7, lr=0.2,
-                    strategy="fedprox", strategy_params={"proximal_mu": 0.1}, selection="drift")
+                    strategy="fedprox", strategy_params={"proximal_mu": 0.1}, selection="uniform")
     config = s.run_config()
     assert config == {"server-url": "http://h:1", "model": "m", "num-rounds": 7, "lr": 0.2,
                       "strategy": "fedprox", "strategy-params.proximal-mu": 0.1,
-                      "selection": "drift"}  # only what differs from the defaults
+                      "selection": "uniform"}  # only what differs from the defaults
     assert RunSettings.from_run_config(config, env={}) == s
     full = s.run_config(changed_only=False)
     assert set(full) - {"strategy-params.proximal-mu"} == set(app_config_table())
+
+
+def test_the_defaults_are_the_measured_steering() -> None:
+    # README, "Drift steering: change against each client's own baseline, measured"
+    assert (DEFAULTS.selection, DEFAULTS.max_extra_epochs) == ("drift", 6)
+    assert RunSettings.from_run_config(REQUIRED, env={}).selection == "drift"
 
 
 def test_values_are_typed_as_toml_gives_them() -> None:

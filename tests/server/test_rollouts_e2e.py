@@ -34,6 +34,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ import pytest
 from edgefleet.datasets import Dataset
 from edgefleet.plan import weights_from_bytes, weights_to_bytes
 from registry.db import make_engine, session_scope
+from registry.version_evidence import version_evidence
 from tests.registry.support import PlanFiles
 from tests.registry.test_rollouts import mixed_salt
 from tests.server.processes import (
@@ -381,6 +383,7 @@ def test_rest_canary_is_sticky_per_caller_and_shadow_answers_are_never_returned(
     rid = stack.rollout({"candidate": 2, "strategy": "shadow", "shadow_rate": 0.5,
                          "horizon_s": 600})
     time.sleep(1.5)
+    started = datetime.now(UTC)
     answered = [infer("app0")["model_version"] for _ in range(40)]
     assert set(answered) == {str(production)}  # production answers, always
     time.sleep(2)  # the inference log's writer
@@ -389,7 +392,29 @@ def test_rest_canary_is_sticky_per_caller_and_shadow_answers_are_never_returned(
                                       "limit": 500}).json()["items"], 30)
     assert {r["version"] for r in shadows} == {2}
     assert 5 <= len({r["request_id"] for r in shadows}) <= 35  # about half of 40, sampled
+    until("REST shadow compared with production",
+          lambda: rest_shadow_matches_log(stack, started), 30)
     assert stack.http.post(f"/api/v1/rollouts/{rid}/abort", json={}).status_code == 200
+
+
+def rest_shadow_matches_log(stack: Stack, since: datetime) -> bool:
+    """Whether version_evidence's REST shadow pairs equal the ones read off the log's listing
+    (each ``<id>:shadow`` answer with production's ``<id>`` answer of the same row)."""
+    items = stack.http.get("/api/v1/inferences", params={
+        "model": "digits", "since": since.isoformat(), "limit": 500}).json()["items"]
+    answers = {(r["request_id"], r["row_index"]): r["label"] for r in items
+               if r["variant"] != "shadow" and r["status"] < 400}
+    pairs = [(r["label"], answers[(r["request_id"].removesuffix(":shadow"), r["row_index"])])
+             for r in items if r["variant"] == "shadow" and r["status"] < 400
+             and (r["request_id"].removesuffix(":shadow"), r["row_index"]) in answers]
+    engine = make_engine(stack.db_url)
+    try:
+        with session_scope(engine) as session:
+            ev = version_evidence(session, model="digits", version=2, since=since)
+    finally:
+        engine.dispose()
+    agree = sum(shadow == production for shadow, production in pairs)
+    return len(pairs) >= 5 and (ev.rest_shadow_n, ev.rest_shadow_agree) == (len(pairs), agree)
 
 
 def test_rolling_waves_follow_device_labels(stack: Stack) -> None:

@@ -177,5 +177,7 @@ def test_the_fleets_run_config_is_run_settings_the_app_accepts(tmp_path: Path) -
     assert config["query-timeout-s"] == FIRST_CONTACT_S and "train-timeout-s" not in config
     settings = RunSettings.from_run_config(config, env={})
     assert (settings.selection, settings.lr, settings.base_epochs) == ("drift", 0.1, 2)
+    assert settings.max_extra_epochs == FleetConfig().max_extra_epochs == 2  # not the default 6
+    assert config["max-extra-epochs"] == 2
     with pytest.raises(FleetError, match="run settings"):
         FleetConfig(lr=0.0)  # refused before anything starts
