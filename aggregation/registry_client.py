@@ -39,6 +39,7 @@ from aggregation.errors import (
     RegistryUnavailable,
 )
 from edgefleet.audit import AuditRecordInfo, RunEvent
+from edgefleet.drift.impact import FleetImpact
 from edgefleet.errors import EdgeFleetError
 from edgefleet.plan import PlanManifest, sha256_bytes, weights_from_bytes, weights_to_bytes
 from edgefleet.rollouts import RolloutCreate, RolloutInfo
@@ -139,10 +140,15 @@ class RegistryClient:
         return page.items[0] if page.items else None
 
     def fleet_drift(self, model: str) -> FleetDrift | None:
-        """The fleet drift verdict of the model's production version (``None`` without data)."""
+        """The fleet drift of the model's production version (``None`` without data): its
+        impact reading (``GET .../drift/impact``, :meth:`FleetDrift.from_impact`) when the
+        server has one with devices, else the server's verdicts (``GET .../drift``)."""
         version = self.production_version(model)
         if version is None:
             return None
+        impact = self._fleet_impact(model, version)
+        if impact is not None:
+            return impact
         try:
             body = self._json(self._get(f"/models/{model}/versions/{version}/drift"))
         except RegistryNotFound:
@@ -161,6 +167,27 @@ class RegistryClient:
         return FleetDrift(model=model, drifted=drifted, score=float(last.get("share_drifted", 0)),
                           version=version, performance_drifted=performance,
                           label_shift=label_shift)
+
+    def _fleet_impact(self, model: str, version: int) -> FleetDrift | None:
+        """The impact reading of ``model`` v``version``; ``None`` when the server has no such
+        route or no device reported."""
+        try:
+            body = self._json(self._get(f"/models/{model}/versions/{version}/drift/impact"))
+        except RegistryNotFound:
+            return None
+        try:
+            impact = FleetImpact(
+                devices=int(body["devices"]), changed=int(body["changed"]),
+                affected=int(body["affected"]), impact=float(body["impact"]),
+                severity=float(body["severity"]),
+                accuracy_drop=_optional_float(body.get("accuracy_drop")),
+                mean_change=_optional_float(body.get("mean_change")),
+                triggered=bool(body["triggered"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RegistryProtocolError(f"unexpected fleet impact report: {exc}") from exc
+        if impact.devices == 0:
+            return None
+        return FleetDrift.from_impact(model, impact, version=version)
 
     # --- writes ------------------------------------------------------------------------------
     def publish_weights(
@@ -252,3 +279,7 @@ def _check(method: str, url: str, resp: httpx.Response) -> httpx.Response:
     if resp.status_code < 500:
         raise RegistryRejected(msg, status_code=resp.status_code)
     raise RegistryUnavailable(msg, status_code=resp.status_code)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

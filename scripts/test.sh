@@ -5,6 +5,7 @@
 #   EDGEFLEET_TEST_POSTGRES_URL  PostgreSQL server for the database tests
 #                                (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres)
 #   TFLITE=0                     leave out .venv-tflite and its tests (says so at the end)
+#   PYTEST_WORKERS               pytest-xdist workers for the main run (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phase() { echo "[test] $1 (${SECONDS} s since start)"; }
@@ -60,7 +61,10 @@ phase ruff; .venv/bin/ruff check .
 phase mypy; .venv/bin/mypy edgefleet edgefleet_cli authoring server registry aggregation simulation edge_client
 phase "pytest in .venv"; echo "[test] pytest in .venv ($(.venv/bin/python -c 'import numpy; print("numpy", numpy.__version__)'))"
 status=0
-.venv/bin/python -m pytest --durations=25 "$@" || status=$?
+# Two workers (pytest-xdist), a test file per worker at a time: the end-to-end tests spend much of
+# their time waiting on processes they started, so the second core is not idle.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=30 "$@" \
+    || status=$?
 phase "pytest in .venv done"
 if [ "${TFLITE:-1}" = 0 ]; then
     echo "[test] TFLITE=0: the tflite-runtime tests in .venv-tflite were NOT run"

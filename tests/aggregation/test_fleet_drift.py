@@ -17,15 +17,18 @@ from aggregation.controller import ControllerPolicy, DriftController
 from aggregation.registry_client import RegistryClient
 from edgefleet.drift import DriftAccumulator, build_reference
 from server.drift import DriftRecord, fleet_over_time
+from server.drift.impact import fleet_impact
 from tests.aggregation.conftest import serve
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 NAMES = [f"f{i}" for i in range(6)]
 
 
-def drift_app(shift_after: int | None, accuracy: float | None = None) -> FastAPI:
+def drift_app(shift_after: int | None, accuracy: float | None = None, *,
+              impact: bool = False) -> FastAPI:
     """Production is v3; devices report hourly windows, shifted from window ``shift_after``;
-    with ``accuracy``, every row is labelled and predicted right that often (validation 0.9)."""
+    with ``accuracy``, every row is labelled and predicted right that often (validation 0.9);
+    with ``impact``, the app also serves ``.../drift/impact`` (``server.drift.fleet_impact``)."""
     rng = np.random.default_rng(0)
     reference = build_reference(rng.normal(size=(3000, 6)), np.zeros(3000, int), NAMES, 2)
     records = []
@@ -58,6 +61,12 @@ def drift_app(shift_after: int | None, accuracy: float | None = None) -> FastAPI
                                  validation_accuracy=0.9)
         return report.model_dump(mode="json")
 
+    if impact:
+        @app.get("/api/v1/models/{model}/versions/{version}/drift/impact")
+        def drift_impact(model: str, version: int) -> dict[str, object]:
+            return fleet_impact(records, reference, model=model,
+                                version=version).model_dump(mode="json")
+
     return app
 
 
@@ -80,6 +89,18 @@ def test_fleet_drift_reads_the_servers_performance_verdict() -> None:
     with serve(drift_app(None, accuracy=0.9)) as url, RegistryClient(url, retries=0) as client:
         same = client.fleet_drift("digits")
         assert same is not None and not same.triggered
+
+
+def test_fleet_drift_prefers_the_servers_impact_reading() -> None:
+    with serve(drift_app(shift_after=2, impact=True)) as url, \
+            RegistryClient(url, retries=0) as client:
+        shifted = client.fleet_drift("digits")
+    assert shifted is not None and shifted.impact is not None and shifted.version == 3
+    assert shifted.impact_triggered and shifted.signals == ["impact"] and shifted.score == 1.0
+    with serve(drift_app(shift_after=None, impact=True)) as url, \
+            RegistryClient(url, retries=0) as client:
+        calm = client.fleet_drift("digits")
+    assert calm is not None and calm.impact is not None and not calm.triggered
 
 
 def test_controller_starts_one_run_on_the_servers_drift() -> None:

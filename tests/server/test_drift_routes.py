@@ -71,3 +71,11 @@ def test_fleet_device_and_feature_drift(api: Api, client: TestClient, digits_dat
     )
     assert client.get("/api/v1/models/digits/versions/9/drift", headers=ADMIN).status_code == 404
     assert client.get(base).status_code == 401
+    impact = client.get(f"{base}/impact", headers=ADMIN)
+    assert impact.status_code == 200, impact.text
+    body = impact.json()
+    assert (body["model"], body["version"], body["devices"]) == ("digits", 1, 2)
+    changes = {d["device_id"]: d["change"] for d in body["per_device"]}
+    assert changes["dev-a"] is None  # its second summary repeats its first: no new window
+    assert changes["dev-b"] is not None and changes["dev-b"] > 0.15  # vs its own first window
+    assert client.get(f"{base}/impact").status_code == 401

@@ -6,6 +6,9 @@
                                                         full report (per-feature statistics)
 ``GET /api/v1/models/{m}/versions/{v}/drift/devices``   each device over the range
 ``GET /api/v1/models/{m}/versions/{v}/drift/features``  per-feature statistics per window
+``GET /api/v1/models/{m}/versions/{v}/drift/impact``    each device's change against its own
+                                                        baseline, weighed by what it costs:
+                                                        the retraining trigger's reading
 
 ``since``/``until`` select the telemetry windows overlapping that range; ``bucket_minutes``
 sizes the time windows. The statistics are :mod:`server.drift`'s pure functions, fed from
@@ -49,6 +52,7 @@ from server.drift import (
     fleet_drift,
     fleet_over_time,
 )
+from server.drift.impact import FleetImpactReport, fleet_impact
 from server.state import AppState
 
 router = APIRouter(
@@ -148,6 +152,12 @@ def fleet_summary_route(scope: ScopeDep, device: DeviceQuery = None) -> DriftRep
 def devices_route(scope: ScopeDep) -> DeviceDriftReport:
     records, reference = scope.records()
     return drift_by_device(records, reference, **scope.common())
+
+
+@router.get("/impact", response_model=FleetImpactReport, summary="Fleet drift weighed by impact")
+def impact_route(scope: ScopeDep) -> FleetImpactReport:
+    records, reference = scope.records()
+    return fleet_impact(records, reference, model=scope.model, version=scope.version)
 
 
 @router.get("/features", response_model=FeatureDriftReport, summary="Drift per feature over time")
