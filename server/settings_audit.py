@@ -5,15 +5,18 @@ At start-up :func:`record_settings_change` compares the running settings' behavi
 ``server/settings``) and, when they differ (or none exists), writes one record from
 ``before`` to ``after`` as :data:`ACTOR`. Credentials appear by *name* only (an admin key added
 or removed is a change; its secret never reaches the trail); the database URL, file paths and
-logging are left out.
+logging are left out. A server that starts without a reachable or migrated database (it then
+answers not-ready) writes nothing and logs why; the next start that reaches one records the change.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from registry import audit
 from registry.db import session_scope
@@ -23,6 +26,7 @@ from server.settings import ServerSettings
 
 __all__ = ["ACTOR", "BEHAVIOUR", "TARGET", "behaviour_snapshot", "record_settings_change"]
 
+log = logging.getLogger(__name__)
 ACTOR = "system:server-start"
 TARGET = "server/settings"
 #: The settings whose value changes what the server does (besides the credentials' names).
@@ -59,7 +63,19 @@ def behaviour_snapshot(settings: ServerSettings) -> dict[str, Any]:
 
 
 def record_settings_change(settings: ServerSettings, engine: Engine) -> AuditRecord | None:
-    """Write a ``settings.change`` record if the behaviour snapshot changed; return it."""
+    """Write a ``settings.change`` record if the behaviour snapshot changed; return it.
+
+    ``None`` when nothing changed, or when the database is unreachable or not migrated.
+    """
+    try:
+        return _record(settings, engine)
+    except SQLAlchemyError as exc:
+        log.warning("settings change not audited: the database is not ready (%s)",
+                    type(exc).__name__)
+        return None
+
+
+def _record(settings: ServerSettings, engine: Engine) -> AuditRecord | None:
     after = json.loads(json.dumps(behaviour_snapshot(settings), default=str))
     with session_scope(engine, write=True) as session:
         last = audit.list_records(

@@ -259,6 +259,9 @@ def test_monitor_equals_a_brute_force_computation(served: Api, client: TestClien
 
 def test_retention_prunes_old_records_in_batches(served: Api, client: TestClient,
                                                  engine: Engine) -> None:
+    log = client.app.state.inference_log  # type: ignore[attr-defined]
+    log.prune_interval_s = 0  # the writer's own timed prune would race the one measured here
+    log.prune_now()
     now = datetime.now(UTC)
     rows = synthetic_rows(300, now - timedelta(days=40), seed=3)
     fresh = synthetic_rows(20, now - timedelta(hours=4), seed=4)
@@ -266,7 +269,6 @@ def test_retention_prunes_old_records_in_batches(served: Api, client: TestClient
         r["request_id"] = "fresh-" + r["request_id"]
     with engine.begin() as conn:
         insert_records(conn, rows + fresh)
-    log = client.app.state.inference_log  # type: ignore[attr-defined]
     log.prune_batch = 37
     deleted = log.prune_now()
     assert deleted == len(rows)
