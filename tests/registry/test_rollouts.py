@@ -144,6 +144,10 @@ def test_bad_candidate_rolls_back_naming_the_guard(fleet: Engine) -> None:
         assert last.kind == "rollback" and "device_accuracy" in last.message
         assert last.evidence and last.evidence["guards"][0]["decision"] == "fail"
         assert queries.active_rollout(s, 1) is None
+        trail = s.exec(select(AuditRecord).where(AuditRecord.action == "rollout.rollback")).all()
+        assert [(r.actor, r.target) for r in trail] == [
+            (machine.CONTROLLER, f"digits/rollouts/{rid}")]
+        assert "device_accuracy" in (trail[0].reason or "")
 
 
 def test_a_device_crash_rolls_back(fleet: Engine) -> None:
