@@ -4,26 +4,23 @@ This assembles the same pieces as ``flwr.simulation.run_simulation`` (its ``_mai
 in-memory ``LinkState`` with a pre-registered run, Flower's real :class:`InMemoryGrid` for the
 ServerApp side, virtual SuperNodes registered in the state, and Flower's simulation runtime
 (``vce_api.run_api``) moving messages between the state and the ``ClientApp``. The one
-substitution is the backend: :class:`ThreadBackend` calls the ``ClientApp`` in a worker thread
-where Flower's ``RayBackend`` would call it in a Ray actor (Ray costs ~1.5 GB and tens of
-seconds per start-up on this machine). Every message still goes through the LinkState with its
-TTL, ids and reply checks.
+substitution is the backend: :class:`simulation.inprocess.ThreadBackend` calls the ``ClientApp``
+in a worker thread where Flower's ``RayBackend`` would call it in a Ray actor (Ray costs ~1.5 GB
+and tens of seconds per start-up on this machine). Every message still goes through the
+LinkState with its TTL, ids and reply checks.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
 from flwr.server.superlink.fleet.vce import vce_api
-from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 from flwr.server.superlink.fleet.vce.metrics import VceMetrics
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
@@ -34,35 +31,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
-
-class ThreadBackend(Backend):
-    """Run the ClientApp in the simulation runtime's worker threads (instead of Ray actors)."""
-
-    def __init__(self, backend_config: BackendConfig, workers: int = 4) -> None:
-        super().__init__(backend_config)
-        self.workers = workers
-        self.app_fn: Callable[[], ClientApp] | None = None
-
-    def build(self, app_fn: Callable[[], ClientApp]) -> None:
-        self.app_fn = app_fn
-
-    @property
-    def num_workers(self) -> int:
-        return self.workers
-
-    def is_worker_idle(self) -> bool:
-        return True
-
-    def terminate(self) -> None:
-        self.app_fn = None
-
-    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
-        if self.app_fn is None:
-            raise ValueError("backend not built")
-        try:
-            return self.app_fn()(message=message, context=context), context
-        except Exception as ex:  # what ClientAppActor.run does
-            raise ClientAppException(str(ex)) from ex
+from simulation.inprocess import ThreadBackend
 
 
 @contextmanager
