@@ -76,6 +76,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, digits_plan_dir: Path,
                            metadata=_lineage(2, "run-7", 2, 0.88)) == 3
             set_alias(admin, MODEL, "canary", 3)
             set_alias(admin, MODEL, "production", 2)
+            r = admin.post("/api/v1/rollouts", json={
+                "model": MODEL, "candidate": 3, "strategy": "canary",
+                "steps": [{"percent": 25, "bake_s": 600}, {"percent": 100, "bake_s": 600}],
+                "reason": "dashboard test"})
+            assert r.status_code == 201, r.text
             reference = PlanManifest.model_validate_json(
                 (digits_plan_dir / "manifest.json").read_text()).reference
             assert reference is not None
@@ -165,6 +170,14 @@ def test_dashboard_in_headless_chromium(site: Site) -> None:
             fleet = page.inner_text("#fleet")
             assert all(d in fleet for d in site.devices) and "3 devices" in fleet
             assert "run-7" in page.inner_text("#runs")
+            rollout = page.locator("#rollouts article.rollout")
+            assert rollout.count() == 1
+            text = rollout.inner_text()
+            assert "v3 over v2" in text and "canary" in text and "25 %" in text, text
+            assert "start" in rollout.locator("table.timeline").inner_text()
+            page.click("#verify-audit")
+            page.wait_for_selector("#audit-verify .badge.ok")
+            assert "rollout.start" in page.inner_text("#audit-body")
             page.screenshot(path=str(OUT / "02-dashboard.png"), full_page=True)
             drift.screenshot(path=str(OUT / "03-drift.png"))
             assert not errors, errors
