@@ -11,7 +11,7 @@ from registry.models.columns import NAMING_CONVENTION, JSONType, UTCDateTime, ut
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 from registry.models.alias import CANARY, PRODUCTION, SHADOW, Alias, AliasEvent  # noqa: E402
-from registry.models.audit import AuditHead, AuditRecord, AuditRecordPublic  # noqa: E402
+from registry.models.audit import AuditHead, AuditRecord  # noqa: E402
 from registry.models.card import VersionCardNote  # noqa: E402
 from registry.models.catalog import (  # noqa: E402
     Model,
@@ -62,7 +62,6 @@ __all__ = [
     "AliasEvent",
     "AuditHead",
     "AuditRecord",
-    "AuditRecordPublic",
     "Device",
     "DeviceEventPublic",
     "DeviceEventRecord",

@@ -1,8 +1,8 @@
 """The audit trail: one append-only, hash-chained row per state-changing action.
 
 Family: the tables :class:`AuditRecord` (the records) and :class:`AuditHead` (one row, id 1: the
-sequence number and hash of the newest record, the lock that serialises writers), and the
-response :class:`AuditRecordPublic`.
+sequence number and hash of the newest record, the lock that serialises writers). The wire
+form of a record is :class:`edgefleet.audit.AuditRecordInfo`.
 
 Record ``seq`` ``n`` carries ``prev_hash`` = the ``hash`` of record ``n − 1`` (the genesis hash
 :data:`GENESIS_HASH` for record 1) and its own ``hash`` over its fields and ``prev_hash`` (see
@@ -24,7 +24,6 @@ __all__ = [
     "GENESIS_HASH",
     "AuditHead",
     "AuditRecord",
-    "AuditRecordPublic",
 ]
 
 #: ``prev_hash`` of the first record: 64 zeros.
@@ -70,18 +69,3 @@ class AuditHead(SQLModel, table=True):
     seq: int = Field(sa_column=sa.Column(_BIG_ID, nullable=False))
     hash: str = Field(max_length=64)
 
-
-class AuditRecordPublic(SQLModel):
-    """One audit record on the wire."""
-
-    seq: int
-    at: datetime
-    actor: str
-    action: str
-    target: str
-    request_id: str | None = None
-    before: dict[str, Any] | None = None
-    after: dict[str, Any] | None = None
-    reason: str | None = None
-    prev_hash: str
-    hash: str
