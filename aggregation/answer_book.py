@@ -8,11 +8,17 @@ never answered). The train step refreshes the book for free:
 
 * a node that sent an update was eligible, and its train reply carries its current drift
   summary (``drift`` in its ``ConfigRecord``, as :mod:`edge_client.flower_client` sends it): its
-  answer is renewed with that summary and its declared example count;
+  answer is renewed with that summary and its declared example count. A reply without a
+  summary renews the eligibility but not the answer's age when the node had sent a summary
+  before, so its drift is queried again once that summary is ``K`` rounds old;
 * a node that declined is recorded ineligible, with its reason, until it is queried again.
 
 A node that became ineligible since its answer declines its train message, which is what it
-does anyway when conditions change mid-round. Drift scores are cached by the summary's text, so
+does anyway when conditions change mid-round.
+
+The bootstrap: round 1 (and the first round a node is connected in) knows no answer, so it
+queries every node it does not know; from round 2 on only the nodes that did not train or
+decline in the last ``K`` rounds are queried. Drift scores are cached by the summary's text, so
 an unchanged summary is parsed and scored once.
 """
 
@@ -20,9 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message
 
-from aggregation.messages import QueryAnswer
+from aggregation.messages import QueryAnswer, records_of
 from aggregation.selection import DriftScorer
 from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftSummary
@@ -38,7 +44,7 @@ class AnswerBook:
         self.max_age = max_age
         self.scorer = scorer
         self._answers: dict[int, tuple[int, QueryAnswer]] = {}
-        self._scores: dict[str, tuple[DriftSummary | None, float | None]] = {}
+        self._scores: dict[str | bytes, tuple[DriftSummary | None, float | None]] = {}
 
     def fresh(self, server_round: int, nodes: Iterable[int]) -> dict[int, QueryAnswer]:
         """The answers of ``nodes`` at most ``max_age`` rounds old (none when ``max_age`` 0)."""
@@ -58,7 +64,7 @@ class AnswerBook:
 
     def drift(self, raw: object) -> tuple[DriftSummary | None, float | None]:
         """A summary's text -> (summary, score), parsed and scored once per distinct text."""
-        if not isinstance(raw, str) or not raw:
+        if not isinstance(raw, str | bytes) or not raw:
             return None, None
         hit = self._scores.get(raw)
         if hit is None:
@@ -79,12 +85,15 @@ class AnswerBook:
             return
         for n, msg in updates.items():
             prev = asked[n]
-            raw = next((c.get(fk.DRIFT) for c in msg.content.config_records.values()), None)
+            raw = next((c.get(fk.DRIFT) for c in records_of(msg.content, ConfigRecord)), None)
             summary, score = self.drift(raw)
-            if summary is None:
+            since = server_round
+            if summary is None:  # no fresh summary: keep the old one, and its age
                 summary, score = prev.drift, prev.drift_score
-            self._answers[n] = (server_round, QueryAnswer(n, True, "", prev.num_examples,
-                                                          summary, score))
+                if summary is not None:
+                    since = self._answers.get(n, (server_round, prev))[0]
+            self._answers[n] = (since, QueryAnswer(n, True, "", prev.num_examples,
+                                                   summary, score))
         for n, why in declined.items():
             before = asked.get(n)
             self._answers[n] = (server_round, QueryAnswer(

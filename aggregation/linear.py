@@ -6,7 +6,9 @@ each reply's records for it; on small models that is most of a round's server ti
 these two strategies the round loop calls :func:`weighted_mean` instead, with the same
 arithmetic in the same order as Flower's ``aggregate_arrayrecords`` and
 ``aggregate_metricrecords`` (each array times ``w_i / sum(w)``, accumulated in the array's dtype,
-replies in order), so the result is the same to the last bit (``tests/aggregation`` checks it).
+replies in order), so the result is the same to the last bit (``tests/aggregation`` checks it),
+but over the replies stacked per weight (one multiply and one sum per block of coordinates, not
+two numpy calls per reply and weight).
 Every other strategy (FedAdam, FedYogi, the robust ones) still gets Flower's
 ``aggregate_train``.
 """
@@ -19,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 
+from aggregation.validation import BLOCK_ELEMENTS
 from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
 
@@ -42,10 +45,23 @@ def weighted_mean(
     factors = [w / total for w in weights]
     out: dict[str, np.ndarray] = {}
     for w in spec:
-        acc = arrays[0][w.name] * factors[0]
-        for a, f in zip(arrays[1:], factors[1:], strict=True):
-            acc += a[w.name] * f
-        out[w.name] = np.asarray(acc).astype(np.dtype(w.dtype), copy=False).reshape(w.shape)
+        flats = [a[w.name].reshape(-1) for a in arrays]
+        dtype = np.result_type(flats[0].dtype, 1.0)  # a Python float's product, as Flower's
+        f = np.asarray(factors, dtype=dtype)[:, None]
+        size = flats[0].size
+        acc = np.empty(size, dtype=dtype)
+        width = max(1, BLOCK_ELEMENTS // len(flats))
+        for lo in range(0, size, width):
+            hi = min(size, lo + width)
+            products = np.multiply(np.stack([a[lo:hi] for a in flats]), f, dtype=dtype)
+            # row by row in reply order: the sum over axis 0 of a C-ordered block of two or
+            # more columns is sequential, so this is Flower's ``acc += a_i * f_i`` to the bit;
+            # a single column would be summed pairwise, its running sum is sequential
+            if hi - lo > 1:
+                np.add.reduce(products, axis=0, out=acc[lo:hi])
+            else:
+                acc[lo] = np.add.accumulate(products[:, 0])[-1]
+        out[w.name] = acc.astype(np.dtype(w.dtype), copy=False).reshape(w.shape)
     common = set.intersection(*(set(m) for m in metrics)) - {fk.AGG_WEIGHT, fk.NUM_EXAMPLES}
     merged: dict[str, float] = {}
     for key in sorted(common):

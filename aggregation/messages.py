@@ -28,11 +28,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Message, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
 from aggregation.selection.base import Candidate
 from aggregation.selection.drift import DriftScorer
@@ -72,6 +81,15 @@ class QueryAnswer:
         return Candidate(self.node_id, self.num_examples, self.drift_score)
 
 
+R = TypeVar("R", ArrayRecord, ConfigRecord, MetricRecord)
+
+
+def records_of(content: RecordDict, kind: type[R]) -> list[R]:
+    """The records of one kind in ``content``, in order (without building Flower's synced
+    views ``content.config_records`` etc., which re-insert every record on each access)."""
+    return [r for r in content.values() if isinstance(r, kind)]
+
+
 def query_content(server_round: int, model: str, version: int | None) -> RecordDict:
     """The query message's content."""
     config: dict[str, ConfigRecordValues] = {fk.SERVER_ROUND: server_round, fk.MODEL: model}
@@ -81,24 +99,27 @@ def query_content(server_round: int, model: str, version: int | None) -> RecordD
 
 
 def parse_query_reply(
-    message: Message, scorer: DriftScorer | None, plan_sha256: str | None = None
+    message: Message, scorer: DriftScorer | None, plan_sha256: str | None = None,
+    drift: Callable[[object], tuple[DriftSummary | None, float | None]] | None = None,
 ) -> QueryAnswer:
     """Turn a query reply into a :class:`QueryAnswer` (ineligible, with a reason, if malformed).
 
     A node that reports another plan than ``plan_sha256`` cannot train this run's weights and is
-    ineligible.
+    ineligible. ``drift`` maps the reply's drift text to (summary, score) in place of parsing
+    and scoring with ``scorer`` (the round loop passes its cache,
+    :meth:`aggregation.answer_book.AnswerBook.drift`).
     """
     node = int(message.metadata.src_node_id)
     if message.has_error():
         return QueryAnswer(node, False, f"error reply: {message.error.reason}")
-    configs = list(message.content.config_records.values())
+    configs = records_of(message.content, ConfigRecord)
     if not configs:
         return QueryAnswer(node, False, "query reply without a ConfigRecord")
     cfg = configs[0]
     eligible = cfg.get(fk.ELIGIBLE)
     if not isinstance(eligible, bool):
         return QueryAnswer(node, False, f"{fk.ELIGIBLE!r} must be a bool, got {eligible!r}")
-    metrics = list(message.content.metric_records.values())
+    metrics = records_of(message.content, MetricRecord)
     n = metrics[0].get(fk.NUM_EXAMPLES) if metrics else cfg.get(fk.NUM_EXAMPLES, 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         return QueryAnswer(node, False, f"'{fk.NUM_EXAMPLES}' must be an int >= 0, got {n!r}")
@@ -109,13 +130,16 @@ def parse_query_reply(
         return QueryAnswer(node, False, f"runs another plan ({plan[:12]}…)", n)
     if n == 0:
         return QueryAnswer(node, False, "no local training examples", 0)
-    drift = _parse_drift(cfg.get(fk.DRIFT))
-    score = scorer.score(drift) if scorer is not None else None
+    if drift is not None:
+        summary, score = drift(cfg.get(fk.DRIFT))
+    else:
+        summary = _parse_drift(cfg.get(fk.DRIFT))
+        score = scorer.score(summary) if scorer is not None else None
     if score is None:
         sent = cfg.get(fk.DRIFT_SCORE)
         if isinstance(sent, int | float) and not isinstance(sent, bool) and math.isfinite(sent):
             score = min(1.0, max(0.0, float(sent)))
-    return QueryAnswer(node, True, "", n, drift, score)
+    return QueryAnswer(node, True, "", n, summary, score)
 
 
 def _reasons(cfg: ConfigRecord) -> str:
@@ -136,7 +160,7 @@ def declined(message: Message) -> str | None:
     """The reason of a train reply that *declines* to train (``status="declined"``), else None."""
     if message.has_error():
         return None
-    for cfg in message.content.config_records.values():
+    for cfg in records_of(message.content, ConfigRecord):
         if cfg.get(fk.STATUS) == fk.STATUS_DECLINED:
             return str(cfg.get(fk.REASON, "") or fk.STATUS_DECLINED)
     return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from flwr.app import ConfigRecordValues, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecordValues, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import Strategy
 
@@ -46,7 +46,7 @@ from aggregation.steering import (
     strategy_contents,
 )
 from aggregation.strategies import aggregate, strategy_train_config
-from aggregation.validation import UpdateValidator, ValidationBounds
+from aggregation.validation import UpdateValidator, ValidationBounds, Verdict
 from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftSummary
 from edgefleet.errors import EdgeFleetError, SummaryError
@@ -128,12 +128,23 @@ class RoundSettings:
 
 @dataclass
 class RoundOutcome:
-    """A finished round: its report, the global weights after it, and its drift."""
+    """A finished round: its report, the global weights after it, and its drift.
+
+    ``drift`` is the merged drift summary of the round's accepted nodes (``drift_parts``),
+    merged when first read (publishing reads it; a simulation need not).
+    """
 
     report: RoundReport
     weights: Weights
     drift_scores: dict[int, float | None] = field(default_factory=dict)
-    drift: DriftSummary | None = None
+    drift_parts: list[DriftSummary | None] = field(default_factory=list, repr=False)
+    _drift: list[DriftSummary | None] = field(default_factory=list, init=False, repr=False)
+
+    @property
+    def drift(self) -> DriftSummary | None:
+        if not self._drift:
+            self._drift.append(_merge(self.drift_parts))
+        return self._drift[0]
 
 
 @dataclass
@@ -250,6 +261,37 @@ class RoundRunner:
     def _round(self, report: RoundReport, outcome: RoundOutcome, weights: Mapping[str, np.ndarray]
                ) -> None:
         r, s = report.server_round, self.settings
+        answers, eligible = self._eligibility(report)
+        rng = np.random.default_rng(s.seed + r)
+        self._select(report, eligible, rng)
+        t = self.clock()
+        good = self._train(report, answers, weights)
+        report.timings["train"] = self.clock() - t
+
+        t = self.clock()
+        validator, verdicts = self._validate(report, weights, good, answers)
+        report.timings["validate"] = self.clock() - t
+        if len(report.accepted) < s.min_reports:
+            raise RoundFailed(r, f"{len(report.accepted)} valid reports < min_reports="
+                                 f"{s.min_reports}")
+
+        t = self.clock()
+        accepted = [v for v in verdicts if v.accepted]
+        new, scores = self._aggregate(report, weights, good, answers, accepted, validator)
+        report.timings["aggregate"] = self.clock() - t
+
+        t = self.clock()
+        self._evaluate(report, new, eligible, rng)
+        report.timings["evaluate"] = self.clock() - t
+        outcome.weights = new
+        outcome.drift_scores = scores
+        outcome.drift_parts = [answers[v.node_id].drift for v in accepted]
+
+    # --- the round's phases -------------------------------------------------------------------
+    def _eligibility(self, report: RoundReport) -> tuple[dict[int, QueryAnswer],
+                                                         list[QueryAnswer]]:
+        """Connected nodes' answers (query or answer book), re-scored; the eligible ones."""
+        r, s = report.server_round, self.settings
         t = self.clock()
         nodes = self._wait_for_nodes()
         report.connected = len(nodes)
@@ -262,7 +304,12 @@ class RoundRunner:
         report.ineligible = {a.node_id: a.reason for a in answers.values() if not a.eligible}
         if len(eligible) < s.min_reports:
             raise RoundFailed(r, f"{len(eligible)} eligible nodes < min_reports={s.min_reports}")
-        rng = np.random.default_rng(s.seed + r)
+        return answers, eligible
+
+    def _select(self, report: RoundReport, eligible: list[QueryAnswer],
+                rng: np.random.Generator) -> None:
+        """The policy's picks among ``eligible`` (at most the over-selection count)."""
+        r, s = report.server_round, self.settings
         k = over_selection_count(s.target_clients, s.over_selection)
         picked = self.policy.select([a.candidate() for a in eligible], k, r, rng)
         allowed = {a.node_id for a in eligible}
@@ -270,7 +317,10 @@ class RoundRunner:
         if len(report.selected) < s.min_reports:
             raise RoundFailed(r, f"{len(report.selected)} selected < min_reports={s.min_reports}")
 
-        t = self.clock()
+    def _train(self, report: RoundReport, answers: Mapping[int, QueryAnswer],
+               weights: Mapping[str, np.ndarray]) -> dict[int, Message]:
+        """Send the train messages, collect the replies; the updates (not declined, no error)."""
+        r, s = report.server_round, self.settings
         arrays = to_arrayrecord(weights)
         base: dict[str, ConfigRecordValues] = {
             fk.SERVER_ROUND: r, fk.MODEL: s.model, fk.PLAN_SHA256: self.manifest.plan_sha256,
@@ -279,11 +329,8 @@ class RoundRunner:
         base.update(strategy_train_config(self.strategy))
         if self.version is not None:
             base[fk.VERSION] = self.version
-        contents = {
-            n: train_content(arrays, {**base, **node_train_config(answers[n].candidate(),
-                                                                   self.steering)})
-            for n in report.selected
-        }
+        contents = _shared_contents(arrays, base, {
+            n: node_train_config(answers[n].candidate(), self.steering) for n in report.selected})
         replies, stragglers = self._exchange(r, MessageType.TRAIN, contents,
                                              s.train_timeout_s, until=s.target_clients)
         report.stragglers = sorted(stragglers + [n for n, m in replies.items() if _dropped(m)])
@@ -294,59 +341,61 @@ class RoundRunner:
                 if not m.has_error() and n not in report.declined}
         report.replied = sorted(good)
         self.book.after_train(r, answers, good, report.declined)
-        report.timings["train"] = self.clock() - t
+        return good
 
-        t = self.clock()
+    def _validate(self, report: RoundReport, weights: Mapping[str, np.ndarray],
+                  good: Mapping[int, Message], answers: Mapping[int, QueryAnswer]
+                  ) -> tuple[UpdateValidator, list[Verdict]]:
+        """Every update's verdict (per-update and round-level checks), recorded in the report."""
+        r = report.server_round
         validator = UpdateValidator(self.manifest.weights, weights, self.bounds)
-        verdicts = [
-            validator.validate(n, m.content, declared_examples=answers[n].num_examples)
-            for n, m in good.items()
-        ]
+        verdicts = validator.validate_all(
+            [(n, m.content, answers[n].num_examples) for n, m in good.items()])
         report.norm_median = validator.apply_round_bounds(verdicts)
         report.record(verdicts)
         if isinstance(self.policy, RefusalAware):  # refusals per node, towards quarantine
             self.policy.record(r, verdicts)
         if self.tracker is not None:  # the received model's loss on each node's data
             self.tracker.trained(r, first_epoch_losses(good, report.accepted))
-        report.timings["validate"] = self.clock() - t
-        if len(report.accepted) < s.min_reports:
-            raise RoundFailed(r, f"{len(report.accepted)} valid reports < min_reports="
-                                 f"{s.min_reports}")
+        return validator, verdicts
 
-        t = self.clock()
-        accepted = [v for v in verdicts if v.accepted]
+    def _aggregate(self, report: RoundReport, weights: Mapping[str, np.ndarray],
+                   good: Mapping[int, Message], answers: Mapping[int, QueryAnswer],
+                   accepted: list[Verdict], validator: UpdateValidator
+                   ) -> tuple[Weights, dict[int, float | None]]:
+        """The new global weights from the accepted updates, drift-weighted; their scores."""
+        r = report.server_round
         scores = {v.node_id: answers[v.node_id].drift_score for v in accepted}
         agg_w = aggregation_weights({v.node_id: int(v.num_examples or 0) for v in accepted},
                                     scores, self.steering)
         msgs = [good[v.node_id] for v in accepted]
+        factors = [agg_w[v.node_id] for v in accepted]
         if linear.applies(self.strategy) and all(v.arrays for v in accepted):
             new, train_metrics = linear.weighted_mean(
-                [v.arrays for v in accepted], [agg_w[v.node_id] for v in accepted],
-                [dict(next(iter(m.content.metric_records.values())).items()) for m in msgs],
+                [v.arrays for v in accepted], factors,
+                [v.metrics[0] for v in accepted],
                 self.manifest.weights)
         else:
-            for msg, content in zip(msgs, strategy_contents(
-                    [m.content for m in msgs], [agg_w[v.node_id] for v in accepted]),
-                    strict=True):
+            for msg, content in zip(msgs, strategy_contents([m.content for m in msgs], factors),
+                                    strict=True):
                 msg.content = content
             new, train_metrics = aggregate(self.strategy, r, weights, msgs,
                                            self.manifest.weights)
         report.metrics.update({f"train.{k}": v for k, v in train_metrics.items()})
-        report.timings["aggregate"] = self.clock() - t
+        return new, scores
 
-        t = self.clock()
+    def _evaluate(self, report: RoundReport, new: Weights, eligible: list[QueryAnswer],
+                  rng: np.random.Generator) -> None:
+        """Holdout evaluation and federated evaluation of the new weights, into the report."""
+        r = report.server_round
         if self.evaluate_fn is not None:
             try:
                 holdout = self.evaluate_fn(r, new)
             except EdgeFleetError as exc:
                 raise RoundFailed(r, f"holdout evaluation failed: {exc}") from exc
             report.metrics.update({f"holdout.{k}": float(v) for k, v in holdout.items()})
-        if s.eval_clients > 0:
+        if self.settings.eval_clients > 0:
             report.metrics.update(self._client_evaluation(r, new, eligible, rng))
-        report.timings["evaluate"] = self.clock() - t
-        outcome.weights = new
-        outcome.drift_scores = scores
-        outcome.drift = _merge([answers[v.node_id].drift for v in accepted])
 
     # --- messaging ---------------------------------------------------------------------------
     def _wait_for_nodes(self) -> list[int]:
@@ -368,7 +417,8 @@ class RoundRunner:
                                              dict.fromkeys(ask, content),
                                              self.settings.query_timeout_s, until=None)
             plan = self.manifest.plan_sha256
-            answers = {n: parse_query_reply(m, self.scorer, plan) for n, m in replies.items()}
+            answers = {n: parse_query_reply(m, self.scorer, plan, self.book.drift)
+                       for n, m in replies.items()}
             for n in silent:
                 answers[n] = QueryAnswer(n, False, "no query reply before the deadline")
             self.book.record(server_round, answers)
@@ -390,12 +440,14 @@ class RoundRunner:
         pending = {mid: int(m.metadata.dst_node_id) for mid, m in zip(ids, messages, strict=True)}
         replies: dict[int, Message] = {}
         deadline = self.clock() + timeout
+        ok = 0  # content replies so far (no error, not a decline)
         while pending:
             for msg in self.grid.pull_messages(list(pending)):
                 node = pending.pop(msg.metadata.reply_to_message_id, None)
                 if node is not None:
                     replies[node] = msg
-            ok = sum(1 for m in replies.values() if not m.has_error() and declined(m) is None)
+                    if until is not None and not msg.has_error() and declined(msg) is None:
+                        ok += 1
             if (until is not None and ok >= until) or self.clock() >= deadline:
                 break
             if pending:
@@ -415,6 +467,22 @@ class RoundRunner:
         replies, _ = self._exchange(server_round, MessageType.EVALUATE, contents,
                                     self.settings.eval_timeout_s, until=None)
         return evaluation_metrics(list(replies.values()))
+
+
+def _shared_contents(arrays: ArrayRecord, base: Mapping[str, ConfigRecordValues],
+                     per_node: Mapping[int, Mapping[str, ConfigRecordValues]]
+                     ) -> dict[int, RecordDict]:
+    """Train contents by node: one ``RecordDict`` per distinct node config, shared by the nodes
+    with that config (as ``FedAvg.configure_train`` shares one among all nodes)."""
+    shared: dict[tuple[tuple[str, ConfigRecordValues], ...], RecordDict] = {}
+    out = {}
+    for node, cfg in per_node.items():
+        key = tuple(sorted(cfg.items()))
+        content = shared.get(key)
+        if content is None:
+            content = shared[key] = train_content(arrays, {**base, **cfg})
+        out[node] = content
+    return out
 
 
 def _dropped(message: Message) -> bool:

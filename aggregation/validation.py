@@ -46,11 +46,13 @@ from enum import StrEnum
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from aggregation.messages import records_of
 from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
 from edgefleet.run_settings import DEFAULTS
 
 _DECODE_ERRORS = (ValueError, TypeError, OSError, EOFError)
+BLOCK_ELEMENTS = 1 << 22  # values (replies x coordinates) stacked at a time
 
 
 class RefusalReason(StrEnum):
@@ -89,9 +91,11 @@ class Verdict:
     update_norm : float or None
         ``||w_client - w_global||_2`` (``None`` when it could not be computed).
     arrays : dict[str, np.ndarray]
-        The decoded weights when every array decoded as a read-only view of the reply's bytes
-        (the usual case, see ``_fast_numpy``); empty otherwise. :mod:`aggregation.linear`
-        aggregates from them.
+        The decoded weights (read-only views of the reply's bytes in the usual case, see
+        ``_fast_numpy``) when every array decoded and is finite; empty otherwise.
+        :mod:`aggregation.linear` aggregates from them.
+    metrics : list[MetricRecord]
+        The reply's metric records (one, when it is well formed).
     """
 
     node_id: int
@@ -101,6 +105,7 @@ class Verdict:
     claimed_examples: int | None = None
     cosine: float | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    metrics: list[MetricRecord] = field(default_factory=list, repr=False)
 
     @property
     def accepted(self) -> bool:
@@ -207,51 +212,91 @@ class UpdateValidator:
         self._stride = max(1, math.ceil(total / self.bounds.direction_sample))
         self._samples: dict[int, np.ndarray] = {}
 
-    # --- one update ------------------------------------------------------------------------
+    # --- the updates -----------------------------------------------------------------------
     def validate(
         self, node_id: int, content: RecordDict, *, declared_examples: int | None = None
     ) -> Verdict:
         """Check one reply's content; ``declared_examples`` is the node's query-reply count."""
-        verdict = Verdict(node_id)
-        array_records = list(content.array_records.values())  # each access builds a new view
-        metric_records = list(content.metric_records.values())
-        self._check_num_examples(verdict, metric_records, declared_examples)
-        arrays = self._check_structure(verdict, array_records, metric_records)
-        if arrays is None:
-            return verdict
-        sq_norm, offset, sample = 0.0, 0, []
-        for name, spec in self.spec.items():
-            size = int(np.prod(spec.shape))
+        return self.validate_all([(node_id, content, declared_examples)])[0]
+
+    def validate_all(
+        self, replies: Sequence[tuple[int, RecordDict, int | None]]
+    ) -> list[Verdict]:
+        """Check ``(node_id, content, declared_examples)`` replies (module notes, steps 1-5).
+
+        The per-reply checks (structure, names, shapes, dtypes, num-examples) look at each
+        reply's records; the numeric ones (finite, norm, the direction sample) run once over the
+        replies' arrays stacked per weight (:meth:`_numeric`), in column blocks of at most
+        :data:`BLOCK_ELEMENTS` values.
+        """
+        verdicts, decoded = [], []
+        for node_id, content, declared in replies:
+            verdict = Verdict(node_id)
+            verdict.metrics = records_of(content, MetricRecord)
+            array_records = records_of(content, ArrayRecord)
+            self._check_num_examples(verdict, verdict.metrics, declared)
+            arrays = self._check_structure(verdict, array_records, verdict.metrics)
+            got: dict[str, np.ndarray] = {}
+            if arrays is not None:
+                for name, spec in self.spec.items():
+                    arr = _decode(verdict, name, arrays[name], spec)
+                    if arr is not None:
+                        got[name] = arr
+            verdicts.append(verdict)
+            decoded.append(got)
+        complete = [i for i, d in enumerate(decoded) if len(d) == len(self.spec)]
+        for i, d in enumerate(decoded):
+            if d and len(d) < len(self.spec):  # partly undecodable: report non-finite values too
+                for name, arr in d.items():
+                    _refuse_non_finite(verdicts[i], name, arr.reshape(1, -1))
+        if complete:
+            self._numeric([verdicts[i] for i in complete], [decoded[i] for i in complete])
+        return verdicts
+
+    def _numeric(self, verdicts: list[Verdict], decoded: list[dict[str, np.ndarray]]) -> None:
+        """Finite values, update norms and direction samples of fully decoded replies."""
+        n = len(verdicts)
+        sq = np.zeros(n, dtype=np.float64)
+        finite = np.ones(n, dtype=bool)
+        samples: list[np.ndarray] = []
+        offset = 0
+        for name in self.spec:
+            g = self._global[name].reshape(-1)
+            flats = [d[name].reshape(-1) for d in decoded]
+            size = g.size
             start, offset = (-offset) % self._stride, offset + size
-            arr = _decode(verdict, name, arrays[name], spec)
-            if arr is None:
+            width = max(1, BLOCK_ELEMENTS // n)
+            bad = np.zeros(n, dtype=np.int64)
+            for lo in range(0, size, width):
+                hi = min(size, lo + width)
+                block = np.stack([f[lo:hi] for f in flats])
+                if block.dtype.kind == "f":
+                    bad += hi - lo - np.count_nonzero(np.isfinite(block), axis=1)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    diff = np.subtract(block, g[lo:hi], dtype=g.dtype)
+                    sq += np.einsum("ij,ij->i", diff, diff)
+                first = start if lo <= start else start + -(-(lo - start) // self._stride) * (
+                    self._stride)
+                if first < hi:
+                    samples.append(np.asarray(diff[:, first - lo::self._stride], np.float64))
+            for row in np.flatnonzero(bad).tolist():
+                verdicts[row].refuse(RefusalReason.NOT_FINITE,
+                                     f"{name}: {int(bad[row])} non-finite values")
+                finite[row] = False
+        sample = np.concatenate(samples, axis=1) if samples else np.zeros((n, 0))
+        limit = self.bounds.max_update_norm
+        for i, verdict in enumerate(verdicts):
+            if finite[i]:
+                verdict.arrays = decoded[i]
+            if not verdict.accepted:
                 continue
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-                verdict.refuse(RefusalReason.NOT_FINITE, f"{name}: {bad} non-finite values")
-                continue
-            if not arr.flags.writeable:
-                verdict.arrays[name] = arr
-            g = self._global[name]
-            if arr.dtype == g.dtype and arr.flags.writeable:
-                diff = np.subtract(arr, g, out=arr)  # arr is our private decoded copy
-            else:
-                diff = arr.astype(g.dtype) - g
-            flat = diff.ravel()
-            sq_norm += float(np.dot(flat, flat))
-            sample.append(np.asarray(flat[start :: self._stride], dtype=np.float64))
-        if len(verdict.arrays) != len(self.spec):
-            verdict.arrays.clear()
-        if verdict.accepted:
-            self._samples[node_id] = np.concatenate(sample) if sample else np.zeros(0)
-            norm = math.sqrt(sq_norm) if math.isfinite(sq_norm) else math.inf
+            self._samples[verdict.node_id] = sample[i]
+            norm = math.sqrt(sq[i]) if math.isfinite(sq[i]) else math.inf
             verdict.update_norm = norm
-            limit = self.bounds.max_update_norm
             if not math.isfinite(norm):
                 verdict.refuse(RefusalReason.NORM, "update norm overflows")
             elif limit is not None and norm > limit:
                 verdict.refuse(RefusalReason.NORM, f"update norm {norm:.4g} > {limit:.4g}")
-        return verdict
 
     def _check_structure(
         self, verdict: Verdict, array_records: list[ArrayRecord],
@@ -359,6 +404,12 @@ class UpdateValidator:
                     f"update norm {v.update_norm:.4g} > {ratio:g} x round median {median:.4g}",
                 )
         return median
+
+
+def _refuse_non_finite(verdict: Verdict, name: str, rows: np.ndarray) -> None:
+    if rows.dtype.kind == "f" and not np.isfinite(rows).all():
+        bad = int(rows.size - np.count_nonzero(np.isfinite(rows)))
+        verdict.refuse(RefusalReason.NOT_FINITE, f"{name}: {bad} non-finite values")
 
 
 def _norm_dtype(dtype: np.dtype) -> np.dtype:

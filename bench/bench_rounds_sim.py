@@ -1,74 +1,60 @@
-"""Whole federated rounds on Flower's simulation engine: our RoundRunner beside plain FedAvg.
+"""Server-side CPU per round on Flower's simulation runtime: our RoundRunner beside FedAvg.start().
 
-For each client count (100 and 1,000 virtual SuperNodes by default) it runs, on Flower's
-simulation runtime (``flwr.simulation.run_simulation``, Ray backend), the same ClientApp, the
-same nodes and the same number of rounds twice:
+For each client count (100 and 1,000 virtual SuperNodes by default) one child process runs
+both ServerApps on Flower's simulation runtime, in process (:func:`simulation.inprocess.federation`:
+Flower's ``InMemoryGrid``, LinkState and ``vce_api`` runtime; the ClientApp runs in two worker
+threads instead of Ray actors), with the same ClientApp, the same nodes, the same seeds and the
+same number of rounds, ``--reps`` times, alternating which system goes first:
 
-* *ours*: a ServerApp driving :class:`aggregation.rounds.RoundRunner` (query with drift
-  summaries -> drift scores -> drift-prioritised selection under the fairness bound -> train ->
-  validation of every update -> drift-boosted weights -> Flower's FedAvg ``aggregate_train``);
-* *FedAvg*: a ServerApp calling Flower's ``FedAvg.start()`` (sample -> train -> aggregate).
+* *ours*: :class:`aggregation.rounds.RoundRunner` with drift steering on (drift-prioritised
+  selection under the fairness bound, per-node baselines and scores from
+  :mod:`aggregation.selection.tracking`, drift-scaled local epochs and aggregation weights),
+  validation of every update (structure, finite, norm, direction, num-examples, weight cap) and
+  FedAvg's weighted mean; its default ``query_max_age``: round 1 queries every node (the
+  bootstrap), later rounds take eligibility and drift from the previous round's train replies;
+* *FedAvg*: Flower's ``FedAvg.start()`` (sample -> train -> ``aggregate_train``).
 
-Fairness: both train every node each round (ours: ``target_clients = N``, over-selection 1.0;
-FedAvg: ``fraction_train = 1.0``), neither runs federated evaluation, both pull replies every
-0.1 s, both aggregate with FedAvg. The one protocol difference is ours' query step: with
-``query_max_age`` (``EDGEFLEET_BENCH_QUERY_MAX_AGE``, default 1000) only the first round queries
-every node; later rounds reuse the eligibility and drift the train replies carried
-(``aggregation.answer_book``). With ``EDGEFLEET_BENCH_QUERY_MAX_AGE=0`` every round queries
-every node (one more message per node and round).
-The ClientApp's "training" is a deterministic numpy perturbation of the digits MLP's 4,810
-parameters, so client cost is small and identical for both.
+Both train every node each round (ours: ``target_clients = N``, over-selection 1.0; FedAvg:
+``fraction_train = 1.0``), neither runs federated evaluation, both pull replies every 0.1 s.
 
-Server-side time: *ours* = from the last train reply to the new global model (validation +
-steering + aggregation, ``RoundReport.timings``), plus, shown apart, drift scoring and selection
-at the start of the round; *FedAvg* = time inside ``FedAvg.aggregate_train``.
+**Server-side cost** is the CPU time of the thread running the ServerApp (``time.thread_time``):
+everything the round loop does, including its grid calls (pushing messages into the LinkState,
+pulling replies), and nothing the ClientApp's worker threads or the runtime's thread do. A round
+of ours is one ``run_round``; a round of FedAvg is the span between two calls of its
+``evaluate_fn`` (called before round 1 and after every round). *Settle* is the part after the
+replies are in: ours' validation + steering weights + weighted mean, FedAvg's
+``aggregate_train``. Each ClientApp reply carries a drift summary (3 distinct summaries over
+the fleet, as in production's train reply) so that steering has work to do.
 
 Then, as ``bench_aggregation.py`` does, the aggregation of 100 updates of 1M parameters (no
-engine: prepared replies), so one run prints all three figures of the issue.
+engine: prepared replies), so one run prints all the figures of the issue.
 
-Each (system, N) run is a child process of its own, so Ray starts and stops cleanly each time.
-Run: ``.venv/bin/python bench/bench_rounds_sim.py`` [--clients 100 1000] [--rounds 2]
-[--client-cpus 1] [--skip-1m].
+Run: ``.venv/bin/python bench/bench_rounds_sim.py`` [--clients 100 1000] [--rounds 4]
+[--reps 3] [--skip-1m] [--profile FILE].
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from _common import ROOT, Column, print_table
 
-OFFLINE_ENV = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "0",
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-}
 RESULT = "RESULT "
-TOKEN = "EDGEFLEET_BENCH_RUN"  # marks every process a child run starts, to find leftovers
 SHAPES = {"dense/kernel": (64, 64), "dense/bias": (64,), "out/kernel": (64, 10),
           "out/bias": (10,)}
 DRIFT_KINDS = 3  # nodes i, i + 3, ... share a drift summary (their inputs shift by 0.5 * kind)
-# Ours queries a node only when its last answer is older than this many rounds; train replies
-# carry the node's drift summary (as the edge ClientApp's do) and renew its answer, so only the
-# first round queries (aggregation.answer_book). 0 restores a query of every node every round.
-QUERY_MAX_AGE = int(os.environ.get("EDGEFLEET_BENCH_QUERY_MAX_AGE", "1000"))
+SYSTEMS = ("ours", "fedavg")
 
 
-# --- the child: one simulation ------------------------------------------------------------------
+# --- the ClientApp both systems talk to ---------------------------------------------------------
 def _reference() -> Any:
     import numpy as np
 
@@ -79,7 +65,7 @@ def _reference() -> Any:
 
 
 def _client_app(reference: Any) -> Any:
-    """The ClientApp both systems talk to (message shapes of ``edge_client.flower_client``)."""
+    """Message shapes of ``edge_client.flower_client``; "training" is a numpy perturbation."""
     import numpy as np
     from flwr.app import (
         Array,
@@ -94,14 +80,11 @@ def _client_app(reference: Any) -> Any:
 
     from edgefleet.drift import DriftAccumulator
 
-    summaries: dict[int, str] = {}  # per actor process, built on first use
-
-    def drift(kind: int) -> str:
-        if kind not in summaries:
-            acc = DriftAccumulator(reference, model="digits", version=1)
-            acc.update(np.random.default_rng(kind).normal(loc=0.5 * kind, size=(100, 64)))
-            summaries[kind] = acc.to_summary().model_dump_json()
-        return summaries[kind]
+    summaries: dict[int, str] = {}
+    for kind in range(DRIFT_KINDS):
+        acc = DriftAccumulator(reference, model="digits", version=1)
+        acc.update(np.random.default_rng(kind).normal(loc=0.5 * kind, size=(100, 64)))
+        summaries[kind] = acc.to_summary().model_dump_json()
 
     app = ClientApp()
 
@@ -111,15 +94,16 @@ def _client_app(reference: Any) -> Any:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        config = ConfigRecord({"eligible": True, "reasons": "[]", "drift": drift(pid % DRIFT_KINDS),
-                               "plan-sha256": "0" * 64})
+        config = ConfigRecord({"eligible": True, "reasons": "[]",
+                               "drift": summaries[pid % DRIFT_KINDS], "plan-sha256": "0" * 64})
         metrics = MetricRecord({"num-examples": examples(pid)})
         return Message(RecordDict({"config": config, "metrics": metrics}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        rng, common = np.random.default_rng(pid), np.random.default_rng(0)
+        rnd = int(msg.content.config_records["config"].get("server-round", 0))
+        rng, common = np.random.default_rng((pid, rnd)), np.random.default_rng(rnd)
         arrays = msg.content.array_records["arrays"]
         # honest-looking updates: a shared direction plus per-node noise (validation's
         # direction bound refuses updates that do not point with the round's median)
@@ -129,18 +113,18 @@ def _client_app(reference: Any) -> Any:
         content = RecordDict({
             "arrays": ArrayRecord({k: Array(v) for k, v in new.items()}),
             "metrics": MetricRecord({"num-examples": examples(pid), "train-loss": 0.5}),
-            "config": ConfigRecord({"status": "ok", "drift": drift(pid % DRIFT_KINDS)}),
+            "config": ConfigRecord({"status": "ok", "drift": summaries[pid % DRIFT_KINDS]}),
         })
         return Message(content, reply_to=msg)
 
     return app
 
 
-def _ours(n: int, rounds: int, out: dict[str, Any]) -> Any:
-    """ServerApp running our RoundRunner; fills ``out`` with per-round timings."""
+# --- the two ServerApps' main functions ---------------------------------------------------------
+def _ours(grid: Any, n: int, rounds: int, rows: list[dict[str, float]],
+          profile: Any = None) -> None:
+    """Our RoundRunner, drift steering on; one row per round (thread CPU, settle CPU, wall)."""
     import numpy as np
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
 
     from aggregation.rounds import RoundRunner, RoundSettings
     from aggregation.selection import make_policy
@@ -155,214 +139,192 @@ def _ours(n: int, rounds: int, out: dict[str, Any]) -> Any:
         train_batch_size=32, plan_sha256="0" * 64, plan_size=1, built_with={},
         reference=_reference(),
     )
-    app = ServerApp()
+    settle = [0.0]
 
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        settings = RoundSettings(model="digits", target_clients=n, min_reports=max(1, n // 2),
-                                 over_selection=1.0, min_nodes=n, poll_interval_s=0.1,
-                                 wait_for_nodes_s=120, query_timeout_s=600, train_timeout_s=600,
-                                 query_max_age=QUERY_MAX_AGE)
-        runner = RoundRunner(grid, manifest, build_strategy("fedavg"),
-                             make_policy("drift", fair_max_picks=rounds), settings=settings)
-        scorer, policy = runner.scorer, runner.policy
-        assert scorer is not None
-        select_s = [0.0]
+    class TimedRunner(RoundRunner):
+        def _validate(self, *a: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return super()._validate(*a)
+            finally:
+                settle[0] += time.thread_time() - t
 
-        class TimedScorer:
-            def score(self, summary: Any) -> float | None:
-                t = time.perf_counter()
-                try:
-                    return scorer.score(summary)
-                finally:
-                    select_s[0] += time.perf_counter() - t
+        def _aggregate(self, *a: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return super()._aggregate(*a)
+            finally:
+                settle[0] += time.thread_time() - t
 
-        class TimedPolicy:
-            def select(self, *a: Any) -> list[int]:
-                t = time.perf_counter()
-                try:
-                    return list(policy.select(*a))
-                finally:
-                    select_s[0] += time.perf_counter() - t
-
-        runner.scorer, runner.policy = TimedScorer(), TimedPolicy()  # type: ignore[assignment]
-        weights = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
-        for r in range(1, rounds + 1):
-            select_s[0] = 0.0
-            t = time.perf_counter()
-            outcome = runner.run_round(r, weights)
-            wall = time.perf_counter() - t
-            rep = outcome.report
-            if rep.status != "ok":
-                raise RuntimeError(f"round {r} failed: {rep.summary_line()}")
-            weights = outcome.weights
-            out["rounds"].append({
-                "wall": wall, "server": rep.timings["validate"] + rep.timings["aggregate"],
-                "select": select_s[0], "trained": len(rep.accepted),
-                "query": rep.timings["query"],
-            })
-
-    return app
+    settings = RoundSettings(model="digits", target_clients=n, min_reports=max(1, n // 2),
+                             over_selection=1.0, min_nodes=n, poll_interval_s=0.1,
+                             wait_for_nodes_s=120, query_timeout_s=600, train_timeout_s=600)
+    runner = TimedRunner(grid, manifest, build_strategy("fedavg"),
+                         make_policy("drift", fair_max_picks=rounds), settings=settings)
+    weights = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    for r in range(1, rounds + 1):
+        settle[0] = 0.0
+        wall, cpu = time.perf_counter(), time.thread_time()
+        if profile is not None:
+            profile.enable()
+        outcome = runner.run_round(r, weights)
+        if profile is not None:
+            profile.disable()
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        rep = outcome.report
+        if rep.status != "ok" or len(rep.accepted) != n:
+            raise RuntimeError(f"round {r} of ours: {rep.summary_line()}")
+        weights = outcome.weights
+        rows.append({"cpu": cpu, "settle": settle[0], "wall": wall,
+                     "queried": float(rep.timings["query"] > 0.05)})
 
 
-def _fedavg(n: int, rounds: int, out: dict[str, Any]) -> Any:
-    """ServerApp running Flower's FedAvg.start(); fills ``out`` with per-round timings."""
+def _fedavg(grid: Any, n: int, rounds: int, rows: list[dict[str, float]]) -> None:
+    """Flower's FedAvg.start(); one row per round (thread CPU, settle CPU, wall)."""
     import numpy as np
-    from flwr.app import Array, ArrayRecord, Context
-    from flwr.serverapp import Grid, ServerApp
+    from flwr.app import Array, ArrayRecord
     from flwr.serverapp.strategy import FedAvg
+
+    settle = [0.0]
 
     class TimedFedAvg(FedAvg):
         def aggregate_train(self, server_round: int, replies: Any) -> Any:
-            replies = list(replies)
-            t = time.perf_counter()
-            result = super().aggregate_train(server_round, replies)
-            out["rounds"].append({"server": time.perf_counter() - t, "select": None, "query": None,
-                                  "trained": len(replies)})
-            return result
+            t = time.thread_time()
+            try:
+                return super().aggregate_train(server_round, replies)
+            finally:
+                settle[0] = time.thread_time() - t
 
-    marks: list[float] = []
+    marks: list[tuple[float, float]] = []
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
-        marks.append(time.perf_counter())  # called before round 1 and after every round
+        marks.append((time.thread_time(), time.perf_counter()))
+        if server_round > 0:
+            (c0, w0), (c1, w1) = marks[-2], marks[-1]
+            rows.append({"cpu": c1 - c0, "settle": settle[0], "wall": w1 - w0, "queried": 0.0})
 
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n,
-                               min_available_nodes=n)
-        weights = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
-        initial = ArrayRecord({k: Array(v) for k, v in weights.items()})
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=600,
-                       evaluate_fn=evaluate_fn)
-        for row, start, end in zip(out["rounds"], marks, marks[1:], strict=False):
-            row["wall"] = end - start
-
-    return app
+    strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n,
+                           min_available_nodes=n)
+    initial = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=600,
+                   evaluate_fn=evaluate_fn)
+    if len(rows) != rounds:
+        raise RuntimeError(f"FedAvg ran {len(rows)} of {rounds} rounds")
 
 
-def child(system: str, n: int, rounds: int, client_cpus: float) -> None:
-    """Run one simulation and print its timings as one ``RESULT {json}`` line."""
+def child(n: int, rounds: int, reps: int, profile_path: str | None) -> None:
+    """Run ``reps`` x (ours, FedAvg) on fresh federations; print one ``RESULT {json}`` line."""
+    import cProfile
     import logging
 
-    from flwr.simulation import run_simulation
+    from simulation.inprocess import federation
 
-    out: dict[str, Any] = {"system": system, "clients": n, "rounds": []}
-    server = _ours(n, rounds, out) if system == "ours" else _fedavg(n, rounds, out)
-    t = time.perf_counter()
-    run_simulation(server_app=server, client_app=_client_app(_reference()), num_supernodes=n,
-                   backend_config={"client_resources": {"num_cpus": client_cpus, "num_gpus": 0},
-                                   "init_args": {"num_cpus": min(2, os.cpu_count() or 1),
-                                                 "logging_level": logging.ERROR}})
-    out["total"] = time.perf_counter() - t
-    print(RESULT + json.dumps(out), flush=True)
-
-
-# --- the parent: run the children, print the table ---------------------------------------------
-def _processes_with(token: str) -> list[int]:
-    """Our processes still alive whose environment carries ``token`` (Ray daemons and workers)."""
-    needle = f"{TOKEN}={token}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if needle in (proc / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    logging.getLogger("aggregation").setLevel(logging.WARNING)
+    app = _client_app(_reference())
+    profile = cProfile.Profile() if profile_path else None
+    out: dict[str, list[list[dict[str, float]]]] = {s: [] for s in SYSTEMS}
+    for rep in range(reps):
+        order = SYSTEMS if rep % 2 == 0 else SYSTEMS[::-1]
+        for system in order:
+            print(f"  {n} clients, repetition {rep + 1}/{reps}: {system}", file=sys.stderr,
+                  flush=True)
+            rows: list[dict[str, float]] = []
+            with federation(app, n, workers=2) as grid:
+                if system == "ours":
+                    _ours(grid, n, rounds, rows, profile if rep == reps - 1 else None)
+                else:
+                    _fedavg(grid, n, rounds, rows)
+            out[system].append(rows)
+    if profile is not None and profile_path:
+        profile.dump_stats(profile_path)
+    print(RESULT + json.dumps({"clients": n, **out}), flush=True)
 
 
-def _stop_leftovers(token: str, grace_s: float = 10.0) -> int:
-    """Wait for the child's Ray processes to exit; terminate, then kill, any still running."""
-    deadline = time.monotonic() + grace_s
-    while (pids := _processes_with(token)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    stray = len(pids)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        time.sleep(1.0)
-        if not (pids := _processes_with(token)):
-            break
-    return stray
-
-
-def run_child(system: str, n: int, rounds: int, client_cpus: float, logdir: Path) -> dict[str, Any]:
-    env = {**os.environ, **OFFLINE_ENV, TOKEN: uuid.uuid4().hex,
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
-    log = logdir / f"{system}-{n}.log"
-    cmd = [sys.executable, __file__, "--child", system, "--clients", str(n),
-           "--rounds", str(rounds), "--client-cpus", str(client_cpus)]
-    with log.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env,
-                              cwd=ROOT, timeout=900, check=False)
-    stray = _stop_leftovers(env[TOKEN])
-    if stray:
-        print(f"stopped {stray} leftover Ray process(es) of the {system} run", file=sys.stderr)
+# --- the parent: one child per client count, the table ------------------------------------------
+def run_child(n: int, rounds: int, reps: int, profile: str | None) -> dict[str, Any]:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.path.dirname(__file__)])}
+    cmd = [sys.executable, __file__, "--child", "--clients", str(n), "--rounds", str(rounds),
+           "--reps", str(reps)]
+    if profile:
+        cmd += ["--profile", f"{profile}.{n}"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                          timeout=3600, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
-        sys.exit(f"{system} with {n} clients failed (exit {proc.returncode}):\n"
-                 f"{log.read_text()[-3000:]}")
+        sys.exit(f"the run with {n} clients failed (exit {proc.returncode})")
     return dict(json.loads(lines[-1][len(RESULT):]))
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def summarise(res: dict[str, Any]) -> list[tuple[object, ...]]:
+    """Rows of the table for one client count: round 1, rounds 2+, all rounds."""
+    rows: list[tuple[object, ...]] = []
+    n = res["clients"]
+    spans: list[tuple[str, Callable[[int], bool]]] = [
+        ("round 1", lambda r: r == 0), ("rounds 2+", lambda r: r > 0),
+        ("all rounds", lambda r: True)]
+    for label, keep in spans:
+        cells: dict[str, list[float]] = {}
+        for system in SYSTEMS:
+            for key in ("cpu", "settle", "wall"):
+                cells[f"{system}.{key}"] = [row[key] for rep in res[system]
+                                            for r, row in enumerate(rep) if keep(r)]
+        # the ratio per repetition: medians of the same repetition's rounds
+        ratios = [statistics.median([row["cpu"] for r, row in enumerate(o) if keep(r)])
+                  / statistics.median([row["cpu"] for r, row in enumerate(f) if keep(r)])
+                  for o, f in zip(res["ours"], res["fedavg"], strict=True)]
+        o_cpu, f_cpu = _spread(cells["ours.cpu"]), _spread(cells["fedavg.cpu"])
+        o_set, f_set = (statistics.median(cells["ours.settle"]),
+                        statistics.median(cells["fedavg.settle"]))
+        rows.append((f"{n} clients, {label}", len(cells["ours.cpu"]),
+                     f"{o_cpu[0]:.3f} [{o_cpu[1]:.3f}-{o_cpu[2]:.3f}]",
+                     f"{f_cpu[0]:.3f} [{f_cpu[1]:.3f}-{f_cpu[2]:.3f}]",
+                     o_cpu[0] / f_cpu[0], f"{min(ratios):.2f}-{max(ratios):.2f}",
+                     o_set, f_set, o_set / f_set,
+                     statistics.median(cells["ours.wall"]),
+                     statistics.median(cells["fedavg.wall"])))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--client-cpus", type=float, default=1.0,
-                        help="Ray num_cpus per virtual client (2 cores / this = actors)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--skip-1m", action="store_true",
                         help="skip the 100 updates x 1M parameters aggregation")
-    parser.add_argument("--child", choices=["ours", "fedavg"], help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help="cProfile ours' last repetition to FILE.<clients>")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.clients[0], args.rounds, args.client_cpus)
+        child(args.clients[0], args.rounds, args.reps, args.profile)
         return
-
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
-        for n in args.clients:
-            res = {}
-            for system in ("ours", "fedavg"):
-                print(f"{system}, {n} clients…", file=sys.stderr, flush=True)
-                res[system] = run_child(system, n, args.rounds, args.client_cpus, Path(tmp))
-            ours, flower = res["ours"]["rounds"], res["fedavg"]["rounds"]
-            for r, (o, f) in enumerate(zip(ours, flower, strict=True), start=1):
-                rows.append((f"{n} clients, round {r}", o["trained"], o["wall"], o["query"],
-                             f["wall"], o["select"], o["server"], f["server"],
-                             o["server"] / f["server"]))
-            o_srv = statistics.fmean(o["server"] for o in ours)
-            f_srv = statistics.fmean(f["server"] for f in flower)
-            rows.append((f"{n} clients, mean", None,
-                         statistics.fmean(o["wall"] for o in ours),
-                         statistics.fmean(o["query"] for o in ours),
-                         statistics.fmean(f["wall"] for f in flower),
-                         statistics.fmean(o["select"] for o in ours), o_srv, f_srv,
-                         o_srv / f_srv))
-            rows.append((f"{n} clients, whole run_simulation", None, res["ours"]["total"], None,
-                         res["fedavg"]["total"], None, None, None, None))
-
-    print(f"\n{args.rounds} rounds on Flower's simulation engine (Ray, "
-          f"{args.client_cpus:g} CPU per client), every node trains, 4,810 params")
+    for n in args.clients:
+        print(f"{n} clients…", file=sys.stderr, flush=True)
+        rows += summarise(run_child(n, args.rounds, args.reps, args.profile))
+    print(f"\nServer-side CPU per round (ServerApp thread, time.thread_time), {args.rounds} "
+          f"rounds x {args.reps} repetitions, every node trains, 4,810 params, drift steering on")
     print_table(
         [
-            Column("case", 34), Column("trained", 7, "d"),
-            Column("wall ours (s)", 13, ".2f"), Column("of it query", 11, ".2f"),
-            Column("wall FedAvg (s)", 15, ".2f"),
-            Column("select ours (s)", 15, ".3f"),
-            Column("server ours (s)", 15, ".3f"), Column("server FedAvg (s)", 17, ".3f"),
+            Column("case", 24), Column("rounds", 6, "d"),
+            Column("CPU ours (s) med [min-max]", 27), Column("CPU FedAvg (s) med [min-max]", 29),
+            Column("ratio", 6, ".2f", suffix="x"), Column("per rep", 9),
+            Column("settle ours", 11, ".4f"), Column("settle FedAvg", 13, ".4f"),
             Column("ratio", 6, ".2f", suffix="x"),
+            Column("wall ours", 9, ".2f"), Column("wall FedAvg", 11, ".2f"),
         ],
         rows,
     )
-    print("\nwall = one round end to end (of it query: ours' query exchange, absent in FedAvg);"
-          "\nselect = drift scoring + selection (ours only);"
-          "\nserver = last reply -> new global model (ours: validation + steering + FedAvg;"
-          "\nFedAvg: FedAvg.aggregate_train). ratio = server ours / server FedAvg.")
+    print("\nratio = median CPU ours / median CPU FedAvg over all repetitions' rounds; per rep ="
+          "\nthe same ratio within each repetition (min-max); settle = after the last reply:"
+          "\nours validation + steering + weighted mean, FedAvg aggregate_train (median s);"
+          "\nwall = one round end to end (median s). Round 1 of ours queries every node.")
     if not args.skip_1m:
         aggregate_1m()
 

@@ -239,6 +239,8 @@ def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
         metrics = MetricRecord({fk.NUM_EXAMPLES: n_reported, fk.TRAIN_LOSS: float(loss),
                                 fk.STEPS: result.steps,
                                 fk.EXAMPLES_TRAINED: result.examples_trained})
+        if result.epoch_losses:  # the received model's loss on the first pass (drift steering)
+            metrics[fk.FIRST_EPOCH_LOSS] = float(result.epoch_losses[0])
         config = ConfigRecord({fk.STATUS: fk.STATUS_STOPPED if result.stopped else fk.STATUS_OK,
                                fk.DRIFT: node.drift_json(), **node.identity()})
         arrays = ArrayRecord({k: Array(v) for k, v in runtime.get_weights().items()})

@@ -140,10 +140,10 @@ class RunKnobs(BaseModel):
         :meth:`edgefleet.runtime.PlanRuntime.fit`) and what a device reports as its
         ``num-examples`` (``local-size``: its local examples; ``examples-trained``: the
         examples one epoch actually trained, as TensorFlow Federated weights clients).
-    query_max_age : int [0]
+    query_max_age : int [5]
         0 queries every node every round; ``K > 0`` queries a node only when its last answer
         (its query reply, or the eligibility and drift its train reply carried) is more than
-        ``K`` rounds old (``aggregation.answer_book``).
+        ``K`` rounds old (``aggregation.answer_book``). Round 1 queries every node.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -191,7 +191,7 @@ class RunKnobs(BaseModel):
     seed: Int = 0
     batch_rule: Literal["wrap", "drop", "short"] = "wrap"
     weighting: Literal["local-size", "examples-trained"] = "local-size"
-    query_max_age: Int = Field(default=0, ge=0)
+    query_max_age: Int = Field(default=5, ge=0)
 
     @model_validator(mode="after")
     def _round_sizes(self) -> Self:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet.errors import InputError, PlanFormatError, WeightsError
-from edgefleet.interpreters import DirectInfer, open_plan
+from edgefleet.interpreters import DirectInfer, LoadedPlan, open_plan
 from edgefleet.plan import PlanManifest, check_weights, load_weights
 
 PLAN_FILE = "plan.tflite"
@@ -123,7 +123,10 @@ class PlanRuntime:
     sample_shape: tuple[int, ...]
 
     def __init__(self, plan: bytes, manifest: PlanManifest, *, interpreter: str = "auto") -> None:
-        loaded = open_plan(plan, manifest, interpreter)
+        self._attach(open_plan(plan, manifest, interpreter), manifest)
+
+    def _attach(self, loaded: LoadedPlan, manifest: PlanManifest) -> None:
+        """Take over ``loaded`` (an interpreter whose signatures match ``manifest``)."""
         self.manifest = manifest
         self.interpreter_name = loaded.interpreter_name
         self._interpreter = loaded.interpreter  # keeps the runners' interpreter alive

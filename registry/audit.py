@@ -9,8 +9,13 @@ the one before it and its own hash over its content (:func:`record_hash`), and
 Writers are serialised on the chain head (:class:`~registry.models.AuditHead`, one row): the first
 statement of :func:`record` is an ``UPDATE`` of that row, which takes PostgreSQL's row lock (held
 until the writer's transaction ends) and SQLite's database write lock, so the sequence number and
-previous hash it then reads are the newest committed ones. ``seq`` is unique besides, so no two
-records can ever claim the same place in the chain.
+previous hash it then reads are the newest committed ones (PostgreSQL re-reads a row it waited
+for; the head row, when missing, is inserted with ``ON CONFLICT DO NOTHING``, so writers that
+race to create it wait for the first and then lock the row it inserted). ``seq`` is unique
+besides, so no two records can ever claim the same place in the chain. A writer that must read
+state and then write a record about it without another writer slipping in between (the signing
+key's registration, :func:`registry.signing.ensure_registered`) takes the same lock first with
+:func:`lock_chain`.
 
 Actions are dotted names (:data:`ACTIONS` lists the ones the registry and server write). The actor
 is a name (``kind:name`` of :class:`server.security.Caller`, a device's or a key's name), never a
@@ -44,6 +49,7 @@ __all__ = [
     "AuditQuery",
     "VerifyReport",
     "list_records",
+    "lock_chain",
     "record",
     "record_hash",
     "request_scope",
@@ -56,10 +62,13 @@ SYSTEM_ACTOR = "system:registry"
 
 #: The actions written by the registry, the server and the rollout controller.
 ACTIONS = (
+    "model.create",
+    "model.update",
     "version.publish",
     "version.archive",
     "version.restore",
     "version.status",
+    "version.damage",
     "alias.move",
     "alias.delete",
     "rollout.start",
@@ -69,6 +78,7 @@ ACTIONS = (
     "rollout.rollback",
     "rollout.promote",
     "device.enrol",
+    "device.update",
     "device.revoke",
     "key.create",
     "key.rotate",
@@ -94,7 +104,10 @@ def request_scope(request_id: str | None) -> Iterator[None]:
 
 
 def status_action(before: VersionStatus, after: VersionStatus) -> str:
-    """The audit action of a version status change from ``before`` to ``after``."""
+    """The audit action of a version status change from ``before`` to ``after`` (the integrity
+    checks' DAMAGED mark is ``version.damage``; their "intact again" is ``version.status``)."""
+    if after == VersionStatus.DAMAGED:
+        return "version.damage"
     if after == VersionStatus.ARCHIVED:
         return "version.archive"
     if before == VersionStatus.ARCHIVED and after == VersionStatus.READY:
@@ -222,6 +235,16 @@ def _create_head(session: Session) -> None:
         session.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
     else:
         session.execute(sa.insert(table).values(**values))
+
+
+def lock_chain(session: Session) -> None:
+    """Take the chain's write lock for the rest of ``session``'s transaction.
+
+    Every other writer of the trail (every :func:`record`, in any process) waits until this
+    transaction ends; on PostgreSQL (read committed) the statements after it see what the writers
+    before it committed. Call it before reading the state an audited change depends on.
+    """
+    _lock_head(session)
 
 
 _RECORDS = AuditRecord.__table__  # type: ignore[attr-defined]

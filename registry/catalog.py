@@ -1,7 +1,9 @@
 """Models: register, look up, describe and tag them.
 
 Every function takes an open :class:`~sqlmodel.Session`, flushes what it changed and leaves the
-commit to the caller (one request, one transaction).
+commit to the caller (one request, one transaction). Registering a model is audited as
+``model.create``, a change of its task, description or tags as ``model.update``
+(:mod:`registry.audit`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from registry import audit
 from registry.errors import AlreadyExistsError, NotFoundError
 from registry.models import (
     Alias,
@@ -28,8 +31,11 @@ from registry.models import (
 __all__ = ["create_model", "get_model", "model_public", "models_public", "update_model"]
 
 
-def create_model(session: Session, data: ModelCreate) -> Model:
-    """Register a model; :class:`AlreadyExistsError` when the name is taken."""
+def create_model(
+    session: Session, data: ModelCreate, *, actor: str = audit.SYSTEM_ACTOR
+) -> Model:
+    """Register a model (audited as ``actor``); :class:`AlreadyExistsError` when the name is
+    taken."""
     if session.exec(select(Model.id).where(Model.name == data.name)).first() is not None:
         raise AlreadyExistsError(f"model {data.name!r} already exists")
     model = Model(name=data.name, task=data.task, description=data.description)
@@ -41,6 +47,8 @@ def create_model(session: Session, data: ModelCreate) -> Model:
         raise AlreadyExistsError(f"model {data.name!r} already exists") from exc
     assert model.id is not None
     _set_tags(session, model.id, data.tags)
+    audit.record(session, actor=actor, action="model.create", target=model.name,
+                 after=_audit_state(session, model))
     return model
 
 
@@ -59,9 +67,12 @@ def get_model(session: Session, name: str, *, for_update: bool = False) -> Model
     return model
 
 
-def update_model(session: Session, name: str, patch: ModelUpdate) -> Model:
-    """Change a model's task, description or tags."""
+def update_model(
+    session: Session, name: str, patch: ModelUpdate, *, actor: str = audit.SYSTEM_ACTOR
+) -> Model:
+    """Change a model's task, description or tags (audited as ``actor`` when anything changed)."""
     model = get_model(session, name)
+    before = _audit_state(session, model)
     if patch.task is not None:
         model.task = patch.task
     if patch.description is not None:
@@ -72,7 +83,19 @@ def update_model(session: Session, name: str, patch: ModelUpdate) -> Model:
     model.updated_at = utcnow()
     session.add(model)
     session.flush()
+    after = _audit_state(session, model)
+    if after != before:
+        audit.record(session, actor=actor, action="model.update", target=model.name,
+                     before=before, after=after)
     return model
+
+
+def _audit_state(session: Session, model: Model) -> dict[str, object]:
+    """What the audit trail keeps of a model: its task, description and tags."""
+    tags = session.exec(
+        select(ModelTag.tag).where(col(ModelTag.model_id) == model.id).order_by(col(ModelTag.tag))
+    ).all()
+    return {"task": model.task, "description": model.description, "tags": list(tags)}
 
 
 def _set_tags(session: Session, model_id: int, tags: Sequence[str]) -> None:

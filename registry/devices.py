@@ -139,15 +139,23 @@ def get_device(session: Session, device_id: str) -> Device:
     return device
 
 
-def update_device(session: Session, device_id: str, patch: DeviceUpdate) -> Device:
-    """Change a device's labels or the model it runs."""
+def update_device(
+    session: Session, device_id: str, patch: DeviceUpdate, *, actor: str = audit.SYSTEM_ACTOR
+) -> Device:
+    """Change a device's labels or the model it runs (audited ``device.update`` as ``actor``
+    when anything changed)."""
     device = get_device(session, device_id)
+    before = _audit_state(device)
     if patch.labels is not None:
         device.labels = dict(patch.labels)
     if patch.model is not None:
         device.model_id = get_model(session, patch.model).id
     session.add(device)
     session.flush()
+    after = _audit_state(device)
+    if after != before:
+        audit.record(session, actor=actor, action="device.update", target=f"device/{device_id}",
+                     before=before, after=after)
     return device
 
 

@@ -139,12 +139,23 @@ def ensure_registered(
 ) -> SigningKey:
     """Record ``signer``'s public key (once) and retire any other key still marked current.
 
+    Safe when several processes (server workers starting together) call it at once: when there
+    is anything to change, it first takes the audit chain's lock (:func:`registry.audit.
+    lock_chain`, which every key registration needs anyway for its ``key.create`` record) and
+    only then reads the key table again, so the first caller inserts the row and the others,
+    once it committed, find it and change nothing. Call it in a writing session
+    (:func:`registry.db.write_session`).
+
     A key that appears without an endorsement while another key is current was swapped in by
     hand (not rotated): devices that pinned the old key will refuse its signatures, so this is
     logged as an error.
     """
     row = session.get(SigningKey, signer.key_id)
-    current = session.exec(select(SigningKey).where(col(SigningKey.retired_at).is_(None))).all()
+    if row is not None and row.retired_at is None and not _others_current(session, signer):
+        return row  # the usual start-up: nothing to change, nothing locked
+    audit.lock_chain(session)
+    row = session.get(SigningKey, signer.key_id, populate_existing=True)
+    current = _current(session)
     if row is None:
         if current:
             log.error("signing key %s is new and not endorsed by %s: devices that pinned the "
@@ -168,13 +179,26 @@ def ensure_registered(
     return row
 
 
+def _current(session: Session) -> list[SigningKey]:
+    """The keys not retired, re-read from the database (not from the session's identity map)."""
+    stmt = (select(SigningKey).where(col(SigningKey.retired_at).is_(None))
+            .execution_options(populate_existing=True))
+    return list(session.exec(stmt).all())
+
+
+def _others_current(session: Session, signer: Signer) -> bool:
+    return any(k.key_id != signer.key_id for k in _current(session))
+
+
 def rotate(session: Session, signer: Signer, *, actor: str = audit.SYSTEM_ACTOR) -> Signer:
     """Replace ``signer``'s key with a new one it endorses; return the new :class:`Signer`.
 
     The database row is flushed before the key file is replaced; the caller commits. When the
     commit fails the old file is still in place and ``<path>.next`` is ignored on next load.
-    The rotation is audited (``key.rotate``) as ``actor``.
+    The rotation is audited (``key.rotate``) as ``actor``; it holds the audit chain's lock from
+    its first statement, so it is serialised with key registrations in other processes.
     """
+    audit.lock_chain(session)
     ensure_registered(session, signer, actor=actor)
     new_private = _generate()
     new_public = encode_b64(_raw_public(new_private))

@@ -1,7 +1,8 @@
 """Bootstrapping a server without HTTP: publish a plan directory straight into the registry.
 
 Used by ``edgefleet server publish`` (and by demos that start from an empty server); it runs
-exactly the verification an upload gets (:func:`registry.publish.publish_version`).
+exactly the verification an upload gets (:func:`registry.publish.publish_version`) and signs the
+version with the server's key (registered first, in its own transaction).
 """
 
 from __future__ import annotations
@@ -55,11 +56,16 @@ def publish_plan_dir(
     missing = [name for name, path in files.items() if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"{plan_dir} lacks {', '.join(missing)}")
+    check_apart(settings.signing_key_path, settings.artifact_dir)
     store = ArtifactStore(settings.artifact_dir)
     engine = make_engine(settings.database_url)
     try:
         if settings.auto_migrate:
             migrate.upgrade(engine)
+        # the key first, in a transaction of its own: its registration takes the audit chain's
+        # lock, which must not be held while the publish below waits for the model's row lock
+        with session_scope(engine, write=True) as session:
+            signer = open_signer(session, settings.signing_key_path)
         with store.staging() as staging, session_scope(engine, write=True) as session:
             staged = {}
             for name, path in files.items():
@@ -68,9 +74,7 @@ def publish_plan_dir(
             try:
                 get_model(session, model)
             except NotFoundError:
-                create_model(session, ModelCreate(name=model))
-            check_apart(settings.signing_key_path, settings.artifact_dir)
-            signer = open_signer(session, settings.signing_key_path)
+                create_model(session, ModelCreate(name=model), actor=actor)
             version = publish_version(
                 session,
                 store,

@@ -309,7 +309,8 @@ def scrub(
         engine = make_engine(settings.database_url)
         try:
             with session_scope(engine, write=True) as session:
-                report = run(session, ArtifactStore(settings.artifact_dir), blobs=not no_blobs)
+                report = run(session, ArtifactStore(settings.artifact_dir), blobs=not no_blobs,
+                             actor=f"cli:{getpass.getuser()}")
         finally:
             engine.dispose()
     for model, number, reason in report.damaged:

@@ -3,7 +3,8 @@
 ::
 
     ServerError                  failures of the server itself (not of the request)
-    └── ModelUnavailableError    a READY version whose artifacts cannot be loaded (503)
+    ├── ModelUnavailableError    a READY version whose artifacts cannot be loaded (503)
+    └── SigningUnavailableError  version signing is not ready: nothing is published (503)
 
 :data:`STATUS` maps the registry's, the shared core's and the server's exceptions onto status
 codes (the first matching class wins). Each API family has one error shape
@@ -52,6 +53,7 @@ __all__ = [
     "STATUS",
     "ModelUnavailableError",
     "ServerError",
+    "SigningUnavailableError",
     "error_body",
     "install_error_handlers",
     "internal_error",
@@ -67,6 +69,11 @@ class ServerError(EdgeFleetError):
 
 class ModelUnavailableError(ServerError):
     """A READY version that cannot be loaded (missing or unreadable artifacts)."""
+
+
+class SigningUnavailableError(ServerError):
+    """The signing key is not loaded yet (the database could not record it): a version would be
+    stored unsigned, or a device would pin no key, so the request is refused until it is."""
 
 
 STATUS: list[tuple[type[BaseException], int]] = [
@@ -86,6 +93,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (SummaryError, 422),
     (InterpreterUnavailable, 503),
     (ModelUnavailableError, 503),
+    (SigningUnavailableError, 503),
     (ServerError, 500),
     (EdgeFleetError, 400),  # last: every root above derives from it
 ]

@@ -2,14 +2,20 @@
 
 :func:`prepare_integrity` runs in the application's start-up, after migrations: it refuses a
 signing key inside the artifact store, loads (or creates) the key and records its public key
-(:func:`registry.signing.open_signer`), and signs versions published before signing existed.
-When the database cannot do that yet (down, not migrated), the server starts anyway (readiness
-says what is wrong) and :class:`Scrubber` retries every ``RETRY_S`` seconds; versions published
-meanwhile are signed as soon as it succeeds.
+(:func:`registry.signing.open_signer`, safe when several workers start at once), then, in a
+second transaction, signs versions published before signing existed. When the database cannot
+do that yet (down, not migrated), the server starts anyway (readiness says what is wrong) and
+:class:`Scrubber` retries every ``RETRY_S`` seconds.
+
+No version is ever stored unsigned by the server: a request that needs the key (publishing a
+version, enrolling a device, which pins the key) calls :func:`require_signer`, which tries the
+preparation once more itself and otherwise refuses with
+:class:`~server.errors.SigningUnavailableError` (503) and why.
 
 :class:`Scrubber` re-hashes the whole store every ``scrub_interval_s`` seconds in a daemon
-thread (:func:`registry.integrity.scrub`): what it finds damaged becomes DAMAGED and is logged
-as an error; a failed scrub is logged and retried at the next interval.
+thread (:func:`registry.integrity.scrub`): what it finds damaged becomes DAMAGED (audited as
+``SCRUB_ACTOR``) and is logged as an error; a failed scrub is logged and retried at the next
+interval.
 """
 
 from __future__ import annotations
@@ -21,38 +27,67 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from registry.db import session_scope
 from registry.integrity import ScrubReport, scrub
-from registry.signing import check_apart, open_signer, sign_unsigned
+from registry.signing import Signer, check_apart, open_signer, sign_unsigned
+from server.errors import SigningUnavailableError
 from server.state import AppState
 
-__all__ = ["Scrubber", "prepare_integrity", "run_scrub"]
+__all__ = ["SCRUB_ACTOR", "Scrubber", "prepare_integrity", "require_signer", "run_scrub"]
 
 log = logging.getLogger(__name__)
 RETRY_S = 5.0
+#: The audit actor of the periodic scrub's status changes.
+SCRUB_ACTOR = "system:scrubber"
+_PREPARING = threading.Lock()  # the scrubber thread and request threads prepare one at a time
 
 
 def prepare_integrity(state: AppState) -> bool:
     """Load the signing key into ``state`` and sign unsigned versions (see the module notes);
     ``False`` (logged) when the database cannot do it yet. A key inside the store raises."""
+    return _prepare(state) is None
+
+
+def require_signer(state: AppState) -> Signer:
+    """``state``'s signer, preparing it now if start-up could not; raises
+    :class:`~server.errors.SigningUnavailableError` (503) while that still fails."""
+    if state.signer is not None:
+        return state.signer
+    why = _prepare(state)
+    if state.signer is None:
+        raise SigningUnavailableError(
+            "version signing is not ready on this server (the signing key could not be loaded "
+            f"and recorded in the database: {why}); nothing was stored, retry in a few seconds"
+        )
+    return state.signer
+
+
+def _prepare(state: AppState) -> str | None:
+    """Do :func:`prepare_integrity`'s work unless already done; ``None``, or the name of the
+    error that stopped it (the log has the whole message)."""
     settings = state.settings
     check_apart(settings.signing_key_path, settings.artifact_dir)
-    try:
-        with session_scope(state.engine, write=True) as session:
-            signer = open_signer(session, settings.signing_key_path)
-            signed = sign_unsigned(session, signer)
-    except (SQLAlchemyError, OSError) as exc:
-        log.error("version signing not ready (retrying): %s", str(exc).splitlines()[0])
-        return False
-    state.signer = signer
+    with _PREPARING:
+        if state.signer is not None:
+            return None
+        try:
+            with session_scope(state.engine, write=True) as session:
+                signer = open_signer(session, settings.signing_key_path)
+            with session_scope(state.engine, write=True) as session:
+                signed = sign_unsigned(session, signer)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("version signing not ready (retrying): %s",
+                      str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return type(exc).__name__
+        state.signer = signer
     if signed:
         log.warning("signed %d versions published before version signing existed", signed)
     log.info("versions are signed with key %s", signer.key_id)
-    return True
+    return None
 
 
 def run_scrub(state: AppState) -> ScrubReport:
     """One scrub of the whole store, in its own write transaction."""
     with session_scope(state.engine, write=True) as session:
-        report = scrub(session, state.store)
+        report = scrub(session, state.store, actor=SCRUB_ACTOR)
     log.log(logging.INFO if report.ok else logging.ERROR,
             "scrub: %d versions checked, %d damaged, %d restored, %d corrupt unreferenced blobs",
             report.checked, len(report.damaged), len(report.restored),

@@ -263,7 +263,7 @@ def _whole_loop(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, repo
                 run_cfg: dict[str, str | int | float | bool], ds: Dataset, plan_dir: Path,
                 injected: dict[str, Shift]) -> None:
     """The loop (:func:`simulation.fleet_loop.run_loop`), then the summary and its checks."""
-    from simulation.fleet_loop import LoopContext, run_loop
+    from simulation.fleet_loop import LoopContext, LoopReport, run_loop
 
     def start_run() -> Path:
         log = flwr_run(sup, fed, config.app_dir, run_cfg, timeout_s=clock.left(600))
@@ -274,8 +274,9 @@ def _whole_loop(config: FleetConfig, sup: ProcessSupervisor, clock: _Clock, repo
     ctx = LoopContext(model=config.model, url=server.url, admin_key=server.admin_key,
                       agents=agents, ds=ds, shifts=injected, start_run=start_run,
                       plan_dir=plan_dir, left=clock.left, bake_s=config.bake_s, seed=config.seed)
+    report.loop = LoopReport()  # kept when a stage fails: the summary says how far it got
     try:
-        report.loop = run_loop(ctx)
+        run_loop(ctx, report.loop)
     finally:
         clock.lap("loop")
         _summarise(report, server, config.model, agents, {}, injected)

@@ -12,10 +12,15 @@ Open Inference Protocol V2) on its local HTTP endpoint, exactly as an applicatio
 would; its telemetry (drift summaries) reaches the server through its outbox.
 :class:`TrafficPump` goes on sending each device's traffic in the background, shifted on the
 devices it is told to shift from then on (the whole loop's injected drift).
+
+Each device is enrolled with a ``ring`` label (:func:`ring_of`): ring k holds the devices that
+join the rollout at its k-th step, so that step k covers exactly :data:`STEP_SHARES` [k] % of
+the fleet (rounded up: every step holds at least one device).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from collections import Counter
@@ -34,6 +39,17 @@ from simulation.partition import Shift, apply_shift, dirichlet_partition, resamp
 from simulation.processes import Child, ProcessSupervisor, free_port
 
 BATCH = 32
+#: The share of the fleet (percent) each rollout step of the whole loop covers.
+STEP_SHARES = (25, 50, 100)
+
+
+def ring_of(index: int, n_devices: int) -> int:
+    """The rollout ring (1-based) of device ``index`` of ``n_devices``: the first step whose
+    share, rounded up to whole devices, includes it (devices join in index order)."""
+    for k, share in enumerate(STEP_SHARES, start=1):
+        if index < math.ceil(share * n_devices / 100):
+            return k
+    return len(STEP_SHARES)
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,7 @@ class AgentProcess:
 
     share: DeviceShare
     data_dir: Path
+    ring: int = 1
     http_port: int = field(default_factory=free_port)
     child: Child | None = None
     answered: Counter[str] = field(default_factory=Counter)
@@ -91,7 +108,7 @@ class AgentProcess:
         return [sys.executable, "-m", "edgefleet_cli", "agent", "enroll", "--server", server.url,
                 "--token", server.enrollment_token, "--device-id", self.share.device_id,
                 "--model", model, "--label", f"shift={self.share.shift}", "--label",
-                "fleet=local", "--data-dir", str(self.data_dir)]
+                "fleet=local", "--label", f"ring={self.ring}", "--data-dir", str(self.data_dir)]
 
     def run_argv(self) -> list[str]:
         return [sys.executable, "-m", "edgefleet_cli", "agent", "run", "--data-dir",
@@ -219,7 +236,8 @@ def start_agents(sup: ProcessSupervisor, server: ServerHandle, model: str,
                  shares: list[DeviceShare], root: Path, *, timeout_s: float = 90.0
                  ) -> list[AgentProcess]:
     """Enrol every device, start its agent, wait until its model is installed and serving."""
-    agents = [AgentProcess(s, root / s.device_id) for s in shares]
+    agents = [AgentProcess(s, root / s.device_id, ring_of(s.index, len(shares)))
+              for s in shares]
     enrolling = [sup.start(f"enroll-{a.share.device_id}", a.enroll_argv(server, model))
                  for a in agents]
     for agent, child in zip(agents, enrolling, strict=True):

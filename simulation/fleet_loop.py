@@ -11,7 +11,8 @@ processes, see :mod:`simulation.fleet`) through the loop the README's main comma
    drift through :class:`aggregation.registry_client.RegistryClient` and, when the fleet crosses
    its threshold, starts a federated run (:class:`FleetRunLauncher`: ``flwr run`` on the fleet's
    SuperLink) that publishes new versions; its canary gate picks the candidate;
-4. **rollout** — the candidate goes out as a canary in steps (``POST /api/v1/rollouts``); the
+4. **rollout** — the candidate goes out in steps of 25, 50 and 100 % of the fleet
+   (``POST /api/v1/rollouts``, waves by the devices' ``ring`` label, :func:`staged_body`); the
    server's rollout controller advances each step on the devices' evidence and promotes it;
 5. **bad candidate** — the new production's weights, scrambled (every tensor's entries
    permuted), are published and started the same way; the guards must roll it back;
@@ -36,7 +37,7 @@ import numpy as np
 
 from edgefleet.datasets import Dataset
 from simulation.errors import FleetError
-from simulation.fleet_devices import AgentProcess, TrafficPump
+from simulation.fleet_devices import STEP_SHARES, AgentProcess, TrafficPump
 from simulation.partition import Shift, apply_shift
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ class RolloutRecord:
     events: list[dict[str, Any]] = field(default_factory=list)
     devices_on_candidate: list[str] = field(default_factory=list)
 
+    @property
+    def outcome(self) -> str:
+        """The state and the message of the rollout's last event (a rollback's reason)."""
+        last = self.events[-1]["message"] if self.events else "no event"
+        return f"{self.state}: {last}"
+
 
 @dataclass
 class LoopReport:
@@ -81,12 +88,14 @@ class LoopReport:
     timeline: list[TimelineEntry] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    aliases_after_run: dict[str, int] = field(default_factory=dict)
     good: RolloutRecord | None = None
     bad: RolloutRecord | None = None
     accuracy: list[AccuracyRow] = field(default_factory=list)
     before_version: int = 1
     after_version: int | None = None
     pump_errors: list[str] = field(default_factory=list)
+    failure: str | None = None
     _t0: float = field(default_factory=time.monotonic)
 
     def note(self, what: str, detail: str = "") -> None:
@@ -145,7 +154,10 @@ class RolloutClient:
         return list(self._ok(self._http.get(f"/rollouts/{rollout_id}/history")))
 
     def wait(self, rollout_id: int, timeout_s: float, report: LoopReport) -> dict[str, Any]:
-        """Poll until the rollout ends, noting each new timeline entry; the final rollout."""
+        """Poll until the rollout ends (or ``timeout_s`` passed), noting each new event of its
+        timeline with the guards' evidence behind it; the rollout as last read."""
+        from simulation.fleet_report import evidence_lines
+
         deadline = time.monotonic() + timeout_s
         seen: set[int] = set()
         while True:
@@ -153,26 +165,34 @@ class RolloutClient:
             for event in self.history(rollout_id):
                 if event["id"] not in seen:
                     seen.add(event["id"])
-                    if event["kind"] != "wait":  # the waits are in the rollout's own table
-                        report.note(f"rollout {rollout_id} {event['kind']}",
-                                    f"step {event['step']}: {event['message']}")
-            if info["state"] in TERMINAL:
+                    report.note(f"rollout {rollout_id} {event['kind']}",
+                                "\n".join([f"step {event['step']}: {event['message']}",
+                                           *evidence_lines(event.get("evidence"))]))
+            if info["state"] in TERMINAL or time.monotonic() > deadline:
                 return info
-            if time.monotonic() > deadline:
-                raise FleetError(f"rollout {rollout_id} still {info['state']} (step "
-                                 f"{info['step']}) after {timeout_s:.0f} s")
             time.sleep(1.0)
 
 
-def canary_body(model: str, candidate: int, reason: str, *, bake_s: float,
+def staged_body(model: str, candidate: int, reason: str, *, bake_s: float,
                 timeout_s: float) -> dict[str, Any]:
-    """A canary of ``candidate``: 25, 50 and 100 % of the fleet, each baked ``bake_s``, guarded
-    by the devices' labelled accuracy (at most 5 points below production's, 50 examples each
-    side at least) and by device failures (any smoke-test failure, crash or rollback)."""
+    """A staged rollout of ``candidate`` to :data:`STEP_SHARES` (25, 50, 100 %) of the fleet,
+    each step baked ``bake_s``, guarded by the devices' labelled accuracy (at most 5 points
+    below production's, 50 examples each side at least) and by device failures (any
+    smoke-test failure, crash or rollback).
+
+    The steps are ``waves`` by the devices' ``ring`` label
+    (:func:`simulation.fleet_devices.ring_of`), not ``canary`` percentages: a canary's
+    membership is a hash of the device id onto [0, 100), and a fleet of a few devices often has
+    none below 25 (three devices: (3/4)^3 = 42 % of the model salts), so that step could never
+    see the candidate on a device and timed out into a rollback.
+    """
+    steps: list[dict[str, Any]] = [
+        {"labels": {"ring": str(k)}, "bake_s": bake_s, "timeout_s": timeout_s}
+        for k in range(1, len(STEP_SHARES))]
+    steps.append({"bake_s": bake_s, "timeout_s": timeout_s})  # the last wave: every device
     return {
-        "model": model, "candidate": candidate, "strategy": "canary", "reason": reason,
-        "steps": [{"percent": p, "bake_s": bake_s, "timeout_s": timeout_s}
-                  for p in (25, 50, 100)],
+        "model": model, "candidate": candidate, "strategy": "waves", "reason": reason,
+        "steps": steps,
         "guards": [{"kind": "device_accuracy", "margin": 0.05, "min_samples": 50},
                    {"kind": "device_failures", "margin": 0, "min_samples": 1}],
     }
@@ -223,11 +243,12 @@ class LoopContext:
     seed: int = 0
 
 
-def run_loop(ctx: LoopContext) -> LoopReport:
-    """The loop of the module notes; raises :class:`FleetError` when a stage fails."""
+def run_loop(ctx: LoopContext, loop: LoopReport | None = None) -> LoopReport:
+    """The loop of the module notes, noted in ``loop`` (a new report by default); raises
+    :class:`FleetError` when a stage fails, after noting why in ``loop.failure``."""
     from aggregation.registry_client import RegistryClient
 
-    loop = LoopReport()
+    loop = LoopReport() if loop is None else loop
     pump = TrafficPump(ctx.agents, ctx.model, seed=ctx.seed).start()
     registry = RegistryClient(ctx.url, ctx.admin_key, timeout=60)
     rollouts = RolloutClient(ctx.url, ctx.admin_key)
@@ -236,16 +257,19 @@ def run_loop(ctx: LoopContext) -> LoopReport:
         candidate = _candidate(ctx, loop, registry)
         loop.good = _roll_out(ctx, loop, rollouts, candidate, "the federated run's candidate")
         if loop.good.state != "promoted":
-            raise FleetError(f"the candidate v{candidate} was not promoted: {loop.good.state}")
+            raise FleetError(f"the candidate v{candidate} was not promoted ({loop.good.outcome})")
         broken = _publish_scrambled(ctx, loop, registry, candidate)
         loop.bad = _roll_out(ctx, loop, rollouts, broken, "scrambled weights (a broken model)")
         if loop.bad.state != "rolled_back":
-            raise FleetError(f"the broken v{broken} was not rolled back: {loop.bad.state}")
+            raise FleetError(f"the broken v{broken} was not rolled back ({loop.bad.outcome})")
         loop.after_version = registry.production_version(ctx.model)
         assert loop.after_version is not None
         loop.accuracy = accuracy_rows(
             ctx.agents, ctx.shifts, ctx.ds, ctx.plan_dir, _weights(registry, ctx.model, 1),
             _weights(registry, ctx.model, loop.after_version), ctx.seed)
+    except FleetError as exc:
+        loop.failure = str(exc)
+        raise
     finally:
         pump.stop()
         loop.pump_errors = pump.errors[:20]
@@ -296,7 +320,8 @@ def _drift_and_train(ctx: LoopContext, loop: LoopReport, pump: TrafficPump,
 
 
 def _candidate(ctx: LoopContext, loop: LoopReport, registry: Any) -> int:
-    """The version the run's canary gate chose (``canary``), after noting every new version."""
+    """The version the run's canary gate chose (``canary``), after noting every new version
+    and the aliases as the run left them (``loop.aliases_after_run``)."""
     from simulation.fleet_server import AdminClient
 
     with AdminClient(ctx.url, ctx.admin_key) as admin:
@@ -307,6 +332,9 @@ def _candidate(ctx: LoopContext, loop: LoopReport, registry: Any) -> int:
                           f"{v.metrics.get('holdout.accuracy', float('nan')):.3f})")
     canary = registry.alias(ctx.model, "canary")
     production = registry.production_version(ctx.model)
+    loop.aliases_after_run = {name: v for name, v in (
+        ("production", production), ("canary", None if canary is None else canary.version))
+        if v is not None}
     if canary is None or canary.version == production:
         raise FleetError("the run's canary gate passed no new version")
     loop.note("gate", f"canary -> v{canary.version}")
@@ -315,14 +343,17 @@ def _candidate(ctx: LoopContext, loop: LoopReport, registry: Any) -> int:
 
 def _roll_out(ctx: LoopContext, loop: LoopReport, rollouts: RolloutClient, candidate: int,
               reason: str) -> RolloutRecord:
-    started = rollouts.start(canary_body(ctx.model, candidate, reason, bake_s=ctx.bake_s,
+    started = rollouts.start(staged_body(ctx.model, candidate, reason, bake_s=ctx.bake_s,
                                          timeout_s=ctx.step_timeout_s))
-    loop.note(f"rollout {started['id']} started", f"v{candidate} canary 25/50/100 %: {reason}")
+    shares = "/".join(str(p) for p in STEP_SHARES)
+    loop.note(f"rollout {started['id']} started", f"v{candidate} in waves {shares} %: {reason}")
     info = rollouts.wait(int(started["id"]), ctx.left(4 * ctx.step_timeout_s), loop)
-    loop.note(f"rollout {info['id']} {info['state']}", f"v{candidate}")
+    ended = info["state"] in TERMINAL
+    loop.note(f"rollout {info['id']} {info['state']}", f"v{candidate}" + (
+        "" if ended else f": still at step {info['step']} when the loop stopped waiting"))
     on = []
     for agent in ctx.agents:
-        wait_until = time.monotonic() + 30
+        wait_until = time.monotonic() + (30 if ended else 0)
         while True:  # a device follows the final assignment on its next poll
             active = (agent.status().get("active") or {}).get("version")
             settled = (active == candidate) == (info["state"] == "promoted")

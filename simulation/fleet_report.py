@@ -160,7 +160,12 @@ class FleetReport:
 def render_loop(loop: LoopReport) -> list[str]:
     """The loop's part of the summary: timeline, rollouts with their evidence, accuracy."""
     out = ["", "timeline (seconds since the loop began):"]
-    out += [f"  {e.at:>7.1f}  {e.what:<26} {e.detail}" for e in loop.timeline]
+    for e in loop.timeline:
+        first, *rest = e.detail.splitlines() or [""]
+        out.append(f"  {e.at:>7.1f}  {e.what:<26} {first}")
+        out += [f"  {'':>7}  {'':<26} {line}" for line in rest]
+    if loop.failure:
+        out.append(f"  loop stopped: {loop.failure}")
     for name, record in (("good candidate", loop.good), ("broken candidate", loop.bad)):
         if record is not None:
             out += ["", *_render_rollout(name, record)]
@@ -176,16 +181,36 @@ def render_loop(loop: LoopReport) -> list[str]:
     return out
 
 
+def evidence_lines(evidence: dict[str, Any] | None) -> list[str]:
+    """A rollout decision's evidence (``RolloutEventInfo.evidence``) in a few lines: each
+    guard's decision and reason, then what each side's figures rest on (devices reporting,
+    labelled examples, requests)."""
+    evidence = evidence or {}
+    out = [f"guard {g.get('kind', '?')} {g.get('decision', '?')}: {g.get('reason', '')}"
+           for g in evidence.get("guards") or []]
+    figures = evidence.get("evidence") or {}
+    sides = []
+    for side in ("candidate", "baseline"):
+        f = figures.get(side)
+        if isinstance(f, dict):
+            sides.append(f"{side} v{f.get('version', '?')}: {f.get('devices', 0)} devices, "
+                         f"{f.get('device_labelled', 0)} labelled "
+                         f"({f.get('device_correct', 0)} correct), "
+                         f"{f.get('requests', 0)} requests")
+    if sides:
+        elapsed = evidence.get("elapsed_s")
+        out.append("; ".join(sides) + ("" if elapsed is None else f" ({elapsed:g} s into the "
+                                                                  "step)"))
+    return out
+
+
 def _render_rollout(name: str, r: RolloutRecord) -> list[str]:
     out = [f"rollout {r.id} ({name}, v{r.candidate}): {r.state}; devices on "
            f"v{r.candidate} at the end: {', '.join(r.devices_on_candidate) or 'none'}"]
     for e in r.events:
         out.append(f"  {str(e.get('at', ''))[11:19]}  step {e.get('step')}  "
                    f"{e.get('kind', ''):<9} {e.get('to_state', ''):<18} {e.get('message', '')}")
-        evidence = e.get("evidence") or {}
-        for g in evidence.get("guards") or []:
-            out.append(f"      guard {g.get('kind', '?'):<16} {g.get('decision', '?'):<5} "
-                       f"{g.get('reason', '')}")
+        out += [f"      {line}" for line in evidence_lines(e.get("evidence"))]
     return out
 
 

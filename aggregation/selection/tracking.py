@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, MetricRecord
 
 from aggregation.errors import SettingsError
 from aggregation.messages import QueryAnswer
@@ -190,7 +190,9 @@ def first_epoch_losses(replies: Mapping[int, Message], nodes: Iterable[int]) -> 
     """The ``first-epoch-loss`` metric of the train replies of ``nodes`` that report it."""
     out = {}
     for n in nodes:
-        for rec in replies[n].content.metric_records.values():
+        for rec in replies[n].content.values():
+            if not isinstance(rec, MetricRecord):
+                continue
             v = rec.get(fk.FIRST_EPOCH_LOSS)
             if isinstance(v, int | float) and not isinstance(v, bool):
                 out[n] = float(v)

@@ -8,17 +8,27 @@ never stale and moving an alias simply resolves to another key. Concurrent first
 version load it once. Loading re-checks every digest (the source's
 :meth:`~server.inference.source.ModelSource.artifacts`); a mismatch is reported to the source
 (the version becomes DAMAGED) and refused with 503.
+
+With ``serving_copy`` (the default, when ``ai-edge-litert``'s flatbuffer schema is installed) a
+version runs as a serving copy (:mod:`edgefleet.frozen`): built once per loaded version from
+its verified plan and weights, with the weights as constants, so no call copies the weights out
+of resource variables; the interpreters of one version share its bytes. A plan whose graph the
+rewrite does not recognise runs as it is (logged once per load).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from edgefleet.errors import EdgeFleetError
+import numpy as np
+
+from edgefleet.errors import EdgeFleetError, PlanFormatError
+from edgefleet.frozen import FrozenRuntime, freeze_plan, schema_available
 from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.runtime import PlanRuntime
 from registry.errors import DamagedArtifactError, NotFoundError
@@ -27,6 +37,8 @@ from server.inference.batcher import BatchPolicy, VersionBatcher
 from server.inference.source import ModelSource, ServedVersion
 
 __all__ = ["RuntimePool", "default_threads"]
+
+log = logging.getLogger("edgefleet.server.serving")
 
 
 def default_threads() -> int:
@@ -48,12 +60,14 @@ class RuntimePool:
         threads: int = 0,
         cache_size: int = 8,
         interpreter: str = "auto",
+        serving_copy: bool = True,
     ) -> None:
         self.source = source
         self.policy_for = policy_for
         self.threads = threads or default_threads()
         self.cache_size = cache_size
         self.interpreter = interpreter
+        self.serving_copy = serving_copy and schema_available()
         self._executor: ThreadPoolExecutor | None = None
         self._loaded: OrderedDict[tuple[str, str], VersionBatcher] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Future[VersionBatcher]] = {}
@@ -111,12 +125,23 @@ class RuntimePool:
             if manifest.plan_sha256 != version.plan_sha256:
                 raise DamagedArtifactError("the stored manifest describes another plan")
             weights = weights_from_bytes(blobs.weights, manifest=manifest)
-            return [
-                PlanRuntime.from_bytes(blobs.plan, manifest, weights, interpreter=self.interpreter)
-                for _ in range(self.threads)
-            ]
+            return self._runtimes(name, blobs.plan, manifest, weights)
         except DamagedArtifactError as exc:
             self.source.report_damaged(version.model, version.number, str(exc))
             raise DamagedArtifactError(f"{name} is damaged and is not served: {exc}") from exc
         except (NotFoundError, EdgeFleetError, ValueError) as exc:
             raise ModelUnavailableError(f"{name} cannot be loaded: {exc}") from exc
+
+    def _runtimes(self, name: str, plan: bytes, manifest: PlanManifest,
+                  weights: Mapping[str, np.ndarray]) -> list[PlanRuntime]:
+        """``threads`` runtimes of one verified version: serving copies when possible."""
+        if self.serving_copy:
+            try:
+                frozen = freeze_plan(plan, manifest, weights)
+            except PlanFormatError as exc:
+                log.warning("%s runs without a serving copy: %s", name, exc)
+            else:
+                return [FrozenRuntime(frozen, manifest, interpreter=self.interpreter)
+                        for _ in range(self.threads)]
+        return [PlanRuntime.from_bytes(plan, manifest, weights, interpreter=self.interpreter)
+                for _ in range(self.threads)]

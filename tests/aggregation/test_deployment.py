@@ -14,8 +14,10 @@ The nodes run the test ClientApp of ``digits_app.py`` (the real plan in TFLite, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,25 +66,41 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Terminate our processes and everything they spawned (SuperExec, app processes)."""
+def stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    """Terminate our processes and everything they spawned (SuperExec, app processes).
+
+    Every process gets SIGTERM at once and shares one grace period; what is left is killed.
+    """
     family = {d for p in procs for d in descendants(p.pid)}
     for p in procs:
         p.terminate()
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
     for p in procs:
         try:
-            p.wait(timeout=15)
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
-    deadline = time.monotonic() + 10
-    for pid in sorted(family):
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            try:
-                os.kill(pid, signal.SIGTERM)
-                os.waitpid(pid, os.WNOHANG)
-            except (ProcessLookupError, ChildProcessError):
-                break
-            time.sleep(0.1)
+            p.wait()
+    while (alive := [pid for pid in family if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (reaping it when it is our exited child)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -162,38 +180,32 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.
     raise RuntimeError(f"the SuperLink did not open port {port}")
 
 
-def flwr_run(deployment: Deployment, config: dict[str, object]) -> str:
+def flwr_run(deployment: Deployment, config: dict[str, object]) -> tuple[str, str]:
+    """``flwr run --stream``: submit the run and follow its log until the SuperLink reports it
+    finished (one CLI process instead of polling ``flwr ls``); its status and its log."""
     pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
     out = subprocess.run(
         [str(BIN / "flwr"), "run", str(deployment.app), "test", "--run-config", pairs,
-         "--format", "json"],
+         "--stream"],
+        env=deployment.env, capture_output=True, text=True, timeout=420, check=False)
+    started = re.search(r"Successfully started run (\d+)", out.stdout)
+    assert out.returncode == 0 and started, out.stdout[-3000:] + out.stderr[-3000:]
+    return run_status(deployment, started.group(1)), out.stdout[started.end():]
+
+
+def run_status(deployment: Deployment, run_id: str) -> str:
+    """The run's status as ``flwr ls`` reports it (``finished:completed`` and its details)."""
+    out = subprocess.run(
+        [str(BIN / "flwr"), "ls", "test", "--run-id", run_id, "--format", "json"],
         env=deployment.env, capture_output=True, text=True, timeout=120, check=False)
-    result = json.loads(out.stdout[out.stdout.index("{"):])
-    assert result["success"], result
-    return str(result["run-id"])
-
-
-def run_log(deployment: Deployment, run_id: str) -> str:
-    out = subprocess.run([str(BIN / "flwr"), "log", run_id, "test", "--show"],
-                         env=deployment.env, capture_output=True, text=True, timeout=60,
-                         check=False)
-    return out.stdout[-4000:]
-
-
-def wait_finished(deployment: Deployment, run_id: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            [str(BIN / "flwr"), "ls", "test", "--run-id", run_id, "--format", "json"],
-            env=deployment.env, capture_output=True, text=True, timeout=60, check=False)
-        if "{" in out.stdout:
-            runs = json.loads(out.stdout[out.stdout.index("{"):]).get("runs") or []
-            if runs and str(runs[0]["status"]).startswith("finished"):
-                return f"{runs[0]['status']} {runs[0].get('status-details', '')}"
-        time.sleep(2)
-    logs = deployment.logs
-    tail = (logs / "superlink.log").read_text(errors="replace")[-3000:]
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s; superlink log:\n{tail}")
+    runs = []
+    if "{" in out.stdout:
+        runs = json.loads(out.stdout[out.stdout.index("{"):]).get("runs") or []
+    if not runs:
+        tail = (deployment.logs / "superlink.log").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"flwr ls does not list run {run_id}: {out.stdout[-2000:]}"
+                             f"{out.stderr[-2000:]}\nsuperlink log:\n{tail}")
+    return f"{runs[0]['status']} {runs[0].get('status-details', '')}"
 
 
 @pytest.mark.slow
@@ -215,9 +227,7 @@ def test_too_few_nodes_fail_the_round_and_publish_nothing(
               "poll-interval-s": 0.5,
               # upper bounds only: the nodes answer the query as soon as their apps started
               "query-timeout-s": 90.0, "train-timeout-s": 10.0}
-    run_id = flwr_run(deployment, config)
-    status = wait_finished(deployment, run_id, timeout=300)
-    log_text = run_log(deployment, run_id)
+    status, log_text = flwr_run(deployment, config)
     assert status.startswith("finished:completed"), status + log_text
     for r in (1, 2):
         assert f"round {r} failed (4 eligible nodes < min_reports=5)" in log_text, log_text
@@ -249,13 +259,12 @@ def test_server_app_on_superlink_and_supernodes(
               "poll-interval-s": 0.5, "base-epochs": 3, "lr": 0.1, "gate-max-drop": 0.05,
               # upper bounds only: the first messages start Python processes on 2 cores
               "query-timeout-s": 90.0, "train-timeout-s": 120.0, "wait-for-nodes-s": 90.0}
-    run_id = flwr_run(deployment, config)
-    status = wait_finished(deployment, run_id, timeout=300)
-    assert status.startswith("finished:completed"), status + run_log(deployment, run_id)
+    status, log_text = flwr_run(deployment, config)
+    assert status.startswith("finished:completed"), status + log_text
 
     with RegistryClient(registry_server.url, registry_server.admin_key) as client:
         latest = client.latest_run_version(MODEL, "deployed")
-        assert latest is not None, run_log(deployment, run_id)
+        assert latest is not None, log_text
         assert latest.lineage.federated_round == 1
         assert latest.metrics["holdout.accuracy"] > initial.accuracy + 0.2
         assert latest.metrics["round.refused"] == 1.0 and latest.lineage.num_clients == 3
@@ -263,9 +272,8 @@ def test_server_app_on_superlink_and_supernodes(
         assert client.alias(MODEL, "canary").version == latest.version  # type: ignore[union-attr]
 
         # the same run name with a budget of 2 rounds: only round 2 runs, on top of round 1
-        run_id = flwr_run(deployment, {**config, "num-rounds": 2})
-        status = wait_finished(deployment, run_id, timeout=300)
-        assert status.startswith("finished:completed"), status + run_log(deployment, run_id)
+        status, log_text = flwr_run(deployment, {**config, "num-rounds": 2})
+        assert status.startswith("finished:completed"), status + log_text
         resumed = client.latest_run_version(MODEL, "deployed")
         assert resumed is not None and resumed.lineage.federated_round == 2
         assert resumed.metrics["holdout.accuracy"] > latest.metrics["holdout.accuracy"]

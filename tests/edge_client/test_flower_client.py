@@ -70,6 +70,9 @@ def test_train_returns_new_weights_and_metrics(device: Agent) -> None:
     metrics, config = reply.content["metrics"], reply.content["config"]
     assert metrics["num-examples"] == 200 and metrics["steps"] == 2 * 7
     assert np.isfinite(float(metrics["train-loss"]))  # type: ignore[arg-type]
+    # the first pass starts from the received weights: its loss is above the last epoch's
+    first = float(metrics["first-epoch-loss"])  # type: ignore[arg-type]
+    assert np.isfinite(first) and first > float(metrics["train-loss"])  # type: ignore[arg-type]
     assert config["status"] == "ok" and DriftSummary.parse(str(config["drift"])).n == 40
     new = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
     old = active(device).runtime.get_weights()

@@ -1,18 +1,16 @@
-"""After a whole fleet ran (``simulation.fleet.run_fleet``): restart its server on the fleet's
-database, roll the newest federated version out to production through the rollout controller,
-and read the version's model card and the audit trail.
+"""After a whole fleet ran its loop (``simulation.fleet.run_fleet``, ``loop=True``): restart its
+server on the fleet's database and read the model card of the version the fleet's rollout
+promoted, the run's audit records and the trail of that rollout.
 
 Used by ``tests/simulation/test_fleet.py`` on its fleet (one fleet run serves both). The fleet's
-devices have stopped, so the rollout's evidence is REST traffic: sixteen applications (one
-inference key each) send digits test rows to the model's V2 endpoint (production answers), and
-then to the candidate by its version number, each followed by the true labels as feedback; the
-rollout's one guard, ``feedback_accuracy``, compares the candidate with production on those
-labels, and an operator approves the promotion.
+devices have stopped; before reading, sixteen applications (one inference key each) send digits
+test rows to the model's V2 endpoint (production, the promoted version, answers), each followed
+by the true labels as feedback, so the card also shows REST evidence. An operator-approved
+promotion on a card is ``tests/registry/test_cards.py``'s.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,43 +70,26 @@ def _traffic(c: TestClient, path: str, x: np.ndarray, y: np.ndarray, tag: str) -
         assert r.status_code == 200 and r.json()["applied"] == ROWS, r.text
 
 
-def _wait_state(c: TestClient, rollout_id: int, state: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        info: dict[str, Any] = c.get(f"/api/v1/rollouts/{rollout_id}", headers=HEADERS).json()
-        if info["state"] == state or time.monotonic() > deadline:
-            return info
-        time.sleep(0.2)
-
-
-def promote_and_read_card(workdir: Path, model: str, version: int, x: np.ndarray,
-                          y: np.ndarray) -> FleetCard:
-    """Restart the fleet's server, promote ``version`` by a guarded, approved rollout (REST
-    traffic ``x`` with true labels ``y`` as its evidence), and read the version's card."""
+def read_promoted_card(workdir: Path, model: str, version: int, x: np.ndarray,
+                       y: np.ndarray) -> FleetCard:
+    """Restart the fleet's server, send REST traffic ``x`` with true labels ``y`` to production
+    (``version``), and read the version's card, the run's audit records and the audit trail of
+    the rollout that promoted it (its last promoted rollout)."""
     with TestClient(create_app(_settings(workdir))) as c:
-        _traffic(c, f"/v2/models/{model}/infer", x, y, "baseline")  # production answers
-        r = c.post("/api/v1/rollouts", headers=HEADERS, json={
-            "model": model, "candidate": version, "strategy": "canary",
-            "guards": [{"kind": "feedback_accuracy", "margin": 0.05, "min_samples": 30}],
-            "steps": [{"percent": 50, "bake_s": 0, "timeout_s": 300}], "approval": True,
-            "reason": "federated round beat production on the holdout"})
-        assert r.status_code == 201, r.text
-        rollout_id = r.json()["id"]
-        _traffic(c, f"/v2/models/{model}/versions/{version}/infer", x, y, "candidate")
-        waiting = _wait_state(c, rollout_id, "awaiting_approval")
-        assert waiting["state"] == "awaiting_approval", waiting
-        r = c.post(f"/api/v1/rollouts/{rollout_id}/approve", headers=HEADERS,
-                   json={"reason": "holdout and canary look good"})
-        assert r.status_code == 200, r.text
+        _traffic(c, f"/v2/models/{model}/infer", x, y, "production")
         card_url = f"/api/v1/models/{model}/versions/{version}/card"
+        card = c.get(card_url, headers=HEADERS).json()
+        promoted = [r["id"] for r in card["promotion"]["rollouts"] if r["state"] == "promoted"]
+        assert promoted, card["promotion"]
+        rollout_id = promoted[-1]
         runs = c.get("/api/v1/audit", params={"action": "run.*"}, headers=HEADERS).json()
         trail = c.get("/api/v1/audit", params={"target": f"{model}/rollouts/{rollout_id}"},
                       headers=HEADERS).json()
         return FleetCard(
             version=version,
-            card=c.get(card_url, headers=HEADERS).json(),
+            card=card,
             markdown=c.get(card_url, params={"format": "markdown"}, headers=HEADERS).text,
-            rollout=r.json(),
+            rollout=c.get(f"/api/v1/rollouts/{rollout_id}", headers=HEADERS).json(),
             runs=runs["items"],
             rollout_trail=trail["items"],
             verify=c.get("/api/v1/audit/verify", headers=HEADERS).json(),

@@ -1,26 +1,39 @@
 """Each state-changing registry action writes exactly one audit record with the right actor, and
-a failed action writes none (SQLite and PostgreSQL)."""
+a failed action (or one that changes nothing) writes none (SQLite and PostgreSQL): publishing,
+version status changes and the integrity checks' DAMAGED marks, aliases, models, devices, keys."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
+from sqlmodel import Session, col, select
 
 from edgefleet.wire import AliasMove, EnrollRequest
 from registry.aliases import delete_alias, rollback_alias, set_alias
 from registry.audit import AuditQuery, list_records, verify
+from registry.catalog import create_model, update_model
 from registry.db import session_scope
-from registry.devices import enroll, revoke_device
+from registry.devices import enroll, revoke_device, update_device
 from registry.errors import (
     AlreadyExistsError,
     ArtifactRejectedError,
     ConflictError,
     NotFoundError,
 )
-from registry.models import AuditRecord, VersionStatus, VersionStatusUpdate
+from registry.integrity import report_damage, scrub
+from registry.models import (
+    AuditRecord,
+    DeviceUpdate,
+    ModelCreate,
+    ModelUpdate,
+    ModelVersion,
+    VersionStatus,
+    VersionStatusUpdate,
+)
 from registry.signing import open_signer, rotate
 from registry.store import ArtifactStore
 from registry.versions import change_status
@@ -217,5 +230,98 @@ def test_the_cli_rotation_is_recorded_as_the_operating_system_user(
             assert verify(s).ok
     finally:
         engine.dispose()
-    assert trail == [("key.create", "system:registry"), ("version.publish", "cli:ops"),
-                     ("key.rotate", f"cli:{getpass.getuser()}")]
+    assert trail == [("key.create", "system:registry"), ("model.create", "cli:ops"),
+                     ("version.publish", "cli:ops"), ("key.rotate", f"cli:{getpass.getuser()}")]
+
+
+def test_model_creation_and_update(engine: Engine) -> None:
+    def create(name: str = "wine") -> Callable[[], object]:
+        def run() -> object:
+            with session_scope(engine, write=True) as s:
+                return create_model(s, ModelCreate(name=name, task="regression",
+                                                   description="acidity", tags=["b", "a"]),
+                                    actor="admin:alice")
+        return run
+
+    def update(patch: ModelUpdate, name: str = "wine") -> Callable[[], object]:
+        def run() -> object:
+            with session_scope(engine, write=True) as s:
+                return update_model(s, name, patch, actor="admin:bob")
+        return run
+
+    rec = one(new_records(engine, create()), "model.create", "admin:alice", "wine")
+    assert rec.before is None
+    assert rec.after == {"task": "regression", "description": "acidity", "tags": ["a", "b"]}
+    fails(engine, AlreadyExistsError, create())
+    rec = one(new_records(engine, update(ModelUpdate(description="pH", tags=["c"]))),
+              "model.update", "admin:bob", "wine")
+    assert rec.before == {"task": "regression", "description": "acidity", "tags": ["a", "b"]}
+    assert rec.after == {"task": "regression", "description": "pH", "tags": ["c"]}
+    assert new_records(engine, update(ModelUpdate(tags=["c"]))) == []  # no change, no record
+    fails(engine, NotFoundError, update(ModelUpdate(description="x"), name="beer"))
+
+
+def test_device_labels_and_model(engine: Engine) -> None:
+    with session_scope(engine, write=True) as s:
+        create_model(s, ModelCreate(name="digits"))
+        enroll(s, EnrollRequest(enrollment_token="secret-token", device_id="pi-1",
+                                labels={"site": "a"}))
+
+    def patch(body: DeviceUpdate, device_id: str = "pi-1") -> Callable[[], object]:
+        def run() -> object:
+            with session_scope(engine, write=True) as s:
+                return update_device(s, device_id, body, actor="admin:ops")
+        return run
+
+    rec = one(new_records(engine, patch(DeviceUpdate(labels={"site": "b", "rack": "2"}))),
+              "device.update", "admin:ops", "device/pi-1")
+    assert rec.before is not None and rec.before["labels"] == {"site": "a"}
+    assert rec.after is not None and rec.after["labels"] == {"site": "b", "rack": "2"}
+    assert rec.before["model_id"] is None and rec.after["model_id"] is None
+    rec = one(new_records(engine, patch(DeviceUpdate(model="digits"))),
+              "device.update", "admin:ops", "device/pi-1")
+    assert rec.after is not None and rec.after["model_id"] is not None
+    assert new_records(engine, patch(DeviceUpdate(labels={"rack": "2", "site": "b"}))) == []
+    fails(engine, NotFoundError, patch(DeviceUpdate(labels={"site": "c"}), device_id="pi-404"))
+    fails(engine, NotFoundError, patch(DeviceUpdate(model="missing")))
+    with session_scope(engine) as s:
+        assert "efd_" not in str([r.model_dump() for r in list_records(s)])
+
+
+def test_damage_marks_and_their_repair(two_versions: Engine, store: ArtifactStore) -> None:
+    engine = two_versions
+    with session_scope(engine) as s:
+        v1, v2 = (get_version_row(s, n) for n in (1, 2))
+    path = store.path(v2.weights_sha256)
+    original = path.read_bytes()
+    os.chmod(path, 0o644)
+    path.write_bytes(original[:-100])
+
+    def scrub_as(actor: str) -> Callable[[], object]:
+        def run() -> object:
+            with session_scope(engine, write=True) as s:
+                return scrub(s, store, actor=actor)
+        return run
+
+    rec = one(new_records(engine, scrub_as("system:scrubber")), "version.damage",
+              "system:scrubber", "digits/2")
+    assert (rec.before, rec.after) == ({"status": "READY"}, {"status": "DAMAGED"})
+    assert rec.reason is not None and rec.reason.startswith("integrity: weights ")
+    assert new_records(engine, scrub_as("system:scrubber")) == []  # still damaged: no record
+    path.write_bytes(original)  # the operator restores the blob
+    rec = one(new_records(engine, scrub_as("cli:ops")), "version.status", "cli:ops", "digits/2")
+    assert (rec.before, rec.after, rec.reason) == (
+        {"status": "DAMAGED"}, {"status": "READY"}, "integrity restored")
+    # a download's re-hash reports damage from a read path, in a transaction of its own
+    got = new_records(engine, lambda: report_damage(engine, "digits", v1.number,
+                                                    "plan 0123456789ab…: size 3 != 4",
+                                                    actor="system:download"))
+    rec = one(got, "version.damage", "system:download", "digits/1")
+    assert rec.reason == "integrity: plan 0123456789ab…: size 3 != 4"
+    assert new_records(engine, lambda: report_damage(engine, "digits", 1, "again")) == []
+    with session_scope(engine) as s:
+        assert verify(s).ok
+
+
+def get_version_row(session: Session, number: int) -> ModelVersion:
+    return session.exec(select(ModelVersion).where(col(ModelVersion.number) == number)).one()

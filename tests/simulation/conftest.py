@@ -5,12 +5,14 @@ every test that names the same model and data reuses it. :func:`run_in_process` 
 experiment's rounds through the production round loop on Flower's in-process simulation
 runtime (``tests/aggregation/harness.py``: Flower's LinkState, InMemoryGrid and runtime, the
 ClientApp in threads instead of Ray actors); the Ray engine itself is tested in
-``test_engine_ray.py``.
+``test_engine_ray.py``. A failing test that used the ``fleet`` fixture (``test_fleet.py``)
+gets the fleet's whole summary in its failure report (:meth:`FleetReport.render`: versions,
+rounds, the loop's timeline with each rollout step's guard evidence and the rollback reason).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,19 @@ def plan_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     mp.setenv("EDGEFLEET_PLAN_CACHE", str(path))
     yield path
     mp.undo()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    fleet = getattr(item, "funcargs", {}).get("fleet")
+    if report.failed and fleet is not None:
+        from simulation.fleet_report import FleetReport
+
+        if isinstance(fleet, FleetReport):
+            report.sections.append(("fleet report", fleet.render()))
 
 
 def experiment(tmp: Path, **kw: Any) -> Experiment:

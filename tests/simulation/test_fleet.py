@@ -1,16 +1,27 @@
-"""The whole fleet end to end on 127.0.0.1: real server, agents, SuperLink and SuperNodes.
+"""The whole fleet end to end on 127.0.0.1, one fleet for every check: real server, agents,
+SuperLink and SuperNodes, the drift controller, the server's rollout controller.
 
-:func:`simulation.fleet.run_fleet` at small scale — 3 agents (device 0's inputs brightened),
-2 rounds — plus one adversarial SuperNode (``hostile_app.py``: the agent's real ClientApp whose
-update is corrupted, wrong shapes in round 1 and x1e6 in round 2) beside the real agents. It
-must publish versions with lineage that beat the initial one, refuse the adversarial updates
-and go on, move ``canary`` only through the gate, report drift per device, and leave no process
-running. Afterwards the server, restarted on the fleet's database, promotes the newest round by
-an approved rollout and serves its model card (``tests/registry/cards_support.py``).
+:func:`simulation.fleet.run_fleet` runs the whole loop at small scale — 3 agents, 2 rounds,
+device 0's inputs brightened after start — plus one adversarial SuperNode (``hostile_app.py``:
+the agent's real ClientApp whose update is corrupted, wrong shapes in round 1 and x1e6 in round
+2) beside the real agents. The fleet must:
+
+* start the federated run only after the injected drift; publish versions with lineage that
+  beat the initial one, refuse the adversarial updates and go on; move ``canary`` only through
+  the gate (``production`` untouched by the run); report drift per device;
+* promote the run's candidate step by step on the devices' evidence, every device ending on
+  it; roll the scrambled candidate back by the device-accuracy guard, no device left on it;
+  improve the drifted device's accuracy; leave no process running.
+
+Afterwards the server, restarted on the fleet's database, serves the promoted version's model
+card with its lineage, evaluation and the rollout that promoted it
+(``tests/registry/cards_support.py``). A failing test prints the fleet's summary (its timeline
+with each rollout step's guard evidence; ``tests/simulation/conftest.py``).
 
 Covered elsewhere, not repeated here: NaN updates, a too-small round and resuming a restarted
 run on real SuperLink/SuperNode processes (``tests/aggregation/test_deployment.py``, test
-ClientApp) and in memory (``tests/aggregation/test_federation.py``, ``test_rounds.py``).
+ClientApp) and in memory (``tests/aggregation/test_federation.py``, ``test_rounds.py``); an
+operator's approval on a card (``tests/registry/test_cards.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +71,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetReport]:
     work = root / "work"
     config = FleetConfig(
         workdir=work, n_agents=3, rounds=2, traffic=TRAFFIC, gate_max_drop=GATE_MAX_DROP,
-        app_dir=hostile_app_dir(root), min_reports=2, timeout_s=600,
+        app_dir=hostile_app_dir(root), min_reports=2, timeout_s=1500, loop=True,
         # the adversary trains on device 0's labels (read-only, as every SuperNode does)
         extra_nodes=[{"data-dir": str(work / "devices" / "fleet-device-0"),
                       "eligibility": "always", "hostile": "yes"}])
@@ -71,12 +82,20 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetReport]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def at(report: FleetReport, what: str) -> float:
+    assert report.loop is not None
+    return next(e.at for e in report.loop.timeline if e.what == what)
+
+
+# --- the federated run ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_fleet_publishes_better_versions_with_lineage(fleet: FleetReport) -> None:
     assert fleet.ok, fleet.render()
     assert fleet.run_status.startswith("finished:completed")
+    assert fleet.loop is not None and fleet.loop.before_version == 1
     initial = fleet.versions[0]
-    assert initial.version == 1 and initial.round is None and "production" in initial.aliases
+    assert initial.version == 1 and initial.round is None
+    assert fleet.loop.aliases_after_run["production"] == 1  # production when the run ended
     assert fleet.initial_accuracy is not None and 0.4 < fleet.initial_accuracy < 0.85
     rounds = fleet.new_versions
     assert [v.round for v in rounds] == [1, 2]
@@ -99,12 +118,16 @@ def test_adversarial_updates_are_refused_and_the_run_goes_on(fleet: FleetReport)
 
 @pytest.mark.slow
 def test_canary_moves_only_through_the_gate(fleet: FleetReport) -> None:
-    assert fleet.aliases["production"] == 1  # the gate never touches production
+    """As the run left them (before any rollout): the gate never touches production, and
+    ``canary`` names the newest version within the gate's tolerance of production."""
+    assert fleet.loop is not None
+    after_run = fleet.loop.aliases_after_run
+    assert after_run["production"] == 1
     assert fleet.initial_accuracy is not None
     floor = fleet.initial_accuracy - GATE_MAX_DROP
     passed = [v.version for v in fleet.new_versions if (v.accuracy or 0) >= floor]
     assert passed, fleet.render()
-    assert fleet.aliases.get("canary") == passed[-1]
+    assert after_run.get("canary") == passed[-1]
 
 
 @pytest.mark.slow
@@ -118,6 +141,58 @@ def test_drift_is_reported_per_device(fleet: FleetReport) -> None:
     assert shifted is not None and shifted["verdict"] == "drift"
     others = [drift[f"fleet-device-{i}"] for i in (1, 2)]
     assert all(shifted["max_psi"] > o["max_psi"] for o in others if o is not None)  # type: ignore[index]
+
+
+# --- the loop: drift, run, rollouts --------------------------------------------------------------
+@pytest.mark.slow
+def test_drift_then_run_then_promotion_then_rollback(fleet: FleetReport) -> None:
+    assert fleet.ok, fleet.render()
+    loop = fleet.loop
+    assert loop is not None and loop.good is not None and loop.bad is not None
+    order = ["fleet healthy", "drift injected", "drift detected", "run started",
+             "version published", f"rollout {loop.good.id} promoted",
+             "broken version published", f"rollout {loop.bad.id} rolled_back"]
+    times = [at(fleet, w) for w in order]
+    assert times == sorted(times), loop.timeline
+    assert fleet.run_status.startswith("finished:completed")
+    assert [v.round for v in fleet.new_versions] == [1, 2]
+
+
+@pytest.mark.slow
+def test_the_good_candidate_is_promoted_step_by_step(fleet: FleetReport) -> None:
+    loop = fleet.loop
+    assert loop is not None and loop.good is not None
+    good = loop.good
+    assert good.state == "promoted" and fleet.aliases["production"] == good.candidate
+    assert sorted(good.devices_on_candidate) == [d.device_id for d in fleet.devices]
+    passes = [e for e in good.events if e["kind"] == "pass"]
+    assert [e["step"] for e in passes] == [0, 1, 2]  # 25, 50, 100 % of the fleet
+    for e in passes:  # each passed on evidence: every guard decided "pass"
+        assert {g["decision"] for g in e["evidence"]["guards"]} == {"pass"}
+        assert e["evidence"]["evidence"]["candidate"]["devices"] >= 1
+
+
+@pytest.mark.slow
+def test_the_broken_candidate_is_rolled_back_by_its_guard(fleet: FleetReport) -> None:
+    loop = fleet.loop
+    assert loop is not None and loop.bad is not None and loop.good is not None
+    bad = loop.bad
+    assert bad.state == "rolled_back" and bad.devices_on_candidate == []
+    assert fleet.aliases["production"] == loop.good.candidate
+    (rollback,) = [e for e in bad.events if e["kind"] == "rollback"]
+    tripped = [g["kind"] for g in rollback["evidence"]["guards"] if g["decision"] == "fail"]
+    assert tripped == ["device_accuracy"] and "device_accuracy" in rollback["message"]
+
+
+@pytest.mark.slow
+def test_accuracy_improves_where_drift_was_injected(fleet: FleetReport) -> None:
+    loop = fleet.loop
+    assert loop is not None
+    rows = {a.device_id: a for a in loop.accuracy}
+    drifted = rows["fleet-device-0"]
+    assert drifted.shift == "brightness" and drifted.after > drifted.before + 0.1
+    assert all(a.after >= a.before - 0.02 for a in loop.accuracy), loop.accuracy
+    assert "timeline (seconds since the loop began):" in fleet.render()
 
 
 @pytest.mark.slow
@@ -136,17 +211,21 @@ def _any_port(fleet: FleetReport) -> int:
     return int(text.split("local inference endpoint on http://127.0.0.1:", 1)[1].split()[0])
 
 
+# --- afterwards: the restarted server's model card -----------------------------------------------
 @pytest.mark.slow
-def test_the_newest_version_has_a_card_with_lineage_evaluation_and_its_rollout(
+def test_the_promoted_version_has_a_card_with_lineage_evaluation_and_its_rollout(
     fleet: FleetReport, digits_data: Dataset
 ) -> None:
-    """The server restarted on the fleet's database: the audit trail is intact, and the newest
-    round, promoted by a guarded rollout an operator approved, has a card that says so."""
-    from tests.registry.cards_support import OPERATOR, promote_and_read_card
+    """The server restarted on the fleet's database: the audit trail is intact, and the round
+    the fleet's guarded rollout promoted has a card that says so."""
+    from registry.rollouts.machine import CONTROLLER
+    from tests.registry.cards_support import read_promoted_card
 
-    newest = fleet.new_versions[-1]
-    got = promote_and_read_card(fleet.workdir, fleet.model, newest.version,
-                                digits_data.x_test, digits_data.y_test)
+    assert fleet.loop is not None and fleet.loop.good is not None
+    good = fleet.loop.good
+    (promoted,) = [v for v in fleet.new_versions if v.version == good.candidate]
+    got = read_promoted_card(fleet.workdir, fleet.model, promoted.version,
+                             digits_data.x_test, digits_data.y_test)
     assert got.verify["ok"], got.verify
     assert [(r["action"], r["target"]) for r in got.runs] == [
         ("run.start", f"{fleet.model}/run/fleet"), ("run.end", f"{fleet.model}/run/fleet")]
@@ -158,18 +237,22 @@ def test_the_newest_version_has_a_card_with_lineage_evaluation_and_its_rollout(
         (v.version, v.round, v.clients) for v in fleet.new_versions]
     assert run["participations"] == sum(v.clients or 0 for v in fleet.new_versions)
     assert run["started_by"].startswith("admin:") and run["ended"] == "completed"
-    assert evaluation["holdout"]["accuracy"] == pytest.approx(newest.accuracy)
+    assert evaluation["holdout"]["accuracy"] == pytest.approx(promoted.accuracy)
     devices = {d["version"]: d for d in evaluation["devices"]}
     assert devices[1]["devices"] == 3 and devices[1]["labelled"] > 0  # the agents' own labels
-    assert devices[newest.version]["feedback_labelled"] > 0  # the canary's REST feedback
+    assert devices[promoted.version]["devices"] == 3  # every device ran it
+    assert devices[promoted.version]["labelled"] > 0  # the devices' evidence of the rollout
+    assert devices[promoted.version]["feedback_labelled"] > 0  # REST feedback after restart
     assert [c["label"] for c in evaluation["per_class"]] == [str(i) for i in range(10)]
     assert sum(c["rest_predictions"] for c in evaluation["per_class"]) > 0
     assert sum(c["rest_labelled"] or 0 for c in evaluation["per_class"]) == devices[
-        newest.version]["feedback_labelled"]
+        promoted.version]["feedback_labelled"]
     ((rollout),) = promotion["rollouts"]
-    approver = "admin:" + OPERATOR.split(":")[0]
-    assert rollout["state"] == "promoted" and rollout["approved_by"] == [approver]
-    assert rollout["promoted_by"] == approver and promotion["production_since"] is not None
+    assert rollout["id"] == good.id and rollout["state"] == "promoted"
+    assert rollout["approved_by"] == [] and rollout["promoted_by"] == CONTROLLER
+    assert rollout["created_by"].startswith("admin:") and promotion["production_since"]
+    starter = rollout["created_by"]
     assert [(r["action"], r["actor"]) for r in got.rollout_trail] == [
-        (f"rollout.{a}", approver) for a in ("start", "step", "approve", "promote")]
-    assert f"# Model card: {fleet.model} v{newest.version}" in got.markdown
+        ("rollout.start", starter), ("rollout.step", starter), ("rollout.step", CONTROLLER),
+        ("rollout.step", CONTROLLER), ("rollout.promote", CONTROLLER)]
+    assert f"# Model card: {fleet.model} v{promoted.version}" in got.markdown

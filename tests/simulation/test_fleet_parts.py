@@ -1,5 +1,6 @@
 """The fleet's parts that run without the fleet: partitions, shifts, shares, process clean-up,
-the summary, the CLI's argument checks, and the agent's telemetry naming the registry model."""
+the summary, the CLI's argument checks, the agent's telemetry naming the registry model, and
+the loop's staged rollout body (every step holds its share of the fleet, at least one device)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from simulation.cli import app as sim_cli
 from simulation.errors import FleetError, Interrupted, PartitionError
 from simulation.fleet import FleetConfig, default_shifts
-from simulation.fleet_devices import make_shares
+from simulation.fleet_devices import STEP_SHARES, make_shares, ring_of
 from simulation.fleet_report import FleetReport
 from simulation.partition import apply_shift, dirichlet_partition, resample
 from simulation.processes import ProcessSupervisor, alive, descendants
@@ -142,6 +143,43 @@ def test_report_renders_a_failed_fleet(tmp_path: Path) -> None:
     text = report.render()
     assert "FAILED" in text and "finished:failed" in text and "123" in text
     assert str(tmp_path / "logs") in text and report.new_versions == []
+
+
+@pytest.mark.parametrize("n_devices", [1, 2, 3, 4, 5, 8, 12])
+def test_each_rollout_step_covers_its_share_of_the_fleet(n_devices: int) -> None:
+    from edgefleet.rollouts import RolloutCreate
+    from registry.rollouts.strategies import labels_match
+    from simulation.fleet_loop import staged_body
+
+    body = RolloutCreate.model_validate(staged_body("digits", 2, "t", bake_s=8, timeout_s=180))
+    labels = [{"ring": str(ring_of(i, n_devices))} for i in range(n_devices)]
+    assert body.strategy == "waves" and body.steps is not None
+    for k, (step, share) in enumerate(zip(body.steps, STEP_SHARES, strict=True)):
+        waves = [s.labels for s in body.steps[:k + 1]]  # waves are cumulative
+        covered = sum(any(labels_match(lab, w) for w in waves) for lab in labels)
+        assert covered == -(-share * n_devices // 100) >= 1, (step, labels)
+
+
+def test_report_renders_a_rolled_back_loop_with_its_evidence(tmp_path: Path) -> None:
+    from simulation.fleet_loop import LoopReport, RolloutRecord
+
+    guard = {"kind": "device_accuracy", "decision": "wait",
+             "reason": "too little data: device labelled accuracy candidate 0, baseline 1811 < 50"}
+    evidence = {"verdict": "wait", "guards": [guard], "elapsed_s": 180.2, "evidence": {
+        "candidate": {"version": 3, "devices": 0, "device_labelled": 0, "device_correct": 0},
+        "baseline": {"version": 1, "devices": 3, "device_labelled": 1811, "device_correct": 998}}}
+    rollback = {"at": "2026-12-01T15:16:42", "step": 0, "kind": "rollback",
+                "to_state": "rolled_back", "evidence": evidence,
+                "message": "timeout after 180 s: step 1 did not pass (waiting: device_accuracy)"}
+    loop = LoopReport(good=RolloutRecord(1, 3, "rolled_back", [rollback]),
+                      failure="the candidate v3 was not promoted")
+    loop.note("rollout 1 rollback", "step 0: timeout after 180 s\nguard device_accuracy wait")
+    text = FleetReport(workdir=tmp_path, logs=tmp_path, model="digits", loop=loop).render()
+    assert "loop stopped: the candidate v3 was not promoted" in text
+    assert "timeout after 180 s: step 1 did not pass" in text and guard["reason"] in text
+    assert "candidate v3: 0 devices, 0 labelled" in text
+    assert "baseline v1: 3 devices, 1811 labelled (998 correct)" in text
+    assert loop.good is not None and loop.good.outcome.startswith("rolled_back: timeout")
 
 
 def test_local_inference_telemetry_names_the_registry_model(tmp_path: Path,

@@ -6,7 +6,8 @@ they may be cached for good (``Cache-Control: private, max-age=31536000, immutab
 requests are honoured, so an interrupted download can resume. A device may read only the version
 it is assigned (403 otherwise); an admin key reads any version. Before a blob is sent it is
 checked against its digest and size (re-hashed unless its file is unchanged since its last good
-hash); a mismatch is never sent: 503, and the version is marked DAMAGED. Devices get nothing
+hash); a mismatch is never sent: 503, and the version is marked DAMAGED (audited as
+``DOWNLOAD_ACTOR``). Devices get nothing
 of a DAMAGED version (503); an admin key may still read its intact blobs, for inspection.
 """
 
@@ -42,6 +43,8 @@ MEDIA_TYPES: dict[str, str] = {
     "weights": "application/octet-stream",
     "manifest": "application/json",
 }
+#: The audit actor of a DAMAGED mark set by a download's re-hash.
+DOWNLOAD_ACTOR = "system:download"
 FILENAMES = {"plan": "plan.tflite", "weights": "weights.safetensors", "manifest": "manifest.json"}
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 
@@ -93,7 +96,8 @@ def serve(
     size = {"plan": v.plan_size, "weights": v.weights_size, "manifest": v.manifest_size}[kind]
     problem = state.store.problem(sha, size, cached=True)
     if problem is not None:
-        report_damage(state.engine, m.name, v.number, f"{kind} {sha[:12]}…: {problem}")
+        report_damage(state.engine, m.name, v.number, f"{kind} {sha[:12]}…: {problem}",
+                      actor=DOWNLOAD_ACTOR)
         raise DamagedArtifactError(
             f"the {kind} of version {version} of {model!r} is damaged and is not served"
         )

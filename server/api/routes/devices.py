@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from edgefleet.bounds import Timestamp
 from edgefleet.wire import EnrollRequest, EnrollResponse, Page
 from registry import devices
+from registry.db import write_session
 from registry.errors import AuthenticationError, PermissionDeniedError
 from registry.models import DevicePublic, DeviceUpdate
 from registry.signing import current_key_info
@@ -24,6 +25,7 @@ from server.deps import (
     WriteSessionDep,
     require_self,
 )
+from server.scrubber import require_signer
 from server.security import Caller, match_key
 
 router = APIRouter(prefix="/devices", tags=["devices"], route_class=AuthFirstRoute)
@@ -34,10 +36,10 @@ router = APIRouter(prefix="/devices", tags=["devices"], route_class=AuthFirstRou
     status_code=201,
     response_model=EnrollResponse,
     summary="Enrol a device",
-    responses=error_responses(400, 401, 403, 404, 409),
+    responses=error_responses(400, 401, 403, 404, 409, 503),
 )
 def enroll(
-    body: EnrollRequest, caller: CallerDep, state: StateDep, session: WriteSessionDep
+    body: EnrollRequest, caller: CallerDep, state: StateDep, session: SessionDep
 ) -> EnrollResponse:
     """Trade an enrolment token for a device token (shown once; only its hash is stored).
 
@@ -45,6 +47,8 @@ def enroll(
     let anyone take over a running device. To recover a re-imaged device, the operator
     re-enrols its id with an admin key (``X-Admin-Key``) *and* the enrolment token: the device
     gets a new token (the old one stops working) and keeps its labels unless new ones are given.
+    The answer carries the version-signing key the device pins; while the server's key is not
+    ready nothing is enrolled (503: retry).
     """
     if not state.enrollment_tokens:
         raise PermissionDeniedError("enrolment is disabled: no enrolment token is configured")
@@ -52,10 +56,13 @@ def enroll(
     if key is None:
         raise AuthenticationError("invalid enrolment token")
     actor = caller.label if caller.kind == "admin" else f"enrolment:{key.name}"
+    signer = require_signer(state)  # before the write begins: it may write the key itself
+    session.commit()  # end the authentication read
+    write_session(session)
     device, token = devices.enroll(session, body, replace=caller.kind == "admin", actor=actor)
     session.commit()
     return EnrollResponse(device_id=device.id, device_token=token,
-                          signing_key=current_key_info(session, state.signer))
+                          signing_key=current_key_info(session, signer))
 
 
 @router.get(
@@ -99,9 +106,9 @@ def get_device(device_id: DevicePath, caller: CallerDep, session: SessionDep) ->
     responses={**ADMIN_ERRORS, **error_responses(404)},
 )
 def update_device(
-    device_id: DevicePath, body: DeviceUpdate, _: AdminDep, session: WriteSessionDep
+    device_id: DevicePath, body: DeviceUpdate, caller: AdminDep, session: WriteSessionDep
 ) -> DevicePublic:
-    devices.update_device(session, device_id, body)
+    devices.update_device(session, device_id, body, actor=caller.label)
     session.commit()
     return _public(session, device_id)
 

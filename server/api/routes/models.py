@@ -26,8 +26,8 @@ router = APIRouter(
     summary="Register a model",
     responses=error_responses(409),
 )
-def create_model(body: ModelCreate, _: AdminDep, session: WriteSessionDep) -> ModelPublic:
-    model = catalog.create_model(session, body)
+def create_model(body: ModelCreate, caller: AdminDep, session: WriteSessionDep) -> ModelPublic:
+    model = catalog.create_model(session, body, actor=caller.label)
     session.commit()
     return catalog.model_public(session, model)
 
@@ -64,8 +64,8 @@ def get_model(model: ModelPath, _: AdminDep, session: SessionDep) -> ModelPublic
     responses=error_responses(404),
 )
 def update_model(
-    model: ModelPath, body: ModelUpdate, _: AdminDep, session: WriteSessionDep
+    model: ModelPath, body: ModelUpdate, caller: AdminDep, session: WriteSessionDep
 ) -> ModelPublic:
-    row = catalog.update_model(session, model, body)
+    row = catalog.update_model(session, model, body, actor=caller.label)
     session.commit()
     return catalog.model_public(session, row)

@@ -11,7 +11,9 @@ The upload is ``multipart/form-data``:
 The admin key is checked *before* the body is read. Each file is streamed into the store's
 temporary area while hashing, refused at once past the size limit (413) or on a digest mismatch
 (400), then verified as a whole (:mod:`registry.publish`; 422 when the plan does not load or the
-files do not belong together). Nothing is stored unless everything passes.
+files do not belong together). Nothing is stored unless everything passes, and nothing while the
+server's signing key is not ready (503, :func:`server.scrubber.require_signer`): every version
+is signed as it is stored.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from server.deps import (
     VersionPath,
     WriteSessionDep,
 )
+from server.scrubber import require_signer
 from server.security import Caller
 from server.state import AppState
 
@@ -97,7 +100,7 @@ _FIELDS = {
     response_model=VersionInfo,
     summary="Upload a new version (verified before it becomes READY)",
     openapi_extra=UPLOAD_SCHEMA,
-    responses=error_responses(400, 404, 409, 413, 422),
+    responses=error_responses(400, 404, 409, 413, 422, 503),
 )
 async def upload_version(
     model: ModelPath, request: Request, caller: AdminDep, state: StateDep
@@ -109,7 +112,8 @@ async def upload_version(
     aliases to move; default ``{}``); ``weights`` (safetensors) with ``weights_sha256``;
     optionally ``plan`` (.tflite) with ``plan_sha256`` and ``manifest`` (JSON) with
     ``manifest_sha256``. Each file must hash to its declared sha256 (400 naming the file),
-    fit the upload limit (413) and belong with the others (422).
+    fit the upload limit (413) and belong with the others (422). While the server's signing key
+    is not ready nothing is stored (503: retry).
     """
     async with request.form(
         max_files=3, max_fields=len(_FIELDS), max_part_size=MAX_METADATA_BYTES
@@ -139,6 +143,7 @@ def _publish(state: AppState, model: str, form: FormData, caller: Caller) -> Ver
     unknown = sorted(set(form.keys()) - _FIELDS)
     if unknown:
         raise InvalidQueryError(f"unknown form fields {unknown}")
+    signer = require_signer(state)
     try:
         meta = VersionPublish.model_validate_json(_text(form, "metadata") or "{}")
     except ValidationError as exc:
@@ -177,7 +182,7 @@ def _publish(state: AppState, model: str, form: FormData, caller: Caller) -> Ver
                 artifacts,
                 actor=caller.label,
                 interpreter=state.settings.interpreter,
-                signer=state.signer,
+                signer=signer,
             )
             session.commit()
             return versions.version_info(session, version)
