@@ -208,9 +208,11 @@ class UpdateValidator:
             k: np.asarray(global_weights[k], dtype=_norm_dtype(np.dtype(w.dtype)))
             for k, w in self.spec.items()
         }
-        total = sum(int(np.prod(w.shape)) for w in self.spec.values())
+        self._want = {k: _Want.of(w) for k, w in self.spec.items()}
+        total = sum(math.prod(w.shape) for w in self.spec.values())
         self._stride = max(1, math.ceil(total / self.bounds.direction_sample))
         self._samples: dict[int, np.ndarray] = {}
+        self._sample_matrix: tuple[np.ndarray, dict[int, int]] = (np.zeros((0, 0)), {})
 
     # --- the updates -----------------------------------------------------------------------
     def validate(
@@ -238,8 +240,8 @@ class UpdateValidator:
             arrays = self._check_structure(verdict, array_records, verdict.metrics)
             got: dict[str, np.ndarray] = {}
             if arrays is not None:
-                for name, spec in self.spec.items():
-                    arr = _decode(verdict, name, arrays[name], spec)
+                for name, want in self._want.items():
+                    arr = _decode(verdict, name, arrays[name], want)
                     if arr is not None:
                         got[name] = arr
             verdicts.append(verdict)
@@ -270,20 +272,23 @@ class UpdateValidator:
             for lo in range(0, size, width):
                 hi = min(size, lo + width)
                 block = np.stack([f[lo:hi] for f in flats])
-                if block.dtype.kind == "f":
-                    bad += hi - lo - np.count_nonzero(np.isfinite(block), axis=1)
                 with np.errstate(over="ignore", invalid="ignore"):
                     diff = np.subtract(block, g[lo:hi], dtype=g.dtype)
-                    sq += np.einsum("ij,ij->i", diff, diff)
+                    part = np.einsum("ij,ij->i", diff, diff)
+                sq += part
+                if block.dtype.kind == "f":  # a non-finite value makes its row's sum non-finite
+                    for row in np.flatnonzero(~np.isfinite(part)).tolist():
+                        bad[row] += hi - lo - np.count_nonzero(np.isfinite(block[row]))
                 first = start if lo <= start else start + -(-(lo - start) // self._stride) * (
                     self._stride)
                 if first < hi:
-                    samples.append(np.asarray(diff[:, first - lo::self._stride], np.float64))
+                    samples.append(diff[:, first - lo::self._stride])
             for row in np.flatnonzero(bad).tolist():
                 verdicts[row].refuse(RefusalReason.NOT_FINITE,
                                      f"{name}: {int(bad[row])} non-finite values")
                 finite[row] = False
         sample = np.concatenate(samples, axis=1) if samples else np.zeros((n, 0))
+        self._sample_matrix = (sample, {v.node_id: i for i, v in enumerate(verdicts)})
         limit = self.bounds.max_update_norm
         for i, verdict in enumerate(verdicts):
             if finite[i]:
@@ -350,17 +355,30 @@ class UpdateValidator:
         live = [v for v in verdicts if v.accepted and v.node_id in self._samples]
         if least is None or len(live) < self.bounds.min_updates_for_median:
             return
-        stack = np.stack([self._samples[v.node_id] for v in live])
+        stack = self._sample_rows([v.node_id for v in live])
         reference = np.median(stack, axis=0)
-        ref_norm = float(np.linalg.norm(reference))
+        ref_norm = float(np.linalg.norm(reference.astype(np.float64)))
         if ref_norm <= 0 or not math.isfinite(ref_norm):
             return
-        for v, d in zip(live, stack, strict=True):
-            d_norm = float(np.linalg.norm(d))
-            v.cosine = float(np.dot(d, reference) / (d_norm * ref_norm)) if d_norm > 0 else 0.0
+        dots = stack.astype(np.float64, copy=False) @ reference.astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", stack, stack, dtype=np.float64))
+        cosines = np.divide(dots, norms * ref_norm, out=np.zeros_like(dots), where=norms > 0)
+        for v, cosine in zip(live, cosines.tolist(), strict=True):
+            v.cosine = cosine
             if v.cosine < least:
                 v.refuse(RefusalReason.DIRECTION,
                          f"cosine {v.cosine:.3f} with the round's median update < {least:g}")
+
+    def _sample_rows(self, nodes: list[int]) -> np.ndarray:
+        """The direction samples of ``nodes`` as one matrix (no copy when they are the rows of
+        the last :meth:`validate_all`, in order)."""
+        matrix, index = self._sample_matrix
+        rows = [index.get(n, -1) for n in nodes]
+        if rows == list(range(len(matrix))):
+            return matrix
+        if min(rows, default=0) >= 0:
+            return matrix[rows]
+        return np.stack([self._samples[n] for n in nodes])
 
     def apply_weight_cap(self, verdicts: Sequence[Verdict]) -> int | None:
         """Cap accepted updates' ``num-examples`` at ``max_weight_ratio`` x the round median;
@@ -417,26 +435,44 @@ def _norm_dtype(dtype: np.dtype) -> np.dtype:
     return dtype if dtype.kind == "f" else np.dtype(np.float64)
 
 
-def _decode(verdict: Verdict, name: str, array: Array, spec: WeightSpec) -> np.ndarray | None:
+@dataclass(frozen=True)
+class _Want:
+    """One weight of the spec, as the decoder compares it: shape, dtype, the ``.npy`` bytes."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    dtype_name: str
+    header: bytes
+    nbytes: int
+
+    @classmethod
+    def of(cls, spec: WeightSpec) -> _Want:
+        shape, dtype = tuple(spec.shape), np.dtype(spec.dtype)
+        header = _npy_header(shape, dtype.str)
+        size = len(header) + math.prod(shape) * dtype.itemsize
+        return cls(shape, dtype, dtype.name, header, size)
+
+
+def _decode(verdict: Verdict, name: str, array: Array, want: _Want) -> np.ndarray | None:
     """Check the declared then the decoded shape/dtype of one array; ``None`` if refused."""
-    want_shape, want_dtype = tuple(spec.shape), np.dtype(spec.dtype)
-    if tuple(array.shape) != want_shape:
-        verdict.refuse(RefusalReason.SHAPE, f"{name}: shape {list(array.shape)}, want {spec.shape}")
+    if tuple(array.shape) != want.shape:
+        verdict.refuse(RefusalReason.SHAPE,
+                       f"{name}: shape {list(array.shape)}, want {list(want.shape)}")
         return None
-    if array.dtype != want_dtype.name:
-        verdict.refuse(RefusalReason.DTYPE, f"{name}: dtype {array.dtype}, want {spec.dtype}")
+    if array.dtype != want.dtype_name:
+        verdict.refuse(RefusalReason.DTYPE, f"{name}: dtype {array.dtype}, want {want.dtype_name}")
         return None
     try:
-        arr = _fast_numpy(array, want_shape, want_dtype)
+        arr = _fast_numpy(array, want)
         if arr is None:
             arr = array.numpy()
     except _DECODE_ERRORS as exc:
         verdict.refuse(RefusalReason.MALFORMED, f"{name}: undecodable array ({exc})")
         return None
-    if arr.shape != want_shape:
+    if arr.shape != want.shape:
         verdict.refuse(RefusalReason.SHAPE, f"{name}: decoded shape {list(arr.shape)}")
         return None
-    if arr.dtype != want_dtype:
+    if arr.dtype != want.dtype:
         verdict.refuse(RefusalReason.DTYPE, f"{name}: decoded dtype {arr.dtype}")
         return None
     return arr
@@ -452,7 +488,7 @@ def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
     return buf.getvalue()
 
 
-def _fast_numpy(array: Array, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+def _fast_numpy(array: Array, want: _Want) -> np.ndarray | None:
     """A read-only view of the array's bytes when they are exactly ``np.save``'s output for the
     spec (what Flower's ``Array(ndarray)`` writes); else ``None`` (decode the slow way).
 
@@ -462,11 +498,9 @@ def _fast_numpy(array: Array, shape: tuple[int, ...], dtype: np.dtype) -> np.nda
     data = array.data
     if array.stype != "numpy.ndarray" or not isinstance(data, bytes):
         return None
-    header = _npy_header(shape, dtype.str)
-    if len(data) != len(header) + int(np.prod(shape)) * dtype.itemsize or \
-            not data.startswith(header):
+    if len(data) != want.nbytes or not data.startswith(want.header):
         return None
-    return np.frombuffer(data, dtype=dtype, offset=len(header)).reshape(shape)
+    return np.frombuffer(data, dtype=want.dtype, offset=len(want.header)).reshape(want.shape)
 
 
 def _as_count(value: object) -> int | None:

@@ -102,7 +102,8 @@ def _client_app(reference: Any) -> Any:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        rnd = int(msg.content.config_records["config"].get("server-round", 0))
+        rnd = msg.content.config_records["config"].get("server-round", 0)
+        assert isinstance(rnd, int)
         rng, common = np.random.default_rng((pid, rnd)), np.random.default_rng(rnd)
         arrays = msg.content.array_records["arrays"]
         # honest-looking updates: a shared direction plus per-node noise (validation's
@@ -121,8 +122,35 @@ def _client_app(reference: Any) -> Any:
 
 
 # --- the two ServerApps' main functions ---------------------------------------------------------
+class GridMeter:
+    """Thread CPU spent inside the grid's calls (pushing into and pulling from the LinkState).
+
+    The grid instance's methods are replaced by timed ones, so ``send_and_receive`` (which
+    ``FedAvg.start()`` uses) is timed through them too.
+    """
+
+    def __init__(self, grid: Any) -> None:
+        self.cpu, self.pulls = 0.0, 0
+        for name in ("push_messages", "pull_messages", "get_node_ids"):
+            setattr(grid, name, self._timed(getattr(grid, name), name == "pull_messages"))
+
+    def _timed(self, fn: Callable[..., Any], pull: bool) -> Callable[..., Any]:
+        def call(*a: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return list(fn(*a))
+            finally:
+                self.cpu += time.thread_time() - t
+                self.pulls += pull
+        return call
+
+    def mark(self) -> tuple[float, int]:
+        return self.cpu, self.pulls
+
+
 def _ours(grid: Any, n: int, rounds: int, rows: list[dict[str, float]],
           profile: Any = None) -> None:
+    meter = GridMeter(grid)
     """Our RoundRunner, drift steering on; one row per round (thread CPU, settle CPU, wall)."""
     import numpy as np
 
@@ -164,6 +192,7 @@ def _ours(grid: Any, n: int, rounds: int, rows: list[dict[str, float]],
     weights = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
     for r in range(1, rounds + 1):
         settle[0] = 0.0
+        g0, p0 = meter.mark()
         wall, cpu = time.perf_counter(), time.thread_time()
         if profile is not None:
             profile.enable()
@@ -171,12 +200,13 @@ def _ours(grid: Any, n: int, rounds: int, rows: list[dict[str, float]],
         if profile is not None:
             profile.disable()
         cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        g1, p1 = meter.mark()
         rep = outcome.report
         if rep.status != "ok" or len(rep.accepted) != n:
             raise RuntimeError(f"round {r} of ours: {rep.summary_line()}")
         weights = outcome.weights
-        rows.append({"cpu": cpu, "settle": settle[0], "wall": wall,
-                     "queried": float(rep.timings["query"] > 0.05)})
+        rows.append({"cpu": cpu, "settle": settle[0], "wall": wall, "grid": g1 - g0,
+                     "pulls": p1 - p0})
 
 
 def _fedavg(grid: Any, n: int, rounds: int, rows: list[dict[str, float]]) -> None:
@@ -186,6 +216,7 @@ def _fedavg(grid: Any, n: int, rounds: int, rows: list[dict[str, float]]) -> Non
     from flwr.serverapp.strategy import FedAvg
 
     settle = [0.0]
+    meter = GridMeter(grid)
 
     class TimedFedAvg(FedAvg):
         def aggregate_train(self, server_round: int, replies: Any) -> Any:
@@ -195,13 +226,14 @@ def _fedavg(grid: Any, n: int, rounds: int, rows: list[dict[str, float]]) -> Non
             finally:
                 settle[0] = time.thread_time() - t
 
-    marks: list[tuple[float, float]] = []
+    marks: list[tuple[float, float, float, int]] = []
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
-        marks.append((time.thread_time(), time.perf_counter()))
+        marks.append((time.thread_time(), time.perf_counter(), *meter.mark()))
         if server_round > 0:
-            (c0, w0), (c1, w1) = marks[-2], marks[-1]
-            rows.append({"cpu": c1 - c0, "settle": settle[0], "wall": w1 - w0, "queried": 0.0})
+            (c0, w0, g0, p0), (c1, w1, g1, p1) = marks[-2], marks[-1]
+            rows.append({"cpu": c1 - c0, "settle": settle[0], "wall": w1 - w0, "grid": g1 - g0,
+                         "pulls": p1 - p0})
 
     strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n,
                            min_available_nodes=n)
@@ -257,38 +289,43 @@ def run_child(n: int, rounds: int, reps: int, profile: str | None) -> dict[str, 
     return dict(json.loads(lines[-1][len(RESULT):]))
 
 
-def _spread(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
+def _values(res: dict[str, Any], system: str, key: str, keep: Callable[[int], bool],
+            rep: int | None = None) -> list[float]:
+    """``key`` of the kept rounds of every repetition (or of repetition ``rep``) of ``system``;
+    ``own`` is ``cpu - grid``."""
+    reps = res[system] if rep is None else [res[system][rep]]
+    return [row["cpu"] - row["grid"] if key == "own" else row[key]
+            for rows in reps for r, row in enumerate(rows) if keep(r)]
 
 
-def summarise(res: dict[str, Any]) -> list[tuple[object, ...]]:
-    """Rows of the table for one client count: round 1, rounds 2+, all rounds."""
-    rows: list[tuple[object, ...]] = []
-    n = res["clients"]
-    spans: list[tuple[str, Callable[[int], bool]]] = [
-        ("round 1", lambda r: r == 0), ("rounds 2+", lambda r: r > 0),
-        ("all rounds", lambda r: True)]
-    for label, keep in spans:
-        cells: dict[str, list[float]] = {}
-        for system in SYSTEMS:
-            for key in ("cpu", "settle", "wall"):
-                cells[f"{system}.{key}"] = [row[key] for rep in res[system]
-                                            for r, row in enumerate(rep) if keep(r)]
-        # the ratio per repetition: medians of the same repetition's rounds
-        ratios = [statistics.median([row["cpu"] for r, row in enumerate(o) if keep(r)])
-                  / statistics.median([row["cpu"] for r, row in enumerate(f) if keep(r)])
-                  for o, f in zip(res["ours"], res["fedavg"], strict=True)]
-        o_cpu, f_cpu = _spread(cells["ours.cpu"]), _spread(cells["fedavg.cpu"])
-        o_set, f_set = (statistics.median(cells["ours.settle"]),
-                        statistics.median(cells["fedavg.settle"]))
-        rows.append((f"{n} clients, {label}", len(cells["ours.cpu"]),
-                     f"{o_cpu[0]:.3f} [{o_cpu[1]:.3f}-{o_cpu[2]:.3f}]",
-                     f"{f_cpu[0]:.3f} [{f_cpu[1]:.3f}-{f_cpu[2]:.3f}]",
-                     o_cpu[0] / f_cpu[0], f"{min(ratios):.2f}-{max(ratios):.2f}",
-                     o_set, f_set, o_set / f_set,
-                     statistics.median(cells["ours.wall"]),
-                     statistics.median(cells["fedavg.wall"])))
-    return rows
+SPANS: list[tuple[str, Callable[[int], bool]]] = [
+    ("round 1", lambda r: r == 0), ("rounds 2+", lambda r: r > 0), ("all rounds", lambda r: True)]
+
+
+def summarise(res: dict[str, Any]) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The two tables' rows for one client count: round 1, rounds 2+, all rounds."""
+    totals: list[tuple[object, ...]] = []
+    parts: list[tuple[object, ...]] = []
+    for label, keep in SPANS:
+        def med(system: str, key: str, keep: Callable[[int], bool] = keep) -> float:
+            return statistics.median(_values(res, system, key, keep))
+
+        ours, flower = _values(res, "ours", "cpu", keep), _values(res, "fedavg", "cpu", keep)
+        per_rep = [statistics.median(_values(res, "ours", "cpu", keep, i))
+                   / statistics.median(_values(res, "fedavg", "cpu", keep, i))
+                   for i in range(len(res["ours"]))]
+        case = f"{res['clients']} clients, {label}"
+        totals.append((case, len(ours),
+                       f"{statistics.median(ours):.3f} [{min(ours):.3f}-{max(ours):.3f}]",
+                       f"{statistics.median(flower):.3f} [{min(flower):.3f}-{max(flower):.3f}]",
+                       statistics.median(ours) / statistics.median(flower),
+                       f"{min(per_rep):.2f}-{max(per_rep):.2f}"))
+        parts.append((case, med("ours", "grid"), med("fedavg", "grid"), med("ours", "pulls"),
+                      med("fedavg", "pulls"), med("ours", "own"), med("fedavg", "own"),
+                      med("ours", "own") / med("fedavg", "own"), med("ours", "settle"),
+                      med("fedavg", "settle"), med("ours", "settle") / med("fedavg", "settle"),
+                      med("ours", "wall"), med("fedavg", "wall")))
+    return totals, parts
 
 
 def main() -> None:
@@ -304,45 +341,100 @@ def main() -> None:
     if args.child:
         child(args.clients[0], args.rounds, args.reps, args.profile)
         return
-    rows = []
+    totals: list[tuple[object, ...]] = []
+    parts: list[tuple[object, ...]] = []
     for n in args.clients:
         print(f"{n} clients…", file=sys.stderr, flush=True)
-        rows += summarise(run_child(n, args.rounds, args.reps, args.profile))
-    print(f"\nServer-side CPU per round (ServerApp thread, time.thread_time), {args.rounds} "
-          f"rounds x {args.reps} repetitions, every node trains, 4,810 params, drift steering on")
-    print_table(
-        [
-            Column("case", 24), Column("rounds", 6, "d"),
-            Column("CPU ours (s) med [min-max]", 27), Column("CPU FedAvg (s) med [min-max]", 29),
-            Column("ratio", 6, ".2f", suffix="x"), Column("per rep", 9),
-            Column("settle ours", 11, ".4f"), Column("settle FedAvg", 13, ".4f"),
-            Column("ratio", 6, ".2f", suffix="x"),
-            Column("wall ours", 9, ".2f"), Column("wall FedAvg", 11, ".2f"),
-        ],
-        rows,
-    )
-    print("\nratio = median CPU ours / median CPU FedAvg over all repetitions' rounds; per rep ="
-          "\nthe same ratio within each repetition (min-max); settle = after the last reply:"
-          "\nours validation + steering + weighted mean, FedAvg aggregate_train (median s);"
-          "\nwall = one round end to end (median s). Round 1 of ours queries every node.")
+        t, p = summarise(run_child(n, args.rounds, args.reps, args.profile))
+        totals, parts = totals + t, parts + p
+    print(f"\nServer-side CPU per round (the ServerApp's thread, time.thread_time): {args.rounds}"
+          f" rounds x {args.reps} repetitions, every node trains, 4,810 params, drift steering on")
+    print_table([Column("case", 24), Column("rounds", 6, "d"),
+                 Column("ours (s) median [min-max]", 26),
+                 Column("FedAvg (s) median [min-max]", 28),
+                 Column("ratio", 6, ".2f", suffix="x"), Column("ratio per rep", 13)], totals)
+    print("\nWhere it goes (medians, s): grid = inside push/pull/get_node_ids (LinkState);"
+          "\nown = the rest of the round; settle = after the last reply (ours: validation +"
+          "\nsteering weights + weighted mean; FedAvg: aggregate_train); wall = the whole round")
+    print_table([Column("case", 24), Column("grid ours", 9, ".3f"),
+                 Column("grid FedAvg", 11, ".3f"), Column("pulls ours", 10, ".0f"),
+                 Column("pulls FedAvg", 12, ".0f"), Column("own ours", 8, ".3f"),
+                 Column("own FedAvg", 10, ".3f"), Column("ratio", 6, ".2f", suffix="x"),
+                 Column("settle ours", 11, ".4f"), Column("settle FedAvg", 13, ".4f"),
+                 Column("ratio", 6, ".2f", suffix="x"), Column("wall ours", 9, ".2f"),
+                 Column("wall FedAvg", 11, ".2f")], parts)
+    print("\nratio = median ours / median FedAvg over every repetition's rounds; ratio per rep ="
+          "\nthe same within each repetition (min-max). Round 1 of ours queries every node"
+          "\n(the bootstrap); later rounds send FedAvg's messages only.")
     if not args.skip_1m:
         aggregate_1m()
 
 
-def aggregate_1m(repeat: int = 3) -> None:
-    """Aggregation of 100 updates of 1M parameters (``bench_aggregation.py``'s last case)."""
+def _big_replies(n: int, size: int) -> list[Any]:
+    """``n`` honest-looking train replies of one ``size``-value float32 weight."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+    rng = np.random.default_rng(0)
+    common = rng.normal(0, 0.01, size).astype(np.float32)
+    out = []
+    for i in range(n):
+        w = common + rng.normal(0, 0.005, size).astype(np.float32)
+        content = RecordDict({"arrays": ArrayRecord({"big/kernel": Array(w)}),
+                              "metrics": MetricRecord({"num-examples": 50 + i,
+                                                       "train-loss": 0.5})})
+        out.append(Message(content, reply_to=Message(RecordDict(), i + 1, "train")))
+    return out
+
+
+def aggregate_1m(repeat: int = 3, n: int = 100, size: int = 1_000_000) -> None:
+    """Ours' validation + steering weights + weighted mean (what ``RoundRunner._validate`` and
+    ``_aggregate`` run) beside ``FedAvg.aggregate_train`` on the same 100 replies of 1M values."""
     import logging
 
-    from bench_aggregation import BIG_SPEC, Round, timed
+    import numpy as np
+    from flwr.serverapp.strategy import FedAvg
     from flwr.supercore.task_identity import TaskIdentity
+
+    from aggregation import linear
+    from aggregation.steering import SteeringConfig, aggregation_weights
+    from aggregation.validation import UpdateValidator
+    from edgefleet.plan import WeightSpec
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    big = Round(BIG_SPEC, 100, with_selection=False)
-    ours, flower = timed(big.ours, big.prepare, repeat), timed(big.flower, big.prepare, repeat)
-    print(f"\naggregation of 100 updates x 1M params (float32), median of {repeat}:"
-          f" ours (validation + FedAvg) {ours:.3f} s, FedAvg.aggregate_train {flower:.3f} s,"
-          f" ratio {ours / flower:.2f}x")
+    spec = [WeightSpec(name="big/kernel", shape=[size])]
+    replies = _big_replies(n, size)
+    glob = {"big/kernel": np.zeros(size, np.float32)}
+
+    def ours() -> None:
+        validator = UpdateValidator(spec, glob)
+        verdicts = validator.validate_all([(i + 1, m.content, 50 + i)
+                                           for i, m in enumerate(replies)])
+        validator.apply_round_bounds(verdicts)
+        accepted = [v for v in verdicts if v.accepted]
+        weights = aggregation_weights({v.node_id: int(v.num_examples or 0) for v in accepted},
+                                      {}, SteeringConfig())
+        linear.weighted_mean([v.arrays for v in accepted], [weights[v.node_id] for v in accepted],
+                             [v.metrics[0] for v in accepted], spec)
+        if len(accepted) != n:
+            raise RuntimeError(f"{n - len(accepted)} of the 1M-value updates refused")
+
+    def flower() -> None:
+        FedAvg(weighted_by_key="num-examples").aggregate_train(1, replies)
+
+    times: dict[str, list[float]] = {"ours": [], "flower": []}
+    for _ in range(repeat):
+        for name, fn in (("ours", ours), ("flower", flower)):
+            t = time.thread_time()
+            fn()
+            times[name].append(time.thread_time() - t)
+    o, f = statistics.median(times["ours"]), statistics.median(times["flower"])
+    print(f"\naggregation of {n} updates x 1M params (float32), thread CPU, median of {repeat}:"
+          f" ours (validation + steering + weighted mean) {o:.3f} s"
+          f" [{min(times['ours']):.3f}-{max(times['ours']):.3f}],"
+          f" FedAvg.aggregate_train {f:.3f} s"
+          f" [{min(times['flower']):.3f}-{max(times['flower']):.3f}], ratio {o / f:.2f}x")
 
 
 if __name__ == "__main__":

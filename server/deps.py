@@ -68,6 +68,7 @@ __all__ = [
     "VersionPath",
     "VersionQuery",
     "WriteSessionDep",
+    "identify",
     "require_device",
     "single_valued_query",
 ]
@@ -236,6 +237,18 @@ async def _identify(
     admin_key: str | None,
     authorization: str | None,
 ) -> Caller:
+    """:func:`identify`, the caller kept in ``request.state.caller``."""
+    caller = await identify(state, session, admin_key, authorization)
+    request.state.caller = caller
+    return caller
+
+
+async def identify(
+    state: AppState,
+    session: Session | None,
+    admin_key: str | None,
+    authorization: str | None,
+) -> Caller:
     """Whoever the credentials name (ANONYMOUS without credentials); 401 for bad ones.
 
     Without a ``session``, a device token is checked through ``state.credentials``.
@@ -254,7 +267,6 @@ async def _identify(
             caller = await run_in_threadpool(_device, session, secret)
     elif secret is not None:
         caller = _from_keys(secret, state)
-    request.state.caller = caller
     return caller
 
 

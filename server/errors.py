@@ -55,6 +55,8 @@ __all__ = [
     "ServerError",
     "SigningUnavailableError",
     "error_body",
+    "error_response_at",
+    "handled_error",
     "install_error_handlers",
     "internal_error",
     "status_of",
@@ -140,10 +142,30 @@ def error_response(
     errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
     """An error in the shape of the request's family (see :func:`error_body`)."""
+    return error_response_at(request.url.path, status, message, headers, errors)
+
+
+def error_response_at(
+    path: str,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    """:func:`error_response` for a request to ``path`` (401 adds ``WWW-Authenticate``)."""
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
-    body = error_body(request.url.path, message, errors)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(path, message, errors), status_code=status, headers=headers)
+
+
+def handled_error(path: str, exc: Exception) -> JSONResponse | None:
+    """The answer the handlers below give ``exc`` on ``path`` (``None``: it is unexpected, and
+    :class:`server.middleware.RequestContextMiddleware` answers 500)."""
+    if isinstance(exc, StarletteHTTPException):
+        return error_response_at(path, exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    if isinstance(exc, (RegistryError, EdgeFleetError)):  # ServerError is an EdgeFleetError
+        return error_response_at(path, status_of(exc), str(exc) or type(exc).__name__)
+    return None
 
 
 async def _known(request: Request, exc: Exception) -> JSONResponse:

@@ -6,8 +6,10 @@ uploads from the artifact store, loads the version-signing key, audits changed b
 rollout controller (:mod:`server.rollouts`), the serving table's refresh
 (:mod:`server.inference.table`) and the inference log's writer (:mod:`server.evidence.writer`);
 shutdown writes what the log has queued, stops them and disposes of the connection pool.
-Middleware, from the outside in: request ids and the access log, then request body limits
-(uploads get ``max_upload_bytes``, everything else ``max_request_bytes``).
+Middleware, from the outside in: the metrics (when on), request ids and the access log, request
+body limits (uploads get ``max_upload_bytes``, everything else ``max_request_bytes``), then the V2
+inference fast path (:mod:`server.fastpath`), which answers ``POST .../infer`` itself before
+FastAPI's routing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from server.api.routes.metrics import router as metrics_router
 from server.deps import single_valued_query
 from server.errors import install_error_handlers
 from server.evidence.writer import inference_log_for
+from server.fastpath import InferFastPath
 from server.metrics import install as install_metrics
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from server.rollouts import RolloutController
@@ -104,6 +107,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             return settings.max_upload_bytes
         return settings.max_request_bytes
 
+    app.add_middleware(InferFastPath, host=app)  # innermost: inside the limits and the logs
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     app.add_middleware(RequestContextMiddleware)
     if settings.metrics_enabled:

@@ -98,10 +98,10 @@ def fleet(
     timeout: float = typer.Option(900.0, min=60, help="upper bound of the whole fleet (s)"),
     loop: bool = typer.Option(
         True, "--loop/--no-loop",
-        help="the whole loop: drift injected after start, the drift controller's run, a canary "
+        help="the whole loop: drift injected after start, the drift controller's run, a staged "
              "rollout promoted on evidence, a broken candidate rolled back (--no-loop: devices "
              "shifted from the start and one federated run)"),
-    bake: float = typer.Option(8.0, min=0, help="seconds each canary step bakes (loop)"),
+    bake: float = typer.Option(8.0, min=0, help="seconds each rollout step bakes (loop)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each step"),
 ) -> None:
     """Run a fleet on 127.0.0.1: server, initial plan, agents + SuperNodes, the drift

@@ -261,9 +261,12 @@ class EngineConfig(_Section):
     ``ray_address`` empty starts a local Ray instance for the run; ``"auto"`` or
     ``"HOST:PORT"`` (a head's GCS address, as ``ray start --head`` prints) joins an existing
     cluster, whose worker nodes must have this project installed. ``num_cpus`` bounds the local
-    instance (0: all cores); ``client_cpus`` is each virtual client's CPU share.
+    instance (0: all cores); ``client_cpus`` is each virtual client's CPU share. ``kind =
+    "inprocess"`` runs the same Flower runtime without Ray (:mod:`simulation.inprocess`: the
+    ClientApp in ``num_cpus`` threads of the driver), for sweeps of small runs on one machine.
     """
 
+    kind: Literal["ray", "inprocess"] = "ray"
     ray_address: str = ""
     num_cpus: int = Field(2, ge=0)
     client_cpus: float = Field(1.0, gt=0)

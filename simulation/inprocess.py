@@ -10,6 +10,8 @@ tens of seconds of start-up here). The round loop, the SimGrid clock, the Client
 plan runtime are the ones :func:`simulation.engine.run_experiment` runs, so a seed gives the same
 rounds on both engines' message order (SimGrid releases replies in a fixed order).
 
+:func:`federation_nodes` yields the grid and the node ids over running virtual nodes (the round
+loop's tests use it, ``tests/aggregation/harness.py``), :func:`federation` the grid alone;
 :func:`run_in_process` runs an experiment's rounds and returns its
 :class:`~simulation.results.ExperimentResult` (no files written unless ``write`` is set).
 """
@@ -75,9 +77,10 @@ class ThreadBackend(Backend):
 
 
 @contextmanager
-def federation(client_app: ClientApp, num_nodes: int, *, workers: int = 2
-               ) -> Iterator[InMemoryGrid]:
-    """Yield Flower's ``InMemoryGrid`` over ``num_nodes`` running virtual nodes.
+def federation_nodes(client_app: ClientApp, num_nodes: int, *, workers: int | None = None
+                     ) -> Iterator[tuple[InMemoryGrid, dict[int, int]]]:
+    """Yield Flower's ``InMemoryGrid`` and ``{node_id: partition_id}`` of ``num_nodes`` running
+    virtual nodes, served by ``workers`` threads (``None``: one per node).
 
     Node contexts carry ``partition-id``/``num-partitions`` in ``node_config``, as in Flower's
     simulation. The runtime stops (and its thread is joined) on exit.
@@ -102,18 +105,27 @@ def federation(client_app: ClientApp, num_nodes: int, *, workers: int = 2
     nodes = vce_api._register_nodes(num_nodes, state_factory)
     stores = vce_api._register_node_info_stores(nodes, run, None)
     stop = threading.Event()
+    threads = workers or num_nodes
     runtime = threading.Thread(
         target=vce_api.run_api,
-        args=(lambda: client_app, lambda: ThreadBackend({}, workers), nodes,
+        args=(lambda: client_app, lambda: ThreadBackend({}, threads), nodes,
               state_factory, stores, stop, VceMetrics()),
         daemon=True,
     )
     runtime.start()
     try:
-        yield grid
+        yield grid, dict(nodes)
     finally:
         stop.set()
         runtime.join(timeout=30)
+
+
+@contextmanager
+def federation(client_app: ClientApp, num_nodes: int, *, workers: int = 2
+               ) -> Iterator[InMemoryGrid]:
+    """:func:`federation_nodes`' grid alone, served by ``workers`` threads (default 2)."""
+    with federation_nodes(client_app, num_nodes, workers=workers) as (grid, _):
+        yield grid
 
 
 def run_in_process(exp: Experiment, *, workers: int = 2, write: bool = False,

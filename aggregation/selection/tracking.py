@@ -96,6 +96,7 @@ class DriftTracker:
         self.losses: dict[int, tuple[int, float]] = {}  # node -> (round, first-epoch loss)
         self.drifted_since: dict[int, int] = {}  # node -> round its change crossed threshold
         self.round = 0
+        self._last: dict[int, DriftSummary] = {}  # node -> the summary object it sent last
 
     def trained(self, server_round: int, losses: Mapping[int, float]) -> None:
         """Record the first-epoch loss of every node that trained in ``server_round``."""
@@ -104,9 +105,14 @@ class DriftTracker:
                 self.losses[node] = (server_round, float(loss))
 
     def observe(self, node: int, summary: DriftSummary | None) -> None:
-        """Take ``node``'s latest summary (``None``, or one of other bins: ignored)."""
-        if summary is None:
+        """Take ``node``'s latest summary (``None``, or one of other bins: ignored).
+
+        The object taken last for ``node`` again (an answer carried over from an earlier round)
+        brings no new rows and is skipped without comparing it.
+        """
+        if summary is None or self._last.get(node) is summary:
             return
+        self._last[node] = summary
         try:
             self.baselines.observe(str(node), summary)
         except SummaryError:
@@ -182,8 +188,11 @@ def rescore(tracker: DriftTracker, server_round: int, answers: Mapping[int, Quer
         tracker.observe(node, answers[node].drift)
     fleet = tracker.fleet_difference()
     loss = tracker.start_round(server_round, fleet)
-    return {n: replace(a, drift_score=tracker.score(n, fleet, loss))
-            for n, a in answers.items()}
+    out = {}
+    for n, a in answers.items():
+        score = tracker.score(n, fleet, loss)
+        out[n] = a if score == a.drift_score else replace(a, drift_score=score)
+    return out
 
 
 def first_epoch_losses(replies: Mapping[int, Message], nodes: Iterable[int]) -> dict[int, float]:

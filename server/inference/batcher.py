@@ -85,6 +85,7 @@ class VersionBatcher:
         if not runtimes:
             raise ValueError("a batcher needs at least one runtime")
         self.policy = policy
+        self.runtimes = tuple(runtimes)
         self.manifest = runtimes[0].manifest
         self.stats = BatcherStats()
         self._executor = executor

@@ -110,6 +110,10 @@ class RuntimePool:
     def cached_keys(self) -> list[tuple[str, str]]:
         return list(self._loaded)
 
+    def cached(self, key: tuple[str, str]) -> VersionBatcher | None:
+        """The loaded batcher of content ``key`` (``ServedVersion.key``), if it is loaded."""
+        return self._loaded.get(key)
+
     def close(self) -> None:
         """Stop the threads and forget the loaded versions."""
         self._loaded.clear()

@@ -18,13 +18,12 @@ import pytest
 
 from edgefleet.datasets import Dataset
 from edgefleet.errors import PlanError, PlanFormatError, PlanMismatchError, WeightsError
+from edgefleet.frozen import FrozenRuntime, freeze_plan
 from edgefleet.plan import PlanManifest, load_weights, weights_from_bytes
 from edgefleet.runtime import MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE, PlanRuntime
 from tests.environments import main_env_python
 
 pytest.importorskip("ai_edge_litert.schema_py_generated", reason="LiteRT's schema (.venv only)")
-
-from edgefleet.frozen import FrozenRuntime, freeze_plan  # noqa: E402
 
 _BUILD = textwrap.dedent(
     """

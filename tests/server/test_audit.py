@@ -42,7 +42,12 @@ def test_each_action_over_http_writes_one_record_as_the_caller(api: Api) -> None
     start = last_seq(c)
     api.create_model()
     v1 = api.publish()
-    assert since(c, start) == [("version.publish", "admin:alice", f"digits/{v1}")]
+    assert since(c, start) == [("model.create", "admin:alice", "digits"),
+                               ("version.publish", "admin:alice", f"digits/{v1}")]
+    seq = last_seq(c)
+    r = c.patch("/api/v1/models/digits", json={"description": "8x8 digits"}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert since(c, seq) == [("model.update", "admin:alice", "digits")]
     seq = last_seq(c)
     r = c.put("/api/v1/models/digits/aliases/production", json={"version": v1},
               headers={**ADMIN, "X-Request-ID": "req-move-1"})
@@ -55,6 +60,10 @@ def test_each_action_over_http_writes_one_record_as_the_caller(api: Api) -> None
     ((action, actor, target),) = since(c, seq)
     assert (action, target) == ("device.enrol", "device/pi-1")
     assert actor.startswith("enrolment:enrol-") and ENROL_TOKEN not in actor
+    seq = last_seq(c)
+    r = c.patch("/api/v1/devices/pi-1", json={"labels": {"site": "b"}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert since(c, seq) == [("device.update", "admin:alice", "device/pi-1")]
     seq = last_seq(c)
     assert c.delete("/api/v1/devices/pi-1", headers=ADMIN).status_code == 200
     v2 = api.publish(full=False, weights=api.files.perturbed_weights(1),

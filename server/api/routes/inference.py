@@ -21,17 +21,15 @@ written by its own thread; a shadow version's answer is logged there too, never 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from edgefleet.bounds import DB_INT_MAX
 from edgefleet.v2 import InferenceRequest, InferenceResponse, V2Error
-from registry.errors import AuthenticationError, NotFoundError
+from registry.errors import AuthenticationError
 from server.api.routing import AuthFirstRoute
 from server.deps import InferenceCallerDep, ModelPath, StateDep
-from server.inference.answer import answer
+from server.inference.answer import answer, resolve_request
 from server.inference.serving import Resolved
 from server.security import Caller
 from server.state import AppState
@@ -77,31 +75,9 @@ router = APIRouter(
     dependencies=[Depends(require_inference_caller)],
     route_class=AuthFirstRoute,
 )
-#: A V2 version is a string; here it names a registry version, spelled canonically.
-_VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
-
-
-def _number(version: str) -> int:
-    """The registry version ``version`` names: 404 unless it is canonical (``3``, not ``03``)."""
-    if not _VERSION.match(version) or int(version) > DB_INT_MAX:
-        raise NotFoundError(
-            f"unknown version {version[:20]!r}: versions are positive integers such as 3"
-        )
-    return int(version)
-
-
 async def _resolve(request: Request, state: AppState, model: str, version: str | None
                    ) -> Resolved:
-    request.state.model = model
-    caller = getattr(request.state, "caller", None)
-    resolved = await state.serving.resolve(
-        model,
-        None if version is None else _number(version),
-        caller_key=getattr(caller, "label", "") or "",
-        request_key=getattr(request.state, "request_id", "") or "",
-    )
-    request.state.model_version = resolved.version.number
-    return resolved
+    return await resolve_request(state, request.scope.setdefault("state", {}), model, version)
 
 
 @router.get("", summary="Server metadata")
