@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 
-from aggregation.validation import BLOCK_ELEMENTS
+from aggregation.validation import blocks
 from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
 
@@ -48,12 +48,10 @@ def weighted_mean(
         flats = [a[w.name].reshape(-1) for a in arrays]
         dtype = np.result_type(flats[0].dtype, 1.0)  # a Python float's product, as Flower's
         f = np.asarray(factors, dtype=dtype)[:, None]
-        size = flats[0].size
-        acc = np.empty(size, dtype=dtype)
-        width = max(1, BLOCK_ELEMENTS // len(flats))
-        for lo in range(0, size, width):
-            hi = min(size, lo + width)
-            products = np.multiply(np.stack([a[lo:hi] for a in flats]), f, dtype=dtype)
+        acc = np.empty(flats[0].size, dtype=dtype)
+        for lo, hi, block in blocks(flats):
+            products = np.multiply(block, f, out=block if block.dtype == dtype else None,
+                                   dtype=dtype)
             # row by row in reply order: the sum over axis 0 of a C-ordered block of two or
             # more columns is sequential, so this is Flower's ``acc += a_i * f_i`` to the bit;
             # a single column would be summed pairwise, its running sum is sequential

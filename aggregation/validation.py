@@ -20,9 +20,12 @@ A train reply is checked against the plan's weight spec
    the end of its training;
 6. *direction* (once the round's replies are in): the cosine between an update and the
    coordinate-wise median of the round's otherwise-valid updates must be at least
-   ``min_cosine`` (default 0.1: an update pointing away from the round, such as a sign flip of
-   any size, or unrelated to it, such as noise, is refused); computed on at most
-   ``direction_sample`` evenly spaced coordinates;
+   ``min(min_cosine, median(cos) - direction_mads * 1.4826 * MAD(cos))`` over the round's
+   cosines (``min_cosine`` default 0.1: in a round of aligned updates an update pointing away
+   from the round, such as a sign flip of any size, or unrelated to it, such as noise, is
+   refused; under label skew honest cosines spread towards 0 and below, and the bound follows
+   their spread, ``direction_mads`` default 3, ``None``: ``min_cosine`` alone); computed on at
+   most ``direction_sample`` evenly spaced coordinates;
 7. *weight*: a ``num-examples`` above ``implausible_ratio`` times the round's median is
    refused as implausible; below that, an accepted update's count is capped at
    ``max_weight_ratio`` times the median (not a refusal), so no count a client declares — in
@@ -39,7 +42,7 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -148,6 +151,10 @@ class ValidationBounds:
         disables it.
     direction_sample : int (default: 65536)
         Coordinates (evenly spaced over all weights) the direction bound looks at.
+    direction_mads : float or None (default: 3.0)
+        The direction bound is lowered to the round's median cosine minus this many robust
+        deviations (1.4826 x MAD) when that is below ``min_cosine``; ``None``: ``min_cosine``
+        alone.
     """
 
     max_update_norm: float | None = None
@@ -159,6 +166,7 @@ class ValidationBounds:
     max_weight_ratio: float | None = DEFAULTS.max_weight_ratio
     implausible_ratio: float | None = 100.0
     direction_sample: int = 65536
+    direction_mads: float | None = 3.0
 
     def __post_init__(self) -> None:
         from aggregation.errors import SettingsError
@@ -181,6 +189,8 @@ class ValidationBounds:
                 raise SettingsError(f"{name} must be >= 1, got {value}")
         if self.direction_sample < 1:
             raise SettingsError("direction_sample must be >= 1")
+        if self.direction_mads is not None and not self.direction_mads >= 0:
+            raise SettingsError(f"direction_mads must be >= 0, got {self.direction_mads}")
 
 
 class UpdateValidator:
@@ -267,22 +277,21 @@ class UpdateValidator:
             flats = [d[name].reshape(-1) for d in decoded]
             size = g.size
             start, offset = (-offset) % self._stride, offset + size
-            width = max(1, BLOCK_ELEMENTS // n)
             bad = np.zeros(n, dtype=np.int64)
-            for lo in range(0, size, width):
-                hi = min(size, lo + width)
-                block = np.stack([f[lo:hi] for f in flats])
+            for lo, hi, block in blocks(flats):
                 with np.errstate(over="ignore", invalid="ignore"):
-                    diff = np.subtract(block, g[lo:hi], dtype=g.dtype)
+                    # the stacked block is ours: subtract in place when the dtypes allow
+                    diff = np.subtract(block, g[lo:hi], dtype=g.dtype,
+                                       out=block if block.dtype == g.dtype else None)
                     part = np.einsum("ij,ij->i", diff, diff)
                 sq += part
                 if block.dtype.kind == "f":  # a non-finite value makes its row's sum non-finite
                     for row in np.flatnonzero(~np.isfinite(part)).tolist():
-                        bad[row] += hi - lo - np.count_nonzero(np.isfinite(block[row]))
+                        bad[row] += hi - lo - np.count_nonzero(np.isfinite(diff[row]))
                 first = start if lo <= start else start + -(-(lo - start) // self._stride) * (
                     self._stride)
-                if first < hi:
-                    samples.append(diff[:, first - lo::self._stride])
+                if first < hi:  # a copy: the block's buffer is reused
+                    samples.append(diff[:, first - lo::self._stride].copy())
             for row in np.flatnonzero(bad).tolist():
                 verdicts[row].refuse(RefusalReason.NOT_FINITE,
                                      f"{name}: {int(bad[row])} non-finite values")
@@ -363,11 +372,16 @@ class UpdateValidator:
         dots = stack.astype(np.float64, copy=False) @ reference.astype(np.float64)
         norms = np.sqrt(np.einsum("ij,ij->i", stack, stack, dtype=np.float64))
         cosines = np.divide(dots, norms * ref_norm, out=np.zeros_like(dots), where=norms > 0)
+        bound = least
+        if self.bounds.direction_mads is not None:
+            med = float(np.median(cosines))
+            spread = 1.4826 * float(np.median(np.abs(cosines - med)))
+            bound = min(least, med - self.bounds.direction_mads * spread)
         for v, cosine in zip(live, cosines.tolist(), strict=True):
             v.cosine = cosine
-            if v.cosine < least:
+            if v.cosine < bound:
                 v.refuse(RefusalReason.DIRECTION,
-                         f"cosine {v.cosine:.3f} with the round's median update < {least:g}")
+                         f"cosine {v.cosine:.3f} with the round's median update < {bound:.3g}")
 
     def _sample_rows(self, nodes: list[int]) -> np.ndarray:
         """The direction samples of ``nodes`` as one matrix (no copy when they are the rows of
@@ -422,6 +436,21 @@ class UpdateValidator:
                     f"update norm {v.update_norm:.4g} > {ratio:g} x round median {median:.4g}",
                 )
         return median
+
+
+def blocks(flats: Sequence[np.ndarray]) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(lo, hi, block)`` over the coordinates of equally long 1-D arrays: ``block`` is a
+    C-ordered ``(len(flats), hi - lo)`` stack of ``flat[lo:hi]``, of at most
+    :data:`BLOCK_ELEMENTS` values, in one buffer reused from block to block (so a caller may
+    overwrite it, and must copy what it keeps)."""
+    n, size = len(flats), flats[0].size
+    width = max(1, min(size, BLOCK_ELEMENTS // n))
+    buffer = np.empty(n * width, dtype=flats[0].dtype)
+    for lo in range(0, size, width):
+        hi = min(size, lo + width)
+        block = buffer[: n * (hi - lo)].reshape(n, hi - lo)
+        np.stack([f[lo:hi] for f in flats], out=block)
+        yield lo, hi, block
 
 
 def _refuse_non_finite(verdict: Verdict, name: str, rows: np.ndarray) -> None:

@@ -8,7 +8,8 @@ One run prints, at each concurrency (default 1, 8, 32, 64), req/s and p50/p99 la
   alias resolution (``/v2/models/{m}/infer``, the ``production`` alias), the access log (JSON lines
   to a file) and the inference log (written to the database) — with ``--workers 1`` and, for the
   tiny model, ``--workers 2``;
-- **ceiling**: the interpreter alone in this process (``PlanRuntime.predict``), batch 1 and 32.
+- **ceiling**: the interpreter alone in this process, running what the server runs (the
+  version's serving copy, ``edgefleet.frozen.FrozenRuntime.predict``), batch 1 and 32.
 
 for two models, both authored at bench time in a child process (TensorFlow runs only there): the
 tiny digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10 served with micro-batching
@@ -176,9 +177,14 @@ def wrk(binary: str, url: str, body: bytes, headers: dict[str, str], connections
 
 # --- the in-process ceiling --------------------------------------------------------------------
 def ceiling(plan_dir: Path, features: int, batch: int, seconds: float) -> Cell:
-    from edgefleet.runtime import PlanRuntime
+    from edgefleet.frozen import FrozenRuntime
+    from edgefleet.plan import PlanManifest, load_weights
 
-    runtime = PlanRuntime.from_dir(plan_dir)
+    # what the server runs: the version's serving copy (edgefleet.frozen, server/inference/pool.py)
+    manifest = PlanManifest.load(plan_dir / "manifest.json")
+    runtime = FrozenRuntime.freeze((plan_dir / "plan.tflite").read_bytes(), manifest,
+                                   load_weights(plan_dir / "weights.safetensors",
+                                                manifest=manifest))
     x = np.tile(np.asarray([float(v % 17) / 16 for v in range(features)], np.float32),
                 (batch, 1))
     for _ in range(5):
@@ -320,7 +326,7 @@ def report(args: argparse.Namespace, floor: dict[str, dict[int, Cell]],
             line += (f" | {k.rps:7.0f} {k.p50_ms:6.2f}/{k.p99_ms:6.2f} {k.gen_cores:4.2f}"
                      f"{'' if not k.errors else f' E{k.errors}':>4}")
         print(line)
-    print("\nin-process ceiling (PlanRuntime.predict in this process)")
+    print("\nin-process ceiling (the serving copy's FrozenRuntime.predict in this process)")
     for (model, batch), k in ceilings.items():
         print(f"{model:6} batch {batch:<3} {k.rps:9.0f} calls/s {k.rps * batch:10.0f} samples/s  "
               f"p50 {k.p50_ms:.3f} ms  p99 {k.p99_ms:.3f} ms")

@@ -163,20 +163,37 @@ class MetricsMiddleware:
     def _record(scope: Scope, status: int, seconds: float) -> None:
         method = str(scope.get("method", "GET"))
         route = _route_of(scope)
-        REQUESTS.labels(method, route, str(status)).inc()
-        LATENCY.labels(method, route).observe(seconds)
+        _child(REQUESTS, method, route, str(status)).inc()
+        _child(LATENCY, method, route).observe(seconds)
         state: dict[str, object] = scope.get("state") or {}
         if method == "POST" and route.startswith("/v2/models/") and route.endswith("/infer"):
             model = str(state.get("model") or "-")
             version = state.get("model_version")
             variant = _variant(route, state)
-            INFERENCE.labels(model, "-" if version is None else str(version), variant,
-                             str(status)).inc()
-            INFERENCE_LATENCY.labels(model, variant).observe(seconds)
+            _child(INFERENCE, model, "-" if version is None else str(version), variant,
+                   str(status)).inc()
+            _child(INFERENCE_LATENCY, model, variant).observe(seconds)
         elif method == "POST" and route == _TELEMETRY_ROUTE:
             outcome = _telemetry_outcome(status)
             if outcome is not None:
-                TELEMETRY.labels(outcome).inc()
+                _child(TELEMETRY, outcome).inc()
+
+
+#: Labelled children already asked for, by metric and label values (at most ``_MAX_CHILDREN``):
+#: ``labels()`` checks and converts its values and takes the metric's lock on every call.
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+_MAX_CHILDREN = 10_000
+
+
+def _child(metric: Counter | Histogram, *values: str) -> Any:
+    """``metric.labels(*values)``, remembered."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = metric.labels(*values)
+        if len(_CHILDREN) < _MAX_CHILDREN:
+            _CHILDREN[key] = found
+    return found
 
 
 class FleetCollector(Collector):

@@ -50,8 +50,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        given = ""
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                given = value.decode("latin-1")  # the last one, as a dict of them would keep
         request_id = (
             given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         )
@@ -83,23 +85,29 @@ class RequestContextMiddleware:
             await send_with_id(_start(500, body))
             await send_with_id({"type": "http.response.body", "body": body})
         finally:
-            caller = state.get("caller")
-            ACCESS_LOG.info(
-                "%s %s %s",
-                scope.get("method"),
-                scope.get("path"),
-                status,
-                extra={
-                    "request_id": request_id,
-                    "method": scope.get("method"),
-                    "path": scope.get("path"),
-                    "status": status,
-                    "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
-                    "caller": getattr(caller, "label", "anonymous:-"),
-                    "model": state.get("model"),
-                    "model_version": state.get("model_version"),
-                },
-            )
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                _log_access(scope, state, request_id, status, time.perf_counter() - started)
+
+
+def _log_access(scope: Scope, state: dict[str, Any], request_id: str, status: int,
+                seconds: float) -> None:
+    """The request's access-log record (built directly: ``Logger.info`` would also walk the
+    stack for the caller's source line, which no handler here prints)."""
+    method, path = scope.get("method"), scope.get("path")
+    caller = state.get("caller")
+    extra = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "latency_ms": round(seconds * 1e3, 3),
+        "caller": getattr(caller, "label", "anonymous:-"),
+        "model": state.get("model"),
+        "model_version": state.get("model_version"),
+    }
+    ACCESS_LOG.handle(ACCESS_LOG.makeRecord(ACCESS_LOG.name, logging.INFO, __file__, 0,
+                                            "%s %s %s", (method, path, status), None,
+                                            extra=extra))
 
 
 class BodyLimitMiddleware:

@@ -185,6 +185,7 @@ def index_linkstate() -> None:
             msg.metadata.delivered_at = delivered_at
         return found
 
+    cls._edgefleet_scan_get_message_ins = cls.get_message_ins  # type: ignore[attr-defined]
     cls.store_message_ins = store_message_ins  # type: ignore[method-assign]
     cls.get_message_ins = get_message_ins  # type: ignore[method-assign]
     cls._edgefleet_indexed = True  # type: ignore[attr-defined]

@@ -112,11 +112,12 @@ class FleetConfig:
     loop : bool [False]
         The whole loop (:mod:`simulation.fleet_loop`): devices start clean, ``shifts`` are
         injected after start, the drift controller starts the federated run, its candidate is
-        rolled out as a canary and promoted on evidence, then a scrambled candidate is rolled
-        back. ``False``: the devices are shifted from the start and one federated run follows
-        (the first fleet). ``edgefleet sim fleet`` runs the loop unless ``--no-loop``.
+        rolled out in steps of 25, 50, 100 % of the fleet and promoted on evidence, then a
+        scrambled candidate is rolled back. ``False``: the devices are shifted from the start
+        and one federated run follows (the first fleet). ``edgefleet sim fleet`` runs the loop
+        unless ``--no-loop``.
     bake_s : float [8]
-        The loop's rollout steps: seconds each canary step bakes before its guards decide.
+        The loop's rollout steps: seconds each rollout step bakes before its guards decide.
     """
 
     workdir: Path | None = None

@@ -205,12 +205,16 @@ def evidence_lines(evidence: dict[str, Any] | None) -> list[str]:
 
 
 def _render_rollout(name: str, r: RolloutRecord) -> list[str]:
+    """A rollout's events, one line each, and the evidence of the last (the decision that ended
+    it; the timeline has every event's)."""
     out = [f"rollout {r.id} ({name}, v{r.candidate}): {r.state}; devices on "
            f"v{r.candidate} at the end: {', '.join(r.devices_on_candidate) or 'none'}"]
     for e in r.events:
         out.append(f"  {str(e.get('at', ''))[11:19]}  step {e.get('step')}  "
                    f"{e.get('kind', ''):<9} {e.get('to_state', ''):<18} {e.get('message', '')}")
-        out += [f"      {line}" for line in evidence_lines(e.get("evidence"))]
+    decided = [e for e in r.events if e.get("evidence")]
+    if decided:
+        out += [f"      {line}" for line in evidence_lines(decided[-1].get("evidence"))]
     return out
 
 

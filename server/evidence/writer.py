@@ -1,10 +1,12 @@
 """The inference log's background writer: a bounded queue drained into the database in batches.
 
 The V2 path calls :meth:`InferenceLog.submit` with what it answered (a few attribute copies and
-one ``put_nowait``); one daemon thread turns each answer into its records (hashes, sampled
-inputs) and inserts them in batches of up to ``batch_size`` answers, at least every
-``flush_interval_s`` while there is traffic. Inserts skip ``(request_id, row_index)`` pairs
-already stored (:func:`registry.evidence.insert_records`), so a retried batch is stored once.
+one ``deque.append``: no thread is woken, so the writer does not take the GIL from the request
+that woke it); one daemon thread looks at the deque every ``POLL_S``, turns
+each answer into its records (hashes, sampled inputs) and inserts them in batches of up to
+``batch_size`` answers, at least every ``flush_interval_s`` while there is traffic. Inserts
+skip ``(request_id, row_index)`` pairs already stored (:func:`registry.evidence.insert_records`),
+so a retried batch is stored once.
 
 Loss bound: when the queue is full (the database cannot keep up), new answers are *dropped and
 counted* (``LogStats.dropped``) rather than slowing requests down. :meth:`InferenceLog.stop`
@@ -23,10 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +47,8 @@ __all__ = ["Answer", "InferenceLog", "LogStats", "inference_log_for"]
 log = logging.getLogger("edgefleet.server.evidence")
 
 _ATTEMPTS = 3
+#: How often the writer looks for queued answers while it waits for a batch to fill.
+POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ class InferenceLog:
     stats: LogStats = field(default_factory=LogStats)
 
     def __post_init__(self) -> None:
-        self._queue: queue.Queue[Answer] = queue.Queue(maxsize=self.queue_size)
+        self._queue: deque[Answer] = deque()  # appended by submit, popped by the writer only
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._done = threading.Condition()
@@ -162,13 +166,12 @@ class InferenceLog:
         """Queue ``answer`` without blocking; ``False`` (and counted) when the queue is full."""
         with self._done:
             self.stats.submitted += 1
-        try:
-            self._queue.put_nowait(answer)
-        except queue.Full:
+        if len(self._queue) >= self.queue_size:
             with self._done:
                 self.stats.dropped += 1
             self._settle(1)
             return False
+        self._queue.append(answer)
         return True
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -215,14 +218,13 @@ class InferenceLog:
         batch: list[Answer] = []
         deadline = time.monotonic() + self.flush_interval_s
         while len(batch) < self.batch_size:
+            if self._queue:
+                batch.append(self._queue.popleft())
+                continue
             left = deadline - time.monotonic()
-            try:
-                if left > 0 and not self._stop.is_set():
-                    batch.append(self._queue.get(timeout=left))
-                else:
-                    batch.append(self._queue.get_nowait())
-            except queue.Empty:
+            if left <= 0 or self._stop.is_set():
                 break
+            self._stop.wait(min(POLL_S, left))
         return batch
 
     def _write(self, batch: list[Answer]) -> None:

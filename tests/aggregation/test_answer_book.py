@@ -1,14 +1,18 @@
 """The round loop without a query every round (``query_max_age``), and FedAvg's weighted mean
-from the validator's decoded arrays (``aggregation.linear``), bit for bit Flower's."""
+from the validator's decoded arrays (``aggregation.linear``), bit for bit Flower's, also when the
+replies are stacked in several blocks of coordinates."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from aggregation import linear
+from aggregation.answer_book import AnswerBook
+from aggregation.messages import QueryAnswer
 from aggregation.rounds import RoundRunner, RoundSettings
 from aggregation.selection import UniformSelection
 from aggregation.strategies import build_strategy
@@ -71,13 +75,67 @@ def test_linear_mean_is_flowers_fedavg_to_the_bit() -> None:
     validator = UpdateValidator(spec, glob, ValidationBounds(min_cosine=None))
     verdicts = [validator.validate(i, m.content) for i, m in enumerate(replies)]
     assert all(v.accepted and len(v.arrays) == 2 for v in verdicts)
-    ours, metrics = linear.weighted_mean(
+    ours, merged = linear.weighted_mean(
         [v.arrays for v in verdicts], [float(10 * n) for n in range(1, 8)],
         [dict(next(iter(m.content.metric_records.values())).items()) for m in replies], spec)
     theirs, their_metrics = FedAvg(weighted_by_key="agg-weight").aggregate_train(1, replies)
     assert theirs is not None and their_metrics is not None
     for k in ("k", "b"):
         assert np.array_equal(ours[k], theirs[k].numpy())
-    assert metrics["train-loss"] == their_metrics["train-loss"]
+    assert merged["train-loss"] == their_metrics["train-loss"]
     assert linear.applies(build_strategy("fedprox", {"proximal_mu": 0.1}))
     assert not linear.applies(build_strategy("krum"))
+
+
+def _replies(n: int, spec: list[WeightSpec], seed: int = 0) -> list[Message]:
+    rng = np.random.default_rng(seed)
+    common = {w.name: rng.normal(size=w.shape) for w in spec}
+    out = []
+    for i in range(n):
+        arrays = ArrayRecord({w.name: Array((common[w.name] + 0.3 * rng.normal(size=w.shape))
+                                            .astype(np.float32)) for w in spec})
+        metrics = MetricRecord({"num-examples": 10 + i, "train-loss": float(i),
+                                "agg-weight": float(10 + i)})
+        out.append(Message(RecordDict({"arrays": arrays, "metrics": metrics}),
+                           reply_to=Message(RecordDict(), i + 1, "train")))
+    return out
+
+
+def test_blocked_validation_and_mean_match_flower_and_the_unblocked_norms(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    spec = [WeightSpec(name="k", shape=[13, 7]), WeightSpec(name="b", shape=[1]),
+            WeightSpec(name="c", shape=[5])]
+    glob = {w.name: np.full(w.shape, 0.25, np.float32) for w in spec}
+    replies = _replies(9, spec)
+    whole = UpdateValidator(spec, glob, ValidationBounds(min_cosine=None)).validate_all(
+        [(i, m.content, None) for i, m in enumerate(replies)])
+    monkeypatch.setattr("aggregation.validation.BLOCK_ELEMENTS", 20)  # 2 columns a block
+    blocked_validator = UpdateValidator(spec, glob, ValidationBounds(min_cosine=None))
+    blocked = blocked_validator.validate_all(
+        [(i, m.content, None) for i, m in enumerate(replies)])
+    for a, b in zip(whole, blocked, strict=True):
+        assert a.accepted and b.accepted
+        assert b.update_norm == pytest.approx(a.update_norm, rel=1e-6)
+    ours, _ = linear.weighted_mean([v.arrays for v in blocked], [float(10 + i) for i in range(9)],
+                                   [v.metrics[0] for v in blocked], spec)
+    theirs, _ = FedAvg(weighted_by_key="agg-weight").aggregate_train(1, replies)
+    assert theirs is not None
+    for w in spec:
+        assert np.array_equal(ours[w.name], theirs[w.name].numpy())
+
+
+def test_a_train_reply_without_drift_keeps_the_answer_age() -> None:
+    book = AnswerBook(2, None)
+    summary = object()  # any summary the node sent in its query reply
+    first = QueryAnswer(1, True, "", 10, summary, 0.7)  # type: ignore[arg-type]
+    book.record(1, {1: first, 2: QueryAnswer(2, True, "", 10)})
+    no_drift = Message(RecordDict({"config": ConfigRecord({"status": "ok"})}),
+                       reply_to=Message(RecordDict(), 1, "train"))
+    book.after_train(2, {1: first, 2: QueryAnswer(2, True, "", 10)},
+                     {1: no_drift, 2: no_drift}, {})
+    assert book.fresh(3, [1, 2]).keys() == {1, 2}
+    later = book.fresh(4, [1, 2])
+    assert 1 not in later  # queried again: its summary dates from round 1
+    assert later[2].eligible  # never sent a summary: the train reply renews it
+    assert book.fresh(3, [1])[1].drift_score == 0.7

@@ -169,3 +169,17 @@ def test_the_operator_lists_and_releases_from_the_command_line(tmp_path: Path) -
     assert released.exit_code == 0 and "may be selected again" in released.output
     again = runner.invoke(cli, ["fl", "quarantine", "release", "42", "--file", str(path)])
     assert again.exit_code == 1 and "not quarantined" in again.output
+
+
+def test_direction_bound_follows_the_spread_of_honest_non_iid_cosines() -> None:
+    # label skew: each honest update is the shared direction plus a large client-specific part
+    skewed = [(0.15 * DIRECTION + 2.0 * np.random.default_rng(100 + i).standard_normal(50)
+               .astype(np.float32), 100) for i in range(20)]
+    relative = round_of(skewed)
+    absolute = round_of(skewed, ValidationBounds(direction_mads=None))
+    cosines = [v.cosine for v in relative if v.cosine is not None]
+    assert min(cosines) < 0.1  # honest updates below min_cosine ...
+    assert all(v.accepted for v in relative)  # ... are not refused by the relative bound
+    assert any(RefusalReason.DIRECTION in v.reasons for v in absolute)  # the absolute one did
+    flipped = round_of([(honest(i), 100) for i in range(8)] + [(-honest(8), 100)])
+    assert flipped[-1].reasons == [RefusalReason.DIRECTION]  # an aligned round: as before

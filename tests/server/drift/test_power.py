@@ -133,7 +133,9 @@ def table() -> dict[str, dict[int, tuple[float, float]]]:
     out: dict[str, dict[int, tuple[float, float]]] = {}
     for ci, case in enumerate(CASES):
         key = (case.n_features, case.rho)
-        pool = pools.setdefault(key, _pool(*key))
+        if key not in pools:  # one pool per data shape, shared by its cases
+            pools[key] = _pool(*key)
+        pool = pools[key]
         trials = SHIFT_TRIALS if case.drift else NULL_TRIALS
         out[case.name] = {}
         for n in SIZES:
