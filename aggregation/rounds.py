@@ -216,11 +216,13 @@ class RoundRunner:
         self.sleep = sleep
         ref = manifest.reference
         self.scorer = DriftScorer(ref) if ref is not None and ref.features else None
-        self.book = AnswerBook(self.settings.query_max_age, self.scorer)
         # drift scores as change against each node's own baseline (selection.tracking)
         self.tracker = (DriftTracker(ref, self.steering.tracking)
                         if ref is not None and ref.features and self.steering.tracking
                         else None)
+        # the tracker re-scores every answer: the plan-reference score would be discarded
+        self.book = AnswerBook(self.settings.query_max_age,
+                               self.scorer if self.tracker is None else None)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self, weights: Mapping[str, np.ndarray], *, num_rounds: int, first_round: int = 1

@@ -1,7 +1,7 @@
 """Server-side CPU per round on Flower's simulation runtime: our RoundRunner beside FedAvg.start().
 
 For each client count (100 and 1,000 virtual SuperNodes by default) one child process runs
-both ServerApps on Flower's simulation runtime, in process (:func:`simulation.inprocess.federation`:
+both ServerApps on Flower's simulation runtime in process (``simulation.inprocess.federation``:
 Flower's ``InMemoryGrid``, LinkState and ``vce_api`` runtime; the ClientApp runs in two worker
 threads instead of Ray actors), with the same ClientApp, the same nodes, the same seeds and the
 same number of rounds, ``--reps`` times, alternating which system goes first:
@@ -23,14 +23,17 @@ pulling replies), and nothing the ClientApp's worker threads or the runtime's th
 of ours is one ``run_round``; a round of FedAvg is the span between two calls of its
 ``evaluate_fn`` (called before round 1 and after every round). *Settle* is the part after the
 replies are in: ours' validation + steering weights + weighted mean, FedAvg's
-``aggregate_train``. Each ClientApp reply carries a drift summary (3 distinct summaries over
-the fleet, as in production's train reply) so that steering has work to do.
+``aggregate_train``. *Grid* is the part of a round's CPU spent inside the grid's calls (the
+same LinkState work for both, growing with the number of pulls, that is with the round's wall
+time); *own* is the rest. Each ClientApp reply carries a drift summary, as production's train
+reply does: 3 distinct summaries over the fleet, or (``--fresh-summaries``) a new cumulative
+summary of each node in every reply, so that every reply has to be parsed and scored.
 
-Then, as ``bench_aggregation.py`` does, the aggregation of 100 updates of 1M parameters (no
-engine: prepared replies), so one run prints all the figures of the issue.
+Then the aggregation of 100 updates of 1M parameters without an engine: ours' validation +
+steering weights + weighted mean beside ``FedAvg.aggregate_train`` on the same replies.
 
 Run: ``.venv/bin/python bench/bench_rounds_sim.py`` [--clients 100 1000] [--rounds 4]
-[--reps 3] [--skip-1m] [--profile FILE].
+[--reps 3] [--fresh-summaries] [--skip-1m] [--profile FILE].
 """
 
 from __future__ import annotations
@@ -64,8 +67,13 @@ def _reference() -> Any:
     return build_reference(x, np.zeros(1000, int), [f"p{i}" for i in range(64)], 10)
 
 
-def _client_app(reference: Any) -> Any:
-    """Message shapes of ``edge_client.flower_client``; "training" is a numpy perturbation."""
+def _client_app(reference: Any, fresh: bool = False) -> Any:
+    """Message shapes of ``edge_client.flower_client``; "training" is a numpy perturbation.
+
+    ``fresh``: each node keeps its own cumulative drift accumulator and adds 20 rows before
+    every reply, so every reply carries a new summary (as a device serving between rounds
+    does); otherwise the nodes share 3 fixed summaries.
+    """
     import numpy as np
     from flwr.app import (
         Array,
@@ -86,6 +94,19 @@ def _client_app(reference: Any) -> Any:
         acc.update(np.random.default_rng(kind).normal(loc=0.5 * kind, size=(100, 64)))
         summaries[kind] = acc.to_summary().model_dump_json()
 
+    accumulators: dict[int, tuple[Any, list[int]]] = {}
+
+    def drift(pid: int) -> str:
+        if not fresh:
+            return summaries[pid % DRIFT_KINDS]
+        if pid not in accumulators:
+            accumulators[pid] = (DriftAccumulator(reference, model="digits", version=1), [0])
+        acc, calls = accumulators[pid]
+        calls[0] += 1
+        acc.update(np.random.default_rng((pid, calls[0])).normal(
+            loc=0.5 * (pid % DRIFT_KINDS), size=(20, 64)))
+        return str(acc.to_summary().model_dump_json())
+
     app = ClientApp()
 
     def examples(pid: int) -> int:
@@ -95,7 +116,7 @@ def _client_app(reference: Any) -> Any:
     def query(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
         config = ConfigRecord({"eligible": True, "reasons": "[]",
-                               "drift": summaries[pid % DRIFT_KINDS], "plan-sha256": "0" * 64})
+                               "drift": drift(pid), "plan-sha256": "0" * 64})
         metrics = MetricRecord({"num-examples": examples(pid)})
         return Message(RecordDict({"config": config, "metrics": metrics}), reply_to=msg)
 
@@ -114,7 +135,7 @@ def _client_app(reference: Any) -> Any:
         content = RecordDict({
             "arrays": ArrayRecord({k: Array(v) for k, v in new.items()}),
             "metrics": MetricRecord({"num-examples": examples(pid), "train-loss": 0.5}),
-            "config": ConfigRecord({"status": "ok", "drift": summaries[pid % DRIFT_KINDS]}),
+            "config": ConfigRecord({"status": "ok", "drift": drift(pid)}),
         })
         return Message(content, reply_to=msg)
 
@@ -244,7 +265,7 @@ def _fedavg(grid: Any, n: int, rounds: int, rows: list[dict[str, float]]) -> Non
         raise RuntimeError(f"FedAvg ran {len(rows)} of {rounds} rounds")
 
 
-def child(n: int, rounds: int, reps: int, profile_path: str | None) -> None:
+def child(n: int, rounds: int, reps: int, profile_path: str | None, fresh: bool) -> None:
     """Run ``reps`` x (ours, FedAvg) on fresh federations; print one ``RESULT {json}`` line."""
     import cProfile
     import logging
@@ -253,7 +274,7 @@ def child(n: int, rounds: int, reps: int, profile_path: str | None) -> None:
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("aggregation").setLevel(logging.WARNING)
-    app = _client_app(_reference())
+    app = _client_app(_reference(), fresh)
     profile = cProfile.Profile() if profile_path else None
     out: dict[str, list[list[dict[str, float]]]] = {s: [] for s in SYSTEMS}
     for rep in range(reps):
@@ -274,13 +295,16 @@ def child(n: int, rounds: int, reps: int, profile_path: str | None) -> None:
 
 
 # --- the parent: one child per client count, the table ------------------------------------------
-def run_child(n: int, rounds: int, reps: int, profile: str | None) -> dict[str, Any]:
+def run_child(n: int, rounds: int, reps: int, profile: str | None, fresh: bool
+              ) -> dict[str, Any]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.path.dirname(__file__)])}
     cmd = [sys.executable, __file__, "--child", "--clients", str(n), "--rounds", str(rounds),
            "--reps", str(reps)]
     if profile:
         cmd += ["--profile", f"{profile}.{n}"]
+    if fresh:
+        cmd.append("--fresh-summaries")
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
                           timeout=3600, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
@@ -336,19 +360,25 @@ def main() -> None:
     parser.add_argument("--skip-1m", action="store_true",
                         help="skip the 100 updates x 1M parameters aggregation")
     parser.add_argument("--profile", help="cProfile ours' last repetition to FILE.<clients>")
+    parser.add_argument("--fresh-summaries", action="store_true",
+                        help="every reply carries a new drift summary of its node")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.clients[0], args.rounds, args.reps, args.profile)
+        child(args.clients[0], args.rounds, args.reps, args.profile, args.fresh_summaries)
         return
     totals: list[tuple[object, ...]] = []
     parts: list[tuple[object, ...]] = []
     for n in args.clients:
         print(f"{n} clients…", file=sys.stderr, flush=True)
-        t, p = summarise(run_child(n, args.rounds, args.reps, args.profile))
+        t, p = summarise(run_child(n, args.rounds, args.reps, args.profile,
+                                   args.fresh_summaries))
         totals, parts = totals + t, parts + p
+    summaries = ("a new drift summary in every reply" if args.fresh_summaries
+                 else "3 drift summaries")
     print(f"\nServer-side CPU per round (the ServerApp's thread, time.thread_time): {args.rounds}"
-          f" rounds x {args.reps} repetitions, every node trains, 4,810 params, drift steering on")
+          f" rounds x {args.reps} repetitions, every node trains, 4,810 params, drift steering on,"
+          f" {summaries}")
     print_table([Column("case", 24), Column("rounds", 6, "d"),
                  Column("ours (s) median [min-max]", 26),
                  Column("FedAvg (s) median [min-max]", 28),

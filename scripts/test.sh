@@ -6,6 +6,7 @@
 #                                (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres)
 #   TFLITE=0                     leave out .venv-tflite and its tests (says so at the end)
 #   PYTEST_WORKERS               pytest-xdist workers for the main run (default 2)
+#   TFLITE_SERIAL=1              run the .venv-tflite tests after the main run, not beside it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phase() { echo "[test] $1 (${SECONDS} s since start)"; }
@@ -23,8 +24,9 @@ if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" =
     (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}") \
         >/tmp/edgefleet-apt.log 2>&1 || echo "[test] apt-get failed (see /tmp/edgefleet-apt.log)"
 fi
-# TensorFlow Federated's own venv (var/tff-venv) for the reference-backend test; idempotent.
-bash scripts/tff_venv.sh
+# TensorFlow Federated's own venv (var/tff-venv) for the reference-backend test, built once
+# (its stamp file marks it finished; tff_venv.sh's own check would import TensorFlow, ~20 s).
+[ -f "${TFF_VENV:-var/tff-venv}/.tff-installed" ] || bash scripts/tff_venv.sh
 phase "TFF venv ready"
 # The device tests for .venv-tflite: the plan runtime and format, the agent's tests, and of the
 # agent-against-the-real-server tests the one that installs, serves and reports (the others test the
@@ -61,17 +63,36 @@ phase ruff; .venv/bin/ruff check .
 phase mypy; .venv/bin/mypy edgefleet edgefleet_cli authoring server registry aggregation simulation edge_client
 phase "pytest in .venv"; echo "[test] pytest in .venv ($(.venv/bin/python -c 'import numpy; print("numpy", numpy.__version__)'))"
 status=0
+# The device tests in .venv-tflite run beside the main run (niced, their output in a log printed
+# at the end): they fill the cores while the main run's end-to-end tests wait on processes.
+# TFLITE_SERIAL=1 runs them after the main run instead.
+tflite_pid=""
+tflite_log="$(mktemp /tmp/edgefleet-test-tflite.XXXXXX)"
+tflite=(env EDGEFLEET_TEST_MAIN_PYTHON="$PWD/.venv/bin/python"
+        .venv-tflite/bin/python -m pytest -p no:cacheprovider "${TFLITE_TESTS[@]}")
+if [ "${TFLITE:-1}" != 0 ] && [ "${TFLITE_SERIAL:-0}" != 1 ]; then
+    echo "[test] pytest in .venv-tflite started beside the main run (log: $tflite_log)"
+    nice -n 5 "${tflite[@]}" >"$tflite_log" 2>&1 &
+    tflite_pid=$!
+    trap 'kill "$tflite_pid" 2>/dev/null || true' INT TERM
+fi
 # Two workers (pytest-xdist), a test file per worker at a time: the end-to-end tests spend much of
-# their time waiting on processes they started, so the second core is not idle.
-.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=30 "$@" \
-    || status=$?
+# their time waiting on processes they started, so the second core is not idle. The longest files
+# go first (tests/conftest.py, LONGEST_FIRST; --no-loadscope-reorder keeps that order instead of
+# xdist's most-tests-first), so no worker is left running a long file alone at the end.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
+    --durations=30 "$@" || status=$?
 phase "pytest in .venv done"
 if [ "${TFLITE:-1}" = 0 ]; then
     echo "[test] TFLITE=0: the tflite-runtime tests in .venv-tflite were NOT run"
+elif [ -n "$tflite_pid" ]; then
+    wait "$tflite_pid" || status=$?
+    echo "[test] pytest in .venv-tflite (numpy < 2, tflite-runtime): the device tests"
+    cat "$tflite_log"
 else
     echo "[test] pytest in .venv-tflite (numpy < 2, tflite-runtime): the device tests"
-    EDGEFLEET_TEST_MAIN_PYTHON="$PWD/.venv/bin/python" \
-        .venv-tflite/bin/python -m pytest -p no:cacheprovider "${TFLITE_TESTS[@]}" || status=$?
+    "${tflite[@]}" || status=$?
 fi
+rm -f "$tflite_log"
 phase "done"
 exit "$status"

@@ -1,4 +1,5 @@
-"""Shared session fixtures: the digits data split and a built, briefly trained digits MLP plan.
+"""Shared session fixtures: the digits data split and a built, briefly trained digits MLP plan;
+and the longest test files scheduled first (:data:`LONGEST_FIRST`).
 
 ``digits_plan_dir`` is built once per session. The TensorFlow conversion runs in a child process
 (so test modules that never author models do not load TensorFlow), then the plan is trained for
@@ -78,7 +79,6 @@ def digits_plan_dir(tmp_path_factory: pytest.TempPathFactory, digits_data: Datas
 #: out first, so the two workers finish together instead of one running a long file alone at
 #: the end; files not listed keep pytest's order. A missing name is ignored.
 LONGEST_FIRST = (
-    "tests/simulation/test_fleet_loop.py",
     "tests/simulation/test_fleet.py",
     "tests/aggregation/test_deployment.py",
     "tests/test_topology.py",

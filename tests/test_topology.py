@@ -491,14 +491,15 @@ def test_the_controller_runs_a_federated_round_that_publishes_through_the_balanc
     runs, out = controller_once(t, {**ROUND, "target-clients": n, "min-reports": n,
                                     "min-nodes": n})
     assert len(runs) == 1, out
-    finished = _until("the run finished", lambda: [
-        r for r in fleet.flwr("ls", "--run-id", runs[0]).get("runs", [])
-        if str(r["status"]).startswith("finished")], timeout=300)
     log = t.root / "logs" / "flwr-log.log"
+    # ``flwr log`` streams the run's log until the SuperLink reports the run finished (one CLI
+    # process instead of polling ``flwr ls``)
     log.write_text(subprocess.run(
-        ["flwr", "log", runs[0], "fleet", "--show"], capture_output=True, text=True, timeout=60,
-        env={**os.environ, **t.environment("register-supernodes")}, check=False).stdout)
-    assert finished[0]["status"] == "finished:completed", log.read_text()[-3000:]
+        ["flwr", "log", runs[0], "fleet", "--stream"], capture_output=True, text=True,
+        timeout=300, env={**os.environ, **t.environment("register-supernodes")},
+        check=False).stdout)
+    (finished,) = fleet.flwr("ls", "--run-id", runs[0]).get("runs", [])
+    assert finished["status"] == "finished:completed", log.read_text()[-3000:]
     assert [line.split(":")[0] for line in round_lines(log)] == ["round 1 ok"], log.read_text()
     with fleet.admin() as admin:
         page = admin.get("/api/v1/models/digits/versions").raise_for_status().json()

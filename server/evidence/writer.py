@@ -47,8 +47,9 @@ __all__ = ["Answer", "InferenceLog", "LogStats", "inference_log_for"]
 log = logging.getLogger("edgefleet.server.evidence")
 
 _ATTEMPTS = 3
-#: How often the writer looks for queued answers while it waits for a batch to fill.
-POLL_S = 0.02
+#: How often the writer looks whether a batch is full while it waits (each look takes the GIL
+#: from whatever thread runs; a batch that fills between looks waits for the next one).
+POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -215,17 +216,16 @@ class InferenceLog:
             self._done.notify_all()
 
     def _collect(self) -> list[Answer]:
-        batch: list[Answer] = []
+        """Up to ``batch_size`` queued answers, once that many are queued or
+        ``flush_interval_s`` has passed (at once when stopping)."""
         deadline = time.monotonic() + self.flush_interval_s
-        while len(batch) < self.batch_size:
-            if self._queue:
-                batch.append(self._queue.popleft())
-                continue
+        while len(self._queue) < self.batch_size and not self._stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0 or self._stop.is_set():
+            if left <= 0:
                 break
             self._stop.wait(min(POLL_S, left))
-        return batch
+        queued = self._queue
+        return [queued.popleft() for _ in range(min(len(queued), self.batch_size))]
 
     def _write(self, batch: list[Answer]) -> None:
         rows = [row for answer in batch for row in records(answer)]

@@ -8,9 +8,10 @@ queue, and an interpreter that frees up takes the queued requests in arrival ord
 ``max_batch`` rows, as one call (``max_queue_delay_ms`` > 0 also waits that long for a batch
 to fill). Each caller gets its own rows back, in order. A call whose estimated time is below
 ``inline_below_ms`` (a tiny model) runs on the event loop itself, skipping the thread hop. The
-estimate per row is the wall time of the calls made inline and the CPU time of the calls made in
-a worker thread (whose wall time includes waiting for the GIL while the event loop runs: a tiny
-model sent there once would otherwise look slow and never come back inline).
+estimate per row is the wall time of the calls made inline (each counted at most twice the
+estimate: the loop's thread being preempted is not the model's cost) and the CPU time of the
+calls made in a worker thread (whose wall time includes waiting for the GIL while the event loop
+runs: a tiny model sent there once would otherwise look slow and never come back inline).
 
 If a batched call fails, its requests are run one by one, so only a request that fails alone
 fails. At most ``max_queue_rows`` rows wait; beyond that a request is refused with 503.
@@ -37,6 +38,8 @@ from server.errors import ModelUnavailableError
 __all__ = ["BatchPolicy", "BatchingSettings", "VersionBatcher"]
 
 _EWMA = 0.2
+#: An inline call's wall time counts at most this many times the estimate it updates.
+_WALL_CAP = 2.0
 
 
 class BatchPolicy(BaseModel):
@@ -106,7 +109,7 @@ class VersionBatcher:
             try:
                 started = time.perf_counter()  # no system call here (thread_time is one)
                 out = runtime.predict(x)
-                self._observe(rows, time.perf_counter() - started)
+                self._observe(rows, time.perf_counter() - started, wall=True)
                 self.stats.inline_calls += 1
                 self._count(rows, 1)
                 return out
@@ -127,10 +130,12 @@ class VersionBatcher:
         per_row = self._ms_per_row
         return per_row is not None and per_row * rows < self.policy.inline_below_ms
 
-    def _observe(self, rows: int, seconds: float) -> None:
+    def _observe(self, rows: int, seconds: float, *, wall: bool = False) -> None:
         ms = seconds * 1e3 / max(rows, 1)
-        self._ms_per_row = ms if self._ms_per_row is None else (
-            (1 - _EWMA) * self._ms_per_row + _EWMA * ms)
+        current = self._ms_per_row
+        if current is not None and wall:  # a preempted call is not the model's cost
+            ms = min(ms, _WALL_CAP * current)
+        self._ms_per_row = ms if current is None else (1 - _EWMA) * current + _EWMA * ms
 
     def _count(self, rows: int, requests: int) -> None:
         self.stats.calls += 1
