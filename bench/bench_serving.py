@@ -16,9 +16,15 @@ tiny digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10 
 (``max_batch`` 32, ``max_queue_delay_ms`` 5). The load generator is ``wrk`` (Debian's package:
 ``apt-get install -y wrk``; the bench installs it when missing and it can), one thread,
 keep-alive, 127.0.0.1; its CPU time is
-reported per row (``gen CPU``, in cores: CPU seconds / wall seconds), so a row where the generator
-is near one core says the generator, not the server, was the limit. On a machine with 2 cores the
-generator's share counts against the server's: ``--workers 2`` competes with wrk for them.
+reported per cell (``gen CPU``, in cores: CPU seconds / wall seconds), so a cell where the
+generator is near one core says the generator, not the server, was the limit. On a machine with 2
+cores the generator's share counts against the server's: ``--workers 2`` competes with wrk for
+them. Each cell also gives the server's CPU time per request (every thread, and every worker
+process: ``/proc``), which a busy machine distorts less than req/s.
+
+The three servers (floor, ours with 1 worker, ours with 2) are up together, and at each
+concurrency their cells run one right after the other, so the ratios compare cells measured under
+the same load on the machine.
 
 Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default;
 ``--duration 2`` for a quick look).
@@ -27,6 +33,7 @@ Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -41,7 +48,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import ROOT, build_digits_plan, free_port, process
+from _common import ROOT, build_digits_plan, cpu_seconds, free_port, process
 from fastapi import FastAPI, Request, Response
 
 ADMIN_KEY = "bench-admin-key"
@@ -120,6 +127,17 @@ class Cell:
     p99_ms: float
     gen_cores: float
     errors: int
+    server_ms: float = 0.0  # the server's CPU time (every thread and worker) per request
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds so far of process ``pid`` and its child processes (uvicorn's workers)."""
+    total = cpu_seconds(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else ():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a worker ended
+            total += cpu_seconds(int(child))
+    return total
 
 
 def ensure_wrk() -> str:
@@ -147,7 +165,7 @@ def _ms(text: str) -> float:
 
 
 def wrk(binary: str, url: str, body: bytes, headers: dict[str, str], connections: int,
-        seconds: float, workdir: Path) -> Cell:
+        seconds: float, workdir: Path, server: int) -> Cell:
     script = workdir / "post.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = [==[{body.decode()}]==]"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
@@ -155,9 +173,11 @@ def wrk(binary: str, url: str, body: bytes, headers: dict[str, str], connections
     argv = [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
             "-s", str(script), url]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = tree_cpu(server)
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
+    server_cpu = tree_cpu(server) - server_before
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed: {proc.stderr or proc.stdout}")
@@ -167,12 +187,14 @@ def wrk(binary: str, url: str, body: bytes, headers: dict[str, str], connections
     if "50" not in pct or "99" not in pct:
         raise RuntimeError(f"wrk reported no latency distribution:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors:.*?(\d+).*?(\d+).*?(\d+).*?(\d+)", out)
     errors = int(bad.group(1)) if bad else 0
     if errs:
         errors += sum(int(g) for g in errs.groups())
-    return Cell(rps, _ms(pct["50"]), _ms(pct["99"]), cpu / wall, errors)
+    return Cell(rps, _ms(pct["50"]), _ms(pct["99"]), cpu / wall, errors,
+                server_cpu * 1e3 / max(done, 1))
 
 
 # --- the in-process ceiling --------------------------------------------------------------------
@@ -225,48 +247,63 @@ def server_cmd(port: int, workers: int) -> list[str]:
             "--port", str(port), "--workers", str(workers)]
 
 
-Row = tuple[str, str, dict[int, Cell]]
-
-
 Cells = dict[str, dict[int, Cell]]
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {APP_KEY}"}
 
 
-def measure_ours(args: argparse.Namespace, tmp: Path, env: dict[str, str], workers: int,
-                 models: list[tuple[str, bytes]], binary: str, arrange: bool) -> Cells:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp / f"server-w{workers}.log"
-    out: dict[str, dict[int, Cell]] = {}
-    with process(server_cmd(port, workers), env, f"{base}/api/v1/health/ready", log):
-        if arrange:
-            register(base, "tiny", args.tiny_dir)
-            register(base, "heavy", args.heavy_dir)
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {APP_KEY}"}
-        for model, body in models:
-            url = f"{base}/v2/models/{model}/infer"
-            warm = httpx.post(url, content=body, headers=headers, timeout=120)
-            warm.raise_for_status()
-            (tmp / f"canned-{model}.json").write_text(warm.text)
-            out[model] = {c: wrk(binary, url, body, headers, c, args.duration, tmp)
-                          for c in args.concurrency}
-    return out
+@dataclass
+class Target:
+    """One server under test: its process id and base URL."""
+
+    pid: int
+    base: str
+
+    def cell(self, binary: str, model: str, body: bytes, c: int, args: argparse.Namespace,
+             tmp: Path) -> Cell:
+        return wrk(binary, f"{self.base}/v2/models/{model}/infer", body, HEADERS, c,
+                   args.duration, tmp, self.pid)
 
 
-def measure_floor(args: argparse.Namespace, tmp: Path, models: list[tuple[str, bytes]],
-                  binary: str) -> dict[str, dict[int, Cell]]:
-    port = free_port()
-    payloads = tmp / "canned.json"
-    payloads.write_text(json.dumps(
-        {m: (tmp / f"canned-{m}.json").read_text() for m, _ in models}))
-    cmd = [sys.executable, __file__, "--serve-bare", str(port), "--payloads", str(payloads)]
-    base = f"http://127.0.0.1:{port}"
-    out = {}
-    with process(cmd, dict(os.environ), f"{base}/ready", tmp / "bare.log"):
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {APP_KEY}"}
-        for model, body in models:
-            out[model] = {c: wrk(binary, f"{base}/v2/models/{model}/infer", body, headers, c,
-                                 args.duration, tmp) for c in args.concurrency}
-    return out
+def warm(base: str, model: str, body: bytes) -> str:
+    """One request (the version loads); the recorded response text."""
+    answer = httpx.post(f"{base}/v2/models/{model}/infer", content=body, headers=HEADERS,
+                        timeout=120)
+    answer.raise_for_status()
+    return answer.text
+
+
+def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str], binary: str
+            ) -> tuple[Cells, Cells, Cells]:
+    """Floor, ours (1 worker) and ours (2 workers, tiny only), all up at once, measured cell
+    after cell at each concurrency (floor, then ours, then ours with 2 workers), so the three
+    columns of a concurrency see the same load on the machine."""
+    models = [("tiny", body_for(64)), ("heavy", body_for(HEAVY_FEATURES))]
+    floor: Cells = {m: {} for m, _ in models}
+    ours1: Cells = {m: {} for m, _ in models}
+    ours2: Cells = {"tiny": {}}
+    p1, p2, pf = free_port(), free_port(), free_port()
+    b1, b2, bf = (f"http://127.0.0.1:{p}" for p in (p1, p2, pf))
+    with process(server_cmd(p1, 1), env, f"{b1}/api/v1/health/ready", tmp / "server-w1.log"
+                 ) as s1:
+        register(b1, "tiny", args.tiny_dir)
+        register(b1, "heavy", args.heavy_dir)
+        payloads = tmp / "canned.json"
+        payloads.write_text(json.dumps({m: warm(b1, m, body) for m, body in models}))
+        floor_cmd = [sys.executable, __file__, "--serve-bare", str(pf), "--payloads",
+                     str(payloads)]
+        with process(floor_cmd, dict(os.environ), f"{bf}/ready", tmp / "bare.log") as sf, \
+                process(server_cmd(p2, 2), env, f"{b2}/api/v1/health/ready",
+                        tmp / "server-w2.log") as s2:
+            for _ in range(4):  # each worker loads the tiny version on its first request
+                warm(b2, "tiny", models[0][1])
+            t1, t2, tf = Target(s1.pid, b1), Target(s2.pid, b2), Target(sf.pid, bf)
+            for model, body in models:
+                for c in args.concurrency:
+                    floor[model][c] = tf.cell(binary, model, body, c, args, tmp)
+                    ours1[model][c] = t1.cell(binary, model, body, c, args, tmp)
+                    if model == "tiny":
+                        ours2[model][c] = t2.cell(binary, model, body, c, args, tmp)
+    return floor, ours1, ours2
 
 
 def main() -> None:
@@ -293,11 +330,7 @@ def main() -> None:
         if not (args.heavy_dir / "plan.tflite").is_file():
             build_heavy_plan(args.heavy_dir)
         db_url = f"sqlite:///{tmp / 'registry.db'}"
-        env = server_env(tmp, db_url)
-        tiny, heavy = ("tiny", body_for(64)), ("heavy", body_for(HEAVY_FEATURES))
-        ours1 = measure_ours(args, tmp, env, 1, [tiny, heavy], binary, arrange=True)
-        ours2 = measure_ours(args, tmp, env, 2, [tiny], binary, arrange=False)
-        floor = measure_floor(args, tmp, [tiny, heavy], binary)
+        floor, ours1, ours2 = measure(args, tmp, server_env(tmp, db_url), binary)
         ceilings = {(m, b): ceiling(d, f, b, min(args.duration, 5.0))
                     for m, d, f in (("tiny", args.tiny_dir, 64),
                                     ("heavy", args.heavy_dir, HEAVY_FEATURES))
@@ -310,8 +343,9 @@ def report(args: argparse.Namespace, floor: dict[str, dict[int, Cell]],
            ceilings: dict[tuple[str, int], Cell]) -> None:
     cs = args.concurrency
     print(f"\nV2 serving, wrk -t1 keep-alive on 127.0.0.1, {args.duration:g} s per cell, "
-          f"{os.cpu_count()} cores; req/s, p50/p99 ms, generator CPU (cores), errors")
-    head = f"{'model':6} {'target':22}" + "".join(f" | c={c:<27}" for c in cs)
+          f"{os.cpu_count()} cores; req/s, p50/p99 ms, generator CPU (cores), server CPU "
+          "per request (ms, all threads and workers), errors")
+    head = f"{'model':6} {'target':22}" + "".join(f" | c={c:<33}" for c in cs)
     print(head)
     print("-" * len(head))
     rows = [("tiny", "floor (bare FastAPI)", floor["tiny"]),
@@ -324,7 +358,7 @@ def report(args: argparse.Namespace, floor: dict[str, dict[int, Cell]],
         for c in cs:
             k = cells[c]
             line += (f" | {k.rps:7.0f} {k.p50_ms:6.2f}/{k.p99_ms:6.2f} {k.gen_cores:4.2f}"
-                     f"{'' if not k.errors else f' E{k.errors}':>4}")
+                     f" {k.server_ms:5.3f}{'' if not k.errors else f' E{k.errors}':>4}")
         print(line)
     print("\nin-process ceiling (the serving copy's FrozenRuntime.predict in this process)")
     for (model, batch), k in ceilings.items():
@@ -335,7 +369,8 @@ def report(args: argparse.Namespace, floor: dict[str, dict[int, Cell]],
     h_ours, h_ceil = ours1["heavy"][c], ceilings[("heavy", 32)]
     print(f"\nratios at c={c}:")
     print(f"  tiny: ours/floor req/s {t_ours.rps / t_floor.rps:.2f} (target >= 0.75); "
-          f"p99 ours/floor {t_ours.p99_ms / t_floor.p99_ms:.2f} (target <= 2)")
+          f"p99 ours/floor {t_ours.p99_ms / t_floor.p99_ms:.2f} (target <= 2); server CPU "
+          f"per request ours/floor {t_ours.server_ms / max(t_floor.server_ms, 1e-9):.2f}")
     print(f"  heavy: ours samples/s / ceiling batch-32 samples/s "
           f"{h_ours.rps / (h_ceil.rps * 32):.2f} (target >= 0.45); p99 {h_ours.p99_ms:.1f} ms "
           "(target <= 25)")

@@ -18,7 +18,7 @@ Modules
 ``search``      discovery with filters and pagination
 ``integrity``   artifacts verified at rest, DAMAGED versions   ``signing``  the Ed25519 version key
 ``predictions`` precomputed predictions
-``audit``       the hash-chained audit trail: record, list, verify
+``audit``       the hash-chained audit trail: record, list, verify (``audit_chain``: hashes, verify)
 ``cards``       model cards (``card_lineage``: run and per-class sections; ``card_render``: pages)
 """
 

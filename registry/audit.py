@@ -4,7 +4,8 @@
 commits, so an action that fails (and rolls back) leaves no record, and one that commits leaves
 exactly one per call. The trail is append-only and tamper-evident: each record carries the hash of
 the one before it and its own hash over its content (:func:`record_hash`), and
-:func:`verify` walks the chain and names every record that was altered, removed or inserted.
+:func:`verify` walks the chain and names every record that was altered, removed or inserted
+(both defined in :mod:`registry.audit_chain` and exported here).
 
 Writers are serialised on the chain head (:class:`~registry.models.AuditHead`, one row): the first
 statement of :func:`record` is an ``UPDATE`` of that row, which takes PostgreSQL's row lock (held
@@ -25,18 +26,18 @@ secret.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from registry.audit_chain import AuditProblem, VerifyReport, record_hash, verify
 from registry.errors import InvalidQueryError
 from registry.models.audit import AUDIT_HEAD_ID, GENESIS_HASH, AuditHead, AuditRecord
 from registry.models.columns import utcnow
@@ -119,52 +120,6 @@ _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _MAX_ACTOR = 200
 _MAX_TARGET = 300
 _MAX_REASON = 1000
-_VERIFY_BATCH = 1000
-
-
-def record_hash(
-    *,
-    seq: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    target: str,
-    request_id: str | None,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    reason: str | None,
-    prev_hash: str,
-) -> str:
-    """The sha256 (hex) of a record's canonical JSON (sorted keys, UTC microsecond time)."""
-    body = {
-        "seq": seq,
-        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "request_id": request_id,
-        "before": before,
-        "after": after,
-        "reason": reason,
-        "prev_hash": prev_hash,
-    }
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _hash_of(row: AuditRecord) -> str:
-    return record_hash(
-        seq=row.seq,
-        at=row.at,
-        actor=row.actor,
-        action=row.action,
-        target=row.target,
-        request_id=row.request_id,
-        before=row.before,
-        after=row.after,
-        reason=row.reason,
-        prev_hash=row.prev_hash,
-    )
 
 
 def _plain(value: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -342,89 +297,3 @@ def list_records(session: Session, query: AuditQuery | None = None) -> list[Audi
         stmt = stmt.where(seq < q.after_seq if q.newest_first else seq > q.after_seq)
     order = col(AuditRecord.seq).desc() if q.newest_first else col(AuditRecord.seq)
     return list(session.exec(stmt.order_by(order).limit(q.limit)))
-
-
-# --- verification --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AuditProblem:
-    """One break in the chain: ``kind`` is ``altered``, ``missing``, ``broken_link`` or ``head``."""
-
-    seq: int
-    kind: str
-    detail: str
-
-
-@dataclass
-class VerifyReport:
-    """What :func:`verify` found: records checked, the head, and every problem."""
-
-    checked: int = 0
-    head_seq: int = 0
-    head_hash: str = GENESIS_HASH
-    problems: list[AuditProblem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def verify(session: Session) -> VerifyReport:
-    """Walk the whole chain in ``seq`` order and report every altered or removed record.
-
-    An *altered* record no longer hashes to its stored hash; a *missing* one leaves a gap in
-    ``seq`` (or, at the end, a head that names a later record than the last one stored); a
-    *broken link* is a ``prev_hash`` that is not the previous record's hash.
-    """
-    head = session.get(AuditHead, AUDIT_HEAD_ID)
-    report = VerifyReport(
-        head_seq=head.seq if head else 0, head_hash=head.hash if head else GENESIS_HASH
-    )
-    prev_seq, prev_hash = 0, GENESIS_HASH
-    while True:
-        stmt = (
-            select(AuditRecord)
-            .where(col(AuditRecord.seq) > prev_seq)
-            .order_by(col(AuditRecord.seq))
-            .limit(_VERIFY_BATCH)
-        )
-        rows = list(session.exec(stmt))
-        for row in rows:
-            _check_row(report, row, prev_seq, prev_hash)
-            prev_seq, prev_hash = row.seq, row.hash
-            report.checked += 1
-        if len(rows) < _VERIFY_BATCH:
-            break
-    _check_tail(report, head, prev_seq, prev_hash)
-    return report
-
-
-def _check_row(report: VerifyReport, row: AuditRecord, prev_seq: int, prev_hash: str) -> None:
-    if row.seq != prev_seq + 1:
-        gap = f"{prev_seq + 1}–{row.seq - 1}" if row.seq - 1 > prev_seq + 1 else str(prev_seq + 1)
-        report.problems.append(AuditProblem(prev_seq + 1, "missing", f"record(s) {gap} removed"))
-    elif row.prev_hash != prev_hash:
-        report.problems.append(
-            AuditProblem(row.seq, "broken_link", "prev_hash is not the previous record's hash")
-        )
-    if _hash_of(row) != row.hash:
-        report.problems.append(
-            AuditProblem(row.seq, "altered", "content no longer matches its hash")
-        )
-
-
-def _check_tail(
-    report: VerifyReport, head: AuditHead | None, last_seq: int, last_hash: str
-) -> None:
-    if head is None:
-        if last_seq:
-            report.problems.append(AuditProblem(last_seq, "head", "chain head row is missing"))
-        return
-    if head.seq > last_seq:
-        report.problems.append(
-            AuditProblem(last_seq + 1, "missing", f"record(s) {last_seq + 1}–{head.seq} removed")
-        )
-    elif head.seq != last_seq or head.hash != last_hash:
-        report.problems.append(
-            AuditProblem(last_seq, "head", "chain head does not match the newest record")
-        )
-

@@ -15,7 +15,8 @@ the server knows, with aggregate queries only:
   of the version on each device's own labelled examples: the device's *latest* local
   evaluation in the window (each evaluation scores the same stored examples again, so summing
   them would count examples twice): ``device_labelled`` is the sum of those evaluations'
-  ``n_examples``, ``device_correct`` of ``round(accuracy · n)``.
+  ``n_examples``, ``device_correct`` of ``round(accuracy · n)``; ``device_evals`` keeps them
+  per device (``{device id: (labelled, correct)}``) for comparisons on the same devices.
 * **shadow** figures: rows where devices ran this version beside their active one
   (``shadow_n``), how many agreed on the class (``shadow_agree``), and the summed confidence
   difference (shadow minus active), from reports of any version whose window ends in the window.
@@ -87,6 +88,7 @@ class VersionEvidence:
     device_labelled: int = 0
     device_correct: int = 0
     device_predictions: list[int] = field(default_factory=list)
+    device_evals: dict[str, tuple[int, int]] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
     # this version as a shadow beside the devices' active versions
     shadow_n: int = 0
@@ -209,6 +211,7 @@ def _devices(session: Session, version_id: int, since: datetime, until: datetime
         "device_labelled": sum(n for n, _ in latest.values()),
         "device_correct": sum(round(n * a) for n, a in latest.values()),
         "device_predictions": classes,
+        "device_evals": {d: (n, round(n * a)) for d, (n, a) in sorted(latest.items())},
     }
 
 

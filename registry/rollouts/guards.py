@@ -9,7 +9,12 @@ Only ``device_failures`` fails on a small sample: one crash is evidence enough o
 Decisions, for a :class:`edgefleet.rollouts.GuardSpec` with ``margin`` m and ``min_samples`` n:
 
 ``device_accuracy``    devices' labelled accuracy (local evaluation); both sides ≥ n labelled;
-                       FAIL when acc(C) < acc(B) − m.
+                       FAIL when acc(C) < acc(B) − m. **Paired** when every device with a
+                       labelled evaluation of C also has one of B (``device_evals``): acc(B)
+                       is then B's on those same devices (devices differ in how hard their
+                       examples are, so the fleet's pooled B would favour or penalise C by
+                       which devices run it); otherwise **pooled**: B over all its devices.
+                       :attr:`GuardResult.basis` and the reason say which.
 ``feedback_accuracy``  the same over REST answers labelled by feedback.
 ``error_rate``         REST errors / requests, both sides ≥ n requests; FAIL when
                        rate(C) > rate(B) + m.
@@ -28,7 +33,7 @@ Decisions, for a :class:`edgefleet.rollouts.GuardSpec` with ``margin`` m and ``m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -112,6 +117,8 @@ class GuardResult:
     candidate_n: int = 0
     baseline_n: int = 0
     threshold: float | None = None
+    #: how the sides were matched, where a guard has a choice (``paired``/``pooled``)
+    basis: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,6 +149,29 @@ def _lower_bound(spec: GuardSpec, what: str, c: tuple[int, int], b: tuple[int, i
     return GuardResult(spec.kind, PASS if ok else FAIL,
                        f"{what}: candidate {rc:.4f} {'>=' if ok else '<'} baseline {rb:.4f} − "
                        f"{spec.margin:g}", rc, rb, c_den, b_den, floor)
+
+
+def _device_evals(ev: EvidenceLike) -> Mapping[str, tuple[int, int]]:
+    return dict(getattr(ev, "device_evals", None) or {})
+
+
+def _device_accuracy(spec: GuardSpec, c: EvidenceLike, b: EvidenceLike) -> GuardResult:
+    """``device_accuracy``: paired on C's devices where B has evidence on all of them, else
+    pooled (module notes)."""
+    c_evals, b_evals = _device_evals(c), _device_evals(b)
+    missing = sorted(d for d in c_evals if d not in b_evals)
+    if c_evals and not missing:
+        pairs = [b_evals[d] for d in c_evals]
+        base = (sum(k for _, k in pairs), sum(n for n, _ in pairs))
+        what, basis = f"device labelled accuracy paired on {len(c_evals)} device(s)", "paired"
+    else:
+        base = (b.device_correct, b.device_labelled)
+        what, basis = "device labelled accuracy, baseline pooled over its devices", "pooled"
+        if missing:
+            shown = ", ".join(missing[:5]) + (", …" if len(missing) > 5 else "")
+            what += f" ({len(missing)} of C's devices have no baseline evidence: {shown})"
+    result = _lower_bound(spec, what, (c.device_correct, c.device_labelled), base)
+    return replace(result, basis=basis)
 
 
 def _upper_bound(spec: GuardSpec, what: str, c: tuple[int, int], b: tuple[int, int]) -> GuardResult:
@@ -229,9 +259,7 @@ def evaluate(spec: GuardSpec, candidate: EvidenceLike, baseline: EvidenceLike) -
     """The decision of guard ``spec`` on ``candidate`` against ``baseline``."""
     c, b = candidate, baseline
     if spec.kind == "device_accuracy":
-        return _lower_bound(spec, "device labelled accuracy",
-                            (c.device_correct, c.device_labelled),
-                            (b.device_correct, b.device_labelled))
+        return _device_accuracy(spec, c, b)
     if spec.kind == "feedback_accuracy":
         return _lower_bound(spec, "REST feedback accuracy",
                             (c.feedback_correct, c.feedback_labelled),

@@ -9,30 +9,35 @@ the old production or the new, never a mix. :func:`snapshot_token` changes whene
 could (an alias move, a rollout transition), for cheap revalidation of a cached snapshot.
 
 Membership (canary share, A/B split) is :func:`registry.rollouts.strategies.bucket` of the
-caller key: sticky per caller, as it is per device. Shadow sampling hashes the request key.
+caller key: sticky per caller, as it is per device. :func:`routing_view` (what device
+assignment reads) also carries a canary step's device floor
+(:func:`registry.rollouts.strategies.canary_floor` over the model's enrolled, unrevoked
+devices); REST callers follow the percent alone. Shadow sampling hashes the request key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from registry.catalog import get_model
 from registry.errors import NotFoundError
-from registry.models import PRODUCTION, Alias, Model, ModelVersion, Rollout
+from registry.models import PRODUCTION, Alias, Device, Model, ModelVersion, Rollout
 from registry.rollouts.queries import active_rollout, version_number
 from registry.rollouts.strategies import (
     BASELINE,
     RoutingView,
     arm_for_caller,
+    bucket,
+    canary_floor,
     shadow_sampled,
     view_of,
     warm_versions,
 )
 
-__all__ = ["ModelSnapshot", "Route", "build_snapshot", "choose", "routing_view",
-           "snapshot_token"]
+__all__ = ["ModelSnapshot", "Route", "build_snapshot", "choose", "fleet_positions",
+           "routing_view", "snapshot_token"]
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,22 @@ class ModelSnapshot:
 
 
 def routing_view(session: Session, model: Model) -> RoutingView | None:
-    """The routing view of the model's active rollout (``None`` without one)."""
+    """The routing view of the model's active rollout (``None`` without one), with a canary
+    step's device floor (module notes)."""
     row = active_rollout(session, model.id or 0)
-    return None if row is None else _view(session, row)
+    if row is None:
+        return None
+    view = _view(session, row)
+    if view.strategy != "canary" or not view.routing or not view.percent:
+        return view
+    return replace(view, floor=canary_floor(view.percent, fleet_positions(session, model)))
+
+
+def fleet_positions(session: Session, model: Model) -> list[float]:
+    """The rollout positions (:func:`bucket`) of the model's enrolled, unrevoked devices."""
+    ids = session.exec(select(Device.id).where(Device.model_id == model.id,
+                                               col(Device.revoked_at).is_(None))).all()
+    return [bucket(d, model.name, model.rollout_salt) for d in ids]
 
 
 def _view(session: Session, row: Rollout) -> RoutingView:

@@ -10,6 +10,11 @@ device id or caller key onto [0, 100) (:func:`bucket`): stateless, the same on e
 By strategy (while the rollout is running or awaiting approval):
 
 ``canary``      members: ``bucket < percent`` of the current step (devices and REST callers);
+                for devices also, at the least, the ``ceil(percent · n / 100)`` of the model's
+                ``n`` enrolled devices with the lowest positions (:func:`canary_floor`, carried
+                as :attr:`RoutingView.floor`), so that a small fleet's step never holds no
+                device. Both rules select a prefix of the devices ordered by position, so the
+                members of a step are those of the step before plus more (for a fixed fleet);
 ``waves``       devices whose labels match the selector of any wave up to the current one (a
                 wave without labels covers every device); REST callers stay on the baseline;
 ``blue_green``  nobody before the switch (devices are told to pre-download the candidate,
@@ -24,6 +29,7 @@ By strategy (while the rollout is running or awaiting approval):
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +42,7 @@ __all__ = [
     "arm_for_caller",
     "arm_for_device",
     "bucket",
+    "canary_floor",
     "default_steps",
     "labels_match",
     "prefetch_for",
@@ -85,10 +92,22 @@ class RoutingView:
     selectors: tuple[Mapping[str, str] | None, ...] = ()
     variants: tuple[tuple[str, int, float], ...] = ()
     shadow_rate: float = 0.0
+    #: canary: devices at a position ``<= floor`` are members whatever the percent says.
+    floor: float | None = None
 
     @property
     def routing(self) -> bool:
         return self.state in ("running", "awaiting_approval")
+
+
+def canary_floor(percent: float | None, positions: Sequence[float]) -> float | None:
+    """The position of the ``ceil(percent · n / 100)``-th lowest of the ``n`` device
+    ``positions`` (:func:`bucket`): a canary step holds at least the devices at or below it.
+    ``None`` for no percent, a percent of 0 or no devices."""
+    if not percent or percent <= 0 or not positions:
+        return None
+    k = min(len(positions), math.ceil(round(percent * len(positions) / 100.0, 9)))
+    return sorted(positions)[k - 1] if k > 0 else None
 
 
 def default_steps(strategy: str) -> list[StepSpec]:
@@ -149,7 +168,9 @@ def arm_for_device(
     if not view.routing or (view.candidate is None and view.strategy != "ab"):
         return None
     if view.strategy == "canary":
-        inside = view.percent is not None and bucket(device_id, model, salt) < view.percent
+        position = bucket(device_id, model, salt)
+        inside = view.percent is not None and (
+            position < view.percent or (view.floor is not None and position <= view.floor))
         return Arm(CANDIDATE, view.candidate or 0) if inside else None
     if view.strategy == "waves":
         inside = any(labels_match(labels, s) for s in view.selectors)

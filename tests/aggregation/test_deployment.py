@@ -169,7 +169,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, untrained: Path  # noqa
         stop(procs)
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 240.0) -> None:
     """Wait until the SuperLink accepts connections (nodes are waited for by the ServerApp)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:

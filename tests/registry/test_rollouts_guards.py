@@ -190,3 +190,41 @@ def test_bad_specs_are_refused() -> None:
         RolloutCreate(model="m", strategy="ab", variants=[{"name": "a", "version": 1}])
     with pytest.raises(ValueError, match="candidate"):
         RolloutCreate(model="m")
+
+
+def test_device_accuracy_is_paired_on_the_candidates_devices() -> None:
+    """Baseline per device 0.45/0.65/0.70 (pooled 0.60): the candidate on the hard device only,
+    as good as the baseline there, passes paired; pooled it would have failed."""
+    spec = GuardSpec(kind="device_accuracy", margin=0.05, min_samples=40)
+    base = ev(version=1, device_labelled=300, device_correct=180,
+              device_evals={"hard": (100, 45), "mid": (100, 65), "easy": (100, 70)})
+    cand = ev(device_labelled=100, device_correct=46, device_evals={"hard": (100, 46)})
+    r = evaluate(spec, cand, base)
+    assert (r.decision, r.basis) == (PASS, "paired")
+    assert r.baseline == pytest.approx(0.45) and r.baseline_n == 100
+    assert "paired on 1 device" in r.reason
+    no_pairs = replace(cand, device_evals={})
+    pooled = evaluate(spec, no_pairs, replace(base, device_evals={}))
+    assert (pooled.decision, pooled.basis) == (FAIL, "pooled")  # 0.46 < 0.60 − 0.05
+    worse = ev(device_labelled=100, device_correct=38, device_evals={"hard": (100, 38)})
+    assert evaluate(spec, worse, base).decision == FAIL  # 0.38 < 0.45 − 0.05, paired
+
+
+def test_device_accuracy_pairing_keeps_min_samples_on_both_sides() -> None:
+    spec = GuardSpec(kind="device_accuracy", margin=0.05, min_samples=40)
+    base = ev(version=1, device_labelled=130, device_correct=90,
+              device_evals={"a": (30, 20), "b": (100, 70)})
+    cand = ev(device_labelled=50, device_correct=35, device_evals={"a": (50, 35)})
+    r = evaluate(spec, cand, base)  # the baseline on device a: 30 labelled < 40
+    assert (r.decision, r.baseline_n) == (WAIT, 30) and "too little data" in r.reason
+
+
+def test_device_accuracy_falls_back_to_pooled_and_says_why() -> None:
+    spec = GuardSpec(kind="device_accuracy", margin=0.05, min_samples=40)
+    base = ev(version=1, device_labelled=200, device_correct=140,
+              device_evals={"a": (100, 80), "b": (100, 60)})
+    cand = ev(device_labelled=200, device_correct=140, device_evals={"a": (100, 70),
+                                                                       "new": (100, 70)})
+    r = evaluate(spec, cand, base)
+    assert (r.decision, r.basis) == (PASS, "pooled")
+    assert r.baseline == pytest.approx(0.70) and "no baseline evidence: new" in r.reason

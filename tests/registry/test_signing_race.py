@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
@@ -14,6 +15,7 @@ from registry.db import session_scope
 from registry.models import SigningKey
 from tests.registry.race_support import append_records, open_keys, run_processes
 
+pytestmark = pytest.mark.slow  # starts processes
 WORKERS = 3
 
 
