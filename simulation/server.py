@@ -111,6 +111,11 @@ class SimServer:
         exp, pop = self.exp, self.prepared.population
         rt = PlanRuntime.from_dir(self.prepared.plan_dir)
         sim = SimGrid(grid, pop.traces, exp.clients.target(), exp.engine.timeout_s)
+        # Flower's simulation starts the ServerApp before it has registered every node (1,000
+        # take a while): discovering a part would leave the round loop waiting for the rest
+        deadline = time.monotonic() + exp.engine.timeout_s
+        while len(list(grid.get_node_ids())) < exp.clients.count and time.monotonic() < deadline:
+            time.sleep(0.1)
         sim.discover(query_content(0, rt.manifest.name, 1))
         s = exp.selection
         policy = make_policy(s.policy, fair_max_picks=s.fair_max_picks or None,

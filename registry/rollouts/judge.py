@@ -11,6 +11,13 @@
 * ``blue_green`` after the switch: the candidate since the switch against the baseline up to
   the switch (from ``baseline_window_s`` before the rollout).
 
+A ``canary`` or ``waves`` step after the first that adds devices (its members by
+:func:`registry.rollouts.strategies.arm_for_device` minus the previous step's, over the model's
+enrolled devices, :func:`step_added`) and has a device guard (``device_accuracy``,
+``fallback_rate``, ``device_failures``) also needs a report on the candidate from at least one
+of the devices it added (a ``step_coverage`` result, :func:`_coverage`): the devices of earlier
+steps alone do not pass it.
+
 :func:`judge_ab` gathers each variant's labelled accuracy (devices' local evaluation plus REST
 feedback) since the step started and runs :func:`registry.rollouts.stats.compare`;
 :func:`judge_ab_safety` applies the ``device_failures`` guards to every variant meanwhile.
@@ -28,7 +35,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from edgefleet.rollouts import GuardSpec
+from edgefleet.rollouts import GuardSpec, StepSpec
 from registry.models import Model, Rollout
 from registry.rollouts.guards import (
     FAIL,
@@ -41,12 +48,16 @@ from registry.rollouts.guards import (
     evidence_summary,
 )
 from registry.rollouts.queries import version_number
+from registry.rollouts.routing import fleet
 from registry.rollouts.stats import ABResult, ArmSample, compare
+from registry.rollouts.strategies import bucket, canary_floor, labels_match
 
-__all__ = ["EvidenceFn", "Judgement", "judge", "judge_ab", "judge_ab_safety"]
+__all__ = ["EvidenceFn", "Judgement", "judge", "judge_ab", "judge_ab_safety", "step_added"]
 
 EvidenceFn = Callable[..., EvidenceLike]
 NO_SOURCE = "no evidence source"
+#: Guards whose evidence comes from the devices running the candidate.
+DEVICE_GUARDS = ("device_accuracy", "fallback_rate", "device_failures")
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,54 @@ def _prefetch(spec_guards: list[GuardSpec], cand: EvidenceLike, need: int) -> Ju
     return Judgement(r.decision, [r], {"candidate": evidence_summary(cand)})
 
 
+def _members(ids: list[str], positions: list[float], percent: float | None) -> set[str]:
+    """The devices a canary step of ``percent`` holds (as
+    :func:`registry.rollouts.strategies.arm_for_device` decides)."""
+    if not percent:
+        return set()
+    floor = canary_floor(percent, positions)
+    return {d for d, p in zip(ids, positions, strict=True)
+            if p < percent or (floor is not None and p <= floor)}
+
+
+def step_added(session: Session, row: Rollout, model: Model) -> list[str]:
+    """The devices the current ``canary`` or ``waves`` step added to the previous one's (none
+    for the first step or another strategy)."""
+    steps = [StepSpec.model_validate(s) for s in (row.spec or {}).get("steps") or []]
+    if row.strategy not in ("canary", "waves") or not 0 < row.step < len(steps):
+        return []
+    devices = fleet(session, model)
+    if row.strategy == "waves":
+        before = {d for d, labels in devices.items()
+                  if any(labels_match(labels, s.labels) for s in steps[: row.step])}
+        now = before | {d for d, labels in devices.items()
+                        if labels_match(labels, steps[row.step].labels)}
+        return sorted(now - before)
+    ids = list(devices)
+    positions = [bucket(d, model.name, model.rollout_salt) for d in ids]
+    now = _members(ids, positions, steps[row.step].percent)
+    return sorted(now - _members(ids, positions, steps[row.step - 1].percent))
+
+
+def _coverage(session: Session, row: Rollout, model: Model, guards: list[GuardSpec],
+              evidence: EvidenceFn, version: int, since: datetime) -> GuardResult | None:
+    """WAIT until a device the step added reports on the candidate (module notes)."""
+    if not any(g.kind in DEVICE_GUARDS for g in guards):
+        return None
+    added = step_added(session, row, model)
+    if not added:
+        return None
+    ev = evidence(session, model=model.name, version=version, since=since, until=None,
+                  device_ids=added)
+    if ev.devices <= 0:
+        return GuardResult("step_coverage", WAIT, f"too little data: none of the {len(added)} "
+                           "device(s) this step added has reported on the candidate",
+                           candidate_n=0, baseline_n=len(added))
+    return GuardResult("step_coverage", PASS, f"{ev.devices} of the {len(added)} device(s) "
+                       "this step added reported on the candidate", float(ev.devices), None,
+                       ev.devices, len(added))
+
+
 def judge(session: Session, row: Rollout, model: Model, evidence: EvidenceFn | None,
           now: datetime) -> Judgement:
     """The current step's verdict (see the module notes)."""
@@ -113,6 +172,10 @@ def judge(session: Session, row: Rollout, model: Model, evidence: EvidenceFn | N
     cand = _fetch(evidence, session, model.name, cand_v, since, None)
     base = _fetch(evidence, session, model.name, base_v, b_since, b_until)
     verdict, results = evaluate_all(guards, cand, base)
+    coverage = _coverage(session, row, model, guards, evidence, cand_v, since)
+    if coverage is not None:
+        results.append(coverage)
+        verdict = WAIT if verdict == PASS and coverage.decision == WAIT else verdict
     figures = {"candidate": {"version": cand_v, **evidence_summary(cand)},
                "baseline": {"version": base_v, **evidence_summary(base)}}
     return Judgement(verdict, results, figures)

@@ -36,7 +36,7 @@ from registry.rollouts.strategies import (
     warm_versions,
 )
 
-__all__ = ["ModelSnapshot", "Route", "build_snapshot", "choose", "fleet_positions",
+__all__ = ["ModelSnapshot", "Route", "build_snapshot", "choose", "fleet", "fleet_positions",
            "routing_view", "snapshot_token"]
 
 
@@ -75,11 +75,16 @@ def routing_view(session: Session, model: Model) -> RoutingView | None:
     return replace(view, floor=canary_floor(view.percent, fleet_positions(session, model)))
 
 
+def fleet(session: Session, model: Model) -> dict[str, dict[str, str]]:
+    """The model's enrolled, unrevoked devices: id → labels (sorted by id)."""
+    rows = session.exec(select(Device.id, Device.labels).where(
+        Device.model_id == model.id, col(Device.revoked_at).is_(None))).all()
+    return {d: dict(labels or {}) for d, labels in sorted(rows)}
+
+
 def fleet_positions(session: Session, model: Model) -> list[float]:
     """The rollout positions (:func:`bucket`) of the model's enrolled, unrevoked devices."""
-    ids = session.exec(select(Device.id).where(Device.model_id == model.id,
-                                               col(Device.revoked_at).is_(None))).all()
-    return [bucket(d, model.name, model.rollout_salt) for d in ids]
+    return [bucket(d, model.name, model.rollout_salt) for d in fleet(session, model)]
 
 
 def _view(session: Session, row: Rollout) -> RoutingView:

@@ -8,6 +8,7 @@ Devices are enrolled, polled through :func:`registry.assignment.assign` and repo
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -22,7 +23,7 @@ from registry.db import session_scope
 from registry.devices import enroll, get_device
 from registry.errors import ConflictError, InvalidQueryError
 from registry.models import AuditRecord, Model, utcnow
-from registry.rollouts import machine, queries
+from registry.rollouts import judge, machine, queries
 from registry.rollouts.routing import build_snapshot, choose
 from registry.rollouts.strategies import bucket
 from registry.store import ArtifactStore
@@ -227,7 +228,17 @@ def test_waves_follow_device_labels(fleet: Engine) -> None:
     with session_scope(fleet) as s:  # REST callers stay on the baseline during waves
         assert choose(build_snapshot(s, "digits"), caller_key="x", request_key="r").version == 1
     assert tick(fleet, rid) == "advance"
+    with session_scope(fleet) as s:  # the second wave adds site b
+        row = queries.get_rollout(s, rid)
+        added = judge.step_added(s, row, s.get(Model, row.model_id))  # type: ignore[arg-type]
+    assert added == [f"d{i:02d}" for i in range(1, 12, 2)]
     assert set(report_all(fleet, {1: 0.9, 2: 0.9}).values()) == {2}
+    assert tick(fleet, rid) == "advance"
+    assert state(fleet, rid)[0] == "promoted"
+    with session_scope(fleet) as s:
+        cover = [g for e in queries.timeline(s, rid) if e.kind == "pass" and e.step == 1
+                 for g in (e.evidence or {}).get("guards", []) if g["kind"] == "step_coverage"]
+    assert [g["decision"] for g in cover] == ["pass"] and cover[0]["candidate_n"] == 6
 
 
 def test_canary_membership_is_sticky_and_rest_follows(fleet: Engine) -> None:
@@ -384,13 +395,14 @@ def by_position(engine: Engine) -> list[str]:
     return sorted(SMALL, key=lambda d: bucket(d, "digits", salt))
 
 
-def report_small(engine: Engine, accuracy: dict[tuple[str, int], float]) -> dict[str, int]:
-    """Each small-fleet device polls, then reports ``accuracy[(device, version)]`` on 100
-    labelled examples (the devices' examples differ in difficulty)."""
+def report_small(engine: Engine, accuracy: dict[tuple[str, int], float],
+                 only: Sequence[str] = SMALL) -> dict[str, int]:
+    """Each small-fleet device (of ``only``) polls, then reports ``accuracy[(device,
+    version)]`` on 100 labelled examples (the devices' examples differ in difficulty)."""
     ran: dict[str, int] = {}
     now = utcnow()
     with session_scope(engine, write=True) as s:
-        for d in SMALL:
+        for d in only:
             device = get_device(s, d)
             version = assign(s, device).version.number
             ran[d] = version
@@ -465,3 +477,29 @@ def test_without_baseline_evidence_on_the_device_the_guard_pools(small_fleet: En
     guard = step_guard(small_fleet, rid, "device_accuracy", 0)
     assert guard["basis"] == "pooled" and "no baseline evidence" in str(guard["reason"])
     assert guard["baseline_n"] == 200  # the two devices that stayed on the baseline
+
+
+def test_a_step_that_adds_devices_waits_for_one_of_them(small_fleet: Engine) -> None:
+    """The devices of the first step alone never pass the second: a device it added must
+    report on the candidate first."""
+    order = by_position(small_fleet)
+    acc = per_device(order[0], {})
+    report_small(small_fleet, acc)
+    rid = start(small_fleet, steps=[StepSpec(percent=25, bake_s=0), StepSpec(percent=50,
+                                                                             bake_s=0)],
+                guards=[ACC])
+    report_small(small_fleet, acc)
+    assert tick(small_fleet, rid) == "advance"
+    with session_scope(small_fleet) as s:
+        row = queries.get_rollout(s, rid)
+        added = judge.step_added(s, row, s.get(Model, row.model_id))  # type: ignore[arg-type]
+    assert added and order[0] not in added
+    for _ in range(2):  # the first step's device reports again: not enough
+        report_small(small_fleet, acc, only=[order[0]])
+        assert tick(small_fleet, rid) is None
+    guard = step_guard(small_fleet, rid, "step_coverage", 1)
+    assert guard["decision"] == "wait" and "this step added" in str(guard["reason"])
+    assert report_small(small_fleet, acc, only=added[:1]) == {added[0]: 2}
+    assert tick(small_fleet, rid) == "advance"
+    assert step_guard(small_fleet, rid, "step_coverage", 1)["decision"] == "pass"
+    assert state(small_fleet, rid)[0] == "promoted"

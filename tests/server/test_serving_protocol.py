@@ -106,13 +106,14 @@ def test_every_refusal_is_a_4xx_with_the_protocols_error(
 
 def test_the_hot_path_reads_no_database(served: Api, client: TestClient) -> None:
     """Once a model and a device token were seen, requests run no SQL (only the inference
-    log's writer and the serving table's refresh thread talk to the database)."""
+    log's writer, the serving table's refresh thread and the rollout controller's periodic
+    tick talk to the database)."""
     device = served.enrol("pi-hot")
     good = _json_body(np.zeros((1, 64), dtype=np.float32))
     for headers in (APP, device):  # the model is loaded and the token checked once
         assert client.post(URL, content=good, headers=headers).status_code == 200
     engine = client.app.state.edgefleet.engine  # type: ignore[attr-defined]
-    background = {"inference-log", "edgefleet-serving-table"}
+    background = {"inference-log", "edgefleet-serving-table", "edgefleet-rollouts"}
     seen: list[tuple[str, str]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
