@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any, Self
 
 import numpy as np
@@ -41,6 +42,7 @@ MAX_FEATURES = 4096
 MAX_BINS = 256  # reference bins per feature; a summary adds underflow and overflow
 MAX_CLASSES = 1024
 MAX_CONFIDENCE_BINS = 64
+MAX_COUNT = 2**50  # any one count: sums of up to MAX_CLASSES counts stay exact in int64
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -114,6 +116,10 @@ class DriftSummary(BaseModel):
         except ValidationError as exc:
             raise _summary_error(exc) from None
 
+    # Validation from JSON or a mapping runs the validators itself instead of through
+    # ``__init__`` (which would validate every field and check the summary twice).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
         try:
@@ -156,8 +162,7 @@ class DriftSummary(BaseModel):
         """This summary's numbers as a :class:`~edgefleet.drift.state.SummaryState`."""
         lengths = np.asarray(row_lengths(self), dtype=np.int64)
         bins = np.zeros((lengths.size, int(lengths.max())), dtype=np.int64)
-        for j, row in enumerate(self.bin_counts):
-            bins[j, : len(row)] = row
+        bins[np.arange(bins.shape[1]) < lengths[:, None]] = flat_bins(self)
         lo = np.asarray([np.inf if v is None else v for v in self.min], dtype=np.float64)
         hi = np.asarray([-np.inf if v is None else v for v in self.max], dtype=np.float64)
         return SummaryState(
@@ -282,6 +287,34 @@ def fold_counts(bin_counts: list[int]) -> list[int]:
     return inner
 
 
+def flat_bins(s: DriftSummary) -> np.ndarray:
+    """All of ``s``'s bin counts, feature rows one after another, as one int64 array."""
+    return np.fromiter(chain.from_iterable(s.bin_counts), dtype=np.int64,
+                       count=sum(map(len, s.bin_counts)))
+
+
+def _int_array(values: Iterable[int]) -> np.ndarray | None:
+    """``values`` as int64 (``None`` when one does not fit)."""
+    try:
+        return np.fromiter(values, dtype=np.int64)
+    except OverflowError:
+        return None
+
+
+def _count_problems(s: DriftSummary) -> list[str]:
+    """Counts that are negative, beyond :data:`MAX_COUNT` or not integers of int64 range."""
+    bins = _int_array(chain.from_iterable(s.bin_counts))
+    others = _int_array(chain((s.n,), s.nan_counts, s.class_counts, s.confidence_counts,
+                              s.label_total, s.label_correct))
+    if bins is None or others is None:
+        return [f"counts must be in 0..{MAX_COUNT}"]
+    if bins.min(initial=0) < 0 or others.min() < 0:
+        return ["negative counts"]
+    if bins.max(initial=0) > MAX_COUNT or others.max() > MAX_COUNT:
+        return [f"counts must be in 0..{MAX_COUNT}"]
+    return []
+
+
 def _problems(s: DriftSummary) -> list[str]:
     """Everything wrong with ``s`` (empty when it is valid)."""
     out: list[str] = []
@@ -304,7 +337,8 @@ def _problems(s: DriftSummary) -> list[str]:
     bad_len = [k for k, v in per_feature.items() if len(v) != f]
     if bad_len:
         return [*out, f"{', '.join(bad_len)} must have one entry per feature ({f})"]
-    if any(not 3 <= len(r) <= MAX_BINS + 2 for r in s.bin_counts):
+    lengths = np.fromiter(map(len, s.bin_counts), dtype=np.int64, count=f)
+    if lengths.min() < 3 or lengths.max() > MAX_BINS + 2:
         out.append(f"each feature needs 3..{MAX_BINS + 2} bin counts")
     c = len(s.class_counts)
     if not 1 <= c <= MAX_CLASSES or len(s.label_total) != c or len(s.label_correct) != c:
@@ -313,52 +347,64 @@ def _problems(s: DriftSummary) -> list[str]:
         )
     if not 1 <= len(s.confidence_counts) <= MAX_CONFIDENCE_BINS:
         out.append(f"confidence_counts needs 1..{MAX_CONFIDENCE_BINS} bins")
-    ints = [
-        s.n,
-        *s.nan_counts,
-        *s.class_counts,
-        *s.confidence_counts,
-        *s.label_total,
-        *s.label_correct,
-    ]
-    if any(v < 0 for v in ints) or any(v < 0 for r in s.bin_counts for v in r):
-        out.append("negative counts")
+    out += _count_problems(s)
     if out:
         return out
+    return _feature_problems(s, lengths) + _total_problems(s)
+
+
+def _feature_problems(s: DriftSummary, lengths: np.ndarray) -> list[str]:
+    """Moments, ranges and bin totals of all features, checked as arrays at once."""
+    out: list[str] = []
     mean, m2 = np.asarray(s.mean, dtype=np.float64), np.asarray(s.m2, dtype=np.float64)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(m2))):
         out.append("mean and m2 must be finite (NaN/inf moments)")
     elif np.any(m2 < 0):
         out.append("m2 must be >= 0")
     moments_ok = not out
-    for j, row in enumerate(s.bin_counts):
-        cnt = s.n - s.nan_counts[j]
-        if sum(row) != cnt:
-            out.append(f"feature {j}: bins sum to {sum(row)} but n - nan = {cnt}")
-            continue
-        lo, hi = s.min[j], s.max[j]
-        if cnt == 0:
-            if lo is not None or hi is not None or s.mean[j] != 0.0 or s.m2[j] != 0.0:
-                out.append(f"feature {j}: no finite values but non-empty moments/range")
-            continue
-        if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-            out.append(f"feature {j}: min/max must be finite with min <= max")
-            continue
-        if not moments_ok:
-            continue
-        scale = max(1.0, abs(lo), abs(hi))
+    cnt = s.n - np.asarray(s.nan_counts, dtype=np.int64)
+    sums = np.add.reduceat(flat_bins(s), np.cumsum(lengths) - lengths)
+    lo_none = np.fromiter((v is None for v in s.min), dtype=bool, count=cnt.size)
+    hi_none = np.fromiter((v is None for v in s.max), dtype=bool, count=cnt.size)
+    lo = np.asarray(s.min, dtype=np.float64)  # None -> NaN
+    hi = np.asarray(s.max, dtype=np.float64)
+    bad_sum = sums != cnt
+    empty = ~bad_sum & (cnt == 0)
+    bad_empty = empty & (~lo_none | ~hi_none | (mean != 0.0) | (m2 != 0.0))
+    live = ~bad_sum & ~empty
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad_range = live & ~(np.isfinite(lo) & np.isfinite(hi) & (lo <= hi))
+        checked = live & ~bad_range & moments_ok
+        scale = np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
         tol = 1e-9 * scale
-        if not lo - tol <= s.mean[j] <= hi + tol:
+        bad_mean = checked & ~((lo - tol <= mean) & (mean <= hi + tol))
+        bound = cnt * ((hi - lo) ** 2 / 4.0 + tol * scale) * (1 + 1e-9)
+        bad_m2 = checked & ~bad_mean & (m2 > bound)
+    for j in np.flatnonzero(bad_sum | bad_empty | bad_range | bad_mean | bad_m2).tolist():
+        if bad_sum[j]:
+            out.append(f"feature {j}: bins sum to {int(sums[j])} but n - nan = {int(cnt[j])}")
+        elif bad_empty[j]:
+            out.append(f"feature {j}: no finite values but non-empty moments/range")
+        elif bad_range[j]:
+            out.append(f"feature {j}: min/max must be finite with min <= max")
+        elif bad_mean[j]:
             out.append(f"feature {j}: mean {s.mean[j]} outside [min, max]")
-        elif s.m2[j] > cnt * ((hi - lo) ** 2 / 4.0 + tol * scale) * (1 + 1e-9):
+        else:
             out.append(f"feature {j}: m2 too large for its range (variance > (max - min)²/4)")
-    predicted = sum(s.class_counts)
-    if sum(s.confidence_counts) != predicted:
+    return out
+
+
+def _total_problems(s: DriftSummary) -> list[str]:
+    """Prediction, confidence and label totals that do not add up."""
+    out: list[str] = []
+    total = np.asarray(s.label_total, dtype=np.int64)
+    predicted = int(np.asarray(s.class_counts, dtype=np.int64).sum())
+    if int(np.asarray(s.confidence_counts, dtype=np.int64).sum()) != predicted:
         out.append("confidence_counts and class_counts must have the same total")
     if predicted > s.n:
         out.append(f"{predicted} predictions for {s.n} rows")
-    if any(k > t for k, t in zip(s.label_correct, s.label_total, strict=True)):
+    if np.any(np.asarray(s.label_correct, dtype=np.int64) > total):
         out.append("label_correct exceeds label_total")
-    if sum(s.label_total) > predicted:
+    if int(total.sum()) > predicted:
         out.append("more labelled predictions than predictions")
     return out

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,8 +198,8 @@ def run_status(deployment: Deployment, run_id: str) -> str:
     """The run's status as ``flwr ls`` reports it (``finished:completed`` and its details)."""
     out = subprocess.run(
         [str(BIN / "flwr"), "ls", "test", "--run-id", run_id, "--format", "json"],
-        env=deployment.env, capture_output=True, text=True, timeout=120, check=False)
-    runs = []
+        env=deployment.env, capture_output=True, text=True, timeout=300, check=False)
+    runs: list[dict[str, Any]] = []
     if "{" in out.stdout:
         runs = json.loads(out.stdout[out.stdout.index("{"):]).get("runs") or []
     if not runs:
