@@ -43,7 +43,7 @@ from edgefleet.drift.effect import (
 )
 from edgefleet.drift.reference import ReferenceProfile
 from edgefleet.drift.state import chan_merge
-from edgefleet.drift.summary import DriftSummary, fold_counts
+from edgefleet.drift.summary import DriftSummary, flat_bins, fold_counts
 
 MAX_WINDOWS = 16  # newest windows kept per device
 SummaryKind = Literal["auto", "cumulative", "windows"]
@@ -197,9 +197,7 @@ class DeviceBaseline:
         last, kind = self.last, self.config.kind
         if last is None or kind == "windows":
             return current
-        continued = kind == "cumulative" or (summary.n > last.n and all(
-            c >= p for cr, pr in zip(summary.bin_counts, last.bin_counts, strict=True)
-            for c, p in zip(cr, pr, strict=True)))
+        continued = kind == "cumulative" or (summary.n > last.n and _covers(summary, last))
         diff = current.minus(Window.of(last)) if continued else None
         return diff if diff is not None else current
 
@@ -231,6 +229,12 @@ class DeviceBaseline:
             baseline_labels=0 if base is None else base.label_total,
             recent_labels=recent.label_total,
         )
+
+
+def _covers(summary: DriftSummary, last: DriftSummary) -> bool:
+    """Whether every bin count of ``summary`` is at least ``last``'s (same layout)."""
+    now, before = flat_bins(summary), flat_bins(last)
+    return now.shape == before.shape and bool(np.all(now >= before))
 
 
 class Baselines:

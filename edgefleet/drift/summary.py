@@ -19,7 +19,8 @@ merge exactly; moments are associative up to floating-point rounding (relative 1
 
 Construction (``DriftSummary(...)``, ``model_validate``, ``model_validate_json``,
 :meth:`DriftSummary.parse`) refuses with :class:`~edgefleet.errors.SummaryError` another schema
-version, inconsistent lengths or totals, negative counts, non-finite moments and wrong types.
+version, inconsistent lengths or totals, negative counts or counts above :data:`MAX_COUNT`,
+non-finite moments and wrong types; the checks run over all features at once (numpy arrays).
 Nested in another model (``edgefleet.wire.TelemetryReport``) the same messages surface as a
 :class:`pydantic.ValidationError`, so a FastAPI route answers 422 without special handling.
 """
@@ -293,20 +294,13 @@ def flat_bins(s: DriftSummary) -> np.ndarray:
                        count=sum(map(len, s.bin_counts)))
 
 
-def _int_array(values: Iterable[int]) -> np.ndarray | None:
-    """``values`` as int64 (``None`` when one does not fit)."""
-    try:
-        return np.fromiter(values, dtype=np.int64)
-    except OverflowError:
-        return None
-
-
 def _count_problems(s: DriftSummary) -> list[str]:
-    """Counts that are negative, beyond :data:`MAX_COUNT` or not integers of int64 range."""
-    bins = _int_array(chain.from_iterable(s.bin_counts))
-    others = _int_array(chain((s.n,), s.nan_counts, s.class_counts, s.confidence_counts,
-                              s.label_total, s.label_correct))
-    if bins is None or others is None:
+    """Counts that are negative or above :data:`MAX_COUNT` (all counts as two int64 arrays)."""
+    try:
+        bins = np.fromiter(chain.from_iterable(s.bin_counts), dtype=np.int64)
+        others = np.fromiter(chain((s.n,), s.nan_counts, s.class_counts, s.confidence_counts,
+                                   s.label_total, s.label_correct), dtype=np.int64)
+    except OverflowError:  # beyond int64
         return [f"counts must be in 0..{MAX_COUNT}"]
     if bins.min(initial=0) < 0 or others.min() < 0:
         return ["negative counts"]
@@ -327,13 +321,8 @@ def _problems(s: DriftSummary) -> list[str]:
         out.append("reference_fingerprint must be 64 lowercase hex digits")
     if not 1 <= f <= MAX_FEATURES:
         return [*out, f"{f} features (allowed 1..{MAX_FEATURES})"]
-    per_feature: dict[str, list[Any]] = {
-        "nan_counts": s.nan_counts,
-        "mean": s.mean,
-        "m2": s.m2,
-        "min": s.min,
-        "max": s.max,
-    }
+    per_feature: dict[str, list[Any]] = {"nan_counts": s.nan_counts, "mean": s.mean,
+                                         "m2": s.m2, "min": s.min, "max": s.max}
     bad_len = [k for k, v in per_feature.items() if len(v) != f]
     if bad_len:
         return [*out, f"{', '.join(bad_len)} must have one entry per feature ({f})"]

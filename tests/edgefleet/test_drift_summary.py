@@ -208,6 +208,8 @@ def good() -> tuple[ReferenceProfile, DriftSummary]:
         ({"min": [None, 0.0]}, "min/max must be finite"),
         ({"label_correct": [99, 0, 0]}, "label_correct exceeds"),
         ({"bin_counts": [[30], [30]]}, "3.."),
+        ({"n": 2**70}, "counts must be in 0.."),  # beyond int64
+        ({"nan_counts": [0, 2**51]}, "counts must be in 0.."),  # beyond MAX_COUNT
     ],
 )
 def test_invalid_summaries_are_refused(
@@ -219,6 +221,35 @@ def test_invalid_summaries_are_refused(
         DriftSummary.model_validate(data)
     with pytest.raises(SummaryError, match=message):
         DriftSummary.parse(json.dumps(data))  # the wire path
+
+
+def test_each_feature_is_checked_and_named(good: tuple) -> None:
+    """The per-feature checks (run over all features at once) name the first bad features."""
+    _, s = good
+    data = s.model_dump()
+    wrapped = [list(r) for r in data["bin_counts"]]
+    wrapped[1][1] += 2**62  # a row whose int64 sum would wrap is refused, not summed
+    hi = data["max"][1]
+    cases = [
+        ({"mean": [data["mean"][0], hi + 1.0]}, "feature 1: mean .* outside"),
+        ({"m2": [data["m2"][0], 1e9]}, "feature 1: m2 too large"),
+        ({"min": [data["max"][0] + 1.0, data["min"][1]]}, "feature 0: min/max must be finite"),
+        ({"max": [float("nan"), hi]}, "feature 0: min/max must be finite"),
+        ({"bin_counts": wrapped}, "counts must be in 0.."),
+    ]
+    for change, message in cases:
+        with pytest.raises(SummaryError, match=message):
+            DriftSummary.parse(json.dumps({**data, **change}))
+
+
+def test_a_huge_range_is_checked_without_overflow(good: tuple) -> None:
+    """(max - min)² beyond float range bounds m2 by inf instead of raising OverflowError."""
+    _, s = good
+    data = s.model_dump()
+    wide = DriftSummary.parse(json.dumps({**data, "max": [1e300, data["max"][1]]}))
+    assert wide.max[0] == 1e300
+    with pytest.raises(SummaryError, match="feature 0: mean .* outside"):
+        DriftSummary.parse({**data, "min": [-1e300, data["min"][1]], "mean": [-1e301, 0.0]})
 
 
 def test_type_errors_are_summary_errors_when_parsed(good: tuple) -> None:
