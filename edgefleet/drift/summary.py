@@ -294,19 +294,19 @@ def flat_bins(s: DriftSummary) -> np.ndarray:
                        count=sum(map(len, s.bin_counts)))
 
 
-def _count_problems(s: DriftSummary) -> list[str]:
-    """Counts that are negative or above :data:`MAX_COUNT` (all counts as two int64 arrays)."""
+def _count_problems(s: DriftSummary) -> tuple[list[str], np.ndarray]:
+    """Counts that are negative or above :data:`MAX_COUNT`, and :func:`flat_bins` of ``s``."""
     try:
-        bins = np.fromiter(chain.from_iterable(s.bin_counts), dtype=np.int64)
+        bins = flat_bins(s)
         others = np.fromiter(chain((s.n,), s.nan_counts, s.class_counts, s.confidence_counts,
                                    s.label_total, s.label_correct), dtype=np.int64)
     except OverflowError:  # beyond int64
-        return [f"counts must be in 0..{MAX_COUNT}"]
+        return [f"counts must be in 0..{MAX_COUNT}"], np.zeros(0, dtype=np.int64)
     if bins.min(initial=0) < 0 or others.min() < 0:
-        return ["negative counts"]
+        return ["negative counts"], bins
     if bins.max(initial=0) > MAX_COUNT or others.max() > MAX_COUNT:
-        return [f"counts must be in 0..{MAX_COUNT}"]
-    return []
+        return [f"counts must be in 0..{MAX_COUNT}"], bins
+    return [], bins
 
 
 def _problems(s: DriftSummary) -> list[str]:
@@ -336,13 +336,14 @@ def _problems(s: DriftSummary) -> list[str]:
         )
     if not 1 <= len(s.confidence_counts) <= MAX_CONFIDENCE_BINS:
         out.append(f"confidence_counts needs 1..{MAX_CONFIDENCE_BINS} bins")
-    out += _count_problems(s)
+    count_problems, bins = _count_problems(s)
+    out += count_problems
     if out:
         return out
-    return _feature_problems(s, lengths) + _total_problems(s)
+    return _feature_problems(s, lengths, bins) + _total_problems(s)
 
 
-def _feature_problems(s: DriftSummary, lengths: np.ndarray) -> list[str]:
+def _feature_problems(s: DriftSummary, lengths: np.ndarray, bins: np.ndarray) -> list[str]:
     """Moments, ranges and bin totals of all features, checked as arrays at once."""
     out: list[str] = []
     mean, m2 = np.asarray(s.mean, dtype=np.float64), np.asarray(s.m2, dtype=np.float64)
@@ -352,7 +353,7 @@ def _feature_problems(s: DriftSummary, lengths: np.ndarray) -> list[str]:
         out.append("m2 must be >= 0")
     moments_ok = not out
     cnt = s.n - np.asarray(s.nan_counts, dtype=np.int64)
-    sums = np.add.reduceat(flat_bins(s), np.cumsum(lengths) - lengths)
+    sums = np.add.reduceat(bins, np.cumsum(lengths) - lengths)
     lo_none = np.fromiter((v is None for v in s.min), dtype=bool, count=cnt.size)
     hi_none = np.fromiter((v is None for v in s.max), dtype=bool, count=cnt.size)
     lo = np.asarray(s.min, dtype=np.float64)  # None -> NaN
