@@ -223,3 +223,38 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     upload = paths["/api/v1/models/{model}/versions"]["post"]["requestBody"]
     assert "multipart/form-data" in upload["content"]
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"--xyz\r\nno-colon-header\r\n\r\n{}\r\n--xyz--\r\n", 400, "malformed multipart"),
+        (b"--abc\r\n\r\n", 400, "malformed multipart"),
+        (b"--xyzQ\r\n", 400, "malformed multipart"),
+        (
+            b'--xyz\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n{}\r\n--xyz\x00',
+            422,
+            "weights file is required",
+        ),
+    ],
+    ids=["bad_part_header", "wrong_boundary", "no_cr_after_boundary", "truncated_tail"],
+)
+def test_malformed_multipart_is_400_and_stores_nothing(
+    api: Api,
+    client: TestClient,
+    settings: ServerSettings,
+    body: bytes,
+    status: int,
+    message: str,
+) -> None:
+    api.create_model()
+    r = client.post(
+        "/api/v1/models/digits/versions",
+        content=body,
+        headers={**ADMIN, "content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    assert n_versions(client) == 0
+    assert stored_blobs(settings) == [] and leftovers(settings) == []
+    assert api.publish() == 1

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import ValidationError
+from python_multipart.exceptions import FormParserError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -115,10 +116,16 @@ async def upload_version(
     fit the upload limit (413) and belong with the others (422). While the server's signing key
     is not ready nothing is stored (503: retry).
     """
-    async with request.form(
-        max_files=3, max_fields=len(_FIELDS), max_part_size=MAX_METADATA_BYTES
-    ) as form:
+    try:
+        form = await request.form(
+            max_files=3, max_fields=len(_FIELDS), max_part_size=MAX_METADATA_BYTES
+        )
+    except FormParserError as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc}") from exc
+    try:
         return await run_in_threadpool(_publish, state, model, form, caller)
+    finally:
+        await form.close()
 
 
 def _text(form: FormData, name: str) -> str | None:
