@@ -43,6 +43,7 @@ _LOG_GROWTH = math.log(BUCKET_GROWTH)
 _MAX_BUCKET = 2000  # about 40 s at the top: anything slower shares the last bucket
 
 TABLE = InferenceRecord.__table__  # type: ignore[attr-defined]
+_READ_CHUNK = 500  # request ids per existence read
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -58,10 +59,19 @@ def bucket_upper_ms(bucket: int) -> float:
 
 
 def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``rows`` (column → value), skipping any ``(request_id, row_index)`` already stored,
-    and count the rows stored into the rollups (:mod:`registry.rollups`) in the same transaction.
+    """Insert ``rows`` (column → value), skipping any ``(request_id, row_index)`` already stored
+    (or repeated within ``rows``: the first is kept), and count the rows stored into the rollups
+    (:mod:`registry.rollups`) in the same transaction.
+
+    Which rows are new is read before the insert (one indexed ``SELECT`` per 500 request ids,
+    which finds nothing in the common case), so the insert itself is one statement for the
+    batch without ``RETURNING``. ``ON CONFLICT DO NOTHING`` still guards the unique key: a row
+    a concurrent transaction stores between the read and the insert is stored once (and then
+    counted by both; the writer of :mod:`server.evidence.writer` retries its own batches
+    sequentially, so this needs two writers logging one client-chosen request id at once).
     """
-    if not rows:
+    fresh = _new_rows(conn, rows)
+    if not fresh:
         return
     dialect = conn.dialect.name
     stmt: Any
@@ -71,11 +81,32 @@ def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         stmt = sqlite.insert(TABLE)
     else:  # pragma: no cover - the registry runs on SQLite and PostgreSQL only
         raise NotImplementedError(f"no idempotent insert for {dialect}")
-    stmt = stmt.on_conflict_do_nothing(index_elements=["request_id", "row_index"]).returning(
-        TABLE.c.request_id, TABLE.c.row_index
-    )
-    stored = {(r[0], r[1]) for r in conn.execute(stmt, list(rows))}
-    rollups.add_records(conn, (r for r in rows if (r["request_id"], r["row_index"]) in stored))
+    stmt = stmt.on_conflict_do_nothing(index_elements=["request_id", "row_index"])
+    conn.execute(stmt, fresh)
+    rollups.add_records(conn, fresh)
+
+
+def _new_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``rows`` whose key is neither stored nor repeated earlier in ``rows``."""
+    if not rows:
+        return []
+    c = TABLE.c
+    ids = sorted({r["request_id"] for r in rows})
+    seen: set[tuple[str, int]] = set()
+    for start in range(0, len(ids), _READ_CHUNK):
+        seen.update(
+            (r[0], r[1]) for r in conn.execute(
+                sa.select(c.request_id, c.row_index).where(
+                    c.request_id.in_(ids[start : start + _READ_CHUNK]))
+            )
+        )
+    fresh = []
+    for r in rows:
+        key = (r["request_id"], r["row_index"])
+        if key not in seen:
+            seen.add(key)
+            fresh.append(r)
+    return fresh
 
 
 def prune(engine: Engine, before: datetime, *, batch: int = 5000, max_batches: int = 1000) -> int:

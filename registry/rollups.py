@@ -106,19 +106,22 @@ def _write(conn: Connection, inf: dict[InfKey, list[int]],
 
 
 def add_records(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
-    """Count newly stored records (column → value dicts) into their buckets."""
+    """Count newly stored records (column → value dicts) into their buckets: the batch is
+    summed in dicts first, then each table gets one upsert of its touched buckets."""
     inf: dict[InfKey, list[int]] = {}
     pred: dict[PredKey, list[int]] = {}
+    starts: dict[int, datetime] = {}  # epoch second → bucket start, shared by the batch
     for r in rows:
-        bucket = bucket_floor(r["created_at"])
+        seconds = _epoch_seconds(r["created_at"])
         variant = r.get("variant") or ""
         if r["row_index"] == 0:
-            hour = bucket_floor(r["created_at"], LATENCY_ROLLUP_S)
+            hour = _start(starts, seconds, LATENCY_ROLLUP_S)
             t = inf.setdefault((r["model"], hour, r["version"], variant, r["latency_bucket"]),
                                [0, 0])
             t[0] += 1
             t[1] += int(r["status"] >= 400)
         if r["status"] < 400 and r.get("label") is not None:
+            bucket = _start(starts, seconds, ROLLUP_BUCKET_S)
             p = pred.setdefault((r["model"], bucket, r["version"], variant, r["label"]),
                                 [0, 0, 0])
             p[0] += 1
@@ -127,6 +130,20 @@ def add_records(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
                 p[1] += 1
                 p[2] += int(true == r["label"])
     _write(conn, inf, pred)
+
+
+def _epoch_seconds(at: datetime) -> float:
+    """Seconds since the epoch of ``at`` (a naive ``at`` is UTC, as the registry stores it)."""
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
+
+
+def _start(cache: dict[int, datetime], seconds: float, width: int) -> datetime:
+    """What :func:`bucket_floor` gives for ``seconds`` since the epoch, memoised in ``cache``."""
+    key = int(seconds // width) * width
+    start = cache.get(key)
+    if start is None:
+        start = cache[key] = _EPOCH + timedelta(seconds=key)
+    return start
 
 
 def add_feedback(conn: Connection, changes: Sequence[tuple[dict[str, Any], str | None, str]]
