@@ -160,3 +160,17 @@ def test_a_step_that_adds_devices_waits_for_one_of_them(small_fleet: Engine) -> 
     assert tick(small_fleet, rid) == "advance"
     assert step_guard(small_fleet, rid, "step_coverage", 1)["decision"] == "pass"
     assert state(small_fleet, rid)[0] == "promoted"
+
+
+def test_above_the_floor_limit_a_step_follows_the_hash_alone(
+    small_fleet: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more enrolled devices than ``FLOOR_MAX_DEVICES`` a device poll reads only the count:
+    the 25 % step the hash leaves empty stays empty (large fleets hold about their share)."""
+    from registry.rollouts import routing
+
+    monkeypatch.setattr(routing, "FLOOR_MAX_DEVICES", len(SMALL) - 1)
+    acc = per_device(by_position(small_fleet)[0], {})
+    start(small_fleet, steps=[StepSpec(percent=25, bake_s=0), StepSpec(percent=100, bake_s=0)],
+          guards=[ACC])
+    assert set(report_small(small_fleet, acc).values()) == {1}
