@@ -27,9 +27,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry import migrate  # noqa: E402
-from registry.db import make_engine  # noqa: E402
-from server.evidence.writer import Answer, InferenceLog  # noqa: E402
+from registry import migrate
+from registry.db import make_engine
+from server.evidence.writer import Answer, InferenceLog
 
 T0 = datetime(2030, 6, 1, tzinfo=UTC)
 

@@ -8,6 +8,7 @@ which the monitoring query computes quantiles in the database.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col, select
 
 from registry import rollups
@@ -44,6 +45,7 @@ _MAX_BUCKET = 2000  # about 40 s at the top: anything slower shares the last buc
 
 TABLE = InferenceRecord.__table__  # type: ignore[attr-defined]
 _READ_CHUNK = 500  # request ids per existence read
+_MAX_PARAMS = 30_000  # bound parameters per insert (SQLite allows 32,766)
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -64,8 +66,9 @@ def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     (:mod:`registry.rollups`) in the same transaction.
 
     Which rows are new is read before the insert (one indexed ``SELECT`` per 500 request ids,
-    which finds nothing in the common case), so the insert itself is one statement for the
-    batch without ``RETURNING``. ``ON CONFLICT DO NOTHING`` still guards the unique key: a row
+    which finds nothing in the common case), so the insert returns nothing: on SQLite one
+    multi-row statement per batch (one step), on PostgreSQL one pipelined ``executemany``.
+    ``ON CONFLICT DO NOTHING`` still guards the unique key: a row
     a concurrent transaction stores between the read and the insert is stored once (and then
     counted by both; the writer of :mod:`server.evidence.writer` retries its own batches
     sequentially, so this needs two writers logging one client-chosen request id at once).
@@ -74,16 +77,53 @@ def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not fresh:
         return
     dialect = conn.dialect.name
-    stmt: Any
     if dialect == "postgresql":
-        stmt = postgresql.insert(TABLE)
+        # psycopg's executemany pipelines the rows (no round trip each, nothing returned)
+        stmt = postgresql.insert(TABLE).on_conflict_do_nothing(
+            index_elements=["request_id", "row_index"])
+        conn.execute(stmt, fresh)
     elif dialect == "sqlite":
-        stmt = sqlite.insert(TABLE)
+        _insert_sqlite(conn, fresh)
     else:  # pragma: no cover - the registry runs on SQLite and PostgreSQL only
         raise NotImplementedError(f"no idempotent insert for {dialect}")
-    stmt = stmt.on_conflict_do_nothing(index_elements=["request_id", "row_index"])
-    conn.execute(stmt, fresh)
     rollups.add_records(conn, fresh)
+
+
+def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as multi-row ``INSERT``s of up to ``_MAX_PARAMS`` values: one SQLite step per
+    statement (``executemany`` steps, and so releases and retakes the GIL, once per row)."""
+    columns = tuple(rows[0])
+    if any(tuple(r) != columns for r in rows):
+        columns = tuple({k: None for r in rows for k in r})  # rows naming different columns
+    binds = _bind_processors(conn.dialect, columns)
+    per = max(1, _MAX_PARAMS // len(columns))
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        params = [
+            v if proc is None else proc(v)
+            for r in chunk
+            for v, proc in zip([r.get(k) for k in columns], binds, strict=True)
+        ]
+        conn.exec_driver_sql(_insert_sql(conn.dialect, columns, len(chunk)), tuple(params))
+
+
+def _bind_processors(dialect: sa.Dialect, columns: tuple[str, ...]) -> list[Any]:
+    """The driver-value conversion of each of ``columns`` (``None`` where there is none), as
+    SQLAlchemy applies it to a bound parameter of that column."""
+    return [TABLE.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in columns]
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(dialect: sa.Dialect, columns: tuple[str, ...], n: int) -> str:
+    """``INSERT … VALUES (…), … ON CONFLICT (request_id, row_index) DO NOTHING`` for ``n`` rows
+    of ``columns``, with SQLite's ``?`` placeholders (one statement, one step)."""
+    quote = dialect.identifier_preparer.quote
+    one = "(" + ", ".join(["?"] * len(columns)) + ")"
+    return (
+        f"INSERT INTO {quote(TABLE.name)} ({', '.join(quote(k) for k in columns)}) VALUES "
+        + ", ".join([one] * n)
+        + f" ON CONFLICT ({quote('request_id')}, {quote('row_index')}) DO NOTHING"
+    )
 
 
 def _new_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -107,18 +107,21 @@ def records(answer: Answer) -> list[dict[str, Any]]:
     refused = answer.status >= 400 or answer.labels is None
     if refused or answer.x is None or answer.probs is None or answer.labels is None:
         return [{**base, "row_index": 0}]
-    x = np.ascontiguousarray(answer.x, dtype=np.float32).reshape(len(answer.labels), -1)
-    confidence = np.max(answer.probs, axis=1)
+    labels = answer.labels
+    x = np.ascontiguousarray(answer.x, dtype=np.float32).reshape(len(labels), -1)
+    confidence = np.asarray(answer.probs).max(axis=1).tolist()
+    raw, width = x.tobytes(), x.shape[1] * x.itemsize  # row i's bytes: raw[i*width:(i+1)*width]
+    sampled = answer.sampled
     return [
         {
             **base,
             "row_index": i,
-            "label": answer.labels[i],
+            "label": labels[i],
             "confidence": float(confidence[i]),
-            "input_sha256": hashlib.sha256(x[i].tobytes()).hexdigest(),
-            "inputs": x[i].tolist() if answer.sampled else None,
+            "input_sha256": hashlib.sha256(raw[i * width : (i + 1) * width]).hexdigest(),
+            "inputs": x[i].tolist() if sampled else None,
         }
-        for i in range(len(answer.labels))
+        for i in range(len(labels))
     ]
 
 
