@@ -81,7 +81,9 @@ def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         # psycopg's executemany pipelines the rows (no round trip each, nothing returned)
         stmt = postgresql.insert(TABLE).on_conflict_do_nothing(
             index_elements=["request_id", "row_index"])
-        conn.execute(stmt, fresh)
+        columns = _columns(fresh)
+        same = all(len(r) == len(columns) for r in fresh)
+        conn.execute(stmt, fresh if same else [{k: r.get(k) for k in columns} for r in fresh])
     elif dialect == "sqlite":
         _insert_sqlite(conn, fresh)
     else:  # pragma: no cover - the registry runs on SQLite and PostgreSQL only
@@ -92,9 +94,7 @@ def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """``rows`` as multi-row ``INSERT``s of up to ``_MAX_PARAMS`` values: one SQLite step per
     statement (``executemany`` steps, and so releases and retakes the GIL, once per row)."""
-    columns = tuple(rows[0])
-    if any(tuple(r) != columns for r in rows):
-        columns = tuple({k: None for r in rows for k in r})  # rows naming different columns
+    columns = _columns(rows)
     binds = _bind_processors(conn.dialect, columns)
     per = max(1, _MAX_PARAMS // len(columns))
     for start in range(0, len(rows), per):
@@ -105,6 +105,14 @@ def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> None:
             for v, proc in zip([r.get(k) for k in columns], binds, strict=True)
         ]
         conn.exec_driver_sql(_insert_sql(conn.dialect, columns, len(chunk)), tuple(params))
+
+
+def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Every column some row of ``rows`` names (the ones a row leaves out are stored NULL)."""
+    columns = tuple(rows[0])
+    if any(tuple(r) != columns for r in rows):
+        columns = tuple({k: None for r in rows for k in r})
+    return columns
 
 
 def _bind_processors(dialect: sa.Dialect, columns: tuple[str, ...]) -> list[Any]:

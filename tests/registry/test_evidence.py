@@ -108,3 +108,31 @@ def test_prune_deletes_only_old_records_in_batches(engine: Engine) -> None:
     with Session(engine) as s:
         items, total = list_records(s, InferenceFilter())
     assert total == 4 and all(r.request_id.startswith("new") for r in items)
+
+
+def test_repeated_keys_in_one_batch_are_stored_and_counted_once(engine: Engine) -> None:
+    import sqlalchemy as sa
+
+    from registry import rollups
+
+    first = row("dup", 0, label="1", inputs=[0.5, 1.5], created_at=T0 + timedelta(seconds=61))
+    rows = [first, row("dup", 0, label="2"), row("other", 0, status=503, label=None),
+            {k: v for k, v in row("short").items() if k not in ("alias", "inputs")}]
+    with engine.begin() as conn:
+        insert_records(conn, rows)
+        insert_records(conn, rows)  # the whole batch again: nothing new
+        counted = {t.name: sorted(tuple(r) for r in conn.execute(
+            sa.select(*[c for c in t.c if c.name != "id"]))) for t in
+            (rollups.INFERENCE_ROLLUP, rollups.PREDICTION_ROLLUP)}
+        rollups.rebuild(conn)  # brute force: recomputed from the stored records
+        rebuilt = {t.name: sorted(tuple(r) for r in conn.execute(
+            sa.select(*[c for c in t.c if c.name != "id"]))) for t in
+            (rollups.INFERENCE_ROLLUP, rollups.PREDICTION_ROLLUP)}
+    assert counted == rebuilt
+    assert sum(r[-2] for r in counted["inference_rollup"]) == 3  # requests: dup, other, short
+    with Session(engine) as s:
+        items, total = list_records(s, InferenceFilter(request_id="dup"))
+        assert total == 1 and items[0].label == "1" and items[0].inputs == [0.5, 1.5]
+        assert items[0].created_at == T0 + timedelta(seconds=61)
+        short, _ = list_records(s, InferenceFilter(request_id="short"))
+        assert short[0].alias is None and short[0].inputs is None
