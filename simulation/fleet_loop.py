@@ -128,6 +128,29 @@ class FleetRunLauncher:
         return name
 
 
+def evidence_lines(evidence: dict[str, Any] | None) -> list[str]:
+    """A rollout decision's evidence (``RolloutEventInfo.evidence``) in a few lines: each
+    guard's decision and reason, then what each side's figures rest on (devices reporting,
+    labelled examples, requests)."""
+    evidence = evidence or {}
+    out = [f"guard {g.get('kind', '?')} {g.get('decision', '?')}: {g.get('reason', '')}"
+           for g in evidence.get("guards") or []]
+    figures = evidence.get("evidence") or {}
+    sides = []
+    for side in ("candidate", "baseline"):
+        f = figures.get(side)
+        if isinstance(f, dict):
+            sides.append(f"{side} v{f.get('version', '?')}: {f.get('devices', 0)} devices, "
+                         f"{f.get('device_labelled', 0)} labelled "
+                         f"({f.get('device_correct', 0)} correct), "
+                         f"{f.get('requests', 0)} requests")
+    if sides:
+        elapsed = evidence.get("elapsed_s")
+        out.append("; ".join(sides) + ("" if elapsed is None else f" ({elapsed:g} s into the "
+                                                                  "step)"))
+    return out
+
+
 class RolloutClient:
     """The rollout calls of the REST API (admin)."""
 
@@ -156,8 +179,6 @@ class RolloutClient:
     def wait(self, rollout_id: int, timeout_s: float, report: LoopReport) -> dict[str, Any]:
         """Poll until the rollout ends (or ``timeout_s`` passed), noting each new event of its
         timeline with the guards' evidence behind it; the rollout as last read."""
-        from simulation.fleet_report import evidence_lines
-
         deadline = time.monotonic() + timeout_s
         seen: set[int] = set()
         while True:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.wire import VersionInfo
+from simulation.fleet_loop import evidence_lines
 
 if TYPE_CHECKING:
     from simulation.fleet_loop import LoopReport, RolloutRecord
@@ -178,29 +179,6 @@ def render_loop(loop: LoopReport) -> list[str]:
                        f"{a.after - a.before:>+7.3f}")
     if loop.pump_errors:
         out.append(f"traffic errors (first {len(loop.pump_errors)}): {loop.pump_errors}")
-    return out
-
-
-def evidence_lines(evidence: dict[str, Any] | None) -> list[str]:
-    """A rollout decision's evidence (``RolloutEventInfo.evidence``) in a few lines: each
-    guard's decision and reason, then what each side's figures rest on (devices reporting,
-    labelled examples, requests)."""
-    evidence = evidence or {}
-    out = [f"guard {g.get('kind', '?')} {g.get('decision', '?')}: {g.get('reason', '')}"
-           for g in evidence.get("guards") or []]
-    figures = evidence.get("evidence") or {}
-    sides = []
-    for side in ("candidate", "baseline"):
-        f = figures.get(side)
-        if isinstance(f, dict):
-            sides.append(f"{side} v{f.get('version', '?')}: {f.get('devices', 0)} devices, "
-                         f"{f.get('device_labelled', 0)} labelled "
-                         f"({f.get('device_correct', 0)} correct), "
-                         f"{f.get('requests', 0)} requests")
-    if sides:
-        elapsed = evidence.get("elapsed_s")
-        out.append("; ".join(sides) + ("" if elapsed is None else f" ({elapsed:g} s into the "
-                                                                  "step)"))
     return out
 
 
