@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -72,18 +72,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         await run_in_threadpool(state.store.cleanup_tmp)
         await run_in_threadpool(prepare_integrity, state)
         await run_in_threadpool(record_settings_change, settings, engine)
-        scrubber = Scrubber(state, settings.scrub_interval_s).start()
-        rollouts = RolloutController(engine, settings.rollout_tick_s).start()
-        await run_in_threadpool(state.serving.start)
-        if inference_log is not None:
-            inference_log.start()
-        yield
-        await run_in_threadpool(state.serving.stop)  # hands the log what it still holds
-        if inference_log is not None:
-            await run_in_threadpool(inference_log.stop)  # writes what is queued
-        await run_in_threadpool(rollouts.stop)
-        scrubber.stop()
-        engine.dispose()
+        # Stopped in reverse order, each even when a later one's stop raised: no background
+        # thread outlives the app.
+        async with AsyncExitStack() as stack:
+            stack.callback(engine.dispose)
+            stack.callback(Scrubber(state, settings.scrub_interval_s).start().stop)
+            rollouts = RolloutController(engine, settings.rollout_tick_s).start()
+            stack.push_async_callback(run_in_threadpool, rollouts.stop)
+            if inference_log is not None:
+                inference_log.start()
+                stack.push_async_callback(run_in_threadpool, inference_log.stop)  # writes the queue
+            await run_in_threadpool(state.serving.start)
+            # serving stops first and hands the log what it still holds
+            stack.push_async_callback(run_in_threadpool, state.serving.stop)
+            yield
 
     app = FastAPI(
         title="EdgeFleet",
