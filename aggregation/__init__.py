@@ -14,6 +14,7 @@ Modules::
                     per-node drift as change against the node's own baseline (tracking)
     steering        drift -> local epochs and aggregation weight ("agg-weight")
     strategies      Flower strategies by name; their aggregate_train on validated replies
+    robust_bulyan   Flower's Bulyan rule with each reply decoded once (the same aggregate)
     messages        query/train/evaluate message shapes (as edge_client.flower_client speaks)
     rounds          RoundRunner: the round loop on any Flower Grid
     evaluation      server holdout evaluation (PlanRuntime) and the canary gate

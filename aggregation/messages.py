@@ -5,14 +5,16 @@ type       server -> node (``RecordDict``)               node -> server
 =========  ============================================  ==========================================
 query      ``config``: server-round, model, version      ``ConfigRecord``: ``eligible`` (bool),
                                                          ``reasons`` (JSON list) or ``reason``,
-                                                         ``drift`` (DriftSummary JSON or ``""``),
+                                                         ``drift-packed`` (bytes, packed summary)
+                                                         or ``drift`` (DriftSummary JSON),
                                                          ``plan-sha256``, optional ``drift-score``;
                                                          ``num-examples`` in a ``MetricRecord`` (or
                                                          the ``ConfigRecord``)
 train      ``arrays``: global weights by weight name;    one ``ArrayRecord`` (weights by name), one
            ``config``: server-round, model, version,     ``MetricRecord`` with ``num-examples``
            plan-sha256, epochs, lr, seed, drift-score    (+ train metrics), a ``ConfigRecord``
-           [, proximal-mu]                               (``status``). A *decline* has no arrays,
+           [, proximal-mu]                               (``status``, ``drift-packed``). A
+                                                         *decline* has no arrays,
                                                          ``status="declined"`` and a ``reason``
 evaluate   ``arrays`` + ``config`` as for train          one ``MetricRecord``: ``num-examples``
                                                          and scalar metrics (``eval-acc``...)
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -47,6 +49,8 @@ from aggregation.selection.base import Candidate
 from aggregation.selection.drift import DriftScorer
 from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftSummary
+from edgefleet.drift.baseline import AnySummary
+from edgefleet.drift.packed import unpack
 from edgefleet.errors import SummaryError
 
 
@@ -64,8 +68,9 @@ class QueryAnswer:
         Why it may not (empty when eligible).
     num_examples : int
         Local training examples it declares (bounds its train reply's ``num-examples``).
-    drift : DriftSummary or None
-        Its drift summary, when it sent a valid one.
+    drift : DriftSummary, PackedSummary or None
+        Its drift summary, when it sent a valid one (packed, as Flower replies carry it, or
+        parsed from JSON).
     drift_score : float or None
         Its drift score in ``[0, 1]`` (computed from ``drift``, or as sent).
     """
@@ -74,7 +79,7 @@ class QueryAnswer:
     eligible: bool
     reason: str = ""
     num_examples: int = 0
-    drift: DriftSummary | None = None
+    drift: AnySummary | None = None
     drift_score: float | None = None
 
     def candidate(self) -> Candidate:
@@ -100,14 +105,15 @@ def query_content(server_round: int, model: str, version: int | None) -> RecordD
 
 def parse_query_reply(
     message: Message, scorer: DriftScorer | None, plan_sha256: str | None = None,
-    drift: Callable[[object], tuple[DriftSummary | None, float | None]] | None = None,
+    drift: tuple[AnySummary | None, float | None] | None = None,
 ) -> QueryAnswer:
     """Turn a query reply into a :class:`QueryAnswer` (ineligible, with a reason, if malformed).
 
     A node that reports another plan than ``plan_sha256`` cannot train this run's weights and is
-    ineligible. ``drift`` maps the reply's drift text to (summary, score) in place of parsing
-    and scoring with ``scorer`` (the round loop passes its cache,
-    :meth:`aggregation.answer_book.AnswerBook.drift`).
+    ineligible. ``drift`` is the reply's (summary, score), decoded already (the round loop
+    decodes a round's replies together, :meth:`aggregation.answer_book.AnswerBook.drift_of`);
+    without it the reply's summary is decoded (packed, against ``scorer``'s reference, or JSON)
+    and scored with ``scorer``.
     """
     node = int(message.metadata.src_node_id)
     if message.has_error():
@@ -131,10 +137,10 @@ def parse_query_reply(
     if n == 0:
         return QueryAnswer(node, False, "no local training examples", 0)
     if drift is not None:
-        summary, score = drift(cfg.get(fk.DRIFT))
+        summary, score = drift
     else:
-        summary = _parse_drift(cfg.get(fk.DRIFT))
-        score = scorer.score(summary) if scorer is not None else None
+        summary = _parse_drift(cfg, scorer)
+        score = scorer.score(summary) if scorer is not None and summary is not None else None
     if score is None:
         sent = cfg.get(fk.DRIFT_SCORE)
         if isinstance(sent, int | float) and not isinstance(sent, bool) and math.isfinite(sent):
@@ -166,13 +172,16 @@ def declined(message: Message) -> str | None:
     return None
 
 
-def _parse_drift(raw: object) -> DriftSummary | None:
-    if not isinstance(raw, str | bytes) or not raw:
-        return None
+def _parse_drift(cfg: ConfigRecord, scorer: DriftScorer | None) -> DriftSummary | None:
+    packed, raw = cfg.get(fk.DRIFT_PACKED), cfg.get(fk.DRIFT)
     try:
-        return DriftSummary.parse(raw)
+        if isinstance(packed, bytes) and packed and scorer is not None:
+            return unpack(packed, scorer.reference).to_summary()
+        if isinstance(raw, str | bytes) and raw:
+            return DriftSummary.parse(raw)
     except SummaryError:
         return None
+    return None
 
 
 def to_arrayrecord(weights: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -29,6 +29,8 @@ class RoundReport:
     failure : str or None
         Why the round failed.
     connected : int
+    queried : list[int]
+        Nodes sent a query message this round (see :mod:`aggregation.answer_book`).
         Nodes connected to the grid when the round started.
     eligible : list[int]
         Nodes whose query reply said they may train.
@@ -66,6 +68,7 @@ class RoundReport:
     status: RoundStatus = "running"
     failure: str | None = None
     connected: int = 0
+    queried: list[int] = field(default_factory=list)
     eligible: list[int] = field(default_factory=list)
     ineligible: dict[int, str] = field(default_factory=dict)
     selected: list[int] = field(default_factory=list)
@@ -112,6 +115,7 @@ class RoundReport:
             "status": self.status,
             "failure": self.failure,
             "connected": self.connected,
+            "queried": [str(n) for n in self.queried],
             "eligible": [str(n) for n in self.eligible],
             "ineligible": {str(k): v for k, v in self.ineligible.items()},
             "selected": [str(n) for n in self.selected],

@@ -12,13 +12,21 @@ Flower's strategy only does the maths (:func:`aggregation.strategies.aggregate`)
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecordValues, Message, MessageType, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Message,
+    MessageType,
+    RecordDict,
+)
 from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import Strategy
 
@@ -31,6 +39,7 @@ from aggregation.messages import (
     evaluation_metrics,
     parse_query_reply,
     query_content,
+    records_of,
     to_arrayrecord,
     train_content,
 )
@@ -49,6 +58,8 @@ from aggregation.strategies import aggregate, strategy_train_config
 from aggregation.validation import UpdateValidator, ValidationBounds, Verdict
 from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftSummary
+from edgefleet.drift.baseline import AnySummary
+from edgefleet.drift.packed import merge_summaries
 from edgefleet.errors import EdgeFleetError, SummaryError
 from edgefleet.plan import PlanManifest
 from edgefleet.run_settings import DEFAULTS
@@ -93,9 +104,12 @@ class RoundSettings:
     batch_rule, weighting : str
         The devices' training semantics, sent in every train config.
     query_max_age : int
-        0: query every node every round. ``K > 0``: query only nodes whose last answer (query
-        reply, or train reply) is more than ``K`` rounds old (see
-        :mod:`aggregation.answer_book`).
+        0: query every node every round. ``K > 0``: no query before selection; a node whose
+        last answer (query reply, or train reply) is more than ``K`` rounds old, or who never
+        answered, is a candidate presumed eligible (see :mod:`aggregation.answer_book`).
+    query_share : float (default: 0.1)
+        With ``query_max_age > 0``: the stale nodes the selection passed over that are queried
+        in a round, at most ``ceil(query_share * selected)``, oldest answer first.
     """
 
     model: str = "model"
@@ -113,6 +127,7 @@ class RoundSettings:
     batch_rule: str = DEFAULTS.batch_rule
     weighting: str = DEFAULTS.weighting
     query_max_age: int = DEFAULTS.query_max_age
+    query_share: float = 0.1
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_reports <= self.target_clients:
@@ -124,6 +139,8 @@ class RoundSettings:
                  self.eval_timeout_s, self.poll_interval_s)
         if min(times) < 0 or self.query_timeout_s <= 0 or self.train_timeout_s <= 0:
             raise SettingsError("timeouts must be >= 0, query and train timeouts > 0")
+        if not 0.0 <= self.query_share <= 1.0:
+            raise SettingsError("query_share must be in [0, 1]")
 
 
 @dataclass
@@ -137,7 +154,7 @@ class RoundOutcome:
     report: RoundReport
     weights: Weights
     drift_scores: dict[int, float | None] = field(default_factory=dict)
-    drift_parts: list[DriftSummary | None] = field(default_factory=list, repr=False)
+    drift_parts: list[AnySummary | None] = field(default_factory=list, repr=False)
     _drift: list[DriftSummary | None] = field(default_factory=list, init=False, repr=False)
 
     @property
@@ -222,7 +239,7 @@ class RoundRunner:
                         else None)
         # the tracker re-scores every answer: the plan-reference score would be discarded
         self.book = AnswerBook(self.settings.query_max_age,
-                               self.scorer if self.tracker is None else None)
+                               self.scorer if self.tracker is None else None, ref)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self, weights: Mapping[str, np.ndarray], *, num_rounds: int, first_round: int = 1
@@ -266,6 +283,7 @@ class RoundRunner:
         answers, eligible = self._eligibility(report)
         rng = np.random.default_rng(s.seed + r)
         self._select(report, eligible, rng)
+        self._query_stale(report, answers)
         t = self.clock()
         good = self._train(report, answers, weights)
         report.timings["train"] = self.clock() - t
@@ -292,12 +310,18 @@ class RoundRunner:
     # --- the round's phases -------------------------------------------------------------------
     def _eligibility(self, report: RoundReport) -> tuple[dict[int, QueryAnswer],
                                                          list[QueryAnswer]]:
-        """Connected nodes' answers (query or answer book), re-scored; the eligible ones."""
+        """Connected nodes' answers (answer book, presumed, or a query of every node when
+        ``query_max_age`` is 0), re-scored; the eligible ones."""
         r, s = report.server_round, self.settings
         t = self.clock()
         nodes = self._wait_for_nodes()
         report.connected = len(nodes)
-        answers = self._query(r, nodes)
+        if s.query_max_age <= 0:
+            report.queried = list(nodes)
+            answers = self._query(r, nodes)
+        else:
+            known = self.book.fresh(r, nodes)
+            answers = {n: known[n] if n in known else self.book.presumed(n) for n in nodes}
         if self.tracker is not None:
             answers = rescore(self.tracker, r, answers)
         report.timings["query"] = self.clock() - t
@@ -318,6 +342,22 @@ class RoundRunner:
         report.selected = list(dict.fromkeys(n for n in picked if n in allowed))[:k]
         if len(report.selected) < s.min_reports:
             raise RoundFailed(r, f"{len(report.selected)} selected < min_reports={s.min_reports}")
+
+    def _query_stale(self, report: RoundReport, answers: Mapping[int, QueryAnswer]) -> None:
+        """Query the budget of stale nodes the selection passed over (their answers serve the
+        next rounds; :meth:`AnswerBook.stale <aggregation.answer_book.AnswerBook.stale>`)."""
+        s = self.settings
+        if s.query_max_age <= 0 or s.query_share <= 0:
+            return
+        t = self.clock()
+        picked = set(report.selected)
+        budget = math.ceil(s.query_share * len(report.selected))
+        ask = self.book.stale(report.server_round, (n for n in answers if n not in picked),
+                              budget)
+        if ask:
+            report.queried = ask
+            self._query(report.server_round, ask)
+        report.timings["query"] = report.timings.get("query", 0.0) + self.clock() - t
 
     def _train(self, report: RoundReport, answers: Mapping[int, QueryAnswer],
                weights: Mapping[str, np.ndarray]) -> dict[int, Message]:
@@ -355,6 +395,8 @@ class RoundRunner:
             [(n, m.content, answers[n].num_examples) for n, m in good.items()])
         report.norm_median = validator.apply_round_bounds(verdicts)
         report.record(verdicts)
+        self.book.learn_examples({v.node_id: int(v.num_examples or 0)
+                                  for v in verdicts if v.accepted})
         if isinstance(self.policy, RefusalAware):  # refusals per node, towards quarantine
             self.policy.record(r, verdicts)
         if self.tracker is not None:  # the received model's loss on each node's data
@@ -409,22 +451,20 @@ class RoundRunner:
             self.sleep(self.settings.poll_interval_s)
 
     def _query(self, server_round: int, nodes: list[int]) -> dict[int, QueryAnswer]:
-        """Answers of ``nodes``: the answer book's fresh ones, a query for the others."""
-        known = self.book.fresh(server_round, nodes)
-        ask = [n for n in nodes if n not in known]
-        answers: dict[int, QueryAnswer] = {}
-        if ask:
-            content = query_content(server_round, self.settings.model, self.version)
-            replies, silent = self._exchange(server_round, MessageType.QUERY,
-                                             dict.fromkeys(ask, content),
-                                             self.settings.query_timeout_s, until=None)
-            plan = self.manifest.plan_sha256
-            answers = {n: parse_query_reply(m, self.scorer, plan, self.book.drift)
-                       for n, m in replies.items()}
-            for n in silent:
-                answers[n] = QueryAnswer(n, False, "no query reply before the deadline")
-            self.book.record(server_round, answers)
-        answers.update(known)
+        """Query ``nodes``; their answers (recorded in the answer book), in ``nodes`` order."""
+        content = query_content(server_round, self.settings.model, self.version)
+        replies, silent = self._exchange(server_round, MessageType.QUERY,
+                                         dict.fromkeys(nodes, content),
+                                         self.settings.query_timeout_s, until=None)
+        plan = self.manifest.plan_sha256
+        drift = self.book.drift_of({
+            n: None if m.has_error() else next(iter(records_of(m.content, ConfigRecord)), None)
+            for n, m in replies.items()})
+        answers = {n: parse_query_reply(m, self.scorer, plan, drift[n])
+                   for n, m in replies.items()}
+        for n in silent:
+            answers[n] = QueryAnswer(n, False, "no query reply before the deadline")
+        self.book.record(server_round, answers)
         return {n: answers[n] for n in nodes if n in answers}
 
     def _exchange(
@@ -492,12 +532,12 @@ def _dropped(message: Message) -> bool:
     return message.has_error() and message.error.code in _DROPOUT_CODES
 
 
-def _merge(summaries: list[DriftSummary | None]) -> DriftSummary | None:
+def _merge(summaries: list[AnySummary | None]) -> DriftSummary | None:
     """The merged drift summary of the round's accepted nodes (``None`` if none or unmergeable)."""
     present = [s for s in summaries if s is not None]
     if not present:
         return None
     try:
-        return DriftSummary.merge_all(present)
+        return merge_summaries(present)
     except SummaryError:
         return None

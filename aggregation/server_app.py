@@ -126,6 +126,7 @@ def _run(grid: GridLike, s: RunSettings, client: RegistryClient, run_name: str) 
                                 max_norm_ratio=s.max_norm_ratio or None,
                                 max_num_examples=s.max_num_examples,
                                 min_cosine=s.min_cosine,
+                                direction_mads=None if s.direction_mads < 0 else s.direction_mads,
                                 max_weight_ratio=s.max_weight_ratio or None),
         evaluate_fn=evaluator, on_round=publisher, version=parent,
     )

@@ -6,12 +6,13 @@ strategy's ``aggregate_train``. Every strategy is built with
 ``weighted_by_key="agg-weight"`` (see :mod:`aggregation.steering`).
 
 Names: ``fedavg``, ``fedprox``, ``fedadam``, ``fedyogi``, ``fedtrimmedavg``, ``fedmedian``,
-``krum``, ``multikrum``, ``bulyan``. Strategy parameters (``proximal_mu``, ``eta``, ``eta_l``,
-``beta_1``, ``beta_2``, ``tau``, ``beta``, ``num_malicious_nodes``, ``num_nodes_to_select``,
-``selection_rule``) are passed by keyword and checked against the class. The robust ones
-(trimmed mean, median, Krum, MultiKrum, Bulyan) aggregate after validation, which has already
-refused what it can name (:mod:`aggregation.validation`); Bulyan needs at least
-``4 * num_malicious_nodes + 3`` accepted updates.
+``krum``, ``multikrum``, ``bulyan``, ``bulyan-stacked``. Strategy parameters (``proximal_mu``,
+``eta``, ``eta_l``, ``beta_1``, ``beta_2``, ``tau``, ``beta``, ``num_malicious_nodes``,
+``num_nodes_to_select``, ``selection_rule``) are passed by keyword and checked against the
+class. The robust ones (trimmed mean, median, Krum, MultiKrum, Bulyan) aggregate after
+validation, which has already refused what it can name (:mod:`aggregation.validation`); Bulyan
+needs at least ``4 * num_malicious_nodes + 3`` accepted updates. ``bulyan-stacked`` is Flower's
+Bulyan rule with each reply decoded once (:mod:`aggregation.robust_bulyan`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from aggregation.errors import RoundFailed, SettingsError
+from aggregation.robust_bulyan import StackedBulyan
 from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
 
@@ -52,6 +54,7 @@ STRATEGIES: dict[str, type[FedAvg]] = {
     "krum": Krum,
     "multikrum": MultiKrum,
     "bulyan": Bulyan,
+    "bulyan-stacked": StackedBulyan,
 }
 _FIXED = {
     "weighted_by_key", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn",

@@ -166,7 +166,7 @@ class ValidationBounds:
     max_weight_ratio: float | None = DEFAULTS.max_weight_ratio
     implausible_ratio: float | None = 100.0
     direction_sample: int = 65536
-    direction_mads: float | None = 3.0
+    direction_mads: float | None = DEFAULTS.direction_mads
 
     def __post_init__(self) -> None:
         from aggregation.errors import SettingsError

@@ -6,14 +6,15 @@ One run prints, at each concurrency (default 1, 8, 32, 64), req/s and p50/p99 la
   (``await request.json()``) and returns our recorded V2 response;
 - **ours**: ``edgefleet server run`` on SQLite with every production feature on — an inference key,
   alias resolution (``/v2/models/{m}/infer``, the ``production`` alias), the access log (JSON lines
-  to a file) and the inference log (written to the database) — with ``--workers 1`` and, for the
-  tiny model, ``--workers 2``;
+  to a file) and the inference log (written to the database) — with ``--workers 1`` and
+  ``--workers 2``;
 - **ceiling**: the interpreter alone in this process, running what the server runs (the
   version's serving copy, ``edgefleet.frozen.FrozenRuntime.predict``), batch 1 and 32.
 
 for two models, both authored at bench time in a child process (TensorFlow runs only there): the
-tiny digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10 served with micro-batching
-(``max_batch`` 32, ``max_queue_delay_ms`` 5). The load generator is ``wrk`` (Debian's package:
+tiny digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10, both under the server's
+default micro-batching (continuous, ``max_batch`` 32, no queue delay; ``--batching`` replaces
+it). The load generator is ``wrk`` (Debian's package:
 ``apt-get install -y wrk``; the bench installs it when missing and it can), one thread,
 keep-alive, 127.0.0.1; its CPU time is
 reported per cell (``gen CPU``, in cores: CPU seconds / wall seconds), so a cell where the
@@ -24,7 +25,9 @@ process: ``/proc``), which a busy machine distorts less than req/s.
 
 The three servers (floor, ours with 1 worker, ours with 2) are up together, and at each
 concurrency their cells run one right after the other, so the ratios compare cells measured under
-the same load on the machine.
+the same load on the machine. ``--models`` and ``--targets`` measure a part of the table (the
+ratios that need a missing cell are left out). The ceiling also gives each call's CPU time (the
+calling thread's), which a busy machine distorts less than its wall time.
 
 Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default;
 ``--duration 2`` for a quick look).
@@ -212,14 +215,16 @@ def ceiling(plan_dir: Path, features: int, batch: int, seconds: float) -> Cell:
     for _ in range(5):
         runtime.predict(x)
     times = []
+    cpu = time.thread_time()
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t = time.perf_counter()
         runtime.predict(x)
         times.append(time.perf_counter() - t)
+    cpu_ms = (time.thread_time() - cpu) * 1e3 / len(times)
     arr = np.asarray(times) * 1e3
     return Cell(len(times) / float(np.sum(arr) / 1e3), float(np.percentile(arr, 50)),
-                float(np.percentile(arr, 99)), 0.0, 0)
+                float(np.percentile(arr, 99)), 0.0, 0, server_ms=cpu_ms)
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -235,9 +240,7 @@ def server_env(tmp: Path, db_url: str) -> dict[str, str]:
         EDGEFLEET_SERVER_LOG_LEVEL="INFO",
         EDGEFLEET_SERVER_INFERENCE_LOG_ENABLED="true",
         EDGEFLEET_SERVER_METRICS_ENABLED="true",
-        EDGEFLEET_SERVER_BATCHING=json.dumps(
-            {"default": {"max_batch": 32},
-             "per_model": {"heavy": {"max_batch": 32, "max_queue_delay_ms": 5}}}),
+        EDGEFLEET_SERVER_BATCHING=json.dumps({"default": {"max_batch": 32}}),
     )
     return env
 
@@ -264,46 +267,64 @@ class Target:
                    args.duration, tmp, self.pid)
 
 
-def warm(base: str, model: str, body: bytes) -> str:
-    """One request (the version loads); the recorded response text."""
-    answer = httpx.post(f"{base}/v2/models/{model}/infer", content=body, headers=HEADERS,
-                        timeout=120)
-    answer.raise_for_status()
-    return answer.text
+def warm(base: str, model: str, body: bytes, *, parallel: int = 1) -> str:
+    """``parallel`` concurrent requests, on connections of their own (so that each worker
+    loads the version); the recorded response text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> str:
+        answer = httpx.post(f"{base}/v2/models/{model}/infer", content=body, headers=HEADERS,
+                            timeout=300)
+        answer.raise_for_status()
+        return answer.text
+
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(one, range(parallel)))[0]
+
+
+MODELS = ("tiny", "heavy")
+TARGETS = ("floor", "w1", "w2")
+#: The report's label of each target.
+LABELS = {"floor": "floor (bare FastAPI)", "w1": "ours --workers 1", "w2": "ours --workers 2"}
 
 
 def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str], binary: str
-            ) -> tuple[Cells, Cells, Cells]:
-    """Floor, ours (1 worker) and ours (2 workers, tiny only), all up at once, measured cell
-    after cell at each concurrency (floor, then ours, then ours with 2 workers), so the three
-    columns of a concurrency see the same load on the machine."""
-    models = [("tiny", body_for(64)), ("heavy", body_for(HEAVY_FEATURES))]
-    floor: Cells = {m: {} for m, _ in models}
-    ours1: Cells = {m: {} for m, _ in models}
-    ours2: Cells = {"tiny": {}}
+            ) -> dict[str, Cells]:
+    """``{target: {model: {concurrency: cell}}}``: floor, ours (1 worker) and ours (2 workers),
+    all up at once, measured cell after cell at each concurrency (floor, then ours, then ours
+    with 2 workers), so the columns of a concurrency see the same load on the machine."""
+    bodies = {"tiny": body_for(64), "heavy": body_for(HEAVY_FEATURES)}
+    models = [(m, bodies[m]) for m in args.models]
+    cells: dict[str, Cells] = {t: {m: {} for m, _ in models} for t in args.targets}
     p1, p2, pf = free_port(), free_port(), free_port()
     b1, b2, bf = (f"http://127.0.0.1:{p}" for p in (p1, p2, pf))
     with process(server_cmd(p1, 1), env, f"{b1}/api/v1/health/ready", tmp / "server-w1.log"
                  ) as s1:
-        register(b1, "tiny", args.tiny_dir)
-        register(b1, "heavy", args.heavy_dir)
+        for model, _ in models:
+            register(b1, model, args.tiny_dir if model == "tiny" else args.heavy_dir)
         payloads = tmp / "canned.json"
         payloads.write_text(json.dumps({m: warm(b1, m, body) for m, body in models}))
         floor_cmd = [sys.executable, __file__, "--serve-bare", str(pf), "--payloads",
                      str(payloads)]
-        with process(floor_cmd, dict(os.environ), f"{bf}/ready", tmp / "bare.log") as sf, \
-                process(server_cmd(p2, 2), env, f"{b2}/api/v1/health/ready",
-                        tmp / "server-w2.log") as s2:
-            for _ in range(4):  # each worker loads the tiny version on its first request
-                warm(b2, "tiny", models[0][1])
-            t1, t2, tf = Target(s1.pid, b1), Target(s2.pid, b2), Target(sf.pid, bf)
+        with contextlib.ExitStack() as stack:
+            targets = {"w1": Target(s1.pid, b1)}
+            if "floor" in args.targets:
+                sf = stack.enter_context(process(floor_cmd, dict(os.environ), f"{bf}/ready",
+                                                 tmp / "bare.log"))
+                targets["floor"] = Target(sf.pid, bf)
+            if "w2" in args.targets:
+                s2 = stack.enter_context(process(server_cmd(p2, 2), env,
+                                                 f"{b2}/api/v1/health/ready",
+                                                 tmp / "server-w2.log"))
+                for _, body in models:  # each worker loads a version on its first request
+                    warm(b2, _, body, parallel=8)
+                targets["w2"] = Target(s2.pid, b2)
             for model, body in models:
                 for c in args.concurrency:
-                    floor[model][c] = tf.cell(binary, model, body, c, args, tmp)
-                    ours1[model][c] = t1.cell(binary, model, body, c, args, tmp)
-                    if model == "tiny":
-                        ours2[model][c] = t2.cell(binary, model, body, c, args, tmp)
-    return floor, ours1, ours2
+                    for name in args.targets:
+                        cells[name][model][c] = targets[name].cell(binary, model, body, c,
+                                                                   args, tmp)
+    return cells
 
 
 def main() -> None:
@@ -312,6 +333,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--plans", type=Path, default=None,
                         help="keep the authored plans here (reused when present)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="the models to measure (default: both)")
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS),
+                        help="floor: the bare FastAPI app; w1, w2: ours with --workers 1, 2 "
+                             "(default: all)")
+    parser.add_argument("--batching", default=None,
+                        help="the servers' EDGEFLEET_SERVER_BATCHING JSON (default: "
+                             '{"default": {"max_batch": 32}})')
     parser.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--payloads", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -330,16 +359,18 @@ def main() -> None:
         if not (args.heavy_dir / "plan.tflite").is_file():
             build_heavy_plan(args.heavy_dir)
         db_url = f"sqlite:///{tmp / 'registry.db'}"
-        floor, ours1, ours2 = measure(args, tmp, server_env(tmp, db_url), binary)
-        ceilings = {(m, b): ceiling(d, f, b, min(args.duration, 5.0))
-                    for m, d, f in (("tiny", args.tiny_dir, 64),
-                                    ("heavy", args.heavy_dir, HEAVY_FEATURES))
-                    for b in (1, 32)}
-    report(args, floor, ours1, ours2, ceilings)
+        env = server_env(tmp, db_url)
+        if args.batching is not None:
+            env["EDGEFLEET_SERVER_BATCHING"] = args.batching
+        args.targets = [t for t in TARGETS if t in args.targets]
+        cells = measure(args, tmp, env, binary)
+        dirs = {"tiny": (args.tiny_dir, 64), "heavy": (args.heavy_dir, HEAVY_FEATURES)}
+        ceilings = {(m, b): ceiling(dirs[m][0], dirs[m][1], b, min(args.duration, 5.0))
+                    for m in args.models for b in (1, 32)}
+    report(args, cells, ceilings)
 
 
-def report(args: argparse.Namespace, floor: dict[str, dict[int, Cell]],
-           ours1: dict[str, dict[int, Cell]], ours2: dict[str, dict[int, Cell]],
+def report(args: argparse.Namespace, cells: dict[str, Cells],
            ceilings: dict[tuple[str, int], Cell]) -> None:
     cs = args.concurrency
     print(f"\nV2 serving, wrk -t1 keep-alive on 127.0.0.1, {args.duration:g} s per cell, "
@@ -348,34 +379,50 @@ def report(args: argparse.Namespace, floor: dict[str, dict[int, Cell]],
     head = f"{'model':6} {'target':22}" + "".join(f" | c={c:<33}" for c in cs)
     print(head)
     print("-" * len(head))
-    rows = [("tiny", "floor (bare FastAPI)", floor["tiny"]),
-            ("tiny", "ours --workers 1", ours1["tiny"]),
-            ("tiny", "ours --workers 2", ours2["tiny"]),
-            ("heavy", "floor (bare FastAPI)", floor["heavy"]),
-            ("heavy", "ours --workers 1", ours1["heavy"])]
-    for model, target, cells in rows:
-        line = f"{model:6} {target:22}"
-        for c in cs:
-            k = cells[c]
-            line += (f" | {k.rps:7.0f} {k.p50_ms:6.2f}/{k.p99_ms:6.2f} {k.gen_cores:4.2f}"
-                     f" {k.server_ms:5.3f}{'' if not k.errors else f' E{k.errors}':>4}")
-        print(line)
-    print("\nin-process ceiling (the serving copy's FrozenRuntime.predict in this process)")
+    for model in args.models:
+        for target in args.targets:
+            line = f"{model:6} {LABELS[target]:22}"
+            for c in cs:
+                k = cells[target][model][c]
+                line += (f" | {k.rps:7.0f} {k.p50_ms:6.2f}/{k.p99_ms:6.2f} {k.gen_cores:4.2f}"
+                         f" {k.server_ms:5.3f}{'' if not k.errors else f' E{k.errors}':>4}")
+            print(line)
+    print("\nin-process ceiling (the serving copy's FrozenRuntime.predict in this process; "
+          "CPU: the calling thread's, per call)")
     for (model, batch), k in ceilings.items():
         print(f"{model:6} batch {batch:<3} {k.rps:9.0f} calls/s {k.rps * batch:10.0f} samples/s  "
-              f"p50 {k.p50_ms:.3f} ms  p99 {k.p99_ms:.3f} ms")
+              f"p50 {k.p50_ms:.3f} ms  p99 {k.p99_ms:.3f} ms  CPU {k.server_ms:.3f} ms")
     c = 32 if 32 in cs else cs[-1]
-    t_ours, t_floor = ours1["tiny"][c], floor["tiny"][c]
-    h_ours, h_ceil = ours1["heavy"][c], ceilings[("heavy", 32)]
     print(f"\nratios at c={c}:")
-    print(f"  tiny: ours/floor req/s {t_ours.rps / t_floor.rps:.2f} (target >= 0.75); "
-          f"p99 ours/floor {t_ours.p99_ms / t_floor.p99_ms:.2f} (target <= 2); server CPU "
-          f"per request ours/floor {t_ours.server_ms / max(t_floor.server_ms, 1e-9):.2f}")
-    print(f"  heavy: ours samples/s / ceiling batch-32 samples/s "
-          f"{h_ours.rps / (h_ceil.rps * 32):.2f} (target >= 0.45); p99 {h_ours.p99_ms:.1f} ms "
-          "(target <= 25)")
-    print(f"  tiny --workers 2 / --workers 1 req/s {ours2['tiny'][c].rps / t_ours.rps:.2f} "
-          f"(target >= 1.6; generator used {ours2['tiny'][c].gen_cores:.2f} of the cores)")
+    for line in ratios(cells, ceilings, c):
+        print(f"  {line}")
+
+
+def ratios(cells: dict[str, Cells], ceilings: dict[tuple[str, int], Cell], c: int
+           ) -> list[str]:
+    """The issue's ratios at concurrency ``c``, for the cells that were measured."""
+    def cell(target: str, model: str) -> Cell | None:
+        return cells.get(target, {}).get(model, {}).get(c)
+
+    lines = []
+    t_ours, t_floor, t_two = cell("w1", "tiny"), cell("floor", "tiny"), cell("w2", "tiny")
+    if t_ours is not None and t_floor is not None:
+        lines.append(
+            f"tiny: ours/floor req/s {t_ours.rps / t_floor.rps:.2f} (target >= 0.75); p99 "
+            f"ours/floor {t_ours.p99_ms / t_floor.p99_ms:.2f} (target <= 2); server CPU per "
+            f"request ours/floor {t_ours.server_ms / max(t_floor.server_ms, 1e-9):.2f}")
+    h_ceil = ceilings.get(("heavy", 32))
+    for target in ("w1", "w2"):
+        h_ours = cell(target, "heavy")
+        if h_ours is not None and h_ceil is not None:
+            lines.append(
+                f"heavy {LABELS[target].removeprefix('ours ')}: ours samples/s / ceiling "
+                f"batch-32 samples/s {h_ours.rps / (h_ceil.rps * 32):.2f} (target >= 0.45); "
+                f"p99 {h_ours.p99_ms:.1f} ms (target <= 25)")
+    if t_ours is not None and t_two is not None:
+        lines.append(f"tiny --workers 2 / --workers 1 req/s {t_two.rps / t_ours.rps:.2f} "
+                     f"(target >= 1.6; generator used {t_two.gen_cores:.2f} of the cores)")
+    return lines
 
 
 if __name__ == "__main__":

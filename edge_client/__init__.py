@@ -66,9 +66,10 @@ if TYPE_CHECKING:
     )
     from edge_client.http_api import LocalServer
     from edge_client.inference import Prediction
-    from edge_client.models import ActiveModel, InstalledVersion, ModelManager, smoke_test
+    from edge_client.models import ActiveModel, InstalledVersion, ModelManager
     from edge_client.outbox import Outbox, OutboxEntry
     from edge_client.settings import AgentSettings
+    from edge_client.smoke import smoke_test
     from edge_client.store import LabelStore
     from edge_client.telemetry import DrainResult, Telemetry
 
@@ -115,7 +116,7 @@ _EXPORTS: dict[str, str] = {
     "collect_status": "edge_client.agent",
     "enroll": "edge_client.credentials",
     "should_continue": "edge_client.eligibility",
-    "smoke_test": "edge_client.models",
+    "smoke_test": "edge_client.smoke",
 }
 
 __all__ = [

@@ -203,7 +203,9 @@ class Agent:
 
         A refusal (integrity, signature, manifest, smoke test) is remembered by the
         assignment's fingerprint (digests and signature) until the assignment changes; other
-        failures are retried with exponential backoff and jitter (``install_backoff_*``).
+        failures are retried with exponential backoff and jitter (``install_backoff_*``). A
+        blue-green pre-download of ``a`` is installed from instead of downloading again (its
+        files verified as a download's) and dropped once ``a`` is installed or refused.
         """
         fp = _fingerprint(a)
         rejected = self.state.get("rejected")
@@ -214,9 +216,12 @@ class Agent:
             return "backoff"
         pinned = [self.credentials.signing_key] if self.credentials and \
             self.credentials.signing_key else []
+        prefetched = self.side.prefetched_for(a)
         try:
-            self.models.install(client, a, pinned=pinned)
+            self.models.install(client, a, pinned=pinned, prefetched=prefetched)
         except (ModelRejectedError, IntegrityError) as exc:
+            if prefetched is not None:
+                self.side.consumed(a)
             self._note("rejected", fp)
             self._note("last_install_error", {"at": time.time(), "error": str(exc),
                                               "refused": True})
@@ -232,6 +237,8 @@ class Agent:
             self._note("last_install_error", {"at": time.time(), "error": str(exc),
                                               "retry_in_s": round(due - time.time(), 1)})
             raise
+        if prefetched is not None:
+            self.side.consumed(a)
         self._note("install_retry", None)
         self._note("last_install_error", None)
         self.router.reset_failures()

@@ -5,7 +5,10 @@
 checks the promised size *while* receiving (a body longer than promised is cut off at once) and
 the size and sha256 at the end, ``fsync``\\ s it and only then returns its path. On any failure —
 the connection closing mid-body, a timeout, a wrong hash, a full disk — the temporary file is
-deleted and an :class:`~edge_client.errors.ArtifactError` explains why.
+deleted and an :class:`~edge_client.errors.ArtifactError` explains why. :func:`reuse_local`
+gives the same result from a file already on the device (hashed while copied) or ``None``;
+:func:`fetch_artifact` tries such local copies (a blue-green pre-download, installed versions)
+before downloading and records in a :class:`Provenance` where each file came from.
 
 Disk space is checked twice: before the first byte (``shutil.disk_usage`` must leave
 ``min_free_bytes`` after the artifact) and on every write (``ENOSPC``/``EDQUOT``/``EFBIG`` from the
@@ -16,10 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,10 +38,10 @@ from edge_client.errors import (
     ServerError,
 )
 from edge_client.storage import is_disk_full
-from edgefleet.plan import sha256_file
 from edgefleet.wire import ArtifactRef
 
 CHUNK_SIZE = 64 * 1024
+log = logging.getLogger(__name__)
 
 
 def check_free_space(directory: Path, needed: int, min_free_bytes: int) -> None:
@@ -128,21 +135,98 @@ def download_artifact(
 
 
 def reuse_local(source: Path, ref: ArtifactRef, directory: Path, name: str) -> Path | None:
-    """Copy an installed file that already has ``ref``'s content (a new version often keeps
-    its plan and only brings new weights); ``None`` when it does not match."""
-    if not source.is_file() or source.stat().st_size != ref.size:
-        return None
-    if sha256_file(source) != ref.sha256:
+    """Copy a file already on the device that has ``ref``'s content (an installed version, a
+    new version that keeps its plan, a pre-downloaded version) into ``directory`` as a verified
+    temporary file, as :func:`download_artifact` would; ``None`` when it does not match.
+
+    The copy is hashed as it is written, so what is returned is exactly what ``ref`` promises
+    even if ``source`` changes meanwhile. A source of the wrong size or sha256 (another
+    version's, or altered on the disk), or one that cannot be read, gives ``None`` and leaves
+    nothing behind: the caller downloads instead.
+
+    Raises
+    ------
+    DiskFullError
+        The copy ran out of space.
+    """
+    try:
+        if not source.is_file() or source.stat().st_size != ref.size:
+            return None
+    except OSError:
         return None
     tmp = directory / f".{name}.{uuid.uuid4().hex}.part"
+    digest = hashlib.sha256()
+    copied = 0
     try:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with open(source, "rb") as src, open(tmp, "xb") as dst:
+            while block := src.read(CHUNK_SIZE):
+                copied += len(block)
+                if copied > ref.size:
+                    break
+                digest.update(block)
+                dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if is_disk_full(exc):
             raise DiskFullError(f"{name}: disk full copying {source}: {exc}") from exc
-        raise
+        return None
+    if copied != ref.size or digest.hexdigest() != ref.sha256:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return None
     return tmp
+
+
+@dataclass
+class Provenance:
+    """Where the files of one staged version came from: ``origins`` maps each file name to
+    ``"prefetch"``, ``"installed"`` or ``"download"``; ``refused`` names the pre-downloaded files
+    that did not hash to their digests (and were fetched elsewhere); ``prefetch``: whether a
+    pre-download was offered."""
+
+    prefetch: bool = False
+    origins: dict[str, str] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+
+    def details(self) -> dict[str, Any]:
+        """The ``installed`` event's extra details: ``sources``, and with a pre-download a
+        ``note`` saying whether the version was installed from it."""
+        if not self.origins:
+            return {}
+        out: dict[str, Any] = {"sources": dict(self.origins)}
+        if not self.prefetch:
+            return out
+        fetched = sorted(n for n, o in self.origins.items() if o == "download")
+        if self.refused:
+            out["prefetch_refused"] = list(self.refused)
+            out["note"] = (f"pre-download refused ({', '.join(self.refused)} did not match its "
+                           f"sha256); downloaded: {', '.join(fetched) or 'nothing'}")
+        elif fetched:
+            out["note"] = f"installed from the pre-download; downloaded: {', '.join(fetched)}"
+        else:
+            out["note"] = "installed from the verified pre-download; nothing downloaded again"
+        return out
+
+
+def fetch_artifact(client: ServerClient, ref: ArtifactRef, directory: Path, name: str, *,
+                   local: Sequence[tuple[str, Path]] = (), provenance: Provenance | None = None,
+                   min_free_bytes: int = 0) -> Path:
+    """``ref`` as a verified temporary file in ``directory``: copied from the first
+    ``(origin, folder)`` of ``local`` whose ``name`` matches (:func:`reuse_local`), else
+    downloaded (:func:`download_artifact`, whose errors it raises). ``provenance`` records the
+    origin; a ``"prefetch"`` file that does not match is recorded as refused and logged."""
+    prov = provenance if provenance is not None else Provenance()
+    for origin, folder in local:
+        tmp = reuse_local(folder / name, ref, directory, name)
+        if tmp is not None:
+            prov.origins[name] = origin
+            return tmp
+        if origin == "prefetch" and (folder / name).exists():
+            prov.refused.append(name)
+            log.warning("pre-downloaded %s does not hash to %s…: not used", folder / name,
+                        ref.sha256[:12])
+    prov.origins[name] = "download"
+    return download_artifact(client, ref, directory, name, min_free_bytes=min_free_bytes)

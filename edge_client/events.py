@@ -2,7 +2,8 @@
 
 :class:`DeviceEvents` turns the model manager's notifications (``installed``, ``rejected``,
 ``rolled_back``; see :class:`edge_client.models.ModelManager`) into wire events
-(:class:`edgefleet.wire.DeviceEvent`): ``switch`` (with the version it replaced), ``smoke_failed``
+(:class:`edgefleet.wire.DeviceEvent`): ``switch`` (with the version it replaced; its ``detail``
+says whether a blue-green pre-download was installed from), ``smoke_failed``
 (a download that does not load or fails its smoke test), ``refused`` (integrity or signature),
 ``rollback`` (from the version abandoned to the one restored). Crashes of the active model are
 counted by the telemetry window of that version and become one ``crash`` event per window
@@ -54,7 +55,8 @@ def from_model_event(kind: str, details: dict[str, Any], current: dict[str, int]
         before = current.get(model)
         current[model] = version
         return DeviceEvent(kind="switch", at=when, model=model, version=version,
-                           from_version=before if before != version else None)
+                           from_version=before if before != version else None,
+                           detail=str(details.get("note", ""))[:_DETAIL])
     if kind == "rejected":
         return DeviceEvent(kind="smoke_failed" if _smoke(reason) else "refused", at=when,
                            model=str(details["model"]), version=int(details["version"]),

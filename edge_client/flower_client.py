@@ -24,8 +24,9 @@ The names below are the constants of :mod:`edgefleet.flower_keys` (``num-example
 
 ``query``
     Replies ``ConfigRecord "config"``: ``eligible`` (bool), ``reasons`` (JSON list), ``model``,
-    ``version``, ``plan-sha256``, ``drift`` (the cumulative :class:`DriftSummary` JSON, ``""``
-    when none), and ``MetricRecord "metrics"``: ``num-examples``.
+    ``version``, ``plan-sha256``, ``drift-packed`` (the cumulative :class:`DriftSummary` as the
+    bytes of :func:`edgefleet.drift.packed.pack`; absent when there is none), and
+    ``MetricRecord "metrics"``: ``num-examples``.
 ``train``
     Takes ``ArrayRecord`` (the global weights, keyed by the manifest's weight names) and
     ``ConfigRecord "config"`` (``epochs`` default 1, ``lr`` default the run settings' ``lr``,
@@ -36,7 +37,7 @@ The names below are the constants of :mod:`edgefleet.flower_keys` (``num-example
     ``MetricRecord "metrics"`` (``num-examples`` — the local size, or with ``weighting =
     "examples-trained"`` the examples one epoch trained —, ``train-loss``, ``steps``,
     ``examples-trained``) and
-    ``ConfigRecord "config"`` (``status`` ``"ok"`` or ``"stopped"``, ``drift``, ``model``,
+    ``ConfigRecord "config"`` (``status`` ``"ok"`` or ``"stopped"``, ``drift-packed``, ``model``,
     ``version``). It *declines* — no arrays, ``num-examples`` 0, ``status`` ``"declined"`` and a
     ``reason`` — when the device is not eligible, has no active model or no labelled examples,
     or the weights do not fit its plan; the strategy must skip such replies. When conditions
@@ -84,7 +85,9 @@ from edge_client.settings import AgentSettings
 from edge_client.storage import StateStore
 from edge_client.store import LabelStore
 from edgefleet import flower_keys as fk
-from edgefleet.errors import EdgeFleetError, InputError
+from edgefleet.drift import DriftSummary
+from edgefleet.drift.packed import pack
+from edgefleet.errors import EdgeFleetError, InputError, SummaryError
 from edgefleet.run_settings import DEFAULTS
 from edgefleet.runtime import PlanRuntime, order_seed, reported_examples
 
@@ -135,6 +138,17 @@ class _Node:
             return state.load_drift(self.model or self.runtime.manifest.name, self.version) or ""
         finally:
             state.close()
+
+    def drift(self) -> dict[str, ConfigRecordValues]:
+        """The reply's drift entry: the stored summary, packed (nothing when there is none or
+        it does not validate)."""
+        raw = self.drift_json()
+        if not raw:
+            return {}
+        try:
+            return {fk.DRIFT_PACKED: pack(DriftSummary.parse(raw))}
+        except SummaryError:
+            return {}
 
     def identity(self) -> dict[str, ConfigRecordValues]:
         if self.runtime is None or self.version is None:
@@ -195,7 +209,7 @@ def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
         n = len(node.examples()[1]) if node.runtime is not None else 0
         config = ConfigRecord({fk.ELIGIBLE: verdict.eligible,
                                fk.REASONS: json.dumps(verdict.reasons),
-                               fk.DRIFT: node.drift_json(), **node.identity()})
+                               **node.drift(), **node.identity()})
         return Message(RecordDict({fk.CONFIG: config,
                                    fk.METRICS: MetricRecord({fk.NUM_EXAMPLES: n})}),
                        reply_to=message)
@@ -242,7 +256,7 @@ def make_client_app(eligibility: EligibilityFactory | None = None) -> ClientApp:
         if result.epoch_losses:  # the received model's loss on the first pass (drift steering)
             metrics[fk.FIRST_EPOCH_LOSS] = float(result.epoch_losses[0])
         config = ConfigRecord({fk.STATUS: fk.STATUS_STOPPED if result.stopped else fk.STATUS_OK,
-                               fk.DRIFT: node.drift_json(), **node.identity()})
+                               **node.drift(), **node.identity()})
         arrays = ArrayRecord({k: Array(v) for k, v in runtime.get_weights().items()})
         return Message(RecordDict({fk.ARRAYS: arrays, fk.METRICS: metrics, fk.CONFIG: config}),
                        reply_to=message)

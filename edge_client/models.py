@@ -15,7 +15,11 @@ Installing (:meth:`ModelManager.install`) never touches the active model until t
    assignment and the manifest and check the registry's signature against the pinned key
    (:mod:`edgefleet.signature`) — an unsigned version, a bad signature or an unknown key is
    refused before anything else is fetched; then the plan and the weights, each verified the
-   same way (a file already installed with the same sha256 is copied instead of downloaded);
+   same way. A file already on the device with the promised size and sha256 — in the verified
+   pre-download of a blue-green rollout (``prefetched``, :mod:`edge_client.side_versions`), or
+   in an installed version — is copied instead of downloaded, hashed while it is copied
+   (:func:`~edge_client.download.reuse_local`); a copy that does not hash right (altered on
+   disk) is not used and that file is downloaded;
 2. check the manifest belongs to the plan, load the staged directory with
    :class:`~edgefleet.runtime.PlanRuntime` and smoke-test it (:func:`smoke_test`);
 3. rename the staging directory to ``<model>/<version>`` (atomic), rewrite ``active.json``
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import threading
 import time
@@ -43,11 +48,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_client.client import ServerClient
-from edge_client.download import download_artifact, reuse_local
+from edge_client.download import Provenance, fetch_artifact
 from edge_client.errors import IntegrityError, ModelRejectedError
+from edge_client.smoke import smoke_test
 from edge_client.storage import atomic_write, fsync_dir
 from edgefleet.errors import EdgeFleetError, SignatureError
 from edgefleet.plan import PlanManifest, sha256_file
@@ -57,6 +61,7 @@ from edgefleet.wire import ArtifactRef, Assignment
 
 POINTER_FILE = "active.json"
 EventSink = Callable[[str, dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,58 +106,6 @@ class ActiveModel:
     info: InstalledVersion
     runtime: PlanRuntime
     path: Path
-
-
-def smoke_test(runtime: PlanRuntime) -> None:
-    """Ask the plan about an all-zeros input and the reference means; demand probabilities.
-
-    Raises
-    ------
-    ModelRejectedError
-        A weight is not finite or exceeds :data:`MAX_WEIGHT_MAGNITUDE`, the plan raised, or it
-        answered something that is not ``[n, n_classes]`` finite probabilities summing to 1.
-    """
-    m = runtime.manifest
-    _check_weight_magnitudes(runtime)
-    probes = [np.zeros((1, *m.input.sample_shape), dtype=np.float32)]
-    if m.reference is not None and m.reference.features:
-        means = np.asarray([f.mean for f in m.reference.features], dtype=np.float32)
-        if means.size == int(np.prod(m.input.sample_shape)):
-            probes.append(means.reshape(1, *m.input.sample_shape))
-    x = np.concatenate(probes)
-    try:
-        probs = runtime.predict(x)
-    except EdgeFleetError as exc:
-        raise ModelRejectedError(f"smoke test: the model failed to answer: {exc}") from exc
-    want = (x.shape[0], m.output.n_classes)
-    if probs.shape != want:
-        raise ModelRejectedError(f"smoke test: output shape {probs.shape}, expected {want}")
-    if not np.all(np.isfinite(probs)) or np.any(probs < 0):
-        raise ModelRejectedError("smoke test: the model answered NaN/inf/negative probabilities")
-    if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
-        raise ModelRejectedError(f"smoke test: probabilities sum to {probs.sum(axis=1)}, not 1")
-
-
-#: The largest weight magnitude a plan may carry. Trained weights sit many orders below it; past
-#: it, float32 activations overflow and what the model answers depends on the interpreter
-#: (LiteRT answers NaN, tflite-runtime a finite uniform distribution), so a probe of the outputs
-#: alone cannot refuse such a model on every device.
-MAX_WEIGHT_MAGNITUDE = 1e6
-
-
-def _check_weight_magnitudes(runtime: PlanRuntime) -> None:
-    """Refuse weights that are not finite or exceed :data:`MAX_WEIGHT_MAGNITUDE`."""
-    try:
-        weights = runtime.get_weights()
-    except EdgeFleetError as exc:
-        raise ModelRejectedError(f"smoke test: the weights could not be read: {exc}") from exc
-    for name, value in weights.items():
-        if not np.all(np.isfinite(value)):
-            raise ModelRejectedError(f"smoke test: weight {name!r} is not finite")
-        peak = float(np.max(np.abs(value))) if value.size else 0.0
-        if peak > MAX_WEIGHT_MAGNITUDE:
-            raise ModelRejectedError(
-                f"smoke test: weight {name!r} reaches {peak:.3g} (limit {MAX_WEIGHT_MAGNITUDE:g})")
 
 
 class ModelManager:
@@ -272,11 +225,14 @@ class ModelManager:
               assignment.weights.sha256)
 
     def install(self, client: ServerClient, assignment: Assignment, *,
-                pinned: Sequence[KeyLink] = ()) -> ActiveModel:
+                pinned: Sequence[KeyLink] = (), prefetched: Path | None = None) -> ActiveModel:
         """Download, verify, load, smoke-test and activate ``assignment`` (see module doc).
 
         ``pinned`` are the signing keys the device trusts (from enrolment); with none, every
-        downloaded version is refused.
+        downloaded version is refused. ``prefetched`` is a directory that may hold this version
+        already (a blue-green pre-download): its files are used when they hash to the
+        assignment's digests, with the same signature check and smoke test as a download. The
+        ``installed`` event's ``sources`` say where each file came from.
 
         Raises
         ------
@@ -293,7 +249,12 @@ class ModelManager:
         a = assignment
         info = InstalledVersion(a.model, a.version, a.plan.sha256, a.weights.sha256, time.time(),
                                 a.manifest.sha256 if a.manifest else None)
-        return self._install(info, lambda staging: self._stage(client, a, staging, pinned))
+        prov = Provenance(prefetch=prefetched is not None)
+        loaded = self._install(info, lambda staging: self._stage(
+            client, a, staging, pinned, prefetched=prefetched, prov=prov), prov)
+        if prov.prefetch:
+            log.info("%s v%s: %s", a.model, a.version, prov.details()["note"])
+        return loaded
 
     def install_dir(self, plan_dir: Path, model: str, version: int) -> ActiveModel:
         """Activate a plan directory already on the device (provisioning without a network:
@@ -316,7 +277,8 @@ class ModelManager:
 
         return self._install(info, copy)
 
-    def _install(self, info: InstalledVersion, stage: Callable[[Path], None]) -> ActiveModel:
+    def _install(self, info: InstalledVersion, stage: Callable[[Path], None],
+                 prov: Provenance | None = None) -> ActiveModel:
         with self._lock:
             staging = self.models_dir / f".staging-{uuid.uuid4().hex}"
             staging.mkdir()
@@ -328,35 +290,36 @@ class ModelManager:
                     self._on_event("rejected", {"model": info.model, "version": info.version,
                                                 "reason": str(exc)})
                     raise
-                return self._commit(staging, loaded)
+                return self._commit(staging, loaded, prov.details() if prov else {})
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def _stage(self, client: ServerClient, a: Assignment, staging: Path,
-               pinned: Sequence[KeyLink]) -> None:
-        manifest = self._stage_signed_manifest(client, a, staging, pinned)
+               pinned: Sequence[KeyLink], *, prefetched: Path | None = None,
+               prov: Provenance | None = None) -> None:
+        """Fetch ``a``'s three files into ``staging``, verified (signature first), unloaded."""
+        prov = prov if prov is not None else Provenance()
+        manifest = self._stage_signed_manifest(client, a, staging, pinned, prefetched, prov)
         if manifest.plan_sha256 != a.plan.sha256:
             raise ModelRejectedError(
                 f"manifest of {a.model} v{a.version} describes plan {manifest.plan_sha256[:12]}…, "
                 f"the assignment promises {a.plan.sha256[:12]}…"
             )
         for ref, name in ((a.plan, PLAN_FILE), (a.weights, WEIGHTS_FILE)):
-            tmp = self._reuse_installed(ref, staging, name)
-            if tmp is None:
-                tmp = download_artifact(client, ref, staging, name,
-                                        min_free_bytes=self.min_free_bytes)
-            tmp.rename(staging / name)
+            self._fetch(client, ref, staging, name, prefetched, prov).rename(staging / name)
 
-    def _reuse_installed(self, ref: ArtifactRef, staging: Path, name: str) -> Path | None:
-        """A copy of an installed file with ``ref``'s digest, or ``None``."""
-        for h in self._installed():
-            tmp = reuse_local(self.version_dir(h.model, h.version) / name, ref, staging, name)
-            if tmp is not None:
-                return tmp
-        return None
+    def _fetch(self, client: ServerClient, ref: ArtifactRef, staging: Path, name: str,
+               prefetched: Path | None, prov: Provenance) -> Path:
+        """``ref`` verified in ``staging``: from the pre-download, an installed version or the
+        server (:func:`~edge_client.download.fetch_artifact`)."""
+        local = [("prefetch", prefetched)] if prefetched is not None else []
+        local += [("installed", self.version_dir(h.model, h.version)) for h in self._installed()]
+        return fetch_artifact(client, ref, staging, name, local=local, provenance=prov,
+                              min_free_bytes=self.min_free_bytes)
 
     def _stage_signed_manifest(self, client: ServerClient, a: Assignment, staging: Path,
-                               pinned: Sequence[KeyLink]) -> PlanManifest:
+                               pinned: Sequence[KeyLink], prefetched: Path | None,
+                               prov: Provenance) -> PlanManifest:
         """Download the manifest (digest-checked), check the version's signature, keep the
         manifest's exact bytes in ``staging``; :class:`ModelRejectedError` when refused."""
         what = f"{a.model} v{a.version}"
@@ -366,10 +329,7 @@ class ModelManager:
             raise ModelRejectedError(f"{what}: the version is not signed — refused")
         if not pinned:
             raise ModelRejectedError(f"{what}: no signing key is pinned (re-enrol the device)")
-        tmp = self._reuse_installed(a.manifest, staging, MANIFEST_FILE)
-        if tmp is None:
-            tmp = download_artifact(client, a.manifest, staging, MANIFEST_FILE,
-                                    min_free_bytes=self.min_free_bytes)
+        tmp = self._fetch(client, a.manifest, staging, MANIFEST_FILE, prefetched, prov)
         try:
             manifest = PlanManifest.from_json(tmp.read_bytes())
         except EdgeFleetError as exc:
@@ -396,7 +356,8 @@ class ModelManager:
         smoke_test(runtime)
         return ActiveModel(info, runtime, self.version_dir(info.model, info.version))
 
-    def _commit(self, staging: Path, loaded: ActiveModel) -> ActiveModel:
+    def _commit(self, staging: Path, loaded: ActiveModel, details: dict[str, Any]
+                ) -> ActiveModel:
         info, target = loaded.info, loaded.path
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # an older copy of this version (e.g. rolled back from): replace
@@ -414,7 +375,7 @@ class ModelManager:
         self.active = loaded
         self._prune()
         self._on_event("installed", {"model": info.model, "version": info.version,
-                                     "interpreter": loaded.runtime.interpreter_name})
+                                     "interpreter": loaded.runtime.interpreter_name, **details})
         return loaded
 
     # --- housekeeping --------------------------------------------------------------------------

@@ -6,7 +6,12 @@ An assignment may carry (``edgefleet.wire.Assignment``):
   checks its digests and signature and smoke-tests it exactly as an install would
   (:class:`edge_client.models.ModelManager`'s staging), **without switching**, keeps it in
   ``<models_dir>/.prefetch-<model>-<version>``, and reports a ``prefetched`` device event (or
-  ``smoke_failed``/``refused`` when it fails). It is done once per version and digests.
+  ``smoke_failed``/``refused`` when it fails). It is done once per version and digests. When the
+  switch comes (the assignment names that version), :meth:`SideVersions.prefetched_for` hands
+  the directory to the install (:meth:`ModelManager.install`'s ``prefetched``), which copies
+  its files instead of downloading them — each hashed against the assignment's digests and the
+  signature checked, as for a download; a damaged file is downloaded — and
+  :meth:`SideVersions.consumed` then drops it.
 * ``shadow`` — the same checks, then the version is loaded (``.shadow-<model>-<version>``) and
   :class:`ShadowRun` runs it on every local inference of the active version
   (:meth:`edge_client.telemetry.Telemetry.record_local`); its answers are never served, only
@@ -14,7 +19,8 @@ An assignment may carry (``edgefleet.wire.Assignment``):
   (shadow minus active), reported per telemetry window as ``TelemetryReport.shadow``. The
   request's latency includes the shadow's run (its own latency is not reported).
 
-When the assignment stops naming a side version, its directory and runtime are dropped.
+When the assignment stops naming a side version, its directory and runtime are dropped (a
+pre-download of the very version assigned, not yet active, is kept for its install).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import numpy as np
 
 from edge_client.errors import AgentError, IntegrityError, ModelRejectedError
 from edge_client.events import from_model_event
-from edge_client.models import ModelManager, smoke_test
+from edge_client.models import ModelManager
+from edge_client.smoke import smoke_test
 from edgefleet.errors import EdgeFleetError
 from edgefleet.runtime import PlanRuntime
 from edgefleet.signature import KeyLink
@@ -116,7 +123,7 @@ class SideVersions:
         prefetch = a.prefetch if a is not None else None
         shadow = a.shadow if a is not None else None
         if a is None or prefetch is None:
-            self._drop("prefetch")
+            self._drop("prefetch", keep=self.prefetched_for(a))
             self._prefetched = None
         elif (a.model, prefetch.version, prefetch.weights.sha256) != self._prefetched:
             self._prefetch(client, a, prefetch, pinned)
@@ -127,12 +134,25 @@ class SideVersions:
                 a.model, shadow.version):
             self._load_shadow(client, a, shadow, pinned)
 
+    def prefetched_for(self, a: Assignment | None) -> Path | None:
+        """The pre-download of ``a``'s own version, when one is on disk and ``a`` is not active
+        yet (the blue-green switch); its files are verified by the install that uses them."""
+        if a is None or self.models.is_current(a):
+            return None
+        path = self._dir("prefetch", a.model, a.version)
+        return path if path.is_dir() else None
+
+    def consumed(self, a: Assignment) -> None:
+        """``a`` was installed (or refused): its pre-download has served its purpose."""
+        shutil.rmtree(self._dir("prefetch", a.model, a.version), ignore_errors=True)
+
     def _dir(self, kind: str, model: str, version: int) -> Path:
         return self.models.models_dir / f".{kind}-{model}-{version}"
 
-    def _drop(self, kind: str) -> None:
+    def _drop(self, kind: str, keep: Path | None = None) -> None:
         for path in self.models.models_dir.glob(f".{kind}-*"):
-            shutil.rmtree(path, ignore_errors=True)
+            if path != keep:
+                shutil.rmtree(path, ignore_errors=True)
 
     def _stage(self, client: ServerClient, a: Assignment, ref: PrefetchRef, kind: str,
                pinned: list[KeyLink]) -> PlanRuntime | None:

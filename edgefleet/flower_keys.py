@@ -9,17 +9,23 @@ message    server -> node                                 node -> server
 =========  =============================================  =========================================
 query      ``CONFIG``: SERVER_ROUND, MODEL [, VERSION]    ``CONFIG``: ELIGIBLE, REASONS (a JSON
                                                           list) or REASON, MODEL, VERSION,
-                                                          PLAN_SHA256, DRIFT [, DRIFT_SCORE];
+                                                          PLAN_SHA256, DRIFT_PACKED or DRIFT
+                                                          [, DRIFT_SCORE];
                                                           ``METRICS``: NUM_EXAMPLES
 train      ``ARRAYS`` (weights by name); ``CONFIG``:      ``ARRAYS``; ``METRICS``: NUM_EXAMPLES,
            SERVER_ROUND, MODEL, VERSION, PLAN_SHA256,     TRAIN_LOSS, STEPS, EXAMPLES_TRAINED;
            SEED, EPOCHS, LR, DRIFT_SCORE [, PROXIMAL_MU,  ``CONFIG``: STATUS (STATUS_OK,
            BATCH_RULE, WEIGHTING]                         STATUS_STOPPED or STATUS_DECLINED with a
-                                                          REASON), DRIFT, MODEL, VERSION,
-                                                          PLAN_SHA256
+                                                          REASON), DRIFT_PACKED or DRIFT, MODEL,
+                                                          VERSION, PLAN_SHA256
 evaluate   ``ARRAYS``; ``CONFIG``: SERVER_ROUND, MODEL    ``METRICS``: NUM_EXAMPLES, EVAL_LOSS,
                                                           EVAL_ACC
 =========  =============================================  =========================================
+
+The node's drift summary travels as DRIFT_PACKED: ``bytes``, the fixed-layout vector of
+:mod:`edgefleet.drift.packed` that the server decodes and validates for a whole round at once.
+DRIFT (a :class:`~edgefleet.drift.DriftSummary` JSON text, the REST telemetry form) is still
+read when a reply carries no DRIFT_PACKED.
 
 Node config keys (``flower-supernode --node-config``): DATA_DIR and ELIGIBILITY (one of
 ELIGIBILITY_DEVICE, ELIGIBILITY_ALWAYS, ELIGIBILITY_NEVER). AGG_WEIGHT is the metric the
@@ -61,7 +67,8 @@ DEFAULT_WEIGHTING: Final = "local-size"
 ELIGIBLE: Final = "eligible"
 REASONS: Final = "reasons"
 REASON: Final = "reason"
-DRIFT: Final = "drift"
+DRIFT: Final = "drift"  # DriftSummary JSON
+DRIFT_PACKED: Final = "drift-packed"  # bytes: edgefleet.drift.packed
 STATUS: Final = "status"
 STATUS_OK: Final = "ok"
 STATUS_STOPPED: Final = "stopped"

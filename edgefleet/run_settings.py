@@ -114,6 +114,10 @@ class RunKnobs(BaseModel):
         Round-level defences (``aggregation.validation``): refuse an update whose cosine with
         the round's median update is below ``min_cosine`` (-1 = off); weigh no update more than
         ``max_weight_ratio`` times the round's median example count (0 = off).
+    direction_mads : float [3.0]
+        The direction bound is lowered to the round's median cosine minus this many robust
+        deviations (1.4826 x MAD) when that is below ``min_cosine`` (-1 = off: ``min_cosine``
+        alone).
     quarantine_after, quarantine_path : [3, ""]
         A node refused in ``quarantine_after`` of its last 5 updates is left out of selection
         until an operator releases it (0 = off; ``aggregation.selection.quarantine``); the
@@ -178,6 +182,7 @@ class RunKnobs(BaseModel):
     max_norm_ratio: Float = Field(default=10.0, ge=0)
     max_num_examples: Int = Field(default=1_000_000, ge=1)
     min_cosine: Float = Field(default=0.1, ge=-1, lt=1)
+    direction_mads: Float = Field(default=3.0, ge=-1)
     max_weight_ratio: Float = Field(default=2.0, ge=0)
     quarantine_after: Int = Field(default=3, ge=0, le=5)
     quarantine_path: StrictStr = ""

@@ -8,11 +8,14 @@ eligibility and drift come from the run's :class:`~simulation.population.Populat
 an agent's data directory:
 
 * ``query``: eligible when the device's trace says it is available at the simulated time
-  (``sim-time`` in the config, put there by :class:`simulation.sim_grid.SimGrid`); ``drift`` is
-  the summary of ``traffic_rows`` inference inputs drawn from its current (maybe drifted) data;
-* ``train``: declines when the trace drops the device out this round; a Byzantine device
-  (:mod:`simulation.adversaries`) poisons its labels or its update; a replay trains on the
-  frozen orders.
+  (``sim-time`` in the config, put there by :class:`simulation.sim_grid.SimGrid`);
+  ``drift-packed`` is the summary (:mod:`edgefleet.drift.packed`) of ``traffic_rows`` inference
+  inputs drawn from its current (maybe drifted) data;
+* ``train``: declines when the device is not available at the simulated time (the server
+  trains nodes it has not queried, as production over-selection does) or the trace drops it
+  out this round; a Byzantine device (:mod:`simulation.adversaries`) poisons its labels or its
+  update; a replay trains on the frozen orders. The reply carries the device's drift summary,
+  as the edge ClientApp's does.
 
 The device is the node's ``partition-id``; every reply carries it as ``sim-device``. No
 TensorFlow is imported here (the engine keeps it out of the workers).
@@ -31,6 +34,7 @@ from flwr.clientapp import ClientApp
 
 from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftAccumulator
+from edgefleet.drift.packed import pack
 from edgefleet.errors import EdgeFleetError
 from edgefleet.runtime import PlanRuntime, order_seed, reported_examples
 from simulation.population import Population, load_population
@@ -52,15 +56,16 @@ def _runtime(plan_dir: str) -> PlanRuntime:
 
 
 class _Drift:
-    """Per worker: drift summaries by (device, drift state), built on first use."""
+    """Per worker: packed drift summaries by (device, drift state), built on first use."""
 
     def __init__(self) -> None:
-        self.cache: dict[tuple[int, tuple[float, ...]], str] = {}
+        self.cache: dict[tuple[int, tuple[float, ...]], bytes] = {}
 
-    def summary(self, pop: Population, rt: PlanRuntime, device: int, server_round: int) -> str:
+    def summary(self, pop: Population, rt: PlanRuntime, device: int, server_round: int
+                ) -> bytes:
         ref = rt.manifest.reference
         if ref is None or not ref.features:
-            return ""
+            return b""
         state = tuple(s.intensity(server_round) if s.affects(device) else 0.0
                       for s in pop.scenarios)
         key = (device, state)
@@ -72,8 +77,20 @@ class _Drift:
             traffic = x[rng.integers(0, len(x), size=rows)]
             acc = DriftAccumulator(ref, model=rt.manifest.name, version=1)
             acc.update(traffic.reshape(rows, -1))
-            self.cache[key] = acc.to_summary().model_dump_json()
+            self.cache[key] = pack(acc.to_summary())
         return self.cache[key]
+
+    def entry(self, pop: Population, rt: PlanRuntime, device: int, server_round: int
+              ) -> dict[str, bytes]:
+        """The reply's drift entry (nothing without a reference)."""
+        packed = self.summary(pop, rt, device, server_round)
+        return {fk.DRIFT_PACKED: packed} if packed else {}
+
+
+def _available(pop: Population, device: int, server_round: int, sim_time: float) -> bool:
+    """Whether the device may train now: its trace, and in a replay its frozen orders."""
+    return pop.traces.available(device, sim_time) and (
+        not pop.orders or pop.order(server_round, device) is not None)
 
 
 def _config(message: Message) -> ConfigRecord:
@@ -108,13 +125,11 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         device = int(context.node_config["partition-id"])
         cfg = _config(message)
         r = _int(cfg, fk.SERVER_ROUND, 1)
-        t = _float(cfg, SIM_TIME, 0.0)
-        ok = pop.traces.available(device, t) and (not pop.orders  # a replay: its orders say
-                                                  or pop.order(r, device) is not None)
+        ok = _available(pop, device, r, _float(cfg, SIM_TIME, 0.0))
         _, y = pop.client_data(device, r)
         config = ConfigRecord({
             fk.ELIGIBLE: ok, fk.REASONS: json.dumps([] if ok else ["unavailable (trace)"]),
-            fk.DRIFT: drift.summary(pop, rt, device, r) if ok else "",
+            **(drift.entry(pop, rt, device, r) if ok else {}),
             fk.MODEL: rt.manifest.name, fk.VERSION: 1, fk.PLAN_SHA256: rt.manifest.plan_sha256,
             SIM_DEVICE: device, TF_LOADED: "tensorflow" in sys.modules})
         return Message(RecordDict({fk.CONFIG: config,
@@ -127,6 +142,8 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
         device = int(context.node_config["partition-id"])
         cfg = _config(message)
         r = _int(cfg, fk.SERVER_ROUND, 1)
+        if not _available(pop, device, r, _float(cfg, SIM_TIME, 0.0)):
+            return _decline(message, device, "unavailable (trace)")
         if pop.traces.drops_out(device, r):
             return _decline(message, device, "dropped out during training (trace)")
         x, y = pop.client_data(device, r)
@@ -157,7 +174,7 @@ def make_sim_client_app(run_dir: str, plan_dir: str) -> ClientApp:
                                 fk.EXAMPLES_TRAINED: result.examples_trained})
         config = ConfigRecord({fk.STATUS: fk.STATUS_OK, fk.MODEL: rt.manifest.name,
                                fk.VERSION: 1, fk.PLAN_SHA256: rt.manifest.plan_sha256,
-                               SIM_DEVICE: device})
+                               SIM_DEVICE: device, **drift.entry(pop, rt, device, r)})
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
         return Message(RecordDict({fk.ARRAYS: arrays, fk.METRICS: metrics, fk.CONFIG: config}),
                        reply_to=message)

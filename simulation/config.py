@@ -157,8 +157,10 @@ class SelectionConfig(_Section):
     ``drift_boost`` 0). Nodes report drift summaries in either case: the summary of
     ``traffic_rows`` inference inputs drawn from their current data. ``max_norm_ratio`` and
     ``max_update_norm`` are the validation bounds (0 = off); ``min_cosine`` is the direction
-    bound (``-1`` = off) and ``max_weight_ratio`` the weight cap (0 = off); both default to the
-    production ones. ``query_max_age`` is the round loop's
+    bound (``-1`` = off), ``direction_mads`` its round-relative part (the bound is lowered to
+    the round's median cosine minus this many robust deviations; ``-1`` = off, ``min_cosine``
+    alone) and ``max_weight_ratio`` the weight cap (0 = off); all default to the production
+    ones. ``query_max_age`` is the round loop's
     (``aggregation.answer_book``: 0 queries every node every round). ``drift_share`` and
     ``drift_threshold`` are the drift policy's reserved share (``-1``: a weighted draw over
     everybody) and drifted-score threshold, ``full_effect`` the effect size at which a node's
@@ -181,6 +183,7 @@ class SelectionConfig(_Section):
     traffic_rows: int = Field(100, ge=1)
     min_cosine: float = Field(DEFAULTS.min_cosine if DEFAULTS.min_cosine is not None else -1.0,
                               ge=-1.0, le=1.0)
+    direction_mads: float = Field(DEFAULTS.direction_mads, ge=-1)
     max_weight_ratio: float = Field(DEFAULTS.max_weight_ratio or 0.0, ge=0)
     query_max_age: int = Field(0, ge=0)
 

@@ -58,6 +58,7 @@ def bounds(exp: Experiment) -> ValidationBounds:
     return ValidationBounds(max_update_norm=s.max_update_norm or None,
                             max_norm_ratio=s.max_norm_ratio or None,
                             min_cosine=None if s.min_cosine <= -1.0 else s.min_cosine,
+                            direction_mads=None if s.direction_mads < 0 else s.direction_mads,
                             max_weight_ratio=s.max_weight_ratio or None)
 
 

@@ -101,11 +101,17 @@ def run_sweep(exp: Experiment, run: Callable[[Experiment], Any]) -> list[dict[st
 
 
 def finished(exp: Experiment) -> dict[str, Any] | None:
-    """The summary of a finished run of exactly ``exp`` in its output directory, else None."""
+    """The summary of a finished run of exactly ``exp`` in its output directory, else None.
+
+    The recorded experiment is read back through :class:`Experiment`, so a run recorded before
+    a setting existed counts as run with that setting's default (a setting is added with the
+    default that keeps the former behaviour); one recorded with a setting that no longer
+    exists, or with any other value, is run again.
+    """
     out = exp.out_dir()
     try:
-        same = json.loads((out / "experiment.json").read_text()) == json.loads(
-            exp.results_key())
+        recorded = Experiment.model_validate_json((out / "experiment.json").read_text())
+        same = json.loads(recorded.results_key()) == json.loads(exp.results_key())
         return dict(json.loads((out / "summary.json").read_text())) if same else None
     except (OSError, ValueError):
         return None

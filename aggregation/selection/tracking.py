@@ -43,8 +43,9 @@ from aggregation.errors import SettingsError
 from aggregation.messages import QueryAnswer
 from aggregation.selection.drift import DEFAULT_THRESHOLD
 from edgefleet import flower_keys as fk
-from edgefleet.drift import DriftSummary, ReferenceProfile
-from edgefleet.drift.baseline import BaselineConfig, Baselines, Reading
+from edgefleet.drift import ReferenceProfile
+from edgefleet.drift.baseline import AnySummary, BaselineConfig, Baselines, Reading
+from edgefleet.drift.stacked import observe_many
 from edgefleet.errors import SummaryError
 
 DEFAULT_FULL_EFFECT = 0.4
@@ -96,7 +97,7 @@ class DriftTracker:
         self.losses: dict[int, tuple[int, float]] = {}  # node -> (round, first-epoch loss)
         self.drifted_since: dict[int, int] = {}  # node -> round its change crossed threshold
         self.round = 0
-        self._last: dict[int, DriftSummary] = {}  # node -> the summary object it sent last
+        self._last: dict[int, AnySummary] = {}  # node -> the summary object it sent last
 
     def trained(self, server_round: int, losses: Mapping[int, float]) -> None:
         """Record the first-epoch loss of every node that trained in ``server_round``."""
@@ -104,7 +105,7 @@ class DriftTracker:
             if np.isfinite(loss):
                 self.losses[node] = (server_round, float(loss))
 
-    def observe(self, node: int, summary: DriftSummary | None) -> None:
+    def observe(self, node: int, summary: AnySummary | None) -> None:
         """Take ``node``'s latest summary (``None``, or one of other bins: ignored).
 
         The object taken last for ``node`` again (an answer carried over from an earlier round)
@@ -117,6 +118,17 @@ class DriftTracker:
             self.baselines.observe(str(node), summary)
         except SummaryError:
             return
+
+    def observe_many(self, items: Iterable[tuple[int, AnySummary | None]]) -> None:
+        """:meth:`observe` for many nodes (one summary each), the arithmetic stacked
+        (:func:`edgefleet.drift.stacked.observe_many`)."""
+        todo = []
+        for node, summary in items:
+            if summary is None or self._last.get(node) is summary:
+                continue
+            self._last[node] = summary
+            todo.append((str(node), summary))
+        observe_many(self.baselines, todo)
 
     def reading(self, node: int) -> Reading | None:
         return self.baselines.reading(str(node))
@@ -184,8 +196,7 @@ def rescore(tracker: DriftTracker, server_round: int, answers: Mapping[int, Quer
     ``drift_score``); nodes are taken in id order and the fleet median is computed once, after
     all of them, so no score depends on the order the replies arrived in.
     """
-    for node in sorted(answers):
-        tracker.observe(node, answers[node].drift)
+    tracker.observe_many((node, answers[node].drift) for node in sorted(answers))
     fleet = tracker.fleet_difference()
     loss = tracker.start_round(server_round, fleet)
     out = {}

@@ -7,14 +7,16 @@
                  commutative merge.
 ``accumulator``  :class:`DriftAccumulator`, the mutable hot-path form a device updates per batch.
 ``state``        the numpy form both share, and Chan's merge of means and squared deviations.
+``packed``       the summary as one fixed-layout binary vector (Flower replies), decoded and
+                 validated for many replies at once.
 ``compare``      numpy-only PSI of a summary against its reference (shared with the server).
 ``effect``       an effect size of a shift (bias-corrected RMS standardized moment shift).
 ``baseline``     a device's recent windows against its own healthy baseline on a version.
 ``impact``       the fleet's drift weighed by what it costs: the retraining trigger.
 
-Imports run one way: ``scores`` ← ``reference`` ← ``state`` ← ``summary`` ← ``accumulator``
-and ``compare`` ← ``effect`` ← ``baseline`` ← ``impact`` (the state knows nothing of the wire
-model).
+Imports run one way: ``scores`` ← ``reference`` ← ``state`` ← ``summary`` ← ``accumulator``,
+``summary`` ← ``packed`` ← ``baseline``, and ``compare`` ← ``effect`` ← ``baseline`` ← ``impact``
+(the state knows nothing of the wire model).
 
 Imports nothing heavier than numpy and pydantic. Refusals raise
 :class:`edgefleet.errors.SummaryError` (summaries) or :class:`edgefleet.errors.InputError` (rows).

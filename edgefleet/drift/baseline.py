@@ -41,12 +41,16 @@ from edgefleet.drift.effect import (
     moment_shift,
     spread_factors,
 )
+from edgefleet.drift.packed import PackedSummary
 from edgefleet.drift.reference import ReferenceProfile
 from edgefleet.drift.state import chan_merge
 from edgefleet.drift.summary import DriftSummary, flat_bins, fold_counts
 
 MAX_WINDOWS = 16  # newest windows kept per device
 SummaryKind = Literal["auto", "cumulative", "windows"]
+#: Either form of a device's summary: the pydantic model (REST telemetry) or the packed vector
+#: of a Flower reply (:mod:`edgefleet.drift.packed`).
+AnySummary = DriftSummary | PackedSummary
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,10 @@ class Window:
     label_correct: int = 0
 
     @classmethod
-    def of(cls, s: DriftSummary) -> Window:
+    def of(cls, s: AnySummary) -> Window:
+        if isinstance(s, PackedSummary):
+            moments = Moments(s.counts().astype(np.float64), s.mean, s.variance())
+            return cls(s.n, moments, int(s.lab_total.sum()), int(s.lab_correct.sum()))
         return cls(s.n, Moments.of_summary(s), sum(s.label_total), sum(s.label_correct))
 
     def merged(self, other: Window) -> Window:
@@ -170,15 +177,15 @@ class DeviceBaseline:
 
     version: int
     config: BaselineConfig = field(default_factory=BaselineConfig)
-    last: DriftSummary | None = None
+    last: AnySummary | None = None
     windows: deque[Window] = field(default_factory=lambda: deque(maxlen=MAX_WINDOWS))
     baseline: Window | None = None
     baseline_done: bool = False
     after_baseline: int = 0  # windows since the baseline was complete
 
-    def observe(self, summary: DriftSummary) -> bool:
+    def observe(self, summary: AnySummary) -> bool:
         """Take the device's next summary; whether it brought new rows."""
-        if self.last is not None and summary == self.last:
+        if self.last is not None and _same(summary, self.last):
             return False
         window = self._window(summary)
         self.last = summary
@@ -192,7 +199,7 @@ class DeviceBaseline:
             self.baseline_done = self.baseline.rows >= self.config.baseline_rows
         return True
 
-    def _window(self, summary: DriftSummary) -> Window:
+    def _window(self, summary: AnySummary) -> Window:
         current = Window.of(summary)
         last, kind = self.last, self.config.kind
         if last is None or kind == "windows":
@@ -231,9 +238,20 @@ class DeviceBaseline:
         )
 
 
-def _covers(summary: DriftSummary, last: DriftSummary) -> bool:
+def _same(a: AnySummary, b: AnySummary) -> bool:
+    """Whether two summaries are the same numbers (packed vectors compare as bytes)."""
+    if isinstance(a, PackedSummary) or isinstance(b, PackedSummary):
+        return isinstance(a, PackedSummary) and a.same(b)
+    return a == b
+
+
+def _bins(s: AnySummary) -> np.ndarray:
+    return s.bins if isinstance(s, PackedSummary) else flat_bins(s)
+
+
+def _covers(summary: AnySummary, last: AnySummary) -> bool:
     """Whether every bin count of ``summary`` is at least ``last``'s (same layout)."""
-    now, before = flat_bins(summary), flat_bins(last)
+    now, before = _bins(summary), _bins(last)
     return now.shape == before.shape and bool(np.all(now >= before))
 
 
@@ -249,7 +267,7 @@ class Baselines:
         self.devices: dict[str, DeviceBaseline] = {}
         self.readings: dict[str, Reading] = {}
 
-    def observe(self, device: str, summary: DriftSummary) -> None:
+    def observe(self, device: str, summary: AnySummary) -> None:
         """Take ``device``'s next summary (it must fit the reference: ``check_reference``).
 
         A summary of another version than the device's last starts a new baseline.

@@ -2,16 +2,23 @@
 
 A :class:`VersionBatcher` owns one :class:`~edgefleet.runtime.PlanRuntime` per pool thread (an
 interpreter runs one call at a time; TFLite releases the GIL while it computes, so several
-interpreters use several cores). A request that finds an idle interpreter and nothing queued
-runs at once, alone: batching costs it nothing. Only when every interpreter is busy do requests
-queue, and an interpreter that frees up takes the queued requests in arrival order, up to
-``max_batch`` rows, as one call (``max_queue_delay_ms`` > 0 also waits that long for a batch
-to fill). Each caller gets its own rows back, in order. A call whose estimated time is below
-``inline_below_ms`` (a tiny model) runs on the event loop itself, skipping the thread hop. The
-estimate per row is the wall time of the calls made inline (each counted at most twice the
-estimate: the loop's thread being preempted is not the model's cost) and the CPU time of the
-calls made in a worker thread (whose wall time includes waiting for the GIL while the event loop
-runs: a tiny model sent there once would otherwise look slow and never come back inline).
+interpreters use several cores). Batching is continuous: a request that finds every interpreter
+idle and nothing queued runs at once, alone, so batching costs it nothing; requests that arrive
+while a call runs queue, and the interpreter that frees up takes the queued requests in arrival
+order, up to ``max_batch`` rows, as its next call, at once. A further interpreter starts a call
+while others are busy only when ``parallel_rows`` rows are queued (default: a full
+``max_batch``): an interpreter that keeps up with the arrivals on its own then runs batches as
+large as the arrivals make them, which costs less CPU per row than several interpreters running
+small batches side by side (on a machine whose cores also run the event loop, that CPU is taken
+from the requests' parsing). ``max_queue_delay_ms`` > 0 makes a request that finds every
+interpreter idle wait up to that long for others to share its call (never when a call is
+already running: the queue fills while it runs). Each caller gets its own rows back, in order.
+A call whose estimated time is below ``inline_below_ms`` (a tiny model) runs on the event loop
+itself, skipping the thread hop. The estimate per row is the wall time of the calls made inline
+(each counted at most twice the estimate: the loop's thread being preempted is not the model's
+cost) and the CPU time of the calls made in a worker thread (whose wall time includes waiting
+for the GIL while the event loop runs: a tiny model sent there once would otherwise look slow
+and never come back inline).
 
 If a batched call fails, its requests are run one by one, so only a request that fails alone
 fails. At most ``max_queue_rows`` rows wait; beyond that a request is refused with 503.
@@ -49,6 +56,8 @@ class BatchPolicy(BaseModel):
 
     max_batch: int = Field(default=32, ge=1, le=4096)
     max_queue_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+    #: Queued rows at which another interpreter starts while one is busy (0: ``max_batch``).
+    parallel_rows: int = Field(default=0, ge=0, le=4096)
     inline_below_ms: float = Field(default=0.2, ge=0, le=100)
     max_queue_rows: int = Field(default=4096, ge=1, le=1_000_000)
 
@@ -96,6 +105,7 @@ class VersionBatcher:
         self.stats = BatcherStats()
         self._executor = executor
         self._idle = list(runtimes)
+        self._busy = 0
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._ms_per_row: float | None = None
@@ -147,15 +157,23 @@ class VersionBatcher:
     def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue and self._idle:
-            wait = self._wait_s()
-            if wait > 0:
-                if self._timer is None:
-                    self._timer = loop.call_later(wait, self._on_timer)
-                return
+            if self._busy:
+                if self._queued_rows < self._parallel_rows():
+                    return  # the busy call's interpreter takes the queue when it frees up
+            else:
+                wait = self._wait_s()
+                if wait > 0:
+                    if self._timer is None:
+                        self._timer = loop.call_later(wait, self._on_timer)
+                    return
             batch = self._take()
             runtime = self._idle.pop()
+            self._busy += 1
             future = loop.run_in_executor(self._executor, _run, runtime, [p.x for p in batch])
             future.add_done_callback(functools.partial(self._done, runtime=runtime, batch=batch))
+
+    def _parallel_rows(self) -> int:
+        return self.policy.parallel_rows or self.policy.max_batch
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -182,6 +200,7 @@ class VersionBatcher:
     def _done(self, future: asyncio.Future[_Results], *, runtime: PlanRuntime,
               batch: list[_Pending]) -> None:
         self._idle.append(runtime)
+        self._busy -= 1
         try:
             results, seconds = future.result()
         except BaseException as exc:  # the executor itself failed (shut down)

@@ -89,17 +89,38 @@ def test_too_few_valid_reports_fail_the_round_and_keep_the_global_model() -> Non
     assert "1 valid reports < min_reports=2" in (outcome.report.failure or "")
     assert all(np.array_equal(outcome.weights[k], start[k]) for k in start)
     assert called == []
-    assert set(outcome.report.ineligible.values()) == {"on battery"}
+    # no query before training: the ineligible nodes selected declined their train message
+    assert report_reasons(outcome.report) == {"not eligible: on battery"}
 
 
-def test_too_few_eligible_nodes_fail_before_training() -> None:
+def report_reasons(report: RoundReport) -> set[str]:
+    return set(report.declined.values()) | set(report.ineligible.values())
+
+
+def test_too_few_eligible_nodes_fail_before_training_when_every_round_queries() -> None:
     with federation(toy_client_app(["honest", "ineligible", "otherplan"]), 3) as (grid, nodes):
-        report = runner(grid, target=2, min_reports=2).run_round(1, zeros()).report
+        report = runner(grid, target=2, min_reports=2,
+                        settings={"query_max_age": 0}).run_round(1, zeros()).report
     by_pid = {p: n for n, p in nodes.items()}
     assert report.status == "failed" and report.selected == []
     assert "eligible" in (report.failure or "")
     assert report.ineligible[by_pid[1]] == "on battery"
     assert report.ineligible[by_pid[2]].startswith("runs another plan")
+
+
+def test_nodes_that_decline_are_ineligible_next_round_without_a_query() -> None:
+    behaviours = ["honest", "honest", "ineligible", "otherplan"]
+    with federation(toy_client_app(behaviours), 4) as (grid, nodes):
+        rr = runner(grid, target=4, min_reports=2, settings={"over_selection": 1.0})
+        first, second = rr.run(zeros(), num_rounds=2).reports
+    by_pid = {p: n for n, p in nodes.items()}
+    assert first.ok and first.queried == [] and sorted(first.selected) == sorted(nodes)
+    assert first.declined == {by_pid[2]: "not eligible: on battery",
+                              by_pid[3]: "the global model's plan is not this device's plan"}
+    assert second.ok and second.queried == []
+    assert sorted(second.selected) == sorted([by_pid[0], by_pid[1]])
+    assert second.ineligible[by_pid[2]] == "declined in round 1: not eligible: on battery"
+    assert second.ineligible[by_pid[3]].startswith("declined in round 1: the global model's")
 
 
 def test_declines_are_recorded_apart_from_refusals() -> None:
@@ -139,7 +160,9 @@ def test_drift_steers_epochs_and_weights() -> None:
     scores = [1.0, 0.0, 0.0]
     steering = SteeringConfig(base_epochs=1, max_extra_epochs=2, max_drift_boost=1.0)
     with federation(toy_client_app(["honest"] * 3, drift_scores=scores), 3) as (grid, nodes):
-        outcome = runner(grid, target=3, min_reports=3, steering=steering).run_round(1, zeros())
+        # the scores come from query replies: the mode that queries every node every round
+        outcome = runner(grid, target=3, min_reports=3, steering=steering,
+                         settings={"query_max_age": 0}).run_round(1, zeros())
     assert outcome.report.ok
     by_pid = {p: n for n, p in nodes.items()}
     assert outcome.drift_scores == {by_pid[0]: 1.0, by_pid[1]: 0.0, by_pid[2]: 0.0}

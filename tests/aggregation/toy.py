@@ -81,10 +81,12 @@ def toy_client_app(behaviours: list[str], drift_scores: list[float] | None = Non
         pid, b = kind(context)
         if b == "error":
             raise RuntimeError("device crashed")
-        if b == "decline":
+        why = {"decline": "unplugged", "ineligible": "not eligible: on battery",
+               "otherplan": "the global model's plan is not this device's plan"}.get(b)
+        if why is not None:  # as the edge ClientApp declines a train message
             content = RecordDict({"metrics": MetricRecord({"num-examples": 0}),
                                   "config": ConfigRecord({"status": "declined",
-                                                          "reason": "unplugged"})})
+                                                          "reason": why})})
             return Message(content, reply_to=msg)
         if b == "slow":
             time.sleep(SLOW_S)

@@ -29,8 +29,9 @@ def free_port() -> int:
 class ServerProcess:
     """``edgefleet server run`` in a subprocess; ``start()``, ``stop()``, ``url``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.extra_env = dict(env or {})  # more EDGEFLEET_SERVER_* settings
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "server.log"
@@ -56,6 +57,7 @@ class ServerProcess:
             "EDGEFLEET_SERVER_LAST_SEEN_INTERVAL_S": "0",
             "EDGEFLEET_SERVER_LOG_FORMAT": "text",
             "TF_CPP_MIN_LOG_LEVEL": "3",
+            **self.extra_env,
         }
 
     def scrub(self) -> subprocess.CompletedProcess[str]:

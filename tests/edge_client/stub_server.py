@@ -13,6 +13,10 @@ idempotency keys, V2 inference through a real :class:`PlanRuntime`); the full se
 * ``signing = "ok"``      — sign assignments with the stub's key (``"none"``: unsigned,
   ``"bad"``: a signature over another statement, ``"stranger"``: signed by an unknown key).
 
+``prefetch = n`` adds version ``n`` of the assigned model as a blue-green pre-download
+(``Assignment.prefetch``). Every artifact request is counted in ``downloads`` (its kind) and
+``fetched`` (``(version, kind)``).
+
 The stub signs like the registry (:mod:`edgefleet.signature`); its key is ``signing_key`` (hand
 it to the agent's credentials, as enrolment does).
 
@@ -39,6 +43,7 @@ from edgefleet.wire import (
     API_PREFIX,
     ArtifactRef,
     Assignment,
+    PrefetchRef,
     SigningKeyInfo,
     TelemetryReport,
     VersionSignature,
@@ -75,6 +80,8 @@ class StubState:
     telemetry: dict[str, dict[str, Any]] = field(default_factory=dict)
     telemetry_posts: int = 0
     downloads: list[str] = field(default_factory=list)
+    fetched: list[tuple[int, str]] = field(default_factory=list)
+    prefetch: int | None = None
     infer_calls: int = 0
     token: str = "device-token"
     enrollment_token: str = "enrol-me"
@@ -124,6 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         v = st.versions[(model, version)]
         data: bytes = getattr(v, kind)
         st.downloads.append(kind)
+        st.fetched.append((version, kind))
         if st.tamper.get(kind):
             data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
         cut = st.truncate.pop(kind, None)
@@ -193,19 +201,30 @@ class _Server(ThreadingHTTPServer):
         self._stranger = StubKey()
         self._runtimes: dict[tuple[str, int], PlanRuntime] = {}
 
-    def assignment(self) -> Assignment:
-        assert self.state.assigned is not None
-        model, version = self.state.assigned
+    def _refs(self, model: str, version: int) -> tuple[dict[str, ArtifactRef],
+                                                       VersionSignature | None]:
         v = self.state.versions[(model, version)]
         refs = {kind: ArtifactRef(url=artifact_url(model, version, kind),  # type: ignore[arg-type]
                                   sha256=sha256_bytes(data), size=len(data))
                 for kind, data in (("plan", v.plan), ("weights", v.weights),
                                    ("manifest", v.manifest))}
+        return refs, self._signature(model, version, v, refs)
+
+    def assignment(self) -> Assignment:
+        assert self.state.assigned is not None
+        model, version = self.state.assigned
+        refs, signature = self._refs(model, version)
+        prefetch = None
+        if self.state.prefetch is not None:
+            side, side_sig = self._refs(model, self.state.prefetch)
+            prefetch = PrefetchRef(version=self.state.prefetch, plan=side["plan"],
+                                   weights=side["weights"], manifest=side["manifest"],
+                                   manifest_url=side["manifest"].url, signature=side_sig)
         return Assignment(
             device_id="dev-1", model=model, version=version, alias="production",
             plan=refs["plan"], weights=refs["weights"], manifest=refs["manifest"],
-            manifest_url=refs["manifest"].url, poll_interval_s=1.0,
-            signature=self._signature(model, version, v, refs))
+            manifest_url=refs["manifest"].url, poll_interval_s=1.0, signature=signature,
+            prefetch=prefetch)
 
     def _signature(self, model: str, version: int, v: _Version,
                    refs: dict[str, ArtifactRef]) -> VersionSignature | None:
@@ -281,6 +300,10 @@ class StubServer:
     def assignment(self) -> Assignment:
         """The assignment the server currently hands out."""
         return self._server.assignment()
+
+    def runtime(self, model: str, version: int) -> PlanRuntime:
+        """A published version loaded from the bytes the stub serves (what it should answer)."""
+        return self._server.runtime((model, version))
 
     def __enter__(self) -> StubServer:
         return self.start()

@@ -1,5 +1,6 @@
 """A rollout's side versions on a real agent against the real server: a blue-green
-pre-download is fetched, checked and smoke-tested without switching (a ``prefetched`` event);
+pre-download is fetched, checked and smoke-tested without switching (a ``prefetched`` event),
+and the switch then installs it without fetching it again (the server's request counters);
 a shadow runs beside the active version, is never served, and its agreement reaches the server.
 """
 
@@ -11,12 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 from edge_client.agent import Agent
 from edge_client.credentials import enroll
 from edgefleet.datasets import Dataset
+from edgefleet.plan import PlanManifest, weights_from_bytes
+from edgefleet.runtime import PlanRuntime
 from tests.edge_client.conftest import MODEL, active, fast_settings, scaled_weights
 from tests.edge_client.server_process import ENROLLMENT_TOKEN, ServerProcess
 
@@ -28,7 +32,7 @@ TOKEN = ENROLLMENT_TOKEN.split(":", 1)[1]
 def server(tmp_path_factory: pytest.TempPathFactory, digits_plan_dir: Path
            ) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("server")
-    proc = ServerProcess(root).start()
+    proc = ServerProcess(root, env={"EDGEFLEET_SERVER_ROLLOUT_TICK_S": "0.5"}).start()
     try:
         proc.create_model(MODEL)
         assert proc.upload(MODEL, digits_plan_dir) == 1
@@ -52,6 +56,18 @@ def abort(server: ServerProcess, rollout_id: int) -> None:
     with server.admin() as admin:
         r = admin.post(f"/api/v1/rollouts/{rollout_id}/abort", json={"reason": "test done"})
         assert r.status_code == 200, r.text
+
+
+def artifact_requests(server: ServerProcess) -> dict[str, float]:
+    """The server's count of artifact downloads so far, by kind (its ``/metrics``)."""
+    counts = {"plan": 0.0, "weights": 0.0, "manifest": 0.0}
+    for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
+        if not line.startswith("edgefleet_http_requests_total{") or 'method="GET"' not in line:
+            continue
+        for kind in counts:
+            if f'/versions/{{version}}/{kind}"' in line:
+                counts[kind] += float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def poll_until(agent: Agent, what: str, check: Any, timeout_s: float = 60.0) -> None:
@@ -117,3 +133,33 @@ def test_shadow_runs_beside_and_is_never_served(device: Agent, server: ServerPro
         abort(server, rid)
     poll_until(device, "the shadow's removal", lambda: device.telemetry.shadow is None)
     assert not list(device.settings.models_dir.glob(".shadow-*"))
+
+
+def test_blue_green_switch_installs_the_prefetch_without_a_second_download(
+        device: Agent, server: ServerProcess, digits_plan_dir: Path,
+        digits_data: Dataset) -> None:
+    rid = start_rollout(server, {"strategy": "blue_green", "prefetch_devices": 1, "guards": [],
+                                 "steps": [{"bake_s": 0, "timeout_s": 120},
+                                           {"bake_s": 600, "timeout_s": 1200}]})
+    try:
+        poll_until(device, "the prefetch", lambda: any(
+            e.kind == "prefetched" for e in device.telemetry.events.pending()))
+        fetched = artifact_requests(server)
+        assert fetched["weights"] >= 1  # the pre-download fetched the candidate's weights
+        device.flush_telemetry()  # the `prefetched` event lets the controller switch
+        assert device.drain_outbox().error is None
+        poll_until(device, "the switch", lambda: active(device).info.version == 2)
+        assert artifact_requests(server) == fetched  # nothing fetched a second time
+        assert not (device.settings.models_dir / f".prefetch-{MODEL}-2").exists()
+        manifest = PlanManifest.load(digits_plan_dir / "manifest.json")
+        candidate = PlanRuntime.from_bytes(
+            (digits_plan_dir / "plan.tflite").read_bytes(), manifest,
+            weights_from_bytes(scaled_weights(digits_plan_dir, 0.5), manifest=manifest))
+        x = digits_data.x_test[:50].astype(np.float32)
+        assert np.allclose(active(device).runtime.predict(x), candidate.predict(x),
+                           rtol=0, atol=1e-6)
+        (switch,) = [e for e in device.telemetry.events.pending() if e.kind == "switch"]
+        assert (switch.version, switch.from_version) == (2, 1)
+        assert "installed from the verified pre-download" in switch.detail
+    finally:
+        abort(server, rid)  # switches production back for the other tests
