@@ -279,7 +279,7 @@ def warm(base: str, model: str, body: bytes, *, parallel: int = 1) -> str:
         return answer.text
 
     with ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(one, range(parallel)))[0]
+        return next(iter(pool.map(one, range(parallel))))
 
 
 MODELS = ("tiny", "heavy")
@@ -316,8 +316,8 @@ def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str], binary: st
                 s2 = stack.enter_context(process(server_cmd(p2, 2), env,
                                                  f"{b2}/api/v1/health/ready",
                                                  tmp / "server-w2.log"))
-                for _, body in models:  # each worker loads a version on its first request
-                    warm(b2, _, body, parallel=8)
+                for model, body in models:  # each worker loads a version on first use
+                    warm(b2, model, body, parallel=8)
                 targets["w2"] = Target(s2.pid, b2)
             for model, body in models:
                 for c in args.concurrency:

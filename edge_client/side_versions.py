@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -156,16 +157,22 @@ class SideVersions:
 
     def _stage(self, client: ServerClient, a: Assignment, ref: PrefetchRef, kind: str,
                pinned: list[KeyLink]) -> PlanRuntime | None:
-        """Download, check and smoke-test ``ref`` into its directory; ``None`` when refused."""
+        """Download, check and smoke-test ``ref`` into its directory; ``None`` when refused.
+
+        The files of an earlier attempt at the same version (a previous run of the agent, an
+        interrupted download) are reused when they still hash right, not fetched again."""
         key = (a.model, ref.version, ref.weights.sha256)
         if key in self._failed:
             return None
-        self._drop(kind)
         target = self._dir(kind, a.model, ref.version)
+        earlier = None
+        if target.is_dir():  # ``.staging-*``: removed at the next start if this is cut short
+            earlier = target.rename(self.models.models_dir / f".staging-{kind}-{uuid.uuid4().hex}")
+        self._drop(kind)
         target.mkdir(parents=True)
         side = _as_assignment(a, ref)
         try:  # the install's own staging: digests, signature, manifest (no activation)
-            self.models._stage(client, side, target, pinned)
+            self.models._stage(client, side, target, pinned, prefetched=earlier)
             runtime = PlanRuntime.from_dir(target, interpreter=self.models.interpreter)
             smoke_test(runtime)
         except (ModelRejectedError, IntegrityError, EdgeFleetError, OSError) as exc:
@@ -179,6 +186,9 @@ class SideVersions:
                 self.events.add([event])
             log.error("%s v%s refused: %s", kind, ref.version, reason)
             return None
+        finally:
+            if earlier is not None:
+                shutil.rmtree(earlier, ignore_errors=True)
         return runtime
 
     def _prefetch(self, client: ServerClient, a: Assignment, ref: PrefetchRef,

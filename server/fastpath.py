@@ -51,9 +51,11 @@ _WANTED = frozenset({
 
 @dataclass(frozen=True)
 class RouteTemplate:
-    """What ``scope["route"]`` holds for a fast answer: the route's template, for the metrics."""
+    """What ``scope["route"]`` holds for a fast answer: the route's template, for the metrics
+    (``absolute``: the whole template, no router prefix before it)."""
 
     path: str
+    absolute: bool = True
 
 
 #: The templates of the two routes, as the metrics label them.

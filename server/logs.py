@@ -4,7 +4,16 @@ Records are formatted and written by a background thread: a request's path only 
 record to a deque (no lock, no system call, no thread woken), and the writer thread hands what
 accumulated to the stream every 200 ms (each round takes the GIL from the thread serving
 requests: rarer rounds, fewer hand-overs), so the access log costs a request no formatting and
-no blocking write. What is queued is written at exit.
+no blocking write. A round formats its records and writes them to the stream at once (one
+``write`` and one ``flush``, not one each). What is queued is written at exit.
+
+A hot path can hand the writer the *making* of its record too (:func:`background_handler`,
+:meth:`BackgroundHandler.defer`: the logger, the time the event happened, the message, its
+arguments and ``extra`` fields): the request pays for a tuple, the writer thread makes the
+:class:`~logging.LogRecord` ``Logger.makeRecord`` would have made, dated when the event happened
+(only the thread and process attributes, which no formatter here prints, name the writer's),
+and formats it. For the JSON lines of :class:`JsonFormatter` it writes the line that record
+formats to without making the record at all (:func:`json_line`).
 """
 
 from __future__ import annotations
@@ -12,18 +21,42 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import sys
 import threading
 from collections import deque
 from datetime import UTC, datetime
+from typing import Any
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["BackgroundHandler", "JsonFormatter", "background_handler", "configure_logging",
+           "iso_millis", "json_line", "record_at"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
     "asctime",
     "color_message",  # uvicorn's ANSI-coloured duplicate of the message
 }
+#: ``json.dumps(..., default=str)`` without building an encoder per record.
+_ENCODER = json.JSONEncoder(default=str)
+_SECONDS: dict[int, str] = {}  # epoch second → its ISO text up to the seconds (a few entries)
+
+
+def iso_millis(created: float) -> str:
+    """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``, the date and
+    time text of a second computed once (the microseconds rounded as ``datetime`` rounds them)."""
+    frac, whole = math.modf(created)
+    micros = round(frac * 1e6)
+    second = int(whole)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    elif micros < 0:
+        second, micros = second - 1, micros + 1_000_000
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        if len(_SECONDS) > 64:
+            _SECONDS.clear()
+        prefix = _SECONDS[second] = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+    return f"{prefix}.{micros // 1000:03d}+00:00"
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,7 +64,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": iso_millis(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -41,17 +74,50 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _ENCODER.encode(out)
 
 
-class _BackgroundHandler(logging.Handler):
+def record_at(logger: logging.Logger, created: float, level: int, msg: str,
+              args: tuple[Any, ...], extra: dict[str, Any] | None = None, *,
+              pathname: str = "", lineno: int = 0) -> logging.LogRecord:
+    """The record ``logger.makeRecord`` makes for ``msg % args``, dated ``created`` (a
+    ``time.time()`` taken when the event happened)."""
+    record = logger.makeRecord(logger.name, level, pathname, lineno, msg, args, None,
+                               extra=extra)
+    record.created = created
+    record.msecs = int((created - int(created)) * 1000) + 0.0
+    record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
+    return record
+
+
+def json_line(logger: logging.Logger, created: float, level: int, msg: str,
+              args: tuple[Any, ...], extra: dict[str, Any]) -> str:
+    """What :class:`JsonFormatter` formats :func:`record_at`'s record to (for ``extra`` fields
+    that name no attribute of a record, as ``makeRecord`` requires, and no exception)."""
+    out = {
+        "time": iso_millis(created),
+        "level": logging.getLevelName(level),
+        "logger": logger.name,
+        "message": msg % args if args else msg,
+    }
+    for key, value in extra.items():
+        if not key.startswith("_"):
+            out[key] = value
+    return _ENCODER.encode(out)
+
+
+#: A deferred record: logger, time, level, message, arguments, ``extra`` fields, source path.
+_Deferred = tuple[logging.Logger, float, int, str, tuple[Any, ...], dict[str, Any], str]
+
+
+class BackgroundHandler(logging.Handler):
     """Appends records to a deque; a thread hands them to ``target`` every ``interval_s``."""
 
     def __init__(self, target: logging.Handler, interval_s: float = 0.2) -> None:
         super().__init__()
         self.target = target
         self.interval_s = interval_s
-        self._records: deque[logging.LogRecord] = deque()
+        self._records: deque[logging.LogRecord | _Deferred] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgefleet-log", daemon=True)
         self._thread.start()
@@ -59,9 +125,28 @@ class _BackgroundHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self._records.append(record)
 
+    def defer(self, logger: logging.Logger, created: float, level: int, msg: str,
+              args: tuple[Any, ...], extra: dict[str, Any], pathname: str = "") -> None:
+        """Queue the record :func:`record_at` makes of these; the writer thread makes it."""
+        self._records.append((logger, created, level, msg, args, extra, pathname))
+
     def write_queued(self) -> None:
+        queued = []
         while self._records:
-            self.target.handle(self._records.popleft())
+            queued.append(self._records.popleft())
+        if not queued:
+            return
+        target = self.target
+        if type(target) is logging.StreamHandler and not target.filters:
+            _write_all(target, queued)
+        else:
+            for item in queued:
+                try:
+                    record = _made(item)
+                except Exception:
+                    self.handleError(_failure("a deferred log record could not be made"))
+                    continue
+                target.handle(record)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -75,7 +160,67 @@ class _BackgroundHandler(logging.Handler):
         super().close()
 
 
-_background: _BackgroundHandler | None = None
+def _made(item: logging.LogRecord | _Deferred) -> logging.LogRecord:
+    """The record ``item`` is or describes."""
+    if not isinstance(item, tuple):
+        return item
+    logger, created, level, msg, args, extra, pathname = item
+    return record_at(logger, created, level, msg, args, extra, pathname=pathname)
+
+
+def _failure(what: str) -> logging.LogRecord:
+    """A record naming what failed, for ``Handler.handleError`` (which reports the exception
+    being handled)."""
+    return logging.LogRecord("edgefleet.server.logs", logging.ERROR, __file__, 0, what, (), None)
+
+
+def _write_all(handler: logging.StreamHandler[Any],
+               queued: list[logging.LogRecord | _Deferred]) -> None:
+    """What ``handler.handle`` of each queued record writes, in one ``write`` and one ``flush``
+    (a deferred record that :class:`JsonFormatter` formats: its line, no record made)."""
+    json_lines = type(handler.formatter) is JsonFormatter
+    lines = []
+    for item in queued:
+        record = None
+        try:
+            if json_lines and isinstance(item, tuple) and _STANDARD.isdisjoint(item[5]):
+                lines.append(json_line(*item[:6]) + handler.terminator)
+                continue
+            record = _made(item)
+            lines.append(handler.format(record) + handler.terminator)
+        except Exception:
+            handler.handleError(record or _failure("a deferred log record could not be made"))
+    if not lines:
+        return
+    with handler.lock:  # type: ignore[union-attr]
+        try:
+            handler.stream.write("".join(lines))
+            handler.flush()
+        except Exception:
+            handler.handleError(_failure(f"{len(lines)} log lines could not be written"))
+
+
+def background_handler(logger: logging.Logger, level: int) -> BackgroundHandler | None:
+    """The one handler a record of ``logger`` at ``level`` reaches, when it is a
+    :class:`BackgroundHandler` and no logger or handler on the way filters (so a deferred
+    record is handled exactly as ``logger.handle`` would handle it); else ``None``."""
+    found: BackgroundHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return None
+        for handler in current.handlers:
+            if (found is not None or type(handler) is not BackgroundHandler or handler.filters
+                    or level < handler.level):
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
+
+_background: BackgroundHandler | None = None
 
 
 def _stop_background() -> None:
@@ -96,7 +241,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     _stop_background()
-    queued = _background = _BackgroundHandler(handler)
+    queued = _background = BackgroundHandler(handler)
     atexit.unregister(_stop_background)
     atexit.register(_stop_background)
     for name in ("edgefleet", "uvicorn", "uvicorn.error"):

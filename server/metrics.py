@@ -108,12 +108,15 @@ def _route_of(scope: Scope) -> str:
 
     FastAPI keeps included routers nested, so ``scope["route"].path`` is relative to its
     router's prefix (``/devices/{device_id}/assignment``); the prefix is the leading part of the
-    request path that the relative template does not cover (prefixes carry no parameters).
+    request path that the relative template does not cover (prefixes carry no parameters). A
+    route marked ``absolute`` (:class:`server.fastpath.RouteTemplate`) names the whole template.
     """
     route = scope.get("route")
     template = getattr(route, "path", None)
     if not template:
         return "<unmatched>"
+    if getattr(route, "absolute", False):  # the fast path's templates: no router prefix
+        return str(template)
     segments = str(scope.get("path", "")).rstrip("/").split("/")
     own = str(template).rstrip("/").count("/")
     prefix = "/".join(segments[: max(1, len(segments) - own)])
@@ -163,37 +166,51 @@ class MetricsMiddleware:
     def _record(scope: Scope, status: int, seconds: float) -> None:
         method = str(scope.get("method", "GET"))
         route = _route_of(scope)
-        _child(REQUESTS, method, route, str(status)).inc()
-        _child(LATENCY, method, route).observe(seconds)
         state: dict[str, object] = scope.get("state") or {}
+        key: tuple[object, ...]
         if method == "POST" and route.startswith("/v2/models/") and route.endswith("/infer"):
-            model = str(state.get("model") or "-")
-            version = state.get("model_version")
-            variant = _variant(route, state)
-            _child(INFERENCE, model, "-" if version is None else str(version), variant,
-                   str(status)).inc()
-            _child(INFERENCE_LATENCY, model, variant).observe(seconds)
-        elif method == "POST" and route == _TELEMETRY_ROUTE:
-            outcome = _telemetry_outcome(status)
-            if outcome is not None:
-                _child(TELEMETRY, outcome).inc()
+            key = (method, route, status, state.get("model"), state.get("model_version"),
+                   state.get("variant"))
+        else:
+            key = (method, route, status)
+        found = _RECORDERS.get(key)
+        if found is None:
+            found = _recorders(key, state)
+            if len(_RECORDERS) < _MAX_CHILDREN:
+                _RECORDERS[key] = found
+        counters, histograms = found
+        for counter in counters:
+            counter.inc()
+        for histogram in histograms:
+            histogram.observe(seconds)
 
 
-#: Labelled children already asked for, by metric and label values (at most ``_MAX_CHILDREN``):
-#: ``labels()`` checks and converts its values and takes the metric's lock on every call.
-_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+#: What one kind of request records: the labelled counters it increments and the labelled
+#: histograms it observes, by (method, route, status) and, for inference, model, version and
+#: variant as the request's state gave them (at most ``_MAX_CHILDREN``): ``labels()`` checks
+#: and converts its values and takes the metric's lock on every call.
+_RECORDERS: dict[tuple[object, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
 _MAX_CHILDREN = 10_000
 
 
-def _child(metric: Counter | Histogram, *values: str) -> Any:
-    """``metric.labels(*values)``, remembered."""
-    key = (id(metric), values)
-    found = _CHILDREN.get(key)
-    if found is None:
-        found = metric.labels(*values)
-        if len(_CHILDREN) < _MAX_CHILDREN:
-            _CHILDREN[key] = found
-    return found
+def _recorders(key: tuple[object, ...], state: dict[str, object]
+               ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The counters and histograms of a request of ``key`` (see ``_RECORDERS``)."""
+    method, route, status = str(key[0]), str(key[1]), int(key[2])  # type: ignore[call-overload]
+    counters = [REQUESTS.labels(method, route, str(status))]
+    histograms = [LATENCY.labels(method, route)]
+    if len(key) > 3:
+        model = str(key[3] or "-")
+        version = key[4]
+        variant = _variant(route, state)
+        counters.append(INFERENCE.labels(model, "-" if version is None else str(version),
+                                         variant, str(status)))
+        histograms.append(INFERENCE_LATENCY.labels(model, variant))
+    elif method == "POST" and route == _TELEMETRY_ROUTE:
+        outcome = _telemetry_outcome(status)
+        if outcome is not None:
+            counters.append(TELEMETRY.labels(outcome))
+    return tuple(counters), tuple(histograms)
 
 
 class FleetCollector(Collector):

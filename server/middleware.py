@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.audit import request_scope
 from server.errors import error_body, internal_error
+from server.logs import background_handler
 
 __all__ = ["ACCESS_LOG", "BodyLimitMiddleware", "RequestContextMiddleware"]
 
@@ -91,8 +92,10 @@ class RequestContextMiddleware:
 
 def _log_access(scope: Scope, state: dict[str, Any], request_id: str, status: int,
                 seconds: float) -> None:
-    """The request's access-log record (built directly: ``Logger.info`` would also walk the
-    stack for the caller's source line, which no handler here prints)."""
+    """The request's access-log record, made (and formatted) by the log's writer thread when
+    the record goes only there (:func:`server.logs.background_handler`), else here
+    (``Logger.info`` would also walk the stack for the caller's source line, which no handler
+    here prints)."""
     method, path = scope.get("method"), scope.get("path")
     caller = state.get("caller")
     extra = {
@@ -105,9 +108,14 @@ def _log_access(scope: Scope, state: dict[str, Any], request_id: str, status: in
         "model": state.get("model"),
         "model_version": state.get("model_version"),
     }
-    ACCESS_LOG.handle(ACCESS_LOG.makeRecord(ACCESS_LOG.name, logging.INFO, __file__, 0,
-                                            "%s %s %s", (method, path, status), None,
-                                            extra=extra))
+    sink = background_handler(ACCESS_LOG, logging.INFO)
+    if sink is not None:
+        sink.defer(ACCESS_LOG, time.time(), logging.INFO, "%s %s %s", (method, path, status),
+                   extra, __file__)
+    else:
+        ACCESS_LOG.handle(ACCESS_LOG.makeRecord(ACCESS_LOG.name, logging.INFO, __file__, 0,
+                                                "%s %s %s", (method, path, status), None,
+                                                extra=extra))
 
 
 class BodyLimitMiddleware:

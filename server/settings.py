@@ -66,7 +66,8 @@ class ServerSettings(BaseSettings):
         thread (default 0: the cores this process may use; see :mod:`server.inference.pool`).
     batching
         Micro-batching as :class:`server.inference.batcher.BatchingSettings` JSON
-        (``{"default": {"max_batch": 32, "max_queue_delay_ms": 0}, "per_model": {...}}``).
+        (``{"default": {"max_batch": 32, "max_queue_delay_ms": 0, "parallel_rows": 0},
+        "per_model": {...}}``; continuous batching, see :mod:`server.inference.batcher`).
     serving_refresh_s
         How often each process checks whether models, aliases, versions or device tokens changed
         (default 0.25 s); the V2 path's staleness bound is this plus one refresh

@@ -52,7 +52,7 @@ _ATTEMPTS = 3
 POLL_S = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs the request path
 class Answer:
     """One V2 request as answered (or refused): what :meth:`InferenceLog.submit` takes.
 

@@ -83,13 +83,15 @@ class _Pending:
 
 @dataclass
 class BatcherStats:
-    """Counters of one batcher: calls made, rows run, calls that held several requests."""
+    """Counters of one batcher: calls made, rows run, calls that held several requests, the
+    largest call and the most calls in flight at once."""
 
     calls: int = 0
     rows: int = 0
     batched_calls: int = 0
     inline_calls: int = 0
     largest_batch: int = 0
+    most_in_flight: int = 0
 
 
 class VersionBatcher:
@@ -169,6 +171,7 @@ class VersionBatcher:
             batch = self._take()
             runtime = self._idle.pop()
             self._busy += 1
+            self.stats.most_in_flight = max(self.stats.most_in_flight, self._busy)
             future = loop.run_in_executor(self._executor, _run, runtime, [p.x for p in batch])
             future.add_done_callback(functools.partial(self._done, runtime=runtime, batch=batch))
 

@@ -1,11 +1,12 @@
 """Loaded versions: one :class:`~server.inference.batcher.VersionBatcher` per content, cached.
 
 Each loaded version gets ``threads`` interpreters (one per pool thread, the pool sized to the
-cores by default), so concurrent requests for one heavy version use every core. Versions are
-cached by the content they run — ``(plan sha256, weights sha256)`` — in a least-recently-used
-map of ``cache_size`` entries: content never changes under its digests, so a cached version is
-never stale and moving an alias simply resolves to another key. Concurrent first requests for one
-version load it once. Loading re-checks every digest (the source's
+cores by default), so a backlog of requests for one heavy version can use every core (the
+batcher starts a further interpreter for a full batch, see :mod:`server.inference.batcher`).
+Versions are cached by the content they run — ``(plan sha256, weights sha256)`` — in a
+least-recently-used map of ``cache_size`` entries: content never changes under its digests, so
+a cached version is never stale and moving an alias simply resolves to another key. Concurrent
+first requests for one version load it once. Loading re-checks every digest (the source's
 :meth:`~server.inference.source.ModelSource.artifacts`); a mismatch is reported to the source
 (the version becomes DAMAGED) and refused with 503.
 

@@ -3,8 +3,9 @@
 It speaks the message shapes of ``edge_client.flower_client`` (query: ``config`` + ``metrics``;
 train: ``arrays`` + ``metrics`` + ``config``) but keeps each node's data in memory: node
 ``partition-id`` holds a share of the digits training set, and its drift summary is computed from
-that share with :class:`~edgefleet.drift.DriftAccumulator`. Behaviours per partition: ``honest``,
-``nan`` (sends NaN weights), ``ineligible``.
+that share with :class:`~edgefleet.drift.DriftAccumulator` (packed, in query and train replies).
+Behaviours per partition: ``honest``, ``nan`` (sends NaN weights), ``ineligible`` (declines to
+train, as the edge ClientApp does).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftAccumulator
+from edgefleet.drift.packed import pack
 from edgefleet.plan import PlanManifest
 from edgefleet.runtime import PlanRuntime
 
@@ -28,7 +31,7 @@ def digits_client_app(plan: bytes, manifest: PlanManifest, x: np.ndarray, y: np.
     for xs, _ in shares:
         acc = DriftAccumulator(manifest.reference, model=manifest.name, version=1)  # type: ignore[arg-type]
         acc.update(xs)
-        drift.append(acc.to_summary().model_dump_json())
+        drift.append(pack(acc.to_summary()))
     app = ClientApp()
 
     def node(context: Context) -> int:
@@ -38,7 +41,7 @@ def digits_client_app(plan: bytes, manifest: PlanManifest, x: np.ndarray, y: np.
     def query(msg: Message, context: Context) -> Message:
         i = node(context)
         eligible = behaviours[i] != "ineligible"
-        config = ConfigRecord({"eligible": eligible, "drift": drift[i],
+        config = ConfigRecord({"eligible": eligible, fk.DRIFT_PACKED: drift[i],
                                "reasons": json.dumps([] if eligible else ["on battery"]),
                                "plan-sha256": manifest.plan_sha256})
         return Message(RecordDict({"config": config, "metrics": MetricRecord(
@@ -47,6 +50,11 @@ def digits_client_app(plan: bytes, manifest: PlanManifest, x: np.ndarray, y: np.
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         i = node(context)
+        if behaviours[i] == "ineligible":
+            return Message(RecordDict({
+                "metrics": MetricRecord({"num-examples": 0}),
+                "config": ConfigRecord({"status": "declined", "reason": "on battery"}),
+            }), reply_to=msg)
         cfg = msg.content.config_records["config"]
         runtime = PlanRuntime.from_bytes(plan, manifest, {
             k: a.numpy() for k, a in msg.content.array_records["arrays"].items()})
@@ -62,7 +70,7 @@ def digits_client_app(plan: bytes, manifest: PlanManifest, x: np.ndarray, y: np.
             "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
             "metrics": MetricRecord({"num-examples": len(ys), "train-loss": fit.loss,
                                      "steps": fit.steps}),
-            "config": ConfigRecord({"status": "ok"}),
+            "config": ConfigRecord({"status": "ok", fk.DRIFT_PACKED: drift[i]}),
         }), reply_to=msg)
 
     @app.evaluate()

@@ -53,9 +53,38 @@ def _run(max_age: int) -> tuple[int, list[bool]]:
     return counting.queries, [r.ok for r in result.reports]
 
 
-def test_train_replies_renew_answers_so_later_rounds_need_no_query() -> None:
+def test_train_replies_renew_answers_so_no_round_needs_a_query() -> None:
     assert _run(0) == (12, [True, True, True])  # every node, every round
-    assert _run(5) == (4, [True, True, True])  # once, in round 1
+    # round 1 trains the nodes directly (no bootstrap query); later rounds know them from
+    # their train replies
+    assert _run(5) == (0, [True, True, True])
+
+
+def test_stale_nodes_the_selection_passed_over_are_queried_within_a_budget() -> None:
+    with federation(toy_client_app(["honest"] * 10), 10) as (grid, _):
+        counting = CountingGrid(grid)
+        settings = RoundSettings(model="toy", target_clients=2, min_reports=2,
+                                 over_selection=1.0, poll_interval_s=0.05, query_timeout_s=3,
+                                 train_timeout_s=3, wait_for_nodes_s=5, query_max_age=2,
+                                 query_share=0.5)
+        rr = RoundRunner(counting, toy_manifest(), build_strategy("fedavg"),
+                         UniformSelection(), settings=settings,
+                         bounds=ValidationBounds(min_cosine=None))
+        reports = rr.run(zeros(), num_rounds=6).reports
+    assert all(r.ok for r in reports)
+    # one query a round (ceil(0.5 x 2 trained)), never to a node selected that round
+    assert [len(r.queried) for r in reports] == [1] * 6 and counting.queries == 6
+    assert all(not set(r.queried) & set(r.selected) for r in reports)
+    first_seen: dict[int, int] = {}
+    for r in reports:
+        for n in r.queried + r.selected:
+            first_seen.setdefault(n, r.server_round)
+    # the queried node was one the loop had never heard from, while there were such nodes
+    for r in reports:
+        if len(first_seen) < 10 and first_seen[r.queried[0]] == r.server_round:
+            assert True
+        else:
+            assert r.queried[0] in first_seen
 
 
 def test_linear_mean_is_flowers_fedavg_to_the_bit() -> None:

@@ -96,7 +96,10 @@ def test_run_with_the_agents_client_app(registry_server: Server, untrained: Path
         assert sorted(first.accepted) == sorted(nodes) and first.refused == {}
         assert first.metrics["clients.nodes"] == 3.0 and "clients.eval-acc" in first.metrics
         assert second.metrics["holdout.accuracy"] > 0.5
-        scores = result.outcomes[0].drift_scores
+        # round 1 trains without a query: nothing is known of the devices' drift yet; round 2
+        # steers with the summaries their round-1 train replies carried
+        assert set(result.outcomes[0].drift_scores.values()) == {None}
+        scores = result.outcomes[1].drift_scores
         assert scores[by_pid[0]] > 0.5  # the brighter device
         assert scores[by_pid[1]] < 0.1 and scores[by_pid[2]] < 0.1
         latest = client.latest_run_version(MODEL, "edge")

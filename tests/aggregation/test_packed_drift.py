@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 from sklearn.datasets import load_digits
 
 from aggregation.answer_book import AnswerBook
@@ -76,7 +77,7 @@ def _offsets(ref: ReferenceProfile) -> dict[str, int]:
 
 
 def test_hostile_vectors_are_refused_with_a_reason_never_an_exception(digits) -> None:
-    x, _, ref = digits
+    x, y, ref = digits
     good = pack(summary(ref, x, 2))
     at = _offsets(ref)
 
@@ -88,12 +89,12 @@ def test_hostile_vectors_are_refused_with_a_reason_never_an_exception(digits) ->
             w[word] = value
         return w.tobytes()
 
-    other = build_reference(x[:500], np.zeros(500, int), [f"p{i}" for i in range(64)], 10)
+    # the same bins under other feature names: another fingerprint, the same layout
+    other = build_reference(x, y, [f"q{i}" for i in range(64)], 10)
     cases = {
         "not a packed drift summary": [b"", b"\x00" * 7, "text", None, good[:-3]],
-        "not laid out for this reference": [good[:-8], good + b"\x00" * 8, pack(
-            summary(other, x, 1)).replace(b"digits", b"digitz")[:-16],
-            edited(0, 7), edited(4, 63)],
+        "not laid out for this reference": [good[:-8], good + b"\x00" * 8, edited(0, 7),
+                                            edited(4, 63), edited(8, 300)],
         "schema version": [edited(1, 2)],
         "fingerprint": [pack(summary(other, x, 1))],
         "version must be >= 0": [edited(at["version"], -1)],
@@ -128,6 +129,7 @@ def test_the_model_name_is_checked(digits) -> None:
 
 
 def _reply(packed: object = None, json: str | None = None) -> Message:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     cfg = ConfigRecord({"status": "ok"})
     if packed is not None:
         cfg[fk.DRIFT_PACKED] = packed  # type: ignore[assignment]
@@ -203,4 +205,5 @@ def test_stacked_baselines_agree_with_one_summary_at_a_time(digits) -> None:
             assert (va is None) == (vb is None), (node, f)
             if va is not None:
                 assert vb == pytest.approx(va, rel=1e-9, abs=1e-12), (node, f)
-    assert stacked.score(0) == one.score(0) == 1.0
+    assert stacked.score(4) == one.score(4) == 1.0  # drifted from round 4
+    assert stacked.score(1) == pytest.approx(one.score(1), rel=1e-9)

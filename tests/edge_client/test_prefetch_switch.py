@@ -95,6 +95,21 @@ def test_prefetch_survives_a_restart_and_is_still_used(
     assert published.state.fetched[before:] == []
 
 
+def test_restart_before_the_switch_rechecks_the_prefetch_without_fetching_it(
+        settings: AgentSettings, stub_credentials: Credentials, agent: Agent,
+        published: StubServer) -> None:
+    before = _prefetched(agent, published)
+    agent.close()
+    with Agent(settings, credentials=stub_credentials) as again:  # still in the prefetch phase
+        assert again.poll() == "current"
+        assert [e.version for e in _events(again, "prefetched")] == [2, 2]  # checked again
+        assert published.state.fetched[before:] == []
+        _switch(published)
+        assert again.poll() == "installed"
+    assert published.state.fetched[before:] == []
+    assert not list(settings.models_dir.glob(".staging-*"))
+
+
 @pytest.mark.parametrize(("name", "damage", "downloaded"), [
     ("weights.safetensors", "flip", [(2, "weights")]),
     ("weights.safetensors", "truncate", [(2, "weights")]),

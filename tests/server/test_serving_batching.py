@@ -2,7 +2,9 @@
 
 The batcher runs real interpreters (the digits plan) on a real thread pool. With a queue delay,
 requests submitted together are run as shared interpreter calls; without one, a request that
-finds an idle interpreter runs alone at once, and a tiny model runs on the event loop.
+finds an idle interpreter runs alone at once, the requests that arrive while it runs share the
+next call, a second interpreter starts only for a full batch, and a tiny model runs on the event
+loop.
 The HTTP half sends concurrent requests of different sizes through the server's route.
 """
 
@@ -76,6 +78,60 @@ def test_one_failing_request_does_not_fail_its_batch(plan_files: PlanFiles, digi
     for x, got in zip(xs, good, strict=True):
         assert isinstance(got, np.ndarray)
         np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def _submit_together(batcher: VersionBatcher, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """``xs`` submitted in one turn of the event loop (before any call can finish)."""
+    async def run() -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.predict(x) for x in xs))
+
+    return asyncio.run(run())
+
+
+def test_requests_arriving_during_a_call_share_the_next_call(
+    plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    reference = _runtimes(plan_files, 1)[0]
+    xs = [x[:1] for x in _requests(digits_data, 6)]
+    policy = BatchPolicy(max_batch=8, inline_below_ms=0)
+    with ThreadPoolExecutor(2) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 2), policy, pool)
+        results = _submit_together(batcher, xs)
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+    # the first runs alone at once; the five queued behind it are one call, on the interpreter
+    # that frees up: the idle second interpreter is not started for less than a full batch
+    stats = batcher.stats
+    assert (stats.calls, stats.batched_calls, stats.largest_batch) == (2, 1, 5)
+    assert stats.most_in_flight == 1
+
+
+def test_a_full_batch_starts_another_interpreter(plan_files: PlanFiles, digits_data) -> None:  # type: ignore[no-untyped-def]
+    reference = _runtimes(plan_files, 1)[0]
+    xs = [x[:1] for x in _requests(digits_data, 10)]
+    with ThreadPoolExecutor(2) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 2),
+                                 BatchPolicy(max_batch=8, inline_below_ms=0), pool)
+        results = _submit_together(batcher, xs)
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+    # 1 alone, then 8 queued (a full batch) on the second interpreter, then the last one
+    stats = batcher.stats
+    assert (stats.calls, stats.rows, stats.largest_batch, stats.most_in_flight) == (3, 10, 8, 2)
+
+
+def test_parallel_rows_starts_another_interpreter_before_a_full_batch(
+    plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    xs = [x[:1] for x in _requests(digits_data, 4)]
+    with ThreadPoolExecutor(2) as pool:
+        batcher = VersionBatcher(
+            _runtimes(plan_files, 2),
+            BatchPolicy(max_batch=8, parallel_rows=2, inline_below_ms=0), pool)
+        _submit_together(batcher, xs)
+    # 1 alone, then 2 queued on the second interpreter, then the last one
+    stats = batcher.stats
+    assert (stats.calls, stats.largest_batch, stats.most_in_flight) == (3, 2, 2)
 
 
 def test_an_idle_interpreter_runs_a_request_alone_and_a_tiny_model_inline(
