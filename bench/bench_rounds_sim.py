@@ -10,12 +10,15 @@ same number of rounds, ``--reps`` times, alternating which system goes first:
   selection under the fairness bound, per-node baselines and scores from
   :mod:`aggregation.selection.tracking`, drift-scaled local epochs and aggregation weights),
   validation of every update (structure, finite, norm, direction, num-examples, weight cap) and
-  FedAvg's weighted mean; its default ``query_max_age``: round 1 queries every node (the
-  bootstrap), later rounds take eligibility and drift from the previous round's train replies;
+  FedAvg's weighted mean; its default ``query_max_age``: no query before training (round 1
+  trains the sample directly), eligibility and drift come from the previous rounds' train
+  replies, and stale nodes the selection passed over are queried within a budget of a tenth of
+  the round's train messages;
 * *FedAvg*: Flower's ``FedAvg.start()`` (sample -> train -> ``aggregate_train``).
 
 Both train every node each round (ours: ``target_clients = N``, over-selection 1.0; FedAvg:
-``fraction_train = 1.0``), neither runs federated evaluation, both pull replies every 0.1 s.
+``fraction_train = 1.0``), or with ``--fraction F`` the same share ``F`` of the nodes; neither
+runs federated evaluation, both pull replies every 0.1 s.
 
 **Server-side cost** is the CPU time of the thread running the ServerApp (``time.thread_time``):
 everything the round loop does, including its grid calls (pushing messages into the LinkState,
@@ -25,15 +28,16 @@ of ours is one ``run_round``; a round of FedAvg is the span between two calls of
 replies are in: ours' validation + steering weights + weighted mean, FedAvg's
 ``aggregate_train``. *Grid* is the part of a round's CPU spent inside the grid's calls (the
 same LinkState work for both, growing with the number of pulls, that is with the round's wall
-time); *own* is the rest. Each ClientApp reply carries a drift summary, as production's train
-reply does: 3 distinct summaries over the fleet, or (``--fresh-summaries``) a new cumulative
-summary of each node in every reply, so that every reply has to be parsed and scored.
+time); *own* is the rest. Each ClientApp reply carries a drift summary, packed as production's
+train reply carries it (``drift-packed``, :mod:`edgefleet.drift.packed`): 3 distinct summaries
+over the fleet, or (``--fresh-summaries``) a new cumulative summary of each node in every reply,
+so that every reply has to be decoded, validated and taken into its node's baseline.
 
 Then the aggregation of 100 updates of 1M parameters without an engine: ours' validation +
 steering weights + weighted mean beside ``FedAvg.aggregate_train`` on the same replies.
 
 Run: ``.venv/bin/python bench/bench_rounds_sim.py`` [--clients 100 1000] [--rounds 4]
-[--reps 3] [--fresh-summaries] [--skip-1m] [--profile FILE].
+[--reps 3] [--fraction 1.0] [--fresh-summaries] [--skip-1m] [--profile FILE].
 """
 
 from __future__ import annotations
@@ -87,16 +91,17 @@ def _client_app(reference: Any, fresh: bool = False) -> Any:
     from flwr.clientapp import ClientApp
 
     from edgefleet.drift import DriftAccumulator
+    from edgefleet.drift.packed import pack
 
-    summaries: dict[int, str] = {}
+    summaries: dict[int, bytes] = {}
     for kind in range(DRIFT_KINDS):
         acc = DriftAccumulator(reference, model="digits", version=1)
         acc.update(np.random.default_rng(kind).normal(loc=0.5 * kind, size=(100, 64)))
-        summaries[kind] = acc.to_summary().model_dump_json()
+        summaries[kind] = pack(acc.to_summary())
 
     accumulators: dict[int, tuple[Any, list[int]]] = {}
 
-    def drift(pid: int) -> str:
+    def drift(pid: int) -> bytes:
         if not fresh:
             return summaries[pid % DRIFT_KINDS]
         if pid not in accumulators:
@@ -105,7 +110,7 @@ def _client_app(reference: Any, fresh: bool = False) -> Any:
         calls[0] += 1
         acc.update(np.random.default_rng((pid, calls[0])).normal(
             loc=0.5 * (pid % DRIFT_KINDS), size=(20, 64)))
-        return str(acc.to_summary().model_dump_json())
+        return pack(acc.to_summary())
 
     app = ClientApp()
 
@@ -116,7 +121,7 @@ def _client_app(reference: Any, fresh: bool = False) -> Any:
     def query(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
         config = ConfigRecord({"eligible": True, "reasons": "[]",
-                               "drift": drift(pid), "plan-sha256": "0" * 64})
+                               "drift-packed": drift(pid), "plan-sha256": "0" * 64})
         metrics = MetricRecord({"num-examples": examples(pid)})
         return Message(RecordDict({"config": config, "metrics": metrics}), reply_to=msg)
 
@@ -135,7 +140,7 @@ def _client_app(reference: Any, fresh: bool = False) -> Any:
         content = RecordDict({
             "arrays": ArrayRecord({k: Array(v) for k, v in new.items()}),
             "metrics": MetricRecord({"num-examples": examples(pid), "train-loss": 0.5}),
-            "config": ConfigRecord({"status": "ok", "drift": drift(pid)}),
+            "config": ConfigRecord({"status": "ok", "drift-packed": drift(pid)}),
         })
         return Message(content, reply_to=msg)
 
@@ -169,10 +174,11 @@ class GridMeter:
         return self.cpu, self.pulls
 
 
-def _ours(grid: Any, n: int, rounds: int, rows: list[dict[str, float]],
+def _ours(grid: Any, n: int, k: int, rounds: int, rows: list[dict[str, float]],
           profile: Any = None) -> None:
+    """Our RoundRunner, drift steering on, ``k`` of ``n`` nodes a round; one row per round
+    (thread CPU, settle CPU, wall, grid CPU, pulls, queries)."""
     meter = GridMeter(grid)
-    """Our RoundRunner, drift steering on; one row per round (thread CPU, settle CPU, wall)."""
     import numpy as np
 
     from aggregation.rounds import RoundRunner, RoundSettings
@@ -205,7 +211,7 @@ def _ours(grid: Any, n: int, rounds: int, rows: list[dict[str, float]],
             finally:
                 settle[0] += time.thread_time() - t
 
-    settings = RoundSettings(model="digits", target_clients=n, min_reports=max(1, n // 2),
+    settings = RoundSettings(model="digits", target_clients=k, min_reports=max(1, k // 2),
                              over_selection=1.0, min_nodes=n, poll_interval_s=0.1,
                              wait_for_nodes_s=120, query_timeout_s=600, train_timeout_s=600)
     runner = TimedRunner(grid, manifest, build_strategy("fedavg"),
@@ -223,15 +229,15 @@ def _ours(grid: Any, n: int, rounds: int, rows: list[dict[str, float]],
         cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
         g1, p1 = meter.mark()
         rep = outcome.report
-        if rep.status != "ok" or len(rep.accepted) != n:
+        if rep.status != "ok" or len(rep.accepted) != k:
             raise RuntimeError(f"round {r} of ours: {rep.summary_line()}")
         weights = outcome.weights
         rows.append({"cpu": cpu, "settle": settle[0], "wall": wall, "grid": g1 - g0,
-                     "pulls": p1 - p0})
+                     "pulls": p1 - p0, "queries": len(rep.queried)})
 
 
-def _fedavg(grid: Any, n: int, rounds: int, rows: list[dict[str, float]]) -> None:
-    """Flower's FedAvg.start(); one row per round (thread CPU, settle CPU, wall)."""
+def _fedavg(grid: Any, n: int, k: int, rounds: int, rows: list[dict[str, float]]) -> None:
+    """Flower's FedAvg.start() training ``k`` of ``n`` nodes a round; one row per round."""
     import numpy as np
     from flwr.app import Array, ArrayRecord
     from flwr.serverapp.strategy import FedAvg
@@ -254,9 +260,9 @@ def _fedavg(grid: Any, n: int, rounds: int, rows: list[dict[str, float]]) -> Non
         if server_round > 0:
             (c0, w0, g0, p0), (c1, w1, g1, p1) = marks[-2], marks[-1]
             rows.append({"cpu": c1 - c0, "settle": settle[0], "wall": w1 - w0, "grid": g1 - g0,
-                         "pulls": p1 - p0})
+                         "pulls": p1 - p0, "queries": 0})
 
-    strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n,
+    strategy = TimedFedAvg(fraction_train=k / n, fraction_evaluate=0.0, min_train_nodes=k,
                            min_available_nodes=n)
     initial = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
     strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=600,
@@ -265,7 +271,8 @@ def _fedavg(grid: Any, n: int, rounds: int, rows: list[dict[str, float]]) -> Non
         raise RuntimeError(f"FedAvg ran {len(rows)} of {rounds} rounds")
 
 
-def child(n: int, rounds: int, reps: int, profile_path: str | None, fresh: bool) -> None:
+def child(n: int, rounds: int, reps: int, profile_path: str | None, fresh: bool,
+          fraction: float) -> None:
     """Run ``reps`` x (ours, FedAvg) on fresh federations; print one ``RESULT {json}`` line."""
     import cProfile
     import logging
@@ -275,6 +282,7 @@ def child(n: int, rounds: int, reps: int, profile_path: str | None, fresh: bool)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("aggregation").setLevel(logging.WARNING)
     app = _client_app(_reference(), fresh)
+    k = max(1, round(fraction * n))
     profile = cProfile.Profile() if profile_path else None
     out: dict[str, list[list[dict[str, float]]]] = {s: [] for s in SYSTEMS}
     for rep in range(reps):
@@ -285,9 +293,9 @@ def child(n: int, rounds: int, reps: int, profile_path: str | None, fresh: bool)
             rows: list[dict[str, float]] = []
             with federation(app, n, workers=2) as grid:
                 if system == "ours":
-                    _ours(grid, n, rounds, rows, profile if rep == reps - 1 else None)
+                    _ours(grid, n, k, rounds, rows, profile if rep == reps - 1 else None)
                 else:
-                    _fedavg(grid, n, rounds, rows)
+                    _fedavg(grid, n, k, rounds, rows)
             out[system].append(rows)
     if profile is not None and profile_path:
         profile.dump_stats(profile_path)
@@ -295,12 +303,12 @@ def child(n: int, rounds: int, reps: int, profile_path: str | None, fresh: bool)
 
 
 # --- the parent: one child per client count, the table ------------------------------------------
-def run_child(n: int, rounds: int, reps: int, profile: str | None, fresh: bool
-              ) -> dict[str, Any]:
+def run_child(n: int, rounds: int, reps: int, profile: str | None, fresh: bool,
+              fraction: float) -> dict[str, Any]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.path.dirname(__file__)])}
     cmd = [sys.executable, __file__, "--child", "--clients", str(n), "--rounds", str(rounds),
-           "--reps", str(reps)]
+           "--reps", str(reps), "--fraction", str(fraction)]
     if profile:
         cmd += ["--profile", f"{profile}.{n}"]
     if fresh:
@@ -339,11 +347,16 @@ def summarise(res: dict[str, Any]) -> tuple[list[tuple[object, ...]], list[tuple
                    / statistics.median(_values(res, "fedavg", "cpu", keep, i))
                    for i in range(len(res["ours"]))]
         case = f"{res['clients']} clients, {label}"
+        n_rounds = len(res["ours"][0])
+        per_round = [statistics.median(_values(res, "ours", "cpu", lambda r, j=j: r == j))
+                     / statistics.median(_values(res, "fedavg", "cpu", lambda r, j=j: r == j))
+                     for j in range(n_rounds) if keep(j)]
+        queries = max(_values(res, "ours", "queries", keep), default=0)
         totals.append((case, len(ours),
                        f"{statistics.median(ours):.3f} [{min(ours):.3f}-{max(ours):.3f}]",
                        f"{statistics.median(flower):.3f} [{min(flower):.3f}-{max(flower):.3f}]",
                        statistics.median(ours) / statistics.median(flower),
-                       f"{min(per_rep):.2f}-{max(per_rep):.2f}"))
+                       f"{min(per_rep):.2f}-{max(per_rep):.2f}", max(per_round), queries))
         parts.append((case, med("ours", "grid"), med("fedavg", "grid"), med("ours", "pulls"),
                       med("fedavg", "pulls"), med("ours", "own"), med("fedavg", "own"),
                       med("ours", "own") / med("fedavg", "own"), med("ours", "settle"),
@@ -362,27 +375,34 @@ def main() -> None:
     parser.add_argument("--profile", help="cProfile ours' last repetition to FILE.<clients>")
     parser.add_argument("--fresh-summaries", action="store_true",
                         help="every reply carries a new drift summary of its node")
+    parser.add_argument("--fraction", type=float, default=1.0,
+                        help="share of the nodes trained a round, by both systems")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.clients[0], args.rounds, args.reps, args.profile, args.fresh_summaries)
+        child(args.clients[0], args.rounds, args.reps, args.profile, args.fresh_summaries,
+              args.fraction)
         return
     totals: list[tuple[object, ...]] = []
     parts: list[tuple[object, ...]] = []
     for n in args.clients:
         print(f"{n} clients…", file=sys.stderr, flush=True)
         t, p = summarise(run_child(n, args.rounds, args.reps, args.profile,
-                                   args.fresh_summaries))
+                                   args.fresh_summaries, args.fraction))
         totals, parts = totals + t, parts + p
     summaries = ("a new drift summary in every reply" if args.fresh_summaries
                  else "3 drift summaries")
+    trained = ("every node trains" if args.fraction >= 1.0
+               else f"{args.fraction:g} of the nodes train")
     print(f"\nServer-side CPU per round (the ServerApp's thread, time.thread_time): {args.rounds}"
-          f" rounds x {args.reps} repetitions, every node trains, 4,810 params, drift steering on,"
+          f" rounds x {args.reps} repetitions, {trained}, 4,810 params, drift steering on,"
           f" {summaries}")
     print_table([Column("case", 24), Column("rounds", 6, "d"),
                  Column("ours (s) median [min-max]", 26),
                  Column("FedAvg (s) median [min-max]", 28),
-                 Column("ratio", 6, ".2f", suffix="x"), Column("ratio per rep", 13)], totals)
+                 Column("ratio", 6, ".2f", suffix="x"), Column("ratio per rep", 13),
+                 Column("worst round", 11, ".2f", suffix="x"),
+                 Column("queries/round", 13, ".0f")], totals)
     print("\nWhere it goes (medians, s): grid = inside push/pull/get_node_ids (LinkState);"
           "\nown = the rest of the round; settle = after the last reply (ours: validation +"
           "\nsteering weights + weighted mean; FedAvg: aggregate_train); wall = the whole round")
@@ -394,8 +414,9 @@ def main() -> None:
                  Column("ratio", 6, ".2f", suffix="x"), Column("wall ours", 9, ".2f"),
                  Column("wall FedAvg", 11, ".2f")], parts)
     print("\nratio = median ours / median FedAvg over every repetition's rounds; ratio per rep ="
-          "\nthe same within each repetition (min-max). Round 1 of ours queries every node"
-          "\n(the bootstrap); later rounds send FedAvg's messages only.")
+          "\nthe same within each repetition (min-max); worst round = the largest of the"
+          "\nper-round ratios ours / FedAvg (medians over the repetitions). No round of ours"
+          "\nqueries before training; queries/round = stale nodes queried (max over rounds).")
     if not args.skip_1m:
         aggregate_1m()
 

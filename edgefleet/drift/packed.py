@@ -46,6 +46,32 @@ MAGIC = 0x3144534645  # "EFSD1"
 _HEADER = 10
 _FP_WORDS = 4
 _MAX_MODEL = 256
+_Decoded = "tuple[int, int, int, str, Batch, int] | str"
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    """The numbers of the vectors decoded together, stacked (``[vectors, ...]``): what the
+    stacked baseline update reads (:func:`stack_rows`) without stacking them again."""
+
+    lengths: np.ndarray  # int64 [F]
+    n: np.ndarray  # int64 [B]
+    counts: np.ndarray  # float64 [B, F]: finite values per feature
+    mean: np.ndarray  # float64 [B, F]
+    m2: np.ndarray  # float64 [B, F]
+    bins: np.ndarray  # int64 [B, T]
+    lab_total: np.ndarray  # int64 [B]: labelled predictions
+    lab_correct: np.ndarray  # int64 [B]
+    sections: dict[str, np.ndarray]  # nan, cls, conf, lt, lc, lo, hi: [B, ...]
+
+
+def stack_rows(items: Sequence[PackedSummary], name: str) -> np.ndarray:
+    """Field ``name`` of :class:`Batch` for ``items``, one row each (an index into their batch
+    when they were decoded together)."""
+    first = items[0].batch
+    if all(s.batch is first for s in items):
+        return np.asarray(getattr(first, name)[[s.row for s in items]])
+    return np.stack([getattr(s.batch, name)[s.row] for s in items])
 
 
 @dataclass(eq=False, slots=True)
@@ -57,18 +83,57 @@ class PackedSummary:
     version: int
     reference_fingerprint: str
     n: int
-    lengths: np.ndarray  # int64 [F]
-    bins: np.ndarray  # int64 [T], feature rows one after another
-    nan: np.ndarray  # int64 [F]
-    cls: np.ndarray  # int64 [C]
-    conf: np.ndarray  # int64 [K]
-    lab_total: np.ndarray  # int64 [C]
-    lab_correct: np.ndarray  # int64 [C]
-    mean: np.ndarray  # float64 [F]
-    m2: np.ndarray  # float64 [F]
-    lo: np.ndarray  # float64 [F]
-    hi: np.ndarray  # float64 [F]
+    batch: Batch = field(repr=False)
+    row: int = field(repr=False)
     _summary: list[DriftSummary] = field(default_factory=list, repr=False)
+
+    # the numbers, read from the batch they were decoded with
+    @property
+    def lengths(self) -> np.ndarray:  # int64 [F]
+        return self.batch.lengths
+
+    @property
+    def bins(self) -> np.ndarray:  # int64 [T], feature rows one after another
+        return np.asarray(self.batch.bins[self.row])
+
+    @property
+    def mean(self) -> np.ndarray:  # float64 [F]
+        return np.asarray(self.batch.mean[self.row])
+
+    @property
+    def m2(self) -> np.ndarray:  # float64 [F]
+        return np.asarray(self.batch.m2[self.row])
+
+    def _section(self, name: str) -> np.ndarray:
+        return np.asarray(self.batch.sections[name][self.row])
+
+    @property
+    def nan(self) -> np.ndarray:  # int64 [F]
+        return self._section("nan")
+
+    @property
+    def cls(self) -> np.ndarray:  # int64 [C]
+        return self._section("cls")
+
+    @property
+    def conf(self) -> np.ndarray:  # int64 [K]
+        return self._section("conf")
+
+    @property
+    def lab_total(self) -> np.ndarray:  # int64 [C]
+        return self._section("lt")
+
+    @property
+    def lab_correct(self) -> np.ndarray:  # int64 [C]
+        return self._section("lc")
+
+    @property
+    def lo(self) -> np.ndarray:  # float64 [F]
+        return self._section("lo")
+
+    @property
+    def hi(self) -> np.ndarray:  # float64 [F]
+        return self._section("hi")
 
     def counts(self) -> np.ndarray:
         """Finite values per feature."""
@@ -183,36 +248,37 @@ def unpack_many(blobs: Sequence[object], reference: ReferenceProfile
 
 
 def _decode_group(rows: np.ndarray, lengths: np.ndarray, c: int, k: int,
-                  reference: ReferenceProfile) -> list[dict[str, object] | str]:
+                  reference: ReferenceProfile) -> list[_Decoded]:
     """Vectors of one length as a ``[B, words]`` int64 array: their fields, or reasons."""
-    b, words = rows.shape
+    words = rows.shape[1]
     f, t = lengths.size, int(lengths.sum())
     h = rows[:, :_HEADER]
     name_words = (h[:, 8] + 7) // 8
-    want = np.asarray([MAGIC, SCHEMA_VERSION], dtype=np.int64)
-    bad = np.full(b, "", dtype=object)
-    shape_ok = ((h[:, 0] == want[0]) & (h[:, 4] == f) & (h[:, 5] == c) & (h[:, 6] == k)
+    shape_ok = ((h[:, 0] == MAGIC) & (h[:, 4] == f) & (h[:, 5] == c) & (h[:, 6] == k)
                 & (h[:, 7] == t) & (h[:, 8] >= 1) & (h[:, 8] <= _MAX_MODEL)
                 & (_HEADER + _FP_WORDS + name_words + 2 * f + t + 3 * c + k + 4 * f
                    == words))
-    bad[~shape_ok] = "packed summary not laid out for this reference"
-    bad[shape_ok & (h[:, 1] != want[1])] = (f"schema version is not supported (this build reads "
-                                            f"version {SCHEMA_VERSION})")
-    if not np.any(bad == ""):
-        return list(bad)
-    # every remaining row has the same name length only if the layout says so: group by it
-    results: list[dict[str, object] | str] = list(bad)
-    live = np.flatnonzero(bad == "")
+    schema_ok = h[:, 1] == SCHEMA_VERSION
+    results: list[_Decoded] = [
+        "" if ok else ("packed summary not laid out for this reference" if not shaped else
+                       f"schema version is not supported (this build reads version "
+                       f"{SCHEMA_VERSION})")
+        for ok, shaped in zip((shape_ok & schema_ok).tolist(), shape_ok.tolist(), strict=True)]
+    live = np.flatnonzero(shape_ok & schema_ok)
+    if not live.size:
+        return results
+    # rows of one length share a name length exactly when the layout says so: group by it
     for m in np.unique(name_words[live]).tolist():
         sel = live[name_words[live] == m]
-        for i, res in zip(sel.tolist(), _check_rows(rows[sel], int(m), lengths, c, k,
-                                                    reference), strict=True):
+        group = rows if sel.size == rows.shape[0] else rows[sel]
+        for i, res in zip(sel.tolist(), _check_rows(group, int(m), lengths, c, k, reference),
+                          strict=True):
             results[i] = res
     return results
 
 
 def _check_rows(rows: np.ndarray, m: int, lengths: np.ndarray, c: int, k: int,
-                reference: ReferenceProfile) -> list[dict[str, object] | str]:
+                reference: ReferenceProfile) -> list[_Decoded]:
     """The value checks of :class:`DriftSummary`, over rows of one layout at once."""
     f, t = lengths.size, int(lengths.sum())
     start = _HEADER + _FP_WORDS + m
@@ -242,17 +308,13 @@ def _check_rows(rows: np.ndarray, m: int, lengths: np.ndarray, c: int, k: int,
     refuse(predicted > n, 10)
     refuse(np.any(lc > lt, axis=1), 11)
     refuse(lt.sum(axis=1) > predicted, 12)
-    out: list[dict[str, object] | str] = []
+    cnt = (n[:, None] - nan).astype(np.float64)
+    batch = Batch(lengths, n, cnt, mean, m2, bins, lt.sum(axis=1), lc.sum(axis=1),
+                  {"nan": nan, "cls": cls, "conf": conf, "lt": lt, "lc": lc, "lo": lo, "hi": hi})
     fingerprint = reference.fingerprint
-    for i, c_i in enumerate(code.tolist()):
-        if c_i:
-            out.append(_REASONS[c_i])
-            continue
-        out.append({"m": m, "version": int(version[i]), "n": int(n[i]), "lengths": lengths,
-                    "bins": bins[i], "nan": nan[i], "cls": cls[i], "conf": conf[i],
-                    "lab_total": lt[i], "lab_correct": lc[i], "mean": mean[i], "m2": m2[i],
-                    "lo": lo[i], "hi": hi[i], "fingerprint": fingerprint})
-    return out
+    versions, counts = version.tolist(), n.tolist()
+    return [_REASONS[c_i] if c_i else (m, versions[i], counts[i], fingerprint, batch, i)
+            for i, c_i in enumerate(code.tolist())]
 
 
 _REASONS = ("", "summary bins do not match the reference (fingerprint)",
@@ -284,17 +346,14 @@ def _feature_bad(lengths: np.ndarray, n: np.ndarray, bins: np.ndarray, nan: np.n
     return np.any(bad_sum | bad_empty | bad_range | bad_mean | bad_m2, axis=1)
 
 
-def _summary(blob: bytes, d: dict[str, object]) -> PackedSummary | str:
-    m = int(d["m"])  # type: ignore[call-overload]
+def _summary(blob: bytes, d: tuple[int, int, int, str, Batch, int]) -> PackedSummary | str:
+    m, version, n, fingerprint, batch, row = d
     raw = blob[8 * (_HEADER + _FP_WORDS):8 * (_HEADER + _FP_WORDS + m)]
-    size = int(np.frombuffer(blob, dtype="<i8", count=_HEADER)[8])
+    size = int.from_bytes(blob[64:72], "little", signed=True)
     try:
         model = raw[:size].decode()
     except UnicodeDecodeError:
         return "model name is not UTF-8"
     if raw[size:].strip(b"\0") or not model:
         return "model name must have 1-256 characters"
-    return PackedSummary(blob, model, d["version"], d["fingerprint"], d["n"],  # type: ignore[arg-type]
-                         d["lengths"], d["bins"], d["nan"], d["cls"], d["conf"],  # type: ignore[arg-type]
-                         d["lab_total"], d["lab_correct"], d["mean"], d["m2"],  # type: ignore[arg-type]
-                         d["lo"], d["hi"])  # type: ignore[arg-type]
+    return PackedSummary(blob, model, version, fingerprint, n, batch, row)

@@ -25,7 +25,7 @@ from edgefleet.drift.baseline import (
     Window,
 )
 from edgefleet.drift.effect import Moments
-from edgefleet.drift.packed import PackedSummary
+from edgefleet.drift.packed import PackedSummary, stack_rows
 from edgefleet.drift.state import chan_merge
 from edgefleet.errors import SummaryError
 
@@ -60,14 +60,9 @@ def observe_many(baselines: Baselines, items: Sequence[tuple[str, AnySummary]]) 
 
 
 def _moments(summaries: Sequence[PackedSummary]) -> tuple[np.ndarray, ...]:
-    """Stacked rows, per-feature counts, means, m2, label totals and correct labels."""
-    rows = np.asarray([s.n for s in summaries], dtype=np.int64)
-    cnt = np.stack([s.counts() for s in summaries]).astype(np.float64)
-    mean = np.stack([s.mean for s in summaries])
-    m2 = np.stack([s.m2 for s in summaries])
-    lt = np.asarray([int(s.lab_total.sum()) for s in summaries], dtype=np.int64)
-    lc = np.asarray([int(s.lab_correct.sum()) for s in summaries], dtype=np.int64)
-    return rows, cnt, mean, m2, lt, lc
+    """Stacked rows, per-feature counts, means, m2, label totals and correct labels (copies)."""
+    return tuple(stack_rows(summaries, name) for name in (
+        "n", "counts", "mean", "m2", "lab_total", "lab_correct"))
 
 
 def _take(baselines: Baselines, batch: list[tuple[str, DeviceBaseline, PackedSummary]]) -> None:
@@ -81,8 +76,8 @@ def _take(baselines: Baselines, batch: list[tuple[str, DeviceBaseline, PackedSum
         p_rows, p_cnt, p_mean, p_m2, p_lt, p_lc = _moments(lasts)
         cont = np.ones(idx.size, dtype=bool)
         if kind == "auto":
-            now = np.stack([batch[i][2].bins for i in prev])
-            cont = (rows[idx] > p_rows) & np.all(now >= np.stack([s.bins for s in lasts]), axis=1)
+            now = stack_rows([batch[i][2] for i in prev], "bins")
+            cont = (rows[idx] > p_rows) & np.all(now >= stack_rows(lasts, "bins"), axis=1)
         nb = cnt[idx] - p_cnt
         ok = cont & (rows[idx] > p_rows) & np.all(nb >= 0, axis=1)
         mb = np.divide(cnt[idx] * mean[idx] - p_cnt * p_mean, nb, out=np.zeros_like(nb),

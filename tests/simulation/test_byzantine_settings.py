@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,6 +66,40 @@ def test_direction_mads_is_a_run_setting() -> None:
                                        env={}).direction_mads == 1.5
     with pytest.raises(RunConfigError):
         RunSettings.from_run_config({**base, "direction-mads": -2.0}, env={})
+
+
+class _Built(Exception):
+    """Raised by the stand-in round loop with the bounds the ServerApp built."""
+
+
+def _production_bounds(monkeypatch: pytest.MonkeyPatch, config: dict[str, Any]
+                       ) -> ValidationBounds:
+    """The ``ValidationBounds`` the production ServerApp gives its round loop for ``config``."""
+    from aggregation import server_app
+
+    def runner(*args: Any, bounds: ValidationBounds, **kwargs: Any) -> None:
+        raise _Built(bounds)
+
+    start = SimpleNamespace(manifest=SimpleNamespace(weights=SPEC, plan_sha256="0" * 64),
+                            plan=b"", weights=GLOBAL)
+    monkeypatch.setattr(server_app, "RoundRunner", runner)
+    monkeypatch.setattr(server_app, "signed_version", lambda *a, **k: start)
+    client = SimpleNamespace(production_version=lambda model: 1,
+                             latest_run_version=lambda model, run: None)
+    settings = RunSettings.from_run_config(
+        {"server-url": "http://127.0.0.1:8000", "model": "digits", **config}, env={})
+    with pytest.raises(_Built) as built:
+        server_app._run(None, settings, client, "r")  # type: ignore[arg-type]
+    bounds = built.value.args[0]
+    assert isinstance(bounds, ValidationBounds)
+    return bounds
+
+
+def test_direction_mads_reaches_the_production_validator(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    assert _production_bounds(monkeypatch, {}).direction_mads == DEFAULTS.direction_mads
+    assert _production_bounds(monkeypatch, {"direction-mads": 1.5}).direction_mads == 1.5
+    assert _production_bounds(monkeypatch, {"direction-mads": -1.0}).direction_mads is None
 
 
 def test_a_sweep_resumes_runs_recorded_before_a_setting_existed(tmp_path: Path) -> None:
