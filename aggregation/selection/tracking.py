@@ -34,7 +34,7 @@ report the loss are scored by their change alone.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Message, MetricRecord
@@ -202,7 +202,8 @@ def rescore(tracker: DriftTracker, server_round: int, answers: Mapping[int, Quer
     out = {}
     for n, a in answers.items():
         score = tracker.score(n, fleet, loss)
-        out[n] = a if score == a.drift_score else replace(a, drift_score=score)
+        out[n] = a if score == a.drift_score else QueryAnswer(
+            a.node_id, a.eligible, a.reason, a.num_examples, a.drift, score)
     return out
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 
@@ -46,7 +47,6 @@ MAGIC = 0x3144534645  # "EFSD1"
 _HEADER = 10
 _FP_WORDS = 4
 _MAX_MODEL = 256
-_Decoded = "tuple[int, int, int, str, Batch, int] | str"
 
 
 @dataclass(eq=False, slots=True)
@@ -63,6 +63,10 @@ class Batch:
     lab_total: np.ndarray  # int64 [B]: labelled predictions
     lab_correct: np.ndarray  # int64 [B]
     sections: dict[str, np.ndarray]  # nan, cls, conf, lt, lc, lo, hi: [B, ...]
+
+
+#: One decoded vector: (model name words, version, n, fingerprint, batch, row), or a refusal.
+_Decoded: TypeAlias = tuple[int, int, int, str, Batch, int] | str
 
 
 def stack_rows(items: Sequence[PackedSummary], name: str) -> np.ndarray:
@@ -243,7 +247,7 @@ def unpack_many(blobs: Sequence[object], reference: ReferenceProfile
         rows = np.frombuffer(b"".join(blobs[i] for i in idx),  # type: ignore[misc]
                              dtype="<i8").reshape(len(idx), -1)
         for i, res in zip(idx, _decode_group(rows, lengths, c, k, reference), strict=True):
-            out[i] = res if isinstance(res, str) else _summary(blobs[i], res)  # type: ignore[arg-type]
+            out[i] = res if isinstance(res, str) else _summary(blobs[i], res)  # type: ignore[arg-type]  # blobs[i] is bytes
     return out
 
 
@@ -268,7 +272,10 @@ def _decode_group(rows: np.ndarray, lengths: np.ndarray, c: int, k: int,
     if not live.size:
         return results
     # rows of one length share a name length exactly when the layout says so: group by it
-    for m in np.unique(name_words[live]).tolist():
+    words_live = name_words[live]
+    lengths_of_names = ([int(words_live[0])] if np.all(words_live == words_live[0])
+                        else np.unique(words_live).tolist())
+    for m in lengths_of_names:
         sel = live[name_words[live] == m]
         group = rows if sel.size == rows.shape[0] else rows[sel]
         for i, res in zip(sel.tolist(), _check_rows(group, int(m), lengths, c, k, reference),

@@ -10,9 +10,11 @@ while others are busy only when ``parallel_rows`` rows are queued (default: a fu
 ``max_batch``): an interpreter that keeps up with the arrivals on its own then runs batches as
 large as the arrivals make them, which costs less CPU per row than several interpreters running
 small batches side by side (on a machine whose cores also run the event loop, that CPU is taken
-from the requests' parsing). ``max_queue_delay_ms`` > 0 makes a request that finds every
-interpreter idle wait up to that long for others to share its call (never when a call is
-already running: the queue fills while it runs). Each caller gets its own rows back, in order.
+from the requests' parsing). With ``max_queue_delay_ms`` > 0, an interpreter that frees up
+while fewer than ``max_batch`` rows are queued waits until the oldest of them has waited that
+long, so that under load its calls are larger and cost less CPU per row; a request that finds
+every interpreter idle and nothing queued still runs at once (nothing would join it). Each
+caller gets its own rows back, in order.
 A call whose estimated time is below ``inline_below_ms`` (a tiny model) runs on the event loop
 itself, skipping the thread hop. The estimate per row is the wall time of the calls made inline
 (each counted at most twice the estimate: the loop's thread being preempted is not the model's
@@ -133,9 +135,10 @@ class VersionBatcher:
             )
         loop = asyncio.get_running_loop()
         pending = _Pending(x, loop.create_future(), time.perf_counter())
+        alone = not self._queue and not self._busy
         self._queue.append(pending)
         self._queued_rows += rows
-        self._drain()
+        self._drain(now=alone)
         return await pending.future
 
     def _inline(self, rows: int) -> bool:
@@ -156,13 +159,14 @@ class VersionBatcher:
         if requests > 1:
             self.stats.batched_calls += 1
 
-    def _drain(self) -> None:
+    def _drain(self, *, now: bool = False) -> None:
+        """Start the calls the policy allows (``now``: a request alone at an idle batcher)."""
         loop = asyncio.get_running_loop()
         while self._queue and self._idle:
             if self._busy:
                 if self._queued_rows < self._parallel_rows():
                     return  # the busy call's interpreter takes the queue when it frees up
-            else:
+            elif not now:
                 wait = self._wait_s()
                 if wait > 0:
                     if self._timer is None:

@@ -19,6 +19,7 @@ from edge_client.flower_client import app, make_client_app
 from edge_client.settings import AgentSettings
 from edgefleet.datasets import Dataset
 from edgefleet.drift import DriftSummary
+from edgefleet.drift.packed import unpack
 from tests.edge_client.conftest import MODEL, active
 from tests.edge_client.stub_server import StubServer
 
@@ -52,12 +53,19 @@ def _global_weights(agent: Agent, scale: float = 1.0) -> ArrayRecord:
     return ArrayRecord({k: Array(v * np.float32(scale)) for k, v in weights.items()})
 
 
+def _drift(agent: Agent, config: ConfigRecord) -> DriftSummary:
+    """The reply's packed drift summary (``drift-packed``, :mod:`edgefleet.drift.packed`)."""
+    reference = active(agent).runtime.manifest.reference
+    assert reference is not None
+    return unpack(config["drift-packed"], reference).to_summary()
+
+
 def test_query_reports_eligibility_drift_and_examples(device: Agent) -> None:
     reply = app(_message("query", RecordDict()), _context(device.settings.data_dir))
     config = reply.content["config"]
     assert config["eligible"] is True and json.loads(str(config["reasons"])) == []
     assert config["model"] == MODEL and config["version"] == 1
-    drift = DriftSummary.parse(str(config["drift"]))
+    drift = _drift(device, config)
     assert drift.n == 40 and drift.version == 1
     assert reply.content["metrics"]["num-examples"] == 200
     assert reply.metadata.reply_to_message_id == "m-query"
@@ -73,7 +81,7 @@ def test_train_returns_new_weights_and_metrics(device: Agent) -> None:
     # the first pass starts from the received weights: its loss is above the last epoch's
     first = float(metrics["first-epoch-loss"])  # type: ignore[arg-type]
     assert np.isfinite(first) and first > float(metrics["train-loss"])  # type: ignore[arg-type]
-    assert config["status"] == "ok" and DriftSummary.parse(str(config["drift"])).n == 40
+    assert config["status"] == "ok" and _drift(device, config).n == 40
     new = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
     old = active(device).runtime.get_weights()
     assert set(new) == set(old)

@@ -134,6 +134,35 @@ def test_parallel_rows_starts_another_interpreter_before_a_full_batch(
     assert (stats.calls, stats.largest_batch, stats.most_in_flight) == (3, 2, 2)
 
 
+def test_the_queue_delay_fills_calls_under_load_but_never_delays_a_lone_request(
+    plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    reference = _runtimes(plan_files, 1)[0]
+    xs = [x[:1] for x in _requests(digits_data, 4)]
+    policy = BatchPolicy(max_batch=8, max_queue_delay_ms=1000, inline_below_ms=0)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 1), policy, pool)
+
+        async def run() -> tuple[int, list[np.ndarray]]:
+            first = asyncio.create_task(batcher.predict(xs[0]))
+            await asyncio.sleep(0)
+            started_at_once = batcher.stats.most_in_flight  # no timer: nothing would join it
+            queued = [asyncio.create_task(batcher.predict(x)) for x in xs[1:3]]
+            out = [await first]
+            # the interpreter is free, but the two queued wait for the delay, and a request
+            # arriving meanwhile joins their call
+            queued.append(asyncio.create_task(batcher.predict(xs[3])))
+            out += await asyncio.gather(*queued)
+            return started_at_once, out
+
+        started_at_once, results = asyncio.run(run())
+    assert started_at_once == 1
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+    stats = batcher.stats
+    assert (stats.calls, stats.largest_batch, stats.batched_calls) == (2, 3, 1)
+
+
 def test_an_idle_interpreter_runs_a_request_alone_and_a_tiny_model_inline(
     plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
 ) -> None:
