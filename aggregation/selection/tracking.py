@@ -159,10 +159,12 @@ class DriftTracker:
         return None if e is None else min(1.0, e / self.config.full_effect)
 
     def score(self, node: int, fleet: tuple[float, float] | None = None,
-              reference_loss: float | None = None) -> float | None:
+              reference_loss: float | None = None, raw: float | bool | None = False
+              ) -> float | None:
         """The steering score in ``[0, 1]``: :meth:`raw_score`, 0 for a drifted node whose
-        first-epoch loss since it drifted is at most ``reference_loss`` (module notes)."""
-        s = self.raw_score(node, fleet)
+        first-epoch loss since it drifted is at most ``reference_loss`` (module notes).
+        ``raw``: the node's :meth:`raw_score` when already computed (``False``: not)."""
+        s = self.raw_score(node, fleet) if raw is False else raw
         if s is None or s < self.config.threshold or reference_loss is None:
             return s
         since = self.drifted_since.get(node)
@@ -171,13 +173,18 @@ class DriftTracker:
             return 0.0
         return s
 
-    def start_round(self, server_round: int, fleet: tuple[float, float]) -> float | None:
-        """Note which nodes drifted since when; return the clean nodes' median loss."""
+    def raw_scores(self, fleet: tuple[float, float]) -> dict[int, float | None]:
+        """:meth:`raw_score` of every node with a reading."""
+        return {int(d): self.raw_score(int(d), fleet) for d in self.baselines.readings}
+
+    def start_round(self, server_round: int, fleet: tuple[float, float],
+                    raw: Mapping[int, float | None] | None = None) -> float | None:
+        """Note which nodes drifted since when; return the clean nodes' median loss
+        (``raw``: :meth:`raw_scores`, when already computed)."""
         self.round = server_round
+        raw = self.raw_scores(fleet) if raw is None else raw
         clean = []
-        for node in list(self.baselines.readings):
-            n = int(node)
-            s = self.raw_score(n, fleet)
+        for n, s in raw.items():
             if s is not None and s >= self.config.threshold:
                 self.drifted_since.setdefault(n, server_round)
             else:
@@ -198,10 +205,11 @@ def rescore(tracker: DriftTracker, server_round: int, answers: Mapping[int, Quer
     """
     tracker.observe_many((node, answers[node].drift) for node in sorted(answers))
     fleet = tracker.fleet_difference()
-    loss = tracker.start_round(server_round, fleet)
+    raw = tracker.raw_scores(fleet)
+    loss = tracker.start_round(server_round, fleet, raw)
     out = {}
     for n, a in answers.items():
-        score = tracker.score(n, fleet, loss)
+        score = tracker.score(n, fleet, loss, raw.get(n))
         out[n] = a if score == a.drift_score else QueryAnswer(
             a.node_id, a.eligible, a.reason, a.num_examples, a.drift, score)
     return out

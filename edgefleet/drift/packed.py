@@ -69,13 +69,20 @@ class Batch:
 _Decoded: TypeAlias = tuple[int, int, int, str, Batch, int] | str
 
 
-def stack_rows(items: Sequence[PackedSummary], name: str) -> np.ndarray:
-    """Field ``name`` of :class:`Batch` for ``items``, one row each (an index into their batch
-    when they were decoded together)."""
+def stack_rows(items: Sequence[PackedSummary], names: Sequence[str]) -> list[np.ndarray]:
+    """Fields ``names`` of :class:`Batch` for ``items``, one row each: copies, indexed out of
+    their batch when they were decoded together."""
     first = items[0].batch
-    if all(s.batch is first for s in items):
-        return np.asarray(getattr(first, name)[[s.row for s in items]])
-    return np.stack([getattr(s.batch, name)[s.row] for s in items])
+    rows = [s.row for s in items]
+    if sum(s.batch is first for s in items) == len(items):
+        index = np.asarray(rows)
+        return [np.asarray(getattr(first, name)[index]) for name in names]
+    out = []
+    for name in names:
+        parts = [getattr(s.batch, name)[s.row] for s in items]
+        out.append(np.asarray(parts) if np.ndim(parts[0]) == 0
+                   else np.concatenate(parts).reshape(len(items), -1))
+    return out
 
 
 @dataclass(eq=False, slots=True)
