@@ -373,14 +373,16 @@ class RoundRunner:
             base[fk.VERSION] = self.version
         contents = _shared_contents(arrays, base, {
             n: node_train_config(answers[n].candidate(), self.steering) for n in report.selected})
+        declines: dict[int, str] = {}
         replies, stragglers = self._exchange(r, MessageType.TRAIN, contents,
-                                             s.train_timeout_s, until=s.target_clients)
-        report.stragglers = sorted(stragglers + [n for n, m in replies.items() if _dropped(m)])
-        report.error_replies = {n: str(m.error.reason) for n, m in replies.items()
-                                if m.has_error() and not _dropped(m)}
-        report.declined = {n: why for n, m in replies.items() if (why := declined(m)) is not None}
-        good = {n: m for n, m in replies.items()
-                if not m.has_error() and n not in report.declined}
+                                             s.train_timeout_s, until=s.target_clients,
+                                             declines=declines)
+        errors = {n: m for n, m in replies.items() if m.has_error()}
+        report.stragglers = sorted(stragglers + [n for n, m in errors.items() if _dropped(m)])
+        report.error_replies = {n: str(m.error.reason) for n, m in errors.items()
+                                if not _dropped(m)}
+        report.declined = declines
+        good = {n: m for n, m in replies.items() if n not in errors and n not in declines}
         report.replied = sorted(good)
         self.book.after_train(r, answers, good, report.declined)
         return good
@@ -469,12 +471,14 @@ class RoundRunner:
 
     def _exchange(
         self, server_round: int, message_type: str, contents: Mapping[int, RecordDict],
-        timeout: float, *, until: int | None,
+        timeout: float, *, until: int | None, declines: dict[int, str] | None = None,
     ) -> tuple[dict[int, Message], list[int]]:
         """Push one message per node; pull until ``until`` content replies, all, or timeout.
 
-        Returns the replies by node (error replies included) and the nodes that did not answer.
+        Returns the replies by node (error replies included) and the nodes that did not answer;
+        with ``until``, the replies that decline are also put in ``declines`` (node -> reason).
         """
+        declines = {} if declines is None else declines
         group = f"{server_round}"
         messages = [Message(c, n, message_type, ttl=timeout, group_id=group)
                     for n, c in contents.items()]
@@ -488,8 +492,12 @@ class RoundRunner:
                 node = pending.pop(msg.metadata.reply_to_message_id, None)
                 if node is not None:
                     replies[node] = msg
-                    if until is not None and not msg.has_error() and declined(msg) is None:
-                        ok += 1
+                    if until is not None and not msg.has_error():
+                        why = declined(msg)
+                        if why is None:
+                            ok += 1
+                        else:
+                            declines[node] = why
             if (until is not None and ok >= until) or self.clock() >= deadline:
                 break
             if pending:

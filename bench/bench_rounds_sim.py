@@ -214,8 +214,8 @@ def _ours(grid: Any, n: int, k: int, rounds: int, rows: list[dict[str, float]],
     settings = RoundSettings(model="digits", target_clients=k, min_reports=max(1, k // 2),
                              over_selection=1.0, min_nodes=n, poll_interval_s=0.1,
                              wait_for_nodes_s=120, query_timeout_s=600, train_timeout_s=600)
-    runner = TimedRunner(grid, manifest, build_strategy("fedavg"),
-                         make_policy("drift", fair_max_picks=rounds), settings=settings)
+    policy = make_policy("drift", fair_max_picks=rounds, fair_window=max(5, rounds))
+    runner = TimedRunner(grid, manifest, build_strategy("fedavg"), policy, settings=settings)
     weights = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
     for r in range(1, rounds + 1):
         settle[0] = 0.0

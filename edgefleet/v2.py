@@ -287,17 +287,25 @@ def encode_response(request: DecodedRequest | None, *, model_name: str,
                     parameters: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
     """A response's body and headers (``Content-Type``, and ``Inference-Header-Content-Length``
     when an output is binary): the request's ``id``, the outputs in JSON or binary as it asks."""
+    return _encode(request, model_name, model_version,
+                   [(t.name, t.datatype, t.shape, t.array) for t in outputs], parameters)
+
+
+def _encode(request: DecodedRequest | None, model_name: str, model_version: str | None,
+            outputs: Sequence[tuple[str, str, Sequence[int], Any]],
+            parameters: dict[str, Any] | None) -> tuple[bytes, dict[str, str]]:
+    """:func:`encode_response` of outputs given as ``(name, datatype, shape, array)``."""
     blobs: list[bytes] = []
     tensors = []
-    for t in outputs:
-        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-        if request is not None and request.binary_output(t.name):
-            raw = _bytes_binary(t.array) if t.datatype == "BYTES" else np.ascontiguousarray(
-                t.array, dtype=DTYPES[t.datatype].newbyteorder("<")).tobytes()
+    for name, datatype, shape, values in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(shape)}
+        if request is not None and request.binary_output(name):
+            raw = _bytes_binary(values) if datatype == "BYTES" else np.ascontiguousarray(
+                values, dtype=DTYPES[datatype].newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            array = np.asarray(t.array)
+            array = np.asarray(values)
             if array.dtype.kind == "S":
                 array = np.char.decode(array, "utf-8")
             entry["data"] = array.ravel().tolist()
@@ -354,12 +362,12 @@ def encode_prediction(request: DecodedRequest | None, probs: np.ndarray, labels:
     :func:`requested_outputs`), the probabilities ``FP32 [n, C]`` named ``output_name`` and the
     ``labels`` ``BYTES [n]`` named :data:`LABEL_OUTPUT`."""
     probs = np.asarray(probs, dtype=np.float32)
-    available = {
-        output_name: Tensor(output_name, "FP32", probs.shape, probs),
-        LABEL_OUTPUT: Tensor(LABEL_OUTPUT, "BYTES", (len(labels),), np.asarray(labels)),
+    available = {  # (name, datatype, shape, values): no Tensor made per answer
+        output_name: (output_name, "FP32", probs.shape, probs),
+        LABEL_OUTPUT: (LABEL_OUTPUT, "BYTES", (len(labels),), np.asarray(labels)),
     }
-    return encode_response(request, model_name=model_name, model_version=model_version,
-                           outputs=[available[n] for n in names], parameters=parameters)
+    return _encode(request, model_name, model_version, [available[n] for n in names],
+                   parameters)
 
 
 # --- metadata -------------------------------------------------------------------------------

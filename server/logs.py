@@ -4,8 +4,9 @@ Records are formatted and written by a background thread: a request's path only 
 record to a deque (no lock, no system call, no thread woken), and the writer thread hands what
 accumulated to the stream every 200 ms (each round takes the GIL from the thread serving
 requests: rarer rounds, fewer hand-overs), so the access log costs a request no formatting and
-no blocking write. A round formats its records and writes them to the stream at once (one
-``write`` and one ``flush``, not one each). What is queued is written at exit.
+no blocking write. A round formats its records and writes them to the stream a few dozen
+lines per ``write`` (``WRITE_CHUNK``) with one ``flush``, not one each. What is queued is
+written at exit.
 
 A hot path can hand the writer the *making* of its record too (:func:`background_handler`,
 :meth:`BackgroundHandler.defer`: the logger, the time the event happened, the message, its
@@ -174,30 +175,36 @@ def _failure(what: str) -> logging.LogRecord:
     return logging.LogRecord("edgefleet.server.logs", logging.ERROR, __file__, 0, what, (), None)
 
 
+#: Lines per ``write``: each write lets the thread serving requests take the GIL back, so a
+#: round never holds it for the whole of its formatting.
+WRITE_CHUNK = 64
+
+
 def _write_all(handler: logging.StreamHandler[Any],
                queued: list[logging.LogRecord | _Deferred]) -> None:
-    """What ``handler.handle`` of each queued record writes, in one ``write`` and one ``flush``
-    (a deferred record that :class:`JsonFormatter` formats: its line, no record made)."""
+    """What ``handler.handle`` of each queued record writes, ``WRITE_CHUNK`` lines per
+    ``write`` and one ``flush`` (a deferred record that :class:`JsonFormatter` formats: its
+    line, no record made)."""
     json_lines = type(handler.formatter) is JsonFormatter
-    lines = []
-    for item in queued:
-        record = None
-        try:
-            if json_lines and isinstance(item, tuple) and _STANDARD.isdisjoint(item[5]):
-                lines.append(json_line(*item[:6]) + handler.terminator)
-                continue
-            record = _made(item)
-            lines.append(handler.format(record) + handler.terminator)
-        except Exception:
-            handler.handleError(record or _failure("a deferred log record could not be made"))
-    if not lines:
-        return
-    with handler.lock:  # type: ignore[union-attr]
-        try:
-            handler.stream.write("".join(lines))
-            handler.flush()
-        except Exception:
-            handler.handleError(_failure(f"{len(lines)} log lines could not be written"))
+    for start in range(0, len(queued), WRITE_CHUNK):
+        lines = []
+        for item in queued[start : start + WRITE_CHUNK]:
+            record = None
+            try:
+                if json_lines and isinstance(item, tuple) and _STANDARD.isdisjoint(item[5]):
+                    lines.append(json_line(*item[:6]) + handler.terminator)
+                    continue
+                record = _made(item)
+                lines.append(handler.format(record) + handler.terminator)
+            except Exception:
+                handler.handleError(record or _failure("a deferred log record could not be made"))
+        if lines:
+            with handler.lock:  # type: ignore[union-attr]
+                try:
+                    handler.stream.write("".join(lines))
+                except Exception:
+                    handler.handleError(_failure(f"{len(lines)} log lines could not be written"))
+    handler.flush()
 
 
 def background_handler(logger: logging.Logger, level: int) -> BackgroundHandler | None:

@@ -1,5 +1,6 @@
 """Shared session fixtures: the digits data split and a built, briefly trained digits MLP plan;
-and the longest test files scheduled first (:data:`LONGEST_FIRST`).
+the longest test files scheduled first (:data:`LONGEST_FIRST`); and no app's background thread
+outliving the test that started it (:func:`_no_app_thread_outlives_its_test`).
 
 ``digits_plan_dir`` is built once per session. The TensorFlow conversion runs in a child process
 (so test modules that never author models do not load TensorFlow), then the plan is trained for
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,26 @@ def digits_plan_dir(tmp_path_factory: pytest.TempPathFactory, digits_data: Datas
     save_weights(out / WEIGHTS_FILE, runtime.get_weights(),
                  plan_sha256=runtime.manifest.plan_sha256)
     return out
+
+
+#: The threads the server's lifespan starts and its shutdown stops (:func:`server.main.create_app`).
+APP_THREADS = ("edgefleet-rollouts", "edgefleet-scrub", "edgefleet-serving-table", "inference-log")
+
+
+@pytest.fixture(autouse=True)
+def _no_app_thread_outlives_its_test() -> Iterator[None]:
+    """Fail a test after whose teardown an app thread it started still runs: an app whose
+    lifespan never shut down (a ``TestClient`` entered again, e.g. by code under test, replaces
+    the exit of its first lifespan), whose controller then ticks a database that is dropped.
+    Apps of module or session fixtures start before this fixture and are not counted."""
+    before = set(threading.enumerate())
+    yield
+    left = [t for t in threading.enumerate()
+            if t not in before and t.name in APP_THREADS and t.is_alive()]
+    for t in left:
+        t.join(timeout=5)
+    left = [t.name for t in left if t.is_alive()]
+    assert not left, f"background threads of an app outlived the test: {left}"
 
 
 #: The test files that take longest (measured with ``--durations``, slowest first). Under

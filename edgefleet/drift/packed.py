@@ -243,10 +243,14 @@ def unpack_many(blobs: Sequence[object], reference: ReferenceProfile
     f, c = lengths.size, reference.n_classes
     k = len(reference.confidence_bin_edges) + 1
     out: list[PackedSummary | str] = ["not a packed drift summary"] * len(blobs)
+    fixed = 8 * (_HEADER + _FP_WORDS + 6 * f + int(lengths.sum()) + 3 * c + k)
+    sizes = range(fixed + 8, fixed + 8 * (-(-_MAX_MODEL // 8)) + 1, 8)  # by name length
     by_size: dict[int, list[int]] = {}
     for i, b in enumerate(blobs):
-        if isinstance(b, bytes) and len(b) >= 8 * _HEADER + 32 and len(b) % 8 == 0:
+        if isinstance(b, bytes) and len(b) in sizes:
             by_size.setdefault(len(b), []).append(i)
+        elif isinstance(b, bytes) and len(b) >= 8 * _HEADER and len(b) % 8 == 0:
+            out[i] = "packed summary not laid out for this reference"
     if (not 1 <= f <= MAX_FEATURES or int(lengths.max()) > MAX_BINS + 2
             or not 1 <= c <= MAX_CLASSES or not 1 <= k <= MAX_CONFIDENCE_BINS):
         return ["the reference's layout exceeds the summary limits"] * len(blobs)

@@ -12,9 +12,10 @@ large as the arrivals make them, which costs less CPU per row than several inter
 small batches side by side (on a machine whose cores also run the event loop, that CPU is taken
 from the requests' parsing). With ``max_queue_delay_ms`` > 0, an interpreter that frees up
 while fewer than ``max_batch`` rows are queued waits until the oldest of them has waited that
-long, so that under load its calls are larger and cost less CPU per row; a request that finds
-every interpreter idle and nothing queued still runs at once (nothing would join it). Each
-caller gets its own rows back, in order.
+long, so that under load its calls are larger and cost less CPU per row. A request that finds
+every interpreter idle and nothing queued waits for that delay only if the last call had company
+(it held several requests, or others queued while it ran): a lone caller (concurrency 1) never
+waits for a batch that would not come. Each caller gets its own rows back, in order.
 A call whose estimated time is below ``inline_below_ms`` (a tiny model) runs on the event loop
 itself, skipping the thread hop. The estimate per row is the wall time of the calls made inline
 (each counted at most twice the estimate: the loop's thread being preempted is not the model's
@@ -114,6 +115,7 @@ class VersionBatcher:
         self._queued_rows = 0
         self._ms_per_row: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._company = False  # whether the last finished call had company (module notes)
 
     async def predict(self, x: np.ndarray) -> np.ndarray:
         """The probabilities of rows ``x`` (validated ``float32 [n, *sample_shape]``)."""
@@ -135,7 +137,7 @@ class VersionBatcher:
             )
         loop = asyncio.get_running_loop()
         pending = _Pending(x, loop.create_future(), time.perf_counter())
-        alone = not self._queue and not self._busy
+        alone = not self._queue and not self._busy and not self._company
         self._queue.append(pending)
         self._queued_rows += rows
         self._drain(now=alone)
@@ -208,6 +210,7 @@ class VersionBatcher:
               batch: list[_Pending]) -> None:
         self._idle.append(runtime)
         self._busy -= 1
+        self._company = len(batch) > 1 or bool(self._queue)
         try:
             results, seconds = future.result()
         except BaseException as exc:  # the executor itself failed (shut down)

@@ -82,7 +82,9 @@ def test_too_few_valid_reports_fail_the_round_and_keep_the_global_model() -> Non
     called: list[RoundOutcome] = []
     behaviours = ["honest", "nan", "ineligible", "ineligible"]
     with federation(toy_client_app(behaviours), 4) as (grid, _):
-        rr = runner(grid, target=2, min_reports=2, on_round=called.append)
+        # target 3: all four are selected and the round waits for every reply (only two of
+        # them can be updates), so both declines are in
+        rr = runner(grid, target=3, min_reports=2, on_round=called.append)
         start = {k: v + 1 for k, v in zeros().items()}
         outcome = rr.run_round(3, start)
     assert outcome.report.status == "failed"

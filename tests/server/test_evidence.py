@@ -6,6 +6,7 @@ import json
 import math
 import random
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,9 @@ def test_registry_cli_prints_tables_and_json(
     assert client.post("/v2/models/digits/infer", json=body(), headers={
         **APP, "X-Request-ID": "cli-1"}).status_code == 200
     flush(client)
-    monkeypatch.setattr(cli, "_client", lambda url: client)  # the app over ASGI, not a socket
+    # the app over ASGI, not a socket; lent, not entered: each CLI call's ``with`` would
+    # start the app's lifespan again and leave the fixture's own one never shut down
+    monkeypatch.setattr(cli, "_client", lambda url: nullcontext(client))
     client.headers["X-Admin-Key"] = ADMIN["X-Admin-Key"]
     runner = CliRunner()
     out = runner.invoke(app, ["registry", "models"])

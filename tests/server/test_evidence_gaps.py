@@ -10,6 +10,7 @@ brute-force computation also for windows that cut rollup buckets, per variant, a
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -276,7 +277,9 @@ def test_registry_cli_promotes_and_rolls_back(two_versions: Api, client: TestCli
     from edgefleet_cli import registry as cli
     from edgefleet_cli.main import app
 
-    monkeypatch.setattr(cli, "_client", lambda url: client)
+    # the app over ASGI, not a socket; lent, not entered: each CLI call's ``with`` would
+    # start the app's lifespan again and leave the fixture's own one never shut down
+    monkeypatch.setattr(cli, "_client", lambda url: nullcontext(client))
     client.headers["X-Admin-Key"] = ADMIN["X-Admin-Key"]
     runner = CliRunner()
     out = runner.invoke(app, ["registry", "promote", "digits", "2", "--reason", "evidence ok"])

@@ -106,6 +106,13 @@ def test_queued_records_are_written_at_once(quiet_writer: list[BackgroundHandler
     assert [line["message"] for line in lines] == ["plain 1", "GET /y 404"]
     assert lines[1]["time"] == iso_millis(1764612000.5) and lines[1]["request_id"] == "r-1"
     assert len(writes) == 1  # one write for the whole round
+    for i in range(2 * logs.WRITE_CHUNK + 1):
+        handler.defer(logger, 1764612000.5, logging.INFO, "n %d", (i,), {})
+    handler.write_queued()
+    assert len(writes) == 4  # then a write per WRITE_CHUNK lines
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["message"] for line in lines[2:]] == [
+        f"n {i}" for i in range(2 * logs.WRITE_CHUNK + 1)]
 
 
 def test_other_targets_get_the_records_themselves(quiet_writer: list[BackgroundHandler]) -> None:

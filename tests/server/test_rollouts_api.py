@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,9 @@ def test_rollout_cli(fleet: tuple[Api, Any], monkeypatch: pytest.MonkeyPatch) ->
 
     api, _ = fleet
     client = api.client
-    monkeypatch.setattr(cli, "_client", lambda url: client)  # the app over ASGI, not a socket
+    # the app over ASGI, not a socket; lent, not entered: each CLI call's ``with`` would
+    # start the app's lifespan again and leave the fixture's own one never shut down
+    monkeypatch.setattr(cli, "_client", lambda url: nullcontext(client))
     client.headers["X-Admin-Key"] = ADMIN["X-Admin-Key"]
     runner = CliRunner()
     out = runner.invoke(app, ["rollout", "start", "digits", "2", "--steps", "100", "--bake-s",

@@ -193,7 +193,7 @@ def test_a_worker_killed_mid_batch_loses_no_request(
                     ids.append(await c.request([row.tolist()]))
                     await asyncio.sleep(0.004)
                     if i == 120:
-                        await wait_until(lambda: pending_of(case, "w-killed"), timeout=5)
+                        await wait_until(lambda: pending_of(case, "w-killed"), timeout=30)
                         a.kill()
                         held = await pending_of(case, "w-killed" if case.kind == "redis" else None)
                         b = WorkerProcess(case, served_model, "w-rescuer", tmp_path, *claim)
