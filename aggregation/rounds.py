@@ -1,4 +1,8 @@
-"""The round loop: query -> select -> train -> validate -> aggregate -> evaluate -> publish.
+"""The round loop: select -> train -> validate -> aggregate -> evaluate -> publish.
+
+Eligibility and drift come from the nodes' train replies (:mod:`aggregation.answer_book`): no
+round queries its nodes before training, and a bounded share of stale nodes is queried after
+selection (``RoundSettings.query_share``); ``query_max_age = 0`` queries every node first.
 
 :class:`RoundRunner` drives any object with Flower's ``Grid`` methods ``get_node_ids``,
 ``push_messages`` and ``pull_messages`` (the deployment engine's grid, the simulation engine's
