@@ -31,11 +31,13 @@ identical to its previous one reuses the decoded object.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 from flwr.app import ConfigRecord, Message
 
 from aggregation.messages import QueryAnswer, records_of
+from aggregation.roster import Roster
 from aggregation.selection import DriftScorer
 from edgefleet import flower_keys as fk
 from edgefleet.drift import DriftSummary, ReferenceProfile
@@ -44,20 +46,73 @@ from edgefleet.drift.packed import PackedSummary, unpack_many
 from edgefleet.errors import SummaryError
 
 _MAX_CACHED = 4096
+_NEVER = -(2**62)  # the round of a node without an answer
 Drift = tuple[AnySummary | None, float | None]
 
 
 class AnswerBook:
-    """Nodes' latest answers with the round they date from (see the module notes)."""
+    """Nodes' latest answers with the round they date from (see the module notes).
+
+    The answers are kept by node *slot* in numpy arrays (round of the answer, eligibility,
+    declared examples, drift score) and a list of summaries, so a round reads the whole
+    fleet's state with array operations (:meth:`roster`) instead of one object per node.
+    """
 
     def __init__(self, max_age: int, scorer: DriftScorer | None,
                  reference: ReferenceProfile | None = None) -> None:
         self.max_age = max_age
         self.scorer = scorer
         self.reference = reference if reference is not None and reference.features else None
-        self._answers: dict[int, tuple[int, QueryAnswer]] = {}
+        self._slot: dict[int, int] = {}
+        self._since = np.full(0, _NEVER, np.int64)  # the answer's round; _NEVER: no answer
+        self._eligible = np.zeros(0, bool)
+        self._examples = np.zeros(0, np.int64)
+        self._score = np.zeros(0, np.float64)  # nan: no score
+        self._drift: list[AnySummary | None] = []
+        self._reasons: dict[int, str] = {}  # node -> why it is not eligible
         self._scores: dict[str | bytes, tuple[DriftSummary | None, float | None]] = {}
         self._packed: dict[int, tuple[PackedSummary, float | None]] = {}
+
+    # --- slots ---------------------------------------------------------------------------------
+    def _slots(self, nodes: Sequence[int]) -> np.ndarray:
+        """The slots of ``nodes`` (new nodes get one, without an answer)."""
+        slot = self._slot
+        new = [n for n in nodes if n not in slot]
+        if new:
+            start = len(slot)
+            slot.update(zip(new, range(start, start + len(new)), strict=True))
+            size = len(slot)
+            if size > len(self._since):
+                cap = max(size, 2 * len(self._since), 64)
+                grow = cap - len(self._since)
+                self._since = np.concatenate([self._since, np.full(grow, _NEVER, np.int64)])
+                self._eligible = np.concatenate([self._eligible, np.zeros(grow, bool)])
+                self._examples = np.concatenate([self._examples, np.zeros(grow, np.int64)])
+                self._score = np.concatenate([self._score, np.full(grow, np.nan)])
+            self._drift.extend([None] * (size - len(self._drift)))
+        return np.fromiter((slot[n] for n in nodes), np.int64, len(nodes))
+
+    def _put(self, server_round: int, a: QueryAnswer) -> None:
+        i = int(self._slots([a.node_id])[0])
+        self._since[i] = server_round
+        self._eligible[i] = a.eligible
+        self._examples[i] = a.num_examples
+        self._score[i] = np.nan if a.drift_score is None else a.drift_score
+        self._drift[i] = a.drift
+        if a.eligible:
+            self._reasons.pop(a.node_id, None)
+        else:
+            self._reasons[a.node_id] = a.reason
+
+    def _answer(self, node: int) -> tuple[int, QueryAnswer] | None:
+        """``(round, answer)`` of ``node``, or ``None`` without one."""
+        i = self._slot.get(node)
+        if i is None or self._since[i] == _NEVER:
+            return None
+        s = float(self._score[i])
+        return int(self._since[i]), QueryAnswer(
+            node, bool(self._eligible[i]), self._reasons.get(node, ""), int(self._examples[i]),
+            self._drift[i], None if s != s else s)
 
     # --- which answers are usable --------------------------------------------------------------
     def fresh(self, server_round: int, nodes: Iterable[int]) -> dict[int, QueryAnswer]:
@@ -66,7 +121,7 @@ class AnswerBook:
             return {}
         out = {}
         for n in nodes:
-            entry = self._answers.get(n)
+            entry = self._answer(n)
             if entry is not None and server_round - entry[0] <= self.max_age:
                 out[n] = entry[1]
         return out
@@ -74,39 +129,49 @@ class AnswerBook:
     def presumed(self, node: int) -> QueryAnswer:
         """A node without a fresh answer, as a candidate: eligible, with its last known
         examples, summary and score (none for a node never seen)."""
-        entry = self._answers.get(node)
+        entry = self._answer(node)
         if entry is None:
             return QueryAnswer(node, True)
         a = entry[1]
         return QueryAnswer(node, True, "", a.num_examples, a.drift, a.drift_score)
+
+    def roster(self, server_round: int, nodes: Sequence[int]) -> Roster:
+        """Every node of ``nodes`` as the round sees it: its fresh answer, or presumed
+        eligible with what the book last knew of it (:meth:`fresh`, :meth:`presumed`)."""
+        slots = self._slots(nodes)
+        fresh = (self._since[slots] != _NEVER) & (server_round - self._since[slots]
+                                                   <= self.max_age)
+        eligible = np.where(fresh, self._eligible[slots], True)
+        drift = self._drift
+        ids = np.fromiter(nodes, np.uint64, len(nodes))
+        reasons = {n: self._reasons.get(n, "") for n in ids[~eligible].tolist()}
+        return Roster(ids, eligible, self._examples[slots].copy(),
+                      self._score[slots].copy(), [drift[i] for i in slots.tolist()], reasons)
 
     def stale(self, server_round: int, nodes: Iterable[int], budget: int) -> list[int]:
         """Up to ``budget`` of ``nodes`` whose answer is older than ``max_age`` rounds (or who
         never answered), oldest answer first (never answered first), then by node id."""
         if budget <= 0:
             return []
-        aged = []
-        for n in nodes:
-            entry = self._answers.get(n)
-            since = -1 if entry is None else entry[0]
-            if entry is None or server_round - since > self.max_age:
-                aged.append((since, n))
-        return [n for _, n in sorted(aged)[:budget]]
+        ids = np.fromiter(nodes, np.uint64)
+        since = self._since[self._slots(ids.tolist())]
+        aged = (since == _NEVER) | (server_round - since > self.max_age)
+        ids, since = ids[aged], since[aged]
+        order = np.lexsort((ids, since))[:budget]
+        return ids[order].tolist()
 
     def record(self, server_round: int, answers: Mapping[int, QueryAnswer]) -> None:
         if self.max_age > 0:
-            for n, a in answers.items():
-                self._answers[n] = (server_round, a)
+            for a in answers.values():
+                self._put(server_round, a)
 
     def learn_examples(self, counts: Mapping[int, int]) -> None:
         """Declared examples of answers that have none yet (nodes never queried), from their
         accepted updates."""
         for n, count in counts.items():
-            entry = self._answers.get(n)
-            if entry is not None and entry[1].num_examples <= 0 < count:
-                a = entry[1]
-                self._answers[n] = (entry[0], QueryAnswer(n, a.eligible, a.reason, count,
-                                                          a.drift, a.drift_score))
+            i = self._slot.get(n)
+            if i is not None and self._since[i] != _NEVER and self._examples[i] <= 0 < count:
+                self._examples[i] = count
 
     # --- drift summaries -----------------------------------------------------------------------
     def drift(self, raw: object) -> tuple[DriftSummary | None, float | None]:
@@ -164,12 +229,12 @@ class AnswerBook:
             since = server_round
             if summary is None:  # no fresh summary: keep the old one, and its age
                 summary, score = prev.drift, prev.drift_score
-                if summary is not None:
-                    since = self._answers.get(n, (server_round, prev))[0]
-            self._answers[n] = (since, QueryAnswer(n, True, "", prev.num_examples,
-                                                   summary, score))
+                i = self._slot.get(n)
+                if summary is not None and i is not None and self._since[i] != _NEVER:
+                    since = int(self._since[i])
+            self._put(since, QueryAnswer(n, True, "", prev.num_examples, summary, score))
         for n, why in declined.items():
             before = asked.get(n)
-            self._answers[n] = (server_round, QueryAnswer(
+            self._put(server_round, QueryAnswer(
                 n, False, f"declined in round {server_round}: {why}",
                 before.num_examples if before else 0))

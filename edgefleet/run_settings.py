@@ -147,7 +147,11 @@ class RunKnobs(BaseModel):
     query_max_age : int [5]
         0 queries every node every round; ``K > 0`` queries a node only when its last answer
         (its query reply, or the eligibility and drift its train reply carried) is more than
-        ``K`` rounds old (``aggregation.answer_book``). Round 1 queries every node.
+        ``K`` rounds old (``aggregation.answer_book``); a node without a fresh answer is a
+        candidate presumed eligible (no round queries before training).
+    query_share : float [0.1]
+        With ``query_max_age > 0``: the stale nodes the selection passed over that a round
+        queries, at most ``ceil(query_share * selected)``, oldest answer first.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -197,6 +201,7 @@ class RunKnobs(BaseModel):
     batch_rule: Literal["wrap", "drop", "short"] = "wrap"
     weighting: Literal["local-size", "examples-trained"] = "local-size"
     query_max_age: Int = Field(default=5, ge=0)
+    query_share: Float = Field(default=0.1, ge=0, le=1)
 
     @model_validator(mode="after")
     def _round_sizes(self) -> Self:

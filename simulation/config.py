@@ -161,7 +161,9 @@ class SelectionConfig(_Section):
     the round's median cosine minus this many robust deviations; ``-1`` = off, ``min_cosine``
     alone) and ``max_weight_ratio`` the weight cap (0 = off); all default to the production
     ones. ``query_max_age`` is the round loop's
-    (``aggregation.answer_book``: 0 queries every node every round). ``drift_share`` and
+    (``aggregation.answer_book``: 0 queries every node every round), ``query_share`` the share
+    of a round's selected nodes it queries among the stale ones it passed over (with
+    ``query_max_age > 0``). ``drift_share`` and
     ``drift_threshold`` are the drift policy's reserved share (``-1``: a weighted draw over
     everybody) and drifted-score threshold, ``full_effect`` the effect size at which a node's
     score reaches 1 (``aggregation.selection.drift``, ``aggregation.selection.tracking``).
@@ -186,6 +188,7 @@ class SelectionConfig(_Section):
     direction_mads: float = Field(DEFAULTS.direction_mads, ge=-1)
     max_weight_ratio: float = Field(DEFAULTS.max_weight_ratio or 0.0, ge=0)
     query_max_age: int = Field(0, ge=0)
+    query_share: float = Field(DEFAULTS.query_share, ge=0, le=1)
 
 
 class TierConfig(_Section):

@@ -39,7 +39,7 @@ def round_settings(exp: Experiment, model: str) -> RoundSettings:
         over_selection=c.over_selection, min_nodes=c.count, wait_for_nodes_s=long,
         query_timeout_s=long, train_timeout_s=long, poll_interval_s=0.0, seed=exp.seed,
         batch_rule=exp.training.batch_rule, weighting=exp.training.weighting,
-        query_max_age=exp.selection.query_max_age)
+        query_max_age=exp.selection.query_max_age, query_share=exp.selection.query_share)
 
 
 def steering(exp: Experiment) -> SteeringConfig:

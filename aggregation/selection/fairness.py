@@ -11,6 +11,7 @@ round may then fail its minimum of reports) rather than a node being picked too 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -82,10 +83,26 @@ class FairnessBound:
         rng: np.random.Generator,
     ) -> list[int]:
         """Filter the candidates by the bound, delegate to the wrapped policy, remember picks."""
-        allowed = [c for c in candidates if self.allowed(c.node_id, server_round)]
+        blocked = self.blocked(server_round)
+        allowed = [c for c in candidates if c.node_id not in blocked]
         picked = self.policy.select(allowed, k, server_round, rng) if allowed else []
         self._remember(server_round, picked)
         return picked
+
+    def blocked(self, server_round: int) -> set[int]:
+        """The nodes that may not be picked in ``server_round`` (not :meth:`allowed`), from the
+        remembered picks alone, whatever the number of candidates."""
+        picks: Counter[int] = Counter()
+        out: set[int] = set()
+        for r, nodes in self._history.items():
+            if r >= server_round:
+                continue
+            if r > server_round - self.window:
+                picks.update(nodes)
+            if r >= server_round - self.cooldown:
+                out |= nodes
+        out.update(n for n, c in picks.items() if c >= self.max_picks)
+        return out
 
     def picks_in_window(self, node_id: int, last_round: int) -> int:
         """How many of the rounds ``(last_round - window, last_round]`` picked ``node_id``."""

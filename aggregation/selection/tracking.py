@@ -33,14 +33,13 @@ report the loss are scored by their change alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Message, MetricRecord
 
 from aggregation.errors import SettingsError
-from aggregation.messages import QueryAnswer
 from aggregation.selection.drift import DEFAULT_THRESHOLD
 from edgefleet import flower_keys as fk
 from edgefleet.drift import ReferenceProfile
@@ -194,25 +193,53 @@ class DriftTracker:
                     clean.append(fit[1])
         return float(np.median(clean)) if clean else None
 
+    def round_scores(self, server_round: int, nodes: Sequence[int],
+                     summaries: Sequence[AnySummary | None]) -> np.ndarray:
+        """Take the nodes' summaries (``nodes`` sorted), start the round (:meth:`start_round`)
+        and return each node's :meth:`score` (``nan``: no reading), computed for the whole
+        fleet at once; the fleet median comes after every summary is in, so no score depends
+        on the order the replies arrived in."""
+        self.observe_many(zip(nodes, summaries, strict=True))
+        readings = list(self.baselines.readings.values())
+        ids = [int(d) for d in self.baselines.readings]
+        count = len(readings)
+        diff = np.fromiter((r.difference for r in readings), np.float64, count)
+        has = np.fromiter((r.change is not None for r in readings), bool, count)
+        change = np.fromiter((0.0 if r.change is None else r.change for r in readings),
+                             np.float64, count)
+        median = float(np.median(diff)) if count else 0.0
+        spread = float(1.4826 * np.median(np.abs(diff - median))) if count else 0.0
+        excess = diff - median
+        effect = np.where(has, change,
+                          np.where(excess > self.config.outlier_z * spread, excess, 0.0))
+        ratio = effect / self.config.full_effect
+        raw = np.where(ratio < 1.0, ratio, 1.0)  # min(1, ratio), as raw_score
+        drifted = raw >= self.config.threshold
+        loss = self._start(server_round, ids, drifted)
+        if loss is not None:
+            for i in np.flatnonzero(drifted).tolist():
+                since = self.drifted_since.get(ids[i])
+                fit = self.losses.get(ids[i])
+                if since is not None and fit is not None and fit[0] >= since and fit[1] <= loss:
+                    raw[i] = 0.0
+        pos = dict(zip(ids, range(count), strict=True))
+        at = np.fromiter((pos.get(n, -1) for n in nodes), np.int64, len(nodes))
+        return np.where(at >= 0, raw[at] if count else np.nan, np.nan)
 
-def rescore(tracker: DriftTracker, server_round: int, answers: Mapping[int, QueryAnswer]
-            ) -> dict[int, QueryAnswer]:
-    """Feed every answer's summary to ``tracker`` and replace its score by the tracker's.
-
-    ``answers`` are the round loop's query answers (frozen dataclasses with ``drift`` and
-    ``drift_score``); nodes are taken in id order and the fleet median is computed once, after
-    all of them, so no score depends on the order the replies arrived in.
-    """
-    tracker.observe_many((node, answers[node].drift) for node in sorted(answers))
-    fleet = tracker.fleet_difference()
-    raw = tracker.raw_scores(fleet)
-    loss = tracker.start_round(server_round, fleet, raw)
-    out = {}
-    for n, a in answers.items():
-        score = tracker.score(n, fleet, loss, raw.get(n))
-        out[n] = a if score == a.drift_score else QueryAnswer(
-            a.node_id, a.eligible, a.reason, a.num_examples, a.drift, score)
-    return out
+    def _start(self, server_round: int, ids: list[int], drifted: np.ndarray) -> float | None:
+        """:meth:`start_round` on the drifted mask of the nodes ``ids`` with a reading."""
+        self.round = server_round
+        since = self.drifted_since
+        clean = []
+        for n, d in zip(ids, drifted.tolist(), strict=True):
+            if d:
+                since.setdefault(n, server_round)
+                continue
+            since.pop(n, None)
+            fit = self.losses.get(n)
+            if fit is not None and server_round - fit[0] <= self.config.loss_rounds:
+                clean.append(fit[1])
+        return float(np.median(clean)) if clean else None
 
 
 def first_epoch_losses(replies: Mapping[int, Message], nodes: Iterable[int]) -> dict[int, float]:
