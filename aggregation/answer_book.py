@@ -93,7 +93,9 @@ class AnswerBook:
         return np.fromiter((slot[n] for n in nodes), np.int64, len(nodes))
 
     def _put(self, server_round: int, a: QueryAnswer) -> None:
-        i = int(self._slots([a.node_id])[0])
+        i = self._slot.get(a.node_id)
+        if i is None:
+            i = int(self._slots([a.node_id])[0])
         self._since[i] = server_round
         self._eligible[i] = a.eligible
         self._examples[i] = a.num_examples

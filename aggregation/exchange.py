@@ -9,6 +9,7 @@ one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import (
@@ -42,6 +43,17 @@ _DROPOUT_CODES = frozenset({ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSA
                             ErrorCode.NODE_UNAVAILABLE})
 
 
+@dataclass
+class Pending:
+    """Pushed messages: the ones not answered yet (message id -> node), the replies by node,
+    the deadline, the nodes messaged."""
+
+    pending: dict[str, int]
+    replies: dict[int, Message]
+    deadline: float
+    nodes: list[int]
+
+
 class GridExchange:
     """The round loop's messaging (attributes: :class:`~aggregation.rounds.RoundRunner`'s)."""
 
@@ -64,55 +76,82 @@ class GridExchange:
 
     def _query(self, server_round: int, nodes: list[int]) -> dict[int, QueryAnswer]:
         """Query ``nodes``; their answers (recorded in the answer book), in ``nodes`` order."""
+        return self._finish_query(server_round, self._push_query(server_round, nodes))
+
+    def _push_query(self, server_round: int, nodes: list[int]) -> Pending:
+        """Push a query to each of ``nodes``; the replies are pulled by :meth:`_finish_query`
+        (and meanwhile by an :meth:`_exchange` given them as ``side``)."""
         content = query_content(server_round, self.settings.model, self.version)
-        replies, silent = self._exchange(server_round, MessageType.QUERY,
-                                         dict.fromkeys(nodes, content),
-                                         self.settings.query_timeout_s, until=None)
+        return self._push(server_round, MessageType.QUERY, dict.fromkeys(nodes, content),
+                          self.settings.query_timeout_s)
+
+    def _finish_query(self, server_round: int, side: Pending) -> dict[int, QueryAnswer]:
+        """Pull the rest of the query's replies (until all are in or its deadline); parse and
+        record the answers, in the queried nodes' order."""
+        self._collect(side, None)
+        replies = side.replies
         plan = self.manifest.plan_sha256
         drift = self.book.drift_of({
             n: None if m.has_error() else next(iter(records_of(m.content, ConfigRecord)), None)
             for n, m in replies.items()})
         answers = {n: parse_query_reply(m, self.scorer, plan, drift[n])
                    for n, m in replies.items()}
-        for n in silent:
+        for n in side.pending.values():
             answers[n] = QueryAnswer(n, False, "no query reply before the deadline")
         self.book.record(server_round, answers)
-        return {n: answers[n] for n in nodes if n in answers}
+        return {n: answers[n] for n in side.nodes if n in answers}
+
+    def _push(self, server_round: int, message_type: str, contents: Mapping[int, RecordDict],
+              timeout: float) -> Pending:
+        group = f"{server_round}"
+        messages = [Message(c, n, message_type, ttl=timeout, group_id=group)
+                    for n, c in contents.items()]
+        ids = list(self.grid.push_messages(messages))
+        return Pending({mid: int(m.metadata.dst_node_id)
+                        for mid, m in zip(ids, messages, strict=True)},
+                       {}, self.clock() + timeout, list(contents))
 
     def _exchange(
         self, server_round: int, message_type: str, contents: Mapping[int, RecordDict],
         timeout: float, *, until: int | None, declines: dict[int, str] | None = None,
+        side: Pending | None = None,
     ) -> tuple[dict[int, Message], list[int]]:
         """Push one message per node; pull until ``until`` content replies, all, or timeout.
 
         Returns the replies by node (error replies included) and the nodes that did not answer;
         with ``until``, the replies that decline are also put in ``declines`` (node -> reason).
+        The replies of ``side`` (messages pushed before) are pulled along into ``side``.
         """
+        main = self._push(server_round, message_type, contents, timeout)
+        self._collect(main, until, declines, side)
+        return main.replies, sorted(main.pending.values())
+
+    def _collect(self, main: Pending, until: int | None, declines: dict[int, str] | None = None,
+                 side: Pending | None = None) -> None:
+        """Pull ``main``'s replies until ``until`` content replies, all, or its deadline."""
         declines = {} if declines is None else declines
-        group = f"{server_round}"
-        messages = [Message(c, n, message_type, ttl=timeout, group_id=group)
-                    for n, c in contents.items()]
-        ids = list(self.grid.push_messages(messages))
-        pending = {mid: int(m.metadata.dst_node_id) for mid, m in zip(ids, messages, strict=True)}
-        replies: dict[int, Message] = {}
-        deadline = self.clock() + timeout
+        pending, replies = main.pending, main.replies
         ok = 0  # content replies so far (no error, not a decline)
         while pending:
-            for msg in self.grid.pull_messages(list(pending)):
-                node = pending.pop(msg.metadata.reply_to_message_id, None)
-                if node is not None:
-                    replies[node] = msg
-                    if until is not None and not msg.has_error():
-                        why = declined(msg)
-                        if why is None:
-                            ok += 1
-                        else:
-                            declines[node] = why
-            if (until is not None and ok >= until) or self.clock() >= deadline:
+            ask = list(pending) if side is None else [*pending, *side.pending]
+            for msg in self.grid.pull_messages(ask):
+                mid = msg.metadata.reply_to_message_id
+                node = pending.pop(mid, None)
+                if node is None:
+                    if side is not None and mid in side.pending:
+                        side.replies[side.pending.pop(mid)] = msg
+                    continue
+                replies[node] = msg
+                if until is not None and not msg.has_error():
+                    why = declined(msg)
+                    if why is None:
+                        ok += 1
+                    else:
+                        declines[node] = why
+            if (until is not None and ok >= until) or self.clock() >= main.deadline:
                 break
             if pending:
                 self.sleep(self.settings.poll_interval_s)
-        return replies, sorted(pending.values())
 
     def _client_evaluation(self, server_round: int, weights: Weights,
                            eligible: list[int], rng: np.random.Generator) -> dict[str, float]:

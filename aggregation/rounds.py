@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import Strategy
 from aggregation import linear
 from aggregation.answer_book import AnswerBook
 from aggregation.errors import RoundFailed
-from aggregation.exchange import GridExchange, dropped, shared_contents
+from aggregation.exchange import GridExchange, Pending, dropped, shared_contents
 from aggregation.messages import QueryAnswer, to_arrayrecord
 from aggregation.metrics import observe_round
 from aggregation.report import RoundReport
@@ -167,10 +167,14 @@ class RoundRunner(GridExchange):
         rng = np.random.default_rng(s.seed + r)
         self._select(report, roster, rng)
         answers = roster.answers(report.selected)
-        self._query_stale(report, roster)
+        stale = self._query_stale(report, roster)
         t = self.clock()
-        good = self._train(report, answers, weights)
+        good = self._train(report, answers, weights, stale)
         report.timings["train"] = self.clock() - t
+        if stale is not None:
+            t = self.clock()
+            self._finish_query(r, stale)
+            report.timings["query"] += self.clock() - t
 
         t = self.clock()
         validator, verdicts = self._validate(report, weights, good, answers)
@@ -224,24 +228,30 @@ class RoundRunner(GridExchange):
         if len(report.selected) < s.min_reports:
             raise RoundFailed(r, f"{len(report.selected)} selected < min_reports={s.min_reports}")
 
-    def _query_stale(self, report: RoundReport, roster: Roster) -> None:
-        """Query the budget of stale nodes the selection passed over (their answers serve the
-        next rounds; :meth:`AnswerBook.stale <aggregation.answer_book.AnswerBook.stale>`)."""
+    def _query_stale(self, report: RoundReport, roster: Roster) -> Pending | None:
+        """Push a query to the budget of stale nodes the selection passed over (their answers
+        serve the next rounds; :meth:`AnswerBook.stale
+        <aggregation.answer_book.AnswerBook.stale>`); the replies are pulled along with the
+        train replies."""
         s = self.settings
         if s.query_max_age <= 0 or s.query_share <= 0:
-            return
+            return None
         t = self.clock()
+        side = None
         budget = math.ceil(s.query_share * len(report.selected))
         passed = roster.nodes[~np.isin(roster.nodes, np.fromiter(report.selected, np.uint64))]
         ask = self.book.stale(report.server_round, passed.tolist(), budget)
         if ask:
             report.queried = ask
-            self._query(report.server_round, ask)
+            side = self._push_query(report.server_round, ask)
         report.timings["query"] = report.timings.get("query", 0.0) + self.clock() - t
+        return side
 
     def _train(self, report: RoundReport, answers: Mapping[int, QueryAnswer],
-               weights: Mapping[str, np.ndarray]) -> dict[int, Message]:
-        """Send the train messages, collect the replies; the updates (not declined, no error)."""
+               weights: Mapping[str, np.ndarray], side: Pending | None = None
+               ) -> dict[int, Message]:
+        """Send the train messages, collect the replies (and ``side``'s, pushed before); the
+        updates (not declined, no error)."""
         r, s = report.server_round, self.settings
         arrays = to_arrayrecord(weights)
         base: dict[str, ConfigRecordValues] = {
@@ -256,7 +266,7 @@ class RoundRunner(GridExchange):
         declines: dict[int, str] = {}
         replies, stragglers = self._exchange(r, MessageType.TRAIN, contents,
                                              s.train_timeout_s, until=s.target_clients,
-                                             declines=declines)
+                                             declines=declines, side=side)
         errors = {n: m for n, m in replies.items() if m.has_error()}
         report.stragglers = sorted(stragglers + [n for n, m in errors.items() if dropped(m)])
         report.error_replies = {n: str(m.error.reason) for n, m in errors.items()

@@ -11,26 +11,18 @@ One run prints, at each concurrency (default 1, 8, 32, 64), req/s and p50/p99 la
 - **ceiling**: the interpreter alone in this process, running what the server runs (the
   version's serving copy, ``edgefleet.frozen.FrozenRuntime.predict``), batch 1 and 32.
 
-for two models, both authored at bench time in a child process (TensorFlow runs only there): the
-tiny digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10, served with
-micro-batching (``max_batch`` 32; the heavy model with ``max_queue_delay_ms`` 5; ``--batching``
-replaces both). The load generator is ``wrk`` (Debian's package:
-``apt-get install -y wrk``; the bench installs it when missing and it can), one thread,
-keep-alive, 127.0.0.1; its CPU time is
-reported per cell (``gen CPU``, in cores: CPU seconds / wall seconds), so a cell where the
-generator is near one core says the generator, not the server, was the limit. On a machine with 2
-cores the generator's share counts against the server's: ``--workers 2`` competes with wrk for
-them. Each cell also gives the server's CPU time per request (every thread, and every worker
-process: ``/proc``), which a busy machine distorts less than req/s.
+for two models authored at bench time in a child process (TensorFlow runs only there): the tiny
+digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10, with ``max_batch`` 32 (the heavy
+model with ``max_queue_delay_ms`` 5; ``--batching`` replaces both). The generator is ``wrk``
+(Debian's package, installed when missing), one thread, keep-alive, 127.0.0.1; its CPU per cell
+(cores: CPU seconds / wall seconds) says when it, not the server, was the limit (on 2 cores it
+competes with ``--workers 2``). Each cell also gives the server's CPU per request (every thread
+and worker, ``/proc``), and the ceiling each call's CPU: a busy machine distorts them less than
+req/s. The servers are up together and each concurrency's cells run one after the other, so the
+ratios compare cells under the same load. ``--models`` and ``--targets`` measure a part of the
+table (ratios needing a missing cell are left out).
 
-The three servers (floor, ours with 1 worker, ours with 2) are up together, and at each
-concurrency their cells run one right after the other, so the ratios compare cells measured under
-the same load on the machine. ``--models`` and ``--targets`` measure a part of the table (the
-ratios that need a missing cell are left out). The ceiling also gives each call's CPU time (the
-calling thread's), which a busy machine distorts less than its wall time.
-
-Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default;
-``--duration 2`` for a quick look).
+Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default).
 """
 
 from __future__ import annotations
@@ -54,11 +46,9 @@ import numpy as np
 from _common import ROOT, build_digits_plan, cpu_seconds, free_port, process
 from fastapi import FastAPI, Request, Response
 
-ADMIN_KEY = "bench-admin-key"
-APP_KEY = "bench-app-key"
+ADMIN_KEY, APP_KEY = "bench-admin-key", "bench-app-key"
 ADMIN = {"X-Admin-Key": ADMIN_KEY}
-HEAVY_HIDDEN = (3072, 3072)
-HEAVY_FEATURES = 784
+HEAVY_FEATURES = 784  # the heavy MLP: 784 -> 3072 -> 3072 -> 10 (_HEAVY)
 
 _HEAVY = (
     "import sys\n"
@@ -256,22 +246,8 @@ Cells = dict[str, dict[int, Cell]]
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {APP_KEY}"}
 
 
-@dataclass
-class Target:
-    """One server under test: its process id and base URL."""
-
-    pid: int
-    base: str
-
-    def cell(self, binary: str, model: str, body: bytes, c: int, args: argparse.Namespace,
-             tmp: Path) -> Cell:
-        return wrk(binary, f"{self.base}/v2/models/{model}/infer", body, HEADERS, c,
-                   args.duration, tmp, self.pid)
-
-
 def warm(base: str, model: str, body: bytes, *, parallel: int = 1) -> str:
-    """``parallel`` concurrent requests, on connections of their own (so that each worker
-    loads the version); the recorded response text."""
+    """``parallel`` requests at once (each worker loads the version); the response text."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(_: int) -> str:
@@ -284,9 +260,7 @@ def warm(base: str, model: str, body: bytes, *, parallel: int = 1) -> str:
         return next(iter(pool.map(one, range(parallel))))
 
 
-MODELS = ("tiny", "heavy")
-TARGETS = ("floor", "w1", "w2")
-#: The report's label of each target.
+MODELS, TARGETS = ("tiny", "heavy"), ("floor", "w1", "w2")
 LABELS = {"floor": "floor (bare FastAPI)", "w1": "ours --workers 1", "w2": "ours --workers 2"}
 
 
@@ -309,23 +283,24 @@ def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str], binary: st
         floor_cmd = [sys.executable, __file__, "--serve-bare", str(pf), "--payloads",
                      str(payloads)]
         with contextlib.ExitStack() as stack:
-            targets = {"w1": Target(s1.pid, b1)}
+            targets = {"w1": (s1.pid, b1)}  # each server's process id and base URL
             if "floor" in args.targets:
                 sf = stack.enter_context(process(floor_cmd, dict(os.environ), f"{bf}/ready",
                                                  tmp / "bare.log"))
-                targets["floor"] = Target(sf.pid, bf)
+                targets["floor"] = (sf.pid, bf)
             if "w2" in args.targets:
                 s2 = stack.enter_context(process(server_cmd(p2, 2), env,
                                                  f"{b2}/api/v1/health/ready",
                                                  tmp / "server-w2.log"))
                 for model, body in models:  # each worker loads a version on first use
                     warm(b2, model, body, parallel=8)
-                targets["w2"] = Target(s2.pid, b2)
+                targets["w2"] = (s2.pid, b2)
             for model, body in models:
                 for c in args.concurrency:
                     for name in args.targets:
-                        cells[name][model][c] = targets[name].cell(binary, model, body, c,
-                                                                   args, tmp)
+                        pid, base = targets[name]
+                        cells[name][model][c] = wrk(binary, f"{base}/v2/models/{model}/infer",
+                                                    body, HEADERS, c, args.duration, tmp, pid)
     return cells
 
 
@@ -360,8 +335,7 @@ def main() -> None:
             build_digits_plan(args.tiny_dir)
         if not (args.heavy_dir / "plan.tflite").is_file():
             build_heavy_plan(args.heavy_dir)
-        db_url = f"sqlite:///{tmp / 'registry.db'}"
-        env = server_env(tmp, db_url)
+        env = server_env(tmp, f"sqlite:///{tmp / 'registry.db'}")
         if args.batching is not None:
             env["EDGEFLEET_SERVER_BATCHING"] = args.batching
         args.targets = [t for t in TARGETS if t in args.targets]
@@ -406,7 +380,7 @@ def ratios(cells: dict[str, Cells], ceilings: dict[tuple[str, int], Cell], c: in
     def cell(target: str, model: str) -> Cell | None:
         return cells.get(target, {}).get(model, {}).get(c)
 
-    lines = []
+    lines: list[str] = []
     t_ours, t_floor, t_two = cell("w1", "tiny"), cell("floor", "tiny"), cell("w2", "tiny")
     if t_ours is not None and t_floor is not None:
         lines.append(

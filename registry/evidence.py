@@ -9,7 +9,9 @@ which the monitoring query computes quantiles in the database.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +19,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col, select
 
 from registry import rollups
@@ -31,6 +32,7 @@ __all__ = [
     "apply_feedback",
     "bucket_upper_ms",
     "insert_records",
+    "insert_rows",
     "latency_bucket",
     "list_records",
     "prune",
@@ -61,50 +63,65 @@ def bucket_upper_ms(bucket: int) -> float:
 
 
 def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``rows`` (column → value), skipping any ``(request_id, row_index)`` already stored
-    (or repeated within ``rows``: the first is kept), and count the rows stored into the rollups
+    """Insert ``rows`` (column → value; a column a row leaves out is stored NULL): what
+    :func:`insert_rows` does, for rows given as dicts."""
+    if not rows:
+        return
+    columns = _columns(list(rows))
+    insert_rows(conn, columns, [tuple([r.get(k) for k in columns]) for r in rows])
+
+
+def insert_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+                ) -> None:
+    """Insert ``rows`` (tuples of the values of ``columns``, which name ``request_id`` and
+    ``row_index``), skipping any ``(request_id, row_index)`` already stored (or repeated within
+    ``rows``: the first is kept), and count the rows stored into the rollups
     (:mod:`registry.rollups`) in the same transaction.
 
     Which rows are new is read before the insert (one indexed ``SELECT`` per 500 request ids,
     which finds nothing in the common case), so the insert returns nothing: on SQLite one
-    multi-row statement per batch (one step), on PostgreSQL one pipelined ``executemany``.
-    ``ON CONFLICT DO NOTHING`` still guards the unique key: a row
+    multi-row statement per batch (one step), on PostgreSQL one pipelined ``executemany`` of
+    plain tuples. ``ON CONFLICT DO NOTHING`` still guards the unique key: a row
     a concurrent transaction stores between the read and the insert is stored once (and then
     counted by both; the writer of :mod:`server.evidence.writer` retries its own batches
     sequentially, so this needs two writers logging one client-chosen request id at once).
     """
-    fresh = _new_rows(conn, rows)
+    columns = tuple(columns)
+    fresh = _new_rows(conn, columns, rows)
     if not fresh:
         return
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
+    dialect = conn.dialect
+    params = _bound(dialect, columns, fresh)
+    if dialect.name == "postgresql":
         # psycopg's executemany pipelines the rows (no round trip each, nothing returned)
-        stmt = postgresql.insert(TABLE).on_conflict_do_nothing(
-            index_elements=["request_id", "row_index"])
-        columns = _columns(fresh)
-        same = all(len(r) == len(columns) for r in fresh)
-        conn.execute(stmt, fresh if same else [{k: r.get(k) for k in columns} for r in fresh])
-    elif dialect == "sqlite":
-        _insert_sqlite(conn, fresh)
+        conn.exec_driver_sql(_insert_sql(dialect, columns, 1), params)
+    elif dialect.name == "sqlite":
+        # multi-row statements: one SQLite step each (``executemany`` steps, and so releases
+        # and retakes the GIL, once per row)
+        per = max(1, _MAX_PARAMS // len(columns))
+        for start in range(0, len(params), per):
+            chunk = params[start : start + per]
+            conn.exec_driver_sql(_insert_sql(dialect, columns, len(chunk)),
+                                 tuple(itertools.chain.from_iterable(chunk)))
     else:  # pragma: no cover - the registry runs on SQLite and PostgreSQL only
-        raise NotImplementedError(f"no idempotent insert for {dialect}")
-    rollups.add_records(conn, fresh)
+        raise NotImplementedError(f"no idempotent insert for {dialect.name}")
+    rollups.add_rows(conn, columns, fresh)
 
 
-def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """``rows`` as multi-row ``INSERT``s of up to ``_MAX_PARAMS`` values: one SQLite step per
-    statement (``executemany`` steps, and so releases and retakes the GIL, once per row)."""
-    columns = _columns(rows)
-    binds = _bind_processors(conn.dialect, columns)
-    per = max(1, _MAX_PARAMS // len(columns))
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        params = [
-            v if proc is None else proc(v)
-            for r in chunk
-            for v, proc in zip([r.get(k) for k in columns], binds, strict=True)
-        ]
-        conn.exec_driver_sql(_insert_sql(conn.dialect, columns, len(chunk)), tuple(params))
+def _bound(dialect: sa.Dialect, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+           ) -> list[tuple[Any, ...]]:
+    """``rows`` with each value converted as SQLAlchemy binds a parameter of its column (only
+    the columns that have a conversion are touched, a column at a time)."""
+    converted = [(i, proc) for i, proc in enumerate(_bind_processors(dialect, columns))
+                 if proc is not None]
+    if not converted:
+        return list(rows)
+    values = [list(r) for r in rows]
+    for i, proc in converted:
+        for v in values:
+            if v[i] is not None:
+                v[i] = proc(v[i])
+    return [tuple(v) for v in values]
 
 
 def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -115,6 +132,7 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
     return columns
 
 
+@functools.lru_cache(maxsize=64)
 def _bind_processors(dialect: sa.Dialect, columns: tuple[str, ...]) -> list[Any]:
     """The driver-value conversion of each of ``columns`` (``None`` where there is none), as
     SQLAlchemy applies it to a bound parameter of that column."""
@@ -124,9 +142,10 @@ def _bind_processors(dialect: sa.Dialect, columns: tuple[str, ...]) -> list[Any]
 @functools.lru_cache(maxsize=64)
 def _insert_sql(dialect: sa.Dialect, columns: tuple[str, ...], n: int) -> str:
     """``INSERT … VALUES (…), … ON CONFLICT (request_id, row_index) DO NOTHING`` for ``n`` rows
-    of ``columns``, with SQLite's ``?`` placeholders (one statement, one step)."""
+    of ``columns``, with the driver's positional placeholders (``?`` or ``%s``)."""
     quote = dialect.identifier_preparer.quote
-    one = "(" + ", ".join(["?"] * len(columns)) + ")"
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    one = "(" + ", ".join([mark] * len(columns)) + ")"
     return (
         f"INSERT INTO {quote(TABLE.name)} ({', '.join(quote(k) for k in columns)}) VALUES "
         + ", ".join([one] * n)
@@ -134,25 +153,35 @@ def _insert_sql(dialect: sa.Dialect, columns: tuple[str, ...], n: int) -> str:
     )
 
 
-def _new_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+@functools.lru_cache(maxsize=64)
+def _stored_sql(dialect: sa.Dialect, n: int) -> str:
+    """``SELECT request_id, row_index … WHERE request_id IN (…)`` for ``n`` ids (driver SQL: no
+    per-value coercion of a SQLAlchemy ``IN``)."""
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    return (f"SELECT {quote('request_id')}, {quote('row_index')} FROM {quote(TABLE.name)} "
+            f"WHERE {quote('request_id')} IN ({', '.join([mark] * n)})")
+
+
+def _new_rows(conn: Connection, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+              ) -> list[tuple[Any, ...]]:
     """The rows of ``rows`` whose key is neither stored nor repeated earlier in ``rows``."""
     if not rows:
         return []
-    c = TABLE.c
-    ids = sorted({r["request_id"] for r in rows})
+    key = operator.itemgetter(columns.index("request_id"), columns.index("row_index"))
+    keys = [key(r) for r in rows]
+    ids = sorted({k[0] for k in keys})
     seen: set[tuple[str, int]] = set()
     for start in range(0, len(ids), _READ_CHUNK):
-        seen.update(
-            (r[0], r[1]) for r in conn.execute(
-                sa.select(c.request_id, c.row_index).where(
-                    c.request_id.in_(ids[start : start + _READ_CHUNK]))
-            )
-        )
+        chunk = ids[start : start + _READ_CHUNK]
+        seen.update((r[0], r[1]) for r in conn.exec_driver_sql(
+            _stored_sql(conn.dialect, len(chunk)), tuple(chunk)))
+    if not seen and len(set(keys)) == len(keys):
+        return list(rows)  # the common case: nothing stored, nothing repeated
     fresh = []
-    for r in rows:
-        key = (r["request_id"], r["row_index"])
-        if key not in seen:
-            seen.add(key)
+    for k, r in zip(keys, rows, strict=True):
+        if k not in seen:
+            seen.add(k)
             fresh.append(r)
     return fresh
 

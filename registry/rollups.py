@@ -9,8 +9,8 @@ Per model, version and variant, they hold
   label, and how many of them carry a true label and how many of those are right — the
   prediction distribution and accuracy per window.
 
-They change only by increments computed from rows actually stored: :func:`add_records` is called
-by :func:`registry.evidence.insert_records` with the rows its idempotent insert returned (a
+They change only by increments computed from rows actually stored: :func:`add_rows` is called
+by :func:`registry.evidence.insert_rows` with the rows its idempotent insert stores (a
 batch written twice adds once), :func:`add_feedback` by :func:`registry.evidence.apply_feedback`
 with the labels it changed, both inside the caller's transaction; the upsert
 (``ON CONFLICT … DO UPDATE SET n = n + excluded.n``) is safe under concurrent writers.
@@ -23,6 +23,7 @@ for records logged before).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "PREDICTION_ROLLUP",
     "add_feedback",
     "add_records",
+    "add_rows",
     "bucket_ceil",
     "bucket_floor",
     "prune",
@@ -106,29 +108,50 @@ def _write(conn: Connection, inf: dict[InfKey, list[int]],
 
 
 def add_records(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
-    """Count newly stored records (column → value dicts) into their buckets: the batch is
-    summed in dicts first, then each table gets one upsert of its touched buckets."""
+    """Count newly stored records (column → value dicts) into their buckets: what
+    :func:`add_rows` does, for rows given as dicts."""
+    columns = (*_ROW_COLUMNS, "true_label")
+    add_rows(conn, columns, [tuple([r.get(k) for k in columns]) for r in rows])
+
+
+#: The columns :func:`add_rows` reads (``true_label`` too when it is given).
+_ROW_COLUMNS = ("model", "version", "variant", "row_index", "created_at", "status",
+                "latency_bucket", "label")
+
+
+def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """Count newly stored records (tuples of the values of ``columns``) into their buckets:
+    the batch is counted per distinct bucket key first (one :class:`~collections.Counter`
+    per table), then each table gets one upsert of its touched buckets."""
+    ix = {k: i for i, k in enumerate(columns)}
+    m, v, var, ri, ca, st, lb, lab = (ix[k] for k in _ROW_COLUMNS)
+    tl = ix.get("true_label")
+    seconds = [_epoch_seconds(r[ca]) for r in rows]
+    # per request (row 0): (model, hour, version, variant, latency bucket, failed)
+    requests = Counter(
+        (r[m], int(s // LATENCY_ROLLUP_S), r[v], r[var] or "", r[lb], r[st] >= 400)
+        for r, s in zip(rows, seconds, strict=True) if r[ri] == 0
+    )
+    # per answered instance: (model, minute, version, variant, label, 0 / 1 wrong / 2 right)
+    answered = Counter(
+        (r[m], int(s // ROLLUP_BUCKET_S), r[v], r[var] or "", r[lab],
+         0 if tl is None or r[tl] is None else 1 + (r[tl] == r[lab]))
+        for r, s in zip(rows, seconds, strict=True) if r[st] < 400 and r[lab] is not None
+    )
+    starts: dict[tuple[int, int], datetime] = {}
     inf: dict[InfKey, list[int]] = {}
+    for (model, n, version, variant, bucket, failed), count in requests.items():
+        t = inf.setdefault((model, _start(starts, n, LATENCY_ROLLUP_S), version, variant,
+                            bucket), [0, 0])
+        t[0] += count
+        t[1] += count if failed else 0
     pred: dict[PredKey, list[int]] = {}
-    starts: dict[int, datetime] = {}  # epoch second → bucket start, shared by the batch
-    for r in rows:
-        seconds = _epoch_seconds(r["created_at"])
-        variant = r.get("variant") or ""
-        if r["row_index"] == 0:
-            hour = _start(starts, seconds, LATENCY_ROLLUP_S)
-            t = inf.setdefault((r["model"], hour, r["version"], variant, r["latency_bucket"]),
-                               [0, 0])
-            t[0] += 1
-            t[1] += int(r["status"] >= 400)
-        if r["status"] < 400 and r.get("label") is not None:
-            bucket = _start(starts, seconds, ROLLUP_BUCKET_S)
-            p = pred.setdefault((r["model"], bucket, r["version"], variant, r["label"]),
-                                [0, 0, 0])
-            p[0] += 1
-            true = r.get("true_label")
-            if true is not None:
-                p[1] += 1
-                p[2] += int(true == r["label"])
+    for (model, n, version, variant, label, truth), count in answered.items():
+        p = pred.setdefault((model, _start(starts, n, ROLLUP_BUCKET_S), version, variant,
+                             label), [0, 0, 0])
+        p[0] += count
+        p[1] += count if truth else 0
+        p[2] += count if truth == 2 else 0
     _write(conn, inf, pred)
 
 
@@ -137,12 +160,11 @@ def _epoch_seconds(at: datetime) -> float:
     return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
 
 
-def _start(cache: dict[int, datetime], seconds: float, width: int) -> datetime:
-    """What :func:`bucket_floor` gives for ``seconds`` since the epoch, memoised in ``cache``."""
-    key = int(seconds // width) * width
-    start = cache.get(key)
+def _start(cache: dict[tuple[int, int], datetime], n: int, width: int) -> datetime:
+    """The start of the ``n``-th ``width``-second bucket since the epoch, memoised in ``cache``."""
+    start = cache.get((n, width))
     if start is None:
-        start = cache[key] = _EPOCH + timedelta(seconds=key)
+        start = cache[(n, width)] = _EPOCH + timedelta(seconds=n * width)
     return start
 
 

@@ -97,18 +97,28 @@ def _no_app_thread_outlives_its_test() -> Iterator[None]:
     assert not left, f"background threads of an app outlived the test: {left}"
 
 
-#: The test files that take longest (measured with ``--durations``, slowest first). Under
-#: ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` (``scripts/test.sh``) they are handed
-#: out first, so the two workers finish together instead of one running a long file alone at
-#: the end; files not listed keep pytest's order. A missing name is ignored.
+#: The test files that take longest (measured with ``--durations``, slowest first: per file, the
+#: sum of its tests' setup, call and teardown). Under ``pytest -n 2 --dist loadfile
+#: --no-loadscope-reorder`` (``scripts/test.sh``) they are handed out first, so the two workers
+#: finish together instead of one running a long file alone at the end; files not listed keep
+#: pytest's order. A missing name is ignored.
 LONGEST_FIRST = (
-    "tests/simulation/test_fleet.py",
     "tests/aggregation/test_deployment.py",
-    "tests/test_topology.py",
-    "tests/server/test_rollouts_e2e.py",
-    "tests/simulation/test_engine_ray.py",
-    "tests/server/drift/test_power.py",
     "tests/server/test_fuzz.py",
+    "tests/edge_client/test_tampering.py",
+    "tests/server/test_rollouts_e2e.py",
+    "tests/simulation/test_fleet.py",
+    "tests/test_topology.py",
+    "tests/simulation/test_engine_ray.py",
+    "tests/edgefleet/test_frozen.py",
+    "tests/server/drift/test_power.py",
+    "tests/registry/test_signing_race.py",
+    "tests/server/drift/test_rates.py",
+    "tests/server/test_worker.py",
+    "tests/simulation/test_tff_backend.py",
+    "tests/server/test_metrics.py",
+    "tests/edge_client/test_device_events.py",
+    "tests/test_tls.py",
 )
 
 

@@ -41,6 +41,7 @@ from flwr.app import Message, MetricRecord
 
 from aggregation.errors import SettingsError
 from aggregation.selection.drift import DEFAULT_THRESHOLD
+from aggregation.selection.reading_table import NEVER, ReadingTable
 from edgefleet import flower_keys as fk
 from edgefleet.drift import ReferenceProfile
 from edgefleet.drift.baseline import AnySummary, BaselineConfig, Baselines, Reading
@@ -97,12 +98,14 @@ class DriftTracker:
         self.drifted_since: dict[int, int] = {}  # node -> round its change crossed threshold
         self.round = 0
         self._last: dict[int, AnySummary] = {}  # node -> the summary object it sent last
+        self.table = ReadingTable()  # the readings and losses as arrays, for round_scores
 
     def trained(self, server_round: int, losses: Mapping[int, float]) -> None:
         """Record the first-epoch loss of every node that trained in ``server_round``."""
         for node, loss in losses.items():
             if np.isfinite(loss):
                 self.losses[node] = (server_round, float(loss))
+                self.table.set_loss(node, server_round, float(loss))
 
     def observe(self, node: int, summary: AnySummary | None) -> None:
         """Take ``node``'s latest summary (``None``, or one of other bins: ignored).
@@ -117,6 +120,8 @@ class DriftTracker:
             self.baselines.observe(str(node), summary)
         except SummaryError:
             return
+        finally:
+            self.table.set_reading(node, self.baselines.readings.get(str(node)))
 
     def observe_many(self, items: Iterable[tuple[int, AnySummary | None]]) -> None:
         """:meth:`observe` for many nodes (one summary each), the arithmetic stacked
@@ -128,6 +133,8 @@ class DriftTracker:
             self._last[node] = summary
             todo.append((str(node), summary))
         observe_many(self.baselines, todo)
+        readings = self.baselines.readings
+        self.table.set_readings((int(d), readings.get(d)) for d, _ in todo)
 
     def reading(self, node: int) -> Reading | None:
         return self.baselines.reading(str(node))
@@ -197,49 +204,45 @@ class DriftTracker:
                      summaries: Sequence[AnySummary | None]) -> np.ndarray:
         """Take the nodes' summaries (``nodes`` sorted), start the round (:meth:`start_round`)
         and return each node's :meth:`score` (``nan``: no reading), computed for the whole
-        fleet at once; the fleet median comes after every summary is in, so no score depends
-        on the order the replies arrived in."""
+        fleet at once from :attr:`table`; the fleet median comes after every summary is in,
+        so no score depends on the order the replies arrived in."""
         self.observe_many(zip(nodes, summaries, strict=True))
-        readings = list(self.baselines.readings.values())
-        ids = [int(d) for d in self.baselines.readings]
-        count = len(readings)
-        diff = np.fromiter((r.difference for r in readings), np.float64, count)
-        has = np.fromiter((r.change is not None for r in readings), bool, count)
-        change = np.fromiter((0.0 if r.change is None else r.change for r in readings),
-                             np.float64, count)
-        median = float(np.median(diff)) if count else 0.0
-        spread = float(1.4826 * np.median(np.abs(diff - median))) if count else 0.0
+        t, size, cfg = self.table, len(self.table), self.config
+        slots = np.flatnonzero(t.present[:size])
+        diff = t.difference[slots]
+        median = float(np.median(diff)) if slots.size else 0.0
+        spread = float(1.4826 * np.median(np.abs(diff - median))) if slots.size else 0.0
         excess = diff - median
-        effect = np.where(has, change,
-                          np.where(excess > self.config.outlier_z * spread, excess, 0.0))
-        ratio = effect / self.config.full_effect
+        effect = np.where(t.has_change[slots], t.change[slots],
+                          np.where(excess > cfg.outlier_z * spread, excess, 0.0))
+        ratio = effect / cfg.full_effect
         raw = np.where(ratio < 1.0, ratio, 1.0)  # min(1, ratio), as raw_score
-        drifted = raw >= self.config.threshold
-        loss = self._start(server_round, ids, drifted)
-        if loss is not None:
-            for i in np.flatnonzero(drifted).tolist():
-                since = self.drifted_since.get(ids[i])
-                fit = self.losses.get(ids[i])
-                if since is not None and fit is not None and fit[0] >= since and fit[1] <= loss:
-                    raw[i] = 0.0
-        pos = dict(zip(ids, range(count), strict=True))
-        at = np.fromiter((pos.get(n, -1) for n in nodes), np.int64, len(nodes))
-        return np.where(at >= 0, raw[at] if count else np.nan, np.nan)
+        drifted = raw >= cfg.threshold
+        loss = self._start(server_round, slots, drifted)
+        if loss is not None and drifted.any():
+            d = slots[drifted]
+            since = np.fromiter((self.drifted_since[n] for n in t.ids[d].tolist()), np.int64,
+                                d.size)
+            fit = (t.loss_round[d] != NEVER) & (t.loss_round[d] >= since) & (t.loss[d] <= loss)
+            raw[np.flatnonzero(drifted)[fit]] = 0.0
+        scores = np.full(size + 1, np.nan)  # the last one: nodes never seen
+        scores[slots] = raw
+        return scores[t.slots_of(nodes)]
 
-    def _start(self, server_round: int, ids: list[int], drifted: np.ndarray) -> float | None:
-        """:meth:`start_round` on the drifted mask of the nodes ``ids`` with a reading."""
+    def _start(self, server_round: int, slots: np.ndarray, drifted: np.ndarray) -> float | None:
+        """:meth:`start_round` on the drifted mask of the nodes with a reading (``slots``)."""
         self.round = server_round
-        since = self.drifted_since
-        clean = []
-        for n, d in zip(ids, drifted.tolist(), strict=True):
-            if d:
-                since.setdefault(n, server_round)
-                continue
-            since.pop(n, None)
-            fit = self.losses.get(n)
-            if fit is not None and server_round - fit[0] <= self.config.loss_rounds:
-                clean.append(fit[1])
-        return float(np.median(clean)) if clean else None
+        t = self.table
+        old = self.drifted_since
+        present = t.present
+        new = {n: r for n, r in old.items() if not (n in t.slot and present[t.slot[n]])}
+        for n in t.ids[slots[drifted]].tolist():
+            new[n] = old.get(n, server_round)
+        self.drifted_since = new
+        clean = slots[~drifted]
+        lr = t.loss_round[clean]
+        losses = t.loss[clean][server_round - lr <= self.config.loss_rounds]
+        return float(np.median(losses)) if losses.size else None
 
 
 def first_epoch_losses(replies: Mapping[int, Message], nodes: Iterable[int]) -> dict[int, float]:

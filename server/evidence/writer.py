@@ -5,7 +5,7 @@ one ``deque.append``: no thread is woken, so the writer does not take the GIL fr
 that woke it); one daemon thread looks at the deque every ``POLL_S``, turns
 each answer into its records (hashes, sampled inputs) and inserts them in batches of up to
 ``batch_size`` answers, at least every ``flush_interval_s`` while there is traffic. Inserts
-skip ``(request_id, row_index)`` pairs already stored (:func:`registry.evidence.insert_records`),
+skip ``(request_id, row_index)`` pairs already stored (:func:`registry.evidence.insert_rows`),
 so a retried batch is stored once.
 
 Loss bound: when the queue is full (the database cannot keep up), new answers are *dropped and
@@ -29,6 +29,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,11 +39,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from registry import rollups
-from registry.evidence import insert_records, latency_bucket, prune
+from registry.evidence import insert_rows, latency_bucket, prune
 from registry.models.columns import utcnow
 from server.settings import ServerSettings
 
-__all__ = ["Answer", "InferenceLog", "LogStats", "inference_log_for"]
+__all__ = ["COLUMNS", "Answer", "InferenceLog", "LogStats", "inference_log_for", "records", "rows"]
 
 log = logging.getLogger("edgefleet.server.evidence")
 
@@ -86,43 +87,86 @@ class LogStats:
     batches: int = 0
 
 
+#: The columns of the rows :func:`rows` builds, in their order.
+COLUMNS = ("request_id", "row_index", "created_at", "model", "version", "alias", "variant",
+           "caller", "status", "latency_ms", "latency_bucket", "label", "confidence",
+           "input_sha256", "inputs")
+
+
+def rows(batch: Sequence[Answer]) -> list[tuple[Any, ...]]:
+    """The records of ``batch`` as tuples of :data:`COLUMNS`: one per input row of an answer,
+    or one without outputs for a refusal.
+
+    The per-answer columns are one tuple per answer; the confidences of a batch are one
+    ``max`` per output width over the answers' probabilities stacked, and the input hashes
+    come from one ``tobytes`` per input width.
+    """
+    answered = [a for a in batch if _answered(a)]
+    confidence, digests = _outputs(answered)
+    out: list[tuple[Any, ...]] = []
+    k = 0  # index of the next answered row in confidence / digests
+    for a in batch:
+        head = (a.created_at, a.model, a.version, a.alias, a.variant[:64] if a.variant else None,
+                a.caller, a.status, a.latency_ms, latency_bucket(a.latency_ms))
+        labels = a.labels
+        if labels is None or not _answered(a):
+            out.append((a.request_id, 0, *head, None, None, None, None))
+            continue
+        x = _inputs(a) if a.sampled else None
+        for i, label in enumerate(labels):
+            out.append((a.request_id, i, *head, label, confidence[k], digests[k],
+                        None if x is None else x[i].tolist()))
+            k += 1
+    return out
+
+
 def records(answer: Answer) -> list[dict[str, Any]]:
-    """The rows of ``answer``: one per input row, or one without outputs for a refusal."""
-    base = {
-        "request_id": answer.request_id,
-        "created_at": answer.created_at,
-        "model": answer.model,
-        "version": answer.version,
-        "alias": answer.alias,
-        "variant": answer.variant[:64] if answer.variant else None,
-        "caller": answer.caller,
-        "status": answer.status,
-        "latency_ms": answer.latency_ms,
-        "latency_bucket": latency_bucket(answer.latency_ms),
-        "label": None,
-        "confidence": None,
-        "input_sha256": None,
-        "inputs": None,
-    }
-    refused = answer.status >= 400 or answer.labels is None
-    if refused or answer.x is None or answer.probs is None or answer.labels is None:
-        return [{**base, "row_index": 0}]
-    labels = answer.labels
-    x = np.ascontiguousarray(answer.x, dtype=np.float32).reshape(len(labels), -1)
-    confidence = np.asarray(answer.probs).max(axis=1).tolist()
-    raw, width = x.tobytes(), x.shape[1] * x.itemsize  # row i's bytes: raw[i*width:(i+1)*width]
-    sampled = answer.sampled
-    return [
-        {
-            **base,
-            "row_index": i,
-            "label": labels[i],
-            "confidence": float(confidence[i]),
-            "input_sha256": hashlib.sha256(raw[i * width : (i + 1) * width]).hexdigest(),
-            "inputs": x[i].tolist() if sampled else None,
-        }
-        for i in range(len(labels))
-    ]
+    """The rows of ``answer`` as column → value dicts (what :func:`rows` gives, by name)."""
+    return [dict(zip(COLUMNS, r, strict=True)) for r in rows([answer])]
+
+
+def _answered(a: Answer) -> bool:
+    return a.status < 400 and a.labels is not None and a.x is not None and a.probs is not None
+
+
+def _inputs(a: Answer) -> np.ndarray:
+    """``a.x`` as float32 rows, one per label."""
+    return _rows_of(a.x, len(a.labels or ())).astype(np.float32, copy=False)
+
+
+def _rows_of(values: Any, n: int) -> np.ndarray:
+    """``values`` as a 2-D array of ``n`` rows (as it comes, when it already is one)."""
+    arr = np.asarray(values)
+    return arr if arr.ndim == 2 and arr.shape[0] == n else arr.reshape(n, -1)
+
+
+def _outputs(answered: list[Answer]) -> tuple[list[float], list[str]]:
+    """Per answered row of ``answered`` (in order): its confidence and its input's SHA-256."""
+    n = sum(len(a.labels or ()) for a in answered)
+    confidence: list[float] = [0.0] * n
+    digests: list[str] = [""] * n
+    offsets, at = [], 0
+    for a in answered:
+        offsets.append(at)
+        at += len(a.labels or ())
+    by_width: dict[tuple[int, int], list[int]] = {}
+    xs = [_rows_of(a.x, len(a.labels or ())) for a in answered]
+    ps = [_rows_of(a.probs, len(a.labels or ())) for a in answered]
+    for j, (x, p) in enumerate(zip(xs, ps, strict=True)):
+        by_width.setdefault((x.shape[1], p.shape[1]), []).append(j)
+    sha256 = hashlib.sha256
+    for members in by_width.values():
+        conf = np.concatenate([ps[j] for j in members]).max(axis=1).tolist()
+        raw = np.concatenate([xs[j] for j in members], dtype=np.float32).tobytes()
+        width = xs[members[0]].shape[1] * 4  # float32: row r's bytes are raw[r*width:(r+1)*width]
+        r = 0
+        for j in members:
+            at = offsets[j]
+            for i in range(xs[j].shape[0]):
+                confidence[at + i] = conf[r]
+                digests[at + i] = sha256(raw[r * width : (r + 1) * width]).hexdigest()
+                r += 1
+    return confidence, digests
 
 
 @dataclass
@@ -231,11 +275,11 @@ class InferenceLog:
         return [queued.popleft() for _ in range(min(len(queued), self.batch_size))]
 
     def _write(self, batch: list[Answer]) -> None:
-        rows = [row for answer in batch for row in records(answer)]
+        built = rows(batch)
         for attempt in range(_ATTEMPTS):
             try:
                 with self.engine.begin() as conn:
-                    insert_records(conn, rows)
+                    insert_rows(conn, COLUMNS, built)
             except SQLAlchemyError as exc:
                 log.warning("inference log: batch of %d not written (%s)", len(batch), exc)
                 if attempt + 1 < _ATTEMPTS:

@@ -165,3 +165,34 @@ def test_policy_and_tracker_settings_are_checked() -> None:
         DriftPrioritisedSelection(threshold=0.0)
     with pytest.raises(SettingsError):
         TrackerConfig(full_effect=0.0)
+
+
+def _one_by_one(tracker: DriftTracker, server_round: int, nodes: list[int],
+                summaries: list[DriftSummary | None]) -> list[float | None]:
+    """The per-node scoring that ``round_scores`` does for the whole fleet at once."""
+    tracker.observe_many(zip(nodes, summaries, strict=True))
+    fleet = tracker.fleet_difference()
+    raw = tracker.raw_scores(fleet)
+    loss = tracker.start_round(server_round, fleet, raw)
+    return [tracker.score(n, fleet, loss, raw.get(n)) for n in nodes]
+
+
+def test_fleet_scores_at_once_equal_the_node_by_node_scores(digits) -> None:
+    x, _, ref = digits
+    one, fleet = DriftTracker(ref), DriftTracker(ref)
+    nodes = list(range(1, 31))
+    for r in range(1, 7):
+        # nodes 1-8 drift from round 3, a third of the nodes send nothing new each round,
+        # node 30 never sends a summary; the first-epoch losses gate some drifted nodes
+        summaries = [None if (n == 30 or (n + r) % 3 == 0) else
+                     window(ref, x, 60, 100 * r + n, shift=4.0 if n <= 8 and r >= 3 else 0.0)
+                     for n in nodes]
+        want = _one_by_one(one, r, nodes, summaries)
+        got = fleet.round_scores(r, nodes, summaries)
+        assert [None if np.isnan(g) else float(g) for g in got] == want
+        assert fleet.drifted_since == one.drifted_since
+        losses = {n: (2.0 if n <= 4 else 0.5) + 0.01 * n for n in nodes[::2]}
+        one.trained(r, losses)
+        fleet.trained(r, losses)
+    assert any(s is not None and s >= DEFAULT_THRESHOLD for s in want)  # some did drift
+    assert 0.0 in want[:8]  # and some drifted node's loss gated its score
