@@ -11,12 +11,17 @@ Modules::
     validation      UpdateValidator, ValidationBounds, Verdict, RefusalReason
     report          RoundReport: who was asked, who answered, what was refused and why
     selection/      Candidate, uniform / drift-prioritised selection, the fairness bound,
-                    per-node drift as change against the node's own baseline (tracking)
+                    per-node drift as change against the node's own baseline (tracking,
+                    its readings in arrays by node slot: reading_table)
     steering        drift -> local epochs and aggregation weight ("agg-weight")
     strategies      Flower strategies by name; their aggregate_train on validated replies
     robust_bulyan   Flower's Bulyan rule with each reply decoded once (the same aggregate)
     messages        query/train/evaluate message shapes (as edge_client.flower_client speaks)
     rounds          RoundRunner: the round loop on any Flower Grid
+    round_types     RoundSettings, RoundOutcome, RunResult, GridLike (re-exported by rounds)
+    exchange        the round loop's messaging: push, pull until enough replies, query
+    answer_book     each node's last answer between rounds, in arrays by node slot
+    roster          the connected nodes as one round sees them (arrays, not objects)
     evaluation      server holdout evaluation (PlanRuntime) and the canary gate
     publishing      Publisher: new versions with lineage, canary gate
     registry_client RegistryClient: the server's REST API (httpx)

@@ -89,11 +89,11 @@ def _no_app_thread_outlives_its_test() -> Iterator[None]:
     Apps of module or session fixtures start before this fixture and are not counted."""
     before = set(threading.enumerate())
     yield
-    left = [t for t in threading.enumerate()
-            if t not in before and t.name in APP_THREADS and t.is_alive()]
-    for t in left:
+    started = [t for t in threading.enumerate()
+               if t not in before and t.name in APP_THREADS and t.is_alive()]
+    for t in started:
         t.join(timeout=5)
-    left = [t.name for t in left if t.is_alive()]
+    left = [t.name for t in started if t.is_alive()]
     assert not left, f"background threads of an app outlived the test: {left}"
 
 

@@ -52,3 +52,14 @@ def test_sweep_expands_every_combination() -> None:
 def test_examples_parse(path: Path) -> None:
     exp = load_experiment(path)
     assert expand_sweep(exp)
+
+
+def test_selection_query_keys_reach_the_round_settings() -> None:
+    from simulation.server import round_settings
+
+    exp = parse_experiment({"selection": {"query_max_age": 4, "query_share": 0.25}})
+    settings = round_settings(exp, "m")
+    assert (settings.query_max_age, settings.query_share) == (4, 0.25)
+    assert round_settings(parse_experiment({}), "m").query_share == 0.1
+    with pytest.raises(ConfigError, match=r"selection\.query_share"):
+        parse_experiment({"selection": {"query_share": 1.5}})
