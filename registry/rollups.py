@@ -107,16 +107,16 @@ def _write(conn: Connection, inf: dict[InfKey, list[int]],
             ["answered", "labelled", "correct"])
 
 
+#: The columns :func:`add_rows` reads (``true_label`` too when it is given).
+_ROW_COLUMNS = ("model", "version", "variant", "row_index", "created_at", "status",
+                "latency_bucket", "label")
+
+
 def add_records(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
     """Count newly stored records (column → value dicts) into their buckets: what
     :func:`add_rows` does, for rows given as dicts."""
     columns = (*_ROW_COLUMNS, "true_label")
     add_rows(conn, columns, [tuple([r.get(k) for k in columns]) for r in rows])
-
-
-#: The columns :func:`add_rows` reads (``true_label`` too when it is given).
-_ROW_COLUMNS = ("model", "version", "variant", "row_index", "created_at", "status",
-                "latency_bucket", "label")
 
 
 def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
