@@ -25,7 +25,8 @@ node that became ineligible (it declines its train message). The nodes of stale 
 were *not* selected are queried, oldest answer first, at most a budget proportional to the
 round's train messages (``RoundSettings.query_share``, :meth:`AnswerBook.stale`), pushed with
 the train messages and pulled along with their replies, so no round pays for a query of the
-whole fleet and nodes the selection passes over still get their drift read. Drift scores of JSON summaries are cached by the summary's text; a node's packed summary
+whole fleet and nodes the selection passes over still get their drift read. Drift scores of
+JSON summaries are cached by the summary's text; a node's packed summary
 identical to its previous one reuses the decoded object.
 """
 
