@@ -133,13 +133,9 @@ class GridExchange:
         pending, replies = main.pending, main.replies
         ok = 0  # content replies so far (no error, not a decline)
         while pending:
-            ask = list(pending) if side is None else [*pending, *side.pending]
-            for msg in self.grid.pull_messages(ask):
-                mid = msg.metadata.reply_to_message_id
-                node = pending.pop(mid, None)
+            for msg in self.grid.pull_messages(list(pending)):
+                node = pending.pop(msg.metadata.reply_to_message_id, None)
                 if node is None:
-                    if side is not None and mid in side.pending:
-                        side.replies[side.pending.pop(mid)] = msg
                     continue
                 replies[node] = msg
                 if until is not None and not msg.has_error():
@@ -148,6 +144,11 @@ class GridExchange:
                         ok += 1
                     else:
                         declines[node] = why
+            if side is not None and side.pending:  # a pull of its own: one push, one pull
+                for msg in self.grid.pull_messages(list(side.pending)):
+                    node = side.pending.pop(msg.metadata.reply_to_message_id, None)
+                    if node is not None:
+                        side.replies[node] = msg
             if (until is not None and ok >= until) or self.clock() >= main.deadline:
                 break
             if pending:
