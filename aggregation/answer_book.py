@@ -14,8 +14,9 @@ message more per node and round, about as many as the train step itself. With
   sent a summary before, so its drift is asked again once that summary is ``K`` rounds old;
 * a node that declined is recorded ineligible, with its reason, until ``K`` rounds later;
 * the examples a node declares (what bounds its reported ``num-examples``) are its query
-  reply's count, or, for a node never queried, the count of its first accepted update
-  (:meth:`AnswerBook.learn_examples`).
+  reply's count; a node never queried has declared none, so only the absolute and the
+  round-relative bounds limit its count (an update's count is not taken as a declaration: a
+  device that trained part of its data once would have every later full update refused).
 
 **No bootstrap query.** A node without a fresh answer (never seen, or its answer is older than
 ``K`` rounds) is a candidate all the same, presumed eligible with what the book last knew of it
@@ -167,14 +168,6 @@ class AnswerBook:
         if self.max_age > 0:
             for a in answers.values():
                 self._put(server_round, a)
-
-    def learn_examples(self, counts: Mapping[int, int]) -> None:
-        """Declared examples of answers that have none yet (nodes never queried), from their
-        accepted updates."""
-        for n, count in counts.items():
-            i = self._slot.get(n)
-            if i is not None and self._since[i] != _NEVER and self._examples[i] <= 0 < count:
-                self._examples[i] = count
 
     # --- drift summaries -----------------------------------------------------------------------
     def drift(self, raw: object) -> tuple[DriftSummary | None, float | None]:

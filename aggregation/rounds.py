@@ -287,8 +287,6 @@ class RoundRunner(GridExchange):
             [(n, m.content, answers[n].num_examples) for n, m in good.items()])
         report.norm_median = validator.apply_round_bounds(verdicts)
         report.record(verdicts)
-        self.book.learn_examples({v.node_id: int(v.num_examples or 0)
-                                  for v in verdicts if v.accepted})
         if isinstance(self.policy, RefusalAware):  # refusals per node, towards quarantine
             self.policy.record(r, verdicts)
         if self.tracker is not None:  # the received model's loss on each node's data
