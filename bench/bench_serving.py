@@ -12,8 +12,9 @@ One run prints, at each concurrency (default 1, 8, 32, 64), req/s and p50/p99 la
   version's serving copy, ``edgefleet.frozen.FrozenRuntime.predict``), batch 1 and 32.
 
 for two models authored at bench time in a child process (TensorFlow runs only there): the tiny
-digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10, with ``max_batch`` 32 (the heavy
-model with ``max_queue_delay_ms`` 5; ``--batching`` replaces both). The generator is ``wrk``
+digits MLP (64 → 64 → 10) and a heavy MLP 784 → 3072 → 3072 → 10, with ``max_batch`` 32 and the
+product's other batching defaults (no queue delay: a batch is what is queued when an interpreter
+frees up; ``--batching`` replaces them). The generator is ``wrk``
 (Debian's package, installed when missing), one thread, keep-alive, 127.0.0.1; its CPU per cell
 (cores: CPU seconds / wall seconds) says when it, not the server, was the limit (on 2 cores it
 competes with ``--workers 2``). Each cell also gives the server's CPU per request (every thread
@@ -230,9 +231,7 @@ def server_env(tmp: Path, db_url: str) -> dict[str, str]:
         EDGEFLEET_SERVER_LOG_LEVEL="INFO",
         EDGEFLEET_SERVER_INFERENCE_LOG_ENABLED="true",
         EDGEFLEET_SERVER_METRICS_ENABLED="true",
-        EDGEFLEET_SERVER_BATCHING=json.dumps(
-            {"default": {"max_batch": 32},
-             "per_model": {"heavy": {"max_batch": 32, "max_queue_delay_ms": 5}}}),
+        EDGEFLEET_SERVER_BATCHING=json.dumps({"default": {"max_batch": 32}}),
     )
     return env
 
@@ -317,7 +316,7 @@ def main() -> None:
                              "(default: all)")
     parser.add_argument("--batching", default=None,
                         help="the servers' EDGEFLEET_SERVER_BATCHING JSON (default: max_batch "
-                             "32, and max_queue_delay_ms 5 for the heavy model)")
+                             "32 and the product's other defaults)")
     parser.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--payloads", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
