@@ -19,6 +19,17 @@ from edgefleet.plan import sha256_bytes
 ADMIN_KEY = "agg-tests:0123456789abcdef"
 
 
+@pytest.fixture(scope="module")
+def digits() -> tuple[Any, Any, Any]:
+    """scikit-learn's digits as float32 inputs, labels, and their drift reference profile."""
+    from sklearn.datasets import load_digits
+
+    from edgefleet.drift import build_reference
+
+    x, y = load_digits(return_X_y=True)
+    return x.astype("float32"), y, build_reference(x, y, [f"p{i}" for i in range(64)], 10)
+
+
 @dataclass(frozen=True)
 class Server:
     url: str

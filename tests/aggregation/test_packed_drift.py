@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from sklearn.datasets import load_digits
 
 from aggregation.answer_book import AnswerBook
 from aggregation.messages import QueryAnswer
@@ -24,12 +23,6 @@ from edgefleet.drift.packed import (
     unpack_many,
 )
 from edgefleet.errors import SummaryError
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray, ReferenceProfile]:
-    x, y = load_digits(return_X_y=True)
-    return x.astype(np.float32), y, build_reference(x, y, [f"p{i}" for i in range(64)], 10)
 
 
 def summary(ref: ReferenceProfile, x: np.ndarray, seed: int, rows: int = 80,

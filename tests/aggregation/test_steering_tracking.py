@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from aggregation.errors import SettingsError
 from aggregation.selection import Candidate, DriftPrioritisedSelection, UniformSelection
@@ -20,13 +19,6 @@ from edgefleet.drift.effect import (
     squared_shift,
     summary_shift,
 )
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray, ReferenceProfile]:
-    x, y = load_digits(return_X_y=True)
-    ref = build_reference(x, y, [f"p{i}" for i in range(64)], 10)
-    return x.astype(np.float32), y, ref
 
 
 def window(ref: ReferenceProfile, x: np.ndarray, rows: int, seed: int, *, version: int = 1,
