@@ -10,6 +10,9 @@ Which path answers a prediction (see :mod:`edge_client.inference` for the detail
 * neither, with :class:`~edge_client.errors.InvalidInputError`, when the input is wrong for the
   very model version the server would use too — asking the server would only repeat the refusal,
   and a misbehaving application would turn into a storm of doomed fallback requests.
+
+The memory of refused and retried installs is :mod:`edge_client.installs`; the status read from
+the data directory (``edgefleet agent status``) is :mod:`edge_client.status`.
 """
 
 from __future__ import annotations
@@ -32,16 +35,20 @@ from edge_client.errors import (
 )
 from edge_client.http_api import LocalServer
 from edge_client.inference import InferenceRouter, Prediction
+from edge_client.installs import InstallLedger
 from edge_client.metrics import AgentMetrics
 from edge_client.models import InstalledVersion, ModelManager
 from edge_client.outbox import Outbox
 from edge_client.settings import DEFAULT_POLL_INTERVAL_S, AgentSettings
 from edge_client.side_versions import SideVersions
+from edge_client.status import collect_status
 from edge_client.storage import StateStore
 from edge_client.store import LabelStore
 from edge_client.telemetry import DrainResult, Telemetry, merge_report_bodies
 from edgefleet.errors import EdgeFleetError
 from edgefleet.wire import Assignment, LocalEvaluation, TelemetryReport
+
+__all__ = ["EVAL_LIMIT", "MAX_EVENTS", "Agent", "collect_status"]  # collect_status: re-export
 
 log = logging.getLogger(__name__)
 MAX_EVENTS = 50
@@ -86,6 +93,7 @@ class Agent:
                              backoff_base_s=s.outbox_backoff_base_s,
                              backoff_max_s=s.outbox_backoff_max_s, merge=merge_report_bodies)
         self.telemetry = Telemetry(self.outbox, self.state)
+        self.installs = InstallLedger(self.state, s, self._note)
         self.eligibility = eligibility or DeviceEligibility.from_settings(s)
         self._stop = threading.Event()  # replaced by run()'s: it cuts retry waits short
         if client is None and credentials is not None:
@@ -203,17 +211,14 @@ class Agent:
 
         A refusal (integrity, signature, manifest, smoke test) is remembered by the
         assignment's fingerprint (digests and signature) until the assignment changes; other
-        failures are retried with exponential backoff and jitter (``install_backoff_*``). A
-        blue-green pre-download of ``a`` is installed from instead of downloading again (its
-        files verified as a download's) and dropped once ``a`` is installed or refused.
+        failures are retried with exponential backoff and jitter (``install_backoff_*``; see
+        :mod:`edge_client.installs`). A blue-green pre-download of ``a`` is installed from
+        instead of downloading again (its files verified as a download's) and dropped once
+        ``a`` is installed or refused.
         """
-        fp = _fingerprint(a)
-        rejected = self.state.get("rejected")
-        if rejected and list(rejected) == fp[: len(rejected)]:
-            return "rejected"
-        retry = self.state.get("install_retry") or {}
-        if retry.get("fingerprint") == fp and time.time() < float(retry.get("due", 0)):
-            return "backoff"
+        attempt = self.installs.check(a)
+        if attempt.blocked is not None:
+            return attempt.blocked
         pinned = [self.credentials.signing_key] if self.credentials and \
             self.credentials.signing_key else []
         prefetched = self.side.prefetched_for(a)
@@ -222,32 +227,23 @@ class Agent:
         except (ModelRejectedError, IntegrityError) as exc:
             if prefetched is not None:
                 self.side.consumed(a)
-            self._note("rejected", fp)
-            self._note("last_install_error", {"at": time.time(), "error": str(exc),
-                                              "refused": True})
+            self.installs.refused(attempt, exc)
             log.error("assignment %s v%s refused (not fetched again until it changes): %s",
                       a.model, a.version, exc)
             return "rejected"
         except AgentError as exc:
-            failures = int(retry.get("failures", 0)) + 1 if retry.get("fingerprint") == fp else 1
-            s = self.settings
-            delay = min(s.install_backoff_max_s, s.install_backoff_base_s * 2 ** (failures - 1))
-            due = time.time() + delay * random.uniform(0.5, 1.5)
-            self._note("install_retry", {"fingerprint": fp, "failures": failures, "due": due})
-            self._note("last_install_error", {"at": time.time(), "error": str(exc),
-                                              "retry_in_s": round(due - time.time(), 1)})
+            self.installs.failed(attempt, exc)
             raise
         if prefetched is not None:
             self.side.consumed(a)
-        self._note("install_retry", None)
-        self._note("last_install_error", None)
+        self.installs.succeeded()
         self.router.reset_failures()
         return "installed"
 
     def reject(self, info: InstalledVersion) -> None:
         """Never reinstall ``info`` (same model, version and hashes) unless the assignment
         changes: it failed to answer after passing its smoke test."""
-        self._note("rejected", [info.model, info.version, info.plan_sha256, info.weights_sha256])
+        self.installs.reject(info)
 
     def _set_assignment(self, a: Assignment | None, etag: str | None) -> None:
         self.assignment = a
@@ -388,65 +384,3 @@ class Agent:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _fingerprint(a: Assignment) -> list[Any]:
-    """What identifies an assignment's content: its digests and its signature (a refusal of
-    ``[model, version, plan, weights]`` by :meth:`Agent.reject` matches as a prefix)."""
-    return [a.model, a.version, a.plan.sha256, a.weights.sha256,
-            a.manifest.sha256 if a.manifest else None,
-            a.signature.signature if a.signature else None]
-
-
-def collect_status(
-    settings: AgentSettings, *, eligibility: EligibilityProvider | None = None
-) -> dict[str, Any]:
-    """A JSON-ready description of the agent's state under ``settings.data_dir``."""
-    out: dict[str, Any] = {"data_dir": str(settings.data_dir)}
-    try:
-        creds = Credentials.load(settings.credentials_path)
-        out["enrolled"] = True
-        out["device_id"] = creds.device_id
-        out["server_url"] = settings.server_url or creds.server_url
-    except AgentError as exc:
-        out["enrolled"] = False
-        out["credentials_error"] = str(exc)
-
-    current, history = ModelManager(settings.models_dir).read_pointer()
-    out["active"] = (
-        {"model": current.model, "version": current.version,
-         "plan_sha256": current.plan_sha256, "installed_at": current.installed_at}
-        if current else None)
-    out["previous"] = [{"model": h.model, "version": h.version} for h in history]
-
-    state = StateStore(settings.state_db)
-    try:
-        assignment = state.get("assignment")
-        out["assignment"] = (
-            {k: assignment[k] for k in ("model", "version", "alias")} if assignment else None)
-        last_poll = state.get("last_poll")
-        if last_poll:
-            last_poll = {**last_poll, "seconds_ago": round(time.time() - last_poll["at"], 1)}
-        out["last_poll"] = last_poll
-        out["last_install_error"] = state.get("last_install_error")
-        out["recent_events"] = state.get("events", [])[-5:]
-    finally:
-        state.close()
-
-    outbox = Outbox(settings.outbox_db, max_entries=settings.outbox_max_reports)
-    try:
-        out["outbox"] = {"depth": outbox.depth(), "max": outbox.max_entries,
-                         "dropped_unreported": outbox.pending_dropped(),
-                         "dropped_total": outbox.counter("dropped_total"),
-                         "merged_total": outbox.counter("merged_total")}
-    finally:
-        outbox.close()
-
-    labels = LabelStore(settings.labels_db, settings.label_store_max)
-    try:
-        out["labelled_examples"] = labels.count()
-    finally:
-        labels.close()
-
-    provider = eligibility or DeviceEligibility.from_settings(settings)
-    out["eligibility"] = provider.check().to_dict()
-    return out

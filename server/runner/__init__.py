@@ -7,8 +7,9 @@ It learns models, versions and aliases from the registry's serving snapshot over
 local cache and checks each against its digest and the version's signature, as devices do
 (:mod:`server.runner.source`), and feeds them to the server's serving table and runtime pool
 (:mod:`server.inference.table`, :mod:`server.inference.pool`). It never opens a database
-connection: its settings (:mod:`server.runner.settings`) have no database URL. On SIGTERM it
-drains (:mod:`server.runner.app`).
+connection: its settings (:mod:`server.runner.settings`) have no database URL, so a request a
+shadow rollout samples, whose two answers belong in the server's inference log, is sent on to
+the server (:mod:`server.runner.forward`). On SIGTERM it drains (:mod:`server.runner.app`).
 
 May import: ``server.inference``, ``server.errors``, ``server.security``, ``server.logs``,
 ``edgefleet``, ``registry.errors``, ``fastapi``/``starlette``/``uvicorn``, ``httpx``,

@@ -3,7 +3,8 @@
 Start-up fetches the serving snapshot (retried by the serving table's thread when the registry
 is not reachable yet: the runner stays not ready until it has one), starts the table's refresh
 thread and loads the production version of each model named in ``models``; only then is
-``/v2/health/ready`` 200. Shutdown stops the thread, the interpreters' pool and the HTTP client.
+``/v2/health/ready`` 200. Shutdown stops the thread, the interpreters' pool and the HTTP clients
+(the registry's, and the one that forwards shadow-sampled requests: :mod:`server.runner.forward`).
 
 **Draining** (:class:`DrainingServer`): the first SIGTERM (or SIGINT) marks the runner as
 draining: ``/v2/health/ready`` answers 503 so the balancer (Kubernetes endpoints, a
@@ -34,6 +35,7 @@ from server.inference.pool import RuntimePool
 from server.inference.table import ServingTable
 from server.middleware import BodyLimitMiddleware
 from server.runner.client import ArtifactCache, RegistryClient
+from server.runner.forward import ShadowForwarder
 from server.runner.routes import RunnerState, health_router, resolve, v2_router
 from server.runner.settings import RunnerSettings, load_runner_settings
 from server.runner.source import RestSource
@@ -58,6 +60,8 @@ def build_state(settings: RunnerSettings) -> RunnerState:
         pool=RuntimePool(source, policy_for=lambda _model: policy, threads=settings.threads,
                          cache_size=settings.cache_size, interpreter=settings.interpreter),
         inference_keys=parse_keys(settings.inference_keys, "app"),
+        forwarder=ShadowForwarder(settings.registry_url, timeout_s=settings.forward_timeout_s,
+                                  verify=verify) if settings.forward_shadow else None,
     )
 
 
@@ -65,8 +69,7 @@ async def warm_up(state: RunnerState, models: list[str]) -> None:
     """Load each model's production version (the runner is ready once they are loaded)."""
     for model in models:
         try:
-            served, _ = await resolve(state, model, None)
-            await state.pool.get(served)
+            await state.pool.get((await resolve(state, model, None)).served)
         except EdgeFleetError as exc:
             log.error("runner: cannot load %s at start-up: %s", model, exc)
     state.warmed = True
@@ -89,6 +92,8 @@ def create_runner_app(settings: RunnerSettings | None = None) -> FastAPI:
         state.table.stop()
         state.pool.close()
         state.source.client.close()
+        if state.forwarder is not None:
+            await state.forwarder.aclose()
 
     app = FastAPI(title="EdgeFleet inference runner", version=__version__, lifespan=lifespan,
                   redirect_slashes=False)

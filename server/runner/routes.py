@@ -3,10 +3,13 @@
 The same paths and bodies as the server's V2 family (``server/api/routes/inference.py``), with
 the codec of :mod:`edgefleet.v2`; a request without a version is answered by the version the
 model's active rollout routes this caller to (sticky per inference key), or else by its
-``production`` alias, as the runner's serving table last saw them. Shadow copies of a rollout
-are not run here (a runner keeps no inference log). Callers present an inference
-key (``Authorization: Bearer``) unless the runner runs with ``public_inference``. Errors are
-``{"error": "..."}`` (:mod:`server.errors`).
+``production`` alias, as the runner's serving table last saw them. A request that a shadow
+rollout samples is sent on to the registry server, which answers it and logs both answers (a
+runner keeps no inference log; :mod:`server.runner.forward`); the runner answers it itself only
+when the server cannot. Request ids are the caller's ``X-Request-ID`` when it is sane (the
+server's rule) and fresh ones otherwise. Callers present an inference key (``Authorization:
+Bearer``) unless the runner runs with ``public_inference``. Errors are ``{"error": "..."}``
+(:mod:`server.errors`).
 """
 
 from __future__ import annotations
@@ -34,19 +37,26 @@ from registry.rollouts.routing import ModelSnapshot, choose
 from server.inference.pool import RuntimePool
 from server.inference.source import ServedVersion
 from server.inference.table import ServingTable
+from server.runner.forward import ShadowForwarder
 from server.runner.settings import RunnerSettings
 from server.runner.source import RestSource
 from server.security import NamedKey, match_key
 
-__all__ = ["RunnerState", "health_router", "v2_router"]
+__all__ = ["Resolved", "RunnerState", "health_router", "v2_router"]
 
 _VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
+#: The request ids the server keeps (``server/middleware.py``); others are replaced by fresh ones.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PRODUCTION = "production"
 
 REQUESTS = Counter("edgefleet_runner_inference_requests_total",
                    "V2 inference requests answered by this runner", ["model", "version", "status"])
 LATENCY = Histogram("edgefleet_runner_inference_duration_seconds",
                     "V2 inference latency in this runner", ["model"])
+SHADOW = Counter("edgefleet_runner_shadow_requests_total",
+                 "Requests a shadow rollout sampled: forwarded to the server, answered here "
+                 "because the server could not (fallback), or answered here with forwarding off",
+                 ["model", "outcome"])
 
 
 @dataclass
@@ -58,6 +68,7 @@ class RunnerState:
     table: ServingTable
     pool: RuntimePool
     inference_keys: list[NamedKey] = field(default_factory=list)
+    forwarder: ShadowForwarder | None = None
     warmed: bool = False
     draining: bool = False
 
@@ -110,19 +121,29 @@ def ready(state: StateDep) -> JSONResponse:
     return JSONResponse({"ready": ok, "draining": state.draining}, 200 if ok else 503)
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Who answers a request: the READY version, the alias or arm that chose it (``None`` for a
+    named version) and the shadow version the rollout copies this request to, if any."""
+
+    served: ServedVersion
+    alias: str | None
+    shadow: int | None = None
+
+
 async def resolve(state: RunnerState, model: str, version: str | None, *,
-                  caller_key: str = "", request_key: str = ""
-                  ) -> tuple[ServedVersion, str | None]:
-    """The READY version to serve and the alias that chose it: ``version``, or the rollout's
-    route for this caller (:func:`registry.rollouts.routing.choose`), which is the
-    ``production`` alias when no rollout steers the model."""
+                  caller_key: str = "", request_key: str = "") -> Resolved:
+    """The READY version to serve: ``version``, or the rollout's route for this caller and
+    request (:func:`registry.rollouts.routing.choose`), which is the ``production`` alias when
+    no rollout steers the model."""
     entry = state.table.cached(model) or await run_in_threadpool(state.table.entry, model)
     if entry is None:
         raise NotFoundError(f"unknown model {model[:100]!r}")
+    shadow = None
     if version is None:
         if isinstance(entry.rollout, ModelSnapshot):
             route = choose(entry.rollout, caller_key=caller_key, request_key=request_key)
-            number, alias = route.version, route.alias
+            number, alias, shadow = route.version, route.alias, route.shadow_version
         else:
             found = entry.aliases.get(PRODUCTION)
             if found is None:
@@ -140,7 +161,12 @@ async def resolve(state: RunnerState, model: str, version: str | None, *,
         raise DamagedArtifactError(f"version {number} of {model!r} is DAMAGED and is not served")
     if served.status != "READY":
         raise VersionNotReadyError(f"version {number} of {model!r} is {served.status}, not READY")
-    return served, alias
+    return Resolved(served, alias, shadow)
+
+
+def request_id(given: str | None) -> str:
+    """The caller's ``X-Request-ID`` when the server would keep it, else a fresh one."""
+    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
 async def _infer(request: Request, state: RunnerState, caller: str, model: str,
@@ -149,30 +175,51 @@ async def _infer(request: Request, state: RunnerState, caller: str, model: str,
     status = "error"
     number = version or "-"
     try:
-        request_key = request.headers.get("x-request-id") or uuid.uuid4().hex
-        served, alias = await resolve(state, model, version, caller_key=caller,
-                                      request_key=request_key)
+        request_key = request_id(request.headers.get("x-request-id"))
+        resolved = await resolve(state, model, version, caller_key=caller,
+                                 request_key=request_key)
+        served, alias = resolved.served, resolved.alias
         number = str(served.number)
-        decoded = v2.decode_request(await request.body(), request.headers)
+        body = await request.body()
+        decoded = v2.decode_request(body, request.headers)
+        if resolved.shadow is not None:
+            forwarded = await _forward_shadow(request, state, model, body, request_key)
+            if forwarded is not None:
+                status = "ok" if forwarded.status_code < 400 else "error"
+                return forwarded
         batcher = await state.pool.get(served)
         manifest = batcher.manifest
         names = v2.requested_outputs(decoded.outputs, manifest.output.name)
         x = v2.decode_input(decoded.inputs, manifest, max_batch=state.settings.max_batch)
         probs = await batcher.predict(x)
         labels = v2.predicted_labels(probs, manifest.output.class_labels)
-        body, headers = v2.encode_prediction(
+        content, headers = v2.encode_prediction(
             decoded, probs, labels, output_name=manifest.output.name, names=names,
             model_name=model, model_version=number,
             parameters={"alias": alias} if alias else None)
+        headers["x-request-id"] = request_key
         status = "ok"
-        return Response(body, headers=headers)
+        return Response(content, headers=headers)
     finally:
         REQUESTS.labels(model, number, status).inc()
         LATENCY.labels(model).observe(time.perf_counter() - started)
 
 
+async def _forward_shadow(request: Request, state: RunnerState, model: str, body: bytes,
+                          request_key: str) -> Response | None:
+    """The server's answer to a shadow-sampled request, or ``None`` to answer it here."""
+    if state.forwarder is None:
+        SHADOW.labels(model, "off").inc()
+        return None
+    forwarded = await state.forwarder.forward(request.url.path, body, request.headers,
+                                              request_key)
+    SHADOW.labels(model, "forwarded" if forwarded is not None else "fallback").inc()
+    return forwarded
+
+
 async def _metadata(state: RunnerState, model: str, version: str | None) -> dict[str, Any]:
-    served, alias = await resolve(state, model, version)
+    resolved = await resolve(state, model, version)
+    served, alias = resolved.served, resolved.alias
     entry = state.table.cached(model) or await run_in_threadpool(state.table.entry, model)
     ready_versions = sorted(n for n, v in (entry.versions.items() if entry else ())
                             if v.status == "READY")
@@ -182,7 +229,7 @@ async def _metadata(state: RunnerState, model: str, version: str | None) -> dict
 
 
 async def _ready(state: RunnerState, model: str, version: str | None) -> dict[str, Any]:
-    served, _ = await resolve(state, model, version)
+    served = (await resolve(state, model, version)).served
     await state.pool.get(served)  # loads it (503 when its artifacts are refused)
     return {"name": model, "version": str(served.number), "ready": True}
 

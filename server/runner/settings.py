@@ -61,6 +61,11 @@ class RunnerSettings(BaseSettings):
         (default 5).
     max_request_bytes
         Body limit of an inference request (default 4 MiB; larger: 413).
+    forward_shadow, forward_timeout_s
+        Send a request that a shadow rollout samples to the registry server, which answers it
+        and logs both answers (default on; :mod:`server.runner.forward`), waiting at most
+        ``forward_timeout_s`` (default 10 s) before answering it here without the shadow. Off:
+        such requests are answered here and the shadow copy is not run.
     log_level, log_format, metrics_enabled
         Logging (level; ``json`` or ``text``) and ``/metrics`` (default on).
     """
@@ -85,6 +90,8 @@ class RunnerSettings(BaseSettings):
     interpreter: Literal["auto", "ai-edge-litert", "tflite-runtime"] = "auto"
     drain_s: float = Field(default=5.0, ge=0, le=3600)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    forward_shadow: bool = True
+    forward_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     log_level: LogLevel = "INFO"
     log_format: Literal["json", "text"] = "json"
     metrics_enabled: bool = True

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -20,7 +21,7 @@ from edgefleet import v2
 from edgefleet.datasets import Dataset
 from edgefleet.plan import load_weights, save_weights
 from tests.registry.support import PostgresDatabases, postgres  # noqa: F401  (fixture)
-from tests.server.processes import ADMIN, Proc, publish, set_alias, start_server
+from tests.server.processes import ADMIN, Proc, publish, scrape, set_alias, start_server, total
 from tests.server.runner_support import (
     APP,
     APP_KEY,
@@ -190,6 +191,98 @@ def test_runners_follow_a_rollout(fleet: Fleet, digits_data: Dataset) -> None:
             assert r.status_code == 200, r.text
         for body in _wait_version(fleet.runners, x, "1"):  # aborted: back on the baseline
             assert body["parameters"] == {"alias": "production"}
+
+
+def _runner_counter(runner: Proc, name: str, **labels: str) -> float:
+    """The sum of a runner's counter ``name`` over the samples carrying ``labels``."""
+    return total(scrape(f"{runner.url}/metrics"), name, **labels)
+
+
+def _logged(admin: httpx.Client, request_id: str) -> list[dict[str, Any]]:
+    """The server's inference-log records of ``request_id`` (waits up to 30 s for any)."""
+    deadline = time.monotonic() + 30
+    while True:
+        items: list[dict[str, Any]] = admin.get("/api/v1/inferences", params={
+            "model": "digits", "request_id": request_id}).json()["items"]
+        if items or time.monotonic() > deadline:
+            return items
+        time.sleep(0.2)
+
+
+def test_a_shadow_rollout_through_a_runner_is_answered_and_logged_by_the_server(
+        fleet: Fleet, digits_data: Dataset) -> None:
+    """Every request a shadow rollout samples (rate 1) goes from the runner to the server: the
+    caller gets production's answer, and the server's inference log holds both answers, under
+    the runner's request id; a caller the server does not know is answered by the runner."""
+    x = digits_data.x_test[:4]
+    _wait_version(fleet.runners, x, "1")
+    reference = _probs(_infer(fleet.server.url, x), len(x))
+    body = v2.request_from_array(x).model_dump(exclude_none=True)
+    stranger = start_runner(fleet.root, fleet.server.url, name="runner-stranger", env={
+        "EDGEFLEET_RUNNER_INFERENCE_KEYS": f"{APP_KEY},strangers:stranger-secret-22",
+        "EDGEFLEET_RUNNER_REFRESH_INTERVAL_S": str(REFRESH_S),
+        "EDGEFLEET_RUNNER_SIGNING_PUBLIC_KEYS": fleet.public_key,
+        "EDGEFLEET_RUNNER_DRAIN_S": "0"})
+    fleet.procs.append(stranger)
+    with httpx.Client(base_url=fleet.server.url, headers=ADMIN, timeout=30) as admin:
+        r = admin.post("/api/v1/rollouts", json={
+            "model": "digits", "candidate": 2, "strategy": "shadow", "shadow_rate": 1.0,
+            "guards": [], "approval": True,
+            "steps": [{"bake_s": 3600, "timeout_s": 7200}]})
+        assert r.status_code == 201, r.text
+        rollout = r.json()["id"]
+        try:
+            for runner in fleet.runners:  # each runner sees the rollout within its bound
+                deadline = time.monotonic() + REFRESH_S + POLL_ALLOWANCE_S + 30
+                while (_runner_counter(runner, "edgefleet_runner_shadow_requests_total",
+                                       outcome="forwarded") == 0
+                       and time.monotonic() < deadline):
+                    assert _infer(runner.url, x).status_code == 200
+                    time.sleep(0.1)
+                request_id = f"shadow-via-{runner.name}"
+                answer = httpx.post(f"{runner.url}/v2/models/digits/infer", json=body,
+                                    headers={**APP, "X-Request-ID": request_id}, timeout=30)
+                assert answer.json()["model_version"] == "1"  # the primary is returned
+                assert answer.json()["parameters"] == {"alias": "production"}
+                assert answer.headers["x-request-id"] == request_id
+                np.testing.assert_allclose(_probs(answer, len(x)), reference, atol=1e-6)
+                records = _logged(admin, request_id)
+                assert {(r["version"], r["caller"], r["status"]) for r in records} == {
+                    (1, "app:apps", 200)}
+                assert sorted(int(r["row_index"]) for r in records) == list(range(len(x)))
+                shadows = _logged(admin, f"{request_id}:shadow")
+                assert {(r["version"], r["variant"]) for r in shadows} == {(2, "shadow")}
+                assert len(shadows) == len(x)
+            # a key the runner accepts and the server does not: the runner answers, unlogged
+            unknown = {"Authorization": "Bearer stranger-secret-22",
+                       "X-Request-ID": "shadow-from-a-stranger"}
+            deadline = time.monotonic() + REFRESH_S + POLL_ALLOWANCE_S + 30
+            while (_runner_counter(stranger, "edgefleet_runner_shadow_requests_total",
+                                   outcome="fallback") == 0 and time.monotonic() < deadline):
+                answer = httpx.post(f"{stranger.url}/v2/models/digits/infer", json=body,
+                                    headers=unknown, timeout=30)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["model_version"] == "1"
+                time.sleep(0.1)
+            assert _runner_counter(stranger, "edgefleet_runner_shadow_requests_total",
+                                   outcome="fallback") >= 1
+            np.testing.assert_allclose(_probs(answer, len(x)), reference, atol=1e-6)
+            assert admin.get("/api/v1/inferences", params={
+                "model": "digits", "caller": "app:strangers"}).json()["items"] == []
+        finally:
+            r = admin.post(f"/api/v1/rollouts/{rollout}/abort", json={"reason": "test over"})
+            assert r.status_code == 200, r.text
+            stranger.stop()
+            fleet.procs.remove(stranger)
+    for runner in fleet.runners:  # aborted: nothing is sampled, so nothing is forwarded
+        deadline = time.monotonic() + REFRESH_S + POLL_ALLOWANCE_S + 30
+        while True:
+            before = _runner_counter(runner, "edgefleet_runner_shadow_requests_total")
+            assert _infer(runner.url, x).json()["model_version"] == "1"
+            if _runner_counter(runner, "edgefleet_runner_shadow_requests_total") == before:
+                break
+            assert time.monotonic() < deadline, f"{runner.name} still forwards after the abort"
+            time.sleep(0.1)
 
 
 @pytest.mark.parametrize("mode", ["flip", "forge"])
