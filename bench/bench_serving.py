@@ -23,7 +23,9 @@ req/s. The servers are up together and each concurrency's cells run one after th
 ratios compare cells under the same load. ``--models`` and ``--targets`` measure a part of the
 table (ratios needing a missing cell are left out).
 
-Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default).
+Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default). The
+parts live beside it: ``_serving_setup.py`` (plans, body, floor, ceiling), ``_serving_wrk.py``
+(the generator and the CPU readings), ``_serving_report.py`` (the table and the ratios).
 """
 
 from __future__ import annotations
@@ -32,190 +34,25 @@ import argparse
 import contextlib
 import json
 import os
-import re
-import resource
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
-from _common import ROOT, build_digits_plan, cpu_seconds, free_port, process
-from fastapi import FastAPI, Request, Response
-
-ADMIN_KEY, APP_KEY = "bench-admin-key", "bench-app-key"
-ADMIN = {"X-Admin-Key": ADMIN_KEY}
-HEAVY_FEATURES = 784  # the heavy MLP: 784 -> 3072 -> 3072 -> 10 (_HEAVY)
-
-_HEAVY = (
-    "import sys\n"
-    "import numpy as np\n"
-    "from authoring.plans import build_plan, make_model\n"
-    "m = make_model('mlp', sample_shape=(784,), n_classes=10, hidden=(3072, 3072))\n"
-    "rng = np.random.default_rng(0)\n"
-    "x = rng.random((500, 784), dtype=np.float32); y = rng.integers(0, 10, 500)\n"
-    "build_plan(m, sys.argv[1], name='heavy-mlp', feature_names=[f'p{i}' for i in range(784)],\n"
-    "           class_labels=[str(i) for i in range(10)], x_reference=x, y_reference=y)\n"
+from _common import build_digits_plan, free_port, process
+from _serving_report import MODELS, TARGETS, Cells, report
+from _serving_setup import (
+    ADMIN_KEY,
+    APP_KEY,
+    HEADERS,
+    HEAVY_FEATURES,
+    body_for,
+    build_heavy_plan,
+    ceiling,
+    register,
+    serve_bare,
 )
-
-
-# --- plans -----------------------------------------------------------------------------------
-def build_heavy_plan(out: Path) -> Path:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", _HEAVY, str(out)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=900, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"building the heavy plan failed:\n{proc.stderr[-3000:]}")
-    return out
-
-
-def register(base: str, model: str, plan_dir: Path) -> None:
-    import hashlib
-
-    files = {k: (plan_dir / f).read_bytes() for k, f in (
-        ("plan", "plan.tflite"), ("manifest", "manifest.json"), ("weights", "weights.safetensors"))}
-    with httpx.Client(base_url=base, timeout=300) as http:
-        http.post("/api/v1/models", json={"name": model}, headers=ADMIN).raise_for_status()
-        http.post(f"/api/v1/models/{model}/versions", files={k: (k, v) for k, v in files.items()},
-                  data={"plan_sha256": hashlib.sha256(files["plan"]).hexdigest(),
-                        "weights_sha256": hashlib.sha256(files["weights"]).hexdigest()},
-                  headers=ADMIN).raise_for_status()
-        http.put(f"/api/v1/models/{model}/aliases/production", json={"version": 1},
-                 headers=ADMIN).raise_for_status()
-
-
-def body_for(features: int) -> bytes:
-    data = [float(v % 17) / 16 for v in range(features)]
-    return json.dumps({"inputs": [{"name": "x", "shape": [1, features], "datatype": "FP32",
-                                   "data": data}]}).encode()
-
-
-# --- the bare floor (run in its own process by --serve-bare) ----------------------------------
-def serve_bare(port: int, payload_file: Path) -> None:
-    import uvicorn
-
-    canned: dict[str, str] = json.loads(payload_file.read_text())
-    app = FastAPI()
-
-    @app.get("/ready")
-    def ready() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/v2/models/{model}/infer")
-    async def infer(model: str, request: Request) -> Response:
-        await request.json()
-        return Response(canned[model], media_type="application/json")
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-
-
-# --- wrk -------------------------------------------------------------------------------------
-@dataclass
-class Cell:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    gen_cores: float
-    errors: int
-    server_ms: float = 0.0  # the server's CPU time (every thread and worker) per request
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds so far of process ``pid`` and its child processes (uvicorn's workers)."""
-    total = cpu_seconds(pid)
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    for child in children.read_text().split() if children.exists() else ():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a worker ended
-            total += cpu_seconds(int(child))
-    return total
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("wrk is not installed: trying `apt-get install -y wrk` (Debian's package)…",
-          file=sys.stderr, flush=True)
-    subprocess.run(["apt-get", "install", "-y", "wrk"], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    found = shutil.which("wrk")
-    if not found:
-        sys.exit("wrk is needed: install it with `apt-get install -y wrk` and run again")
-    return found
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)$", text)
-    if m is None:
-        raise ValueError(f"unreadable wrk latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def wrk(binary: str, url: str, body: bytes, headers: dict[str, str], connections: int,
-        seconds: float, workdir: Path, server: int) -> Cell:
-    script = workdir / "post.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = [==[{body.decode()}]==]"]
-    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
-    script.write_text("\n".join(lines) + "\n")
-    argv = [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-            "-s", str(script), url]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before = tree_cpu(server)
-    started = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    server_cpu = tree_cpu(server) - server_before
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed: {proc.stderr or proc.stdout}")
-    out = proc.stdout
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
-    if "50" not in pct or "99" not in pct:
-        raise RuntimeError(f"wrk reported no latency distribution:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errs = re.search(r"Socket errors:.*?(\d+).*?(\d+).*?(\d+).*?(\d+)", out)
-    errors = int(bad.group(1)) if bad else 0
-    if errs:
-        errors += sum(int(g) for g in errs.groups())
-    return Cell(rps, _ms(pct["50"]), _ms(pct["99"]), cpu / wall, errors,
-                server_cpu * 1e3 / max(done, 1))
-
-
-# --- the in-process ceiling --------------------------------------------------------------------
-def ceiling(plan_dir: Path, features: int, batch: int, seconds: float) -> Cell:
-    from edgefleet.frozen import FrozenRuntime
-    from edgefleet.plan import PlanManifest, load_weights
-
-    # what the server runs: the version's serving copy (edgefleet.frozen, server/inference/pool.py)
-    manifest = PlanManifest.load(plan_dir / "manifest.json")
-    runtime = FrozenRuntime.freeze((plan_dir / "plan.tflite").read_bytes(), manifest,
-                                   load_weights(plan_dir / "weights.safetensors",
-                                                manifest=manifest))
-    x = np.tile(np.asarray([float(v % 17) / 16 for v in range(features)], np.float32),
-                (batch, 1))
-    for _ in range(5):
-        runtime.predict(x)
-    times = []
-    cpu = time.thread_time()
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t = time.perf_counter()
-        runtime.predict(x)
-        times.append(time.perf_counter() - t)
-    cpu_ms = (time.thread_time() - cpu) * 1e3 / len(times)
-    arr = np.asarray(times) * 1e3
-    return Cell(len(times) / float(np.sum(arr) / 1e3), float(np.percentile(arr, 50)),
-                float(np.percentile(arr, 99)), 0.0, 0, server_ms=cpu_ms)
+from _serving_wrk import ensure_wrk, wrk
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -241,8 +78,6 @@ def server_cmd(port: int, workers: int) -> list[str]:
             "--port", str(port), "--workers", str(workers)]
 
 
-Cells = dict[str, dict[int, Cell]]
-HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {APP_KEY}"}
 
 
 def warm(base: str, model: str, body: bytes, *, parallel: int = 1) -> str:
@@ -259,8 +94,6 @@ def warm(base: str, model: str, body: bytes, *, parallel: int = 1) -> str:
         return next(iter(pool.map(one, range(parallel))))
 
 
-MODELS, TARGETS = ("tiny", "heavy"), ("floor", "w1", "w2")
-LABELS = {"floor": "floor (bare FastAPI)", "w1": "ours --workers 1", "w2": "ours --workers 2"}
 
 
 def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str], binary: str
@@ -343,61 +176,6 @@ def main() -> None:
         ceilings = {(m, b): ceiling(dirs[m][0], dirs[m][1], b, min(args.duration, 5.0))
                     for m in args.models for b in (1, 32)}
     report(args, cells, ceilings)
-
-
-def report(args: argparse.Namespace, cells: dict[str, Cells],
-           ceilings: dict[tuple[str, int], Cell]) -> None:
-    cs = args.concurrency
-    print(f"\nV2 serving, wrk -t1 keep-alive on 127.0.0.1, {args.duration:g} s per cell, "
-          f"{os.cpu_count()} cores; req/s, p50/p99 ms, generator CPU (cores), server CPU "
-          "per request (ms, all threads and workers), errors")
-    head = f"{'model':6} {'target':22}" + "".join(f" | c={c:<33}" for c in cs)
-    print(head)
-    print("-" * len(head))
-    for model in args.models:
-        for target in args.targets:
-            line = f"{model:6} {LABELS[target]:22}"
-            for c in cs:
-                k = cells[target][model][c]
-                line += (f" | {k.rps:7.0f} {k.p50_ms:6.2f}/{k.p99_ms:6.2f} {k.gen_cores:4.2f}"
-                         f" {k.server_ms:5.3f}{'' if not k.errors else f' E{k.errors}':>4}")
-            print(line)
-    print("\nin-process ceiling (the serving copy's FrozenRuntime.predict in this process; "
-          "CPU: the calling thread's, per call)")
-    for (model, batch), k in ceilings.items():
-        print(f"{model:6} batch {batch:<3} {k.rps:9.0f} calls/s {k.rps * batch:10.0f} samples/s  "
-              f"p50 {k.p50_ms:.3f} ms  p99 {k.p99_ms:.3f} ms  CPU {k.server_ms:.3f} ms")
-    c = 32 if 32 in cs else cs[-1]
-    print(f"\nratios at c={c}:")
-    for line in ratios(cells, ceilings, c):
-        print(f"  {line}")
-
-
-def ratios(cells: dict[str, Cells], ceilings: dict[tuple[str, int], Cell], c: int
-           ) -> list[str]:
-    """The issue's ratios at concurrency ``c``, for the cells that were measured."""
-    def cell(target: str, model: str) -> Cell | None:
-        return cells.get(target, {}).get(model, {}).get(c)
-
-    lines: list[str] = []
-    t_ours, t_floor, t_two = cell("w1", "tiny"), cell("floor", "tiny"), cell("w2", "tiny")
-    if t_ours is not None and t_floor is not None:
-        lines.append(
-            f"tiny: ours/floor req/s {t_ours.rps / t_floor.rps:.2f} (target >= 0.75); p99 "
-            f"ours/floor {t_ours.p99_ms / t_floor.p99_ms:.2f} (target <= 2); server CPU per "
-            f"request ours/floor {t_ours.server_ms / max(t_floor.server_ms, 1e-9):.2f}")
-    h_ceil = ceilings.get(("heavy", 32))
-    for target in ("w1", "w2"):
-        h_ours = cell(target, "heavy")
-        if h_ours is not None and h_ceil is not None:
-            lines.append(
-                f"heavy {LABELS[target].removeprefix('ours ')}: ours samples/s / ceiling "
-                f"batch-32 samples/s {h_ours.rps / (h_ceil.rps * 32):.2f} (target >= 0.45); "
-                f"p99 {h_ours.p99_ms:.1f} ms (target <= 25)")
-    if t_ours is not None and t_two is not None:
-        lines.append(f"tiny --workers 2 / --workers 1 req/s {t_two.rps / t_ours.rps:.2f} "
-                     f"(target >= 1.6; generator used {t_two.gen_cores:.2f} of the cores)")
-    return lines
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ Everything public is importable from here::
     agent = Agent(AgentSettings(data_dir="/var/lib/edgefleet"))
     agent.predict(x)                       # Prediction(probs, classes, path, model, version, …)
 
-Modules: ``agent`` (the agent), ``inference`` (local/fallback routing), ``models`` (install,
-switch, rollback), ``download`` (verified downloads), ``client`` (the server's REST API),
+Modules: ``agent`` (the agent), ``installs`` (its memory of refused and retried installs),
+``status`` (``edgefleet agent status``), ``inference`` (local/fallback routing), ``models``
+(install, switch, rollback), ``download`` (verified downloads), ``client`` (the server's REST API),
 ``credentials`` (enrolment), ``store`` (labelled examples), ``outbox`` and ``telemetry``
 (reports), ``eligibility`` (may it train?), ``http_api`` (the local endpoint; its V2 JSON is the
 core's codec, :mod:`edgefleet.v2`), ``metrics`` (Prometheus), ``service`` (systemd units,

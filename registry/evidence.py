@@ -14,7 +14,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine
 from sqlmodel import Session, col, select
 
 from registry import rollups
-from registry.models.columns import utcnow
+from registry.models.columns import UTCDateTime, utcnow
 from registry.models.evidence import FeedbackItem, FeedbackResult, InferenceRecord
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "InferenceFilter",
     "apply_feedback",
     "bucket_upper_ms",
+    "driver_times",
     "insert_records",
     "insert_rows",
     "latency_bucket",
@@ -111,17 +112,40 @@ def insert_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[A
 def _bound(dialect: sa.Dialect, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
            ) -> list[tuple[Any, ...]]:
     """``rows`` with each value converted as SQLAlchemy binds a parameter of its column (only
-    the columns that have a conversion are touched, a column at a time)."""
+    the columns that have a conversion are touched, a column at a time: a timestamp column
+    through :func:`driver_times`)."""
     converted = [(i, proc) for i, proc in enumerate(_bind_processors(dialect, columns))
                  if proc is not None]
     if not converted:
         return list(rows)
-    values = [list(r) for r in rows]
+    values = list(zip(*rows, strict=True))
     for i, proc in converted:
-        for v in values:
-            if v[i] is not None:
-                v[i] = proc(v[i])
-    return [tuple(v) for v in values]
+        if isinstance(TABLE.c[columns[i]].type, UTCDateTime):
+            values[i] = tuple(driver_times(dialect, values[i], proc))
+        else:
+            values[i] = tuple([None if v is None else proc(v) for v in values[i]])
+    return list(zip(*values, strict=True))
+
+
+def driver_times(dialect: sa.Dialect, values: Sequence[datetime | None], proc: Any
+                 ) -> list[Any]:
+    """What ``proc``, the bind processor of a :class:`~registry.models.columns.UTCDateTime`
+    column on ``dialect``, makes of each of ``values``, without its per-value Python calls when
+    every value is a UTC time: on SQLite the naive text SQLAlchemy stores
+    (``YYYY-MM-DD HH:MM:SS.ffffff``), elsewhere the values themselves. The first value is
+    checked against ``proc``; anything else (a naive time, which ``proc`` refuses, another
+    time zone, ``None``) goes through ``proc``."""
+    if not values or any(v is None or v.tzinfo is not UTC for v in values):
+        return [None if v is None else proc(v) for v in values]
+    if dialect.name == "sqlite":
+        out: list[Any] = list(map(_ISO_TEXT, map(_ISO, values)))
+    else:
+        out = list(values)
+    return out if out[0] == proc(values[0]) else [proc(v) for v in values]
+
+
+_ISO = operator.methodcaller("isoformat", " ", "microseconds")
+_ISO_TEXT = operator.itemgetter(slice(0, 26))  # without the "+00:00" of a UTC time
 
 
 def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ for records logged before).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,7 +32,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects import postgresql, sqlite
 
 from registry.models.evidence import (
     LATENCY_ROLLUP_S,
@@ -76,21 +77,45 @@ def bucket_ceil(at: datetime, width: int = ROLLUP_BUCKET_S) -> datetime:
 
 def _upsert(conn: Connection, table: Any, keys: list[str], values: list[dict[str, Any]],
             counters: list[str]) -> None:
+    """Add ``values``' counters to their rows of ``table`` (by ``keys``), creating the rows that
+    are missing: multi-row ``INSERT … ON CONFLICT (keys) DO UPDATE SET c = c + excluded.c`` as
+    driver SQL, the values bound as SQLAlchemy binds them (one statement step per chunk, not
+    one per row)."""
     if not values:
         return
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        stmt: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table)
-    else:  # pragma: no cover - the registry runs on SQLite and PostgreSQL only
-        raise NotImplementedError(f"no upsert for {dialect}")
-    stmt = stmt.on_conflict_do_update(
-        index_elements=keys,
-        set_={c: table.c[c] + stmt.excluded[c] for c in counters},
-    )
+    dialect = conn.dialect
+    if dialect.name not in ("postgresql", "sqlite"):  # pragma: no cover - SQLite, PostgreSQL
+        raise NotImplementedError(f"no upsert for {dialect.name}")
+    columns = (*keys, *counters)
     # sorted: concurrent writers take the rows' locks in the same order (no deadlock)
-    conn.execute(stmt, sorted(values, key=lambda v: tuple(v[k] for k in keys)))
+    ordered = sorted(values, key=lambda v: tuple(v[k] for k in keys))
+    procs = [table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in columns]
+    rows = [tuple([v[k] if proc is None or v[k] is None else proc(v[k])
+                   for k, proc in zip(columns, procs, strict=True)]) for v in ordered]
+    per = max(1, _MAX_PARAMS // len(columns))
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        conn.exec_driver_sql(_upsert_sql(dialect, table.name, tuple(keys), tuple(counters),
+                                         len(chunk)),
+                             tuple(itertools.chain.from_iterable(chunk)))
+
+
+_MAX_PARAMS = 30_000  # bound parameters per statement (SQLite allows 32,766)
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_sql(dialect: sa.Dialect, table: str, keys: tuple[str, ...],
+                counters: tuple[str, ...], n: int) -> str:
+    """The upsert of ``n`` rows of ``keys`` and ``counters`` into ``table``, with the driver's
+    positional placeholders (``?`` or ``%s``)."""
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    one = "(" + ", ".join([mark] * (len(keys) + len(counters))) + ")"
+    added = ", ".join(f"{quote(c)} = {quote(table)}.{quote(c)} + excluded.{quote(c)}"
+                      for c in counters)
+    return (f"INSERT INTO {quote(table)} ({', '.join(quote(k) for k in (*keys, *counters))}) "
+            f"VALUES {', '.join([one] * n)} "
+            f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {added}")
 
 
 def _write(conn: Connection, inf: dict[InfKey, list[int]],
@@ -122,29 +147,39 @@ def add_records(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
 def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
     """Count newly stored records (tuples of the values of ``columns``) into their buckets:
     the batch is counted per distinct bucket key first (one :class:`~collections.Counter`
-    per table), then each table gets one upsert of its touched buckets."""
+    per table, over the columns of ``rows``), then each table gets one upsert of its touched
+    buckets."""
+    if not rows:
+        return
     ix = {k: i for i, k in enumerate(columns)}
-    m, v, var, ri, ca, st, lb, lab = (ix[k] for k in _ROW_COLUMNS)
-    tl = ix.get("true_label")
-    seconds = [_epoch_seconds(r[ca]) for r in rows]
+    cols = list(zip(*rows, strict=True))
+    models, versions, row_index, statuses, buckets, labels = (
+        cols[ix[k]] for k in ("model", "version", "row_index", "status", "latency_bucket",
+                              "label"))
+    variants = [v or "" for v in cols[ix["variant"]]]
+    truths = cols[ix["true_label"]] if "true_label" in ix else itertools.repeat(None)
+    seconds = _epoch_seconds(cols[ix["created_at"]])
+    hours = [int(s // LATENCY_ROLLUP_S) for s in seconds]
+    minutes = [int(s // ROLLUP_BUCKET_S) for s in seconds]
+    failed = [s >= 400 for s in statuses]
     # per request (row 0): (model, hour, version, variant, latency bucket, failed)
-    requests = Counter(
-        (r[m], int(s // LATENCY_ROLLUP_S), r[v], r[var] or "", r[lb], r[st] >= 400)
-        for r, s in zip(rows, seconds, strict=True) if r[ri] == 0
-    )
+    keys = zip(models, hours, versions, variants, buckets, failed, strict=True)
+    requests = Counter(keys if all(i == 0 for i in row_index) else
+                       (k for k, i in zip(keys, row_index, strict=True) if i == 0))
     # per answered instance: (model, minute, version, variant, label, 0 / 1 wrong / 2 right)
     answered = Counter(
-        (r[m], int(s // ROLLUP_BUCKET_S), r[v], r[var] or "", r[lab],
-         0 if tl is None or r[tl] is None else 1 + (r[tl] == r[lab]))
-        for r, s in zip(rows, seconds, strict=True) if r[st] < 400 and r[lab] is not None
+        (m, n, v, var, lab, 0 if truth is None else 1 + (truth == lab))
+        for m, n, v, var, lab, truth, bad in zip(models, minutes, versions, variants, labels,
+                                                  truths, failed)
+        if not bad and lab is not None
     )
     starts: dict[tuple[int, int], datetime] = {}
     inf: dict[InfKey, list[int]] = {}
-    for (model, n, version, variant, bucket, failed), count in requests.items():
+    for (model, n, version, variant, bucket, bad), count in requests.items():
         t = inf.setdefault((model, _start(starts, n, LATENCY_ROLLUP_S), version, variant,
                             bucket), [0, 0])
         t[0] += count
-        t[1] += count if failed else 0
+        t[1] += count if bad else 0
     pred: dict[PredKey, list[int]] = {}
     for (model, n, version, variant, label, truth), count in answered.items():
         p = pred.setdefault((model, _start(starts, n, ROLLUP_BUCKET_S), version, variant,
@@ -155,9 +190,12 @@ def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any,
     _write(conn, inf, pred)
 
 
-def _epoch_seconds(at: datetime) -> float:
-    """Seconds since the epoch of ``at`` (a naive ``at`` is UTC, as the registry stores it)."""
-    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
+def _epoch_seconds(times: Sequence[datetime]) -> list[float]:
+    """Seconds since the epoch of each of ``times`` (a naive time is UTC, as the registry
+    stores it)."""
+    if all(t.tzinfo is not None for t in times):
+        return list(map(datetime.timestamp, times))
+    return [(t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp() for t in times]
 
 
 def _start(cache: dict[tuple[int, int], datetime], n: int, width: int) -> datetime:

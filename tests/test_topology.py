@@ -41,6 +41,7 @@ from edgefleet.datasets import Dataset
 from simulation.fleet_flower import round_lines
 from tests.registry.support import PostgresDatabases, postgres  # noqa: F401  (fixture)
 from tests.server.processes import Proc, free_port, publish, scrape, set_alias, spawn, total
+from tests.server.runner_support import scaled_weights
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
@@ -122,6 +123,70 @@ def test_compose_rules() -> None:
     assert "--insecure" not in " ".join(" ".join(s.get("command") or []) for s in services.values())
     conf = (REPO / "deploy/nginx/nginx.conf").read_text()
     assert all(f"server {s}:8000" in conf for s in servers)
+
+
+def test_compose_runners_rules() -> None:
+    """Two runners or more, each reaching the registry through the fleet's balancer with the
+    deployment CA, behind their own balancer that names every one and forwards /v2 alone."""
+    services = load()["services"]
+    runners = [n for n in services if re.fullmatch(r"runner-\d+", n)]
+    assert len(runners) >= 2
+    for name in runners:
+        svc = services[name]
+        argv = svc["command"]
+        assert argv[:3] == ["edgefleet", "server", "runner"], name
+        assert argv[argv.index("--registry") + 1] == "https://lb:8443", name
+        assert svc["image"] == services["server-1"]["image"]  # the server image, no extra build
+        assert svc["environment"]["EDGEFLEET_RUNNER_CA_FILE"] == "/certs/ca.pem"
+        assert "certs:/certs:ro" in svc["volumes"]
+        assert svc["env_file"] == ["deploy/env/runner.env"]
+        assert "/v2/health/ready" in " ".join(svc["healthcheck"]["test"])
+    balancer = services["runner-lb"]
+    assert set(balancer["depends_on"]) == set(runners)
+    assert all(c["condition"] == "service_healthy" for c in balancer["depends_on"].values())
+    assert "8444:8444" in balancer["ports"]
+    conf = (REPO / "deploy/nginx/runners.conf").read_text()
+    assert all(f"server {r}:8080" in conf for r in runners)
+    assert re.findall(r"location (\S+) \{", conf) == ["/v2", "/"]
+    assert "non_idempotent" in conf
+    certs = services["certs"]["command"]  # the server certificate names the runners' balancer
+    names = {certs[i + 1] for i, a in enumerate(certs) if a == "--server-name"}
+    assert {"lb", "runner-lb"} <= names
+
+
+def test_init_env_gives_runners_the_servers_keys(tmp_path: Path) -> None:
+    """The runners' inference keys are the servers' (shadow-sampled requests are sent to a server
+    with the caller's key) and their runner key is one of the servers' runner keys, for fresh
+    files and for a server.env kept from before runners existed."""
+    def env(path: Path) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+    def check(out: Path) -> None:
+        server, runner = env(out / "server.env"), env(out / "runner.env")
+        keys = server["EDGEFLEET_SERVER_INFERENCE_KEYS"]
+        assert runner["EDGEFLEET_RUNNER_INFERENCE_KEYS"] == keys
+        secrets = [k.split(":", 1)[1] for k in server["EDGEFLEET_SERVER_RUNNER_KEYS"].split(",")]
+        assert runner["EDGEFLEET_RUNNER_RUNNER_KEY"] in secrets
+        assert "change-me" not in (out / "runner.env").read_text()
+
+    def init(out: Path) -> None:
+        done = subprocess.run(["sh", str(REPO / "deploy" / "init-env.sh"), str(out)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+
+    init(tmp_path / "fresh")
+    check(tmp_path / "fresh")
+    old = tmp_path / "old"  # an env folder written before runners: no runner key, no runner.env
+    init(old)
+    (old / "runner.env").unlink()
+    kept = [line for line in (old / "server.env").read_text().splitlines()
+            if not line.startswith("EDGEFLEET_SERVER_RUNNER_KEYS=")]
+    (old / "server.env").write_text("\n".join(kept) + "\n")
+    before = env(old / "server.env")
+    init(old)
+    check(old)
+    after = env(old / "server.env")
+    assert {k: after[k] for k in before} == before  # what was there is kept
 
 
 def test_dockerfiles_are_multi_stage_slim_and_non_root() -> None:
@@ -508,4 +573,68 @@ def test_the_controller_runs_a_federated_round_that_publishes_through_the_balanc
     assert latest["lineage"]["parent_version"] == 1
     assert latest["lineage"]["federated_round"] == 1
     assert latest["lineage"]["num_clients"] == n
+    _no_service_exited(t)
+
+
+@pytest.mark.slow
+def test_runners_answer_behind_their_balancer_and_send_shadow_requests_to_a_server(
+    fleet: Fleet, digits_data: Dataset, digits_plan_dir: Path, tmp_path: Path
+) -> None:
+    """Applications' V2 inference through the runners' balancer: production's answer, from both
+    runners, /v2 alone; then under a shadow rollout (rate 1) a request through it is answered
+    with production and both answers are in the server's inference log under its request id.
+    Runs last: it publishes a version of its own."""
+    t = fleet.t
+    runners = sorted(n for n in t.services if re.fullmatch(r"runner-\d+", n))
+    inference = t.url("runner-lb", 8444, "https")
+    secret = t.environment(runners[0])["EDGEFLEET_RUNNER_INFERENCE_KEYS"].split(":", 1)[1]
+    body = _infer_body(digits_data.x_test[:4])
+    with httpx.Client(headers={"Authorization": f"Bearer {secret}"}, verify=fleet.ca,
+                      timeout=60) as app, fleet.admin() as admin:
+        reference = app.post(f"{fleet.lb}/v2/models/digits/infer", json=body)
+        assert reference.status_code == 200, reference.text  # the same key on the servers
+        for _ in range(10):
+            r = app.post(f"{inference}/v2/models/digits/infer", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["model_version"] == "1"
+            np.testing.assert_allclose(r.json()["outputs"][0]["data"],
+                                       reference.json()["outputs"][0]["data"], atol=1e-6)
+        assert app.get(f"{inference}/api/v1/models").status_code == 404  # /v2 alone
+        assert app.get(f"{inference}/metrics").status_code == 404
+        for name in runners:  # the balancer spread the requests
+            m = scrape(f"{t.url(name, 8080)}/metrics")
+            assert total(m, "edgefleet_runner_inference_requests_total") > 0, name
+
+        candidate = publish(admin, "digits", digits_plan_dir, plan_from=1,
+                            weights=scaled_weights(digits_plan_dir, tmp_path / "shadow"))
+        r = admin.post("/api/v1/rollouts", json={
+            "model": "digits", "candidate": candidate, "strategy": "shadow", "shadow_rate": 1.0,
+            "guards": [], "approval": True, "steps": [{"bake_s": 3600, "timeout_s": 7200}]})
+        assert r.status_code == 201, r.text
+        rollout = r.json()["id"]
+        try:
+            def logged(request_id: str) -> list[dict[str, Any]]:
+                items: list[dict[str, Any]] = admin.get("/api/v1/inferences", params={
+                    "model": "digits", "request_id": request_id}).json()["items"]
+                return items
+
+            sent: list[str] = []
+
+            def shadowed() -> str | None:  # one more request through the runners; a logged one
+                sent.append(f"topology-shadow-{len(sent)}")
+                r = app.post(f"{inference}/v2/models/digits/infer", json=body,
+                             headers={"X-Request-ID": sent[-1]})
+                assert r.status_code == 200 and r.json()["model_version"] == "1", r.text
+                time.sleep(0.5)
+                return next((i for i in sent[-5:] if logged(f"{i}:shadow")), None)
+
+            request_id = _until("a request through the runners shadowed by a server", shadowed,
+                                timeout=90)
+            production = _until("its production answer logged", lambda: logged(request_id))
+            assert {(r["version"], r["variant"]) for r in production} == {(1, "baseline")}
+            shadows = logged(f"{request_id}:shadow")
+            assert {(r["version"], r["variant"]) for r in shadows} == {(candidate, "shadow")}
+        finally:
+            r = admin.post(f"/api/v1/rollouts/{rollout}/abort", json={"reason": "test over"})
+            assert r.status_code == 200, r.text
     _no_service_exited(t)

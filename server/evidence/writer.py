@@ -24,7 +24,9 @@ rollups of the same buckets (:func:`registry.rollups.prune`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import operator
 import random
 import threading
 import time
@@ -97,10 +99,14 @@ def rows(batch: Sequence[Answer]) -> list[tuple[Any, ...]]:
     """The records of ``batch`` as tuples of :data:`COLUMNS`: one per input row of an answer,
     or one without outputs for a refusal.
 
-    The per-answer columns are one tuple per answer; the confidences of a batch are one
-    ``max`` per output width over the answers' probabilities stacked, and the input hashes
-    come from one ``tobytes`` per input width.
+    A batch of one-row answers, none refused or sampled (the common case), is built a column at
+    a time (:func:`_single_rows`); any other batch has one head tuple per answer, the
+    confidences one ``max`` per output width over the answers' probabilities stacked, and the
+    input hashes one ``tobytes`` per input width.
     """
+    fast = _single_rows(batch)
+    if fast is not None:
+        return fast
     answered = [a for a in batch if _answered(a)]
     confidence, digests = _outputs(answered)
     out: list[tuple[Any, ...]] = []
@@ -118,6 +124,60 @@ def rows(batch: Sequence[Answer]) -> list[tuple[Any, ...]]:
                         None if x is None else x[i].tolist()))
             k += 1
     return out
+
+
+_FIELDS = {name: operator.attrgetter(name) for name in (
+    "request_id", "created_at", "model", "version", "alias", "variant", "caller", "status",
+    "latency_ms", "x", "probs", "labels", "sampled")}
+_HEX = operator.methodcaller("hexdigest")
+
+
+def _single_rows(batch: Sequence[Answer]) -> list[tuple[Any, ...]] | None:
+    """:func:`rows` of a batch of refusals and of answered, unsampled one-row answers whose
+    inputs and probabilities are rows of one width each, built a column at a time (attribute
+    getters, one ``concatenate`` and ``max``, a SHA-256 per row); ``None`` for any other
+    batch."""
+    n = len(batch)
+    if not n:
+        return []
+    ok = [a.status < 400 and a.labels is not None and a.x is not None and a.probs is not None
+          for a in batch]
+    every = all(ok)
+    answered = batch if every else [a for a, k in zip(batch, ok, strict=True) if k]
+    f = _FIELDS
+    labels = list(map(f["labels"], answered))
+    if any(map(f["sampled"], answered)) or (labels and set(map(len, labels)) != {1}):
+        return None
+    try:
+        x = np.concatenate(list(map(f["x"], answered)), dtype=np.float32) if labels else None
+        p = np.concatenate(list(map(f["probs"], answered))) if labels else None
+    except (ValueError, TypeError):  # widths or dimensions differ: the general path
+        return None
+    if x is not None and p is not None:
+        m = len(answered)
+        if x.ndim != 2 or p.ndim != 2 or x.shape[0] != m or p.shape[0] != m:
+            return None
+        outputs: list[Any] = [list(map(operator.itemgetter(0), labels)), p.max(axis=1).tolist(),
+                              list(map(_HEX, map(hashlib.sha256, x)))]
+    else:
+        outputs = [[], [], []]
+    if not every:  # a refusal's row has no outputs
+        outputs = [_spread(column, ok) for column in outputs]
+    variants = list(map(f["variant"], batch))
+    if any(v is not None and (len(v) > 64 or not v) for v in variants):
+        variants = [v[:64] if v else None for v in variants]
+    latencies = list(map(f["latency_ms"], batch))
+    return list(zip(
+        map(f["request_id"], batch), itertools.repeat(0, n), map(f["created_at"], batch),
+        map(f["model"], batch), map(f["version"], batch), map(f["alias"], batch), variants,
+        map(f["caller"], batch), map(f["status"], batch), latencies,
+        map(latency_bucket, latencies), *outputs, itertools.repeat(None, n), strict=True))
+
+
+def _spread(values: list[Any], present: list[bool]) -> list[Any]:
+    """``values`` at the places ``present`` marks, ``None`` elsewhere."""
+    it = iter(values)
+    return [next(it) if k else None for k in present]
 
 
 def records(answer: Answer) -> list[dict[str, Any]]:

@@ -116,6 +116,7 @@ class VersionBatcher:
         self._ms_per_row: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._company = False  # whether the last finished call had company (module notes)
+        self._last_rows = 0  # rows of the last finished call: the callers expected back
 
     async def predict(self, x: np.ndarray) -> np.ndarray:
         """The probabilities of rows ``x`` (validated ``float32 [n, *sample_shape]``)."""
@@ -191,7 +192,7 @@ class VersionBatcher:
     def _wait_s(self) -> float:
         """How long to keep waiting for the queue to fill a batch (0: dispatch now)."""
         delay = self.policy.max_queue_delay_ms / 1e3
-        if delay <= 0 or self._queued_rows >= self.policy.max_batch:
+        if delay <= 0 or self._queued_rows >= min(self.policy.max_batch, self._last_rows):
             return 0.0
         age = time.perf_counter() - self._queue[0].queued_at
         return max(0.0, delay - age)
@@ -216,6 +217,7 @@ class VersionBatcher:
         except BaseException as exc:  # the executor itself failed (shut down)
             results, seconds = [exc] * len(batch), 0.0
         rows = sum(len(p.x) for p in batch)
+        self._last_rows = rows + self._queued_rows
         if seconds:
             self._observe(rows, seconds)
         self._count(rows, len(batch))

@@ -9,8 +9,9 @@ log: it sends such a request to the server (``registry_url``) as it came — the
 ``Content-Type`` and ``Inference-Header-Content-Length``, the caller's ``Authorization`` — with
 the request id that sampled it in ``X-Request-ID``. Sampling hashes the request id alone and a
 shadow rollout routes every REST caller to ``production``, so the server, whose view of the
-rollout is the one the runner's snapshot copies, makes the same choice; its answer (status,
-body, content headers) is returned as is. The caller's inference key must therefore be one of
+rollout is the one the runner's snapshot copies, makes the same choice (when the rollout moved
+in between, the server's choice is the one answered and logged); its answer (status, body,
+content headers) is returned as is. The caller's inference key must therefore be one of
 the server's ``EDGEFLEET_SERVER_INFERENCE_KEYS`` too (``deploy/init-env.sh`` and the
 Kubernetes base give both the same secret).
 

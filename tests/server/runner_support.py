@@ -1,7 +1,9 @@
 """Inference runners as real processes, nginx in front of them, and a tampering proxy.
 
-Used by ``tests/server/test_runner.py`` and ``bench/bench_runners.py``. :func:`start_runner`
-runs ``edgefleet server runner`` (its log beside the others), :func:`start_balancer` runs
+Used by ``tests/server/test_runner.py``, ``tests/test_topology.py`` and
+``bench/bench_runners.py``. :func:`scaled_weights` makes another version's weights;
+:func:`start_runner` runs ``edgefleet server runner`` (its log beside the others),
+:func:`start_balancer` runs
 Debian's nginx (installed by ``scripts/test.sh``) with an upstream of runners, and
 :class:`TamperingProxy` sits between a runner and the registry and alters what passes: the
 body of every weights download (``flip``), or that body *and* the weights digest the serving
@@ -19,8 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import numpy as np
 
-from edgefleet.plan import sha256_bytes
+from edgefleet.plan import load_weights, save_weights, sha256_bytes
 from tests.server.processes import CLI, Proc, free_port, spawn, wait_http
 
 RUNNER_SECRET = "runner-secret-22"
@@ -28,6 +31,18 @@ RUNNER_KEY = f"runners:{RUNNER_SECRET}"
 APP_SECRET = "app-secret-22"
 APP_KEY = f"apps:{APP_SECRET}"
 APP = {"Authorization": f"Bearer {APP_SECRET}"}
+
+
+def scaled_weights(plan_dir: Path, out: Path, factor: float = 0.5) -> Path:
+    """Weights for another version of the plan in ``plan_dir``: its weights times ``factor``
+    (another answer, same plan), written to ``out/weights.safetensors``."""
+    weights = {k: np.asarray(a) * np.float32(factor) for k, a in load_weights(
+        plan_dir / "weights.safetensors").items()}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "weights.safetensors"
+    plan_sha = json.loads((plan_dir / "manifest.json").read_text())["plan_sha256"]
+    save_weights(path, weights, plan_sha256=plan_sha)
+    return path
 
 
 def runner_env(root: Path, name: str, **extra: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ database connection, and one is stopped under load without a failed request.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ import pytest
 
 from edgefleet import v2
 from edgefleet.datasets import Dataset
-from edgefleet.plan import load_weights, save_weights
 from tests.registry.support import PostgresDatabases, postgres  # noqa: F401  (fixture)
 from tests.server.processes import ADMIN, Proc, publish, scrape, set_alias, start_server, total
 from tests.server.runner_support import (
@@ -29,6 +27,7 @@ from tests.server.runner_support import (
     TamperingProxy,
     open_files,
     reload_balancer,
+    scaled_weights,
     socket_peers,
     start_balancer,
     start_runner,
@@ -52,17 +51,6 @@ class Fleet:
     procs: list[Proc] = field(default_factory=list)
 
 
-def _second_weights(plan_dir: Path, out: Path) -> Path:
-    """Weights for version 2: version 1's, scaled (another answer, same plan)."""
-    weights = {k: np.asarray(a) * np.float32(0.5) for k, a in load_weights(
-        plan_dir / "weights.safetensors").items()}
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "weights.safetensors"
-    plan_sha = json.loads((plan_dir / "manifest.json").read_text())["plan_sha256"]
-    save_weights(path, weights, plan_sha256=plan_sha)
-    return path
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases,  # noqa: F811
           digits_plan_dir: Path) -> Iterator[Fleet]:
@@ -76,7 +64,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases,
         with httpx.Client(base_url=server.url, headers=ADMIN, timeout=60) as admin:
             assert publish(admin, "digits", digits_plan_dir) == 1
             set_alias(admin, "digits", "production", 1)
-            second = _second_weights(digits_plan_dir, root / "v2")
+            second = scaled_weights(digits_plan_dir, root / "v2")
             assert publish(admin, "digits", digits_plan_dir, weights=second, plan_from=1) == 2
             info = admin.get("/api/v1/models/digits/versions/1").json()
         public_key = info["signature"]["key_chain"][0]["public_key"]
@@ -193,14 +181,18 @@ def test_runners_follow_a_rollout(fleet: Fleet, digits_data: Dataset) -> None:
             assert body["parameters"] == {"alias": "production"}
 
 
-def _runner_counter(runner: Proc, name: str, **labels: str) -> float:
-    """The sum of a runner's counter ``name`` over the samples carrying ``labels``."""
-    return total(scrape(f"{runner.url}/metrics"), name, **labels)
+SHADOWED = "edgefleet_runner_shadow_requests_total"
 
 
-def _logged(admin: httpx.Client, request_id: str) -> list[dict[str, Any]]:
-    """The server's inference-log records of ``request_id`` (waits up to 30 s for any)."""
-    deadline = time.monotonic() + 30
+def _shadowed(runner: Proc, outcome: str) -> float:
+    """How many shadow-sampled requests ``runner`` counted with ``outcome``."""
+    return total(scrape(f"{runner.url}/metrics"), SHADOWED, outcome=outcome)
+
+
+def _logged(admin: httpx.Client, request_id: str, wait_s: float = 30.0
+            ) -> list[dict[str, Any]]:
+    """The server's inference-log records of ``request_id`` (waits up to ``wait_s`` for any)."""
+    deadline = time.monotonic() + wait_s
     while True:
         items: list[dict[str, Any]] = admin.get("/api/v1/inferences", params={
             "model": "digits", "request_id": request_id}).json()["items"]
@@ -209,77 +201,118 @@ def _logged(admin: httpx.Client, request_id: str) -> list[dict[str, Any]]:
         time.sleep(0.2)
 
 
-def test_a_shadow_rollout_through_a_runner_is_answered_and_logged_by_the_server(
-        fleet: Fleet, digits_data: Dataset) -> None:
-    """Every request a shadow rollout samples (rate 1) goes from the runner to the server: the
-    caller gets production's answer, and the server's inference log holds both answers, under
-    the runner's request id; a caller the server does not know is answered by the runner."""
-    x = digits_data.x_test[:4]
-    _wait_version(fleet.runners, x, "1")
-    reference = _probs(_infer(fleet.server.url, x), len(x))
+def _until_counted(runner: Proc, outcome: str, headers: dict[str, str],
+                   x: np.ndarray) -> httpx.Response:
+    """Requests to ``runner`` until it counts one shadow-sampled request with ``outcome`` (it
+    sees the rollout within its refresh bound); the last answer, production's each time."""
     body = v2.request_from_array(x).model_dump(exclude_none=True)
-    stranger = start_runner(fleet.root, fleet.server.url, name="runner-stranger", env={
-        "EDGEFLEET_RUNNER_INFERENCE_KEYS": f"{APP_KEY},strangers:stranger-secret-22",
-        "EDGEFLEET_RUNNER_REFRESH_INTERVAL_S": str(REFRESH_S),
-        "EDGEFLEET_RUNNER_SIGNING_PUBLIC_KEYS": fleet.public_key,
-        "EDGEFLEET_RUNNER_DRAIN_S": "0"})
-    fleet.procs.append(stranger)
+    deadline = time.monotonic() + REFRESH_S + POLL_ALLOWANCE_S + 30
+    while True:
+        answer = httpx.post(f"{runner.url}/v2/models/digits/infer", json=body,
+                            headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == "1"  # the primary, whoever answered
+        if _shadowed(runner, outcome) >= 1:
+            return answer
+        assert time.monotonic() < deadline, f"{runner.name}: no {outcome!r} shadow request"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def shadow_rollout(fleet: Fleet, digits_data: Dataset) -> Iterator[int]:
+    """A shadow rollout of version 2 sampling every request (rate 1), aborted afterwards."""
+    _wait_version(fleet.runners, digits_data.x_test[:4], "1")
     with httpx.Client(base_url=fleet.server.url, headers=ADMIN, timeout=30) as admin:
         r = admin.post("/api/v1/rollouts", json={
             "model": "digits", "candidate": 2, "strategy": "shadow", "shadow_rate": 1.0,
             "guards": [], "approval": True,
             "steps": [{"bake_s": 3600, "timeout_s": 7200}]})
         assert r.status_code == 201, r.text
-        rollout = r.json()["id"]
+        rollout = int(r.json()["id"])
         try:
-            for runner in fleet.runners:  # each runner sees the rollout within its bound
-                deadline = time.monotonic() + REFRESH_S + POLL_ALLOWANCE_S + 30
-                while (_runner_counter(runner, "edgefleet_runner_shadow_requests_total",
-                                       outcome="forwarded") == 0
-                       and time.monotonic() < deadline):
-                    assert _infer(runner.url, x).status_code == 200
-                    time.sleep(0.1)
-                request_id = f"shadow-via-{runner.name}"
-                answer = httpx.post(f"{runner.url}/v2/models/digits/infer", json=body,
-                                    headers={**APP, "X-Request-ID": request_id}, timeout=30)
-                assert answer.json()["model_version"] == "1"  # the primary is returned
-                assert answer.json()["parameters"] == {"alias": "production"}
-                assert answer.headers["x-request-id"] == request_id
-                np.testing.assert_allclose(_probs(answer, len(x)), reference, atol=1e-6)
-                records = _logged(admin, request_id)
-                assert {(r["version"], r["caller"], r["status"]) for r in records} == {
-                    (1, "app:apps", 200)}
-                assert sorted(int(r["row_index"]) for r in records) == list(range(len(x)))
-                shadows = _logged(admin, f"{request_id}:shadow")
-                assert {(r["version"], r["variant"]) for r in shadows} == {(2, "shadow")}
-                assert len(shadows) == len(x)
-            # a key the runner accepts and the server does not: the runner answers, unlogged
-            unknown = {"Authorization": "Bearer stranger-secret-22",
-                       "X-Request-ID": "shadow-from-a-stranger"}
-            deadline = time.monotonic() + REFRESH_S + POLL_ALLOWANCE_S + 30
-            while (_runner_counter(stranger, "edgefleet_runner_shadow_requests_total",
-                                   outcome="fallback") == 0 and time.monotonic() < deadline):
-                answer = httpx.post(f"{stranger.url}/v2/models/digits/infer", json=body,
-                                    headers=unknown, timeout=30)
-                assert answer.status_code == 200, answer.text
-                assert answer.json()["model_version"] == "1"
-                time.sleep(0.1)
-            assert _runner_counter(stranger, "edgefleet_runner_shadow_requests_total",
-                                   outcome="fallback") >= 1
-            np.testing.assert_allclose(_probs(answer, len(x)), reference, atol=1e-6)
-            assert admin.get("/api/v1/inferences", params={
-                "model": "digits", "caller": "app:strangers"}).json()["items"] == []
+            yield rollout
         finally:
             r = admin.post(f"/api/v1/rollouts/{rollout}/abort", json={"reason": "test over"})
             assert r.status_code == 200, r.text
-            stranger.stop()
-            fleet.procs.remove(stranger)
-    for runner in fleet.runners:  # aborted: nothing is sampled, so nothing is forwarded
+
+
+def _extra_runner(fleet: Fleet, name: str, **env: str) -> Proc:
+    return start_runner(fleet.root, fleet.server.url, name=name, env={
+        "EDGEFLEET_RUNNER_REFRESH_INTERVAL_S": str(REFRESH_S),
+        "EDGEFLEET_RUNNER_SIGNING_PUBLIC_KEYS": fleet.public_key,
+        "EDGEFLEET_RUNNER_DRAIN_S": "0", **env})
+
+
+def test_shadow_sampled_requests_are_answered_and_logged_by_the_server(
+        fleet: Fleet, digits_data: Dataset, shadow_rollout: int) -> None:
+    """Every request the rollout samples goes from the runner to the server: the caller gets
+    production's answer, and the server's inference log holds both answers under the runner's
+    request id and the caller's key."""
+    x = digits_data.x_test[:4]
+    reference = _probs(_infer(fleet.server.url, x), len(x))
+    with httpx.Client(base_url=fleet.server.url, headers=ADMIN, timeout=30) as admin:
+        for runner in fleet.runners:
+            _until_counted(runner, "forwarded", APP, x)
+            request_id = f"shadow-via-{runner.name}"
+            answer = _until_counted(runner, "forwarded", {**APP, "X-Request-ID": request_id}, x)
+            assert answer.json()["parameters"] == {"alias": "production"}
+            assert answer.headers["x-request-id"] == request_id
+            np.testing.assert_allclose(_probs(answer, len(x)), reference, atol=1e-6)
+            records = _logged(admin, request_id)
+            assert {(r["version"], r["variant"], r["caller"], r["status"])
+                    for r in records} == {(1, "baseline", "app:apps", 200)}
+            assert sorted(int(r["row_index"]) for r in records) == list(range(len(x)))
+            shadows = _logged(admin, f"{request_id}:shadow")
+            assert {(r["version"], r["variant"]) for r in shadows} == {(2, "shadow")}
+            assert len(shadows) == len(x)
+
+
+def test_a_caller_the_server_does_not_know_is_answered_by_the_runner(
+        fleet: Fleet, digits_data: Dataset, shadow_rollout: int) -> None:
+    """A key the runner accepts and the server refuses (401): the runner answers with
+    production itself (``fallback``); the server logs nothing of that caller."""
+    x = digits_data.x_test[:4]
+    reference = _probs(_infer(fleet.server.url, x), len(x))
+    stranger = _extra_runner(fleet, "runner-stranger", EDGEFLEET_RUNNER_INFERENCE_KEYS=(
+        f"{APP_KEY},strangers:stranger-secret-22"))
+    try:
+        answer = _until_counted(stranger, "fallback",
+                                {"Authorization": "Bearer stranger-secret-22"}, x)
+        np.testing.assert_allclose(_probs(answer, len(x)), reference, atol=1e-6)
+        assert _shadowed(stranger, "forwarded") == 0
+        with httpx.Client(base_url=fleet.server.url, headers=ADMIN, timeout=30) as admin:
+            assert admin.get("/api/v1/inferences", params={
+                "model": "digits", "caller": "app:strangers"}).json()["items"] == []
+    finally:
+        stranger.stop()
+
+
+def test_with_forwarding_off_a_runner_answers_without_the_shadow(
+        fleet: Fleet, digits_data: Dataset, shadow_rollout: int) -> None:
+    """``forward_shadow`` off: the runner answers a sampled request with production, and the
+    server never sees it."""
+    x = digits_data.x_test[:4]
+    local = _extra_runner(fleet, "runner-local", EDGEFLEET_RUNNER_FORWARD_SHADOW="false")
+    try:
+        _until_counted(local, "off", {**APP, "X-Request-ID": "shadow-kept-local"}, x)
+        assert _shadowed(local, "forwarded") == 0
+        with httpx.Client(base_url=fleet.server.url, headers=ADMIN, timeout=30) as admin:
+            assert _logged(admin, "shadow-kept-local", wait_s=0) == []  # never sent on
+    finally:
+        local.stop()
+
+
+def test_after_the_shadow_rollout_nothing_is_forwarded(fleet: Fleet,
+                                                      digits_data: Dataset) -> None:
+    """The previous tests aborted their rollouts: once a runner sees that, no request is
+    sampled, so none is forwarded."""
+    x = digits_data.x_test[:4]
+    for runner in fleet.runners:
         deadline = time.monotonic() + REFRESH_S + POLL_ALLOWANCE_S + 30
         while True:
-            before = _runner_counter(runner, "edgefleet_runner_shadow_requests_total")
+            before = _shadowed(runner, "forwarded")
             assert _infer(runner.url, x).json()["model_version"] == "1"
-            if _runner_counter(runner, "edgefleet_runner_shadow_requests_total") == before:
+            if _shadowed(runner, "forwarded") == before:
                 break
             assert time.monotonic() < deadline, f"{runner.name} still forwards after the abort"
             time.sleep(0.1)
