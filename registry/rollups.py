@@ -157,7 +157,7 @@ def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any,
         cols[ix[k]] for k in ("model", "version", "row_index", "status", "latency_bucket",
                               "label"))
     variants = [v or "" for v in cols[ix["variant"]]]
-    truths = cols[ix["true_label"]] if "true_label" in ix else itertools.repeat(None)
+    truths = cols[ix["true_label"]] if "true_label" in ix else (None,) * len(rows)
     seconds = _epoch_seconds(cols[ix["created_at"]])
     hours = [int(s // LATENCY_ROLLUP_S) for s in seconds]
     minutes = [int(s // ROLLUP_BUCKET_S) for s in seconds]
@@ -170,7 +170,7 @@ def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any,
     answered = Counter(
         (m, n, v, var, lab, 0 if truth is None else 1 + (truth == lab))
         for m, n, v, var, lab, truth, bad in zip(models, minutes, versions, variants, labels,
-                                                  truths, failed)
+                                                  truths, failed, strict=True)
         if not bad and lab is not None
     )
     starts: dict[tuple[int, int], datetime] = {}

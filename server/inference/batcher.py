@@ -12,7 +12,11 @@ large as the arrivals make them, which costs less CPU per row than several inter
 small batches side by side (on a machine whose cores also run the event loop, that CPU is taken
 from the requests' parsing). With ``max_queue_delay_ms`` > 0, an interpreter that frees up
 while fewer than ``max_batch`` rows are queued waits until the oldest of them has waited that
-long, so that under load its calls are larger and cost less CPU per row. A request that finds
+long, so that under load its calls are larger and cost less CPU per row; it stops waiting as
+soon as the callers of its last call are back — as many rows queued as that call ran plus
+those queued when it ended (a caller that sends its next request on each answer, as a client
+at a fixed concurrency does, would otherwise be run alone, the first back, while the others
+queue behind it: one call for a single row beside each full one). A request that finds
 every interpreter idle and nothing queued waits for that delay only if the last call had company
 (it held several requests, or others queued while it ran): a lone caller (concurrency 1) never
 waits for a batch that would not come. Each caller gets its own rows back, in order.
@@ -116,7 +120,7 @@ class VersionBatcher:
         self._ms_per_row: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._company = False  # whether the last finished call had company (module notes)
-        self._last_rows = 0  # rows of the last finished call: the callers expected back
+        self._last_rows = 0  # the callers expected back after the last call (module notes)
 
     async def predict(self, x: np.ndarray) -> np.ndarray:
         """The probabilities of rows ``x`` (validated ``float32 [n, *sample_shape]``)."""
@@ -143,6 +147,11 @@ class VersionBatcher:
         self._queued_rows += rows
         self._drain(now=alone)
         return await pending.future
+
+    @property
+    def busy(self) -> int:
+        """Interpreter calls running now."""
+        return self._busy
 
     def _inline(self, rows: int) -> bool:
         per_row = self._ms_per_row
@@ -192,7 +201,8 @@ class VersionBatcher:
     def _wait_s(self) -> float:
         """How long to keep waiting for the queue to fill a batch (0: dispatch now)."""
         delay = self.policy.max_queue_delay_ms / 1e3
-        if delay <= 0 or self._queued_rows >= min(self.policy.max_batch, self._last_rows):
+        if delay <= 0 or self._queued_rows >= min(self.policy.max_batch,
+                                                  self._last_rows or self.policy.max_batch):
             return 0.0
         age = time.perf_counter() - self._queue[0].queued_at
         return max(0.0, delay - age)

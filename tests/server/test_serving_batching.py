@@ -163,6 +163,36 @@ def test_the_queue_delay_fills_calls_under_load_but_never_delays_a_lone_request(
     assert (stats.calls, stats.largest_batch, stats.batched_calls) == (2, 3, 1)
 
 
+def test_the_queue_delay_ends_when_the_last_calls_callers_are_back(
+    plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    reference = _runtimes(plan_files, 1)[0]
+    xs = [x[:1] for x in _requests(digits_data, 5)]
+    policy = BatchPolicy(max_batch=8, max_queue_delay_ms=1000, inline_below_ms=0)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 1), policy, pool)
+
+        async def run() -> tuple[int, int, list[np.ndarray]]:
+            first = asyncio.create_task(batcher.predict(xs[0]))
+            await asyncio.sleep(0)  # runs alone at once
+            queued = [asyncio.create_task(batcher.predict(x)) for x in xs[1:4]]
+            out = [await first]
+            # three queued, one answered: the interpreter waits for that caller to come back
+            waiting = batcher.busy
+            queued.append(asyncio.create_task(batcher.predict(xs[4])))
+            await asyncio.sleep(0)
+            started = batcher.busy  # it is back: the four run now, not after the delay
+            out += await asyncio.gather(*queued)
+            return waiting, started, out
+
+        waiting, started, results = asyncio.run(run())
+    assert (waiting, started) == (0, 1)
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+    stats = batcher.stats
+    assert (stats.calls, stats.largest_batch, stats.batched_calls) == (2, 4, 1)
+
+
 def test_an_idle_interpreter_runs_a_request_alone_and_a_tiny_model_inline(
     plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
 ) -> None:
