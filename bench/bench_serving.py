@@ -20,7 +20,8 @@ frees up; ``--batching`` replaces them). The generator is ``wrk``
 competes with ``--workers 2``). Each cell also gives the server's CPU per request (every thread
 and worker, ``/proc``), and the ceiling each call's CPU: a busy machine distorts them less than
 req/s. The servers are up together and each concurrency's cells run one after the other, so the
-ratios compare cells under the same load. ``--models`` and ``--targets`` measure a part of the
+ratios compare cells under the same load (each server and model first gets a 1 s wrk
+run at the top concurrency, not reported). ``--models`` and ``--targets`` measure a part of the
 table (ratios needing a missing cell are left out).
 
 Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default). The
@@ -78,8 +79,6 @@ def server_cmd(port: int, workers: int) -> list[str]:
             "--port", str(port), "--workers", str(workers)]
 
 
-
-
 def warm(base: str, model: str, body: bytes, *, parallel: int = 1) -> str:
     """``parallel`` requests at once (each worker loads the version); the response text."""
     from concurrent.futures import ThreadPoolExecutor
@@ -92,8 +91,6 @@ def warm(base: str, model: str, body: bytes, *, parallel: int = 1) -> str:
 
     with ThreadPoolExecutor(parallel) as pool:
         return next(iter(pool.map(one, range(parallel))))
-
-
 
 
 def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str], binary: str
@@ -128,6 +125,10 @@ def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str], binary: st
                     warm(b2, model, body, parallel=8)
                 targets["w2"] = (s2.pid, b2)
             for model, body in models:
+                for name in args.targets:  # warm-up, not reported: 1 s at the top concurrency
+                    pid, base = targets[name]
+                    wrk(binary, f"{base}/v2/models/{model}/infer", body, HEADERS,
+                        max(args.concurrency), 1.0, tmp, pid)
                 for c in args.concurrency:
                     for name in args.targets:
                         pid, base = targets[name]

@@ -79,34 +79,54 @@ def insert_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[A
     ``rows``: the first is kept), and count the rows stored into the rollups
     (:mod:`registry.rollups`) in the same transaction.
 
-    Which rows are new is read before the insert (one indexed ``SELECT`` per 500 request ids,
-    which finds nothing in the common case), so the insert returns nothing: on SQLite one
-    multi-row statement per batch (one step), on PostgreSQL one pipelined ``executemany`` of
-    plain tuples. ``ON CONFLICT DO NOTHING`` still guards the unique key: a row
-    a concurrent transaction stores between the read and the insert is stored once (and then
-    counted by both; the writer of :mod:`server.evidence.writer` retries its own batches
-    sequentially, so this needs two writers logging one client-chosen request id at once).
+    The common case reads nothing: the batch is inserted (``ON CONFLICT DO NOTHING``) inside a
+    savepoint, and when the database reports every row inserted, every row is counted. When it
+    reports fewer (a retried batch, a key repeated within it, or a row a concurrent transaction
+    stored), the savepoint is rolled back, the rows already stored are read (one indexed
+    ``SELECT`` per 500 request ids) and the others inserted the same way; so a row is counted
+    only by the transaction that stored it. On SQLite the insert is one multi-row statement per
+    chunk (one step: ``executemany`` steps, and so releases and retakes the GIL, once per row),
+    on PostgreSQL one pipelined ``executemany`` of plain tuples.
     """
     columns = tuple(columns)
-    fresh = _new_rows(conn, columns, rows)
-    if not fresh:
-        return
+    todo = list(rows)
+    for attempt in range(_ATTEMPTS):
+        if not todo:
+            return
+        with conn.begin_nested() as savepoint:
+            if _insert(conn, columns, _bound(conn.dialect, columns, todo)) == len(todo):
+                rollups.add_rows(conn, columns, todo)
+                return
+            savepoint.rollback()
+        if attempt + 1 < _ATTEMPTS:
+            todo = _new_rows(conn, columns, rows)
+    raise ConcurrentInsertError(
+        f"{len(todo)} inference records: other transactions kept storing some of them")
+
+
+class ConcurrentInsertError(sa.exc.SQLAlchemyError):
+    """:func:`insert_rows` found rows stored by other transactions on every attempt (the
+    caller's transaction may be retried: nothing of the batch was stored)."""
+
+
+_ATTEMPTS = 4  # inserts tried by insert_rows: the batch, then what is not yet stored
+
+
+def _insert(conn: Connection, columns: tuple[str, ...], params: list[tuple[Any, ...]]) -> int:
+    """Insert the driver values ``params`` (``ON CONFLICT DO NOTHING``); the rows inserted."""
     dialect = conn.dialect
-    params = _bound(dialect, columns, fresh)
     if dialect.name == "postgresql":
         # psycopg's executemany pipelines the rows (no round trip each, nothing returned)
-        conn.exec_driver_sql(_insert_sql(dialect, columns, 1), params)
-    elif dialect.name == "sqlite":
-        # multi-row statements: one SQLite step each (``executemany`` steps, and so releases
-        # and retakes the GIL, once per row)
-        per = max(1, _MAX_PARAMS // len(columns))
-        for start in range(0, len(params), per):
-            chunk = params[start : start + per]
-            conn.exec_driver_sql(_insert_sql(dialect, columns, len(chunk)),
-                                 tuple(itertools.chain.from_iterable(chunk)))
-    else:  # pragma: no cover - the registry runs on SQLite and PostgreSQL only
+        return int(conn.exec_driver_sql(_insert_sql(dialect, columns, 1), params).rowcount)
+    if dialect.name != "sqlite":  # pragma: no cover - the registry runs on SQLite, PostgreSQL
         raise NotImplementedError(f"no idempotent insert for {dialect.name}")
-    rollups.add_rows(conn, columns, fresh)
+    per = max(1, _MAX_PARAMS // len(columns))
+    inserted = 0
+    for start in range(0, len(params), per):
+        chunk = params[start : start + per]
+        inserted += conn.exec_driver_sql(_insert_sql(dialect, columns, len(chunk)),
+                                         tuple(itertools.chain.from_iterable(chunk))).rowcount
+    return inserted
 
 
 def _bound(dialect: sa.Dialect, columns: tuple[str, ...], rows: list[tuple[Any, ...]]

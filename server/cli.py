@@ -35,10 +35,15 @@ EnvFileOpt = Annotated[
 
 
 def _settings(env_file: Path | None) -> Any:
-    from server.settings import load_settings
+    from pydantic import ValidationError
+
+    from server.settings import describe_invalid, load_settings
 
     try:
         return load_settings(env_file)
+    except ValidationError as exc:
+        typer.echo(f"error: invalid settings: {describe_invalid(exc)}", err=True)
+        raise typer.Exit(2) from None
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: invalid settings: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -92,14 +97,34 @@ def expected_failures(url: str, doing: str) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def _check_policies(settings: Any) -> None:
+    """Validate the JSON settings the app factory reads (``batching``, ``drift_thresholds``)
+    before uvicorn starts, so that a mistake in them is one line instead of a traceback."""
+    from pydantic import ValidationError
+
+    from server.drift import ThresholdPolicy
+    from server.inference.batcher import BatchingSettings
+    from server.settings import describe_invalid
+
+    for field, policy in (("batching", BatchingSettings), ("drift_thresholds", ThresholdPolicy)):
+        try:
+            policy.model_validate(getattr(settings, field))
+        except ValidationError as exc:
+            message = describe_invalid(exc, field=field)
+            typer.echo(f"error: invalid settings: {message}", err=True)
+            raise typer.Exit(2) from None
+
+
 def _preflight(settings: Any) -> None:
-    """Connect (and migrate, when ``auto_migrate`` is on) before uvicorn starts, so that a
-    database that is down or behind is reported in one line instead of a start-up traceback."""
+    """Check the JSON settings, then connect (and migrate, when ``auto_migrate`` is on) before
+    uvicorn starts, so that bad settings or a database that is down or behind are reported in
+    one line instead of a start-up traceback."""
     from sqlalchemy import text
 
     from registry import migrate as migrations
     from registry.db import make_engine
 
+    _check_policies(settings)
     url = settings.database_url
     with expected_failures(url, "start the server"):
         engine = make_engine(url)
@@ -447,10 +472,15 @@ def runner_cmd(
     from server.logs import configure_logging
     from server.runner.app import serve
     from server.runner.settings import load_runner_settings
+    from server.settings import describe_invalid
 
     try:
         settings = load_runner_settings(env_file, registry_url=registry)
-    except (FileNotFoundError, ValidationError) as exc:
+    except ValidationError as exc:
+        message = describe_invalid(exc, "EDGEFLEET_RUNNER_")
+        typer.echo(f"error: invalid runner settings: {message}", err=True)
+        raise typer.Exit(2) from None
+    except FileNotFoundError as exc:
         typer.echo(f"error: invalid runner settings: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
@@ -487,6 +517,7 @@ def worker_cmd(
     from edgefleet.errors import EdgeFleetError
     from server.logs import configure_logging
     from server.worker.run import serve
+    from server.settings import describe_invalid
     from server.worker.settings import load_worker_settings
 
     settings = _settings(env_file)
@@ -500,7 +531,8 @@ def worker_cmd(
             claim_idle_s=claim_idle_s, refresh_s=refresh_s,
         )
     except ValidationError as exc:
-        typer.echo(f"error: invalid worker settings: {exc}", err=True)
+        message = describe_invalid(exc, "EDGEFLEET_WORKER_")
+        typer.echo(f"error: invalid worker settings: {message}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     with expected_failures(settings.database_url, "run the worker"):

@@ -39,6 +39,21 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 }
 #: ``json.dumps(..., default=str)`` without building an encoder per record.
 _ENCODER = json.JSONEncoder(default=str)
+#: What ``_ENCODER.encode`` runs, made once (``encode`` makes it again on every call), for the
+#: writer thread's lines; ``None`` without the C accelerator. It keeps no circular-reference
+#: marks: a line whose fields refer to themselves fails (``RecursionError``) instead of raising
+#: ``ValueError``, and either is reported as a line that could not be made.
+_MAKE = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODE = (None if _MAKE is None else _MAKE(
+    None, _ENCODER.default, json.encoder.encode_basestring_ascii, None,
+    _ENCODER.key_separator, _ENCODER.item_separator, False, False, True))
+
+
+def _encode(out: dict[str, Any]) -> str:
+    """``_ENCODER.encode(out)`` (see ``_C_ENCODE``)."""
+    if _C_ENCODE is None:
+        return _ENCODER.encode(out)
+    return "".join(_C_ENCODE(out, 0))
 _SECONDS: dict[int, str] = {}  # epoch second → its ISO text up to the seconds (a few entries)
 
 
@@ -101,10 +116,21 @@ def json_line(logger: logging.Logger, created: float, level: int, msg: str,
         "logger": logger.name,
         "message": msg % args if args else msg,
     }
-    for key, value in extra.items():
-        if not key.startswith("_"):
-            out[key] = value
-    return _ENCODER.encode(out)
+    names = tuple(extra)
+    private = _PRIVATE.get(names)
+    if private is None:
+        if len(_PRIVATE) > 256:
+            _PRIVATE.clear()
+        private = _PRIVATE[names] = any(key.startswith("_") for key in names)
+    if private:
+        out.update({k: v for k, v in extra.items() if not k.startswith("_")})
+    else:
+        out.update(extra)
+    return _encode(out)
+
+
+#: Whether a tuple of ``extra`` field names holds one that starts with ``_`` (left out).
+_PRIVATE: dict[tuple[str, ...], bool] = {}
 
 
 #: A deferred record: logger, time, level, message, arguments, ``extra`` fields, source path.

@@ -18,12 +18,12 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgefleet.log_level import LogLevel
 
-__all__ = ["ServerSettings", "load_settings"]
+__all__ = ["ServerSettings", "describe_invalid", "load_settings"]
 
 KeyList = Annotated[list[SecretStr], NoDecode]
 
@@ -164,11 +164,36 @@ class ServerSettings(BaseSettings):
     @field_validator("admin_keys", "enrollment_tokens", "inference_keys", "runner_keys")
     @classmethod
     def _non_empty(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        for key in keys:
-            secret = key.get_secret_value().split(":", 1)[-1]
+        for number, key in enumerate(keys, start=1):
+            name, sep, secret = key.get_secret_value().partition(":")
+            if not sep:  # a bare secret
+                name, secret = "", name
             if len(secret) < 8:
-                raise ValueError("every key must have at least 8 characters of secret")
+                named = f" ({name!r})" if name else ""
+                raise ValueError(
+                    f"key {number}{named} has fewer than 8 characters of secret"
+                )
         return keys
+
+
+def describe_invalid(
+    exc: ValidationError, prefix: str = "EDGEFLEET_SERVER_", field: str | None = None
+) -> str:
+    """``exc`` as ``NAME: message`` parts joined by ``; ``, naming each setting by its
+    environment variable (``prefix`` + the field) and never showing the value given: settings
+    carry secrets, and pydantic's own text quotes the input. ``field`` names the setting when
+    ``exc`` comes from validating that one setting's value (e.g. ``batching``'s JSON)."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = [str(part) for part in error["loc"]]
+        if field is not None:
+            loc.insert(0, field)
+        name = prefix + loc[0].upper() if loc else prefix.rstrip("_.")
+        if len(loc) > 1:
+            name += "." + ".".join(loc[1:])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
+    return "; ".join(parts)
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> ServerSettings:

@@ -25,7 +25,16 @@ itself, skipping the thread hop. The estimate per row is the wall time of the ca
 (each counted at most twice the estimate: the loop's thread being preempted is not the model's
 cost) and the CPU time of the calls made in a worker thread (whose wall time includes waiting
 for the GIL while the event loop runs: a tiny model sent there once would otherwise look slow
-and never come back inline).
+and never come back inline). Only calls of at most a few rows (``_ESTIMATE_ROWS``) make the
+estimate: a call has a fixed cost (the heavy MLP reads its 47 MB of weights on every call) that
+a large call spreads over its rows, so a per-row figure from large calls would send a lone row
+of a heavy model to the event loop, which it would block for the whole fixed cost.
+
+With ``split_rounds`` (the default), a call takes at most half of the callers expected back
+(their recent peak, decaying by ``_CALLERS_DECAY`` a call) once they are at least
+``2 * _SPLIT_MIN_ROWS``: the callers then form two rounds, and one interpreter runs one round
+while the event loop answers the other and parses its next requests, instead of the loop and
+the interpreter taking turns over one round of all of them.
 
 If a batched call fails, its requests are run one by one, so only a request that fails alone
 fails. At most ``max_queue_rows`` rows wait; beyond that a request is refused with 503.
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -52,6 +62,12 @@ from server.errors import ModelUnavailableError
 __all__ = ["BatchPolicy", "BatchingSettings", "VersionBatcher"]
 
 _EWMA = 0.2
+#: The most rows of a call whose time updates the inline estimate (module notes).
+_ESTIMATE_ROWS = 4
+#: ``split_rounds``: callers are split into two calls only from this many rows a call.
+_SPLIT_MIN_ROWS = 8
+#: ``split_rounds``: how the peak of callers expected back decays at each call.
+_CALLERS_DECAY = 0.95
 #: An inline call's wall time counts at most this many times the estimate it updates.
 _WALL_CAP = 2.0
 
@@ -65,6 +81,8 @@ class BatchPolicy(BaseModel):
     max_queue_delay_ms: float = Field(default=0.0, ge=0, le=1000)
     #: Queued rows at which another interpreter starts while one is busy (0: ``max_batch``).
     parallel_rows: int = Field(default=0, ge=0, le=4096)
+    #: Whether a call takes at most half of the callers expected back (module notes).
+    split_rounds: bool = True
     inline_below_ms: float = Field(default=0.2, ge=0, le=100)
     max_queue_rows: int = Field(default=4096, ge=1, le=1_000_000)
 
@@ -121,6 +139,7 @@ class VersionBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._company = False  # whether the last finished call had company (module notes)
         self._last_rows = 0  # the callers expected back after the last call (module notes)
+        self._callers = 0.0  # their recent peak, decaying (module notes)
 
     async def predict(self, x: np.ndarray) -> np.ndarray:
         """The probabilities of rows ``x`` (validated ``float32 [n, *sample_shape]``)."""
@@ -158,6 +177,8 @@ class VersionBatcher:
         return per_row is not None and per_row * rows < self.policy.inline_below_ms
 
     def _observe(self, rows: int, seconds: float, *, wall: bool = False) -> None:
+        if rows > _ESTIMATE_ROWS:  # a large call's fixed cost is spread (module notes)
+            return
         ms = seconds * 1e3 / max(rows, 1)
         current = self._ms_per_row
         if current is not None and wall:  # a preempted call is not the model's cost
@@ -201,16 +222,24 @@ class VersionBatcher:
     def _wait_s(self) -> float:
         """How long to keep waiting for the queue to fill a batch (0: dispatch now)."""
         delay = self.policy.max_queue_delay_ms / 1e3
-        if delay <= 0 or self._queued_rows >= min(self.policy.max_batch,
-                                                  self._last_rows or self.policy.max_batch):
+        limit = self._limit()
+        if delay <= 0 or self._queued_rows >= min(limit, self._last_rows or limit):
             return 0.0
         age = time.perf_counter() - self._queue[0].queued_at
         return max(0.0, delay - age)
 
+    def _limit(self) -> int:
+        """The most rows the next call takes (module notes)."""
+        limit = self.policy.max_batch
+        if self.policy.split_rounds and self._callers >= 2 * _SPLIT_MIN_ROWS:
+            limit = min(limit, math.ceil(self._callers / 2))
+        return limit
+
     def _take(self) -> list[_Pending]:
         batch = [self._queue.popleft()]
         rows = len(batch[0].x)
-        while self._queue and rows + len(self._queue[0].x) <= self.policy.max_batch:
+        limit = self._limit()
+        while self._queue and rows + len(self._queue[0].x) <= limit:
             item = self._queue.popleft()
             rows += len(item.x)
             batch.append(item)
@@ -228,6 +257,7 @@ class VersionBatcher:
             results, seconds = [exc] * len(batch), 0.0
         rows = sum(len(p.x) for p in batch)
         self._last_rows = rows + self._queued_rows
+        self._callers = max(float(self._last_rows), self._callers * _CALLERS_DECAY)
         if seconds:
             self._observe(rows, seconds)
         self._count(rows, len(batch))

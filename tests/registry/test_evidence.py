@@ -136,3 +136,45 @@ def test_repeated_keys_in_one_batch_are_stored_and_counted_once(engine: Engine) 
         assert items[0].created_at == T0 + timedelta(seconds=61)
         short, _ = list_records(s, InferenceFilter(request_id="short"))
         assert short[0].alias is None and short[0].inputs is None
+
+
+def test_two_transactions_storing_one_batch_at_once_count_it_once(engine: Engine) -> None:
+    """Two writers store the same request ids at the same time (two server workers logging one
+    client-chosen id): the second waits for the first's key (or write lock), finds the rows
+    stored, and the rollups count each request once."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from registry import rollups
+
+    rows = [row(f"same-{i}", created_at=T0 + timedelta(seconds=i)) for i in range(30)]
+    first_inserted, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            first_inserted.wait(10)
+            with engine.begin() as conn:  # blocks on the first's rows until it commits
+                insert_records(conn, rows)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with engine.begin() as conn:
+        insert_records(conn, rows)
+        first_inserted.set()
+        done.wait(0.5)  # the second writer is waiting on this transaction meanwhile
+    thread.join(30)
+    assert not thread.is_alive() and errors == []
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(
+            sa.table("inference_record"))).scalar_one()
+        requests = conn.execute(sa.select(sa.func.sum(rollups.INFERENCE_ROLLUP.c.requests))
+                                ).scalar_one()
+        answered = conn.execute(sa.select(sa.func.sum(rollups.PREDICTION_ROLLUP.c.answered))
+                                ).scalar_one()
+    assert (stored, requests, answered) == (30, 30, 30)

@@ -94,3 +94,26 @@ def test_the_writer_stores_each_row_once_with_its_rollups(engine: Engine) -> Non
     assert [dict(r) for r in stored] == want
     assert (requests, errors) == (len(batch), 1)
     assert answered == sum(1 for r in want if r["label"] is not None)
+
+
+def test_a_batch_of_one_row_answers_is_built_column_wise_with_the_same_records() -> None:
+    """The common batch (one-row answers, a refusal among them, float64 inputs, variants short
+    and long) gives the records of each answer; a sampled answer sends it the general way."""
+    rng = np.random.default_rng(3)
+
+    def one(i: int, **kw: Any) -> Answer:
+        probs = rng.random((1, 10)).astype(np.float32)
+        return Answer(request_id=f"c-{i}", created_at=T0 + timedelta(milliseconds=i),
+                      model="digits", version=1, alias="production", caller="app:test",
+                      status=200, latency_ms=0.2 + 0.01 * i,
+                      x=rng.random((1, 64)).astype(np.float32 if i % 2 else np.float64),
+                      probs=probs, labels=[str(int(probs.argmax()))], **kw)
+
+    batch = [one(i, variant=("v" * 70 if i == 3 else "canary" if i == 4 else None))
+             for i in range(8)]
+    batch.insert(5, Answer(request_id="c-refused", created_at=T0, model="digits", version=1,
+                           alias="production", caller="app:test", status=422,
+                           latency_ms=0.05))
+    for b in (batch, [*batch, one(9, sampled=True)]):
+        built = [dict(zip(COLUMNS, r, strict=True)) for r in rows(b)]
+        assert built == [rec for a in b for rec in expected(a)]

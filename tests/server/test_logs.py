@@ -84,6 +84,19 @@ def test_a_deferred_json_line_is_the_line_of_the_record() -> None:
             "message": "POST /x 200", **FIELDS}
 
 
+def test_a_json_line_encodes_every_field_as_the_formatter_does() -> None:
+    """Non-ASCII text, floats, ``None``, a value JSON cannot hold (its ``str``), a field named
+    like a line key; a field starting with ``_`` is left out, as the formatter leaves it."""
+    logger = logging.getLogger("edgefleet.test.logs")
+    fields = {"caller": "app:caf\u00e9 \"q\"", "latency_ms": 0.1 + 0.2, "model": None,
+              "at": datetime(2030, 1, 1, tzinfo=UTC), "level": "shadowed"}
+    for extra in (fields, {**fields, "_hidden": 1}):
+        record = record_at(logger, 1764612000.5, logging.INFO, "done", (), dict(extra))
+        line = json_line(logger, 1764612000.5, logging.INFO, "done", (), dict(extra))
+        assert line == JsonFormatter().format(record)
+        assert "_hidden" not in line and json.loads(line)["level"] == "shadowed"
+
+
 def test_queued_records_are_written_at_once(quiet_writer: list[BackgroundHandler]) -> None:
     stream = io.StringIO()
     target = logging.StreamHandler(stream)

@@ -212,6 +212,43 @@ def test_an_idle_interpreter_runs_a_request_alone_and_a_tiny_model_inline(
     assert batcher.stats.inline_calls == 4
 
 
+def test_a_large_call_does_not_make_a_lone_row_look_cheap(
+    plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    rows = np.asarray(digits_data.x_test[:8], dtype=np.float32)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 1), BatchPolicy(inline_below_ms=50), pool)
+
+        async def run() -> list[int]:
+            inline = []
+            for x in (rows, rows[:1], rows[:1]):
+                await batcher.predict(x)
+                inline.append(batcher.stats.inline_calls)
+            return inline
+
+        inline = asyncio.run(run())
+    # the 8-row call says nothing of a lone row's cost: that one runs in a thread and is
+    # measured; the next lone row then runs on the loop
+    assert inline == [0, 0, 1]
+
+
+@pytest.mark.parametrize(("split", "calls", "largest"), [(True, 3, 10), (False, 2, 19)])
+def test_split_rounds_halve_the_callers_expected_back(
+    plan_files: PlanFiles, digits_data, split: bool, calls: int, largest: int  # type: ignore[no-untyped-def]
+) -> None:
+    reference = _runtimes(plan_files, 1)[0]
+    xs = [x[:1] for x in _requests(digits_data, 20)]
+    policy = BatchPolicy(max_batch=32, split_rounds=split, inline_below_ms=0)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = VersionBatcher(_runtimes(plan_files, 1), policy, pool)
+        results = _submit_together(batcher, xs)
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+    # the first runs alone; 20 callers are then expected back: split, they run as 10 and 9
+    stats = batcher.stats
+    assert (stats.calls, stats.largest_batch, stats.rows) == (calls, largest, 20)
+
+
 def test_a_full_queue_is_refused_with_503(plan_files: PlanFiles, digits_data) -> None:  # type: ignore[no-untyped-def]
     xs = _requests(digits_data, 6)
     policy = BatchPolicy(max_queue_delay_ms=50, inline_below_ms=0, max_queue_rows=6)
