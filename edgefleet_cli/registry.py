@@ -193,7 +193,7 @@ def promote(
                                                   help="rollout share (canary)")] = None,
     url: Url = None, as_json: Json = False,
 ) -> None:
-    """Point an alias (default ``production``) at a version."""
+    """Point an alias (default production) at a version."""
     body: dict[str, Any] = {"version": version, "reason": reason}
     if percent is not None:
         body["rollout_percent"] = percent

@@ -10,6 +10,8 @@
 # (e.g. --agents 3 --rounds 2, or --no-loop for the federated run alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the demo runs in .venv alone: the tflite-runtime venv (which needs python3.11) is not built
+export TFLITE="${TFLITE:-0}"
 source scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3
 .venv/bin/edgefleet sim fleet "$@"

@@ -210,7 +210,7 @@ def main(
     port: PortOpt = 8000,
     env_file: EnvFileOpt = None,
 ) -> None:
-    """Without a command: start the server (same as ``run``)."""
+    """Without a command: start the server (same as run)."""
     if ctx.invoked_subcommand is None:
         _serve(host, port, env_file, workers=1)
 
@@ -231,7 +231,7 @@ def migrate(
     env_file: EnvFileOpt = None,
     revision: Annotated[str, typer.Option(help="target revision")] = "head",
 ) -> None:
-    """Migrate the database to ``revision`` (default: the newest schema)."""
+    """Migrate the database to REVISION (default: the newest schema)."""
     from registry import migrate as migrations
     from registry.db import make_engine
 
@@ -420,7 +420,7 @@ def precompute_cmd(
     env_file: EnvFileOpt = None,
 ) -> None:
     """Score every row of an input file into the prediction store (resumable; see
-    ``server.precompute``)."""
+    server.precompute)."""
     from edgefleet.errors import EdgeFleetError
     from registry.db import make_engine
     from server.precompute import make_service, precompute
@@ -466,7 +466,7 @@ def runner_cmd(
     ] = None,
 ) -> None:
     """Serve V2 inference from models pulled over the registry's REST API (no database; see
-    ``server.runner``)."""
+    server.runner)."""
     from pydantic import ValidationError
 
     from server.logs import configure_logging
@@ -511,13 +511,13 @@ def worker_cmd(
     = None,
     env_file: EnvFileOpt = None,
 ) -> None:
-    """Serve prediction requests from a broker stream in batches (see ``server.worker``)."""
+    """Serve prediction requests from a broker stream in batches (see server.worker)."""
     from pydantic import ValidationError
 
     from edgefleet.errors import EdgeFleetError
     from server.logs import configure_logging
-    from server.worker.run import serve
     from server.settings import describe_invalid
+    from server.worker.run import serve
     from server.worker.settings import load_worker_settings
 
     settings = _settings(env_file)

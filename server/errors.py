@@ -222,7 +222,10 @@ def summarize_validation(errors: Any) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         if err.get("type") == "json_invalid":
             ctx = err.get("ctx", {}).get("error", "")
-            parts.append(f"invalid JSON: {ctx}".strip())
+            # a named field (a form field holding JSON) is said; a position in the body is not
+            field = next((p for p in err.get("loc", ()) if p != "body"), None)
+            where = f"{field}: " if isinstance(field, str) else ""
+            parts.append(f"{where}invalid JSON: {ctx}".strip())
         else:
             parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", ""))
     return "invalid request: " + "; ".join(parts)

@@ -1,6 +1,7 @@
 """Prometheus metrics of the server: what every request did, and what the fleet looks like.
 
-Per request (recorded by :class:`MetricsMiddleware`, in the process that served it):
+Per request (recorded by :class:`MetricsMiddleware`, in the process that served it, and added to
+the metrics once per turn of its event loop: see :class:`_Pending`):
 
 ``edgefleet_http_requests_total{method,route,status}``
     Requests by route template (``/api/v1/devices/{device_id}/assignment``, never the raw path,

@@ -11,6 +11,7 @@ imported here; the rest is imported inside the commands.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -47,8 +48,8 @@ def run(
 ) -> None:
     """Run an experiment: per-round results (JSONL, CSV), plots and an HTML report.
 
-    A ``[sweep]`` table runs every combination and writes a comparison table (mean ± std over
-    seeds). Exits 1 with a one-line message when the experiment is invalid or a run fails.
+    A sweep table in the file runs every combination and writes a comparison table (mean ± std
+    over seeds). Exits 1 with a one-line message when the experiment is invalid or a run fails.
     """
     from simulation.config import load_experiment, parse_experiment
     from simulation.errors import SimulationError
@@ -105,7 +106,7 @@ def fleet(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each step"),
 ) -> None:
     """Run a fleet on 127.0.0.1: server, initial plan, agents + SuperNodes, the drift
-    controller's federated run, guarded rollouts (see ``--loop``).
+    controller's federated run, guarded rollouts (see --loop).
 
     Exits 1 when a stage failed (no run, nothing published, a good candidate not promoted or a
     broken one not rolled back). Leaves nothing running.
@@ -122,6 +123,8 @@ def fleet(
         if kind not in SHIFTS:
             raise typer.BadParameter(f"unknown shift {kind!r}; one of {', '.join(SHIFTS)}",
                                      param_hint="--shift")
+    if workdir is None:
+        workdir = Path("var") / f"fleet-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         config = FleetConfig(workdir=workdir, n_agents=agents, rounds=rounds, model=model,
                              alpha=alpha, shifts=shifts,  # type: ignore[arg-type]
@@ -129,8 +132,7 @@ def fleet(
                              lr=lr, seed=seed, timeout_s=timeout, loop=loop, bake_s=bake)
     except SimulationError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    typer.echo(f"fleet: {agents} agents, {rounds} rounds; work dir "
-               f"{config.workdir or './var/fleet-<timestamp>'} (a few minutes)")
+    typer.echo(f"fleet: {agents} agents, {rounds} rounds; work dir {workdir} (a few minutes)")
     report = run_fleet(config)
     typer.echo(report.render())
     if not report.ok:

@@ -89,3 +89,35 @@ def test_unknown_revision_is_one_line(env: str) -> None:
     assert r.exit_code == 1, r.output
     line = _one_error_line(r.output)
     assert "bogus" in line and "migrate" in line
+
+
+def test_invalid_keys_are_named_without_printing_any_secret(
+    env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEFLEET_SERVER_ADMIN_KEYS", "alice:verylongsecretvalue1,bob:short")
+    monkeypatch.setenv("EDGEFLEET_SERVER_INFERENCE_KEYS", "app:another-long-secret")
+    for args in (["server", "migrate"], ["server", "run", "--port", "1"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, r.output
+        line = _one_error_line(r.output)
+        assert "EDGEFLEET_SERVER_ADMIN_KEYS: key 2 ('bob') has fewer than 8" in line, line
+        for secret in ("verylongsecretvalue1", "short", "another-long-secret"):
+            assert secret not in r.output
+        assert "pydantic.dev" not in r.output
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "where"),
+    [
+        ("BATCHING", '{"default": {"max_batchx": 3}}', "BATCHING.default.max_batchx"),
+        ("DRIFT_THRESHOLDS", '{"default": {"bogus": 3}}', "DRIFT_THRESHOLDS.default.bogus"),
+    ],
+)
+def test_a_bad_json_policy_is_one_line_before_the_server_starts(
+    env: str, monkeypatch: pytest.MonkeyPatch, name: str, value: str, where: str
+) -> None:
+    monkeypatch.setenv(f"EDGEFLEET_SERVER_{name}", value)
+    r = CliRunner().invoke(app, ["server", "run", "--port", "1"])
+    assert r.exit_code == 2, r.output
+    line = _one_error_line(r.output)
+    assert f"EDGEFLEET_SERVER_{where}: Extra inputs are not permitted" in line, line

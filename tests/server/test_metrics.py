@@ -272,3 +272,40 @@ def test_aggregation_metrics_outlive_the_serverapp_process(
     assert sample(s, "edgefleet_fl_replies_total", kind="declined") == 1
     decisions = [dict(k[1]) for k in s if k[0] == "edgefleet_fl_controller_decisions_total"]
     assert all(d["start"] == "false" for d in decisions), json.dumps(decisions)
+
+
+def test_pending_request_samples_are_what_inc_and_observe_give() -> None:
+    """Requests recorded in one turn of an event loop are added together once it ends; the
+    counts, bucket counts and sum are those of one ``inc`` and ``observe`` per request (a value
+    on a bucket's bound goes into that bucket)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from server.metrics import _PENDING, LATENCY_BUCKETS
+
+    registry = CollectorRegistry()
+    made = [(Counter(f"c{i}", "c", registry=registry),
+             Histogram(f"h{i}", "h", registry=registry, buckets=LATENCY_BUCKETS))
+            for i in range(2)]
+    values = [0.001, 0.0011, 0.005, 0.0049, 20.0, 0.0, 0.3]
+    pending, direct = made
+    for v in values:
+        direct[0].inc()
+        direct[1].observe(v)
+
+    async def burst() -> list[float | None]:
+        for v in values:
+            _PENDING.add(((pending[0],), (pending[1],)), v)
+        before = registry.get_sample_value("c0_total")
+        await asyncio.sleep(0)  # one turn: the pending samples are added
+        return [before]
+
+    assert asyncio.run(burst()) == [0.0]
+    samples = {(s.name.removeprefix("c0").removeprefix("h0"), tuple(s.labels.items())): s.value
+               for m in registry.collect() if m.name in ("c0", "h0") for s in m.samples
+               if not s.name.endswith("_created")}
+    direct_samples = {(s.name.removeprefix("c1").removeprefix("h1"), tuple(s.labels.items())):
+                      s.value for m in registry.collect() if m.name in ("c1", "h1")
+                      for s in m.samples if not s.name.endswith("_created")}
+    assert samples == direct_samples and samples[("_total", ())] == len(values)

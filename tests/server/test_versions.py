@@ -258,3 +258,36 @@ def test_malformed_multipart_is_400_and_stores_nothing(
     assert n_versions(client) == 0
     assert stored_blobs(settings) == [] and leftovers(settings) == []
     assert api.publish() == 1
+
+
+@pytest.mark.parametrize(
+    ("metadata", "status", "loc", "message"),
+    [
+        ('{"aliases": ["production"]}', 422, ["body", "metadata", "aliases"],
+         "metadata.aliases: Extra inputs are not permitted"),
+        ('{"metrics": {"accuracy": "high"}}', 422, ["body", "metadata", "metrics", "accuracy"],
+         "metadata.metrics.accuracy: Input should be a valid number"),
+        ("{", 400, ["body", "metadata"], "metadata: invalid JSON"),
+    ],
+)
+def test_bad_metadata_is_the_usual_validation_answer(
+    api: Api, client: TestClient, metadata: str, status: int, loc: list[str], message: str
+) -> None:
+    api.create_model()
+    files = api.files
+    r = client.post(
+        "/api/v1/models/digits/versions",
+        files={"weights": ("w", files.weights), "plan": ("p", files.plan)},
+        data={
+            "weights_sha256": sha256_bytes(files.weights),
+            "plan_sha256": sha256_bytes(files.plan),
+            "metadata": metadata,
+        },
+        headers=ADMIN,
+    )
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert message in body["detail"] and "pydantic.dev" not in r.text
+    assert "\n" not in body["detail"]
+    assert [e["loc"] for e in body["errors"]] == [loc]
+    assert n_versions(client) == 0

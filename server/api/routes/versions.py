@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from python_multipart.exceptions import FormParserError
 from sqlmodel import Session
@@ -109,8 +110,9 @@ async def upload_version(
     """Upload a version as ``multipart/form-data`` and publish it once verified.
 
     Fields: ``metadata``, a [VersionPublish](#/components/schemas/VersionPublish) object as JSON
-    (description, metrics, lineage such as ``parent_version`` or ``plan_from_version``,
-    aliases to move; default ``{}``); ``weights`` (safetensors) with ``weights_sha256``;
+    (description, metrics, lineage such as ``parent_version`` or ``plan_from_version``;
+    default ``{}``; move aliases afterwards with ``PUT /api/v1/models/{model}/aliases/{alias}``);
+    ``weights`` (safetensors) with ``weights_sha256``;
     optionally ``plan`` (.tflite) with ``plan_sha256`` and ``manifest`` (JSON) with
     ``manifest_sha256``. Each file must hash to its declared sha256 (400 naming the file),
     fit the upload limit (413) and belong with the others (422). While the server's signing key
@@ -153,8 +155,13 @@ def _publish(state: AppState, model: str, form: FormData, caller: Caller) -> Ver
     signer = require_signer(state)
     try:
         meta = VersionPublish.model_validate_json(_text(form, "metadata") or "{}")
-    except ValidationError as exc:
-        raise InvalidQueryError(f"metadata: {exc}") from None
+    except ValidationError as exc:  # the usual validation answer, located in the form field
+        raise RequestValidationError(
+            [
+                {**err, "loc": ("body", "metadata", *err["loc"])}
+                for err in exc.errors(include_url=False, include_input=False)
+            ]
+        ) from None
     files = {name: _file(form, name) for name in ("weights", "plan", "manifest")}
     weights = files["weights"]
     if weights is None:
@@ -215,7 +222,7 @@ def list_versions(
 @router.get(
     "/models/{model}/versions/{version}",
     response_model=VersionInfo,
-    summary="Read",
+    summary="Read a version",
     responses=error_responses(404),
 )
 def get_version(
