@@ -71,20 +71,20 @@ def test_stale_nodes_the_selection_passed_over_are_queried_within_a_budget() -> 
                          UniformSelection(), settings=settings,
                          bounds=ValidationBounds(min_cosine=None))
         reports = rr.run(zeros(), num_rounds=6).reports
+        nodes = set(grid.get_node_ids())
     assert all(r.ok for r in reports)
     # one query a round (ceil(0.5 x 2 trained)), never to a node selected that round
     assert [len(r.queried) for r in reports] == [1] * 6 and counting.queries == 6
     assert all(not set(r.queried) & set(r.selected) for r in reports)
-    first_seen: dict[int, int] = {}
+    # oldest first: while some node was never heard from, the query goes to such a node
+    heard: set[int] = set()
+    unheard_rounds = 0
     for r in reports:
-        for n in r.queried + r.selected:
-            first_seen.setdefault(n, r.server_round)
-    # the queried node was one the loop had never heard from, while there were such nodes
-    for r in reports:
-        if len(first_seen) < 10 and first_seen[r.queried[0]] == r.server_round:
-            assert True
-        else:
-            assert r.queried[0] in first_seen
+        if nodes - heard - set(r.selected):
+            unheard_rounds += 1
+            assert r.queried[0] not in heard
+        heard |= set(r.queried) | set(r.selected)
+    assert unheard_rounds >= 2 and heard == nodes
 
 
 def test_linear_mean_is_flowers_fedavg_to_the_bit() -> None:
