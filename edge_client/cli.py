@@ -58,7 +58,8 @@ def _fail(exc: Exception) -> typer.Exit:
 @app.command()
 def enroll(
     server: str = typer.Option(..., "--server", help="server base URL, e.g. http://10.0.0.2:8000"),
-    token: str = typer.Option(..., "--token", help="one-time enrolment token"),
+    token: str = typer.Option(
+        ..., "--token", help="the enrolment token (one token enrols any number of new device ids)"),
     device_id: str | None = typer.Option(None, "--device-id", help="stable id (else generated)"),
     label: list[str] = typer.Option([], "--label", help="device label key=value (repeatable)"),
     model: str | None = typer.Option(None, "--model", help="the model this device should run"),
@@ -219,6 +220,13 @@ def status(
     typer.echo("\n".join(lines))
 
 
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not JSON: {exc}") from None
+
+
 def _read_rows(json_text: str | None, csv_text: str | None, file: Path | None) -> Any:
     import csv
     import io
@@ -229,10 +237,10 @@ def _read_rows(json_text: str | None, csv_text: str | None, file: Path | None) -
     if file is not None:
         text = file.read_text()
         if file.suffix.lower() == ".json":
-            return json.loads(text)
+            return _json(text, str(file))
         csv_text = text
     if json_text is not None:
-        return json.loads(json_text)
+        return _json(json_text, "--json")
     assert csv_text is not None
     rows = [r for r in csv.reader(io.StringIO(csv_text)) if r]
     try:

@@ -22,6 +22,7 @@ The files in ``deploy/systemd/`` are these templates rendered with the defaults.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -176,11 +177,21 @@ def render(options: ServiceOptions) -> dict[str, str]:
 
 def install(options: ServiceOptions, root: Path = Path("/"), *, systemctl: bool = True
             ) -> dict[str, str]:
-    """Write the files of :func:`render` under ``root``; returns ``{path: "created" |
-    "updated" | "unchanged" | "kept"}``. With ``systemctl`` (and ``root`` = ``/``), reload
-    systemd and enable and (re)start the units."""
+    """Create the data and log directories and write the files of :func:`render` under
+    ``root``; returns ``{path: "created" | "updated" | "unchanged" | "kept"}``. Under ``/`` the
+    service's user must exist (:class:`ConfigurationError` otherwise, before anything is
+    written), and, when run as root, the directories become that user's. With ``systemctl``
+    (and ``root`` = ``/``), reload systemd and enable and (re)start the units."""
+    files = render(options)
+    owner = _account(options.user) if root == Path("/") else None
     changes: dict[str, str] = {}
-    for rel, content in render(options).items():
+    for directory in (options.data_dir, options.log_dir):  # the units' ReadWritePaths
+        path = root / directory.relative_to(directory.anchor)
+        changes[str(path)] = "unchanged" if path.is_dir() else "created"
+        path.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(path, *owner)
+    for rel, content in files.items():
         path = root / rel
         if path.exists():
             if rel.endswith("agent.env"):
@@ -201,6 +212,20 @@ def install(options: ServiceOptions, root: Path = Path("/"), *, systemctl: bool 
         _systemctl(["enable", *units])
         _systemctl(["restart", *units])
     return changes
+
+
+def _account(user: str) -> tuple[int, int]:
+    """``user``'s uid and gid; :class:`ConfigurationError` when the account does not exist
+    (systemd would refuse to start the units)."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigurationError(
+            f"user {user!r} does not exist: create it first (useradd --system {user})"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
 
 
 def upgrade(spec: str, *, python: str = sys.executable, pip_args: Sequence[str] = (),

@@ -168,14 +168,14 @@ def monitor(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    rows = [{**v, **{k: v["latency_ms"].get(k) for k in ("p50", "p99")},
+    rows = [{**v, **{f"{k}_ms": v["latency_ms"].get(k) for k in ("p50", "p99")},
              "version": v["version"] if not v.get("variant") else f"{v['version']}/{v['variant']}",
              "top": ",".join(sorted(v["predictions"], key=v["predictions"].get,
                                     reverse=True)[:3])}
             for v in [*data["versions"], *data.get("variants", [])]]
     typer.echo(f"{data['model']}  {data['since']} .. {data['until']}  "
                f"(shift against version {data['against']})")
-    typer.echo(table(rows, ["version", "requests", "errors", "error_rate", "p50", "p99",
+    typer.echo(table(rows, ["version", "requests", "errors", "error_rate", "p50_ms", "p99_ms",
                             "shift", "labelled", "accuracy", "top"]))
 
 

@@ -40,9 +40,7 @@ def _post(url: str | None, path: str, body: dict[str, Any]) -> Any:
     if r.status_code >= 400:
         try:
             data = r.json()
-            detail = data.get("detail") or data.get("error") or r.text
-            if data.get("errors"):
-                detail = f"{detail}: {json.dumps(data['errors'])}"
+            detail = data.get("detail") or data.get("error") or r.text  # one line, said once
         except ValueError:
             detail = r.text
         typer.echo(f"error: {r.status_code} {detail}", err=True)

@@ -270,7 +270,14 @@ def create_model(
         data = ModelCreate(name=name, task=task, description=description, tags=tag or [])
         with session_scope(engine, write=True) as session:
             create(session, data)
-    except (ValidationError, RegistryError) as exc:
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        typer.echo(f"error: {problems}", err=True)
+        raise typer.Exit(1) from None
+    except RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except (DBAPIError, OSError) as exc:

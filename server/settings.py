@@ -161,6 +161,16 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("interpreter", mode="before")
+    @classmethod
+    def _interpreter_spelling(cls, value: Any) -> Any:
+        """Every spelling the CLI's ``--interpreter`` accepts (``litert``, ``tflite``, …)."""
+        from edgefleet.interpreters import canonical_interpreter
+
+        if isinstance(value, str):
+            return canonical_interpreter(value) or "auto"
+        return value
+
     @field_validator("admin_keys", "enrollment_tokens", "inference_keys", "runner_keys")
     @classmethod
     def _non_empty(cls, keys: list[SecretStr]) -> list[SecretStr]:

@@ -90,6 +90,15 @@ class ClientsConfig(Section):
     over_selection: float = Field(1.3, ge=1.0)
     min_reports: int = Field(0, ge=0)
 
+    @model_validator(mode="after")
+    def _fits(self) -> ClientsConfig:
+        if self.per_round > self.count:
+            raise ValueError(
+                f"per_round {self.per_round} > count {self.count}: a round cannot select more "
+                "clients than there are"
+            )
+        return self
+
     def target(self) -> int:
         """Train replies that close a round (``per_round``, else ``fraction``, else 10)."""
         if self.per_round:

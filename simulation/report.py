@@ -28,12 +28,29 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
     return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
 
 
+#: Line styles in drawing order: markers show each round; the second line is dashed so that two
+#: equal series (bytes down and up) both stay visible.
+_STYLES = ("o-", "s--", "^-", "v:", "D-.", "x-")
+_TITLES = {"accuracy_time": "accuracy over simulated time"}
+
+
+def _time_axis(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], str]:
+    """Simulated time in the unit that suits its range (s, min or h) and the axis label."""
+    seconds = [float(r["sim_time_s"]) for r in rows]
+    span = max(seconds, default=0.0)
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if span >= 2 * size:
+            return [t / size for t in seconds], f"simulated time ({unit})"
+    return seconds, "simulated time (s)"
+
+
 def plot_run(rows: Sequence[Mapping[str, Any]], out: Path, title: str) -> list[Path]:
     """Draw the run's PNG plots into ``out``; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out.mkdir(parents=True, exist_ok=True)
     rounds = [r["round"] for r in rows]
@@ -50,22 +67,25 @@ def plot_run(rows: Sequence[Mapping[str, Any]], out: Path, title: str) -> list[P
                                     ("accepted", "accepted"), ("refused", "refused"),
                                     ("stragglers", "stragglers"), ("declined", "declined")],
                           "clients"),
-        "bytes": ("round", [("bytes_down", "down"), ("bytes_up", "up")], "bytes"),
+        "bytes": ("round", [("bytes_down", "down"), ("bytes_up", "up")], "KB"),
     }
     paths = []
     for name, (xkey, lines, ylabel) in specs.items():
         fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-        xs = [r[xkey] / 3600.0 for r in rows] if xkey == "sim_time_s" else rounds
-        for key, label in lines:
-            ys = _series(rows, key)
+        xs, xlabel = _time_axis(rows) if xkey == "sim_time_s" else (rounds, "round")
+        scale = 1024.0 if name == "bytes" else 1.0
+        for style, (key, label) in zip(_STYLES, lines, strict=False):
+            ys = [y / scale for y in _series(rows, key)]
             if any(y == y for y in ys):
-                ax.plot(xs, ys, label=label, linewidth=1.4)
+                ax.plot(xs, ys, style, label=label, linewidth=1.4, markersize=3)
         if drift_rounds and xkey == "round":
             ax.axvspan(min(drift_rounds) - 0.5, max(drift_rounds) + 0.5, color="orange",
                        alpha=0.12, label="drift active")
-        ax.set_xlabel("simulated hours" if xkey == "sim_time_s" else "round")
+        if xkey == "round":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title}: {name.replace('_', ' ')}", fontsize=10)
+        ax.set_title(f"{title}: {_TITLES.get(name, name)}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -102,11 +122,18 @@ STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
          "padding:2px 6px;text-align:right}img{margin:4px;border:1px solid #eee}")
 
 
+def _summary_value(key: str, value: Any) -> Any:
+    """A target never reached is said, not left as an empty cell."""
+    if value is None and key.startswith(("rounds_to_", "sim_time_to_")):
+        return "not reached"
+    return value
+
+
 def html_report(title: str, summary: Mapping[str, Any], images: Sequence[Path],
                 experiment: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                 extra: str = "") -> str:
     """A self-contained HTML page: summary, plots, per-round table, experiment."""
-    summary_rows = [{"metric": k, "value": v} for k, v in summary.items()]
+    summary_rows = [{"metric": k, "value": _summary_value(k, v)} for k, v in summary.items()]
     shown = [{k: r[k] for k in ("round", "accuracy", "client_acc_p10", "client_acc_drifted",
                                 "accepted", "refused", "stragglers", "sim_time_s")} for r in rows]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"

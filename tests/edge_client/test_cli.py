@@ -179,3 +179,18 @@ def test_predict_rejects_non_numeric_csv_and_run_lists_log_levels(tmp_path: Path
     assert "debug|info|warning|error|critical" in result.output
     code, out = _agent(tmp_path / "agent", "run", "--log-level", "loud")
     assert code == 2 and "loud" in out
+
+
+def test_predict_says_which_input_is_not_json(tmp_path: Path) -> None:
+    code, out = _agent(tmp_path / "agent", "predict", "--json", "not json")
+    assert code == 1 and "error: --json is not JSON: Expecting value" in out, out
+    rows = tmp_path / "rows.json"
+    rows.write_text("[1, 2,")
+    code, out = _agent(tmp_path / "agent", "predict", "--file", str(rows))
+    assert code == 1 and f"error: {rows} is not JSON" in out, out
+
+
+def test_enroll_help_says_the_token_is_reusable() -> None:
+    result = runner.invoke(app, ["agent", "enroll", "--help"], env={"COLUMNS": "200"})
+    assert "any number of new device ids" in result.output
+    assert "one-time" not in result.output

@@ -38,7 +38,8 @@ def test_install_writes_then_updates_in_place(tmp_path: Path) -> None:
     run = CliRunner().invoke(cli, ["agent", "install-service", "--superlink", "sl.example:9093",
                                    "--root", str(tmp_path), "--no-systemctl"])
     assert run.exit_code == 0, run.output
-    assert run.output.count("created") == 4
+    assert run.output.count("created") == 6  # 4 files, the data and log directories
+    assert (tmp_path / "var/lib/edgefleet").is_dir() and (tmp_path / "var/log/edgefleet").is_dir()
     agent = (tmp_path / UNITS / "edgefleet-agent.service").read_text()
     assert "ExecStart=" in agent and "agent run" in agent and "User=edgefleet" in agent
     node = (tmp_path / UNITS / "edgefleet-supernode.service").read_text()
@@ -123,3 +124,13 @@ def test_upgrade_installs_the_new_release_into_the_agents_environment(tmp_path: 
     assert version == "2.0"
     with pytest.raises(ConfigurationError, match="pip failed, services untouched"):
         upgrade(str(tmp_path / "missing.whl"), python=python, pip_args=offline, restart=False)
+
+
+def test_install_under_root_refuses_a_missing_user_before_writing_anything() -> None:
+    run = CliRunner().invoke(cli, ["agent", "install-service", "--user", "no-such-edgefleet-user",
+                                   "--no-systemctl"])
+    assert run.exit_code != 0
+    assert "useradd --system no-such-edgefleet-user" in run.output, run.output
+    assert not Path("/etc/systemd/system/edgefleet-agent.service").exists() or \
+        "no-such-edgefleet-user" not in Path("/etc/systemd/system/edgefleet-agent.service"
+                                             ).read_text()

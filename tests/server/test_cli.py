@@ -121,3 +121,12 @@ def test_a_bad_json_policy_is_one_line_before_the_server_starts(
     assert r.exit_code == 2, r.output
     line = _one_error_line(r.output)
     assert f"EDGEFLEET_SERVER_{where}: Extra inputs are not permitted" in line, line
+
+
+def test_a_bad_model_name_is_one_line_naming_the_field(env: str) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["server", "migrate"]).exit_code == 0
+    r = runner.invoke(app, ["server", "create-model", "bad name"])
+    assert r.exit_code == 1, r.output
+    line = _one_error_line(r.output)
+    assert line.startswith("error: name: ") and "pydantic.dev" not in r.output, line

@@ -305,6 +305,7 @@ def test_registry_cli_prints_tables_and_json(
     out = runner.invoke(app, ["registry", "monitor", "digits"])
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[2].split()[:3] == ["1", "1", "0"]  # version, requests, errors
+    assert "p50_ms" in out.output.splitlines()[1].split()  # latency columns name their unit
     for args in (["versions", "digits"], ["aliases", "digits"], ["history", "digits"]):
         assert runner.invoke(app, ["registry", *args]).exit_code == 0
     out = runner.invoke(app, ["registry", "monitor", "nope"])

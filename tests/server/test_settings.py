@@ -80,3 +80,12 @@ def test_log_level_in_any_case(monkeypatch: pytest.MonkeyPatch, given: str) -> N
     monkeypatch.setenv("EDGEFLEET_SERVER_LOG_LEVEL", "loud")
     with pytest.raises(ValidationError, match="log_level"):
         load_settings()
+
+
+@pytest.mark.parametrize(("given", "stored"), [("litert", "ai-edge-litert"),
+                                               ("ai_edge_litert", "ai-edge-litert"),
+                                               ("tflite", "tflite-runtime"), ("AUTO", "auto")])
+def test_interpreter_takes_the_clis_spellings(monkeypatch: pytest.MonkeyPatch, given: str,
+                                              stored: str) -> None:
+    monkeypatch.setenv("EDGEFLEET_SERVER_INTERPRETER", given)
+    assert load_settings().interpreter == stored

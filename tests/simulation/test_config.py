@@ -63,3 +63,33 @@ def test_selection_query_keys_reach_the_round_settings() -> None:
     assert round_settings(parse_experiment({}), "m").query_share == 0.1
     with pytest.raises(ConfigError, match=r"selection\.query_share"):
         parse_experiment({"selection": {"query_share": 1.5}})
+
+
+def test_more_per_round_than_clients_is_refused_by_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet_cli.main import app
+
+    path = tmp_path / "typo.toml"
+    path.write_text('name = "typo"\nrounds = 1\n[clients]\ncount = 10\nper_round = 50\n')
+    r = CliRunner().invoke(app, ["sim", "run", str(path), "--no-progress",
+                                 "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1, r.output
+    assert "clients: per_round 50 > count 10" in r.output, r.output
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="per_round 12 > count 6"):
+        parse_experiment({"clients": {"count": 6, "per_round": 12}})
+    assert parse_experiment({"clients": {"count": 6, "per_round": 6}}).clients.target() == 6
+
+
+def test_cli_help_shows_its_words_without_markup() -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet_cli.main import app
+
+    for args in (["sim", "run", "--help"], ["sim", "fleet", "--help"],
+                 ["server", "migrate", "--help"], ["server", "runner", "--help"]):
+        out = CliRunner().invoke(app, args, env={"COLUMNS": "200"}).output
+        assert "``" not in out, (args, out)
+    run_help = CliRunner().invoke(app, ["sim", "run", "--help"], env={"COLUMNS": "200"}).output
+    assert "A sweep table in the file runs every combination" in run_help

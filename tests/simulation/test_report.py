@@ -42,6 +42,8 @@ def test_plots_and_html_report(tmp_path: Path) -> None:
     page = html_report("t", {"final_accuracy": 0.8}, images, {"name": "t"}, rows())
     assert page.count("data:image/png;base64,") == 5
     assert "final_accuracy" in page and "<td>0.8</td>" in page
+    page = html_report("t", {"rounds_to_0.9": None}, images, {"name": "t"}, rows())
+    assert "<td>rounds_to_0.9</td><td>not reached</td>" in page
 
 
 def test_sweep_table_is_mean_and_std_over_seeds() -> None:
@@ -56,3 +58,13 @@ def test_sweep_table_is_mean_and_std_over_seeds() -> None:
     assert table[1]["final_accuracy"] == "0.5 ± 0"
     assert mean_std([None, None]) == (None, None, 0)
     assert mean_std([1.0, 3.0]) == (pytest.approx(2.0), pytest.approx(1.0), 2)
+
+
+@pytest.mark.parametrize(("seconds", "unit", "first"),
+                         [(1.2, "s", 1.2), (600.0, "min", 10.0), (36_000.0, "h", 10.0)])
+def test_simulated_time_is_plotted_in_a_unit_that_suits_its_range(
+        seconds: float, unit: str, first: float) -> None:
+    from simulation.report import _time_axis
+
+    xs, label = _time_axis([{"sim_time_s": seconds}, {"sim_time_s": 2 * seconds}])
+    assert label == f"simulated time ({unit})" and xs == pytest.approx([first, 2 * first])
