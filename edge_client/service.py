@@ -207,11 +207,23 @@ def install(options: ServiceOptions, root: Path = Path("/"), *, systemctl: bool 
             tmp.write_text(content)
             tmp.replace(path)  # never a half-written unit
     if systemctl and root == Path("/"):
+        _require_credentials(options, root)
         units = [u for u in UNITS if (root / "etc/systemd/system" / u).exists()]
         _systemctl(["daemon-reload"])
         _systemctl(["enable", *units])
         _systemctl(["restart", *units])
     return changes
+
+
+def _require_credentials(options: ServiceOptions, root: Path) -> None:
+    """:class:`ConfigurationError` naming the enrol command when the service's data directory
+    holds no credentials (the agent would run offline and never get a model)."""
+    path = root / options.data_dir.relative_to(options.data_dir.anchor) / "credentials.json"
+    if not path.exists():
+        raise ConfigurationError(
+            f"files written, units not started: {path} does not exist; enrol first with "
+            f"`sudo -u {options.user} edgefleet agent enroll --data-dir {options.data_dir} "
+            f"--server URL --token TOKEN`, then run install-service again")
 
 
 def _account(user: str) -> tuple[int, int]:

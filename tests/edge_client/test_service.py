@@ -5,18 +5,25 @@ place, and ``upgrade``'s pip step on a real virtual environment."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from edge_client.errors import ConfigurationError
 from edge_client.service import ServiceOptions, install, render, upgrade
 from edgefleet_cli.main import app as cli
+from tests.edge_client.stub_server import StubServer
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "systemd"
@@ -134,3 +141,52 @@ def test_install_under_root_refuses_a_missing_user_before_writing_anything() -> 
     assert not Path("/etc/systemd/system/edgefleet-agent.service").exists() or \
         "no-such-edgefleet-user" not in Path("/etc/systemd/system/edgefleet-agent.service"
                                              ).read_text()
+
+
+def test_starting_the_units_needs_credentials_in_the_services_data_dir(tmp_path: Path) -> None:
+    from edge_client.service import _require_credentials
+
+    options = ServiceOptions(data_dir=Path("/var/lib/edgefleet"))
+    with pytest.raises(ConfigurationError, match="agent enroll --data-dir /var/lib/edgefleet"):
+        _require_credentials(options, tmp_path)
+    (tmp_path / "var/lib/edgefleet").mkdir(parents=True)
+    (tmp_path / "var/lib/edgefleet/credentials.json").write_text("{}")
+    _require_credentials(options, tmp_path)
+
+
+def test_enrolled_into_the_units_data_dir_the_units_command_installs_the_model(
+        tmp_path: Path, published: StubServer) -> None:
+    """The README's sequence: enroll --data-dir <the unit's data dir>, then the unit's ExecStart
+    with the unit's environment polls, installs the model and serves it."""
+    data = tmp_path / "var/lib/edgefleet"
+    unit = render(ServiceOptions(data_dir=data))["etc/systemd/system/edgefleet-agent.service"]
+    lines = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line)
+    key, value = lines["Environment"].split("=", 1)
+    assert (key, value) == ("EDGEFLEET_AGENT_DATA_DIR", str(data))
+    enrolled = CliRunner().invoke(cli, ["agent", "enroll", "--data-dir", value, "--server",
+                                        published.url, "--token", "enrol-me"])
+    assert enrolled.exit_code == 0, enrolled.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, key: value, "EDGEFLEET_AGENT_HTTP_PORT": str(port),
+           "EDGEFLEET_AGENT_RETRY_BACKOFF_S": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(lines["ExecStart"].split(), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        ready = False
+        for _ in range(200):  # bounded: up to ~20 s for start-up, poll and install
+            with contextlib.suppress(httpx.TransportError):
+                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
+            if ready or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert ready, output
+    assert "not enrolled" not in output
+    assert any((data / "models").rglob("*.tflite")), output
