@@ -49,6 +49,7 @@ from enum import StrEnum
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from aggregation.medians import column_median
 from aggregation.messages import records_of
 from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
@@ -365,7 +366,7 @@ class UpdateValidator:
         if least is None or len(live) < self.bounds.min_updates_for_median:
             return
         stack = self._sample_rows([v.node_id for v in live])
-        reference = np.median(stack, axis=0)
+        reference = column_median(stack)
         ref_norm = float(np.linalg.norm(reference.astype(np.float64)))
         if ref_norm <= 0 or not math.isfinite(ref_norm):
             return
