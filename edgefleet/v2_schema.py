@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
+    Field,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -36,6 +38,7 @@ from pydantic import (
     ValidationError,
 )
 
+from edgefleet.bounds import check_line
 from edgefleet.errors import InputError
 
 LABEL_OUTPUT: Final = "label"
@@ -74,10 +77,14 @@ class RequestedOutput(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+#: The longest request ``id`` a V2 body may carry (it is echoed back in the answer).
+MAX_REQUEST_ID = 256
+
+
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    id: str | None = None
+    id: Annotated[str, Field(max_length=MAX_REQUEST_ID), AfterValidator(check_line)] | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[InferTensor]
     outputs: list[RequestedOutput] | None = None

@@ -264,3 +264,15 @@ def test_openapi_documents_every_status_with_its_family_body(client: TestClient)
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     error = doc["components"]["schemas"]["ErrorBody"]
     assert error["required"] == ["detail"] and error["properties"]["detail"]["type"] == "string"
+
+
+def test_a_v2_request_id_is_one_bounded_line(api: Api, client: TestClient) -> None:
+    api.production()
+    row = {"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+    url = "/v2/models/digits/infer"
+    for bad in ("a\x00b", "line\nbreak", "x" * 257):
+        r = client.post(url, json={"id": bad, "inputs": [row]}, headers=ADMIN)
+        assert r.status_code == 400 and set(r.json()) == {"error"}, r.text
+        assert "id" in r.json()["error"] and bad not in r.text
+    r = client.post(url, json={"id": "req-" + "7" * 252, "inputs": [row]}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["id"] == "req-" + "7" * 252
