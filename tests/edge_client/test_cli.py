@@ -3,15 +3,12 @@ process stopped with SIGTERM."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +19,7 @@ from edge_client.credentials import Credentials
 from edge_client.outbox import Outbox
 from edgefleet.datasets import Dataset
 from edgefleet_cli.main import app
+from tests.edge_client.agent_process import agent_env, free_port, wait_ready
 from tests.edge_client.conftest import MODEL
 from tests.edge_client.stub_server import StubServer
 
@@ -52,9 +50,7 @@ def test_enroll_with_a_bad_token_or_no_server(tmp_path: Path, stub: StubServer) 
     code, out = _agent(tmp_path / "a", "enroll", "--server", stub.url, "--token", "wrong")
     assert code == 1 and "401" in out
     assert not (tmp_path / "a" / "credentials.json").exists()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     code, out = _agent(tmp_path / "b", "enroll", "--server", dead, "--token", "t")
     assert code == 1 and "cannot connect" in out
 
@@ -99,31 +95,17 @@ def test_predict_from_json_csv_and_file(tmp_path: Path, published: StubServer,
     assert f"active:      {MODEL} v1" in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_run_serves_and_shuts_down_cleanly_on_sigterm(tmp_path: Path, published: StubServer,
                                                       stub_credentials: Credentials) -> None:
     data = tmp_path / "agent"
     data.mkdir()
     stub_credentials.save(data / "credentials.json")
-    port = _free_port()
-    env = {**os.environ, "EDGEFLEET_AGENT_DATA_DIR": str(data),
-           "EDGEFLEET_AGENT_HTTP_PORT": str(port), "EDGEFLEET_AGENT_RETRY_BACKOFF_S": "0",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgefleet_cli", "agent", "run"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet_cli", "agent", "run"],
+                            env=agent_env(data, port), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
-        ready = False
-        for _ in range(200):  # bounded: up to ~20 s for start-up, poll and install
-            with contextlib.suppress(httpx.TransportError):
-                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
-            if ready or proc.poll() is not None:
-                break
-            time.sleep(0.1)
+        ready = wait_ready(proc, port)
         assert ready, proc.communicate()[0] if proc.poll() is not None else "not ready"
         body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
                             "data": [0.0] * 64}]}

@@ -5,24 +5,20 @@ place, and ``upgrade``'s pip step on a real virtual environment."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from edge_client.errors import ConfigurationError
 from edge_client.service import ServiceOptions, install, render, upgrade
 from edgefleet_cli.main import app as cli
+from tests.edge_client.agent_process import agent_env, free_port, wait_ready
 from tests.edge_client.stub_server import StubServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,21 +162,11 @@ def test_enrolled_into_the_units_data_dir_the_units_command_installs_the_model(
     enrolled = CliRunner().invoke(cli, ["agent", "enroll", "--data-dir", value, "--server",
                                         published.url, "--token", "enrol-me"])
     assert enrolled.exit_code == 0, enrolled.output
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, key: value, "EDGEFLEET_AGENT_HTTP_PORT": str(port),
-           "EDGEFLEET_AGENT_RETRY_BACKOFF_S": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen(lines["ExecStart"].split(), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    port = free_port()
+    proc = subprocess.Popen(lines["ExecStart"].split(), env=agent_env(value, port),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        ready = False
-        for _ in range(200):  # bounded: up to ~20 s for start-up, poll and install
-            with contextlib.suppress(httpx.TransportError):
-                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
-            if ready or proc.poll() is not None:
-                break
-            time.sleep(0.1)
+        ready = wait_ready(proc, port)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     finally:
