@@ -28,6 +28,12 @@ below it knows about HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class EdgeFleetError(Exception):
     """Root of every error raised by EdgeFleet (the shared core and every package)."""
@@ -63,3 +69,24 @@ class SummaryError(EdgeFleetError):
 
 class SignatureError(EdgeFleetError):
     """A version's signature, or a signing key's endorsement, does not verify."""
+
+
+def describe_validation(exc: ValidationError, *,
+                        name: Callable[[Sequence[str]], str] = ".".join,
+                        top: str = "(top level)") -> str:
+    """``exc`` as ``WHERE: message`` parts joined by ``; ``, never quoting the value given.
+
+    Parameters
+    ----------
+    exc : pydantic.ValidationError
+        What validation refused.
+    name : callable (default: the location's parts joined by dots)
+        Turns an error's location (its parts as strings) into the name shown for it.
+    top : str (default: ``"(top level)"``)
+        Shown for an error of the whole object (an empty location).
+    """
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = [str(part) for part in error["loc"]]
+        parts.append(f"{name(loc) if loc else top}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

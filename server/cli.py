@@ -258,6 +258,7 @@ def create_model(
     from pydantic import ValidationError
     from sqlalchemy.exc import DBAPIError
 
+    from edgefleet.errors import describe_validation
     from registry.catalog import create_model as create
     from registry.db import make_engine, session_scope
     from registry.errors import RegistryError
@@ -271,11 +272,7 @@ def create_model(
         with session_scope(engine, write=True) as session:
             create(session, data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors(include_url=False, include_input=False)
-        )
-        typer.echo(f"error: {problems}", err=True)
+        typer.echo(f"error: {describe_validation(exc)}", err=True)
         raise typer.Exit(1) from None
     except RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)

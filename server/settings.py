@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edgefleet.errors import describe_validation
 from edgefleet.log_level import LogLevel
 
 __all__ = ["ServerSettings", "describe_invalid", "load_settings"]
@@ -193,17 +195,12 @@ def describe_invalid(
     environment variable (``prefix`` + the field) and never showing the value given: settings
     carry secrets, and pydantic's own text quotes the input. ``field`` names the setting when
     ``exc`` comes from validating that one setting's value (e.g. ``batching``'s JSON)."""
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = [str(part) for part in error["loc"]]
-        if field is not None:
-            loc.insert(0, field)
-        name = prefix + loc[0].upper() if loc else prefix.rstrip("_.")
-        if len(loc) > 1:
-            name += "." + ".".join(loc[1:])
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{name}: {message}")
-    return "; ".join(parts)
+    def env_name(loc: Sequence[str]) -> str:
+        loc = [field, *loc] if field is not None else list(loc)
+        return ".".join([prefix + loc[0].upper(), *loc[1:]])
+
+    return describe_validation(exc, name=env_name, top=prefix.rstrip("_.") if field is None
+                               else prefix + field.upper())
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> ServerSettings:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from edgefleet.errors import describe_validation
 from simulation.config_sections import (
     AdversaryConfig,
     BatchRule,
@@ -115,20 +116,12 @@ class Experiment(Section):
         return self.model_dump_json(exclude={"output", "engine", "sweep"})
 
 
-def _describe(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(lines)
-
-
 def parse_experiment(data: dict[str, Any], *, base: Path | None = None) -> Experiment:
     """Validate a dict (a parsed TOML file); relative paths are taken from ``base``."""
     try:
         exp = Experiment.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid experiment: {_describe(exc)}") from exc
+        raise ConfigError(f"invalid experiment: {describe_validation(exc)}") from exc
     return _resolve_paths(exp, base) if base is not None else exp
 
 
