@@ -8,7 +8,9 @@ database. The Flower message keys (:mod:`edgefleet.flower_keys`) and the run set
 Modules::
 
     errors          the exception tree (FederationError)
-    validation      UpdateValidator, ValidationBounds, Verdict, RefusalReason
+    validation      UpdateValidator: the checks of a round's train replies
+    validation_types ValidationBounds, Verdict, Refusal, RefusalReason
+    update_arrays   a reply's arrays decoded against the weight spec; stacking in blocks
     report          RoundReport: who was asked, who answered, what was refused and why
     selection/      Candidate, uniform / drift-prioritised selection, the fairness bound,
                     per-node drift as change against the node's own baseline (tracking,
@@ -26,9 +28,9 @@ Modules::
     publishing      Publisher: new versions with lineage, canary gate
     registry_client RegistryClient: the server's REST API (httpx)
     controller      when to start a run (fleet drift, schedule, cooldown); FlwrRunLauncher
-    metrics         Prometheus metrics of rounds and the controller (multiprocess-aware)
-    settings        RunSettings from Flower's run config (defined in edgefleet.run_settings)
     metrics         Prometheus metrics of rounds, replies and controller decisions
+                    (multiprocess-aware)
+    settings        RunSettings from Flower's run config (defined in edgefleet.run_settings)
     server_app      the ServerApp (``aggregation.server_app:app``) and run_federation
 
 The names below are importable from ``aggregation`` directly; they load on first use, so
@@ -46,8 +48,8 @@ _EXPORTS = {
     "SettingsError": "aggregation.errors",
     "RegistryClientError": "aggregation.errors",
     "UpdateValidator": "aggregation.validation",
-    "ValidationBounds": "aggregation.validation",
-    "RefusalReason": "aggregation.validation",
+    "ValidationBounds": "aggregation.validation_types",
+    "RefusalReason": "aggregation.validation_types",
     "RoundReport": "aggregation.report",
     "RoundRunner": "aggregation.rounds",
     "RoundSettings": "aggregation.rounds",

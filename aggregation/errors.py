@@ -16,7 +16,7 @@
         └── RegistryProtocolError    the answer is not what the contract says (bad JSON, digests)
 
 A *refused update* is not an exception: :mod:`aggregation.validation` returns a verdict with the
-reasons, and the round records it in its :class:`~aggregation.validation.RoundReport`.
+reasons, and the round records it in its :class:`~aggregation.report.RoundReport`.
 Errors of the shared core (:class:`edgefleet.errors.EdgeFleetError`, e.g. a corrupt plan) pass
 through unchanged.
 """

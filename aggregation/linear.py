@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 
-from aggregation.validation import blocks
+from aggregation.update_arrays import blocks
 from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
 

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aggregation.validation import RefusalReason, Verdict
+from aggregation.validation_types import RefusalReason, Verdict
 
 RoundStatus = Literal["running", "ok", "failed"]
 

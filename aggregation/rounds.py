@@ -46,7 +46,8 @@ from aggregation.steering import (
     strategy_contents,
 )
 from aggregation.strategies import aggregate, strategy_train_config
-from aggregation.validation import UpdateValidator, ValidationBounds, Verdict
+from aggregation.validation import UpdateValidator
+from aggregation.validation_types import ValidationBounds, Verdict
 from edgefleet import flower_keys as fk
 from edgefleet.errors import EdgeFleetError
 from edgefleet.plan import PlanManifest
@@ -73,7 +74,7 @@ class RoundRunner(GridExchange):
         Which eligible nodes train.
     settings, steering, bounds
         :class:`RoundSettings`, :class:`~aggregation.steering.SteeringConfig`,
-        :class:`~aggregation.validation.ValidationBounds`.
+        :class:`~aggregation.validation_types.ValidationBounds`.
     evaluate_fn : callable or None (default: None)
         ``evaluate_fn(round, weights) -> metrics`` on a server-side holdout set.
     on_round : callable or None (default: None)

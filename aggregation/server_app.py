@@ -38,7 +38,7 @@ from aggregation.selection.quarantine import Quarantine
 from aggregation.settings import RunSettings, knobs_for
 from aggregation.steering import SteeringConfig
 from aggregation.strategies import build_strategy, strategy_name
-from aggregation.validation import ValidationBounds
+from aggregation.validation_types import ValidationBounds
 from edgefleet.audit import RunEvent
 from edgefleet.errors import PlanMismatchError
 

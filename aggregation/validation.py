@@ -32,166 +32,28 @@ A train reply is checked against the plan's weight spec
    its query and its reply alike — buys it more than that share of the aggregate.
 
 :meth:`UpdateValidator.apply_round_bounds` applies the round-level steps 4 (relative), 6 and 7.
+The bounds (:class:`ValidationBounds`) and the verdicts (:class:`Verdict`) are defined in
+:mod:`aggregation.validation_types`; decoding an array against the spec and stacking the
+replies' arrays in blocks in :mod:`aggregation.update_arrays`.
 
 A refused update is never aggregated: its :class:`Verdict` lists every reason, and the round's
-:class:`RoundReport` counts refusals per reason.
+:class:`~aggregation.report.RoundReport` counts refusals per reason.
 """
 
 from __future__ import annotations
 
-import functools
-import io
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from aggregation.medians import column_median
 from aggregation.messages import records_of
+from aggregation.update_arrays import WantedArray, blocks, decode_array
+from aggregation.validation_types import RefusalReason, ValidationBounds, Verdict
 from edgefleet import flower_keys as fk
 from edgefleet.plan import WeightSpec
-from edgefleet.run_settings import DEFAULTS
-
-_DECODE_ERRORS = (ValueError, TypeError, OSError, EOFError)
-BLOCK_ELEMENTS = 1 << 22  # values (replies x coordinates) stacked at a time
-
-
-class RefusalReason(StrEnum):
-    """Why an update was refused (one update may have several)."""
-
-    MALFORMED = "malformed"
-    NAMES = "names"
-    SHAPE = "shape"
-    DTYPE = "dtype"
-    NOT_FINITE = "not-finite"
-    NORM = "norm"
-    DIRECTION = "direction"
-    NUM_EXAMPLES = fk.NUM_EXAMPLES
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """One reason to refuse an update, with a human-readable detail."""
-
-    reason: RefusalReason
-    detail: str
-
-
-@dataclass
-class Verdict:
-    """The outcome of validating one node's update.
-
-    Attributes
-    ----------
-    node_id : int
-        The node that sent the update.
-    refusals : list[Refusal]
-        Every reason found; empty when the update is accepted.
-    num_examples : int or None
-        The validated number of examples (``None`` when missing or implausible).
-    update_norm : float or None
-        ``||w_client - w_global||_2`` (``None`` when it could not be computed).
-    arrays : dict[str, np.ndarray]
-        The decoded weights (read-only views of the reply's bytes in the usual case, see
-        ``_fast_numpy``) when every array decoded and is finite; empty otherwise.
-        :mod:`aggregation.linear` aggregates from them.
-    metrics : list[MetricRecord]
-        The reply's metric records (one, when it is well formed).
-    """
-
-    node_id: int
-    refusals: list[Refusal] = field(default_factory=list)
-    num_examples: int | None = None
-    update_norm: float | None = None
-    claimed_examples: int | None = None
-    cosine: float | None = None
-    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    metrics: list[MetricRecord] = field(default_factory=list, repr=False)
-
-    @property
-    def accepted(self) -> bool:
-        return not self.refusals
-
-    @property
-    def reasons(self) -> list[RefusalReason]:
-        return sorted({r.reason for r in self.refusals})
-
-    def refuse(self, reason: RefusalReason, detail: str) -> None:
-        self.refusals.append(Refusal(reason, detail))
-
-
-@dataclass(frozen=True)
-class ValidationBounds:
-    """Bounds an update must respect.
-
-    Parameters
-    ----------
-    max_update_norm : float or None (default: None)
-        Absolute bound on ``||w_client - w_global||_2``; ``None`` disables it.
-    max_norm_ratio : float or None (default: 10.0)
-        Relative bound: an update whose norm exceeds ``max_norm_ratio`` times the median norm of
-        the round's otherwise-valid updates is refused; ``None`` disables it.
-    min_updates_for_median : int (default: 3)
-        The relative bound is applied only with at least this many otherwise-valid updates.
-    max_num_examples : int (default: 1_000_000)
-        The largest ``num-examples`` any node may report.
-    declared_slack : float (default: 0.25)
-        A train reply may report up to ``ceil(declared * (1 + declared_slack))`` examples, where
-        ``declared`` is the count of the node's query reply.
-    min_cosine : float or None (default: 0.1)
-        Direction bound: the least cosine between an update and the round's coordinate-wise
-        median update; ``None`` disables it.
-    max_weight_ratio : float or None (default: 2.0)
-        An accepted update weighs at most this many times the round's median ``num-examples``;
-        ``None`` disables the cap.
-    implausible_ratio : float or None (default: 100.0)
-        A ``num-examples`` above this many times the round's median is refused; ``None``
-        disables it.
-    direction_sample : int (default: 65536)
-        Coordinates (evenly spaced over all weights) the direction bound looks at.
-    direction_mads : float or None (default: 3.0)
-        The direction bound is lowered to the round's median cosine minus this many robust
-        deviations (1.4826 x MAD) when that is below ``min_cosine``; ``None``: ``min_cosine``
-        alone.
-    """
-
-    max_update_norm: float | None = None
-    max_norm_ratio: float | None = DEFAULTS.max_norm_ratio
-    min_updates_for_median: int = 3
-    max_num_examples: int = DEFAULTS.max_num_examples
-    declared_slack: float = 0.25
-    min_cosine: float | None = DEFAULTS.min_cosine
-    max_weight_ratio: float | None = DEFAULTS.max_weight_ratio
-    implausible_ratio: float | None = 100.0
-    direction_sample: int = 65536
-    direction_mads: float | None = DEFAULTS.direction_mads
-
-    def __post_init__(self) -> None:
-        from aggregation.errors import SettingsError
-
-        if self.max_update_norm is not None and not self.max_update_norm > 0:
-            raise SettingsError(f"max_update_norm must be > 0, got {self.max_update_norm}")
-        if self.max_norm_ratio is not None and not self.max_norm_ratio >= 1:
-            raise SettingsError(f"max_norm_ratio must be >= 1, got {self.max_norm_ratio}")
-        if self.min_updates_for_median < 2:
-            raise SettingsError("min_updates_for_median must be >= 2")
-        if self.max_num_examples < 1:
-            raise SettingsError("max_num_examples must be >= 1")
-        if not self.declared_slack >= 0:
-            raise SettingsError("declared_slack must be >= 0")
-        if self.min_cosine is not None and not -1 <= self.min_cosine < 1:
-            raise SettingsError(f"min_cosine must be in [-1, 1), got {self.min_cosine}")
-        for name in ("max_weight_ratio", "implausible_ratio"):
-            value = getattr(self, name)
-            if value is not None and not value >= 1:
-                raise SettingsError(f"{name} must be >= 1, got {value}")
-        if self.direction_sample < 1:
-            raise SettingsError("direction_sample must be >= 1")
-        if self.direction_mads is not None and not self.direction_mads >= 0:
-            raise SettingsError(f"direction_mads must be >= 0, got {self.direction_mads}")
 
 
 class UpdateValidator:
@@ -219,7 +81,7 @@ class UpdateValidator:
             k: np.asarray(global_weights[k], dtype=_norm_dtype(np.dtype(w.dtype)))
             for k, w in self.spec.items()
         }
-        self._want = {k: _Want.of(w) for k, w in self.spec.items()}
+        self._want = {k: WantedArray.of(w) for k, w in self.spec.items()}
         total = sum(math.prod(w.shape) for w in self.spec.values())
         self._stride = max(1, math.ceil(total / self.bounds.direction_sample))
         self._samples: dict[int, np.ndarray] = {}
@@ -240,7 +102,7 @@ class UpdateValidator:
         The per-reply checks (structure, names, shapes, dtypes, num-examples) look at each
         reply's records; the numeric ones (finite, norm, the direction sample) run once over the
         replies' arrays stacked per weight (:meth:`_numeric`), in column blocks of at most
-        :data:`BLOCK_ELEMENTS` values.
+        :data:`~aggregation.update_arrays.BLOCK_ELEMENTS` values.
         """
         verdicts, decoded = [], []
         for node_id, content, declared in replies:
@@ -252,7 +114,7 @@ class UpdateValidator:
             got: dict[str, np.ndarray] = {}
             if arrays is not None:
                 for name, want in self._want.items():
-                    arr = _decode(verdict, name, arrays[name], want)
+                    arr = decode_array(verdict, name, arrays[name], want)
                     if arr is not None:
                         got[name] = arr
             verdicts.append(verdict)
@@ -439,21 +301,6 @@ class UpdateValidator:
         return median
 
 
-def blocks(flats: Sequence[np.ndarray]) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(lo, hi, block)`` over the coordinates of equally long 1-D arrays: ``block`` is a
-    C-ordered ``(len(flats), hi - lo)`` stack of ``flat[lo:hi]``, of at most
-    :data:`BLOCK_ELEMENTS` values, in one buffer reused from block to block (so a caller may
-    overwrite it, and must copy what it keeps)."""
-    n, size = len(flats), flats[0].size
-    width = max(1, min(size, BLOCK_ELEMENTS // n))
-    buffer = np.empty(n * width, dtype=flats[0].dtype)
-    for lo in range(0, size, width):
-        hi = min(size, lo + width)
-        block = buffer[: n * (hi - lo)].reshape(n, hi - lo)
-        np.stack([f[lo:hi] for f in flats], out=block)
-        yield lo, hi, block
-
-
 def _refuse_non_finite(verdict: Verdict, name: str, rows: np.ndarray) -> None:
     if rows.dtype.kind == "f" and not np.isfinite(rows).all():
         bad = int(rows.size - np.count_nonzero(np.isfinite(rows)))
@@ -463,74 +310,6 @@ def _refuse_non_finite(verdict: Verdict, name: str, rows: np.ndarray) -> None:
 def _norm_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype norms are computed in: floats stay, integers go to float64 (no wrap-around)."""
     return dtype if dtype.kind == "f" else np.dtype(np.float64)
-
-
-@dataclass(frozen=True)
-class _Want:
-    """One weight of the spec, as the decoder compares it: shape, dtype, the ``.npy`` bytes."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    dtype_name: str
-    header: bytes
-    nbytes: int
-
-    @classmethod
-    def of(cls, spec: WeightSpec) -> _Want:
-        shape, dtype = tuple(spec.shape), np.dtype(spec.dtype)
-        header = _npy_header(shape, dtype.str)
-        size = len(header) + math.prod(shape) * dtype.itemsize
-        return cls(shape, dtype, dtype.name, header, size)
-
-
-def _decode(verdict: Verdict, name: str, array: Array, want: _Want) -> np.ndarray | None:
-    """Check the declared then the decoded shape/dtype of one array; ``None`` if refused."""
-    if tuple(array.shape) != want.shape:
-        verdict.refuse(RefusalReason.SHAPE,
-                       f"{name}: shape {list(array.shape)}, want {list(want.shape)}")
-        return None
-    if array.dtype != want.dtype_name:
-        verdict.refuse(RefusalReason.DTYPE, f"{name}: dtype {array.dtype}, want {want.dtype_name}")
-        return None
-    try:
-        arr = _fast_numpy(array, want)
-        if arr is None:
-            arr = array.numpy()
-    except _DECODE_ERRORS as exc:
-        verdict.refuse(RefusalReason.MALFORMED, f"{name}: undecodable array ({exc})")
-        return None
-    if arr.shape != want.shape:
-        verdict.refuse(RefusalReason.SHAPE, f"{name}: decoded shape {list(arr.shape)}")
-        return None
-    if arr.dtype != want.dtype:
-        verdict.refuse(RefusalReason.DTYPE, f"{name}: decoded dtype {arr.dtype}")
-        return None
-    return arr
-
-
-@functools.lru_cache(maxsize=256)
-def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
-    """The exact ``.npy`` header ``np.save`` writes for a C-ordered array of this spec."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": shape})
-    return buf.getvalue()
-
-
-def _fast_numpy(array: Array, want: _Want) -> np.ndarray | None:
-    """A read-only view of the array's bytes when they are exactly ``np.save``'s output for the
-    spec (what Flower's ``Array(ndarray)`` writes); else ``None`` (decode the slow way).
-
-    ``Array.numpy()`` parses the ``.npy`` header with ``ast.literal_eval``, most of the cost of
-    a small array; comparing the header bytes with the one expected is exact and cheaper.
-    """
-    data = array.data
-    if array.stype != "numpy.ndarray" or not isinstance(data, bytes):
-        return None
-    if len(data) != want.nbytes or not data.startswith(want.header):
-        return None
-    return np.frombuffer(data, dtype=want.dtype, offset=len(want.header)).reshape(want.shape)
 
 
 def _as_count(value: object) -> int | None:

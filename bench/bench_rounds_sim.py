@@ -37,7 +37,10 @@ Then the aggregation of 100 updates of 1M parameters without an engine: ours' va
 steering weights + weighted mean beside ``FedAvg.aggregate_train`` on the same replies.
 
 Run: ``.venv/bin/python bench/bench_rounds_sim.py`` [--clients 100 1000] [--rounds 4]
-[--reps 3] [--fraction 1.0] [--fresh-summaries] [--skip-1m] [--profile FILE].
+[--reps 3] [--fraction 1.0] [--fresh-summaries] [--skip-1m] [--profile FILE]. The parts live
+beside it: ``_rounds_client.py`` (the ClientApp and the drift its replies carry),
+``_rounds_servers.py`` (the two ServerApps, timed round by round), ``_rounds_report.py`` (the
+tables); this script runs one child process per client count and the 1M-parameter aggregation.
 """
 
 from __future__ import annotations
@@ -49,239 +52,31 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-from _common import ROOT, Column, print_table
+from _common import ROOT
+from _rounds_report import Rows, print_tables, summarise
 
 RESULT = "RESULT "
-SHAPES = {"dense/kernel": (64, 64), "dense/bias": (64,), "out/kernel": (64, 10),
-          "out/bias": (10,)}
-DRIFT_KINDS = 3  # nodes i, i + 3, ... share a drift summary (their inputs shift by 0.5 * kind)
 SYSTEMS = ("ours", "fedavg")
 
 
-# --- the ClientApp both systems talk to ---------------------------------------------------------
-def _reference() -> Any:
-    import numpy as np
-
-    from edgefleet.drift import build_reference
-
-    x = np.random.default_rng(1).normal(size=(1000, 64))
-    return build_reference(x, np.zeros(1000, int), [f"p{i}" for i in range(64)], 10)
-
-
-def _client_app(reference: Any, fresh: bool = False) -> Any:
-    """Message shapes of ``edge_client.flower_client``; "training" is a numpy perturbation.
-
-    ``fresh``: each node keeps its own cumulative drift accumulator and adds 20 rows before
-    every reply, so every reply carries a new summary (as a device serving between rounds
-    does); otherwise the nodes share 3 fixed summaries.
-    """
-    import numpy as np
-    from flwr.app import (
-        Array,
-        ArrayRecord,
-        ConfigRecord,
-        Context,
-        Message,
-        MetricRecord,
-        RecordDict,
-    )
-    from flwr.clientapp import ClientApp
-
-    from edgefleet.drift import DriftAccumulator
-    from edgefleet.drift.packed import pack
-
-    summaries: dict[int, bytes] = {}
-    for kind in range(DRIFT_KINDS):
-        acc = DriftAccumulator(reference, model="digits", version=1)
-        acc.update(np.random.default_rng(kind).normal(loc=0.5 * kind, size=(100, 64)))
-        summaries[kind] = pack(acc.to_summary())
-
-    accumulators: dict[int, tuple[Any, list[int]]] = {}
-
-    def drift(pid: int) -> bytes:
-        if not fresh:
-            return summaries[pid % DRIFT_KINDS]
-        if pid not in accumulators:
-            accumulators[pid] = (DriftAccumulator(reference, model="digits", version=1), [0])
-        acc, calls = accumulators[pid]
-        calls[0] += 1
-        acc.update(np.random.default_rng((pid, calls[0])).normal(
-            loc=0.5 * (pid % DRIFT_KINDS), size=(20, 64)))
-        return pack(acc.to_summary())
-
-    app = ClientApp()
-
-    def examples(pid: int) -> int:
-        return 50 + pid % 50
-
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        config = ConfigRecord({"eligible": True, "reasons": "[]",
-                               "drift-packed": drift(pid), "plan-sha256": "0" * 64})
-        metrics = MetricRecord({"num-examples": examples(pid)})
-        return Message(RecordDict({"config": config, "metrics": metrics}), reply_to=msg)
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        rnd = msg.content.config_records["config"].get("server-round", 0)
-        assert isinstance(rnd, int)
-        rng, common = np.random.default_rng((pid, rnd)), np.random.default_rng(rnd)
-        arrays = msg.content.array_records["arrays"]
-        # honest-looking updates: a shared direction plus per-node noise (validation's
-        # direction bound refuses updates that do not point with the round's median)
-        new = {k: (a.numpy() + common.normal(0, 0.01, a.shape)
-                   + rng.normal(0, 0.005, a.shape)).astype(np.float32)
-               for k, a in arrays.items()}
-        content = RecordDict({
-            "arrays": ArrayRecord({k: Array(v) for k, v in new.items()}),
-            "metrics": MetricRecord({"num-examples": examples(pid), "train-loss": 0.5}),
-            "config": ConfigRecord({"status": "ok", "drift-packed": drift(pid)}),
-        })
-        return Message(content, reply_to=msg)
-
-    return app
-
-
-# --- the two ServerApps' main functions ---------------------------------------------------------
-class GridMeter:
-    """Thread CPU spent inside the grid's calls (pushing into and pulling from the LinkState).
-
-    The grid instance's methods are replaced by timed ones, so ``send_and_receive`` (which
-    ``FedAvg.start()`` uses) is timed through them too.
-    """
-
-    def __init__(self, grid: Any) -> None:
-        self.cpu, self.pulls = 0.0, 0
-        for name in ("push_messages", "pull_messages", "get_node_ids"):
-            setattr(grid, name, self._timed(getattr(grid, name), name == "pull_messages"))
-
-    def _timed(self, fn: Callable[..., Any], pull: bool) -> Callable[..., Any]:
-        def call(*a: Any) -> Any:
-            t = time.thread_time()
-            try:
-                return list(fn(*a))
-            finally:
-                self.cpu += time.thread_time() - t
-                self.pulls += pull
-        return call
-
-    def mark(self) -> tuple[float, int]:
-        return self.cpu, self.pulls
-
-
-def _ours(grid: Any, n: int, k: int, rounds: int, rows: list[dict[str, float]],
-          profile: Any = None) -> None:
-    """Our RoundRunner, drift steering on, ``k`` of ``n`` nodes a round; one row per round
-    (thread CPU, settle CPU, wall, grid CPU, pulls, queries)."""
-    meter = GridMeter(grid)
-    import numpy as np
-
-    from aggregation.rounds import RoundRunner, RoundSettings
-    from aggregation.selection import make_policy
-    from aggregation.strategies import build_strategy
-    from edgefleet.plan import InputSpec, OutputSpec, PlanManifest, WeightSpec
-
-    manifest = PlanManifest(
-        name="digits", architecture={"kind": "mlp", "hidden": [64]},
-        input=InputSpec(shape=[None, 64], feature_names=[f"p{i}" for i in range(64)]),
-        output=OutputSpec(class_labels=[str(i) for i in range(10)]),
-        weights=[WeightSpec(name=k, shape=list(s)) for k, s in SHAPES.items()],
-        train_batch_size=32, plan_sha256="0" * 64, plan_size=1, built_with={},
-        reference=_reference(),
-    )
-    settle = [0.0]
-
-    class TimedRunner(RoundRunner):
-        def _validate(self, *a: Any) -> Any:
-            t = time.thread_time()
-            try:
-                return super()._validate(*a)
-            finally:
-                settle[0] += time.thread_time() - t
-
-        def _aggregate(self, *a: Any) -> Any:
-            t = time.thread_time()
-            try:
-                return super()._aggregate(*a)
-            finally:
-                settle[0] += time.thread_time() - t
-
-    settings = RoundSettings(model="digits", target_clients=k, min_reports=max(1, k // 2),
-                             over_selection=1.0, min_nodes=n, poll_interval_s=0.1,
-                             wait_for_nodes_s=120, query_timeout_s=600, train_timeout_s=600)
-    policy = make_policy("drift", fair_max_picks=rounds, fair_window=max(5, rounds))
-    runner = TimedRunner(grid, manifest, build_strategy("fedavg"), policy, settings=settings)
-    weights = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
-    for r in range(1, rounds + 1):
-        settle[0] = 0.0
-        g0, p0 = meter.mark()
-        wall, cpu = time.perf_counter(), time.thread_time()
-        if profile is not None:
-            profile.enable()
-        outcome = runner.run_round(r, weights)
-        if profile is not None:
-            profile.disable()
-        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-        g1, p1 = meter.mark()
-        rep = outcome.report
-        if rep.status != "ok" or len(rep.accepted) != k:
-            raise RuntimeError(f"round {r} of ours: {rep.summary_line()}")
-        weights = outcome.weights
-        rows.append({"cpu": cpu, "settle": settle[0], "wall": wall, "grid": g1 - g0,
-                     "pulls": p1 - p0, "queries": len(rep.queried)})
-
-
-def _fedavg(grid: Any, n: int, k: int, rounds: int, rows: list[dict[str, float]]) -> None:
-    """Flower's FedAvg.start() training ``k`` of ``n`` nodes a round; one row per round."""
-    import numpy as np
-    from flwr.app import Array, ArrayRecord
-    from flwr.serverapp.strategy import FedAvg
-
-    settle = [0.0]
-    meter = GridMeter(grid)
-
-    class TimedFedAvg(FedAvg):
-        def aggregate_train(self, server_round: int, replies: Any) -> Any:
-            t = time.thread_time()
-            try:
-                return super().aggregate_train(server_round, replies)
-            finally:
-                settle[0] = time.thread_time() - t
-
-    marks: list[tuple[float, float, float, int]] = []
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
-        marks.append((time.thread_time(), time.perf_counter(), *meter.mark()))
-        if server_round > 0:
-            (c0, w0, g0, p0), (c1, w1, g1, p1) = marks[-2], marks[-1]
-            rows.append({"cpu": c1 - c0, "settle": settle[0], "wall": w1 - w0, "grid": g1 - g0,
-                         "pulls": p1 - p0, "queries": 0})
-
-    strategy = TimedFedAvg(fraction_train=k / n, fraction_evaluate=0.0, min_train_nodes=k,
-                           min_available_nodes=n)
-    initial = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
-    strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=600,
-                   evaluate_fn=evaluate_fn)
-    if len(rows) != rounds:
-        raise RuntimeError(f"FedAvg ran {len(rows)} of {rounds} rounds")
-
-
+# --- the child: fresh federations, both systems, every repetition --------------------------------
 def child(n: int, rounds: int, reps: int, profile_path: str | None, fresh: bool,
           fraction: float) -> None:
     """Run ``reps`` x (ours, FedAvg) on fresh federations; print one ``RESULT {json}`` line."""
     import cProfile
     import logging
 
+    from _rounds_client import client_app, reference
+    from _rounds_servers import run_fedavg, run_ours
+
     from simulation.inprocess import federation
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("aggregation").setLevel(logging.WARNING)
-    app = _client_app(_reference(), fresh)
+    ref = reference()
+    app = client_app(ref, fresh)
     k = max(1, round(fraction * n))
     # CPU time of the profiled thread: waits for the GIL held by the ClientApp threads excluded
     profile = cProfile.Profile(time.thread_time) if profile_path else None
@@ -294,18 +89,19 @@ def child(n: int, rounds: int, reps: int, profile_path: str | None, fresh: bool,
             rows: list[dict[str, float]] = []
             with federation(app, n, workers=2) as grid:
                 if system == "ours":
-                    _ours(grid, n, k, rounds, rows, profile if rep == reps - 1 else None)
+                    run_ours(grid, n, k, rounds, rows, ref, profile if rep == reps - 1 else None)
                 else:
-                    _fedavg(grid, n, k, rounds, rows)
+                    run_fedavg(grid, n, k, rounds, rows)
             out[system].append(rows)
     if profile is not None and profile_path:
         profile.dump_stats(profile_path)
     print(RESULT + json.dumps({"clients": n, **out}), flush=True)
 
 
-# --- the parent: one child per client count, the table ------------------------------------------
+# --- the parent: one child per client count, the tables -----------------------------------------
 def run_child(n: int, rounds: int, reps: int, profile: str | None, fresh: bool,
               fraction: float) -> dict[str, Any]:
+    """Run :func:`child` for ``n`` clients in a fresh interpreter; its ``RESULT`` as a dict."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.path.dirname(__file__)])}
     cmd = [sys.executable, __file__, "--child", "--clients", str(n), "--rounds", str(rounds),
@@ -320,50 +116,6 @@ def run_child(n: int, rounds: int, reps: int, profile: str | None, fresh: bool,
     if proc.returncode != 0 or not lines:
         sys.exit(f"the run with {n} clients failed (exit {proc.returncode})")
     return dict(json.loads(lines[-1][len(RESULT):]))
-
-
-def _values(res: dict[str, Any], system: str, key: str, keep: Callable[[int], bool],
-            rep: int | None = None) -> list[float]:
-    """``key`` of the kept rounds of every repetition (or of repetition ``rep``) of ``system``;
-    ``own`` is ``cpu - grid``."""
-    reps = res[system] if rep is None else [res[system][rep]]
-    return [row["cpu"] - row["grid"] if key == "own" else row[key]
-            for rows in reps for r, row in enumerate(rows) if keep(r)]
-
-
-SPANS: list[tuple[str, Callable[[int], bool]]] = [
-    ("round 1", lambda r: r == 0), ("rounds 2+", lambda r: r > 0), ("all rounds", lambda r: True)]
-
-
-def summarise(res: dict[str, Any]) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-    """The two tables' rows for one client count: round 1, rounds 2+, all rounds."""
-    totals: list[tuple[object, ...]] = []
-    parts: list[tuple[object, ...]] = []
-    for label, keep in SPANS:
-        def med(system: str, key: str, keep: Callable[[int], bool] = keep) -> float:
-            return statistics.median(_values(res, system, key, keep))
-
-        ours, flower = _values(res, "ours", "cpu", keep), _values(res, "fedavg", "cpu", keep)
-        per_rep = [statistics.median(_values(res, "ours", "cpu", keep, i))
-                   / statistics.median(_values(res, "fedavg", "cpu", keep, i))
-                   for i in range(len(res["ours"]))]
-        case = f"{res['clients']} clients, {label}"
-        n_rounds = len(res["ours"][0])
-        per_round = [statistics.median(_values(res, "ours", "cpu", lambda r, j=j: r == j))
-                     / statistics.median(_values(res, "fedavg", "cpu", lambda r, j=j: r == j))
-                     for j in range(n_rounds) if keep(j)]
-        queries = max(_values(res, "ours", "queries", keep), default=0)
-        totals.append((case, len(ours),
-                       f"{statistics.median(ours):.3f} [{min(ours):.3f}-{max(ours):.3f}]",
-                       f"{statistics.median(flower):.3f} [{min(flower):.3f}-{max(flower):.3f}]",
-                       statistics.median(ours) / statistics.median(flower),
-                       f"{min(per_rep):.2f}-{max(per_rep):.2f}", max(per_round), queries))
-        parts.append((case, med("ours", "grid"), med("fedavg", "grid"), med("ours", "pulls"),
-                      med("fedavg", "pulls"), med("ours", "own"), med("fedavg", "own"),
-                      med("ours", "own") / med("fedavg", "own"), med("ours", "settle"),
-                      med("fedavg", "settle"), med("ours", "settle") / med("fedavg", "settle"),
-                      med("ours", "wall"), med("fedavg", "wall")))
-    return totals, parts
 
 
 def main() -> None:
@@ -384,44 +136,20 @@ def main() -> None:
         child(args.clients[0], args.rounds, args.reps, args.profile, args.fresh_summaries,
               args.fraction)
         return
-    totals: list[tuple[object, ...]] = []
-    parts: list[tuple[object, ...]] = []
+    totals: Rows = []
+    parts: Rows = []
     for n in args.clients:
         print(f"{n} clients…", file=sys.stderr, flush=True)
         t, p = summarise(run_child(n, args.rounds, args.reps, args.profile,
                                    args.fresh_summaries, args.fraction))
         totals, parts = totals + t, parts + p
-    summaries = ("a new drift summary in every reply" if args.fresh_summaries
-                 else "3 drift summaries")
-    trained = ("every node trains" if args.fraction >= 1.0
-               else f"{args.fraction:g} of the nodes train")
-    print(f"\nServer-side CPU per round (the ServerApp's thread, time.thread_time): {args.rounds}"
-          f" rounds x {args.reps} repetitions, {trained}, 4,810 params, drift steering on,"
-          f" {summaries}")
-    print_table([Column("case", 24), Column("rounds", 6, "d"),
-                 Column("ours (s) median [min-max]", 26),
-                 Column("FedAvg (s) median [min-max]", 28),
-                 Column("ratio", 6, ".2f", suffix="x"), Column("ratio per rep", 13),
-                 Column("worst round", 11, ".2f", suffix="x"),
-                 Column("queries/round", 13, ".0f")], totals)
-    print("\nWhere it goes (medians, s): grid = inside push/pull/get_node_ids (LinkState);"
-          "\nown = the rest of the round; settle = after the last reply (ours: validation +"
-          "\nsteering weights + weighted mean; FedAvg: aggregate_train); wall = the whole round")
-    print_table([Column("case", 24), Column("grid ours", 9, ".3f"),
-                 Column("grid FedAvg", 11, ".3f"), Column("pulls ours", 10, ".0f"),
-                 Column("pulls FedAvg", 12, ".0f"), Column("own ours", 8, ".3f"),
-                 Column("own FedAvg", 10, ".3f"), Column("ratio", 6, ".2f", suffix="x"),
-                 Column("settle ours", 11, ".4f"), Column("settle FedAvg", 13, ".4f"),
-                 Column("ratio", 6, ".2f", suffix="x"), Column("wall ours", 9, ".2f"),
-                 Column("wall FedAvg", 11, ".2f")], parts)
-    print("\nratio = median ours / median FedAvg over every repetition's rounds; ratio per rep ="
-          "\nthe same within each repetition (min-max); worst round = the largest of the"
-          "\nper-round ratios ours / FedAvg (medians over the repetitions). No round of ours"
-          "\nqueries before training; queries/round = stale nodes queried (max over rounds).")
+    print_tables(totals, parts, rounds=args.rounds, reps=args.reps, fraction=args.fraction,
+                 fresh=args.fresh_summaries)
     if not args.skip_1m:
         aggregate_1m()
 
 
+# --- 100 updates of 1M parameters, without an engine ----------------------------------------------
 def _big_replies(n: int, size: int) -> list[Any]:
     """``n`` honest-looking train replies of one ``size``-value float32 weight."""
     import numpy as np

@@ -33,6 +33,7 @@ from edgefleet.bounds import NAME_PATTERN, CleanText, Labels, VersionNumber
 __all__ = [
     "ACTIVE_STATES",
     "GUARD_KINDS",
+    "ErrorStatuses",
     "GuardKind",
     "GuardSpec",
     "RolloutAbort",
@@ -64,6 +65,8 @@ GuardKind = Literal[
     "shadow_agreement",
 ]
 GUARD_KINDS: tuple[str, ...] = GuardKind.__args__  # type: ignore[attr-defined]
+#: Which answers the ``error_rate`` guard counts: ``all`` (status >= 400) or ``server`` (>= 500).
+ErrorStatuses = Literal["all", "server"]
 
 
 class _Wire(BaseModel):
@@ -79,12 +82,23 @@ class GuardSpec(_Wire):
     the PSI of C's prediction histogram against B's exceeds margin; ``shadow_agreement``: fail
     when C's agreement with production is below 1 − margin. ``min_samples``: the least sample
     (labelled instances, requests, inferences, reporting devices, predictions, comparisons) on
-    each side before the guard decides.
+    each side before the guard decides. ``statuses`` (``error_rate`` only): ``all`` counts every
+    answer with status >= 400, ``server`` only those >= 500 (a caller's malformed bodies, 4xx,
+    then never fail a candidate).
     """
 
     kind: GuardKind
     margin: float = Field(default=0.02, ge=0, le=1e6, allow_inf_nan=False)
     min_samples: int = Field(default=30, ge=1, le=10**9)
+    statuses: ErrorStatuses = Field(
+        default="all", description="error_rate: the errors counted, 'all' (status >= 400) or "
+                                   "'server' (status >= 500)")
+
+    @model_validator(mode="after")
+    def _statuses(self) -> GuardSpec:
+        if self.statuses != "all" and self.kind != "error_rate":
+            raise ValueError(f"statuses applies to the error_rate guard only, not {self.kind}")
+        return self
 
 
 def default_guards() -> list[GuardSpec]:

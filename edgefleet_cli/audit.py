@@ -6,7 +6,7 @@ the hash chain on the server; exits 1 when a record was altered or removed), ``e
 trail), and :func:`card` (registered under ``edgefleet registry``: a version's card as Markdown,
 HTML or JSON). The server and the admin key come from ``--url`` / ``$EDGEFLEET_URL`` and
 ``$EDGEFLEET_ADMIN_KEY``, as for ``edgefleet registry``; a refusal prints the server's message
-and exits 1.
+and exits 1, as does a server that cannot be reached (one line, from :mod:`edgefleet_cli.remote`).
 
 Only Typer and the standard library are imported at module level; httpx inside the commands.
 """
@@ -14,7 +14,6 @@ Only Typer and the standard library are imported at module level; httpx inside t
 from __future__ import annotations
 
 import json
-import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -22,12 +21,14 @@ from typing import IO, Annotated, Any
 
 import typer
 
+from edgefleet_cli import remote
+from edgefleet_cli.remote import Url
+
 __all__ = ["app", "card"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="The audit trail of a running server: list, verify, export.")
 
-Url = Annotated[str | None, typer.Option("--url", help="server base URL ($EDGEFLEET_URL)")]
 Json = Annotated[bool, typer.Option("--json", help="print the server's JSON")]
 Action = Annotated[str | None, typer.Option(help="an action, or a family like 'rollout.*'")]
 Actor = Annotated[str | None, typer.Option(help="e.g. admin:alice")]
@@ -46,34 +47,14 @@ class CardFormat(StrEnum):
 
 def _client(url: str | None) -> Any:
     """An httpx client for the server with the admin key (the seam tests replace)."""
-    import httpx
-
-    key = os.environ.get("EDGEFLEET_ADMIN_KEY")
-    if not key:
-        raise typer.BadParameter("set EDGEFLEET_ADMIN_KEY to an admin key of the server")
-    base = url or os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8000")
-    return httpx.Client(base_url=base, headers={"X-Admin-Key": key}, timeout=60)
+    return remote.open_client(url, timeout=60)
 
 
 def _get(url: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
-    """GET ``path``: the response (any status below 400), or a message and exit 1."""
-    import httpx
-
+    """GET ``path``: the response (any status below 400), or one line on standard error and
+    exit 1 (see :func:`edgefleet_cli.remote.request`)."""
     query = {k: v for k, v in (params or {}).items() if v is not None}
-    try:
-        with _client(url) as http:
-            r = http.get(path, params=query)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach the server ({type(exc).__name__})", err=True)
-        raise typer.Exit(1) from None
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail") or r.text
-        except ValueError:
-            detail = r.text
-        typer.echo(f"error: {r.status_code} {detail}", err=True)
-        raise typer.Exit(1)
-    return r
+    return remote.request(_client, url, "GET", path, params=query)
 
 
 def _cell(value: Any) -> str:

@@ -9,7 +9,8 @@ model card, from :mod:`edgefleet_cli.audit`). Each prints a table, or the server
 with ``--json``. The server is ``--url`` (default
 ``$EDGEFLEET_URL`` or ``http://127.0.0.1:8000``); the admin key comes from
 ``$EDGEFLEET_ADMIN_KEY`` (never from the command line, where other users' ``ps`` would see it).
-A refusal prints the server's message and exits 1.
+A refusal prints the server's message and exits 1; a server that cannot be reached, one line
+naming the URL and why (:mod:`edgefleet_cli.remote`, shared by every admin command).
 
 Only Typer and the standard library are imported at module level; httpx inside the commands.
 """
@@ -17,12 +18,13 @@ Only Typer and the standard library are imported at module level; httpx inside t
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Any
 
 import typer
 
+from edgefleet_cli import remote
 from edgefleet_cli.audit import card
+from edgefleet_cli.remote import Url
 
 __all__ = ["app"]
 
@@ -30,7 +32,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Inspect the registry and the inference log of a running server.")
 app.command("card")(card)  # a version's model card (edgefleet_cli.audit)
 
-Url = Annotated[str | None, typer.Option("--url", help="server base URL ($EDGEFLEET_URL)")]
 Json = Annotated[bool, typer.Option("--json", help="print the server's JSON")]
 Limit = Annotated[int, typer.Option(min=1, max=500)]
 Offset = Annotated[int, typer.Option(min=0)]
@@ -38,13 +39,7 @@ Offset = Annotated[int, typer.Option(min=0)]
 
 def _client(url: str | None) -> Any:
     """An httpx client for the server with the admin key (the seam tests replace)."""
-    import httpx
-
-    key = os.environ.get("EDGEFLEET_ADMIN_KEY")
-    if not key:
-        raise typer.BadParameter("set EDGEFLEET_ADMIN_KEY to an admin key of the server")
-    base = url or os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8000")
-    return httpx.Client(base_url=base, headers={"X-Admin-Key": key}, timeout=30)
+    return remote.open_client(url, timeout=30)
 
 
 def _get(url: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -53,23 +48,10 @@ def _get(url: str | None, path: str, params: dict[str, Any] | None = None) -> An
 
 def _call(url: str | None, method: str, path: str, *, params: dict[str, Any] | None = None,
           body: dict[str, Any] | None = None) -> Any:
-    import httpx
-
+    """The server's JSON answer, or one line on standard error and exit 1 (see
+    :func:`edgefleet_cli.remote.request`)."""
     query = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
-    try:
-        with _client(url) as http:
-            r = http.request(method, path, params=query, json=body)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach the server ({type(exc).__name__})", err=True)
-        raise typer.Exit(1) from None
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail") or r.json().get("error") or r.text
-        except ValueError:
-            detail = r.text
-        typer.echo(f"error: {r.status_code} {detail}", err=True)
-        raise typer.Exit(1)
-    return r.json()
+    return remote.request(_client, url, method, path, params=query, body=body).json()
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -162,7 +144,8 @@ def monitor(
     window_s: Annotated[int, typer.Option(min=60)] = 3600,
     url: Url = None, as_json: Json = False,
 ) -> None:
-    """Per-version requests, errors, latency, prediction shift and accuracy."""
+    """Per-version requests, errors (status >= 400; server_errors: >= 500), latency, prediction
+    shift and accuracy."""
     data = _get(url, f"/api/v1/models/{model}/monitor", {
         "since": since, "until": until, "against": against, "window_s": window_s})
     if as_json:
@@ -175,8 +158,8 @@ def monitor(
             for v in [*data["versions"], *data.get("variants", [])]]
     typer.echo(f"{data['model']}  {data['since']} .. {data['until']}  "
                f"(shift against version {data['against']})")
-    typer.echo(table(rows, ["version", "requests", "errors", "error_rate", "p50_ms", "p99_ms",
-                            "shift", "labelled", "accuracy", "top"]))
+    typer.echo(table(rows, ["version", "requests", "errors", "server_errors", "error_rate",
+                            "p50_ms", "p99_ms", "shift", "labelled", "accuracy", "top"]))
 
 
 Alias = Annotated[str, typer.Option("--alias", help="the alias to move")]

@@ -4,7 +4,8 @@ Commands: ``start MODEL [CANDIDATE] [options]``, ``status [ID] [--model M]``,
 ``approve ID``, ``abort ID`` and ``history ID`` (the timeline with the evidence behind each
 transition). Each prints tables, or the server's JSON with ``--json``. Server and admin key as
 for ``edgefleet registry`` (``--url`` / ``$EDGEFLEET_URL``, ``$EDGEFLEET_ADMIN_KEY``). A refusal
-prints the server's message and exits 1.
+prints the server's message and exits 1, as does a server that cannot be reached (one line, from
+:mod:`edgefleet_cli.remote`).
 
 Only Typer and the standard library are imported at module level; httpx inside the commands.
 """
@@ -29,23 +30,7 @@ Strategy = Annotated[str, typer.Option(help="canary | waves | blue_green | ab | 
 
 
 def _post(url: str | None, path: str, body: dict[str, Any]) -> Any:
-    import httpx
-
-    try:
-        with _registry._client(url) as http:
-            r = http.post(path, json=body)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach the server ({type(exc).__name__})", err=True)
-        raise typer.Exit(1) from None
-    if r.status_code >= 400:
-        try:
-            data = r.json()
-            detail = data.get("detail") or data.get("error") or r.text  # one line, said once
-        except ValueError:
-            detail = r.text
-        typer.echo(f"error: {r.status_code} {detail}", err=True)
-        raise typer.Exit(1)
-    return r.json()
+    return _registry._call(url, "POST", path, body=body)
 
 
 def _guard(text: str) -> dict[str, Any]:

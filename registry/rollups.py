@@ -3,8 +3,9 @@
 Per model, version and variant, they hold
 
 * in ``inference_rollup``, per hour (``LATENCY_ROLLUP_S``) of ``created_at``: requests (records
-  with ``row_index`` 0) and errors (status >= 400) per latency bucket — request counts, error
-  rates and nearest-rank quantiles;
+  with ``row_index`` 0), errors (status >= 400) and server errors (``server_errors``, the part
+  of them with status >= 500) per latency bucket — request counts, error rates and
+  nearest-rank quantiles;
 * in ``prediction_rollup``, per minute (``ROLLUP_BUCKET_S``): answered instances per predicted
   label, and how many of them carry a true label and how many of those are right — the
   prediction distribution and accuracy per window.
@@ -18,7 +19,7 @@ with the labels it changed, both inside the caller's transaction; the upsert
 records at the same cutoff, aligned to the hour, so rollups and records describe the same
 rows). :func:`rebuild`
 recomputes every rollup of a model from its records (the migration that adds the tables uses it
-for records logged before).
+for records logged before, with the counters the table has at that revision).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from registry.models.evidence import (
 
 __all__ = [
     "INFERENCE_ROLLUP",
+    "INF_COUNTERS",
     "LATENCY_ROLLUP_S",
     "PREDICTION_ROLLUP",
     "add_feedback",
@@ -60,6 +62,8 @@ _RECORDS = InferenceRecord.__table__  # type: ignore[attr-defined]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 InfKey = tuple[str, datetime, int, str, int]  # model, bucket, version, variant, latency bucket
+#: The counters of ``inference_rollup``, in the order of :func:`_tally`'s lists.
+INF_COUNTERS = ("requests", "errors", "server_errors")
 PredKey = tuple[str, datetime, int, str, str]  # model, bucket, version, variant, label
 
 
@@ -118,14 +122,16 @@ def _upsert_sql(dialect: sa.Dialect, table: str, keys: tuple[str, ...],
             f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {added}")
 
 
-def _write(conn: Connection, inf: dict[InfKey, list[int]],
-           pred: dict[PredKey, list[int]]) -> None:
+def _write(conn: Connection, inf: dict[InfKey, list[int]], pred: dict[PredKey, list[int]],
+           inf_counters: Sequence[str] = INF_COUNTERS) -> None:
+    """Upsert the increments: ``inf`` values are :data:`INF_COUNTERS` (of which only
+    ``inf_counters`` are written), ``pred`` values answered, labelled, correct."""
     inf_keys = ["model", "bucket_start", "version", "variant", "latency_bucket"]
     pred_keys = ["model", "bucket_start", "version", "variant", "label"]
     _upsert(conn, INFERENCE_ROLLUP, inf_keys,
-            [dict(zip(inf_keys, k, strict=True), requests=v[0], errors=v[1])
-             for k, v in inf.items() if v[0] or v[1]],
-            ["requests", "errors"])
+            [dict(zip(inf_keys, k, strict=True), requests=v[0], errors=v[1], server_errors=v[2])
+             for k, v in inf.items() if any(v)],
+            list(inf_counters))
     _upsert(conn, PREDICTION_ROLLUP, pred_keys,
             [dict(zip(pred_keys, k, strict=True), answered=v[0], labelled=v[1], correct=v[2])
              for k, v in pred.items() if any(v)],
@@ -149,8 +155,14 @@ def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any,
     the batch is counted per distinct bucket key first (one :class:`~collections.Counter`
     per table, over the columns of ``rows``), then each table gets one upsert of its touched
     buckets."""
-    if not rows:
-        return
+    if rows:
+        _write(conn, *_tally(columns, rows))
+
+
+def _tally(columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+           ) -> tuple[dict[InfKey, list[int]], dict[PredKey, list[int]]]:
+    """The increments of ``rows`` (not empty): per request bucket :data:`INF_COUNTERS`, per
+    prediction bucket answered, labelled and correct instances."""
     ix = {k: i for i, k in enumerate(columns)}
     cols = list(zip(*rows, strict=True))
     models, versions, row_index, statuses, buckets, labels = (
@@ -161,7 +173,8 @@ def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any,
     seconds = _epoch_seconds(cols[ix["created_at"]])
     hours = [int(s // LATENCY_ROLLUP_S) for s in seconds]
     minutes = [int(s // ROLLUP_BUCKET_S) for s in seconds]
-    failed = [s >= 400 for s in statuses]
+    # 0 answered, 1 client error (4xx), 2 server error (>= 500)
+    failed = [(s >= 400) + (s >= 500) for s in statuses]
     # per request (row 0): (model, hour, version, variant, latency bucket, failed)
     keys = zip(models, hours, versions, variants, buckets, failed, strict=True)
     requests = Counter(keys if all(i == 0 for i in row_index) else
@@ -177,9 +190,10 @@ def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any,
     inf: dict[InfKey, list[int]] = {}
     for (model, n, version, variant, bucket, bad), count in requests.items():
         t = inf.setdefault((model, _start(starts, n, LATENCY_ROLLUP_S), version, variant,
-                            bucket), [0, 0])
+                            bucket), [0, 0, 0])
         t[0] += count
         t[1] += count if bad else 0
+        t[2] += count if bad == 2 else 0
     pred: dict[PredKey, list[int]] = {}
     for (model, n, version, variant, label, truth), count in answered.items():
         p = pred.setdefault((model, _start(starts, n, ROLLUP_BUCKET_S), version, variant,
@@ -187,7 +201,7 @@ def add_rows(conn: Connection, columns: Sequence[str], rows: Sequence[tuple[Any,
         p[0] += count
         p[1] += count if truth else 0
         p[2] += count if truth == 2 else 0
-    _write(conn, inf, pred)
+    return inf, pred
 
 
 def _epoch_seconds(times: Sequence[datetime]) -> list[float]:
@@ -235,24 +249,25 @@ def prune(engine: Engine, before: datetime) -> int:
 
 
 def rebuild(conn: Connection, model: str | None = None, *, chunk: int = 20_000) -> int:
-    """Recompute the rollups (of ``model``, or all) from the stored records; rows read."""
+    """Recompute the rollups (of ``model``, or all) from the stored records; rows read.
+
+    The request rollups get those of :data:`INF_COUNTERS` their table has: migration 0005 runs
+    this before migration 0009 adds ``server_errors``."""
+    present = {col["name"] for col in sa.inspect(conn).get_columns(INFERENCE_ROLLUP.name)}
+    counters = [k for k in INF_COUNTERS if k in present]
     for table in (INFERENCE_ROLLUP, PREDICTION_ROLLUP):
         delete = sa.delete(table)
         conn.execute(delete if model is None else delete.where(table.c.model == model))
     c = _RECORDS.c
-    columns = [c.id, c.model, c.version, c.variant, c.row_index, c.created_at, c.status,
-               c.latency_bucket, c.label, c.true_label]
+    columns = ("id", *_ROW_COLUMNS, "true_label")
     last, seen = 0, 0
     while True:
-        stmt = sa.select(*columns).where(c.id > last).order_by(c.id).limit(chunk)
+        stmt = sa.select(*[c[k] for k in columns]).where(c.id > last).order_by(c.id).limit(chunk)
         if model is not None:
             stmt = stmt.where(c.model == model)
-        rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        rows = [tuple(r) for r in conn.execute(stmt)]
         if not rows:
             return seen
-        for r in rows:
-            if r["created_at"].tzinfo is None:
-                r["created_at"] = r["created_at"].replace(tzinfo=UTC)
-        add_records(conn, rows)
+        _write(conn, *_tally(columns, rows), counters)
         seen += len(rows)
-        last = rows[-1]["id"]
+        last = rows[-1][0]

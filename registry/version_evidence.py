@@ -5,7 +5,8 @@ only from ``device_ids``, and for the REST path only from one rollout ``variant`
 the server knows, with aggregate queries only:
 
 * the **REST path** (the inference log, ``inference_record``): requests (records with
-  ``row_index`` 0) and errors (status >= 400), latency p50/p99 (nearest rank, upper edge of the
+  ``row_index`` 0), errors (status >= 400) and server errors (``server_errors``: the part of
+  them with status >= 500), latency p50/p99 (nearest rank, upper edge of the
   2 % bucket, as :mod:`server.evidence.monitor`), the predicted-class histogram of answered
   instances, and labelled/correct instances from REST feedback. With ``device_ids`` only
   requests whose caller is one of those devices (``device:<id>``) count.
@@ -74,6 +75,7 @@ class VersionEvidence:
     # the REST path
     requests: int = 0
     errors: int = 0
+    server_errors: int = 0
     latency_ms_p50: float | None = None
     latency_ms_p99: float | None = None
     feedback_labelled: int = 0
@@ -104,6 +106,11 @@ class VersionEvidence:
         return self.errors / self.requests if self.requests else None
 
     @property
+    def server_error_rate(self) -> float | None:
+        """Requests answered with a status >= 500 per request."""
+        return self.server_errors / self.requests if self.requests else None
+
+    @property
     def feedback_accuracy(self) -> float | None:
         return self.feedback_correct / self.feedback_labelled if self.feedback_labelled else None
 
@@ -128,8 +135,8 @@ class VersionEvidence:
         out["since"] = self.since.isoformat()
         out["until"] = self.until.isoformat() if self.until else None
         out["device_ids"] = list(self.device_ids) if self.device_ids is not None else None
-        for name in ("error_rate", "feedback_accuracy", "device_accuracy", "fallback_rate",
-                     "device_error_rate"):
+        for name in ("error_rate", "server_error_rate", "feedback_accuracy", "device_accuracy",
+                     "fallback_rate", "device_error_rate"):
             out[name] = getattr(self, name)
         return out
 
@@ -159,9 +166,10 @@ def _rest(session: Session, model: str, version: int, since: datetime, until: da
     hist = [(int(b), int(n)) for b, n in session.execute(
         sa.select(c.latency_bucket, sa.func.count()).where(*where, c.row_index == 0)
         .group_by(c.latency_bucket))]
-    errors = session.execute(
-        sa.select(sa.func.count()).where(*where, c.row_index == 0, c.status >= 400)
-    ).scalar_one()
+    errors, server_errors = session.execute(
+        sa.select(sa.func.count(), sa.func.sum(sa.case((c.status >= 500, 1), else_=0)))
+        .where(*where, c.row_index == 0, c.status >= 400)
+    ).one()
     predictions = {str(label): int(n) for label, n in session.execute(
         sa.select(c.label, sa.func.count())
         .where(*where, c.status < 400, c.label.is_not(None)).group_by(c.label))}
@@ -171,6 +179,7 @@ def _rest(session: Session, model: str, version: int, since: datetime, until: da
     ).one()
     return {
         "requests": sum(n for _, n in hist), "errors": int(errors),
+        "server_errors": int(server_errors or 0),
         "latency_ms_p50": _nearest_rank(hist, 0.5), "latency_ms_p99": _nearest_rank(hist, 0.99),
         "predictions": dict(sorted(predictions.items())),
         "feedback_labelled": int(labelled or 0), "feedback_correct": int(correct or 0),

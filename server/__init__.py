@@ -19,6 +19,7 @@ Modules
 ``drift``       drift statistics and fleet reports (pure functions)
 ``middleware``  request ids, access log, body limits    ``errors``  exceptions → HTTP
 ``cli``         ``edgefleet server``                     ``bootstrap``  publish without HTTP
+``serve``       start-up checks, then uvicorn           ``workers``    N workers, a socket each
 ``metrics``     Prometheus metrics                      ``scrubber``   signing key, artifact scrub
 ``dashboard``   the operator's page (static assets, overview data)
 ``precompute``  batch scoring into the prediction store ``worker``     model-on-demand workers

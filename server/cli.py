@@ -1,25 +1,26 @@
 """``edgefleet server``: run the registry and inference server, migrate, register models.
 
 ``edgefleet server --host H --port P`` (or ``edgefleet server run …``) starts the server with
-uvicorn; settings come from ``EDGEFLEET_SERVER_*`` environment variables and ``--env-file`` (see
-:mod:`server.settings`). ``migrate`` brings the database to the newest schema; ``create-model``
-and ``publish`` work on the database and store directly (for bootstrapping a fresh server
-before any admin client exists). ``scrub`` re-hashes the artifact store and checks every
-signature (what fails becomes DAMAGED); ``keys list|rotate`` shows and rotates the
-version-signing key (:mod:`registry.signing`). Only Typer and the standard library are imported
-at module level.
+uvicorn (:func:`server.serve.serve`; ``--workers N`` runs the N processes of
+:mod:`server.workers`); settings come from ``EDGEFLEET_SERVER_*`` environment variables and
+``--env-file`` (see :mod:`server.settings`). ``migrate`` brings the database to the newest
+schema; ``create-model`` and ``publish`` work on the database and store directly (for
+bootstrapping a fresh server before any admin client exists). ``scrub`` re-hashes the
+artifact store and checks every signature (what fails becomes DAMAGED); ``keys list|rotate``
+shows and rotates the version-signing key (:mod:`registry.signing`). Only Typer, the standard
+library and :mod:`server.serve` (which imports no more) are imported at module level.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from server.serve import describe_failure, expected_failures, serve, settings_or_exit
 
 app = typer.Typer(
     no_args_is_help=False,
@@ -34,175 +35,6 @@ EnvFileOpt = Annotated[
 ]
 
 
-def _settings(env_file: Path | None) -> Any:
-    from pydantic import ValidationError
-
-    from server.settings import describe_invalid, load_settings
-
-    try:
-        return load_settings(env_file)
-    except ValidationError as exc:
-        typer.echo(f"error: invalid settings: {describe_invalid(exc)}", err=True)
-        raise typer.Exit(2) from None
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe to print or log)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return "<unparseable database URL>"
-
-
-def describe_failure(exc: BaseException, url: str) -> str:
-    """One line saying what went wrong, without a traceback, locals or the URL's password."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, DBAPIError
-
-    cause: BaseException = exc
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        cause = exc.orig  # the driver's message, without SQLAlchemy's statement and links
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    message = lines[0] if lines else type(cause).__name__
-    try:
-        password = make_url(url).password
-    except (ArgumentError, ValueError):  # an unparseable URL has no password to hide
-        password = None
-    if password:
-        message = message.replace(str(password), "***")
-    if isinstance(exc, DBAPIError | ArgumentError):
-        message = f"{message} (database {masked_url(url)})"
-    return message
-
-
-@contextlib.contextmanager
-def expected_failures(url: str, doing: str) -> Iterator[None]:
-    """Turn the failures an operator can fix (an unreachable database, an unknown revision, a
-    registry refusal) into ``error: …`` on one line and exit status 1."""
-    from alembic.util.exc import CommandError
-    from sqlalchemy.exc import ArgumentError, DBAPIError
-
-    from registry.errors import RegistryError
-
-    try:
-        yield
-    except (DBAPIError, ArgumentError, CommandError, RegistryError, OSError) as exc:
-        typer.echo(f"error: cannot {doing}: {describe_failure(exc, url)}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _check_policies(settings: Any) -> None:
-    """Validate the JSON settings the app factory reads (``batching``, ``drift_thresholds``)
-    before uvicorn starts, so that a mistake in them is one line instead of a traceback."""
-    from pydantic import ValidationError
-
-    from server.drift import ThresholdPolicy
-    from server.inference.batcher import BatchingSettings
-    from server.settings import describe_invalid
-
-    for field, policy in (("batching", BatchingSettings), ("drift_thresholds", ThresholdPolicy)):
-        try:
-            policy.model_validate(getattr(settings, field))
-        except ValidationError as exc:
-            message = describe_invalid(exc, field=field)
-            typer.echo(f"error: invalid settings: {message}", err=True)
-            raise typer.Exit(2) from None
-
-
-def _preflight(settings: Any) -> None:
-    """Check the JSON settings, then connect (and migrate, when ``auto_migrate`` is on) before
-    uvicorn starts, so that bad settings or a database that is down or behind are reported in
-    one line instead of a start-up traceback."""
-    from sqlalchemy import text
-
-    from registry import migrate as migrations
-    from registry.db import make_engine
-
-    _check_policies(settings)
-    url = settings.database_url
-    with expected_failures(url, "start the server"):
-        engine = make_engine(url)
-        try:
-            if settings.auto_migrate:
-                migrations.upgrade(engine)
-            else:
-                with engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-        finally:
-            engine.dispose()
-
-
-def _serve(host: str, port: int, env_file: Path | None, workers: int) -> None:
-    import uvicorn
-
-    from server.logs import configure_logging
-
-    settings = _settings(env_file)
-    _preflight(settings)
-    if env_file is not None:  # the app factory (possibly in worker processes) reads it
-        os.environ["EDGEFLEET_SERVER_ENV_FILE"] = str(env_file.resolve())
-    configure_logging(settings.log_level, settings.log_format)
-    if not settings.admin_keys:
-        typer.echo("warning: no admin key configured: the registry API refuses writes", err=True)
-    if not settings.enrollment_tokens:
-        typer.echo("warning: no enrolment token configured: devices cannot enrol", err=True)
-    if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        _metrics_dir()
-    uvicorn.run(
-        # several workers are fresh interpreters: each configures its own logging
-        "server.main:create_worker_app" if workers > 1 else "server.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        **_tls(settings),
-    )
-
-
-def _metrics_dir() -> None:
-    """Several workers share their Prometheus samples through files (see :mod:`server.metrics`):
-    a directory emptied at start, or a fresh one when ``PROMETHEUS_MULTIPROC_DIR`` is unset."""
-    import tempfile
-
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="edgefleet-metrics-"))
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-
-
-def _tls(settings: Any) -> dict[str, Any]:
-    """uvicorn's TLS options from the ``ssl_*`` settings (none: plain HTTP)."""
-    import ssl
-
-    if settings.ssl_certfile is None:
-        if settings.ssl_keyfile is not None or settings.ssl_ca_certs is not None:
-            typer.echo("error: ssl_keyfile/ssl_ca_certs need ssl_certfile", err=True)
-            raise typer.Exit(2)
-        return {}
-    for path in (settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs):
-        if path is not None and not Path(path).is_file():
-            typer.echo(f"error: TLS file {path} does not exist", err=True)
-            raise typer.Exit(2)
-    options: dict[str, Any] = {"ssl_certfile": str(settings.ssl_certfile)}
-    if settings.ssl_keyfile is not None:
-        options["ssl_keyfile"] = str(settings.ssl_keyfile)
-    if settings.ssl_ca_certs is not None:
-        options["ssl_ca_certs"] = str(settings.ssl_ca_certs)
-        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-    return options
-
-
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -212,7 +44,7 @@ def main(
 ) -> None:
     """Without a command: start the server (same as run)."""
     if ctx.invoked_subcommand is None:
-        _serve(host, port, env_file, workers=1)
+        serve(host, port, env_file, workers=1)
 
 
 @app.command()
@@ -223,7 +55,7 @@ def run(
     workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
 ) -> None:
     """Start the server (uvicorn); the database is migrated at start-up."""
-    _serve(host, port, env_file, workers)
+    serve(host, port, env_file, workers)
 
 
 @app.command()
@@ -235,7 +67,7 @@ def migrate(
     from registry import migrate as migrations
     from registry.db import make_engine
 
-    settings = _settings(env_file)
+    settings = settings_or_exit(env_file)
     with expected_failures(settings.database_url, f"migrate to revision {revision!r}"):
         engine = make_engine(settings.database_url)
         try:
@@ -264,7 +96,7 @@ def create_model(
     from registry.errors import RegistryError
     from registry.models import ModelCreate
 
-    settings = _settings(env_file)
+    settings = settings_or_exit(env_file)
     with expected_failures(settings.database_url, "register the model"):
         engine = make_engine(settings.database_url)
     try:
@@ -302,7 +134,7 @@ def publish(
     """Verify and publish a plan directory as a new version (directly, without HTTP)."""
     from server.bootstrap import publish_plan_dir
 
-    settings = _settings(env_file)
+    settings = settings_or_exit(env_file)
     try:
         number = publish_plan_dir(
             settings,
@@ -333,7 +165,7 @@ def scrub(
     from registry.integrity import scrub as run
     from registry.store import ArtifactStore
 
-    settings = _settings(env_file)
+    settings = settings_or_exit(env_file)
     with expected_failures(settings.database_url, "scrub the store"):
         engine = make_engine(settings.database_url)
         try:
@@ -366,7 +198,7 @@ def keys_list(env_file: EnvFileOpt = None) -> None:
     from registry.db import make_engine, session_scope
     from registry.models import SigningKey
 
-    settings = _settings(env_file)
+    settings = settings_or_exit(env_file)
     with expected_failures(settings.database_url, "list the signing keys"):
         engine = make_engine(settings.database_url)
         try:
@@ -392,7 +224,7 @@ def keys_rotate(env_file: EnvFileOpt = None) -> None:
     from registry.db import make_engine, session_scope
     from registry.signing import check_apart, commit_rotation, open_signer, rotate
 
-    settings = _settings(env_file)
+    settings = settings_or_exit(env_file)
     with expected_failures(settings.database_url, "rotate the signing key"):
         check_apart(settings.signing_key_path, settings.artifact_dir)
         engine = make_engine(settings.database_url)
@@ -429,7 +261,7 @@ def precompute_cmd(
     from registry.db import make_engine
     from server.precompute import make_service, precompute
 
-    settings = _settings(env_file)
+    settings = settings_or_exit(env_file)
     with contextlib.ExitStack() as stack, expected_failures(settings.database_url, "precompute"):
         engine = make_engine(settings.database_url)
         stack.callback(engine.dispose)
@@ -524,7 +356,7 @@ def worker_cmd(
     from server.worker.run import serve
     from server.worker.settings import load_worker_settings
 
-    settings = _settings(env_file)
+    settings = settings_or_exit(env_file)
     if version is not None and alias is not None:
         typer.echo("error: name --version or --alias, not both", err=True)
         raise typer.Exit(2)

@@ -6,21 +6,25 @@ uploads from the artifact store, loads the version-signing key, audits changed b
 rollout controller (:mod:`server.rollouts`), the serving table's refresh
 (:mod:`server.inference.table`) and the inference log's writer (:mod:`server.evidence.writer`);
 shutdown writes what the log has queued, stops them and disposes of the connection pool.
-Middleware, from the outside in: the metrics (when on), request ids and the access log, request
-body limits (uploads get ``max_upload_bytes``, everything else ``max_request_bytes``), then the V2
-inference fast path (:mod:`server.fastpath`), which answers ``POST .../infer`` itself before
-FastAPI's routing.
+In front of everything, the V2 inference fast path (:mod:`server.fastpath`) answers
+``POST .../infer`` itself, with the request id, body limit, metrics and access log the
+middlewares give every other request; those, from the outside in: the metrics (when on),
+request ids and the access log, request body limits (uploads get ``max_upload_bytes``,
+everything else ``max_request_bytes``). When the process's first application has started, what it
+built is moved out of the garbage collector's generations (:func:`gc.freeze`), so that full
+collections, which run now and then under load, do not walk the whole application's objects.
 """
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
 
 from edgefleet import __version__
 from edgefleet.wire import VersionPublish
@@ -36,13 +40,14 @@ from server.evidence.writer import inference_log_for
 from server.fastpath import InferFastPath
 from server.metrics import install as install_metrics
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from server.proxy import ProxyHeaders
 from server.rollouts import RolloutController
 from server.scrubber import Scrubber, prepare_integrity
 from server.settings import ServerSettings, load_settings
 from server.settings_audit import record_settings_change
 from server.state import AppState
 
-__all__ = ["create_app", "create_worker_app"]
+__all__ = ["EdgeFleetApp", "create_app", "create_worker_app"]
 
 #: Connections per process: at least the worker threads that may hold one (anyio's default 40).
 POOL_SIZE = 20
@@ -56,6 +61,29 @@ Inference Protocol (V2).
 Credentials: `X-Admin-Key` (registry), `Authorization: Bearer <device token>` (devices),
 `Authorization: Bearer <inference key>` (applications).
 """
+
+
+_FROZEN: list[bool] = []
+
+
+def _freeze_once() -> None:
+    """:func:`gc.freeze` what the process holds, the first time an application has started in
+    it (a process serves one application; a test process starts many, whose garbage must stay
+    collectable)."""
+    if not _FROZEN:
+        _FROZEN.append(True)
+        gc.collect()
+        gc.freeze()
+
+
+class EdgeFleetApp(FastAPI):
+    """FastAPI with the V2 inference fast path (:class:`server.fastpath.InferFastPath`) in front
+    of its whole middleware stack (Starlette's own error handler included: an inference
+    request passes no middleware's wrapped ``send``), and before that the client's address
+    behind a trusted proxy (:class:`server.proxy.ProxyHeaders`)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return ProxyHeaders(InferFastPath(super().build_middleware_stack(), host=self))
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -85,9 +113,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await run_in_threadpool(state.serving.start)
             # serving stops first and hands the log what it still holds
             stack.push_async_callback(run_in_threadpool, state.serving.stop)
+            _freeze_once()
             yield
 
-    app = FastAPI(
+    app = EdgeFleetApp(
         title="EdgeFleet",
         version=__version__,
         description=DESCRIPTION,
@@ -109,7 +138,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             return settings.max_upload_bytes
         return settings.max_request_bytes
 
-    app.add_middleware(InferFastPath, host=app)  # innermost: inside the limits and the logs
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     app.add_middleware(RequestContextMiddleware)
     if settings.metrics_enabled:

@@ -1,6 +1,7 @@
 """Prometheus metrics of the server: what every request did, and what the fleet looks like.
 
-Per request (recorded by :class:`MetricsMiddleware`, in the process that served it, and added to
+Per request (recorded by :class:`MetricsMiddleware`, or :func:`record` for the inference fast
+path, :mod:`server.fastpath`; in the process that served it, and added to
 the metrics once per turn of its event loop: see :class:`_Pending`):
 
 ``edgefleet_http_requests_total{method,route,status}``
@@ -75,6 +76,7 @@ __all__ = [
     "MetricsMiddleware",
     "install",
     "multiprocess_dir",
+    "record",
     "render",
 ]
 
@@ -163,25 +165,28 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            record(scope, status, time.perf_counter() - started)
 
-    @staticmethod
-    def _record(scope: Scope, status: int, seconds: float) -> None:
-        method = str(scope.get("method", "GET"))
-        route = _route_of(scope)
-        state: dict[str, object] = scope.get("state") or {}
-        key: tuple[object, ...]
-        if method == "POST" and route.startswith("/v2/models/") and route.endswith("/infer"):
-            key = (method, route, status, state.get("model"), state.get("model_version"),
-                   state.get("variant"))
-        else:
-            key = (method, route, status)
-        found = _RECORDERS.get(key)
-        if found is None:
-            found = _recorders(key, state)
-            if len(_RECORDERS) < _MAX_CHILDREN:
-                _RECORDERS[key] = found
-        _PENDING.add(found, seconds)
+
+def record(scope: Scope, status: int, seconds: float) -> None:
+    """Count and time one answered request (``status``, ``seconds``) under its route's labels:
+    what :class:`MetricsMiddleware` records, for a layer that answers in front of it
+    (:mod:`server.fastpath`)."""
+    method = str(scope.get("method", "GET"))
+    route = _route_of(scope)
+    state: dict[str, object] = scope.get("state") or {}
+    key: tuple[object, ...]
+    if method == "POST" and route.startswith("/v2/models/") and route.endswith("/infer"):
+        key = (method, route, status, state.get("model"), state.get("model_version"),
+               state.get("variant"))
+    else:
+        key = (method, route, status)
+    found = _RECORDERS.get(key)
+    if found is None:
+        found = _recorders(key, state)
+        if len(_RECORDERS) < _MAX_CHILDREN:
+            _RECORDERS[key] = found
+    _PENDING.add(found, seconds)
 
 
 #: What one kind of request records: the labelled counters it increments and the labelled

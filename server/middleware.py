@@ -31,7 +31,16 @@ from registry.audit import request_scope
 from server.errors import error_body, internal_error
 from server.logs import background_handler
 
-__all__ = ["ACCESS_LOG", "BodyLimitMiddleware", "RequestContextMiddleware"]
+__all__ = [
+    "ACCESS_LOG",
+    "BodyLimitMiddleware",
+    "RequestContextMiddleware",
+    "declared_length",
+    "error_start",
+    "log_access",
+    "reject_too_large",
+    "request_id_of",
+]
 
 ACCESS_LOG = logging.getLogger("edgefleet.server.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -51,13 +60,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = ""
-        for name, value in scope.get("headers") or ():
-            if name == b"x-request-id":
-                given = value.decode("latin-1")  # the last one, as a dict of them would keep
-        request_id = (
-            given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
-        )
+        request_id = request_id_of(scope)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -83,15 +86,25 @@ class RequestContextMiddleware:
             if responded:  # too late for a 500: the server drops the connection
                 raise
             body = internal_error(str(scope.get("path", "")), request_id, exc)
-            await send_with_id(_start(500, body))
+            await send_with_id(error_start(500, body))
             await send_with_id({"type": "http.response.body", "body": body})
         finally:
             if ACCESS_LOG.isEnabledFor(logging.INFO):
-                _log_access(scope, state, request_id, status, time.perf_counter() - started)
+                log_access(scope, state, request_id, status, time.perf_counter() - started)
 
 
-def _log_access(scope: Scope, state: dict[str, Any], request_id: str, status: int,
-                seconds: float) -> None:
+def request_id_of(scope: Scope) -> str:
+    """The request's id: its last ``X-Request-ID`` header when that is sane (1–128 of
+    ``A-Z a-z 0-9 . _ : -``), else a fresh one."""
+    given = ""
+    for name, value in scope.get("headers") or ():
+        if name == b"x-request-id":
+            given = value.decode("latin-1")  # the last one, as a dict of them would keep
+    return given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+def log_access(scope: Scope, state: dict[str, Any], request_id: str, status: int,
+               seconds: float) -> None:
     """The request's access-log record, made (and formatted) by the log's writer thread when
     the record goes only there (:func:`server.logs.background_handler`), else here
     (``Logger.info`` would also walk the stack for the caller's source line, which no handler
@@ -130,15 +143,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope)
-        for name, value in scope.get("headers") or []:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > limit:
-                    await _reject(scope, send, limit)
-                    return
+        if declared_length(scope) > limit:
+            await reject_too_large(scope, send, limit)
+            return
         received = 0
 
         async def limited() -> Message:
@@ -153,7 +160,18 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
-def _start(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Message:
+def declared_length(scope: Scope) -> int:
+    """The request's ``Content-Length`` (-1 when it has none or it is not a number)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
+
+
+def error_start(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Message:
     """The ``http.response.start`` message of a JSON error response."""
     return {
         "type": "http.response.start",
@@ -166,9 +184,10 @@ def _start(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Message:
     }
 
 
-async def _reject(scope: Scope, send: Send, limit: int) -> None:
+async def reject_too_large(scope: Scope, send: Send, limit: int,
+                           *extra: tuple[bytes, bytes]) -> None:
     """413 before reading the body; the connection closes (the body was never read)."""
     message = f"request body exceeds {limit} bytes"
     body = json.dumps(error_body(str(scope.get("path", "")), message)).encode()
-    await send(_start(413, body, (b"connection", b"close")))
+    await send(error_start(413, body, (b"connection", b"close"), *extra))
     await send({"type": "http.response.body", "body": body})

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,9 +25,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from edgefleet.errors import describe_validation
 from edgefleet.log_level import LogLevel
 
-__all__ = ["ServerSettings", "describe_invalid", "load_settings"]
+__all__ = ["MIN_SECRET_CHARS", "ServerSettings", "check_key_lengths", "describe_invalid",
+           "load_settings"]
 
 KeyList = Annotated[list[SecretStr], NoDecode]
+#: The fewest characters of secret (after ``name:``) a configured key or token may have.
+MIN_SECRET_CHARS: Final = 8
 
 
 class ServerSettings(BaseSettings):
@@ -176,16 +179,24 @@ class ServerSettings(BaseSettings):
     @field_validator("admin_keys", "enrollment_tokens", "inference_keys", "runner_keys")
     @classmethod
     def _non_empty(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        for number, key in enumerate(keys, start=1):
-            name, sep, secret = key.get_secret_value().partition(":")
-            if not sep:  # a bare secret
-                name, secret = "", name
-            if len(secret) < 8:
-                named = f" ({name!r})" if name else ""
-                raise ValueError(
-                    f"key {number}{named} has fewer than 8 characters of secret"
-                )
-        return keys
+        return check_key_lengths(keys)
+
+
+def check_key_lengths(keys: list[SecretStr]) -> list[SecretStr]:
+    """``keys`` unchanged; ``ValueError`` naming the first (by number, and by name when it has
+    one) whose secret has fewer than :data:`MIN_SECRET_CHARS` characters. The validator of
+    every key list here, and of the runner's ``inference_keys`` (:mod:`server.runner.settings`).
+    """
+    for number, key in enumerate(keys, start=1):
+        name, sep, secret = key.get_secret_value().partition(":")
+        if not sep:  # a bare secret
+            name, secret = "", name
+        if len(secret) < MIN_SECRET_CHARS:
+            named = f" ({name!r})" if name else ""
+            raise ValueError(
+                f"key {number}{named} has fewer than {MIN_SECRET_CHARS} characters of secret"
+            )
+    return keys
 
 
 def describe_invalid(

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from simulation.fleet_loop import LoopReport, RolloutRecord
 
 
+#: Under the devices table: what its verdict compares (the input verdict of the server's drift
+#: report, :mod:`server.drift.report`, against the reference profile in v1's manifest, built
+#: from the whole digits training split by ``edgefleet model build``).
+DRIFT_LEGEND = (
+    "verdict: each device's inputs against v1's reference profile (the whole training split);",
+    "a device with shift none can read drift too: its share is label-skewed, so its inputs differ",
+)
+
+
 @dataclass(frozen=True)
 class VersionRow:
     """One registry version as the summary shows it."""
@@ -147,6 +156,8 @@ class FleetReport:
                 f"{drift.get('verdict', '-'):<12} {_f(drift.get('share_drifted')):>7} "
                 f"{_f(drift.get('max_psi')):>8} {_f(drift.get('joint_effect')):>8} "
                 f"{'v' + _s(d.active_version):>5}")
+        if self.devices:
+            out += [f"  {line}" for line in DRIFT_LEGEND]
         if self.loop is not None:
             out += render_loop(self.loop)
         aliases = ", ".join(f"{k} -> v{v}" for k, v in sorted(self.aliases.items()))

@@ -21,7 +21,7 @@ from aggregation.selection import make_policy
 from aggregation.selection.tracking import TrackerConfig
 from aggregation.steering import SteeringConfig
 from aggregation.strategies import build_strategy
-from aggregation.validation import ValidationBounds
+from aggregation.validation_types import ValidationBounds
 from edgefleet.runtime import PlanRuntime
 from simulation.config import Experiment
 from simulation.prepare import PreparedRun

@@ -39,7 +39,7 @@ DEFAULT_WINDOW = 5
 
 @runtime_checkable
 class RefusalAware(Protocol):
-    """A policy that wants each round's verdicts (``aggregation.validation.Verdict``)."""
+    """A policy that wants each round's verdicts (``aggregation.validation_types.Verdict``)."""
 
     def record(self, server_round: int, verdicts: Sequence[Any]) -> None: ...
 

@@ -16,11 +16,11 @@ of ``latency_ms`` (quantiles are computed from it in the database).
 
 Rollups (:mod:`registry.rollups`) keep the same figures per bucket of ``created_at``,
 maintained in the transaction that inserts the records (and by feedback):
-:class:`InferenceRollup` counts requests and errors per latency bucket per hour
-(``LATENCY_ROLLUP_S``: a finer grid would hold about as many rows as the log), and
-:class:`PredictionRollup` answered instances per predicted label, with how many of them are
-labelled and correct, per minute (``ROLLUP_BUCKET_S``, the finest accuracy window). Their
-``variant`` is ``""`` where the record's is ``NULL`` (a unique key needs a value).
+:class:`InferenceRollup` counts requests, errors (status ≥ 400) and server errors (≥ 500) per
+latency bucket per hour (``LATENCY_ROLLUP_S``: a finer grid would hold about as many rows as
+the log), and :class:`PredictionRollup` answered instances per predicted label, with how many
+of them are labelled and correct, per minute (``ROLLUP_BUCKET_S``, the finest accuracy window).
+Their ``variant`` is ``""`` where the record's is ``NULL`` (a unique key needs a value).
 """
 
 from __future__ import annotations
@@ -111,7 +111,11 @@ class InferenceRollup(SQLModel, table=True):
     variant: str = Field(default="", max_length=64)
     latency_bucket: int
     requests: int = 0
+    #: requests answered with a status >= 400 (client and server errors)
     errors: int = 0
+    #: the part of ``errors`` with a status >= 500; the server default 0 is what rows counted
+    #: before the column existed hold (migration 0009 fills them in from the log)
+    server_errors: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
 
 
 class PredictionRollup(SQLModel, table=True):

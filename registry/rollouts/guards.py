@@ -17,7 +17,9 @@ Decisions, for a :class:`edgefleet.rollouts.GuardSpec` with ``margin`` m and ``m
                        :attr:`GuardResult.basis` and the reason say which.
 ``feedback_accuracy``  the same over REST answers labelled by feedback.
 ``error_rate``         REST errors / requests, both sides ≥ n requests; FAIL when
-                       rate(C) > rate(B) + m.
+                       rate(C) > rate(B) + m. Errors are answers with status ≥ 400
+                       (``statuses`` ``all``) or only those ≥ 500 (``server``:
+                       ``server_errors``, so a caller's malformed bodies never fail C).
 ``fallback_rate``      device fallbacks / device inferences (local + fallback), both ≥ n; FAIL when
                        rate(C) > rate(B) + m.
 ``latency_p99``        REST p99, both sides ≥ n requests; FAIL when p99(C) > p99(B) · (1 + m).
@@ -69,6 +71,7 @@ class EvidenceLike(Protocol):
     def requests(self) -> int: ...
     @property
     def errors(self) -> int: ...
+    # ``server_errors`` (status >= 500) is optional: absent counts 0 (:func:`_count`)
     @property
     def latency_ms_p99(self) -> float | None: ...
     @property
@@ -188,6 +191,15 @@ def _upper_bound(spec: GuardSpec, what: str, c: tuple[int, int], b: tuple[int, i
                        f"{spec.margin:g}", rc, rb, c_den, b_den, ceiling)
 
 
+def _error_rate(spec: GuardSpec, c: EvidenceLike, b: EvidenceLike) -> GuardResult:
+    """``error_rate`` over every error (``statuses`` ``all``) or the 5xx only (``server``)."""
+    if spec.statuses == "server":
+        return _upper_bound(spec, "REST server error rate (5xx)",
+                            (_count(c, "server_errors"), c.requests),
+                            (_count(b, "server_errors"), b.requests))
+    return _upper_bound(spec, "REST error rate", (c.errors, c.requests), (b.errors, b.requests))
+
+
 def _latency(spec: GuardSpec, c: EvidenceLike, b: EvidenceLike) -> GuardResult:
     wait = _too_little(spec, "requests", c.requests, b.requests)
     if wait is not None:
@@ -265,8 +277,7 @@ def evaluate(spec: GuardSpec, candidate: EvidenceLike, baseline: EvidenceLike) -
                             (c.feedback_correct, c.feedback_labelled),
                             (b.feedback_correct, b.feedback_labelled))
     if spec.kind == "error_rate":
-        return _upper_bound(spec, "REST error rate", (c.errors, c.requests),
-                            (b.errors, b.requests))
+        return _error_rate(spec, c, b)
     if spec.kind == "fallback_rate":
         return _upper_bound(spec, "device fallback rate", (c.fallbacks, c.device_inferences),
                             (b.fallbacks, b.device_inferences))
@@ -303,6 +314,7 @@ def evidence_summary(ev: EvidenceLike) -> dict[str, Any]:
     return {
         "requests": ev.requests,
         "errors": ev.errors,
+        "server_errors": _count(ev, "server_errors"),
         "latency_ms_p99": ev.latency_ms_p99,
         "feedback_labelled": ev.feedback_labelled,
         "feedback_correct": ev.feedback_correct,

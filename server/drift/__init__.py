@@ -8,8 +8,10 @@ Modules
     ``combined``    the fleet-level combined test over all features (correlation accounted for).
     ``labels``      prediction histogram, performance drift, label-prior shift.
     ``verdicts``    :class:`DriftVerdicts`: the three verdicts every consumer reads.
+    ``features``    per-feature statistics of one merged summary against the reference, vectorised
+                    over the features → one :class:`FeatureDrift` a feature.
     ``report``      :func:`compute_drift`: one merged summary against the reference → a
-                    :class:`DriftReport` (per-feature statistics, combined test, verdicts).
+                    :class:`DriftReport` (per-feature tests, combined test, verdicts).
     ``fleet``       merging by device, model version and time window; fleet-over-time,
                     per-device and per-feature reports.
     ``events``      threshold crossings with hysteresis (:class:`DriftEvent`).
@@ -31,6 +33,7 @@ from server.drift.events import (
     detect_crossings,
     step,
 )
+from server.drift.features import FeatureDrift
 from server.drift.fleet import (
     DeviceDrift,
     DeviceDriftReport,
@@ -47,7 +50,7 @@ from server.drift.fleet import (
     merge_records,
 )
 from server.drift.labels import LabelPriorDrift, PerformanceDrift, PredictionDrift
-from server.drift.report import DriftReport, FeatureDrift, compute_drift
+from server.drift.report import DriftReport, compute_drift
 from server.drift.thresholds import DriftThresholds, ThresholdPolicy
 from server.drift.verdicts import SIGNALS, DriftVerdicts, Signal
 

@@ -14,8 +14,9 @@ variant (``variants``, only for records that name a variant).
 
 Definitions (what the brute-force test recomputes):
 
-* ``requests`` counts records with ``row_index`` 0; ``errors`` those with a status >= 400;
-  ``error_rate`` is their ratio (``None`` without requests).
+* ``requests`` counts records with ``row_index`` 0; ``errors`` those with a status >= 400,
+  ``server_errors`` those with a status >= 500 (so ``errors - server_errors`` are 4xx);
+  ``error_rate`` is errors / requests (``None`` without requests).
 * Latency quantiles are nearest-rank (rank ``ceil(q·n)``) over the requests' latencies,
   reported as the upper edge of their 2 %-wide bucket (:func:`registry.evidence.bucket_upper_ms`).
 * ``predictions`` counts answered instances (status < 400) per predicted label; ``shift`` is the
@@ -64,6 +65,7 @@ class VersionMonitor(BaseModel):
     variant: str | None = None
     requests: int
     errors: int
+    server_errors: int
     error_rate: float | None
     latency_ms: dict[str, float]
     predictions: dict[str, int]
@@ -120,12 +122,15 @@ class _Figures:
 
     hist: dict[Key, Counter[int]] = field(default_factory=dict)
     errors: Counter[Key] = field(default_factory=Counter)
+    server_errors: Counter[Key] = field(default_factory=Counter)
     preds: dict[Key, Counter[str]] = field(default_factory=dict)
     windows: dict[Key, dict[int, list[int]]] = field(default_factory=dict)
 
-    def add_latency(self, key: Key, bucket: int, requests: int, errors: int) -> None:
+    def add_latency(self, key: Key, bucket: int, requests: int, errors: int,
+                    server_errors: int) -> None:
         self.hist.setdefault(key, Counter())[bucket] += requests
         self.errors[key] += errors
+        self.server_errors[key] += server_errors
 
     def add_prediction(self, key: Key, label: str, n: int) -> None:
         self.preds.setdefault(key, Counter())[label] += n
@@ -222,9 +227,11 @@ def _merge_variants(f: _Figures) -> _Figures:
     out = _Figures()
     for (v, _), hist in f.hist.items():
         for bucket, n in hist.items():
-            out.add_latency((v, ""), bucket, n, 0)
+            out.add_latency((v, ""), bucket, n, 0, 0)
     for (v, _), e in f.errors.items():
         out.errors[(v, "")] += e
+    for (v, _), e in f.server_errors.items():
+        out.server_errors[(v, "")] += e
     for (v, _), preds in f.preds.items():
         for label, n in preds.items():
             out.add_prediction((v, ""), label, n)
@@ -251,6 +258,7 @@ def _figures_of(f: _Figures, key: Key, since: datetime, window_s: int,
         variant=variant or None,
         requests=requests,
         errors=errors,
+        server_errors=f.server_errors[key],
         error_rate=errors / requests if requests else None,
         latency_ms={f"p{round(q * 100)}": nearest_rank(sorted(hist.items()), q)
                     for q in QUANTILES} if requests else {},
@@ -266,13 +274,14 @@ def _figures_of(f: _Figures, key: Key, since: datetime, window_s: int,
 def _latency_rollups(session: Session, f: _Figures, model: str, start: datetime,
                      end: datetime) -> None:
     i = INFERENCE_ROLLUP
-    for version, variant, bucket, requests, errors in session.execute(
+    for version, variant, bucket, requests, errors, server in session.execute(
         sa.select(i.c.version, i.c.variant, i.c.latency_bucket, sa.func.sum(i.c.requests),
-                  sa.func.sum(i.c.errors))
+                  sa.func.sum(i.c.errors), sa.func.sum(i.c.server_errors))
         .where(i.c.model == model, i.c.bucket_start >= start, i.c.bucket_start < end)
         .group_by(i.c.version, i.c.variant, i.c.latency_bucket)
     ):
-        f.add_latency((version, variant), bucket, int(requests or 0), int(errors or 0))
+        f.add_latency((version, variant), bucket, int(requests or 0), int(errors or 0),
+                      int(server or 0))
 
 
 def _prediction_rollups(session: Session, f: _Figures, model: str, since: datetime,
@@ -300,13 +309,14 @@ def _latency_records(session: Session, f: _Figures, model: str, a: datetime, b: 
                      ) -> None:
     c = TABLE.c
     variant = sa.func.coalesce(c.variant, "")
-    for version, var, bucket, count, errors in session.execute(
+    for version, var, bucket, count, errors, server in session.execute(
         sa.select(c.version, variant, c.latency_bucket, sa.func.count(),
-                  sa.func.sum(sa.case((c.status >= 400, 1), else_=0)))
+                  sa.func.sum(sa.case((c.status >= 400, 1), else_=0)),
+                  sa.func.sum(sa.case((c.status >= 500, 1), else_=0)))
         .where(c.model == model, c.created_at >= a, c.created_at < b, c.row_index == 0)
         .group_by(c.version, variant, c.latency_bucket)
     ):
-        f.add_latency((version, var), bucket, int(count), int(errors or 0))
+        f.add_latency((version, var), bucket, int(count), int(errors or 0), int(server or 0))
 
 
 def _prediction_records(session: Session, f: _Figures, model: str, since: datetime,

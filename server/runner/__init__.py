@@ -12,6 +12,7 @@ shadow rollout samples, whose two answers belong in the server's inference log, 
 the server (:mod:`server.runner.forward`). On SIGTERM it drains (:mod:`server.runner.app`).
 
 May import: ``server.inference``, ``server.errors``, ``server.security``, ``server.logs``,
+``server.settings`` (the key rules only),
 ``edgefleet``, ``registry.errors``, ``fastapi``/``starlette``/``uvicorn``, ``httpx``,
 ``prometheus_client``.
 """

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgefleet.log_level import LogLevel
+from server.settings import check_key_lengths
 
 __all__ = ["RunnerSettings", "load_runner_settings"]
 
@@ -48,8 +49,9 @@ class RunnerSettings(BaseSettings):
     request_timeout_s
         Timeout of each request to the registry (default 30 s).
     inference_keys, public_inference
-        Who may call the runner: bearer inference keys (``name:secret``, comma-separated), or
-        anyone when ``public_inference`` is on (default off).
+        Who may call the runner: bearer inference keys (``name:secret``, comma-separated; each
+        secret at least as long as the server requires of its own, ``MIN_SECRET_CHARS`` of
+        :mod:`server.settings`), or anyone when ``public_inference`` is on (default off).
     models
         Models to load at start-up, before the runner reports ready (default none: on demand).
     max_batch, cache_size, threads, interpreter
@@ -100,6 +102,12 @@ class RunnerSettings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("inference_keys")
+    @classmethod
+    def _long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """The server's own rule for inference keys (:func:`server.settings.check_key_lengths`)."""
+        return check_key_lengths(keys)
 
 
 def load_runner_settings(env_file: str | Path | None = None, **overrides: Any) -> RunnerSettings:

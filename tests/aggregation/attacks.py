@@ -13,12 +13,14 @@ set (sizes from :func:`share_sizes`, smallest first) and behaves as ``behaviours
 
 :func:`run_experiment` runs ``rounds`` rounds on Flower's in-process grid (:mod:`harness`) with
 the round loop's DEFAULT settings (only the round size is set) and returns the holdout accuracy
-after each round. ``python -m tests.aggregation.attacks`` prints the table of the README's
-"Poisoned updates" section (2 attackers of 10, each strategy beside FedAvg).
+after each round. ``python -m tests.aggregation.attacks [--rounds N]`` prints the table of the
+README's "Poisoned updates" section (2 attackers of 10, each strategy beside FedAvg); ``--help``
+says so and runs nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -34,7 +36,7 @@ from aggregation.rounds import RoundRunner, RoundSettings
 from aggregation.selection import make_policy
 from aggregation.selection.quarantine import Quarantine
 from aggregation.strategies import build_strategy
-from aggregation.validation import ValidationBounds
+from aggregation.validation_types import ValidationBounds
 from edgefleet.datasets import Dataset
 from edgefleet.plan import PlanManifest
 from edgefleet.runtime import PlanRuntime
@@ -162,10 +164,11 @@ def run_experiment(plan: bytes, manifest: PlanManifest, initial: dict[str, np.nd
 
 
 #: The README table: strategy name and its parameters for 2 attackers of 10.
-ROBUST = [("fedavg", {}), ("fedtrimmedavg", {"beta": 0.2}), ("fedmedian", {}),
-          ("krum", {"num_malicious_nodes": 2}),
-          ("multikrum", {"num_malicious_nodes": 2, "num_nodes_to_select": 5}),
-          ("bulyan", {"num_malicious_nodes": 1})]
+ROBUST: list[tuple[str, dict[str, object]]] = [
+    ("fedavg", {}), ("fedtrimmedavg", {"beta": 0.2}), ("fedmedian", {}),
+    ("krum", {"num_malicious_nodes": 2}),
+    ("multikrum", {"num_malicious_nodes": 2, "num_nodes_to_select": 5}),
+    ("bulyan", {"num_malicious_nodes": 1})]
 
 
 #: The round-level defences switched off (the strategies' own robustness alone).
@@ -193,13 +196,30 @@ def two_attacker_table(plan: bytes, manifest: PlanManifest, initial: dict[str, n
     return rows
 
 
-def main() -> None:  # pragma: no cover - the README's figures
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m tests.aggregation.attacks`` (``--help`` describes it)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.aggregation.attacks",
+        description="Print the README's 'Poisoned updates' tables: the holdout accuracy after "
+                    "the last round of each strategy against each attack, 2 attackers of "
+                    f"{CLIENTS} digits clients, under the round loop's default settings and "
+                    "with its round-level defences off (about 18 minutes).")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="federated rounds of each experiment (default 10)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - the README's figures
     import tempfile
     from pathlib import Path
 
     from edgefleet.datasets import load_dataset
     from tests.conftest import build_plan_in_subprocess
 
+    args = parse_args(argv)
     data = load_dataset("digits", seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         build_plan_in_subprocess(Path(tmp))
@@ -209,7 +229,8 @@ def main() -> None:  # pragma: no cover - the README's figures
     t = time.monotonic()
     for title, bounds in (("default settings", None), ("round-level defences off", NO_DEFENCES)):
         print(f"\n{title}:\n", flush=True)
-        for row in two_attacker_table(plan, manifest, initial, data, bounds=bounds):
+        for row in two_attacker_table(plan, manifest, initial, data, rounds=args.rounds,
+                                      bounds=bounds):
             print(row, flush=True)
     print(f"({time.monotonic() - t:.0f} s)", file=sys.stderr)
 

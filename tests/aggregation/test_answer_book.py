@@ -16,7 +16,8 @@ from aggregation.messages import QueryAnswer
 from aggregation.rounds import RoundRunner, RoundSettings
 from aggregation.selection import UniformSelection
 from aggregation.strategies import build_strategy
-from aggregation.validation import UpdateValidator, ValidationBounds
+from aggregation.validation import UpdateValidator
+from aggregation.validation_types import ValidationBounds
 from edgefleet.plan import WeightSpec
 from tests.aggregation.harness import federation
 from tests.aggregation.toy import toy_client_app, toy_manifest, zeros
@@ -139,7 +140,7 @@ def test_blocked_validation_and_mean_match_flower_and_the_unblocked_norms(
     replies = _replies(9, spec)
     whole = UpdateValidator(spec, glob, ValidationBounds(min_cosine=None)).validate_all(
         [(i, m.content, None) for i, m in enumerate(replies)])
-    monkeypatch.setattr("aggregation.validation.BLOCK_ELEMENTS", 20)  # 2 columns a block
+    monkeypatch.setattr("aggregation.update_arrays.BLOCK_ELEMENTS", 20)  # 2 columns a block
     blocked_validator = UpdateValidator(spec, glob, ValidationBounds(min_cosine=None))
     blocked = blocked_validator.validate_all(
         [(i, m.content, None) for i, m in enumerate(replies)])

@@ -16,7 +16,8 @@ from aggregation.selection import UniformSelection
 from aggregation.selection.base import Candidate
 from aggregation.selection.quarantine import Quarantine, load_entries, release
 from aggregation.strategies import build_strategy, strategy_name
-from aggregation.validation import RefusalReason, UpdateValidator, ValidationBounds, Verdict
+from aggregation.validation import UpdateValidator
+from aggregation.validation_types import RefusalReason, ValidationBounds, Verdict
 from edgefleet.plan import WeightSpec
 
 SPEC = [WeightSpec(name="w", shape=[50])]

@@ -10,7 +10,7 @@ from aggregation.rounds import RoundOutcome, RoundRunner, RoundSettings
 from aggregation.selection import UniformSelection
 from aggregation.steering import SteeringConfig
 from aggregation.strategies import build_strategy
-from aggregation.validation import RefusalReason, ValidationBounds
+from aggregation.validation_types import RefusalReason, ValidationBounds
 from tests.aggregation.harness import federation
 from tests.aggregation.toy import examples, toy_client_app, toy_manifest, zeros
 

@@ -95,7 +95,7 @@ def test_the_aggregation_settings_take_the_run_settings_defaults() -> None:
     from aggregation.rounds import RoundSettings
     from aggregation.settings import knobs_for
     from aggregation.steering import SteeringConfig
-    from aggregation.validation import ValidationBounds
+    from aggregation.validation_types import ValidationBounds
     from edgefleet.run_settings import DEFAULTS
 
     bounds = ValidationBounds()  # 0 ("off") in a run config is None here

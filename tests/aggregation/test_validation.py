@@ -8,7 +8,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from aggregation.errors import SettingsError
 from aggregation.report import RoundReport
-from aggregation.validation import RefusalReason, UpdateValidator, ValidationBounds
+from aggregation.validation import UpdateValidator
+from aggregation.validation_types import RefusalReason, ValidationBounds
 from edgefleet.plan import WeightSpec
 
 SPEC = [WeightSpec(name="dense/kernel", shape=[4, 3]), WeightSpec(name="dense/bias", shape=[3])]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from aggregation.validation import RefusalReason, UpdateValidator, ValidationBounds
+from aggregation.validation import UpdateValidator
+from aggregation.validation_types import RefusalReason, ValidationBounds
 from edgefleet.plan import WeightSpec
 from edgefleet.run_settings import DEFAULTS, RunConfigError, RunSettings
 from simulation.config import expand_sweep, load_experiment, parse_experiment

@@ -116,7 +116,7 @@ def test_round_runner_on_flowers_simulation_engine(ray_cluster: str,
     from aggregation.rounds import RoundRunner, RoundSettings, RunResult
     from aggregation.selection import UniformSelection
     from aggregation.strategies import build_strategy
-    from aggregation.validation import RefusalReason
+    from aggregation.validation_types import RefusalReason
     from tests.aggregation.toy import toy_client_app, toy_manifest, zeros
 
     for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0",
