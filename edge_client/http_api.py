@@ -42,6 +42,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -55,6 +56,7 @@ from edge_client.errors import (
     UnknownModelError,
 )
 from edgefleet import v2
+from edgefleet.bounds import path_version
 from edgefleet.errors import InputError
 
 if TYPE_CHECKING:
@@ -188,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
             parts.append(chunk)
 
     def _dispatch(self, method: str) -> None:
-        path = self.path.split("?", 1)[0]
+        path = unquote(self.path.split("?", 1)[0])  # percent-decoded, as the server's routes
         self._body_read = False
         if method == "GET" and path == "/metrics":  # Prometheus text (edge_client.metrics)
             self._send(HTTPStatus.OK, *self.server.service.metrics.exposition())
@@ -247,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
             return HTTPStatus.OK, self._infer(m.group(1), _version(m.group(2)))
         if method == "POST" and path == "/v1/labels":
             return HTTPStatus.CREATED, self._labels()
-        raise _HTTPError(HTTPStatus.NOT_FOUND, f"no route {method} {path}")
+        raise _HTTPError(HTTPStatus.NOT_FOUND, f"no route {method} {v2.shown(path)}")
 
     def _json(self) -> Any:
         try:
@@ -281,10 +283,10 @@ class _Handler(BaseHTTPRequestHandler):
         """The active model when it is the one (and version) named, else 404."""
         active = self.server.service.models.active
         if active is None or active.info.model != model:
-            raise UnknownModelError(f"model {model!r} is not active on this device")
+            raise UnknownModelError(f"model {v2.shown(model)} is not active on this device")
         if version is not None and version != active.info.version:
             raise UnknownModelError(
-                f"version {version} of {model!r} is not active on this device "
+                f"version {version} of {v2.shown(model)} is not active on this device "
                 f"(version {active.info.version} is)")
         return active
 
@@ -330,12 +332,14 @@ def _fallback_input(request: v2.DecodedRequest, max_batch: int) -> np.ndarray:
 
 
 def _version(text: str | None) -> int | None:
-    """A version path segment: a positive integer, else 404 (as the server)."""
+    """A version path segment: canonical (``3``, not ``03``), else 404, by the server's rule
+    (:func:`edgefleet.bounds.path_version`)."""
     if text is None:
         return None
-    if not text.isdigit() or len(text) > 9 or int(text) < 1:
-        raise UnknownModelError(f"unknown version {text!r}: versions are positive integers")
-    return int(text)
+    try:
+        return path_version(text)
+    except ValueError as exc:
+        raise UnknownModelError(str(exc)) from None
 
 
 class _Server(ThreadingHTTPServer):

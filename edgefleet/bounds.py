@@ -9,7 +9,9 @@ way on SQLite and on PostgreSQL:
   allowed in free text) or lone UTF-16 surrogates, which PostgreSQL cannot store and SQLite's
   driver cannot encode;
 * names (models, devices, aliases) match their patterns;
-* version numbers are canonical: ``1``, never ``01``, ``+1``, `` 1`` or ``1.0``;
+* version numbers are canonical: ``1``, never ``01``, ``+1``, `` 1`` or ``1.0``, in a JSON body,
+  a query string or a URL path (:func:`path_version`, the one rule of the server's and the
+  agent's V2 routes);
 * times are ISO 8601 strings with a zone, never a bare number taken as a Unix time;
 * floats are finite (NaN, ±Infinity and overflowing literals such as ``1e999`` are refused);
 * free-form JSON (labels, hardware facts, hyperparameters) has finite numbers, integers a
@@ -56,6 +58,7 @@ __all__ = [
     "check_text",
     "finite_json",
     "integer_only",
+    "path_version",
 ]
 
 #: Largest integer every backend stores in an integer column (PostgreSQL ``INTEGER``).
@@ -69,7 +72,9 @@ YEARS = (1900, 9000)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
-_CANONICAL_INT = re.compile(r"^[1-9][0-9]{0,9}$")
+#: A positive integer in canonical decimal, matched whole (``fullmatch``: ``$`` would let a
+#: trailing newline through).
+_CANONICAL_INT = re.compile(r"[1-9][0-9]{0,9}")
 #: Characters no stored text may carry (single-line text also refuses tab, LF and CR).
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _CONTROL_LINE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
@@ -103,11 +108,27 @@ CleanLine = Annotated[str, AfterValidator(check_line)]
 def canonical_number(value: Any) -> Any:
     """Path and query strings must spell the number canonically; JSON must send an integer."""
     if isinstance(value, str):
-        if not _CANONICAL_INT.match(value):
+        if not _CANONICAL_INT.fullmatch(value):
             raise ValueError("a version number is a positive integer written without sign, "
                              "leading zeros, spaces or decimals (e.g. 3)")
         return int(value)
     return value
+
+
+def path_version(segment: str) -> int:
+    """The version number a URL path segment (``/versions/{segment}/``) names.
+
+    Raises
+    ------
+    ValueError
+        ``segment`` is not a canonical positive integer (``3``, never ``03``, ``+3``, ``3.0``
+        or ``3`` and a newline) of at most :data:`DB_INT_MAX`; the message names it (its first
+        20 characters), for a 404.
+    """
+    if not _CANONICAL_INT.fullmatch(segment) or int(segment) > DB_INT_MAX:
+        raise ValueError(
+            f"unknown version {segment[:20]!r}: versions are positive integers such as 3")
+    return int(segment)
 
 
 def integer_only(value: Any) -> Any:

@@ -35,6 +35,7 @@ their length as a 4-byte little-endian unsigned integer.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ from edgefleet.v2_schema import (
     DTYPES,
     INFERENCE_HEADER,
     LABEL_OUTPUT,
+    MAX_DIMENSIONS,
+    MAX_NAME,
     PROBABILITIES,
     InferenceRequest,
     InferenceResponse,
@@ -69,6 +72,7 @@ from edgefleet.v2_schema import (
     probs_from_response,
     request_from_array,
     requested_outputs,
+    shown,
 )
 
 __all__ = [
@@ -76,6 +80,8 @@ __all__ = [
     "DTYPES",
     "INFERENCE_HEADER",
     "LABEL_OUTPUT",
+    "MAX_DIMENSIONS",
+    "MAX_NAME",
     "PROBABILITIES",
     "DecodedRequest",
     "InferTensor",
@@ -102,11 +108,15 @@ __all__ = [
     "request_from_array",
     "requested_outputs",
     "server_metadata",
+    "shown",
 ]
 
 PLATFORM: Final = "tflite"
 _LITTLE = sys.byteorder == "little"  # the extension's byte order is the machine's
 BINARY_EXTENSION: Final = "binary_tensor_data"
+#: An ``Inference-Header-Content-Length`` value: ASCII digits only (``str.isdigit`` would take
+#: ``²``, which ``int`` refuses).
+_LENGTH = re.compile(r"[0-9]{1,15}")
 
 
 # --- the plan's input -----------------------------------------------------------------------
@@ -126,7 +136,8 @@ def decode_input(inputs: Sequence[Tensor | InferTensor], manifest: PlanManifest,
             f"the model takes exactly one input tensor ({spec.name!r}), got {len(inputs)}")
     tensor = inputs[0]
     if tensor.name != spec.name:
-        raise TensorError(f"unknown input {tensor.name!r}: the model's input is {spec.name!r}")
+        raise TensorError(f"unknown input {shown(tensor.name)}: the model's input is "
+                          f"{spec.name!r}")
     if tensor.datatype not in DTYPES:
         raise TensorError(f"datatype {tensor.datatype} is not supported: send numbers (e.g. FP32)")
     sample = tuple(spec.sample_shape)
@@ -208,8 +219,10 @@ def decode_request(body: bytes, headers: Headers | Mapping[str, str] | None = No
     Raises
     ------
     TensorError
-        A compressed body, a bad length header, a body that is no request, binary sizes that do
-        not add up to the binary part, or an input that :func:`decode_tensor` refuses.
+        A compressed body, a bad length header (anything but ASCII digits, or beyond the body),
+        a body that is no request (named as the header's JSON part when the header is there),
+        binary sizes that do not add up to the binary part, or an input that
+        :func:`decode_tensor` refuses.
     """
     encoding = _header(headers, "Content-Encoding")
     if encoding and encoding.strip().lower() != "identity":
@@ -219,18 +232,15 @@ def decode_request(body: bytes, headers: Headers | Mapping[str, str] | None = No
     binary: memoryview | None = None
     head = body
     if length is not None:
-        if not length.strip().isdigit() or int(length) > len(body):
+        digits = length.strip()
+        if not _LENGTH.fullmatch(digits) or int(digits) > len(body):
             raise TensorError(f"{INFERENCE_HEADER} {length[:20]!r} is not a length within the "
                               f"body's {len(body)} bytes")
-        head, binary = body[: int(length)], memoryview(body)[int(length):]
+        head, binary = body[: int(digits)], memoryview(body)[int(digits):]
     try:
         request = InferenceRequest.model_validate_json(head)
     except ValidationError as exc:
-        refusal = invalid_request(exc)
-        if length is None and "trailing characters" in str(refusal):
-            refusal = TensorError(f"{refusal} (binary tensor data needs the {INFERENCE_HEADER} "
-                                  "header)")
-        raise refusal from None
+        raise _refusal(exc, length) from None
     _flag(request.parameters, "binary_data_output", "request")
     for out in request.outputs or ():
         _flag(out.parameters, "binary_data", f"output {out.name!r}")
@@ -239,6 +249,19 @@ def decode_request(body: bytes, headers: Headers | Mapping[str, str] | None = No
                               f"{LABEL_OUTPUT!r} for the most probable class")
     return DecodedRequest(id=request.id, inputs=_decode_inputs(request.inputs, binary),
                           outputs=request.outputs, parameters=request.parameters or {})
+
+
+def _refusal(exc: ValidationError, length: str | None) -> TensorError:
+    """The refusal of a JSON part that is no request; a JSON syntax error names the length
+    header when there is one (the JSON part ends where it says)."""
+    refusal = invalid_request(exc)
+    syntax = exc.errors()[0]["type"] == "json_invalid"
+    if length is None and syntax and "trailing characters" in str(refusal):
+        return TensorError(f"{refusal} (binary tensor data needs the {INFERENCE_HEADER} header)")
+    if length is not None and syntax:
+        return TensorError(f"{refusal} (the JSON part: the body's first {length.strip()} bytes, "
+                           f"as {INFERENCE_HEADER} says)")
+    return refusal
 
 
 def _decode_inputs(tensors: Sequence[InferTensor], binary: memoryview | None) -> list[Tensor]:

@@ -6,11 +6,16 @@ flattening of the tensor (nested lists of the same shape are accepted too). Deco
 (:func:`decode_tensor`) checks that the data matches its datatype — ``BOOL`` takes JSON booleans
 only, the integer types integers within their range, ``FP16``/``FP32``/``FP64`` numbers (a
 boolean or a string is never a number) — that it is rectangular and that its element count
-matches the shape. ``BYTES`` is refused as a model input. Values whose Python types are
+matches the shape. A ``shape`` is a list of JSON integers (``true``, ``"1"`` or ``1.0`` are
+refused), of at most :data:`MAX_DIMENSIONS` dimensions, none negative. ``BYTES`` is refused as a
+model input. Values whose Python types are
 already the datatype's (``set(map(type, data))``, in C) go straight to numpy; anything else is
 validated by pydantic's core, which words the refusal: no Python loop over the elements. Every
 refusal is a :class:`TensorError` (an :class:`~edgefleet.errors.InputError`: 400 on both
-endpoints), and the error body is :func:`error_body`.
+endpoints), and the error body is :func:`error_body`. A refusal echoes at most
+:data:`MAX_NAME` characters of anything the request sent (:func:`shown`): tensor and output
+names longer than that are refused when the body is read, and only the first few of many
+unknown outputs are named.
 
 :func:`requested_outputs` names the outputs an answer carries (the request's, checked, or all)
 and :func:`encode_outputs` builds them as JSON tensors. :mod:`edgefleet.v2` (the codec of raw
@@ -54,6 +59,14 @@ warnings.filterwarnings("ignore", message="overflow encountered in cast", catego
 
 
 # --- models ---------------------------------------------------------------------------------
+#: The longest tensor or output name a request may carry, and the most characters of anything
+#: the request sent that a refusal echoes (:func:`shown`).
+MAX_NAME: Final = 256
+#: The most dimensions a tensor's shape may have (numpy's own limit is 32 or 64, by version).
+MAX_DIMENSIONS: Final = 32
+#: The most unknown output names one refusal lists.
+_SHOWN_NAMES = 5
+
 V2DataType = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BYTES",
@@ -63,8 +76,8 @@ V2DataType = Literal[
 class InferTensor(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: str
-    shape: list[int]
+    name: Annotated[str, Field(max_length=MAX_NAME)]
+    shape: list[StrictInt]  # a JSON integer each: true, "1" or 1.0 are refused
     datatype: V2DataType
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = None  # absent when the tensor's data is binary
@@ -73,7 +86,7 @@ class InferTensor(BaseModel):
 class RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: str
+    name: Annotated[str, Field(max_length=MAX_NAME)]
     parameters: dict[str, Any] | None = None
 
 
@@ -174,7 +187,18 @@ def dtype_and_shape(datatype: str, dims: Sequence[int]) -> tuple[np.dtype[Any], 
     dtype = DTYPES.get(datatype)
     if dtype is None:
         raise TensorError(f"datatype {datatype} is not supported: send numbers (e.g. FP32)")
+    """The datatype's dtype and the shape as a tuple.
+
+    Raises
+    ------
+    TensorError
+        A datatype without a dtype (``BYTES``), more than :data:`MAX_DIMENSIONS` dimensions,
+        or a negative dimension.
+    """
     shape = tuple(dims)
+    if len(shape) > MAX_DIMENSIONS:
+        raise TensorError(f"shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS} are "
+                          "accepted")
     if any(d < 0 for d in shape):
         raise TensorError(f"shape {list(shape)} has a negative dimension")
     return dtype, shape
@@ -217,7 +241,8 @@ def requested_outputs(requested: Sequence[RequestedOutput] | None, output_name: 
     Raises
     ------
     TensorError
-        The request names an output the model does not offer.
+        The request names an output the model does not offer (the first few are named), or
+        names one twice.
     """
     available = [output_name, LABEL_OUTPUT]
     if not requested:
@@ -225,13 +250,19 @@ def requested_outputs(requested: Sequence[RequestedOutput] | None, output_name: 
     names = [r.name for r in requested]
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise TensorError(f"unknown output(s) {unknown}: the model offers {sorted(available)}")
+        listed = ", ".join(map(shown, unknown[:_SHOWN_NAMES]))
+        more = f" and {len(unknown) - _SHOWN_NAMES} more" if len(unknown) > _SHOWN_NAMES else ""
+        raise TensorError(f"unknown output(s) [{listed}]{more}: the model offers "
+                          f"{sorted(available)}")
+    if len(set(names)) != len(names):
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise TensorError(f"output {shown(twice)} is requested more than once")
     return names
 
 
 def predicted_labels(probs: np.ndarray, class_labels: Sequence[str]) -> list[str]:
     """The most probable class label of each row of ``probs``."""
-    return np.asarray(class_labels, dtype=object)[np.argmax(probs, axis=1)].tolist()
+    return np.asarray(class_labels, dtype=object)[probs.argmax(axis=1)].tolist()
 
 
 def encode_outputs(probs: np.ndarray, labels: Sequence[str], output_name: str,
@@ -255,6 +286,13 @@ def invalid_request(exc: ValidationError) -> TensorError:
     parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
              for e in exc.errors(include_url=False, include_input=False)[:5]]
     return TensorError("invalid request: " + "; ".join(parts))
+
+
+def shown(text: str) -> str:
+    """``text`` quoted (``repr``) for a refusal, cut to its first :data:`MAX_NAME` characters."""
+    if len(text) <= MAX_NAME:
+        return repr(text)
+    return f"{text[:MAX_NAME]!r}... ({len(text)} characters)"
 
 
 def error_body(message: str) -> dict[str, Any]:

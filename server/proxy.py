@@ -15,6 +15,7 @@ The trusted proxies are uvicorn's setting, read the same way: ``FORWARDED_ALLOW_
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -71,7 +72,7 @@ class ProxyHeaders:
         await self._inner(scope, receive, send)  # type: ignore[arg-type]
 
 
-def uvicorn_options(tls: dict[str, Any]) -> dict[str, Any]:
+def uvicorn_options(tls: Mapping[str, Any]) -> dict[str, Any]:
     """The options every uvicorn that serves the application is started with: no logging
     configuration or access log of its own (:mod:`server.logs`, :mod:`server.middleware`),
     no proxy headers of its own (:class:`ProxyHeaders` is in the application), and ``tls``."""

@@ -187,6 +187,7 @@ def serve(host: str, port: int, env_file: Path | None, workers: int) -> None:
     import uvicorn
 
     from server.logs import configure_logging
+    from server.proxy import uvicorn_options
 
     settings = settings_or_exit(env_file)
     preflight(settings)
@@ -202,7 +203,7 @@ def serve(host: str, port: int, env_file: Path | None, workers: int) -> None:
     tls = tls_options(settings)
     if workers == 1:
         uvicorn.run("server.main:create_app", factory=True, host=host, port=port,
-                    log_config=None, access_log=False, proxy_headers=True, **tls)
+                    **uvicorn_options(tls))
         return
     from server.workers import WorkersError
     from server.workers import run as run_workers

@@ -53,6 +53,7 @@ from typing import Any
 import uvicorn
 
 from server.errors import ServerError
+from server.proxy import uvicorn_options
 
 __all__ = ["APP", "WorkersError", "check_free", "listening_socket", "reuseport_balances", "run"]
 
@@ -139,7 +140,7 @@ def run(host: str, port: int, workers: int, tls: Mapping[str, Any]) -> None:
     """
     if not reuseport_balances():
         uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, backlog=BACKLOG,
-                    log_config=None, access_log=False, proxy_headers=True, **tls)
+                    **uvicorn_options(tls))
         return
     port = check_free(host, port)
     log.info("%d workers on %s, each with its own SO_REUSEPORT socket", workers,
@@ -318,7 +319,7 @@ def _worker(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     config = uvicorn.Config(APP, factory=True, host=host, port=port, backlog=BACKLOG,
-                            log_config=None, access_log=False, proxy_headers=True, **spec["tls"])
+                            **uvicorn_options(spec["tls"]))
     server = _ReadyServer(config, int(spec["ready_fd"]))
 
     def stop(_sig: int, _frame: FrameType | None) -> None:

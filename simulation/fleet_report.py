@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 #: from the whole digits training split by ``edgefleet model build``).
 DRIFT_LEGEND = (
     "verdict: each device's inputs against v1's reference profile (the whole training split);",
-    "a device with shift none can read drift too: its share is label-skewed, so its inputs differ",
+    "shift none can still read drift: a label-skewed share's inputs differ from that reference",
 )
 
 

@@ -18,7 +18,6 @@ a FastAPI route, as a :class:`~starlette.responses.Response`.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -28,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edgefleet import v2
-from edgefleet.bounds import DB_INT_MAX
+from edgefleet.bounds import path_version
 from registry.errors import NotFoundError
 from registry.models.columns import utcnow
 from registry.version_evidence import SHADOW_VARIANT
@@ -40,20 +39,17 @@ from server.state import AppState
 
 __all__ = ["SHADOW_VARIANT", "answer", "encoded_answer", "resolve_request", "version_number"]
 
-#: A V2 version is a string; here it names a registry version, spelled canonically.
-_VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
-
 #: Shadow runs in flight (kept referenced until done: asyncio holds tasks only weakly).
 _SHADOWS: set[asyncio.Task[None]] = set()
 
 
 def version_number(version: str) -> int:
-    """The registry version ``version`` names: 404 unless it is canonical (``3``, not ``03``)."""
-    if not _VERSION.match(version) or int(version) > DB_INT_MAX:
-        raise NotFoundError(
-            f"unknown version {version[:20]!r}: versions are positive integers such as 3"
-        )
-    return int(version)
+    """The registry version ``version`` names: 404 unless it is canonical (``3``, not ``03``;
+    :func:`edgefleet.bounds.path_version`, the agent's rule too)."""
+    try:
+        return path_version(version)
+    except ValueError as exc:
+        raise NotFoundError(str(exc)) from None
 
 
 async def resolve_request(state: AppState, context: dict[str, Any], model: str,

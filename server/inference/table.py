@@ -9,7 +9,9 @@ request sees all old entries or all new ones. When ``credentials`` changed, it c
 **Staleness bound**: a change committed at time T is answered by every request that starts after
 T + ``refresh_interval_s`` + the duration of one refresh, in every process that holds a table
 (each has its own thread). A refresh that fails (the database is down) keeps the entries it has
-and retries at the next tick; the failure is logged once per outage.
+and retries at the next tick; the failure is logged once per outage. A generation is recorded
+only once what it calls for is done (the entries reloaded and swapped in, the callbacks run),
+so a refresh that fails partway is redone in full at the next tick.
 
 A model not yet in the table is read on first use (:meth:`ServingTable.entry`, blocking: call
 it from a worker thread); what that read returns is kept only if no refresh swapped the map
@@ -74,21 +76,26 @@ class ServingTable:
         """Read the generations; reload what changed. ``True`` when the entries were swapped."""
         current = {scope: self.source.generation(scope) for scope in (SERVING, CREDENTIALS)}
         previous = self._generations or {}  # no successful read yet: everything may have changed
-        self._generations = current
         if current[CREDENTIALS] != previous.get(CREDENTIALS):
             for callback in self.on_credentials_change:
                 callback()
+            self._record(CREDENTIALS, current[CREDENTIALS])
         if current[SERVING] == previous.get(SERVING):
             return False
         with self._lock:
             fresh = {}
             for name in list(self._entries):
-                entry = self.source.entry(name)
+                entry = self.source.entry(name)  # may raise: nothing recorded, redone next tick
                 if entry is not None:
                     fresh[name] = entry
             self._entries = fresh
             self._epoch += 1
+            self._record(SERVING, current[SERVING])
         return True
+
+    def _record(self, scope: str, generation: int) -> None:
+        """Remember ``scope``'s generation once what it called for is done."""
+        self._generations = {**(self._generations or {}), scope: generation}
 
     def start(self) -> ServingTable:
         """Read the current generations and start the refresh thread."""

@@ -21,6 +21,7 @@ from edgefleet.bounds import (
     VersionNumber,
     VersionParam,
     finite_json,
+    path_version,
 )
 
 
@@ -39,8 +40,19 @@ def test_version_numbers() -> None:
     for value in (0, -1, DB_INT_MAX + 1, 2**63, "3", 3.0, True, None):
         bad(VersionNumber, value)
     assert ok(VersionParam, "3") == 3 and ok(VersionParam, "2147483647") == DB_INT_MAX
-    for text in ("03", "3.0", "+3", " 3", "3 ", "1e0", "0x3", "0", "2147483648", "", "٣"):
+    for text in ("03", "3.0", "+3", " 3", "3 ", "1e0", "0x3", "0", "2147483648", "", "٣",
+                 "3\n", "²"):
         bad(VersionParam, text)
+
+
+def test_a_version_in_a_path_is_canonical() -> None:
+    """The one rule of the server's and the agent's ``/versions/{v}/`` segments."""
+    assert path_version("3") == 3 and path_version("2147483647") == DB_INT_MAX
+    for text in ("01", "0", "+1", "-1", " 1", "1 ", "1\n", "1.0", "1e0", "²", "٣", "",
+                 "2147483648", "99999999999", "x" * 10_000):
+        with pytest.raises(ValueError, match="unknown version .*positive integers") as info:
+            path_version(text)
+        assert len(str(info.value)) < 100  # the segment is echoed cut short
 
 
 def test_counters() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,53 @@ def test_outputs_metadata_and_the_client_side_round_trip(digits_plan_dir: Path) 
     assert meta["parameters"]["version"] == "2" and meta["versions"] == ["2"]
     request = v2.request_from_array(np.zeros((2, 64), dtype=np.float64))
     assert request.inputs[0].datatype == "FP32" and request.inputs[0].shape == [2, 64]
+
+
+# --- shapes, outputs and what a refusal echoes ----------------------------------------------
+def _decode(body: dict[str, Any]) -> v2.DecodedRequest:
+    return v2.decode_request(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("shape", [[True, 64], ["1", "64"], [1.0, 64], [1, None]])
+def test_a_shape_takes_json_integers_only(shape: list[Any]) -> None:
+    with pytest.raises(v2.TensorError, match=r"inputs\.0\.shape\.\d: Input should be a valid "
+                       "integer"):
+        _decode({"inputs": [tensor([0.5] * 64, shape)]})
+
+
+def test_a_shape_has_at_most_max_dimensions() -> None:
+    ok = _decode({"inputs": [tensor([0.5], [1] * v2.MAX_DIMENSIONS)]})
+    assert ok.inputs[0].array.ndim == v2.MAX_DIMENSIONS
+    for n in (v2.MAX_DIMENSIONS + 1, 65, 1000):  # beyond numpy's own limit too (64)
+        with pytest.raises(v2.TensorError, match=f"shape has {n} dimensions; at most "
+                           f"{v2.MAX_DIMENSIONS} are accepted"):
+            _decode({"inputs": [tensor([0.5], [1] * n)]})
+
+
+def test_an_output_named_twice_is_refused() -> None:
+    twice = [v2.RequestedOutput(name=v2.LABEL_OUTPUT)] * 2
+    with pytest.raises(v2.TensorError, match="output 'label' is requested more than once"):
+        v2.requested_outputs(twice, "probabilities")
+    both = [v2.RequestedOutput(name="probabilities"), v2.RequestedOutput(name=v2.LABEL_OUTPUT)]
+    assert v2.requested_outputs(both, "probabilities") == ["probabilities", v2.LABEL_OUTPUT]
+
+
+def test_refusals_echo_a_bounded_amount_of_the_request() -> None:
+    huge = "n" * 1_000_000
+    for body in ({"inputs": [tensor([0.5], [1], name=huge)]},
+                 {"inputs": [tensor([0.5], [1])], "outputs": [{"name": huge}]}):
+        with pytest.raises(v2.TensorError, match=f"at most {v2.MAX_NAME} characters") as info:
+            _decode(body)
+        assert len(str(info.value)) < 200
+    many = [v2.RequestedOutput(name=f"o{i}") for i in range(30_000)]
+    with pytest.raises(v2.TensorError, match=r"\['o0', 'o1', 'o2', 'o3', 'o4'\] and 29995 "
+                       "more") as info:
+        v2.requested_outputs(many, "probabilities")
+    assert len(str(info.value)) < 200
+    assert v2.shown("ab") == "'ab'"
+    assert len(v2.shown("é" * 10_000)) < v2.MAX_NAME + 40
+
+
+def test_predicted_labels_are_the_most_probable_class_of_each_row() -> None:
+    probs = np.asarray([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.2, 0.2, 0.6]], dtype=np.float32)
+    assert v2.predicted_labels(probs, ["a", "b", "c"]) == ["b", "a", "c"]

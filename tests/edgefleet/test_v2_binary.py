@@ -111,6 +111,11 @@ EIGHT = np.ones(2, dtype=np.float32).tobytes()
     (_framed([X], EIGHT, header="9999"), "not a length within"),
     (_framed([X], EIGHT, header="-3"), "not a length within"),
     (_framed([X], EIGHT, header="ten"), "not a length within"),
+    (_framed([X], EIGHT, header="\xb2"), f"{HEADER} '\xb2' is not a length within"),  # '²'
+    (_framed([X], EIGHT, header="\u0661"), "not a length within"),  # an Arabic-Indic 1
+    (_framed([X], EIGHT, header="1" * 16), "not a length within"),
+    (_framed([X, {**X, "name": "y", "shape": [1] * 65}], EIGHT * 2),
+     "shape has 65 dimensions; at most 32"),
     (_framed([{**X, "parameters": {"binary_data_size": 4}}], EIGHT[:4]),
      "4 bytes of binary data, but FP32 \\[1, 2\\] takes 8"),
     (_framed([{**X, "parameters": {"binary_data_size": "8"}}], EIGHT), "must be a byte count"),
@@ -131,6 +136,16 @@ def test_malformed_framing_is_refused_with_a_clear_message(
     with pytest.raises(v2.TensorError, match=message) as info:
         v2.decode_request(*body)
     assert isinstance(info.value, InputError)  # a 400 on both endpoints
+
+
+@pytest.mark.parametrize("delta", [-5, 3])
+def test_a_length_header_that_misses_the_json_is_named_in_the_refusal(delta: int) -> None:
+    """A header shorter than the JSON cuts it short, a longer one takes binary data in."""
+    body, headers = _framed([X], EIGHT)
+    n = int(headers[HEADER]) + delta
+    with pytest.raises(v2.TensorError, match=f"Invalid JSON.*the body's first {n} bytes, as "
+                       f"{HEADER} says"):
+        v2.decode_request(body, {HEADER: str(n)})
 
 
 @pytest.mark.parametrize(("request_fields", "message"), [
