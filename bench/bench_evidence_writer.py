@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from registry import migrate
 from registry.db import make_engine
 from server.evidence import writer as writer_module
-from server.evidence.writer import Answer, InferenceLog
+from server.evidence.records import Answer
+from server.evidence.writer import InferenceLog
 
 T0 = datetime(2030, 6, 1, tzinfo=UTC)
 

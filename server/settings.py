@@ -111,6 +111,10 @@ class ServerSettings(BaseSettings):
         insert (500) and the longest wait before a partial batch is written (0.5 s).
     inference_log_prune_interval_s
         Seconds between prunes of old records (default 300; 0 disables).
+    inference_log_process
+        Write the log's batches in a child process, off the server's GIL (default ``True``;
+        an in-memory SQLite database is always written in the server's process; see
+        :mod:`server.evidence.writer_process`).
     """
 
     model_config = SettingsConfigDict(
@@ -153,6 +157,7 @@ class ServerSettings(BaseSettings):
     inference_log_batch_size: int = Field(default=500, gt=0, le=100_000)
     inference_log_flush_interval_s: float = Field(default=0.5, gt=0, le=3600)
     inference_log_prune_interval_s: float = Field(default=300.0, ge=0)
+    inference_log_process: bool = True
 
     @field_validator(
         "admin_keys", "enrollment_tokens", "inference_keys", "runner_keys", mode="before"

@@ -17,8 +17,9 @@ The supervisor
   becomes the port that probe was given, so every worker listens on the same one;
 * starts the workers; each writes one byte to a pipe once uvicorn accepts connections (its
   socket starts listening only then: a worker still starting gets no connections);
-* restarts a worker that exits while the server runs, after a back-off that doubles for a
-  worker that dies again within :data:`STABLE_S` (from :data:`BACKOFF_S` to
+* restarts a worker that exits while the server runs (the connections it held, and those
+  queued on its socket that it had not accepted yet, are lost with it), after a back-off that
+  doubles for a worker that dies again within :data:`STABLE_S` (from :data:`BACKOFF_S` to
   :data:`BACKOFF_MAX_S`), and gives up (:class:`WorkersError`, the other workers stopped) when
   one exits before serving :data:`MAX_START_FAILURES` times in a row;
 * on SIGINT or SIGTERM sends SIGTERM to every worker (uvicorn's graceful shutdown, then the

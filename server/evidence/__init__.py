@@ -6,6 +6,8 @@ May import: the registry, the shared core, sqlalchemy/sqlmodel (no FastAPI: rout
 Modules
 -------
 ``writer``   :class:`InferenceLog`, the background writer (bounded queue, batches, retention)
+``records``  :class:`Answer`, the records a batch of answers becomes, and writing a batch
+``writer_process``  the child process that writes the batches, off the server's GIL
 ``capture``  :func:`logged_predict`, the V2 path's hook that hands each answer to the writer
 ``monitor``  :func:`monitor`, per-version figures computed in the database
 """

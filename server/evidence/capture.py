@@ -3,7 +3,7 @@
 :func:`logged_predict` wraps :meth:`server.inference.service.InferenceService.predict`. It
 times the call (decoding, the model, encoding), takes the decoded input, the probabilities and
 the labels through the service's ``observe`` callback, and submits one
-:class:`~server.evidence.writer.Answer` — also for a request the model refused (its status from
+:class:`~server.evidence.records.Answer` — also for a request the model refused (its status from
 :func:`server.errors.status_of`), which is re-raised unchanged. Request id and caller come from
 ``request.state`` (set by :mod:`server.middleware` and :mod:`server.deps`). With no log on the
 application (``app.state.inference_log`` is ``None``) it only predicts.
@@ -20,7 +20,8 @@ from starlette.requests import Request
 from edgefleet.v2 import InferenceRequest, InferenceResponse
 from registry.models.columns import utcnow
 from server.errors import status_of
-from server.evidence.writer import Answer, InferenceLog
+from server.evidence.records import Answer
+from server.evidence.writer import InferenceLog
 from server.inference.service import InferenceService, Target
 
 __all__ = ["logged_predict"]

@@ -2,11 +2,13 @@
 
 The V2 path calls :meth:`InferenceLog.submit` with what it answered (a few attribute copies and
 one ``deque.append``: no thread is woken, so the writer does not take the GIL from the request
-that woke it); one daemon thread looks at the deque every ``POLL_S``, turns
-each answer into its records (hashes, sampled inputs) and inserts them in batches of up to
-``batch_size`` answers, at least every ``flush_interval_s`` while there is traffic. Inserts
-skip ``(request_id, row_index)`` pairs already stored (:func:`registry.evidence.insert_rows`),
-so a retried batch is stored once.
+that woke it); one daemon thread looks at the deque every ``POLL_S`` and takes batches of up
+to ``batch_size`` answers, at least every ``flush_interval_s`` while there is traffic, which
+become records and are inserted (:func:`server.evidence.records.write_batch`) — with
+``process`` (the ``inference_log_process`` setting, on by default), in a child process, so
+that the inserts never hold this process's GIL (:mod:`server.evidence.writer_process`), else
+by the thread itself. Inserts skip ``(request_id, row_index)`` pairs already stored
+(:func:`registry.evidence.insert_rows`), so a retried batch is stored once.
 
 Loss bound: when the queue is full (the database cannot keep up), new answers are *dropped and
 counted* (``LogStats.dropped``) rather than slowing requests down. :meth:`InferenceLog.stop`
@@ -23,58 +25,32 @@ rollups of the same buckets (:func:`registry.rollups.prune`).
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import operator
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-import numpy as np
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from registry import rollups
-from registry.evidence import insert_rows, latency_bucket, prune
+from registry.evidence import prune
 from registry.models.columns import utcnow
+from server.evidence.records import Answer, write_batch
+from server.evidence.writer_process import ProcessSpec, WriterProcess, WriterProcessError
 from server.settings import ServerSettings
 
-__all__ = ["COLUMNS", "Answer", "InferenceLog", "LogStats", "inference_log_for", "records", "rows"]
+__all__ = ["InferenceLog", "LogStats", "inference_log_for"]
 
 log = logging.getLogger("edgefleet.server.evidence")
 
-_ATTEMPTS = 3
 #: How often the writer looks whether a batch is full while it waits (each look takes the GIL
 #: from whatever thread runs; a batch that fills between looks waits for the next one).
 POLL_S = 0.1
-
-
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs the request path
-class Answer:
-    """One V2 request as answered (or refused): what :meth:`InferenceLog.submit` takes.
-
-    ``x``, ``probs`` and ``labels`` are ``None`` for a refused request (status >= 400).
-    """
-
-    request_id: str
-    created_at: datetime
-    model: str
-    version: int
-    alias: str | None
-    caller: str
-    status: int
-    latency_ms: float
-    variant: str | None = None
-    x: np.ndarray | None = None
-    probs: np.ndarray | None = None
-    labels: list[str] | None = None
-    sampled: bool = False
 
 
 @dataclass
@@ -87,146 +63,6 @@ class LogStats:
     failed: int = 0
     pruned: int = 0
     batches: int = 0
-
-
-#: The columns of the rows :func:`rows` builds, in their order.
-COLUMNS = ("request_id", "row_index", "created_at", "model", "version", "alias", "variant",
-           "caller", "status", "latency_ms", "latency_bucket", "label", "confidence",
-           "input_sha256", "inputs")
-
-
-def rows(batch: Sequence[Answer]) -> list[tuple[Any, ...]]:
-    """The records of ``batch`` as tuples of :data:`COLUMNS`: one per input row of an answer,
-    or one without outputs for a refusal.
-
-    A batch of one-row answers, none refused or sampled (the common case), is built a column at
-    a time (:func:`_single_rows`); any other batch has one head tuple per answer, the
-    confidences one ``max`` per output width over the answers' probabilities stacked, and the
-    input hashes one ``tobytes`` per input width.
-    """
-    fast = _single_rows(batch)
-    if fast is not None:
-        return fast
-    answered = [a for a in batch if _answered(a)]
-    confidence, digests = _outputs(answered)
-    out: list[tuple[Any, ...]] = []
-    k = 0  # index of the next answered row in confidence / digests
-    for a in batch:
-        head = (a.created_at, a.model, a.version, a.alias, a.variant[:64] if a.variant else None,
-                a.caller, a.status, a.latency_ms, latency_bucket(a.latency_ms))
-        labels = a.labels
-        if labels is None or not _answered(a):
-            out.append((a.request_id, 0, *head, None, None, None, None))
-            continue
-        x = _inputs(a) if a.sampled else None
-        for i, label in enumerate(labels):
-            out.append((a.request_id, i, *head, label, confidence[k], digests[k],
-                        None if x is None else x[i].tolist()))
-            k += 1
-    return out
-
-
-_FIELDS = {name: operator.attrgetter(name) for name in (
-    "request_id", "created_at", "model", "version", "alias", "variant", "caller", "status",
-    "latency_ms", "x", "probs", "labels", "sampled")}
-_HEX = operator.methodcaller("hexdigest")
-
-
-def _single_rows(batch: Sequence[Answer]) -> list[tuple[Any, ...]] | None:
-    """:func:`rows` of a batch of refusals and of answered, unsampled one-row answers whose
-    inputs and probabilities are rows of one width each, built a column at a time (attribute
-    getters, one ``concatenate`` and ``max``, a SHA-256 per row); ``None`` for any other
-    batch."""
-    n = len(batch)
-    if not n:
-        return []
-    ok = [a.status < 400 and a.labels is not None and a.x is not None and a.probs is not None
-          for a in batch]
-    every = all(ok)
-    answered = batch if every else [a for a, k in zip(batch, ok, strict=True) if k]
-    f = _FIELDS
-    labels = list(map(f["labels"], answered))
-    if any(map(f["sampled"], answered)) or (labels and set(map(len, labels)) != {1}):
-        return None
-    try:
-        x = np.concatenate(list(map(f["x"], answered)), dtype=np.float32) if labels else None
-        p = np.concatenate(list(map(f["probs"], answered))) if labels else None
-    except (ValueError, TypeError):  # widths or dimensions differ: the general path
-        return None
-    if x is not None and p is not None:
-        m = len(answered)
-        if x.ndim != 2 or p.ndim != 2 or x.shape[0] != m or p.shape[0] != m:
-            return None
-        outputs: list[Any] = [list(map(operator.itemgetter(0), labels)), p.max(axis=1).tolist(),
-                              list(map(_HEX, map(hashlib.sha256, x)))]
-    else:
-        outputs = [[], [], []]
-    if not every:  # a refusal's row has no outputs
-        outputs = [_spread(column, ok) for column in outputs]
-    variants = list(map(f["variant"], batch))
-    if any(v is not None and (len(v) > 64 or not v) for v in variants):
-        variants = [v[:64] if v else None for v in variants]
-    latencies = list(map(f["latency_ms"], batch))
-    return list(zip(
-        map(f["request_id"], batch), itertools.repeat(0, n), map(f["created_at"], batch),
-        map(f["model"], batch), map(f["version"], batch), map(f["alias"], batch), variants,
-        map(f["caller"], batch), map(f["status"], batch), latencies,
-        map(latency_bucket, latencies), *outputs, itertools.repeat(None, n), strict=True))
-
-
-def _spread(values: list[Any], present: list[bool]) -> list[Any]:
-    """``values`` at the places ``present`` marks, ``None`` elsewhere."""
-    it = iter(values)
-    return [next(it) if k else None for k in present]
-
-
-def records(answer: Answer) -> list[dict[str, Any]]:
-    """The rows of ``answer`` as column → value dicts (what :func:`rows` gives, by name)."""
-    return [dict(zip(COLUMNS, r, strict=True)) for r in rows([answer])]
-
-
-def _answered(a: Answer) -> bool:
-    return a.status < 400 and a.labels is not None and a.x is not None and a.probs is not None
-
-
-def _inputs(a: Answer) -> np.ndarray:
-    """``a.x`` as float32 rows, one per label."""
-    return _rows_of(a.x, len(a.labels or ())).astype(np.float32, copy=False)
-
-
-def _rows_of(values: Any, n: int) -> np.ndarray:
-    """``values`` as a 2-D array of ``n`` rows (as it comes, when it already is one)."""
-    arr = np.asarray(values)
-    return arr if arr.ndim == 2 and arr.shape[0] == n else arr.reshape(n, -1)
-
-
-def _outputs(answered: list[Answer]) -> tuple[list[float], list[str]]:
-    """Per answered row of ``answered`` (in order): its confidence and its input's SHA-256."""
-    n = sum(len(a.labels or ()) for a in answered)
-    confidence: list[float] = [0.0] * n
-    digests: list[str] = [""] * n
-    offsets, at = [], 0
-    for a in answered:
-        offsets.append(at)
-        at += len(a.labels or ())
-    by_width: dict[tuple[int, int], list[int]] = {}
-    xs = [_rows_of(a.x, len(a.labels or ())) for a in answered]
-    ps = [_rows_of(a.probs, len(a.labels or ())) for a in answered]
-    for j, (x, p) in enumerate(zip(xs, ps, strict=True)):
-        by_width.setdefault((x.shape[1], p.shape[1]), []).append(j)
-    sha256 = hashlib.sha256
-    for members in by_width.values():
-        conf = np.concatenate([ps[j] for j in members]).max(axis=1).tolist()
-        raw = np.concatenate([xs[j] for j in members], dtype=np.float32).tobytes()
-        width = xs[members[0]].shape[1] * 4  # float32: row r's bytes are raw[r*width:(r+1)*width]
-        r = 0
-        for j in members:
-            at = offsets[j]
-            for i in range(xs[j].shape[0]):
-                confidence[at + i] = conf[r]
-                digests[at + i] = sha256(raw[r * width : (r + 1) * width]).hexdigest()
-                r += 1
-    return confidence, digests
 
 
 @dataclass
@@ -246,6 +82,9 @@ class InferenceLog:
         partial batch is written (0.5 s).
     prune_interval_s, prune_batch
         Seconds between prunes (default 300) and rows deleted per transaction (5,000).
+    process
+        When given, batches are written by a child process connected to this database
+        (:mod:`server.evidence.writer_process`); default: by the writer thread itself.
     """
 
     engine: Engine
@@ -256,6 +95,7 @@ class InferenceLog:
     flush_interval_s: float = 0.5
     prune_interval_s: float = 300.0
     prune_batch: int = 5000
+    process: ProcessSpec | None = None
     stats: LogStats = field(default_factory=LogStats)
 
     def __post_init__(self) -> None:
@@ -264,6 +104,7 @@ class InferenceLog:
         self._thread: threading.Thread | None = None
         self._done = threading.Condition()
         self._settled = 0  # answers written, failed or dropped (for flush)
+        self._child: WriterProcess | None = None  # started by the first batch (process on)
 
     # --- the request path ----------------------------------------------------------------------
     def sample(self) -> bool:
@@ -289,11 +130,15 @@ class InferenceLog:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Write everything queued, then end the thread (waits up to ``timeout`` seconds)."""
+        """Write everything queued, then end the thread and the child process (waits up to
+        ``timeout`` seconds for the thread)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every answer submitted so far is settled; ``False`` on timeout."""
@@ -335,22 +180,26 @@ class InferenceLog:
         return [queued.popleft() for _ in range(min(len(queued), self.batch_size))]
 
     def _write(self, batch: list[Answer]) -> None:
-        built = rows(batch)
-        for attempt in range(_ATTEMPTS):
-            try:
-                with self.engine.begin() as conn:
-                    insert_rows(conn, COLUMNS, built)
-            except SQLAlchemyError as exc:
-                log.warning("inference log: batch of %d not written (%s)", len(batch), exc)
-                if attempt + 1 < _ATTEMPTS:
-                    time.sleep(0.2 * 2**attempt)
-                continue
+        stored = self._store(batch)
+        if stored:
             self.stats.written += len(batch)
             self.stats.batches += 1
-            self._settle(len(batch))
-            return
-        self.stats.failed += len(batch)
+        else:
+            self.stats.failed += len(batch)
         self._settle(len(batch))
+
+    def _store(self, batch: list[Answer]) -> bool:
+        """Store ``batch`` through the child process when there is one, else here."""
+        if self.process is not None:
+            if self._child is None:
+                self._child = WriterProcess(self.process)
+            try:
+                return self._child.write(batch)
+            except WriterProcessError as exc:
+                log.warning("inference log: %s; writing in the server's process from now on",
+                            exc)
+                self.process = self._child = None
+        return write_batch(self.engine, batch)
 
     def _run(self) -> None:
         next_prune = time.monotonic()
@@ -369,9 +218,15 @@ class InferenceLog:
 
 
 def inference_log_for(settings: ServerSettings, engine: Engine) -> InferenceLog | None:
-    """The writer ``settings`` describe (``None`` when ``inference_log_enabled`` is off)."""
+    """The writer ``settings`` describe (``None`` when ``inference_log_enabled`` is off): with
+    ``inference_log_process`` on, writing in a child process, unless the database lives in
+    this process's memory."""
     if not settings.inference_log_enabled:
         return None
+    process = None
+    if settings.inference_log_process and make_url(settings.database_url).database not in (
+            None, "", ":memory:"):
+        process = ProcessSpec(settings.database_url, settings.log_level, settings.log_format)
     return InferenceLog(
         engine,
         sample_rate=settings.inference_log_sample_rate,
@@ -380,4 +235,5 @@ def inference_log_for(settings: ServerSettings, engine: Engine) -> InferenceLog 
         batch_size=settings.inference_log_batch_size,
         flush_interval_s=settings.inference_log_flush_interval_s,
         prune_interval_s=settings.inference_log_prune_interval_s,
+        process=process,
     )

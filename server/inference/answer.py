@@ -32,7 +32,8 @@ from registry.errors import NotFoundError
 from registry.models.columns import utcnow
 from registry.version_evidence import SHADOW_VARIANT
 from server.errors import status_of
-from server.evidence.writer import Answer, InferenceLog
+from server.evidence.records import Answer
+from server.evidence.writer import InferenceLog
 from server.inference.serving import Resolved, Serving
 from server.inference.source import ServedVersion
 from server.state import AppState

@@ -13,7 +13,8 @@ from sqlalchemy import Engine
 
 from registry import rollups
 from registry.evidence import TABLE, latency_bucket
-from server.evidence.writer import COLUMNS, Answer, InferenceLog, rows
+from server.evidence.records import COLUMNS, Answer, rows
+from server.evidence.writer import InferenceLog
 
 T0 = datetime(2030, 7, 1, 12, 0, 30, 123456, tzinfo=UTC)
 

@@ -5,8 +5,8 @@ registry through its API, ``reader`` answers inference from its serving table, w
 database's generation counters tell about the change (no commit of its own). The bound is
 ``serving_refresh_s`` plus one refresh (:mod:`server.inference.table`); after waiting it, every
 request answers the new state, and every answer's probabilities are the named version's own.
-Also checked: the database triggers bump the counters, and a process's own writes are read back
-at once.
+Also checked: the database triggers bump the counters, a process's own writes are read back
+at once, and a refresh that fails partway is redone at the next one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from sqlalchemy import Engine
 from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.runtime import PlanRuntime
 from registry.serving import generations
+from server.inference.source import Artifacts, ModelEntry, ModelSource, ServedVersion
+from server.inference.table import ServingTable
 from server.main import create_app
 from server.settings import ServerSettings
 from tests.registry.support import PlanFiles
@@ -167,3 +169,52 @@ def test_a_process_reads_its_own_writes_at_once(
     assert _infer(client, x, device)[0] == 200
     assert client.delete("/api/v1/devices/pi-8", headers=ADMIN).status_code == 200
     assert _infer(client, x, device)[0] == 401
+
+
+class FailsOnce:
+    """The server's database source, whose next :meth:`entry` fails once when ``armed``
+    (the database dropping between the generation query and the entry queries)."""
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+        self.armed = False
+
+    def generation(self, scope: str) -> int:
+        return self.source.generation(scope)
+
+    def entry(self, model: str) -> ModelEntry | None:
+        if self.armed:
+            self.armed = False
+            raise ConnectionError("the database went away")
+        return self.source.entry(model)
+
+    def artifacts(self, version: ServedVersion) -> Artifacts:
+        return self.source.artifacts(version)
+
+    def report_damaged(self, model: str, number: int, reason: str) -> None:
+        self.source.report_damaged(model, number, reason)
+
+
+def test_a_refresh_that_fails_partway_is_redone_at_the_next_one(
+    api: Api, client: TestClient, plan_files: PlanFiles
+) -> None:
+    api.production()
+    v2 = api.publish(full=False, weights=plan_files.perturbed_weights(9, 0.5),
+                     metadata={"plan_from_version": 1})
+    source = FailsOnce(client.app.state.edgefleet.serving.table.source)  # type: ignore[attr-defined]
+    table = ServingTable(source)  # another process's table on the same database
+    table.refresh()
+    entry = table.entry("digits")
+    assert entry is not None and entry.aliases["production"] == 1
+
+    assert api.alias("production", v2).status_code == 200
+    source.armed = True
+    with pytest.raises(ConnectionError):
+        table.refresh()  # read the new generation, then failed reloading the entries
+    held = table.cached("digits")
+    assert held is not None and held.aliases["production"] == 1  # kept what it had
+
+    assert table.refresh() is True  # the change is still pending: reloaded now
+    fresh = table.cached("digits")
+    assert fresh is not None and fresh.aliases["production"] == v2
+    assert table.refresh() is False  # and recorded: nothing more to do

@@ -2,15 +2,18 @@
 
 The route reads the body itself (no JSON body model), so what tritonclient sends by default is
 accepted: JSON without ``Content-Type``, or JSON and binary tensor data after
-``Inference-Header-Content-Length`` bytes. Every refusal stays a 4xx with ``{"error": ...}``.
+``Inference-Header-Content-Length`` bytes. Every refusal stays a 4xx with ``{"error": ...}``,
+also when invalid bodies arrive among concurrent valid ones, which still get their own answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +21,8 @@ from sqlalchemy import event
 
 from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.runtime import PlanRuntime
+from server.main import create_app
+from server.settings import ServerSettings
 from tests.registry.support import PlanFiles
 from tests.server.support import APP_KEY, Api
 
@@ -127,3 +132,74 @@ def test_the_hot_path_reads_no_database(served: Api, client: TestClient) -> None
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert [s for thread, s in seen if thread not in background] == []
+
+
+def _invalid_bodies() -> list[tuple[bytes, dict[str, str]]]:
+    """Bodies every endpoint refuses with 400, each with its extra headers."""
+    row = np.zeros((1, 64), dtype=np.float32)
+    nan = json.loads(_json_body(row))
+    nan["inputs"][0]["data"][3] = "NaN"
+    framed = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 256}}]}).encode()
+    return [
+        (_json_body(np.zeros((1, 63), dtype=np.float32)), {}),  # wrong width
+        (json.dumps(nan).encode().replace(b'"NaN"', b"NaN"), {}),
+        (json.dumps({"inputs": [{"name": "x", "shape": [1] * 65, "datatype": "FP32",
+                                 "data": [0.5]}]}).encode(), {}),
+        (json.dumps({"inputs": [{"name": "x", "shape": [True, 64], "datatype": "FP32",
+                                 "data": [0.5] * 64}]}).encode(), {}),
+        (framed + row.tobytes(), {"Inference-Header-Content-Length": str(len(framed) - 2)}),
+        (_json_body(row)[:-3], {}),
+    ]
+
+
+def test_invalid_bodies_among_concurrent_valid_ones_get_400_and_the_others_their_answers(
+    served: Api, settings: ServerSettings, plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    pool = np.asarray(digits_data.x_test, dtype=np.float32)
+    xs = [pool[i : i + 1 + i % 4] for i in range(36)]  # 1 to 4 rows each
+    invalid = _invalid_bodies() * 2
+    batching = {"default": {"max_batch": 16, "max_queue_delay_ms": 10, "inline_below_ms": 0}}
+    app = create_app(settings.model_copy(update={"batching": batching}))
+    # valid and invalid requests interleaved in one gather: in flight together
+    calls: list[tuple[str | None, bytes, dict[str, str]]] = []
+    for i, x in enumerate(xs):
+        payload = json.loads(_json_body(x))
+        calls.append((f"r{i}", json.dumps({"id": f"r{i}", **payload}).encode(), {}))
+        if i % 3 == 0 and invalid:
+            calls.append((None, *invalid.pop()))
+
+    async def run() -> tuple[list[httpx.Response], int]:
+        state = app.state.edgefleet
+        state.serving.start()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                responses = await asyncio.gather(*(
+                    client.post(URL, content=content, headers={**APP, **headers})
+                    for _, content, headers in calls))
+            batchers = [state.serving.pool.cached(k) for k in state.serving.pool.cached_keys()]
+            return responses, sum(b.stats.batched_calls for b in batchers if b is not None)
+        finally:
+            state.serving.stop()
+
+    responses, batched = asyncio.run(run())
+    manifest = PlanManifest.from_json(plan_files.manifest)
+    reference = PlanRuntime.from_bytes(plan_files.plan, manifest,
+                                       weights_from_bytes(plan_files.weights, manifest=manifest))
+    assert batched >= 1  # valid requests did share calls while the invalid ones were in flight
+    answers = iter(xs)
+    for (request_id, _, _), r in zip(calls, responses, strict=True):
+        if request_id is None:
+            assert r.status_code == 400, r.text
+            assert set(r.json()) == {"error"} and r.json()["error"]
+            continue
+        x = next(answers)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["id"] == request_id
+        probs = next(o for o in body["outputs"] if o["datatype"] == "FP32")
+        assert probs["shape"] == [len(x), 10]
+        np.testing.assert_allclose(np.asarray(probs["data"]).reshape(len(x), -1),
+                                   reference.predict(x), rtol=1e-5, atol=1e-6)
+    assert sum(r.status_code == 400 for r in responses) == 2 * len(_invalid_bodies())

@@ -168,16 +168,22 @@ def test_a_burst_of_connections_reaches_both_workers(server: Proc) -> None:
 
 
 def test_a_killed_worker_is_replaced_while_the_other_answers(server: Proc) -> None:
-    before = _both_listening(server)
+    port, before = _port(server), _both_listening(server)
     victim = min(before)
+    owned = _owners([victim])
+    sockets = {inode for _, state, inode in _tcp(port)
+               if state == LISTEN and owned.get(inode) == victim}
+    assert sockets
     os.kill(victim, signal.SIGKILL)
-    _until("the killed worker's socket closed", lambda: victim not in _listeners(server))
+    # its descriptors go before its socket does: wait for the socket itself
+    _until("the killed worker's socket closed",
+           lambda: not sockets & {inode for _, _, inode in _tcp(port)})
     for _ in range(5):  # the survivor's socket takes every new connection meanwhile
-        with socket.create_connection(("127.0.0.1", _port(server)), timeout=30) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             assert _get(s) == b"HTTP/1.1 200 OK"
     after = _both_listening(server)
     assert victim not in after and len(after & before) == 1
-    with socket.create_connection(("127.0.0.1", _port(server)), timeout=30) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         assert _get(s) == b"HTTP/1.1 200 OK"
     assert f"(pid {victim}) exited (signal SIGKILL); restarting it" in server.tail(20000)
 
