@@ -2,7 +2,7 @@
 
 ``wrk`` (Debian's package, installed when missing) runs one thread, keep-alive, against
 127.0.0.1 with a Lua script that POSTs the body. Around each run the bench reads the generator's
-CPU (``RUSAGE_CHILDREN``) and the server's (every thread and worker process, from ``/proc``).
+CPU (``RUSAGE_CHILDREN``) and the server's (every thread and descendant process, from ``/proc``).
 """
 
 from __future__ import annotations
@@ -31,13 +31,22 @@ class Cell:
 
 
 def tree_cpu(pid: int) -> float:
-    """CPU seconds so far of process ``pid`` and its child processes (uvicorn's workers)."""
+    """CPU seconds so far of process ``pid`` and all its descendants (uvicorn's workers, the
+    inference log's writer processes), whichever of its threads started them."""
     total = cpu_seconds(pid)
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    for child in children.read_text().split() if children.exists() else ():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a worker ended
-            total += cpu_seconds(int(child))
+    for child in _children(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a child ended
+            total += tree_cpu(child)
     return total
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
 
 
 def ensure_wrk() -> str:

@@ -50,7 +50,7 @@ def test_a_version_in_a_path_is_canonical() -> None:
     assert path_version("3") == 3 and path_version("2147483647") == DB_INT_MAX
     for text in ("01", "0", "+1", "-1", " 1", "1 ", "1\n", "1.0", "1e0", "²", "٣", "",
                  "2147483648", "99999999999", "x" * 10_000):
-        with pytest.raises(ValueError, match="unknown version .*positive integers") as info:
+        with pytest.raises(ValueError, match=r"unknown version .*positive integers") as info:
             path_version(text)
         assert len(str(info.value)) < 100  # the segment is echoed cut short
 

@@ -26,7 +26,7 @@ APP = {"Authorization": f"Bearer {APP_KEY}"}
 MODEL = "digits"
 
 
-def tensor(data: Any, shape: list[int], datatype: str = "FP32", name: str = "x"
+def tensor(data: Any, shape: list[Any], datatype: str = "FP32", name: str = "x"
            ) -> dict[str, Any]:
     return {"name": name, "shape": shape, "datatype": datatype, "data": data}
 
@@ -152,7 +152,7 @@ def test_server_and_agent_read_the_length_header_alike(
         endpoints: tuple[TestClient, httpx.Client], case: str, length: bytes,
         status: int) -> None:
     server, device = endpoints
-    headers = {HEADER: length, "content-type": "application/octet-stream"}
+    headers: dict[str, Any] = {HEADER: length, "content-type": "application/octet-stream"}
     s = server.post(f"/v2/models/{MODEL}/infer", content=FRAMED + BLOB,
                     headers={**APP, **headers})
     d = device.post(f"/v2/models/{MODEL}/infer", content=FRAMED + BLOB, headers=headers)
