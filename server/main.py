@@ -10,14 +10,11 @@ In front of everything, the V2 inference fast path (:mod:`server.fastpath`) answ
 ``POST .../infer`` itself, with the request id, body limit, metrics and access log the
 middlewares give every other request; those, from the outside in: the metrics (when on),
 request ids and the access log, request body limits (uploads get ``max_upload_bytes``,
-everything else ``max_request_bytes``). When the process's first application has started, what it
-built is moved out of the garbage collector's generations (:func:`gc.freeze`), so that full
-collections, which run now and then under load, do not walk the whole application's objects.
+everything else ``max_request_bytes``).
 """
 
 from __future__ import annotations
 
-import gc
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -63,19 +60,6 @@ Credentials: `X-Admin-Key` (registry), `Authorization: Bearer <device token>` (d
 """
 
 
-_FROZEN: list[bool] = []
-
-
-def _freeze_once() -> None:
-    """:func:`gc.freeze` what the process holds, the first time an application has started in
-    it (a process serves one application; a test process starts many, whose garbage must stay
-    collectable)."""
-    if not _FROZEN:
-        _FROZEN.append(True)
-        gc.collect()
-        gc.freeze()
-
-
 class EdgeFleetApp(FastAPI):
     """FastAPI with the V2 inference fast path (:class:`server.fastpath.InferFastPath`) in front
     of its whole middleware stack (Starlette's own error handler included: an inference
@@ -113,7 +97,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await run_in_threadpool(state.serving.start)
             # serving stops first and hands the log what it still holds
             stack.push_async_callback(run_in_threadpool, state.serving.stop)
-            _freeze_once()
             yield
 
     app = EdgeFleetApp(
