@@ -7,7 +7,7 @@ does, and in the server's process every microsecond of it is taken from the even
 waits for the GIL meanwhile. With :class:`WriterProcess`, the thread only packs each batch into
 columns (:func:`pack`: a list per field, the inputs and probabilities stacked into one array
 each, pickled) and sends it to a child Python process
-(``python -m server.evidence.writer_process FD``, over a socket pair), which rebuilds the
+(:func:`main`, over a socket pair), which rebuilds the
 answers (:func:`unpack`) and writes them with :func:`server.evidence.records.write_batch`, the
 thread's own insert with its retries, then answers whether the batch was stored.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import operator
-import os
 import pickle
 import socket
 import subprocess
@@ -42,6 +41,10 @@ __all__ = ["ProcessSpec", "WriterProcess", "WriterProcessError", "pack", "unpack
 
 log = logging.getLogger("edgefleet.server.evidence")
 
+#: The child's program: :func:`main` on the socket's descriptor (run with ``-c``: as ``-m`` the
+#: module would be imported twice, once by its package and once as ``__main__``).
+_CHILD = ("import os, sys; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3'); "
+          "from server.evidence.writer_process import main; sys.exit(main(int(sys.argv[1])))")
 #: How long the child may take to start (import, connect) before the thread writes itself.
 START_TIMEOUT_S = 60.0
 #: How long one batch may take in the child (its retries included) before it is given up on.
@@ -128,7 +131,7 @@ class WriterProcess:
         ours, theirs = socket.socketpair()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "server.evidence.writer_process", str(theirs.fileno())],
+                [sys.executable, "-c", _CHILD, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except OSError as exc:
             ours.close()
@@ -199,8 +202,3 @@ def main(fd: int) -> int:
             conn.send(write_batch(engine, unpack(data)))
     finally:
         engine.dispose()
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.exit(main(int(sys.argv[1])))
