@@ -327,6 +327,8 @@ def _encode(request: DecodedRequest | None, model_name: str, model_version: str 
                 values, dtype=DTYPES[datatype].newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
+        elif type(values) is list and datatype == "BYTES":  # strings, as JSON takes them
+            entry["data"] = values
         else:
             array = np.asarray(values)
             if array.dtype.kind == "S":
@@ -387,7 +389,7 @@ def encode_prediction(request: DecodedRequest | None, probs: np.ndarray, labels:
     probs = np.asarray(probs, dtype=np.float32)
     available = {  # (name, datatype, shape, values): no Tensor made per answer
         output_name: (output_name, "FP32", probs.shape, probs),
-        LABEL_OUTPUT: (LABEL_OUTPUT, "BYTES", (len(labels),), np.asarray(labels)),
+        LABEL_OUTPUT: (LABEL_OUTPUT, "BYTES", (len(labels),), list(labels)),
     }
     return _encode(request, model_name, model_version, [available[n] for n in names],
                    parameters)

@@ -262,7 +262,10 @@ def requested_outputs(requested: Sequence[RequestedOutput] | None, output_name: 
 
 def predicted_labels(probs: np.ndarray, class_labels: Sequence[str]) -> list[str]:
     """The most probable class label of each row of ``probs``."""
-    return np.asarray(class_labels, dtype=object)[probs.argmax(axis=1)].tolist()
+    best = probs.argmax(axis=1)
+    if len(best) == 1:
+        return [class_labels[int(best[0])]]
+    return np.asarray(class_labels, dtype=object)[best].tolist()
 
 
 def encode_outputs(probs: np.ndarray, labels: Sequence[str], output_name: str,

@@ -11,9 +11,9 @@ each, pickled) and sends it to a child Python process
 answers (:func:`unpack`) and writes them with :func:`server.evidence.records.write_batch`, the
 thread's own insert with its retries, then answers whether the batch was stored.
 
-The child is started on the first batch, connects to the same database (the URL travels over
-the socket, never on its command line), logs in the server's format, and exits when the socket
-closes (the server stopped or died). A batch is settled only when the child has answered, so
+The child is started on the first batch, runs at a lower scheduling priority (``NICE``),
+connects to the same database (the URL travels over the socket, never on its command line),
+logs in the server's format, and exits when the socket closes (the server stopped or died). A batch is settled only when the child has answered, so
 :meth:`InferenceLog.flush` and the loss bound are as without it; should the child die, the
 thread writes that batch and every later one itself (inserts skip records already stored, so
 a batch the child stored before dying is not stored twice).
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import pickle
 import socket
 import subprocess
@@ -45,6 +46,9 @@ log = logging.getLogger("edgefleet.server.evidence")
 #: module would be imported twice, once by its package and once as ``__main__``).
 _CHILD = ("import os, sys; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3'); "
           "from server.evidence.writer_process import main; sys.exit(main(int(sys.argv[1])))")
+#: How much lower the child's scheduling priority is than the server's (``nice``): when the
+#: cores are busy, serving requests comes first and the queue absorbs the delay.
+NICE = 10
 #: How long the child may take to start (import, connect) before the thread writes itself.
 START_TIMEOUT_S = 60.0
 #: How long one batch may take in the child (its retries included) before it is given up on.
@@ -186,6 +190,7 @@ def main(fd: int) -> int:
     from registry.db import make_engine
     from server.logs import configure_logging
 
+    os.nice(NICE)  # background work: the server's requests come first when the cores are busy
     conn = Connection(fd)
     spec: ProcessSpec = conn.recv()
     configure_logging(spec.log_level, spec.log_format)
