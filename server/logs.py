@@ -29,6 +29,8 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+from server.log_process import LineProcess, pieces
+
 __all__ = ["BackgroundHandler", "JsonFormatter", "background_handler", "configure_logging",
            "iso_millis", "json_line", "record_at"]
 
@@ -106,14 +108,15 @@ def record_at(logger: logging.Logger, created: float, level: int, msg: str,
     return record
 
 
-def json_line(logger: logging.Logger, created: float, level: int, msg: str,
+def json_line(logger: logging.Logger | str, created: float, level: int, msg: str,
               args: tuple[Any, ...], extra: dict[str, Any]) -> str:
     """What :class:`JsonFormatter` formats :func:`record_at`'s record to (for ``extra`` fields
-    that name no attribute of a record, as ``makeRecord`` requires, and no exception)."""
+    that name no attribute of a record, as ``makeRecord`` requires, and no exception);
+    ``logger`` may be given by name."""
     out = {
         "time": iso_millis(created),
         "level": logging.getLevelName(level),
-        "logger": logger.name,
+        "logger": logger if isinstance(logger, str) else logger.name,
         "message": msg % args if args else msg,
     }
     names = tuple(extra)
@@ -140,10 +143,12 @@ _Deferred = tuple[logging.Logger, float, int, str, tuple[Any, ...], dict[str, An
 class BackgroundHandler(logging.Handler):
     """Appends records to a deque; a thread hands them to ``target`` every ``interval_s``."""
 
-    def __init__(self, target: logging.Handler, interval_s: float = 0.2) -> None:
+    def __init__(self, target: logging.Handler, interval_s: float = 0.2,
+                 lines: LineProcess | None = None) -> None:
         super().__init__()
         self.target = target
         self.interval_s = interval_s
+        self.lines = lines  # the child that writes deferred JSON lines (server.log_process)
         self._records: deque[logging.LogRecord | _Deferred] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgefleet-log", daemon=True)
@@ -165,6 +170,8 @@ class BackgroundHandler(logging.Handler):
             return
         target = self.target
         if type(target) is logging.StreamHandler and not target.filters:
+            if self.lines is not None and type(target.formatter) is JsonFormatter:
+                queued = _send_deferred(self.lines, target, queued)
             _write_all(target, queued)
         else:
             for item in queued:
@@ -184,7 +191,39 @@ class BackgroundHandler(logging.Handler):
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self.write_queued()
+        if self.lines is not None:
+            self.target.flush()
+            self.lines.stop()  # the child writes what it was sent, then exits
         super().close()
+
+
+def _send_deferred(lines: LineProcess, handler: logging.StreamHandler[Any],
+                   queued: list[logging.LogRecord | _Deferred]
+                   ) -> list[logging.LogRecord | _Deferred]:
+    """Send the deferred records of ``queued`` whose line :func:`json_line` makes to ``lines``
+    when ``handler`` writes to this process's stderr; what is left for the thread."""
+    if getattr(handler.stream, "fileno", None) is None or _fileno(handler) != _fileno_stderr():
+        return queued
+    sent = [item for item in queued if isinstance(item, tuple) and _STANDARD.isdisjoint(item[5])]
+    if not sent or not lines.send([(item[0].name, *item[1:6]) for item in sent]):
+        return queued
+    handler.flush()  # what the thread wrote before is out before the child's lines
+    return [item for item in queued if not (isinstance(item, tuple)
+                                            and _STANDARD.isdisjoint(item[5]))]
+
+
+def _fileno(handler: logging.StreamHandler[Any]) -> int:
+    try:
+        return int(handler.stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return -1
+
+
+def _fileno_stderr() -> int:
+    try:
+        return sys.stderr.fileno()
+    except (OSError, ValueError, AttributeError):
+        return -2
 
 
 def _made(item: logging.LogRecord | _Deferred) -> logging.LogRecord:
@@ -227,10 +266,13 @@ def _write_all(handler: logging.StreamHandler[Any],
         if lines:
             with handler.lock:  # type: ignore[union-attr]
                 try:
-                    handler.stream.write("".join(lines))
+                    for piece in pieces(lines):
+                        handler.stream.write(piece)
                 except Exception:
                     handler.handleError(_failure(f"{len(lines)} log lines could not be written"))
     handler.flush()
+
+
 
 
 def background_handler(logger: logging.Logger, level: int) -> BackgroundHandler | None:
@@ -264,9 +306,11 @@ def _stop_background() -> None:
         _background = None
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+def configure_logging(level: str = "INFO", fmt: str = "json", *,
+                      line_process: bool = False) -> None:
     """Send EdgeFleet's and uvicorn's logs to stderr in ``fmt`` at ``level`` (written by a
-    background thread, see the module notes)."""
+    background thread, see the module notes; with ``line_process`` and JSON lines, the deferred
+    records' lines by a child process, :mod:`server.log_process`)."""
     global _background
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -274,7 +318,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     _stop_background()
-    queued = _background = BackgroundHandler(handler)
+    lines = LineProcess() if line_process and fmt == "json" else None
+    queued = _background = BackgroundHandler(handler, lines=lines)
     atexit.unregister(_stop_background)
     atexit.register(_stop_background)
     for name in ("edgefleet", "uvicorn", "uvicorn.error"):

@@ -140,5 +140,5 @@ def create_worker_app() -> FastAPI:
     from server.logs import configure_logging
 
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, line_process=True)
     return create_app(settings)

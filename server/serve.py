@@ -193,7 +193,7 @@ def serve(host: str, port: int, env_file: Path | None, workers: int) -> None:
     preflight(settings)
     if env_file is not None:  # the app factory (possibly in worker processes) reads it
         os.environ["EDGEFLEET_SERVER_ENV_FILE"] = str(env_file.resolve())
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, line_process=workers == 1)
     if not settings.admin_keys:
         typer.echo("warning: no admin key configured: the registry API refuses writes", err=True)
     if not settings.enrollment_tokens:
