@@ -6,17 +6,18 @@ rollups' tally, SQLite's own work) costs several times what serving a tiny model
 does, and in the server's process every microsecond of it is taken from the event loop, which
 waits for the GIL meanwhile. With :class:`WriterProcess`, the thread only packs each batch into
 columns (:func:`pack`: a list per field, the inputs and probabilities stacked into one array
-each, pickled) and sends it to a child Python process
-(:func:`main`, over a socket pair), which rebuilds the
-answers (:func:`unpack`) and writes them with :func:`server.evidence.records.write_batch`, the
-thread's own insert with its retries, then answers whether the batch was stored.
+each, pickled) and sends it over a socket pair to a child Python process (:func:`main`), which
+rebuilds the answers (:func:`unpack`) and writes them with
+:func:`server.evidence.records.write_batch`, the thread's own insert with its retries, then
+answers whether the batch was stored.
 
 The child is started on the first batch, runs at a lower scheduling priority (``NICE``),
 connects to the same database (the URL travels over the socket, never on its command line),
-logs in the server's format, and exits when the socket closes (the server stopped or died). A batch is settled only when the child has answered, so
-:meth:`InferenceLog.flush` and the loss bound are as without it; should the child die, the
-thread writes that batch and every later one itself (inserts skip records already stored, so
-a batch the child stored before dying is not stored twice).
+logs in the server's format, and exits when the socket closes (the server stopped or died). A
+batch is settled only when the child has answered, so :meth:`InferenceLog.flush` and the loss
+bound are as without it; should the child die, the thread writes that batch and every later one
+itself (inserts skip records already stored, so a batch the child stored before dying is not
+stored twice).
 """
 
 from __future__ import annotations
