@@ -199,7 +199,7 @@ def dtype_and_shape(datatype: str, dims: Sequence[int]) -> tuple[np.dtype[Any], 
     if len(shape) > MAX_DIMENSIONS:
         raise TensorError(f"shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS} are "
                           "accepted")
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise TensorError(f"shape {list(shape)} has a negative dimension")
     return dtype, shape
 

@@ -103,6 +103,7 @@ class InferenceLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._done = threading.Condition()
+        self._counting = threading.Lock()  # submitted (a plain lock: cheaper on the request path)
         self._settled = 0  # answers written, failed or dropped (for flush)
         self._child: WriterProcess | None = None  # started by the first batch (process on)
 
@@ -113,7 +114,7 @@ class InferenceLog:
 
     def submit(self, answer: Answer) -> bool:
         """Queue ``answer`` without blocking; ``False`` (and counted) when the queue is full."""
-        with self._done:
+        with self._counting:
             self.stats.submitted += 1
         if len(self._queue) >= self.queue_size:
             with self._done:
