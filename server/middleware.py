@@ -33,6 +33,7 @@ from server.logs import background_handler
 
 __all__ = [
     "ACCESS_LOG",
+    "REQUEST_ID",
     "BodyLimitMiddleware",
     "RequestContextMiddleware",
     "declared_length",
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 ACCESS_LOG = logging.getLogger("edgefleet.server.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: The request ids kept as given (others are replaced by fresh ones).
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Fresh request ids: a random prefix per process and a counter (a uuid4 per request costs a
 #: system call for its randomness on the request's path).
 _ID_PREFIX = uuid.uuid4().hex[:16]
@@ -100,7 +102,7 @@ def request_id_of(scope: Scope) -> str:
     for name, value in scope.get("headers") or ():
         if name == b"x-request-id":
             given = value.decode("latin-1")  # the last one, as a dict of them would keep
-    return given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    return given if REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def log_access(scope: Scope, state: dict[str, Any], request_id: str, status: int,

@@ -14,7 +14,6 @@ Bearer``) unless the runner runs with ``public_inference``. Errors are ``{"error
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from prometheus_client import Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet import v2
-from edgefleet.bounds import DB_INT_MAX
+from edgefleet.bounds import path_version
 from registry.errors import (
     AuthenticationError,
     DamagedArtifactError,
@@ -37,6 +36,7 @@ from registry.rollouts.routing import ModelSnapshot, choose
 from server.inference.pool import RuntimePool
 from server.inference.source import ServedVersion
 from server.inference.table import ServingTable
+from server.middleware import REQUEST_ID
 from server.runner.forward import ShadowForwarder
 from server.runner.settings import RunnerSettings
 from server.runner.source import RestSource
@@ -44,9 +44,6 @@ from server.security import NamedKey, match_key
 
 __all__ = ["Resolved", "RunnerState", "health_router", "v2_router"]
 
-_VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
-#: The request ids the server keeps (``server/middleware.py``); others are replaced by fresh ones.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PRODUCTION = "production"
 
 REQUESTS = Counter("edgefleet_runner_inference_requests_total",
@@ -150,10 +147,10 @@ async def resolve(state: RunnerState, model: str, version: str | None, *,
                 raise NotFoundError(f"model {model!r} has no production version; name a version")
             number, alias = found, PRODUCTION
     else:
-        if not _VERSION.match(version) or int(version) > DB_INT_MAX:
-            raise NotFoundError(f"unknown version {version[:20]!r}: versions are positive "
-                                "integers such as 3")
-        number, alias = int(version), None
+        try:
+            number, alias = path_version(version), None
+        except ValueError as exc:
+            raise NotFoundError(str(exc)) from None
     served = entry.versions.get(number)
     if served is None:
         raise NotFoundError(f"model {model!r} has no version {number}")
@@ -166,7 +163,7 @@ async def resolve(state: RunnerState, model: str, version: str | None, *,
 
 def request_id(given: str | None) -> str:
     """The caller's ``X-Request-ID`` when the server would keep it, else a fresh one."""
-    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if given and REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
 async def _infer(request: Request, state: RunnerState, caller: str, model: str,
