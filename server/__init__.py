@@ -17,7 +17,9 @@ Modules
                 and interpreter pool, and :class:`InferenceService`; the codec is the core's
                 :mod:`edgefleet.v2`
 ``drift``       drift statistics and fleet reports (pure functions)
+``fastpath``    V2 inference in front of the middleware stack   ``proxy``  trusted proxies
 ``middleware``  request ids, access log, body limits    ``errors``  exceptions → HTTP
+``logs``        the log writer thread    ``log_lines``  JSON lines    ``log_process``  their child
 ``cli``         ``edgefleet server``                     ``bootstrap``  publish without HTTP
 ``serve``       start-up checks, then uvicorn           ``workers``    N workers, a socket each
 ``metrics``     Prometheus metrics                      ``scrubber``   signing key, artifact scrub

@@ -6,8 +6,9 @@ request), and making their JSON lines costs the thread, and the event loop waiti
 meanwhile, a few microseconds each. With a :class:`LineProcess` (``configure_logging(...,
 line_process=True)``, what the server does for its JSON lines on stderr), the thread sends a
 round's deferred records, pickled as plain tuples, to a child Python process, which makes the
-same lines (:func:`server.logs.json_line`) and writes them to the same stderr. Both processes
-write at most ``PIPE_BUF`` bytes at a time, cut at line ends (:func:`pieces`), so their lines
+same lines (:func:`server.log_lines.json_line`) and writes them to the same stderr. Both
+processes write at most ``PIPE_BUF`` bytes at a time, cut at line ends
+(:func:`server.log_lines.pieces`), so their lines
 never interleave within a line, even on a pipe. Records made on the way (warnings, errors) are
 still written by the thread, so within one round (200 ms) a warning and an access line may
 appear in another order than they happened; each line carries its time.
@@ -22,18 +23,16 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import select
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["NICE", "PIPE_BUF", "LineProcess", "pieces", "write_fully"]
+from server.log_lines import json_line, pieces
 
-#: The most bytes one ``write`` to a pipe is guaranteed to put in one piece.
-PIPE_BUF: int = getattr(select, "PIPE_BUF", 4096)
+__all__ = ["NICE", "LineProcess", "write_fully"]
+
 #: How much lower the child's scheduling priority is than the server's.
 NICE = 10
 #: How long the child may take to start.
@@ -43,22 +42,6 @@ _CHILD = ("import sys; from server.log_process import main; "
 
 #: A deferred record as sent: logger name, time, level, message, arguments, ``extra`` fields.
 Line = tuple[str, float, int, str, tuple[Any, ...], dict[str, Any]]
-
-
-def pieces(lines: Sequence[str], limit: int = PIPE_BUF) -> list[str]:
-    """``lines`` (each ending in a newline) joined into pieces of at most ``limit`` characters,
-    cut only at line ends (a longer line is a piece of its own): a piece of ASCII lines (JSON
-    lines are) goes to a pipe in one ``write``, whole."""
-    out: list[str] = []
-    start, size = 0, 0
-    for i, line in enumerate(lines):
-        if i > start and size + len(line) > limit:
-            out.append("".join(lines[start:i]))
-            start, size = i, 0
-        size += len(line)
-    if start < len(lines):
-        out.append("".join(lines[start:]))
-    return out
 
 
 class LineProcess:
@@ -119,8 +102,6 @@ class LineProcess:
 
 def main(fd: int) -> int:
     """The child: make and write the lines of every batch received on ``fd`` until it closes."""
-    from server.logs import json_line
-
     with contextlib.suppress(OSError):
         os.nice(NICE)
     conn = Connection(fd)

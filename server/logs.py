@@ -5,136 +5,33 @@ record to a deque (no lock, no system call, no thread woken), and the writer thr
 accumulated to the stream every 200 ms (each round takes the GIL from the thread serving
 requests: rarer rounds, fewer hand-overs), so the access log costs a request no formatting and
 no blocking write. A round formats its records and writes them to the stream a few dozen
-lines per ``write`` (``WRITE_CHUNK``) with one ``flush``, not one each. What is queued is
-written at exit.
+lines per ``write`` (``WRITE_CHUNK``, each write at most ``PIPE_BUF`` bytes cut at line ends)
+with one ``flush``, not one each. What is queued is written at exit.
 
 A hot path can hand the writer the *making* of its record too (:func:`background_handler`,
 :meth:`BackgroundHandler.defer`: the logger, the time the event happened, the message, its
 arguments and ``extra`` fields): the request pays for a tuple, the writer thread makes the
 :class:`~logging.LogRecord` ``Logger.makeRecord`` would have made, dated when the event happened
 (only the thread and process attributes, which no formatter here prints, name the writer's),
-and formats it. For the JSON lines of :class:`JsonFormatter` it writes the line that record
-formats to without making the record at all (:func:`json_line`).
+and formats it. For the JSON lines of :class:`~server.log_lines.JsonFormatter` it writes the
+line that record formats to without making the record at all
+(:func:`~server.log_lines.json_line`); with ``configure_logging(..., line_process=True)`` (the
+serving process), a child process makes and writes those lines (:mod:`server.log_process`).
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
-import math
 import sys
 import threading
 from collections import deque
-from datetime import UTC, datetime
 from typing import Any
 
-from server.log_process import LineProcess, pieces
+from server.log_lines import STANDARD, JsonFormatter, json_line, pieces, record_at
+from server.log_process import LineProcess
 
-__all__ = ["BackgroundHandler", "JsonFormatter", "background_handler", "configure_logging",
-           "iso_millis", "json_line", "record_at"]
-
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message",
-    "asctime",
-    "color_message",  # uvicorn's ANSI-coloured duplicate of the message
-}
-#: ``json.dumps(..., default=str)`` without building an encoder per record.
-_ENCODER = json.JSONEncoder(default=str)
-#: What ``_ENCODER.encode`` runs, made once (``encode`` makes it again on every call), for the
-#: writer thread's lines; ``None`` without the C accelerator. It keeps no circular-reference
-#: marks: a line whose fields refer to themselves fails (``RecursionError``) instead of raising
-#: ``ValueError``, and either is reported as a line that could not be made.
-_MAKE = getattr(json.encoder, "c_make_encoder", None)
-_C_ENCODE = (None if _MAKE is None else _MAKE(
-    None, _ENCODER.default, json.encoder.encode_basestring_ascii, None,
-    _ENCODER.key_separator, _ENCODER.item_separator, False, False, True))
-
-
-def _encode(out: dict[str, Any]) -> str:
-    """``_ENCODER.encode(out)`` (see ``_C_ENCODE``)."""
-    if _C_ENCODE is None:
-        return _ENCODER.encode(out)
-    return "".join(_C_ENCODE(out, 0))
-_SECONDS: dict[int, str] = {}  # epoch second → its ISO text up to the seconds (a few entries)
-
-
-def iso_millis(created: float) -> str:
-    """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``, the date and
-    time text of a second computed once (the microseconds rounded as ``datetime`` rounds them)."""
-    frac, whole = math.modf(created)
-    micros = round(frac * 1e6)
-    second = int(whole)
-    if micros >= 1_000_000:
-        second, micros = second + 1, micros - 1_000_000
-    elif micros < 0:
-        second, micros = second - 1, micros + 1_000_000
-    prefix = _SECONDS.get(second)
-    if prefix is None:
-        if len(_SECONDS) > 64:
-            _SECONDS.clear()
-        prefix = _SECONDS[second] = datetime.fromtimestamp(second, UTC).isoformat()[:19]
-    return f"{prefix}.{micros // 1000:03d}+00:00"
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message and every ``extra`` field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": iso_millis(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(out)
-
-
-def record_at(logger: logging.Logger, created: float, level: int, msg: str,
-              args: tuple[Any, ...], extra: dict[str, Any] | None = None, *,
-              pathname: str = "", lineno: int = 0) -> logging.LogRecord:
-    """The record ``logger.makeRecord`` makes for ``msg % args``, dated ``created`` (a
-    ``time.time()`` taken when the event happened)."""
-    record = logger.makeRecord(logger.name, level, pathname, lineno, msg, args, None,
-                               extra=extra)
-    record.created = created
-    record.msecs = int((created - int(created)) * 1000) + 0.0
-    record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
-    return record
-
-
-def json_line(logger: logging.Logger | str, created: float, level: int, msg: str,
-              args: tuple[Any, ...], extra: dict[str, Any]) -> str:
-    """What :class:`JsonFormatter` formats :func:`record_at`'s record to (for ``extra`` fields
-    that name no attribute of a record, as ``makeRecord`` requires, and no exception);
-    ``logger`` may be given by name."""
-    out = {
-        "time": iso_millis(created),
-        "level": logging.getLevelName(level),
-        "logger": logger if isinstance(logger, str) else logger.name,
-        "message": msg % args if args else msg,
-    }
-    names = tuple(extra)
-    private = _PRIVATE.get(names)
-    if private is None:
-        if len(_PRIVATE) > 256:
-            _PRIVATE.clear()
-        private = _PRIVATE[names] = any(key.startswith("_") for key in names)
-    if private:
-        out.update({k: v for k, v in extra.items() if not k.startswith("_")})
-    else:
-        out.update(extra)
-    return _encode(out)
-
-
-#: Whether a tuple of ``extra`` field names holds one that starts with ``_`` (left out).
-_PRIVATE: dict[tuple[str, ...], bool] = {}
-
+__all__ = ["BackgroundHandler", "background_handler", "configure_logging"]
 
 #: A deferred record: logger, time, level, message, arguments, ``extra`` fields, source path.
 _Deferred = tuple[logging.Logger, float, int, str, tuple[Any, ...], dict[str, Any], str]
@@ -204,12 +101,12 @@ def _send_deferred(lines: LineProcess, handler: logging.StreamHandler[Any],
     when ``handler`` writes to this process's stderr; what is left for the thread."""
     if getattr(handler.stream, "fileno", None) is None or _fileno(handler) != _fileno_stderr():
         return queued
-    sent = [item for item in queued if isinstance(item, tuple) and _STANDARD.isdisjoint(item[5])]
+    sent = [item for item in queued if isinstance(item, tuple) and STANDARD.isdisjoint(item[5])]
     if not sent or not lines.send([(item[0].name, *item[1:6]) for item in sent]):
         return queued
     handler.flush()  # what the thread wrote before is out before the child's lines
     return [item for item in queued if not (isinstance(item, tuple)
-                                            and _STANDARD.isdisjoint(item[5]))]
+                                            and STANDARD.isdisjoint(item[5]))]
 
 
 def _fileno(handler: logging.StreamHandler[Any]) -> int:
@@ -256,7 +153,7 @@ def _write_all(handler: logging.StreamHandler[Any],
         for item in queued[start : start + WRITE_CHUNK]:
             record = None
             try:
-                if json_lines and isinstance(item, tuple) and _STANDARD.isdisjoint(item[5]):
+                if json_lines and isinstance(item, tuple) and STANDARD.isdisjoint(item[5]):
                     lines.append(json_line(*item[:6]) + handler.terminator)
                     continue
                 record = _made(item)

@@ -47,6 +47,10 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> ServerSettin
         "inference_keys": [f"shop:{APP_KEY}"],
         "auto_migrate": False,
         "last_seen_interval_s": 0,
+        # in-process test apps write the inference log from their thread (a child process
+        # each would add its start-up to every test); the served processes of the end-to-end
+        # tests use the default, the child (tests/server/test_evidence_process.py covers it)
+        "inference_log_process": False,
     }
     values.update(overrides)
     return ServerSettings(**values)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-from server.log_process import PIPE_BUF, pieces
+from server.log_lines import PIPE_BUF, pieces
 from tests.environments import main_env_python
 
 _SCRIPT = textwrap.dedent('''

@@ -19,16 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server import logs
-from server.log_process import PIPE_BUF
-from server.logs import (
-    BackgroundHandler,
-    JsonFormatter,
-    background_handler,
-    configure_logging,
-    iso_millis,
-    json_line,
-    record_at,
-)
+from server.log_lines import PIPE_BUF, JsonFormatter, iso_millis, json_line, record_at
+from server.logs import BackgroundHandler, background_handler, configure_logging
 from server.middleware import ACCESS_LOG
 from tests.server.support import APP_KEY, Api
 
