@@ -132,5 +132,6 @@ def test_the_setting_chooses_where_batches_are_written(tmp_path: Path) -> None:
     assert on.process == ProcessSpec(url, "INFO", on.process.log_format)
     off = inference_log_for(make_settings(url, tmp_path, inference_log_process=False), engine)
     assert off is not None and off.process is None
-    memory = inference_log_for(make_settings("sqlite://", tmp_path), make_engine("sqlite://"))
+    memory = inference_log_for(make_settings("sqlite://", tmp_path, inference_log_process=True),
+                               make_engine("sqlite://"))
     assert memory is not None and memory.process is None  # another process cannot see it
