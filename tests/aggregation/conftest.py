@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from edgefleet.plan import sha256_bytes
+from tests.ports import free_port
 
 ADMIN_KEY = "agg-tests:0123456789abcdef"
 
@@ -39,11 +39,6 @@ class Server:
         return httpx.Client(base_url=self.url, headers={"X-Admin-Key": self.admin_key},
                             timeout=30)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

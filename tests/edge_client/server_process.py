@@ -5,7 +5,6 @@ calls the agent's integration tests need (register a model, upload a version, mo
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,16 +13,12 @@ import httpx
 
 from edgefleet.plan import sha256_file
 from tests.environments import main_env_python  # the server's extras are not in .venv-tflite
+from tests.ports import free_port
 
 ADMIN_KEY = "admin:admin-secret-1"
 ENROLLMENT_TOKEN = "enrol:enrol-secret-1"
 ADMIN_HEADERS = {"X-Admin-Key": ADMIN_KEY.split(":", 1)[1]}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProcess:

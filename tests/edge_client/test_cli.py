@@ -19,9 +19,10 @@ from edge_client.credentials import Credentials
 from edge_client.outbox import Outbox
 from edgefleet.datasets import Dataset
 from edgefleet_cli.main import app
-from tests.edge_client.agent_process import agent_env, free_port, wait_ready
+from tests.edge_client.agent_process import agent_env, wait_ready
 from tests.edge_client.conftest import MODEL
 from tests.edge_client.stub_server import StubServer
+from tests.ports import free_port
 
 runner = CliRunner()
 

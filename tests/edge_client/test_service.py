@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from edge_client.errors import ConfigurationError
 from edge_client.service import ServiceOptions, install, render, upgrade
 from edgefleet_cli.main import app as cli
-from tests.edge_client.agent_process import agent_env, free_port, wait_ready
+from tests.edge_client.agent_process import agent_env, wait_ready
 from tests.edge_client.stub_server import StubServer
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "systemd"

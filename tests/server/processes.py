@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefleet.plan import sha256_file
+from tests.ports import free_port
 
 ADMIN_SECRET = "admin-secret-21"
 ADMIN_KEY = f"ops:{ADMIN_SECRET}"
@@ -32,11 +32,6 @@ CLI = [sys.executable, "-m", "edgefleet_cli"]
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "FLWR_TELEMETRY_ENABLED": "0",
          "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

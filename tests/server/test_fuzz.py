@@ -21,7 +21,6 @@ strategies, so about 1,800 cases, each sent to both servers.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from schemathesis.checks import CHECKS
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import FailureGroup
 
+from tests.ports import free_port
 from tests.registry.support import PlanFiles, PostgresDatabases
 from tests.server.support import ADMIN, ENROL_TOKEN, sha
 
@@ -64,11 +64,6 @@ REJECTED = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"
 CONFIG = SchemathesisConfig.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": REJECTED}}})
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from server.deps import get_session
 from server.main import create_app
 from server.settings import ServerSettings
+from tests.ports import free_port
 from tests.server.support import ADMIN
 
 
@@ -25,11 +26,6 @@ class Live:
     app: FastAPI
     port: int
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

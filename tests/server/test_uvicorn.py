@@ -8,7 +8,6 @@ telemetry, inference, and limits enforced on the wire.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port
 from tests.registry.support import PlanFiles
 from tests.server.support import ADMIN, ENROL_TOKEN, sha
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
