@@ -33,17 +33,25 @@ def _post(url: str | None, path: str, body: dict[str, Any]) -> Any:
     return _registry._call(url, "POST", path, body=body)
 
 
+_GUARD_FORM = "kind[:margin[:min_samples[:statuses]]]"
+
+
 def _guard(text: str) -> dict[str, Any]:
-    """``kind[:margin[:min_samples]]`` → a guard."""
+    """``kind[:margin[:min_samples[:statuses]]]`` → a guard; an empty field keeps the server's
+    default (``error_rate:::server``: only 5xx count, the default margin and sample)."""
     kind, *rest = text.split(":")
+    if len(rest) > 3:
+        raise typer.BadParameter(f"guard {text!r}: write {_GUARD_FORM}")
     out: dict[str, Any] = {"kind": kind}
     try:
-        if rest:
+        if rest and rest[0]:
             out["margin"] = float(rest[0])
-        if len(rest) > 1:
+        if len(rest) > 1 and rest[1]:
             out["min_samples"] = int(rest[1])
     except ValueError:
-        raise typer.BadParameter(f"guard {text!r}: write kind[:margin[:min_samples]]") from None
+        raise typer.BadParameter(f"guard {text!r}: write {_GUARD_FORM}") from None
+    if len(rest) > 2 and rest[2]:
+        out["statuses"] = rest[2]  # the server says which values it takes
     return out
 
 
@@ -98,8 +106,9 @@ def start(
                                                  "(site=a; * = all), repeatable")] = [],  # noqa: B006
     bake_s: Annotated[float | None, typer.Option(min=0)] = None,
     timeout_s: Annotated[float | None, typer.Option(min=0)] = None,
-    guard: Annotated[list[str], typer.Option(help="kind[:margin[:min_samples]], "
-                                                  "repeatable")] = [],  # noqa: B006
+    guard: Annotated[list[str], typer.Option(help=f"{_GUARD_FORM} (statuses: all or "
+                                                  "server, for error_rate), repeatable")
+                     ] = [],  # noqa: B006
     variant: Annotated[list[str], typer.Option(help="ab: name=version[:weight]")] = [],  # noqa: B006
     horizon_s: Annotated[float | None, typer.Option(min=0)] = None,
     shadow_rate: Annotated[float | None, typer.Option(min=0, max=1)] = None,

@@ -166,6 +166,9 @@ def test_rollout_cli(fleet: tuple[Api, Any], monkeypatch: pytest.MonkeyPatch) ->
     out = runner.invoke(app, ["rollout", "start", "digits", "3", "--guard", "bogus"])
     assert out.exit_code == 1 and out.output.startswith("error: 422 "), out.output
     assert len(out.output.strip().splitlines()) == 1 and '"loc"' not in out.output
+    out = runner.invoke(app, ["rollout", "start", "digits", "3", "--guard",
+                              "error_rate:0.02:50:everything"])  # the server names the choices
+    assert out.exit_code == 1 and out.output.startswith("error: 422 ") and "'server'" in out.output
     out = runner.invoke(app, ["rollout", "status"])
     assert out.exit_code == 0 and out.output.split()[:3] == ["id", "model", "strategy"]
     assert f"\n{rid} " in out.output
