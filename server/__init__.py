@@ -20,6 +20,7 @@ Modules
 ``fastpath``    V2 inference in front of the middleware stack   ``proxy``  trusted proxies
 ``middleware``  request ids, access log, body limits    ``errors``  exceptions → HTTP
 ``logs``        the log writer thread    ``log_lines``  JSON lines    ``log_process``  their child
+``child``       a child process over a socket pair (the logs' children)
 ``cli``         ``edgefleet server``                     ``bootstrap``  publish without HTTP
 ``serve``       start-up checks, then uvicorn           ``workers``    N workers, a socket each
 ``metrics``     Prometheus metrics                      ``scrubber``   signing key, artifact scrub

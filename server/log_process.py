@@ -23,12 +23,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import socket
-import subprocess
 import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
+from server.child import ChildProcess
 from server.log_lines import json_line, pieces
 
 __all__ = ["NICE", "LineProcess", "write_fully"]
@@ -44,12 +43,11 @@ _CHILD = ("import sys; from server.log_process import main; "
 Line = tuple[str, float, int, str, tuple[Any, ...], dict[str, Any]]
 
 
-class LineProcess:
+class LineProcess(ChildProcess):
     """The child process that makes and writes deferred JSON lines (see the module notes)."""
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        super().__init__()
         self.failed = False
 
     def send(self, lines: list[Line]) -> bool:
@@ -72,31 +70,9 @@ class LineProcess:
             self.stop()
             return False
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the socket and wait for the child to write what it has and exit."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
-
     def _start(self) -> None:
-        ours, theirs = socket.socketpair()
-        try:
-            self._proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(theirs.fileno())],
-                                          pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        except OSError:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self._conn = Connection(ours.detach())
-        if not self._conn.poll(START_TIMEOUT_S) or self._conn.recv_bytes() != b"ready":
+        conn = self._spawn(_CHILD)
+        if not conn.poll(START_TIMEOUT_S) or conn.recv_bytes() != b"ready":
             raise OSError("the log's line process did not start")
 
 

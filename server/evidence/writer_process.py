@@ -26,9 +26,6 @@ import logging
 import operator
 import os
 import pickle
-import socket
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from server.child import ChildProcess
 from server.evidence.records import Answer, write_batch
 
 __all__ = ["ProcessSpec", "WriterProcess", "WriterProcessError", "pack", "unpack"]
@@ -123,28 +121,20 @@ def _unstacked(packed: tuple[np.ndarray, list[int]] | list[Any], n: int) -> list
 
 
 # --- the server's side -----------------------------------------------------------------------
-class WriterProcess:
+class WriterProcess(ChildProcess):
     """The child process that writes the inference log's batches (see the module notes)."""
 
     def __init__(self, spec: ProcessSpec) -> None:
+        super().__init__()
         self.spec = spec
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
 
     def start(self) -> None:
         """Start the child and wait until it is connected to the database."""
-        ours, theirs = socket.socketpair()
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            conn = self._spawn(_CHILD)
         except OSError as exc:
-            ours.close()
             raise WriterProcessError(f"cannot start the writer process: {exc}") from exc
-        finally:
-            theirs.close()
-        self._conn = Connection(ours.detach())
-        self._conn.send(self.spec)
+        conn.send(self.spec)
         self._reply(START_TIMEOUT_S, "start")
 
     def write(self, batch: Sequence[Answer]) -> bool:
@@ -159,19 +149,6 @@ class WriterProcess:
             self.stop()
             raise WriterProcessError(f"the writer process went away: {exc}") from exc
         return bool(self._reply(BATCH_TIMEOUT_S, "write"))
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Close the socket (the child exits when it sees it closed) and wait for the child."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
 
     def _reply(self, timeout: float, doing: str) -> Any:
         assert self._conn is not None
