@@ -47,10 +47,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +132,7 @@ class VersionBatcher:
         self.manifest = runtimes[0].manifest
         self.stats = BatcherStats()
         self._executor = executor
+        self._lock = threading.Lock()  # the state below: the event loop and the pool threads
         self._idle = list(runtimes)
         self._busy = 0
         self._queue: deque[_Pending] = deque()
@@ -144,33 +146,44 @@ class VersionBatcher:
     async def predict(self, x: np.ndarray) -> np.ndarray:
         """The probabilities of rows ``x`` (validated ``float32 [n, *sample_shape]``)."""
         rows = len(x)
-        if not self._queue and self._idle and self._inline(rows):
-            runtime = self._idle.pop()
-            try:
-                started = time.perf_counter()  # no system call here (thread_time is one)
-                out = runtime.predict(x)
-                self._observe(rows, time.perf_counter() - started, wall=True)
-                self.stats.inline_calls += 1
-                self._count(rows, 1)
-                return out
-            finally:
-                self._idle.append(runtime)
-        if self._queued_rows + rows > self.policy.max_queue_rows:
-            raise ModelUnavailableError(
-                f"version {self.manifest.name!r} is overloaded ({self._queued_rows} rows queued)"
-            )
+        with self._lock:
+            inline = not self._queue and self._idle and self._inline(rows)
+            runtime = self._idle.pop() if inline else None
+        if runtime is not None:
+            return self._run_inline(runtime, x)
         loop = asyncio.get_running_loop()
         pending = _Pending(x, loop.create_future(), time.perf_counter())
-        alone = not self._queue and not self._busy and not self._company
-        self._queue.append(pending)
-        self._queued_rows += rows
-        self._drain(now=alone)
+        with self._lock:
+            if self._queued_rows + rows > self.policy.max_queue_rows:
+                raise ModelUnavailableError(
+                    f"version {self.manifest.name!r} is overloaded ({self._queued_rows} rows "
+                    "queued)")
+            alone = not self._queue and not self._busy and not self._company
+            self._queue.append(pending)
+            self._queued_rows += rows
+            starts = self._starts(loop, now=alone)
+        self._submit(loop, starts)
         return await pending.future
 
     @property
     def busy(self) -> int:
         """Interpreter calls running now."""
         return self._busy
+
+    def _run_inline(self, runtime: PlanRuntime, x: np.ndarray) -> np.ndarray:
+        rows = len(x)
+        try:
+            started = time.perf_counter()  # no system call here (thread_time is one)
+            out = runtime.predict(x)
+            seconds = time.perf_counter() - started
+        finally:
+            with self._lock:
+                self._idle.append(runtime)
+        with self._lock:
+            self._observe(rows, seconds, wall=True)
+            self.stats.inline_calls += 1
+            self._count(rows, 1)
+        return out
 
     def _inline(self, rows: int) -> bool:
         per_row = self._ms_per_row
@@ -192,25 +205,54 @@ class VersionBatcher:
         if requests > 1:
             self.stats.batched_calls += 1
 
-    def _drain(self, *, now: bool = False) -> None:
-        """Start the calls the policy allows (``now``: a request alone at an idle batcher)."""
-        loop = asyncio.get_running_loop()
+    def _starts(self, loop: asyncio.AbstractEventLoop, *, now: bool = False
+                ) -> list[tuple[PlanRuntime, list[_Pending]]]:
+        """The calls the policy starts (``now``: a request alone at an idle batcher), taken off
+        the queue; a timer when it says wait. Called on the event loop, with the lock held."""
+        starts = []
         while self._queue and self._idle:
             if self._busy:
                 if self._queued_rows < self._parallel_rows():
-                    return  # the busy call's interpreter takes the queue when it frees up
+                    break  # the busy call's interpreter takes the queue when it frees up
             elif not now:
                 wait = self._wait_s()
                 if wait > 0:
                     if self._timer is None:
                         self._timer = loop.call_later(wait, self._on_timer)
-                    return
-            batch = self._take()
-            runtime = self._idle.pop()
+                    break
+            starts.append((self._idle.pop(), self._take()))
             self._busy += 1
             self.stats.most_in_flight = max(self.stats.most_in_flight, self._busy)
-            future = loop.run_in_executor(self._executor, _run, runtime, [p.x for p in batch])
-            future.add_done_callback(functools.partial(self._done, runtime=runtime, batch=batch))
+        return starts
+
+    def _submit(self, loop: asyncio.AbstractEventLoop,
+                starts: list[tuple[PlanRuntime, list[_Pending]]]) -> None:
+        for runtime, batch in starts:
+            try:
+                future = self._executor.submit(self._work, loop, runtime, batch)
+            except RuntimeError as exc:  # the pool is shut down
+                self._deliver(batch, [exc] * len(batch), 0.0, runtime)
+            else:
+                future.add_done_callback(functools.partial(self._cancelled, loop, runtime, batch))
+
+    def _cancelled(self, loop: asyncio.AbstractEventLoop, runtime: PlanRuntime,
+                   batch: list[_Pending], future: Future[None]) -> None:
+        """A call the pool dropped before it ran (the pool shut down): its callers get 503."""
+        if not future.cancelled():
+            return
+        refusal = ModelUnavailableError(f"version {self.manifest.name!r} stopped serving")
+        try:
+            loop.call_soon_threadsafe(self._deliver, batch, [refusal] * len(batch), 0.0,
+                                      runtime)
+        except RuntimeError:  # the event loop is closed
+            self._release(runtime)
+
+    def _drain(self) -> None:
+        """Start the calls the policy allows (on the event loop)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            starts = self._starts(loop)
+        self._submit(loop, starts)
 
     def _parallel_rows(self) -> int:
         return self.policy.parallel_rows or self.policy.max_batch
@@ -246,21 +288,51 @@ class VersionBatcher:
         self._queued_rows -= rows
         return batch
 
-    def _done(self, future: asyncio.Future[_Results], *, runtime: PlanRuntime,
+    def _work(self, loop: asyncio.AbstractEventLoop, runtime: PlanRuntime,
               batch: list[_Pending]) -> None:
-        self._idle.append(runtime)
-        self._busy -= 1
-        self._company = len(batch) > 1 or bool(self._queue)
-        try:
-            results, seconds = future.result()
-        except BaseException as exc:  # the executor itself failed (shut down)
-            results, seconds = [exc] * len(batch), 0.0
+        """A pool thread: run ``batch``, then each full call queued meanwhile (module notes)."""
+        current: list[_Pending] | None = batch
+        while current is not None:
+            try:
+                results, seconds = _run(runtime, [p.x for p in current])
+            except BaseException as exc:  # not the model's refusal (_run catches those)
+                results, seconds = [exc] * len(current), 0.0
+            with self._lock:
+                finished, current = current, self._chained()
+            back = runtime if current is None else None  # handed back on the event loop
+            try:
+                loop.call_soon_threadsafe(self._deliver, finished, results, seconds, back)
+            except RuntimeError:  # the event loop is closed: nobody waits for the answers
+                return
+
+    def _chained(self) -> list[_Pending] | None:
+        """The next call of an interpreter that finished one: a full call, when one is queued
+        (module notes). With the lock held, in a pool thread."""
+        others = self._busy - 1
+        full = self._queued_rows >= self._limit() and (
+            not others or self._queued_rows >= self._parallel_rows())
+        return self._take() if self._queue and full else None
+
+    def _release(self, runtime: PlanRuntime) -> None:
+        with self._lock:
+            self._idle.append(runtime)
+            self._busy -= 1
+
+    def _deliver(self, batch: list[_Pending], results: Sequence[np.ndarray | BaseException],
+                 seconds: float = 0.0, runtime: PlanRuntime | None = None) -> None:
+        """On the event loop: account for a finished call, hand ``runtime`` back (when its
+        thread stopped), answer the call's callers, then start what may start."""
         rows = sum(len(p.x) for p in batch)
-        self._last_rows = rows + self._queued_rows
-        self._callers = max(float(self._last_rows), self._callers * _CALLERS_DECAY)
-        if seconds:
-            self._observe(rows, seconds)
-        self._count(rows, len(batch))
+        with self._lock:
+            if runtime is not None:
+                self._idle.append(runtime)
+                self._busy -= 1
+            self._company = len(batch) > 1 or bool(self._queue)
+            self._last_rows = rows + self._queued_rows
+            self._callers = max(float(self._last_rows), self._callers * _CALLERS_DECAY)
+            if seconds:
+                self._observe(rows, seconds)
+            self._count(rows, len(batch))
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():  # the caller went away
                 continue

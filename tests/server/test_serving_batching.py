@@ -11,6 +11,8 @@ The HTTP half sends concurrent requests of different sizes through the server's 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,6 +21,7 @@ import pytest
 
 from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.runtime import PlanRuntime
+from server.errors import ModelUnavailableError
 from server.inference.batcher import BatchingSettings, BatchPolicy, VersionBatcher
 from server.main import create_app
 from server.settings import ServerSettings
@@ -144,10 +147,11 @@ def test_the_queue_delay_fills_calls_under_load_but_never_delays_a_lone_request(
         batcher = VersionBatcher(_runtimes(plan_files, 1), policy, pool)
 
         async def run() -> tuple[int, list[np.ndarray]]:
+            # all three start in one turn of the loop, before the first call can be answered
             first = asyncio.create_task(batcher.predict(xs[0]))
+            queued = [asyncio.create_task(batcher.predict(x)) for x in xs[1:3]]
             await asyncio.sleep(0)
             started_at_once = batcher.stats.most_in_flight  # no timer: nothing would join it
-            queued = [asyncio.create_task(batcher.predict(x)) for x in xs[1:3]]
             out = [await first]
             # the interpreter is free, but the two queued wait for the delay, and a request
             # arriving meanwhile joins their call
@@ -173,9 +177,10 @@ def test_the_queue_delay_ends_when_the_last_calls_callers_are_back(
         batcher = VersionBatcher(_runtimes(plan_files, 1), policy, pool)
 
         async def run() -> tuple[int, int, list[np.ndarray]]:
+            # the first runs alone at once; the three queue behind it in the same turn
             first = asyncio.create_task(batcher.predict(xs[0]))
-            await asyncio.sleep(0)  # runs alone at once
             queued = [asyncio.create_task(batcher.predict(x)) for x in xs[1:4]]
+            await asyncio.sleep(0)
             out = [await first]
             # three queued, one answered: the interpreter waits for that caller to come back
             waiting = batcher.busy
@@ -247,6 +252,75 @@ def test_split_rounds_halve_the_callers_expected_back(
     # the first runs alone; 20 callers are then expected back: split, they run as 10 and 9
     stats = batcher.stats
     assert (stats.calls, stats.largest_batch, stats.rows) == (calls, largest, 20)
+
+
+def test_an_interpreter_runs_a_full_queued_call_without_waiting_for_the_event_loop(
+    plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    reference = _runtimes(plan_files, 1)[0]
+    xs = [x[:1] for x in _requests(digits_data, 5)]
+    runtime = _runtimes(plan_files, 1)[0]
+    started: list[int] = []
+    queued = threading.Event()  # the first call waits until the others are queued
+    predict = runtime.predict
+
+    def recording(x: np.ndarray) -> np.ndarray:
+        started.append(len(x))
+        queued.wait(10)
+        return predict(x)
+
+    runtime.predict = recording  # type: ignore[method-assign]
+    policy = BatchPolicy(max_batch=4, split_rounds=False, inline_below_ms=0)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = VersionBatcher([runtime], policy, pool)
+
+        async def run() -> tuple[list[int], list[np.ndarray]]:
+            tasks = [asyncio.create_task(batcher.predict(x)) for x in xs]
+            await asyncio.sleep(0)  # the first runs alone; a full call of four queues
+            queued.set()
+            deadline = time.monotonic() + 10
+            while len(started) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the event loop is blocked: only the pool thread moves
+            seen = list(started)
+            return seen, list(await asyncio.gather(*tasks))
+
+        seen, results = asyncio.run(run())
+    assert seen == [1, 4]
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got, reference.predict(x), rtol=1e-5, atol=1e-6)
+    assert (batcher.stats.calls, batcher.stats.rows) == (2, 5)
+
+
+def test_calls_the_pool_drops_at_shutdown_are_refused_not_left_waiting(
+    plan_files: PlanFiles, digits_data  # type: ignore[no-untyped-def]
+) -> None:
+    xs = [x[:1] for x in _requests(digits_data, 3)]
+    first, second = _runtimes(plan_files, 2)
+    gate = threading.Event()
+    predict = first.predict
+
+    def held(x: np.ndarray) -> np.ndarray:
+        gate.wait(10)
+        return predict(x)
+
+    first.predict = held  # type: ignore[method-assign]
+    policy = BatchPolicy(max_batch=1, inline_below_ms=0)
+    pool = ThreadPoolExecutor(1)  # one thread for two interpreters: the second call waits
+    batcher = VersionBatcher([second, first], policy, pool)  # ``first`` is taken first
+
+    async def run() -> list[np.ndarray | BaseException]:
+        tasks = [asyncio.create_task(batcher.predict(x)) for x in xs[:2]]
+        await asyncio.sleep(0)
+        pool.shutdown(wait=False, cancel_futures=True)  # drops the second call, not yet run
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+    results = asyncio.run(run())
+    pool.shutdown(wait=True)
+    assert isinstance(results[0], np.ndarray)
+    assert isinstance(results[1], ModelUnavailableError), results[1]
+    assert "stopped serving" in str(results[1])
+    assert sorted(map(id, batcher._idle)) == sorted(map(id, (first, second)))
 
 
 def test_a_full_queue_is_refused_with_503(plan_files: PlanFiles, digits_data) -> None:  # type: ignore[no-untyped-def]
