@@ -184,9 +184,6 @@ def decode_tensor(tensor: InferTensor) -> np.ndarray:
 
 
 def dtype_and_shape(datatype: str, dims: Sequence[int]) -> tuple[np.dtype[Any], tuple[int, ...]]:
-    dtype = DTYPES.get(datatype)
-    if dtype is None:
-        raise TensorError(f"datatype {datatype} is not supported: send numbers (e.g. FP32)")
     """The datatype's dtype and the shape as a tuple.
 
     Raises
@@ -195,6 +192,9 @@ def dtype_and_shape(datatype: str, dims: Sequence[int]) -> tuple[np.dtype[Any], 
         A datatype without a dtype (``BYTES``), more than :data:`MAX_DIMENSIONS` dimensions,
         or a negative dimension.
     """
+    dtype = DTYPES.get(datatype)
+    if dtype is None:
+        raise TensorError(f"datatype {datatype} is not supported: send numbers (e.g. FP32)")
     shape = tuple(dims)
     if len(shape) > MAX_DIMENSIONS:
         raise TensorError(f"shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS} are "
