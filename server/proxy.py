@@ -14,7 +14,6 @@ The trusted proxies are uvicorn's setting, read the same way: ``FORWARDED_ALLOW_
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -76,10 +75,5 @@ class ProxyHeaders:
 def uvicorn_options(tls: Mapping[str, Any]) -> dict[str, Any]:
     """The options every uvicorn that serves the application is started with: no logging
     configuration or access log of its own (:mod:`server.logs`, :mod:`server.middleware`),
-    no proxy headers of its own (:class:`ProxyHeaders` is in the application), a response's
-    head and body in one write (:mod:`server.protocol`, when httptools is installed), and
-    ``tls``."""
-    options: dict[str, Any] = {"log_config": None, "access_log": False, "proxy_headers": False}
-    if importlib.util.find_spec("httptools") is not None:
-        options["http"] = "server.protocol:OneWriteProtocol"
-    return {**options, **tls}
+    no proxy headers of its own (:class:`ProxyHeaders` is in the application), and ``tls``."""
+    return {"log_config": None, "access_log": False, "proxy_headers": False, **tls}
