@@ -179,14 +179,16 @@ class VersionBatcher:
 
     def _run_inline(self, runtime: PlanRuntime, x: np.ndarray) -> np.ndarray:
         rows = len(x)
+        started = time.perf_counter()  # no system call here (thread_time is one)
         try:
-            started = time.perf_counter()  # no system call here (thread_time is one)
             out = runtime.predict(x)
-            seconds = time.perf_counter() - started
-        finally:
+        except BaseException:
             with self._lock:
                 self._idle.append(runtime)
-        with self._lock:
+            raise
+        seconds = time.perf_counter() - started
+        with self._lock:  # once per call: this is the tiny model's request path
+            self._idle.append(runtime)
             self._observe(rows, seconds, wall=True)
             self.stats.inline_calls += 1
             self._count(rows, 1)
@@ -252,7 +254,8 @@ class VersionBatcher:
             loop.call_soon_threadsafe(self._deliver, batch, [refusal] * len(batch), 0.0,
                                       runtime)
         except RuntimeError:  # the event loop is closed
-            self._release(runtime)
+            with self._lock:
+                self._hand_back(runtime)
 
     def _drain(self) -> None:
         """Start the calls the policy allows (on the event loop)."""
@@ -320,10 +323,10 @@ class VersionBatcher:
             not others or self._queued_rows >= self._parallel_rows())
         return self._take() if self._queue and full else None
 
-    def _release(self, runtime: PlanRuntime) -> None:
-        with self._lock:
-            self._idle.append(runtime)
-            self._busy -= 1
+    def _hand_back(self, runtime: PlanRuntime) -> None:
+        """``runtime``'s call is over: it is idle again (with the lock held)."""
+        self._idle.append(runtime)
+        self._busy -= 1
 
     def _deliver(self, batch: list[_Pending], results: Sequence[np.ndarray | BaseException],
                  seconds: float = 0.0, runtime: PlanRuntime | None = None) -> None:
@@ -332,8 +335,7 @@ class VersionBatcher:
         rows = sum(len(p.x) for p in batch)
         with self._lock:
             if runtime is not None:
-                self._idle.append(runtime)
-                self._busy -= 1
+                self._hand_back(runtime)
             self._company = len(batch) > 1 or bool(self._queue)
             self._last_rows = rows + self._queued_rows
             self._callers = max(float(self._last_rows), self._callers * _CALLERS_DECAY)
