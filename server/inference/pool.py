@@ -3,10 +3,12 @@
 Each loaded version gets ``threads`` interpreters (one per pool thread, the pool sized to the
 cores by default), so a backlog of requests for one heavy version can use every core (the
 batcher starts a further interpreter for a full batch, see :mod:`server.inference.batcher`).
-Versions are cached by the content they run — ``(plan sha256, weights sha256)`` — in a
-least-recently-used map of ``cache_size`` entries: content never changes under its digests, so
-a cached version is never stale and moving an alias simply resolves to another key. Concurrent
-first requests for one version load it once. Loading re-checks every digest (the source's
+When its batch policy leaves them to be measured, a version's preferred batch sizes (the sizes
+its calls are cut at) are measured on one of its interpreters as it loads, within about a second
+(:mod:`server.inference.batch_sizes`). Versions are cached by the content they run — ``(plan
+sha256, weights sha256)`` — in a least-recently-used map of ``cache_size`` entries: content
+never changes under its digests, so a cached version is never stale and moving an alias simply
+resolves to another key. Concurrent first requests for one version load it once. Loading re-checks every digest (the source's
 :meth:`~server.inference.source.ModelSource.artifacts`); a mismatch is reported to the source
 (the version becomes DAMAGED) and refused with 503.
 
@@ -34,6 +36,7 @@ from edgefleet.plan import PlanManifest, weights_from_bytes
 from edgefleet.runtime import PlanRuntime
 from registry.errors import DamagedArtifactError, NotFoundError
 from server.errors import ModelUnavailableError
+from server.inference.batch_sizes import preferred_sizes
 from server.inference.batcher import BatchPolicy, VersionBatcher
 from server.inference.source import ModelSource, ServedVersion
 
@@ -87,8 +90,10 @@ class RuntimePool:
         future: asyncio.Future[VersionBatcher] = loop.create_future()
         self._loading[key] = future
         try:
-            runtimes = await loop.run_in_executor(self.executor, self._load, version)
-            batcher = VersionBatcher(runtimes, self.policy_for(version.model), self.executor)
+            policy = self.policy_for(version.model)
+            runtimes, policy = await loop.run_in_executor(self.executor, self._load, version,
+                                                          policy)
+            batcher = VersionBatcher(runtimes, policy, self.executor)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody else must
@@ -122,7 +127,10 @@ class RuntimePool:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    def _load(self, version: ServedVersion) -> list[PlanRuntime]:
+    def _load(self, version: ServedVersion, policy: BatchPolicy
+              ) -> tuple[list[PlanRuntime], BatchPolicy]:
+        """The version's runtimes and its batch policy, with the preferred batch sizes
+        measured when the policy leaves them to be (:mod:`server.inference.batch_sizes`)."""
         name = f"version {version.number} of {version.model!r}"
         try:
             blobs = self.source.artifacts(version)
@@ -130,7 +138,11 @@ class RuntimePool:
             if manifest.plan_sha256 != version.plan_sha256:
                 raise DamagedArtifactError("the stored manifest describes another plan")
             weights = weights_from_bytes(blobs.weights, manifest=manifest)
-            return self._runtimes(name, blobs.plan, manifest, weights)
+            runtimes = self._runtimes(name, blobs.plan, manifest, weights)
+            if policy.preferred_batch_sizes is None:
+                sizes = preferred_sizes(runtimes[0], policy.max_batch, name)
+                policy = policy.model_copy(update={"preferred_batch_sizes": sizes})
+            return runtimes, policy
         except DamagedArtifactError as exc:
             self.source.report_damaged(version.model, version.number, str(exc))
             raise DamagedArtifactError(f"{name} is damaged and is not served: {exc}") from exc
