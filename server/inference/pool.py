@@ -8,9 +8,9 @@ its calls are cut at) are measured on one of its interpreters as it loads, withi
 (:mod:`server.inference.batch_sizes`). Versions are cached by the content they run — ``(plan
 sha256, weights sha256)`` — in a least-recently-used map of ``cache_size`` entries: content
 never changes under its digests, so a cached version is never stale and moving an alias simply
-resolves to another key. Concurrent first requests for one version load it once. Loading re-checks every digest (the source's
-:meth:`~server.inference.source.ModelSource.artifacts`); a mismatch is reported to the source
-(the version becomes DAMAGED) and refused with 503.
+resolves to another key. Concurrent first requests for one version load it once. Loading
+re-checks every digest (the source's :meth:`~server.inference.source.ModelSource.artifacts`); a
+mismatch is reported to the source (the version becomes DAMAGED) and refused with 503.
 
 With ``serving_copy`` (the default, when ``ai-edge-litert``'s flatbuffer schema is installed) a
 version runs as a serving copy (:mod:`edgefleet.frozen`): built once per loaded version from
