@@ -17,7 +17,8 @@ Cells = dict[str, dict[int, Cell]]
 def report(args: argparse.Namespace, cells: dict[str, Cells],
            ceilings: dict[tuple[str, int], Cell]) -> None:
     cs = args.concurrency
-    print(f"\nV2 serving, wrk -t1 keep-alive on 127.0.0.1, {args.duration:g} s per cell, "
+    runs = f", median of {args.repeat} runs" if args.repeat > 1 else ""
+    print(f"\nV2 serving, wrk -t1 keep-alive on 127.0.0.1, {args.duration:g} s per cell{runs}, "
           f"{os.cpu_count()} cores; req/s, p50/p99 ms, generator CPU (cores), server CPU "
           "per request (ms, all threads and workers), errors")
     head = f"{'model':6} {'target':22}" + "".join(f" | c={c:<33}" for c in cs)

@@ -11,6 +11,7 @@ import contextlib
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +29,16 @@ class Cell:
     gen_cores: float
     errors: int
     server_ms: float = 0.0  # the server's CPU time (every thread and worker) per request
+
+
+def median_cell(runs: list[Cell]) -> Cell:
+    """One cell of several runs: each figure the median of the runs' (errors: their sum)."""
+    def median(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    return Cell(median([r.rps for r in runs]), median([r.p50_ms for r in runs]),
+                median([r.p99_ms for r in runs]), median([r.gen_cores for r in runs]),
+                sum(r.errors for r in runs), median([r.server_ms for r in runs]))
 
 
 def tree_cpu(pid: int) -> float:

@@ -21,8 +21,10 @@ competes with ``--workers 2``). Each cell also gives the server's CPU per reques
 and worker, ``/proc``), and the ceiling each call's CPU: a busy machine distorts them less than
 req/s. The servers are up together and each concurrency's cells run one after the other, so the
 ratios compare cells under the same load (each server and model first gets a 1 s wrk
-run at the top concurrency, not reported). ``--models`` and ``--targets`` measure a part of the
-table (ratios needing a missing cell are left out).
+run at the top concurrency, not reported). ``--repeat N`` runs each cell N times, the targets'
+runs of a concurrency interleaved, and gives each figure of a cell as the median of its N runs.
+``--models`` and ``--targets`` measure a part of the table (ratios needing a missing cell are
+left out).
 
 Run: ``.venv/bin/python bench/bench_serving.py`` (``--duration 10`` per cell by default). The
 parts live beside it: ``_serving_setup.py`` (plans, body, floor, ceiling), ``_serving_wrk.py``
@@ -53,7 +55,7 @@ from _serving_setup import (
     register,
     serve_bare,
 )
-from _serving_wrk import ensure_wrk, wrk
+from _serving_wrk import Cell, ensure_wrk, median_cell, wrk
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -130,10 +132,14 @@ def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str], binary: st
                     wrk(binary, f"{base}/v2/models/{model}/infer", body, HEADERS,
                         max(args.concurrency), 1.0, tmp, pid)
                 for c in args.concurrency:
+                    runs: dict[str, list[Cell]] = {name: [] for name in args.targets}
+                    for _ in range(args.repeat):  # the targets' runs interleaved
+                        for name in args.targets:
+                            pid, base = targets[name]
+                            runs[name].append(wrk(binary, f"{base}/v2/models/{model}/infer",
+                                                  body, HEADERS, c, args.duration, tmp, pid))
                     for name in args.targets:
-                        pid, base = targets[name]
-                        cells[name][model][c] = wrk(binary, f"{base}/v2/models/{model}/infer",
-                                                    body, HEADERS, c, args.duration, tmp, pid)
+                        cells[name][model][c] = median_cell(runs[name])
     return cells
 
 
@@ -141,6 +147,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per cell, the targets' runs interleaved; each figure of a "
+                             "cell is the median of its runs")
     parser.add_argument("--plans", type=Path, default=None,
                         help="keep the authored plans here (reused when present)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
