@@ -83,12 +83,16 @@ def measure_call_ms(runtime: PlanRuntime, max_batch: int, budget_s: float = BUDG
 def preferred_sizes(runtime: PlanRuntime, max_batch: int, name: str,
                     budget_s: float = BUDGET_S) -> tuple[int, ...]:
     """The preferred batch sizes of ``runtime`` up to ``max_batch``, measured (module notes);
-    none when the measurement does not fit in ``budget_s``. ``name`` names the version in the
-    log line that reports them."""
+    none when the measurement does not fit in ``budget_s`` or a call fails. ``name`` names the
+    version in the log line that reports them."""
     if max_batch < 2:
         return ()
     started = time.perf_counter()
-    call_ms = measure_call_ms(runtime, max_batch, budget_s)
+    try:
+        call_ms = measure_call_ms(runtime, max_batch, budget_s)
+    except Exception as exc:  # the version still serves, cutting its calls at no size
+        log.warning("%s: batch sizes not measured: %s", name, exc)
+        return ()
     if call_ms is None:
         log.info("%s: batch sizes not measured (a sweep of %d sizes exceeds %.1f s / %d); "
                  "set preferred_batch_sizes in its batch policy", name, max_batch, budget_s,

@@ -69,6 +69,25 @@ def test_a_real_interpreter_is_timed_at_every_size_within_the_budget(
     assert all(1 <= n < 16 for n in sizes)
 
 
+def test_a_version_whose_calls_fail_while_measured_gets_no_preferred_size(
+        plan_files: PlanFiles, caplog: pytest.LogCaptureFixture) -> None:
+    runtime = _runtime(plan_files)
+    predict = runtime.predict
+    calls = 0
+
+    def failing_late(x: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls > 3:  # after the warm-up: mid-sweep
+            raise RuntimeError("interpreter fault")
+        return predict(x)
+
+    runtime.predict = failing_late  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="edgefleet.server.serving"):
+        assert preferred_sizes(runtime, 8, "version 1 of 'digits'", budget_s=0.5) == ()
+    assert "not measured: interpreter fault" in caplog.text
+
+
 def test_a_policy_orders_its_sizes_and_keeps_them_within_max_batch() -> None:
     assert BatchPolicy(max_batch=32, preferred_batch_sizes=(14, 7, 7)).preferred_batch_sizes \
         == (7, 14)
