@@ -117,6 +117,10 @@ BINARY_EXTENSION: Final = "binary_tensor_data"
 #: An ``Inference-Header-Content-Length`` value: ASCII digits only (``str.isdigit`` would take
 #: ``²``, which ``int`` refuses).
 _LENGTH = re.compile(r"[0-9]{1,15}")
+#: The JSON part's size from which its text is searched for booleans, so that its float
+#: tensors skip the pass over their elements' types (:func:`decode_tensor`, ``booleans``):
+#: below it the search and numpy's own type discovery cost more than that pass.
+_SCAN_FROM = 2048
 
 
 # --- the plan's input -----------------------------------------------------------------------
@@ -249,7 +253,9 @@ def decode_request(body: bytes, headers: Headers | Mapping[str, str] | None = No
         if out.parameters and "classification" in out.parameters:
             raise TensorError("the classification extension is not supported: ask for "
                               f"{LABEL_OUTPUT!r} for the most probable class")
-    return DecodedRequest(id=request.id, inputs=_decode_inputs(request.inputs, binary),
+    # JSON's only booleans; a small body's tensors are checked element by element regardless
+    booleans = len(head) < _SCAN_FROM or b"true" in head or b"false" in head
+    return DecodedRequest(id=request.id, inputs=_decode_inputs(request.inputs, binary, booleans),
                           outputs=request.outputs, parameters=request.parameters or {})
 
 
@@ -266,13 +272,16 @@ def _refusal(exc: ValidationError, length: str | None) -> TensorError:
     return refusal
 
 
-def _decode_inputs(tensors: Sequence[InferTensor], binary: memoryview | None) -> list[Tensor]:
+def _decode_inputs(tensors: Sequence[InferTensor], binary: memoryview | None,
+                   booleans: bool = True) -> list[Tensor]:
+    """The request's tensors decoded (``booleans``: whether its JSON text may hold a boolean,
+    see :func:`decode_tensor`)."""
     offset = 0
     out = []
     for t in tensors:
         size = (t.parameters or {}).get("binary_data_size")
         if size is None:
-            array = decode_tensor(t)
+            array = decode_tensor(t, booleans=booleans)
         else:
             if binary is None:
                 raise TensorError(f"input {t.name!r} has binary_data_size but the request has "

@@ -10,7 +10,11 @@ matches the shape. A ``shape`` is a list of JSON integers (``true``, ``"1"`` or 
 refused), of at most :data:`MAX_DIMENSIONS` dimensions, none negative. ``BYTES`` is refused as a
 model input. Values whose Python types are
 already the datatype's (``set(map(type, data))``, in C) go straight to numpy; anything else is
-validated by pydantic's core, which words the refusal: no Python loop over the elements. Every
+validated by pydantic's core, which words the refusal: no Python loop over the elements. When
+the caller knows the body holds no JSON boolean (``booleans=False``: no ``true`` or ``false``
+in its text), the numbers of a float tensor are checked by the dtype numpy finds for them
+(``float64`` or ``int64``: anything else — a string, ``null``, an integer beyond 64 bits, a
+ragged list — takes the path above), which costs no pass over the elements of its own. Every
 refusal is a :class:`TensorError` (an :class:`~edgefleet.errors.InputError`: 400 on both
 endpoints), and the error body is :func:`error_body`. A refusal echoes at most
 :data:`MAX_NAME` characters of anything the request sent (:func:`shown`): tensor and output
@@ -146,8 +150,9 @@ def _adapter(datatype: str) -> tuple[TypeAdapter[Any], str, frozenset[type]]:
     return _NUMBERS, "numbers", _NUMBER_TYPES
 
 
-def decode_tensor(tensor: InferTensor) -> np.ndarray:
-    """The tensor's data as an array of its shape and its datatype's dtype (module notes).
+def decode_tensor(tensor: InferTensor, *, booleans: bool = True) -> np.ndarray:
+    """The tensor's data as an array of its shape and its datatype's dtype (module notes);
+    ``booleans=False`` says the request's text holds no JSON boolean.
 
     Raises
     ------
@@ -170,6 +175,12 @@ def decode_tensor(tensor: InferTensor) -> np.ndarray:
             raise TensorError(
                 f"nested data has shape {list(nested.shape)}, declared {list(shape)}")
         flat = nested.ravel().tolist()
+    expected = math.prod(shape)
+    if not booleans and dtype.kind == "f":
+        numbers = _numbers(flat)
+        if numbers is not None:
+            _check_count(len(numbers), expected, shape)
+            return numbers.astype(dtype).reshape(shape)
     adapter, kind, types = _adapter(tensor.datatype)
     values = flat
     if not set(map(type, flat)) <= types:  # anything else: pydantic decides, and words why
@@ -177,10 +188,23 @@ def decode_tensor(tensor: InferTensor) -> np.ndarray:
             values = adapter.validate_python(flat)
         except ValidationError as exc:
             raise TensorError(_kind_error(exc, tensor.datatype, kind)) from None
-    expected = math.prod(shape)
-    if len(values) != expected:
-        raise TensorError(f"data has {len(values)} elements; shape {list(shape)} needs {expected}")
+    _check_count(len(values), expected, shape)
     return _to_dtype(values, dtype, tensor.datatype).reshape(shape)
+
+
+def _numbers(flat: list[Any]) -> np.ndarray | None:
+    """``flat`` as a flat ``float64`` or ``int64`` array when numpy finds one for it (numbers
+    only, booleans aside: the caller rules those out), else ``None``."""
+    try:
+        numbers = np.asarray(flat)
+    except (ValueError, TypeError, OverflowError):  # ragged, or nothing numpy can hold
+        return None
+    return numbers if numbers.ndim == 1 and numbers.dtype.kind in "fi" else None
+
+
+def _check_count(count: int, expected: int, shape: tuple[int, ...]) -> None:
+    if count != expected:
+        raise TensorError(f"data has {count} elements; shape {list(shape)} needs {expected}")
 
 
 def dtype_and_shape(datatype: str, dims: Sequence[int]) -> tuple[np.dtype[Any], tuple[int, ...]]:

@@ -58,6 +58,45 @@ def test_nested_data_of_the_declared_shape_equals_flat_data() -> None:
         v2.decode_tensor(v2.InferTensor.model_validate(tensor([[1, 2], [3, 4]], [4])))
 
 
+
+def _large_body(data: list[Any], datatype: str = "FP32", request_id: str | None = None
+                ) -> bytes:
+    """A request whose JSON passes the size from which its text is searched for booleans."""
+    body: dict[str, Any] = {"inputs": [tensor(data, [len(data)], datatype)]}
+    if request_id is not None:
+        body["id"] = request_id
+    raw = json.dumps(body).encode()
+    assert len(raw) >= 2048
+    return raw
+
+
+@pytest.mark.parametrize(("odd", "message"), [
+    (True, "booleans"), ("1.5", "non-numeric"), (None, "non-numeric"), ([1.0], "regular"),
+])
+def test_a_large_float_tensor_is_refused_as_a_small_one(odd: Any, message: str) -> None:
+    """Large bodies skip the pass over the elements' types unless their text has a boolean:
+    the same values are refused with the same words either way."""
+    data = [0.5] * 600 + [odd]
+    with pytest.raises(v2.TensorError, match=message):
+        v2.decode_request(_large_body(data))
+    with pytest.raises(v2.TensorError, match=message):
+        v2.decode_tensor(v2.InferTensor.model_validate(tensor(data, [len(data)])))
+
+
+@pytest.mark.parametrize(("datatype", "tail"), [
+    ("FP32", [2, -3, 2**70]), ("FP16", [0.5, 70000.0]), ("FP64", [1e300, 7]),
+])
+def test_a_large_float_tensor_decodes_as_a_small_one(datatype: str, tail: list[Any]) -> None:
+    data = [0.25] * 600 + tail
+    decoded = v2.decode_request(_large_body(data, datatype)).inputs[0].array
+    expected = v2.decode_tensor(v2.InferTensor.model_validate(tensor(data, [len(data)],
+                                                                     datatype)))
+    assert decoded.dtype == expected.dtype == np.dtype(v2.DTYPES[datatype])
+    assert np.array_equal(decoded, expected, equal_nan=True)
+    # the word "true" elsewhere in the text only sends the tensor the element-wise way
+    again = v2.decode_request(_large_body(data, datatype, request_id="true")).inputs[0].array
+    assert np.array_equal(again, expected, equal_nan=True)
+
 def test_outputs_metadata_and_the_client_side_round_trip(digits_plan_dir: Path) -> None:
     manifest = PlanManifest.load(digits_plan_dir / "manifest.json")
     probs = np.eye(3, manifest.output.n_classes, dtype=np.float32)
