@@ -84,10 +84,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0
+                ) -> None:
     import httpx
 
-    for _ in range(300):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
         try:
@@ -101,13 +103,14 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 @contextmanager
 def process(
-    args: list[str], env: dict[str, str], ready_url: str, log: Path
+    args: list[str], env: dict[str, str], ready_url: str, log: Path, ready_s: float = 30.0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``args`` (output to ``log``) until the block ends, once ``ready_url`` answers 200."""
+    """Run ``args`` (output to ``log``) until the block ends, once ``ready_url`` answers 200
+    (within ``ready_s`` seconds)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
-            _wait_ready(ready_url, proc, log)
+            _wait_ready(ready_url, proc, log, ready_s)
             yield proc
         finally:
             proc.terminate()

@@ -29,6 +29,7 @@ class Cell:
     gen_cores: float
     errors: int
     server_ms: float = 0.0  # the server's CPU time (every thread and worker) per request
+    requests: int = 0  # the requests wrk completed
 
 
 def median_cell(runs: list[Cell]) -> Cell:
@@ -38,7 +39,8 @@ def median_cell(runs: list[Cell]) -> Cell:
 
     return Cell(median([r.rps for r in runs]), median([r.p50_ms for r in runs]),
                 median([r.p99_ms for r in runs]), median([r.gen_cores for r in runs]),
-                sum(r.errors for r in runs), median([r.server_ms for r in runs]))
+                sum(r.errors for r in runs), median([r.server_ms for r in runs]),
+                sum(r.requests for r in runs))
 
 
 def tree_cpu(pid: int) -> float:
@@ -49,6 +51,14 @@ def tree_cpu(pid: int) -> float:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a child ended
             total += tree_cpu(child)
     return total
+
+
+def descendants(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children, their children and so on."""
+    out = []
+    for child in _children(pid):
+        out += [child, *descendants(child)]
+    return out
 
 
 def _children(pid: int) -> list[int]:
@@ -114,4 +124,4 @@ def wrk(binary: str, url: str, body: bytes, headers: dict[str, str], connections
     if errs:
         errors += sum(int(g) for g in errs.groups())
     return Cell(rps, _ms(pct["50"]), _ms(pct["99"]), cpu / wall, errors,
-                server_cpu * 1e3 / max(done, 1))
+                server_cpu * 1e3 / max(done, 1), done)

@@ -105,7 +105,7 @@ class InferenceLog:
         self._done = threading.Condition()
         self._counting = threading.Lock()  # submitted (a plain lock: cheaper on the request path)
         self._settled = 0  # answers written, failed or dropped (for flush)
-        self._child: WriterProcess | None = None  # started by the first batch (process on)
+        self._child: WriterProcess | None = None  # started by the thread (process on)
 
     # --- the request path ----------------------------------------------------------------------
     def sample(self) -> bool:
@@ -202,7 +202,24 @@ class InferenceLog:
                 self.process = self._child = None
         return write_batch(self.engine, batch)
 
+    def _start_child(self) -> None:
+        """Start the child process (``process`` on) as the thread starts, not with the first
+        batch: its start (a Python process importing the registry and connecting, a second or
+        more of CPU) then happens while the server starts, not on the cores serving its first
+        requests. A child that cannot start leaves the writing to this thread."""
+        if self.process is None or self._child is not None:
+            return
+        child = WriterProcess(self.process)
+        try:
+            child.start()
+        except WriterProcessError as exc:
+            log.warning("inference log: %s; writing in the server's process from now on", exc)
+            self.process = None
+            return
+        self._child = child
+
     def _run(self) -> None:
+        self._start_child()
         next_prune = time.monotonic()
         while True:
             batch = self._collect()

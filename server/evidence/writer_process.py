@@ -11,7 +11,8 @@ rebuilds the answers (:func:`unpack`) and writes them with
 :func:`server.evidence.records.write_batch`, the thread's own insert with its retries, then
 answers whether the batch was stored.
 
-The child is started on the first batch, runs at a lower scheduling priority (``NICE``),
+The child is started by the writer thread as it starts (before the first batch, so that its
+start is not paid while the server serves), runs at a lower scheduling priority (``NICE``),
 connects to the same database (the URL travels over the socket, never on its command line),
 logs in the server's format, and exits when the socket closes (the server stopped or died). A
 batch is settled only when the child has answered, so :meth:`InferenceLog.flush` and the loss

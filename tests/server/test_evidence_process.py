@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -80,6 +81,23 @@ def test_a_child_process_writes_the_batches(db: tuple[str, sa.Engine]) -> None:
     finally:
         log.stop()
     assert child._proc is None  # stopped with the writer
+
+
+def test_the_child_starts_with_the_writer_before_any_batch(db: tuple[str, sa.Engine]) -> None:
+    url, engine = db
+    log = InferenceLog(engine, batch_size=10, flush_interval_s=0.05, prune_interval_s=0,
+                       process=ProcessSpec(url, "WARNING", "text")).start()
+    try:
+        deadline = time.monotonic() + 60
+        while log._child is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = log._child
+        assert child is not None and child._proc is not None and child._proc.poll() is None
+        assert log.stats.submitted == 0 and log.stats.batches == 0  # nothing was sent yet
+        assert log.submit(_answer(0)) and log.flush(timeout=60)
+        assert log._child is child and _stored(engine) == {"req-0"}
+    finally:
+        log.stop()
 
 
 def test_the_thread_takes_over_when_the_child_dies(
