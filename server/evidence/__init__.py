@@ -12,9 +12,30 @@ Modules
 ``monitor``  :func:`monitor`, per-version figures computed in the database
 """
 
-from server.evidence.capture import logged_predict
-from server.evidence.monitor import MonitorReport, VersionMonitor, monitor
-from server.evidence.writer import InferenceLog, LogStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.evidence.capture import logged_predict
+    from server.evidence.monitor import MonitorReport, VersionMonitor
+    from server.evidence.writer import InferenceLog, LogStats
+
+#: Where each public name lives; imported on first use, so that the inference log's child
+#: process (``python -c "from server.evidence.writer_process import main"``) imports only what
+#: writing needs, not FastAPI through ``capture``.
+_HOMES = {
+    "InferenceLog": "writer", "LogStats": "writer", "MonitorReport": "monitor",
+    "VersionMonitor": "monitor", "logged_predict": "capture",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
 
 __all__ = [
     "InferenceLog",
@@ -22,5 +43,4 @@ __all__ = [
     "MonitorReport",
     "VersionMonitor",
     "logged_predict",
-    "monitor",
 ]

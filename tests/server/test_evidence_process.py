@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -153,3 +155,14 @@ def test_the_setting_chooses_where_batches_are_written(tmp_path: Path) -> None:
     memory = inference_log_for(make_settings("sqlite://", tmp_path, inference_log_process=True),
                                make_engine("sqlite://"))
     assert memory is not None and memory.process is None  # another process cannot see it
+
+
+def test_the_child_imports_no_web_framework() -> None:
+    """The child imports what writing needs (``server.evidence`` exports its names lazily), not
+    FastAPI or Starlette through the package's other modules."""
+    probe = ("import sys; from server.evidence.writer_process import main; "
+             "import registry.db, server.logs; "
+             "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
