@@ -47,9 +47,9 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds so far of process ``pid`` and all its descendants (uvicorn's workers, the
     inference log's writer processes), whichever of its threads started them."""
     total = cpu_seconds(pid)
-    for child in _children(pid):
+    for child in descendants(pid):
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a child ended
-            total += tree_cpu(child)
+            total += cpu_seconds(child)
     return total
 
 

@@ -191,15 +191,11 @@ class InferenceLog:
 
     def _store(self, batch: list[Answer]) -> bool:
         """Store ``batch`` through the child process when there is one, else here."""
-        if self.process is not None:
-            if self._child is None:
-                self._child = WriterProcess(self.process)
+        if self._child is not None:
             try:
                 return self._child.write(batch)
             except WriterProcessError as exc:
-                log.warning("inference log: %s; writing in the server's process from now on",
-                            exc)
-                self.process = self._child = None
+                self._write_here(exc)
         return write_batch(self.engine, batch)
 
     def _start_child(self) -> None:
@@ -207,16 +203,20 @@ class InferenceLog:
         batch: its start (a Python process importing the registry and connecting, a second or
         more of CPU) then happens while the server starts, not on the cores serving its first
         requests. A child that cannot start leaves the writing to this thread."""
-        if self.process is None or self._child is not None:
+        if self.process is None:
             return
         child = WriterProcess(self.process)
         try:
             child.start()
         except WriterProcessError as exc:
-            log.warning("inference log: %s; writing in the server's process from now on", exc)
-            self.process = None
-            return
-        self._child = child
+            self._write_here(exc)
+        else:
+            self._child = child  # only once started: stop() may read it from another thread
+
+    def _write_here(self, exc: WriterProcessError) -> None:
+        """The child failed (``exc``): this thread writes every batch from now on."""
+        log.warning("inference log: %s; writing in the server's process from now on", exc)
+        self.process = self._child = None
 
     def _run(self) -> None:
         self._start_child()
